@@ -1,0 +1,4 @@
+from scip_gpu.cli import main
+
+if __name__ == "__main__":
+    main()

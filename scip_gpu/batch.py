@@ -1,0 +1,178 @@
+"""The batch data model.
+
+Objects are processed in batches: a zero-padded stack ``pixels`` of shape (N, C, H, W) holding
+each object's image in its top-left corner, each object's real extent ``extents`` (N, 2) as
+(height, width), and the objects' global indices. Objects of different sizes are grouped by
+padded shape so that padding stays small.
+
+Filters with a finite footprint are applied to the whole stack at once. To give, inside each
+object's real extent, exactly the values a per-object call would give, the padding is first
+refilled the way the filter's boundary mode extends that object's own image (``refill``), and
+every padded shape keeps a margin of at least the largest footprint radius beyond each extent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Sequence
+
+import numpy as np
+
+from .backend import array_module
+
+
+@dataclass
+class Batch:
+    """A padded stack of objects.
+
+    Attributes
+    ----------
+    pixels : (N, C, H, W) ndarray
+        Images in their native dtype, zero beyond each object's extent.
+    extents : (N, 2) int64 ndarray
+        (height, width) of each object's real image.
+    index : (N,) int64 ndarray (host)
+        Global index of each object (its row in the run's object table).
+    """
+
+    pixels: object
+    extents: object
+    index: np.ndarray
+
+    @property
+    def xp(self) -> ModuleType:
+        return array_module(self.pixels)
+
+    @property
+    def n(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.pixels.shape[2]), int(self.pixels.shape[3])
+
+    def valid(self):
+        """(N, H, W) bool: True inside each object's real extent."""
+        return valid_mask(self.extents, self.shape)
+
+    def take(self, rows) -> "Batch":
+        """Sub-batch of the given row positions."""
+        xp = self.xp
+        rows_d = xp.asarray(rows)
+        return Batch(self.pixels[rows_d], self.extents[rows_d], self.index[np.asarray(rows)])
+
+
+def valid_mask(extents, shape: tuple[int, int]):
+    """(M, H, W) bool mask of the real extent of each of M objects."""
+    xp = array_module(extents)
+    h, w = shape
+    rows = xp.arange(h)[None, :, None] < extents[:, 0, None, None]
+    cols = xp.arange(w)[None, None, :] < extents[:, 1, None, None]
+    return rows & cols
+
+
+def padded_shape(h: int, w: int, *, margin: int, multiple: int) -> tuple[int, int]:
+    """Padded (H, W) for an object of extent (h, w): extent + margin, rounded up."""
+    return (-(-(h + margin) // multiple) * multiple, -(-(w + margin) // multiple) * multiple)
+
+
+def group_by_shape(
+    shapes: Sequence[tuple[int, int]], *, margin: int, multiple: int, batch_size: int
+) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """Group objects into batches of one padded shape each.
+
+    Returns
+    -------
+    list of ((H, W), positions)
+        ``positions`` index into ``shapes``; each group holds at most ``batch_size`` objects.
+    """
+    keys: dict[tuple[int, int], list[int]] = {}
+    for pos, (h, w) in enumerate(shapes):
+        keys.setdefault(padded_shape(h, w, margin=margin, multiple=multiple), []).append(pos)
+    groups = []
+    for key in sorted(keys):
+        pos = np.asarray(keys[key], dtype=np.int64)
+        for start in range(0, len(pos), batch_size):
+            groups.append((key, pos[start : start + batch_size]))
+    return groups
+
+
+def assemble(images: Sequence[np.ndarray], index: np.ndarray, shape: tuple[int, int], xp=np):
+    """Stack (C, h, w) host images into a zero-padded Batch of padded shape ``shape``.
+
+    The stack is built on the host and moved to the device in one copy.
+    """
+    n = len(images)
+    c = images[0].shape[0]
+    dtype = np.result_type(*[im.dtype for im in images])
+    host = np.zeros((n, c, *shape), dtype=dtype)
+    extents = np.empty((n, 2), dtype=np.int64)
+    for i, im in enumerate(images):  # ragged inputs: one copy per object is unavoidable here
+        _, h, w = im.shape
+        host[i, :, :h, :w] = im
+        extents[i] = h, w
+    return Batch(xp.asarray(host), xp.asarray(extents), np.asarray(index, dtype=np.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding refill
+
+
+def _source_index(xp, i, n, mode: str):
+    """Index into an extent of length ``n`` that position ``i`` maps to under ``mode``.
+
+    ``i``: (1, L) positions; ``n``: (M, 1) extents. Modes follow scipy.ndimage.
+    """
+    if mode == "nearest":
+        return xp.minimum(i, n - 1)
+    if mode == "reflect":  # d c b a | a b c d | d c b a
+        k = i % (2 * n)
+        return xp.where(k < n, k, 2 * n - 1 - k)
+    if mode == "mirror":  # d c b | a b c d | c b a
+        period = xp.maximum(2 * n - 2, 1)
+        k = i % period
+        return xp.where(k < n, k, 2 * n - 2 - k)
+    if mode == "wrap":
+        return i % n
+    raise ValueError(f"unsupported padding mode {mode!r}")
+
+
+def refill(x, extents, mode: str, cval=0):
+    """Refill the padding of each object as ``mode`` extends that object's own image.
+
+    Parameters
+    ----------
+    x : (M, H, W) ndarray
+        One plane per object, object anchored at the top-left corner.
+    extents : (M, 2) int ndarray
+        (height, width) of each plane's real extent.
+    mode : {'nearest', 'reflect', 'mirror', 'wrap', 'constant'}
+        scipy.ndimage boundary mode of the filter that follows.
+    cval : scalar
+        Fill value for ``mode='constant'``.
+
+    Returns
+    -------
+    (M, H, W) ndarray
+        A copy; inside each extent identical to ``x``.
+    """
+    xp = array_module(x)
+    m, h, w = x.shape
+    if mode == "constant":
+        return xp.where(valid_mask(extents, (h, w)), x, xp.asarray(cval, dtype=x.dtype))
+    rows = _source_index(xp, xp.arange(h)[None, :], extents[:, 0:1], mode)  # (M, H)
+    cols = _source_index(xp, xp.arange(w)[None, :], extents[:, 1:2], mode)  # (M, W)
+    obj = xp.arange(m)[:, None, None]
+    return x[obj, rows[:, :, None], cols[:, None, :]]
+
+
+def planes(x, extents):
+    """Flatten (N, C, H, W) to (N*C, H, W) with the matching (N*C, 2) extents."""
+    xp = array_module(x)
+    n, c, h, w = x.shape
+    return x.reshape(n * c, h, w), xp.repeat(extents, c, axis=0)

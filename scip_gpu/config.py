@@ -1,0 +1,239 @@
+"""Configuration schema (dataclasses registered in Hydra's ConfigStore).
+
+The YAML files under ``conf/`` are validated against these dataclasses when Hydra composes the
+configuration, so a misspelt key or an unknown method name fails at start-up with a message that
+names it. ``validate`` then checks what a schema cannot express (lengths that must agree, the
+options each mask method accepts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+from .errors import ConfigError
+
+
+class DatasetFormat(str, Enum):
+    demo = "demo"  # bundled synthetic imaging-flow-style cells, generated on the fly
+    zarr_ragged = "zarr_ragged"  # SCIP's layout: 1-D object array, one flattened (C,H,W) cell each
+    zarr = "zarr"  # dense (N, C, H, W) array
+    tiff = "tiff"  # one TIFF per channel, grouped into objects by a regex
+    multipage_tiff = "multipage_tiff"  # one file per object, channels as pages
+    ome_tiff = "ome_tiff"  # one OME-TIFF per object, axes read from its metadata
+
+
+class MaskMethod(str, Enum):
+    li = "li"
+    otsu = "otsu"
+    spot = "spot"
+    circle = "circle"
+
+
+class FilterMethod(str, Enum):
+    normaltest = "normaltest"
+    std = "std"
+    value_range = "value_range"
+
+
+class FeatureFamily(str, Enum):
+    shape = "shape"
+    intensity = "intensity"
+    texture = "texture"
+    bbox = "bbox"
+    regions = "regions"
+
+
+class ExportFormat(str, Enum):
+    parquet = "parquet"
+    anndata = "anndata"
+
+
+class ClusterType(str, Enum):
+    local = "local"  # dask.distributed LocalCluster of worker processes
+    sync = "sync"  # no cluster: partitions run one after the other in this process (debugging)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class DatasetConfig:
+    """Where the objects come from and which channels to use."""
+
+    name: str = "dataset"
+    format: DatasetFormat = MISSING
+    path: Optional[str] = None
+    # zarr/multipage/OME: channel indices into each image; tiff: channel keys as matched by the
+    # regex's `channel` group. null: all channels.
+    channels: Optional[List[Any]] = None
+    channel_names: Optional[List[str]] = None
+    # tiff: must contain the named groups `id` and `channel`; every named group becomes a meta
+    # column. zarr formats: applied to the zarr path. multipage/OME: applied to each file path.
+    regex: Optional[str] = None
+    glob: str = "*.tif*"
+    # demo only
+    n_objects: int = 300
+    n_channels: int = 3
+    min_size: int = 48
+    max_size: int = 72
+    seed: int = 0
+
+
+@dataclass
+class MaskMethodConfig:
+    method: MaskMethod = MISSING
+    name: Optional[str] = None  # column prefix; defaults to the method name
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MaskFilterConfig:
+    method: FilterMethod = MISSING
+    channel_indices: Optional[List[int]] = None  # null: all channels
+    settings: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MasksConfig:
+    methods: List[MaskMethodConfig] = field(default_factory=list)
+    filters: List[MaskFilterConfig] = field(default_factory=list)
+    combined_indices: Optional[List[int]] = None  # channels whose masks form the combined mask
+    main_channel_index: int = 0  # no region left here: the object's features are NaN
+    remove_border_regions: bool = True
+    edge_width: int = 6  # radius of the disk that erodes a mask into its edge rim
+
+
+@dataclass
+class FeaturesConfig:
+    preset: str = "scip"
+    families: List[FeatureFamily] = field(
+        default_factory=lambda: [
+            FeatureFamily.shape,
+            FeatureFamily.intensity,
+            FeatureFamily.texture,
+            FeatureFamily.bbox,
+            FeatureFamily.regions,
+        ]
+    )
+    per_mask: Dict[str, List[FeatureFamily]] = field(default_factory=dict)
+    raw: bool = True  # the 11 statistics of each unmasked channel (feat_raw_*)
+
+
+@dataclass
+class ExportConfig:
+    formats: List[ExportFormat] = field(
+        default_factory=lambda: [ExportFormat.parquet, ExportFormat.anndata]
+    )
+    filename: str = "features"
+
+
+@dataclass
+class ClusterConfig:
+    type: ClusterType = ClusterType.local
+    n_workers: Optional[int] = None  # null: number of cores
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"
+    dashboard_address: Optional[str] = None  # e.g. ":8787" (needs bokeh)
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = MISSING
+    masks: MasksConfig = field(default_factory=MasksConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    output: Optional[str] = None  # null: a new folder under output_root
+    output_root: str = "outputs"
+    device: Device = Device.auto
+    partition_size: int = 1024  # objects per Dask task (one Parquet file each)
+    batch_size: int = 256  # objects per array batch inside a task
+    pad_multiple: int = 8  # padded batch shapes are multiples of this
+    strict: bool = False  # exit non-zero when any object failed
+    log_level: str = "INFO"
+    progress: bool = True
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="scip_gpu_schema", node=Config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks that a schema cannot express
+
+
+def mask_names(cfg: Config) -> list[str]:
+    return [m.name or m.method.value for m in cfg.masks.methods]
+
+
+def validate(cfg: Config, n_channels: int | None = None) -> None:
+    """Raise ``ConfigError`` naming the key when the configuration is inconsistent.
+
+    Parameters
+    ----------
+    cfg : Config
+    n_channels : int, optional
+        Number of selected channels, when known, to check channel indices against.
+    """
+    from .masks import check_method_kwargs
+
+    ds = cfg.dataset
+    if ds.channels is not None and len(ds.channels) == 0:
+        raise ConfigError("dataset.channels: empty list; use null for all channels")
+    if ds.channels is not None and ds.channel_names is not None:
+        if len(ds.channels) != len(ds.channel_names):
+            raise ConfigError(
+                f"dataset.channel_names has {len(ds.channel_names)} names for "
+                f"{len(ds.channels)} channels in dataset.channels; give one name per channel"
+            )
+    if ds.channel_names is not None and len(set(ds.channel_names)) != len(ds.channel_names):
+        raise ConfigError(f"dataset.channel_names: names must be unique, got {ds.channel_names}")
+    for key in ("partition_size", "batch_size", "pad_multiple"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}: must be at least 1, got {getattr(cfg, key)}")
+
+    names = mask_names(cfg)
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(
+            f"masks.methods: mask names must be unique (they prefix the columns); repeated: {dup}. "
+            "Give each method a distinct `name`."
+        )
+    if "raw" in names:
+        raise ConfigError("masks.methods: the name 'raw' is reserved for the unmasked features")
+    for i, m in enumerate(cfg.masks.methods):
+        check_method_kwargs(m.method.value, dict(m.kwargs), where=f"masks.methods[{i}]")
+    for key in cfg.features.per_mask:
+        if key not in names:
+            raise ConfigError(
+                f"features.per_mask: {key!r} is not a configured mask (masks: {names or 'none'})"
+            )
+    if cfg.export.formats == []:
+        raise ConfigError("export.formats: choose at least one of parquet, anndata")
+
+    if n_channels is not None:
+        def _check_index(key: str, idx: int) -> None:
+            if not 0 <= idx < n_channels:
+                raise ConfigError(
+                    f"{key}: channel index {idx} is out of range for {n_channels} selected "
+                    f"channels (valid: 0..{n_channels - 1})"
+                )
+
+        if cfg.masks.methods:
+            _check_index("masks.main_channel_index", cfg.masks.main_channel_index)
+        for i in cfg.masks.combined_indices or []:
+            _check_index("masks.combined_indices", i)
+        for j, f in enumerate(cfg.masks.filters):
+            for i in f.channel_indices or []:
+                _check_index(f"masks.filters[{j}].channel_indices", i)

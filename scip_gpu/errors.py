@@ -1,0 +1,38 @@
+"""Exceptions with messages meant for users.
+
+``ConfigError`` and ``InputError`` stop a run at start-up (bad configuration, missing dataset);
+``ObjectError`` concerns one object only: it is recorded in the run's error report and the other
+objects are profiled.
+"""
+
+
+class ScipGpuError(Exception):
+    """Base class of the errors scip_gpu reports to users."""
+
+
+class ConfigError(ScipGpuError):
+    """The configuration is invalid; the message names the key and the cause."""
+
+
+class InputError(ScipGpuError):
+    """The dataset as a whole cannot be read (missing path, no matching files, ...)."""
+
+
+class OutputError(ScipGpuError):
+    """The output folder cannot be used (exists already, not writable, ...)."""
+
+
+class ObjectError(ScipGpuError):
+    """One object cannot be profiled; the run goes on without it.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong, naming the input (file, index) and the cause.
+    stage : str
+        Pipeline stage that found the problem (``load``, ``validate``, ``mask``, ``features``).
+    """
+
+    def __init__(self, message: str, stage: str = "load"):
+        super().__init__(message)
+        self.stage = stage

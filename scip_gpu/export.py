@@ -1,0 +1,133 @@
+"""Writing a run's outputs.
+
+- ``{filename}.parquet/part-NNNNN.parquet``: one file per partition, written by the worker that
+  computed it, atomically (temporary name, then rename). The schema metadata key ``scip_gpu``
+  holds the JSON description of every column.
+- ``{filename}.h5ad``: AnnData with features in ``X`` (float32), the column descriptions in
+  ``var`` and the metadata (``meta_*``) in ``obs``. ``X`` is streamed from the Parquet parts, so
+  memory does not grow with the number of objects beyond the ``obs`` table.
+- ``errors.csv``: one row per object that could not be profiled (also when there are none).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .features.registry import Column, columns_json, var_table
+
+PARQUET_META_KEY = b"scip_gpu"
+ERROR_COLUMNS = ["meta_index", "object", "stage", "error"]
+
+
+def part_name(part: int) -> str:
+    return f"part-{part:05d}.parquet"
+
+
+def arrow_schema(meta: pd.DataFrame, columns: Sequence[Column]):
+    """Schema of every partition file: meta columns as in the object table, features float64."""
+    import pyarrow as pa
+
+    base = pa.Schema.from_pandas(meta, preserve_index=False)
+    fields = [f if f.type != pa.null() else pa.field(f.name, pa.string()) for f in base]
+    fields.append(pa.field("meta_status", pa.string()))
+    fields += [pa.field(c.name, pa.float64()) for c in columns]
+    return pa.schema(fields, metadata={PARQUET_META_KEY: columns_json(columns).encode()})
+
+
+def write_part(folder: Path, part: int, table: pd.DataFrame, schema) -> Path:
+    """Write one partition's table atomically; returns the final path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / part_name(part)
+    tmp = folder / f".{final.name}.{os.getpid()}.tmp"
+    pq.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False), tmp)
+    os.replace(tmp, final)
+    return final
+
+
+def read_columns(path: Path) -> list[dict]:
+    """Column descriptions stored in a Parquet file's schema metadata."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta.get(PARQUET_META_KEY, b"[]"))
+
+
+def write_anndata(parts: Sequence[Path], path: Path, columns: Sequence[Column], meta_columns: Sequence[str],
+                  uns: dict | None = None) -> None:
+    """Write the AnnData file from the Parquet parts (X streamed, float32)."""
+    import anndata as ad
+    import h5py
+    import pyarrow.parquet as pq
+
+    feat = [c for c in columns if c.kind == "feat"]
+    obs_cols = list(meta_columns) + ["meta_status"] + [c.name for c in columns if c.kind == "meta"]
+    obs = pd.concat([pq.read_table(p, columns=obs_cols).to_pandas() for p in parts], ignore_index=True) \
+        if parts else pd.DataFrame(columns=obs_cols)
+    obs.index = obs["meta_index"].astype(str) if "meta_index" in obs else obs.index.astype(str)
+    obs.index.name = None
+    for col in obs.columns:  # h5ad stores object columns as strings only
+        if obs[col].dtype == object:
+            obs[col] = obs[col].astype(str)
+    var = var_table(feat) if feat else pd.DataFrame(index=pd.Index([], dtype=str))
+    adata = ad.AnnData(obs=obs, var=var, uns=uns or {})
+    tmp = path.with_name(f".{path.name}.tmp")
+    adata.write_h5ad(tmp)
+    names = [c.name for c in feat]
+    with h5py.File(tmp, "a") as f:
+        if "X" in f:
+            del f["X"]
+        n, k = len(obs), len(names)
+        chunk_rows = max(1, min(n, 2**20 // max(k, 1)))
+        x = f.create_dataset("X", shape=(n, k), dtype="float32",
+                             chunks=(chunk_rows, k) if n and k else None)
+        x.attrs["encoding-type"] = "array"
+        x.attrs["encoding-version"] = "0.2.0"
+        row = 0
+        for p in parts:  # one partition in memory at a time
+            block = pq.read_table(p, columns=names).to_pandas().to_numpy(dtype=np.float32)
+            x[row:row + len(block)] = block
+            row += len(block)
+    os.replace(tmp, path)
+
+
+def write_errors(path: Path, errors: Sequence[dict]) -> None:
+    pd.DataFrame(list(errors), columns=ERROR_COLUMNS).to_csv(path, index=False)
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("scip_gpu", "numpy", "scipy", "scikit-image", "pandas", "pyarrow", "dask", "distributed",
+                 "zarr", "numcodecs", "tifffile", "anndata", "h5py", "hydra-core", "omegaconf",
+                 "cupy-cuda13x", "cucim-cu13", "dask-cuda", "cellpose", "torch"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def git_revision() -> str | None:
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        res = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        if res.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return res.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,116 @@
+"""Intensity family: 11 statistics x 8 views per channel, and the raw (unmasked) set.
+
+Views (SCIP's, scip-behaviour.md 2.2 B), for channel ``c``:
+
+========================  =====================================================================
+view                      pixels
+========================  =====================================================================
+``mask``                  inside channel ``c``'s mask
+``bgcorr``                the same, minus the background (mean outside that mask)
+``edge``                  the mask's inner rim: ``mask XOR binary_erosion(mask, disk(6))``
+``bgcorr_edge``           the rim, minus the background
+``combined``              inside the combined (union) mask
+``combined_bgcorr``       minus the combined background (mean outside the combined mask)
+``combined_edge``         rim of the combined mask
+``combined_bgcorr_edge``  that rim minus the combined background
+========================  =====================================================================
+
+An empty view gives NaN for all 11 statistics (SCIP gives 0 for some; NaN is consistent with the
+other families). Background-corrected views are derived from the uncorrected ones: a shift moves
+the location statistics and the sum and leaves the spread and shape statistics unchanged.
+"""
+
+from __future__ import annotations
+
+from .. import ops
+from ..batch import planes
+from ..stats import STATISTICS, masked_statistics
+from .registry import Column, Family, column_name, register
+
+VIEWS = (
+    "mask",
+    "bgcorr",
+    "edge",
+    "bgcorr_edge",
+    "combined",
+    "combined_bgcorr",
+    "combined_edge",
+    "combined_bgcorr_edge",
+)
+_SHIFTED = [STATISTICS.index(s) for s in
+            ("mean", "median", "max", "min", "lower_quartile", "upper_quartile")]
+_SUM = STATISTICS.index("sum")
+
+
+def _key(view: str, stat: str, channel: str) -> str:
+    return f"{stat}_{channel}" if view == "mask" else f"{view}_{stat}_{channel}"
+
+
+def intensity_columns(mask: str | None, channels) -> list[Column]:
+    return [
+        Column(column_name("feat", mask, _key(v, s, ch)), "feat", "intensity", s, mask, v, ch)
+        for ch in channels
+        for v in VIEWS
+        for s in STATISTICS
+    ]
+
+
+def raw_columns(mask: str | None, channels) -> list[Column]:
+    return [
+        Column(column_name("feat", "raw", f"{s}_{ch}"), "feat", "raw", s, None, "raw", ch)
+        for ch in channels
+        for s in STATISTICS
+    ]
+
+
+def _shift(stats, count, shift):
+    """Statistics of (x - shift) from those of x."""
+    out = stats.copy()
+    out[:, _SHIFTED] -= shift[:, None]
+    out[:, _SUM] -= count * shift
+    return out
+
+
+def compute_intensity(batch, mr, ctx):
+    """(N, C*88) intensity features of one mask, columns as ``intensity_columns``."""
+    xp = batch.xp
+    n, c, h, w = batch.pixels.shape
+    p = h * w
+    values = batch.pixels.reshape(n * c, p)
+    flat_mask, ext = planes(mr.mask, batch.extents)
+    edge = flat_mask ^ ops.binary_erosion_disk(flat_mask, ext, ctx.edge_width)
+    comb = mr.combined
+    comb_edge = comb ^ ops.binary_erosion_disk(comb, batch.extents, ctx.edge_width)
+    comb_c = xp.broadcast_to(comb[:, None], (n, c, h, w)).reshape(n * c, p)
+    comb_edge_c = xp.broadcast_to(comb_edge[:, None], (n, c, h, w)).reshape(n * c, p)
+    bg = mr.background.reshape(n * c)
+    cbg = mr.combined_background.reshape(n * c)
+    out = []
+    for view_mask, shift in (
+        (flat_mask.reshape(n * c, p), bg),
+        (edge.reshape(n * c, p), bg),
+        (comb_c, cbg),
+        (comb_edge_c, cbg),
+    ):
+        s = masked_statistics(values, view_mask)
+        cnt = view_mask.sum(axis=1).astype(xp.float64)
+        out += [s, _shift(s, cnt, shift)]
+    # order per channel: mask, bgcorr, edge, bgcorr_edge, combined, ... (see VIEWS)
+    res = xp.stack(out, axis=1).reshape(n, c, len(VIEWS) * len(STATISTICS))
+    res = res.reshape(n, -1)
+    return xp.where(mr.usable[:, None], res, xp.nan)
+
+
+def compute_raw(batch, mr, ctx):
+    """(N, C*11) statistics of each whole (unmasked) channel image."""
+    n, c, h, w = batch.pixels.shape
+    valid = batch.valid()
+    xp = batch.xp
+    v = xp.broadcast_to(valid[:, None], (n, c, h, w)).reshape(n * c, h * w)
+    return masked_statistics(batch.pixels.reshape(n * c, h * w), v).reshape(n, -1)
+
+
+register(Family("intensity", intensity_columns, compute_intensity, True,
+                "11 statistics x 8 views (mask, background-corrected, edge, combined) per channel"))
+register(Family("raw", raw_columns, compute_raw, False,
+                "11 statistics of each unmasked channel image"))

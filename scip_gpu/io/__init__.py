@@ -1,0 +1,27 @@
+"""Object sources for every supported input format."""
+
+from __future__ import annotations
+
+from .base import Source
+from .tiff import ChannelTiffSource, FileSource
+from .zarr_dense import DenseZarrSource
+from .zarr_ragged import RaggedZarrSource
+
+
+def make_source(dataset_cfg) -> Source:
+    """The source for ``dataset.format``."""
+    from ..demo import DemoSource
+
+    fmt = getattr(dataset_cfg.format, "value", dataset_cfg.format)
+    classes = {
+        "demo": DemoSource,
+        "zarr_ragged": RaggedZarrSource,
+        "zarr": DenseZarrSource,
+        "tiff": ChannelTiffSource,
+        "multipage_tiff": FileSource,
+        "ome_tiff": FileSource,
+    }
+    return classes[fmt](dataset_cfg)
+
+
+__all__ = ["Source", "make_source"]

@@ -1,0 +1,232 @@
+"""Mask methods, batched over objects: SCIP's definitions (see scip-behaviour.md, section 3).
+
+Each method takes one channel of a batch, ``x`` (M, H, W) in the image's native dtype with
+``extents`` (M, 2), and returns the (M, H, W) bool foreground mask before SCIP's common
+post-processing (border-region removal, main-channel rule). The per-object definition each one
+reproduces is written in its docstring; the tests compare against those scikit-image calls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from ..backend import array_module
+from ..batch import valid_mask
+from ..stats import masked_quantile, sort_valid
+
+
+def _area_quarter(extents):
+    return extents[:, 0].astype(np.float64) * extents[:, 1] / 4
+
+
+def _fill_and_clean(fg, extents):
+    # remove_small_holes(area_threshold=H*W/4) then remove_small_objects(min_size=20)
+    fg = ops.remove_small_holes(fg, extents, _area_quarter(extents))
+    return ops.remove_small_objects(fg, 20)
+
+
+# ---------------------------------------------------------------------------------------------
+# Thresholds
+
+
+def threshold_li(x, valid, *, max_iter: int = 10_000):
+    """``skimage.filters.threshold_li`` of each row's valid entries (float rows).
+
+    Li's iterative minimum cross-entropy threshold, run for all rows at once; a row stops when
+    its update falls below its tolerance (half the smallest gap between distinct values).
+    """
+    xp = array_module(x)
+    m = x.shape[0]
+    s, n = sort_valid(x, valid)
+    lo = s[:, 0]
+    hi = xp.take_along_axis(s, xp.maximum(n - 1, 0)[:, None], axis=1)[:, 0]
+    out = xp.full(m, xp.nan)
+    const = (n > 0) & (lo == hi)
+    out = xp.where(const, lo, out)
+    todo = (n > 0) & ~const
+    if not bool(todo.any()):  # host sync: one per call
+        return out
+    rows = xp.nonzero(todo)[0]
+    img = x[rows].astype(xp.float64) - lo[rows, None]
+    vmask = valid[rows]
+    ss = s[rows] - lo[rows, None]
+    with np.errstate(invalid="ignore"):  # inf - inf beyond each row's valid entries
+        gaps = xp.diff(ss, axis=1)
+    gaps = xp.where((gaps > 0) & xp.isfinite(gaps), gaps, xp.inf)
+    tol = gaps.min(axis=1) / 2
+    cnt = n[rows].astype(xp.float64)
+    t_next = xp.where(vmask, img, 0.0).sum(axis=1) / cnt
+    t_curr = -2 * tol
+    active = xp.ones(len(rows), dtype=bool)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for _ in range(max_iter):
+            active &= xp.abs(t_next - t_curr) > tol
+            if not bool(active.any()):  # host sync per iteration (a few dozen at most)
+                break
+            t_curr = xp.where(active, t_next, t_curr)
+            fg = (img > t_curr[:, None]) & vmask
+            bg = ~(img > t_curr[:, None]) & vmask
+            mean_fore = xp.where(fg, img, 0.0).sum(axis=1) / fg.sum(axis=1)
+            mean_back = xp.where(bg, img, 0.0).sum(axis=1) / bg.sum(axis=1)
+            stop = mean_back == 0
+            new = (mean_back - mean_fore) / (xp.log(mean_back) - xp.log(mean_fore))
+            upd = active & ~stop
+            t_next = xp.where(upd, new, t_next)
+            active &= ~stop
+    out[rows] = t_next + lo[rows]
+    return out
+
+
+def threshold_otsu_int(x, valid):
+    """``skimage.filters.threshold_otsu`` of each row's valid entries, for non-negative integer
+    rows (scikit-image then uses one histogram bin per integer value)."""
+    xp = array_module(x)
+    m = x.shape[0]
+    big = np.iinfo(np.int64).max
+    xi = x.astype(xp.int64)
+    vmin = xp.where(valid, xi, big).min(axis=1)
+    vmax = xp.where(valid, xi, -1).max(axis=1)
+    nbins = int(vmax.max()) + 1 if m else 1  # host sync: histogram width
+    nbins = max(nbins, 1)
+    codes = xp.where(valid, xp.arange(m)[:, None] * nbins + xi, m * nbins)
+    counts = xp.bincount(codes.ravel(), minlength=m * nbins + 1)[: m * nbins].reshape(m, nbins)
+    centers = xp.arange(nbins, dtype=xp.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w1 = xp.cumsum(counts, axis=1)
+        w2 = xp.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
+        cb = counts * centers
+        mean1 = xp.cumsum(cb, axis=1) / w1
+        mean2 = (xp.cumsum(cb[:, ::-1], axis=1) / w2[:, ::-1])[:, ::-1]
+        var12 = w1[:, :-1] * w2[:, 1:] * (mean1[:, :-1] - mean2[:, 1:]) ** 2
+    idx = centers[None, :-1]
+    var12 = xp.where((idx >= vmin[:, None]) & (idx < vmax[:, None]), var12, -xp.inf)
+    if nbins > 1:
+        thr = xp.argmax(var12, axis=1).astype(xp.float64)
+    else:
+        thr = xp.zeros(m)
+    thr = xp.where(vmin == vmax, vmin.astype(xp.float64), thr)  # one value only: that value
+    return xp.where(vmax >= 0, thr, xp.nan)
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods
+
+
+def li(x, extents, *, channel: int, smooth=1.0):
+    """Per object: ``gaussian(σ) → sobel → gaussian(2σ) → x > threshold_li(x) →
+    remove_small_holes(H·W/4) → remove_small_objects(20)``.
+
+    ``smooth``: σ, one value for all channels or a list with one value per channel.
+    """
+    sigma = float(smooth[channel] if isinstance(smooth, (list, tuple)) else smooth)
+    valid = valid_mask(extents, x.shape[1:])
+    f = ops.gaussian(x, extents, sigma)
+    f = ops.sobel(f, extents)
+    f = ops.gaussian(f, extents, 2 * sigma)
+    m = f.shape[0]
+    thr = threshold_li(f.reshape(m, -1), valid.reshape(m, -1))
+    fg = (f > thr[:, None, None].astype(f.dtype)) & valid
+    return _fill_and_clean(fg, extents)
+
+
+def _digitize_512(x, valid):
+    # numpy.digitize(x, numpy.histogram_bin_edges(x, bins=512)) per object, as uint16
+    xp = array_module(x)
+    m = x.shape[0]
+    flat = x.reshape(m, -1).astype(xp.float64)
+    v = valid.reshape(m, -1)
+    lo = xp.where(v, flat, xp.inf).min(axis=1)
+    hi = xp.where(v, flat, -xp.inf).max(axis=1)
+    same = lo == hi
+    lo = xp.where(same, lo - 0.5, lo)
+    hi = xp.where(same, hi + 0.5, hi)
+    edges = xp.linspace(lo, hi, 513, axis=1)  # (M, 513), as numpy.histogram_bin_edges
+    guess = xp.floor((flat - lo[:, None]) / (hi - lo)[:, None] * 512).astype(xp.int64) + 1
+    guess = xp.clip(guess, 0, 513)
+    # digitize: i with edges[i-1] <= x < edges[i]; correct the arithmetic guess by +-1
+    for _ in range(2):
+        left = xp.take_along_axis(edges, xp.clip(guess - 1, 0, 512), axis=1)
+        right = xp.take_along_axis(edges, xp.clip(guess, 0, 512), axis=1)
+        guess = xp.where((guess > 0) & (flat < left), guess - 1, guess)
+        guess = xp.where((guess < 513) & (flat >= right), guess + 1, guess)
+    return xp.where(v, guess, 0).reshape(x.shape).astype(xp.uint16)
+
+
+def otsu(x, extents, *, channel: int):
+    """Per object (SCIP's ``otsu``): if ``max > 512`` digitise into 512 bins; ``p = x −
+    median(x, disk 5)`` → ``gaussian(0.5)`` → ``sobel`` → min-max scale × ``max(x)`` → uint16 →
+    ``median(disk 5)`` → ``p > threshold_otsu(p)`` → remove_small_holes(H·W/4) →
+    remove_small_objects(20).
+
+    Float images are always digitised (scikit-image's rank filters need integers).
+    """
+    xp = array_module(x)
+    valid = valid_mask(extents, x.shape[1:])
+    m = x.shape[0]
+    vmax = xp.where(valid, x, 0).reshape(m, -1).max(axis=1)
+    small_uint = x.dtype.kind == "u" and x.dtype.itemsize <= 2
+    # scikit-image's rank filters need small unsigned integers: other dtypes are always digitised
+    need = (vmax > 512) if small_uint else xp.ones(m, dtype=bool)
+    base = x.astype(xp.uint16) if small_uint else xp.zeros(x.shape, dtype=xp.uint16)
+    xd = xp.where(need[:, None, None], _digitize_512(x, valid), base)
+    xmax = xp.where(valid, xd, 0).reshape(m, -1).max(axis=1).astype(xp.float64)
+    p = xd.astype(xp.float64) - ops.median_disk(xd, extents, 5)
+    p = ops.gaussian(p, extents, 0.5)
+    p = ops.sobel(p, extents)
+    pf = p.reshape(m, -1)
+    vf = valid.reshape(m, -1)
+    pmin = xp.where(vf, pf, xp.inf).min(axis=1)[:, None, None]
+    pmax = xp.where(vf, pf, -xp.inf).max(axis=1)[:, None, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = (p - pmin) / (pmax - pmin)
+        p = p * xmax[:, None, None]
+    p = xp.where(xp.isfinite(p) & valid, p, 0).astype(xp.uint16)
+    p = ops.median_disk(p, extents, 5)
+    thr = threshold_otsu_int(p.reshape(m, -1), vf)
+    fg = (p > thr[:, None, None]) & valid
+    return _fill_and_clean(fg, extents)
+
+
+def spot(x, extents, *, channel: int, spotsize: int = 5):
+    """Per object: ``white_tophat(x, disk(spotsize)) → x > quantile(x, 0.99)``."""
+    valid = valid_mask(extents, x.shape[1:])
+    t = ops.white_tophat_disk(x, extents, int(spotsize))
+    m = x.shape[0]
+    q = masked_quantile(t.reshape(m, -1), valid.reshape(m, -1), 0.99)
+    return (t > q[:, None, None]) & valid
+
+
+def circle(x, extents, *, channel: int):
+    """A centred disk of radius ``min(H, W) // 3`` (test and demo method)."""
+    xp = array_module(x)
+    h = extents[:, 0, None, None]
+    w = extents[:, 1, None, None]
+    r = xp.arange(x.shape[1])[None, :, None]
+    c = xp.arange(x.shape[2])[None, None, :]
+    cy, cx = h // 2, w // 2
+    radius = xp.minimum(h, w) // 3
+    d = xp.sqrt(((c - cx) ** 2 + (r - cy) ** 2).astype(xp.float64))
+    return (d <= radius) & valid_mask(extents, x.shape[1:])
+
+
+#: method name -> (function, options it accepts with their defaults, smallest image side)
+METHODS = {
+    "li": (li, {"smooth": 1.0}, 1),
+    "otsu": (otsu, {}, 11),
+    "spot": (spot, {"spotsize": 5}, 1),
+    "circle": (circle, {}, 1),
+}
+
+
+def margin(method: str, kwargs: dict) -> int:
+    """Largest footprint radius of a method's filters (the batch padding margin it needs)."""
+    if method == "li":
+        smooth = kwargs.get("smooth", 1.0)
+        sig = max(smooth) if isinstance(smooth, (list, tuple)) else smooth
+        return max(ops.gaussian_radius(2 * float(sig)), 1)
+    if method == "otsu":
+        return ops.gaussian_radius(0.5) + 1
+    if method == "spot":
+        return int(kwargs.get("spotsize", 5))
+    return 0

@@ -1,0 +1,325 @@
+"""A run: list objects, profile them partition by partition, export.
+
+``run`` is the whole pipeline behind ``python -m scip_gpu``; ``process_partition`` is the one
+fused task that a worker runs per partition of objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import export
+from .backend import device_module, select_device
+from .batch import assemble, group_by_shape
+from .cluster import executor
+from .config import Config, validate
+from .errors import ObjectError, OutputError, ScipGpuError
+from .io import make_source
+from .profile import Plan, build_plan, profile_batch
+
+log = logging.getLogger("scip_gpu")
+
+
+@dataclass
+class PartitionResult:
+    part: int
+    n: int
+    n_ok: int
+    errors: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class RunSummary:
+    output: Path
+    n_objects: int
+    n_ok: int
+    n_errors: int
+    n_features: int
+    seconds: float
+    errors: list = field(default_factory=list)
+
+    def line(self) -> str:
+        rate = self.n_objects / self.seconds if self.seconds > 0 else float("nan")
+        return (f"scip_gpu: profiled {self.n_objects} objects ({self.n_ok} ok, {self.n_errors} with errors) "
+                f"x {self.n_features} features in {self.seconds:.1f} s ({rate:.0f} objects/s) -> {self.output}")
+
+
+# ---------------------------------------------------------------------------------------------
+# One partition (runs on a worker)
+
+
+def check_image(img, n_channels: int, min_side: int, name: str) -> np.ndarray:
+    """Validate one loaded (C, H, W) image; raise ObjectError naming the input and the cause."""
+    img = np.asarray(img)
+    if img.ndim != 3:
+        raise ObjectError(f"{name}: expected a (C, H, W) image, got shape {img.shape}", "validate")
+    c, h, w = img.shape
+    if h == 0 or w == 0 or c == 0:
+        raise ObjectError(f"{name}: empty image (shape {img.shape})", "validate")
+    if c != n_channels:
+        raise ObjectError(f"{name}: has {c} channel(s), {n_channels} expected", "validate")
+    if img.dtype.kind not in "uif":
+        raise ObjectError(f"{name}: unsupported pixel type {img.dtype}", "validate")
+    if img.dtype.kind == "f" and not np.isfinite(img).all():
+        raise ObjectError(f"{name}: contains NaN or infinite pixel values", "validate")
+    if min(h, w) < min_side:
+        raise ObjectError(
+            f"{name}: image {h}x{w} is smaller than the {min_side}x{min_side} footprint of the "
+            "configured mask filters", "validate")
+    return img
+
+
+def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, folder: str, schema,
+                      device: str) -> PartitionResult:
+    """Load, mask and profile one partition of objects and write its Parquet file."""
+    t0 = time.perf_counter()
+    part, rows = task
+    cfg = plan.cfg
+    xp = device_module(device)
+    n_ch = len(plan.channel_names)
+    errors: dict[int, dict] = {}
+
+    def fail(pos: int, exc: Exception, stage: str) -> None:
+        row = rows.iloc[pos]
+        msg = str(exc) if isinstance(exc, ObjectError) else f"{source.describe(row)}: {type(exc).__name__}: {exc}"
+        errors[pos] = {"meta_index": int(row["meta_index"]), "object": source.describe(row),
+                       "stage": getattr(exc, "stage", stage), "error": msg}
+
+    try:
+        loaded = source.load(rows)
+    except Exception as exc:  # a loader bug must not lose the partition: every object is reported
+        loaded = [exc] * len(rows)
+    good: list[tuple[int, np.ndarray]] = []
+    for pos, item in enumerate(loaded):
+        if isinstance(item, Exception):
+            fail(pos, item, "load")
+            continue
+        try:
+            good.append((pos, check_image(item, n_ch, plan.min_side, source.describe(rows.iloc[pos]))))
+        except ObjectError as exc:
+            fail(pos, exc, "validate")
+
+    values = np.full((len(rows), plan.n_features), np.nan)
+    index = rows["meta_index"].to_numpy()
+    groups = group_by_shape([img.shape[1:] for _, img in good], margin=plan.margin,
+                            multiple=cfg.pad_multiple, batch_size=cfg.batch_size)
+    for shape, members in groups:
+        positions = [good[m][0] for m in members]
+        imgs = [good[m][1] for m in members]
+        try:
+            values[positions] = profile_batch(assemble(imgs, index[positions], shape, xp), plan)
+        except Exception:
+            # isolate the object(s) that break the batch; the others are profiled alone
+            for pos, img in zip(positions, imgs):
+                try:
+                    values[pos] = profile_batch(assemble([img], index[[pos]], shape, xp), plan)
+                except Exception as exc:
+                    fail(pos, exc, "features")
+
+    table = rows[[c for c in schema.names if c in rows.columns]].reset_index(drop=True)
+    status = np.array(["ok"] * len(rows), dtype=object)
+    status[list(errors)] = "error"
+    table["meta_status"] = status
+    feats = pd.DataFrame(values, columns=[c.name for c in plan.columns])
+    table = pd.concat([table, feats], axis=1)
+    export.write_part(Path(folder), part, table, schema)
+    return PartitionResult(part, len(rows), len(rows) - len(errors), list(errors.values()),
+                           time.perf_counter() - t0)
+
+
+def failed_partition(part: int, rows: pd.DataFrame, plan: Plan, folder: Path, schema, exc: Exception,
+                     source) -> PartitionResult:
+    """Record a partition whose task failed as a whole: its rows are kept, all NaN, with errors."""
+    msg = f"partition task failed: {type(exc).__name__}: {exc}"
+    errors = [{"meta_index": int(r["meta_index"]), "object": source.describe(r), "stage": "partition",
+               "error": msg} for _, r in rows.iterrows()]
+    table = rows[[c for c in schema.names if c in rows.columns]].reset_index(drop=True)
+    table["meta_status"] = "error"
+    table = pd.concat([table, pd.DataFrame(np.nan, index=table.index, columns=[c.name for c in plan.columns])],
+                      axis=1)
+    export.write_part(folder, part, table, schema)
+    return PartitionResult(part, len(rows), 0, errors)
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+class Progress:
+    """Objects done, objects/s and ETA: a live line on a terminal, else a log line every 10 s."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+        self.tty = sys.stderr.isatty()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        el = now - self.t0
+        rate = self.done / el if el > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        msg = (f"{self.done}/{self.total} objects ({100 * self.done / max(self.total, 1):.0f}%), "
+               f"{rate:.0f} objects/s, ETA {eta:.0f} s")
+        if self.tty:
+            sys.stderr.write("\r" + msg + " " * 8)
+            if self.done >= self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        elif now - self.last > 10 or self.done >= self.total:
+            log.info("progress: %s", msg)
+            self.last = now
+
+
+def create_output_dir(cfg: Config) -> Path:
+    """A new, empty output folder; an existing non-empty folder is never reused or cleared."""
+    if cfg.output:
+        out = Path(cfg.output)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise OutputError(
+                f"output folder {out} already exists and is not empty; scip_gpu never overwrites "
+                "results: choose another output=... (or move that folder away yourself)")
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = Path(cfg.output_root) / f"{cfg.dataset.name}-{stamp}"
+        out, k = base, 1
+        while out.exists():
+            out = base.with_name(f"{base.name}-{k}")
+            k += 1
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"output folder {out} cannot be created or written: {exc}") from exc
+    return out
+
+
+def _log_to_file(path: Path, level: str) -> logging.Handler:
+    h = logging.FileHandler(path, encoding="utf-8")
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    h.setLevel(level)
+    logging.getLogger("scip_gpu").addHandler(h)
+    return h
+
+
+def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
+    """Run the pipeline for a validated configuration object.
+
+    Raises
+    ------
+    ConfigError, InputError, OutputError
+        Before any output is written when the configuration or the dataset is unusable.
+    """
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    source = make_source(cfg.dataset)
+    objects = source.objects()
+    if len(objects) == 0:
+        from .errors import InputError
+
+        raise InputError(f"dataset {cfg.dataset.name!r}: no objects found at {cfg.dataset.path!r}")
+    objects.insert(0, "meta_index", np.arange(len(objects), dtype=np.int64))
+    channel_names = source.channel_names(objects)
+    validate(cfg, len(channel_names))
+    plan = build_plan(cfg, channel_names)
+    device = select_device(getattr(cfg.device, "value", cfg.device))
+
+    out = create_output_dir(cfg)
+    handler = _log_to_file(out / "run.log", cfg.log_level)
+    try:
+        log.info("scip_gpu run started at %s; output folder %s", started.isoformat(timespec="seconds"), out)
+        log.info("dataset %r (%s): %d objects, channels %s", cfg.dataset.name, source.kind, len(objects),
+                 channel_names)
+        log.info("%d columns per object (%d features); device %s", plan.n_features,
+                 sum(c.kind == "feat" for c in plan.columns), device)
+        if resolved_yaml is not None:
+            (out / "config.yaml").write_text(resolved_yaml)
+
+        meta_cols = [c for c in objects.columns if c.startswith("meta_")]
+        schema = export.arrow_schema(objects[meta_cols], plan.columns)
+        folder = out / f"{cfg.export.filename}.parquet"
+        size = cfg.partition_size
+        tasks = [(i, objects.iloc[s:s + size]) for i, s in enumerate(range(0, len(objects), size))]
+        results: list[PartitionResult] = []
+        progress = Progress(len(objects), cfg.progress)
+        with executor(cfg.cluster) as ex:
+            log.info("running %d partition(s) of up to %d objects on %s", len(tasks), size, ex.description)
+            names = [f"scip_gpu-partition-{i}-{out.name}" for i, _ in tasks]
+            for task, res, exc in ex.map_unordered(process_partition, tasks, names, source=source, plan=plan,
+                                                   folder=str(folder), schema=schema, device=device):
+                if exc is not None:
+                    log.error("partition %d failed: %s: %s", task[0], type(exc).__name__, exc)
+                    res = failed_partition(task[0], task[1], plan, folder, schema, exc, source)
+                results.append(res)
+                progress.update(res.n)
+
+        errors = sorted((e for r in results for e in r.errors), key=lambda e: e["meta_index"])
+        export.write_errors(out / "errors.csv", errors)
+        for e in errors[:20]:
+            log.warning("object %s failed (%s): %s", e["meta_index"], e["stage"], e["error"])
+        if len(errors) > 20:
+            log.warning("... and %d more; see errors.csv", len(errors) - 20)
+
+        parts = [folder / export.part_name(i) for i, _ in tasks]
+        seconds = time.perf_counter() - t0
+        n_ok = sum(r.n_ok for r in results)
+        provenance = {
+            "scip_gpu": export.package_versions().get("scip_gpu"),
+            "git_revision": export.git_revision(),
+            "packages": export.package_versions(),
+            "python": sys.version.split()[0],
+            "host": socket.gethostname(),
+            "device": device,
+            "cluster": ex.description,
+            "started": started.isoformat(timespec="seconds"),
+            "command": sys.argv,
+            "dataset": {"name": cfg.dataset.name, "format": getattr(cfg.dataset.format, "value", cfg.dataset.format),
+                        "path": cfg.dataset.path},
+            "objects": len(objects),
+            "objects_ok": n_ok,
+            "objects_with_errors": len(errors),
+            "partitions": len(tasks),
+            "columns": plan.n_features,
+            "features": sum(c.kind == "feat" for c in plan.columns),
+            "channel_names": channel_names,
+        }
+        formats = [getattr(f, "value", f) for f in cfg.export.formats]
+        if "anndata" in formats:
+            export.write_anndata(parts, out / f"{cfg.export.filename}.h5ad", plan.columns, meta_cols,
+                                 uns={"scip_gpu": {k: v for k, v in provenance.items()
+                                                   if isinstance(v, (str, int, float))}})
+        if "parquet" not in formats:  # the parts were this run's own intermediates
+            for p in parts:
+                p.unlink(missing_ok=True)
+            folder.rmdir()
+        seconds = time.perf_counter() - t0
+        provenance["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        provenance["seconds"] = round(seconds, 3)
+        import json
+
+        (out / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+        summary = RunSummary(out, len(objects), n_ok, len(errors), plan.n_features, seconds, errors)
+        handler.handle(logging.makeLogRecord({"name": "scip_gpu", "levelno": logging.INFO,
+                                              "levelname": "INFO", "msg": summary.line()}))
+        return summary
+    finally:
+        logging.getLogger("scip_gpu").removeHandler(handler)
+        handler.close()
+
+
+__all__ = ["run", "process_partition", "RunSummary", "ScipGpuError"]
