@@ -30,13 +30,41 @@ def _setup_console_logging(level: str) -> None:
     logger.propagate = False
 
 
+def _unknown_keys(given, known, path: str = "") -> list[str]:
+    """Keys present in ``given`` but not in ``known`` (force-added ``+key=`` overrides bypass
+    the schema and would otherwise be dropped silently)."""
+    from omegaconf import DictConfig, ListConfig
+
+    out = []
+    if not isinstance(given, (DictConfig, ListConfig)) or given._is_none() or given._is_missing():
+        return out
+    if isinstance(given, DictConfig) and isinstance(known, DictConfig):
+        if known._metadata.object_type in (None, dict):  # free-form mapping (kwargs, settings)
+            return out
+        for k in given.keys():
+            if k not in known:
+                out.append(f"{path}{k}")
+            else:
+                out += _unknown_keys(given._get_node(k), known._get_node(k), f"{path}{k}.")
+    elif isinstance(given, ListConfig) and isinstance(known, ListConfig):
+        for i in range(min(len(given), len(known))):
+            out += _unknown_keys(given._get_node(i), known._get_node(i), f"{path}{i}.")
+    return out
+
+
 def to_config(cfg: DictConfig) -> tuple[Config, str]:
     """Resolve a composed DictConfig (demo dataset when none was chosen) to a Config object."""
+    from .errors import ConfigError
+
     if OmegaConf.is_missing(cfg, "dataset"):
         demo = OmegaConf.load(conf_dir() / "dataset" / "demo.yaml")
         cfg.dataset = OmegaConf.merge(OmegaConf.structured(DatasetConfig), demo)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    return OmegaConf.to_object(cfg), resolved
+    obj = OmegaConf.to_object(cfg)
+    unknown = _unknown_keys(cfg, OmegaConf.structured(obj))
+    if unknown:
+        raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}")
+    return obj, resolved
 
 
 def task(cfg: DictConfig) -> int:

@@ -9,6 +9,7 @@ one call after the padding was refilled in the filter's boundary mode (``batch.r
 
 from __future__ import annotations
 
+import warnings
 from functools import cache
 
 import numpy as np
@@ -125,9 +126,11 @@ def median_disk(x, extents, radius: int):
     fp = disk(radius)
     out = np.zeros_like(x)
     ext = asnumpy(extents)
-    for i in range(x.shape[0]):  # CPU only, see docstring
-        h, w = ext[i]
-        out[i, :h, :w] = median(x[i, :h, :w], footprint=fp)
+    with warnings.catch_warnings():  # "bad rank filter performance" for > 10-bit images
+        warnings.simplefilter("ignore", UserWarning)
+        for i in range(x.shape[0]):  # CPU only, see docstring
+            h, w = ext[i]
+            out[i, :h, :w] = median(x[i, :h, :w], footprint=fp)
     return out
 
 

@@ -71,7 +71,8 @@ def quantile_sorted(sorted_rows, n, q: float):
     gamma = virtual - lo
     a = xp.take_along_axis(sorted_rows, lo[:, None], axis=-1)[:, 0]
     b = xp.take_along_axis(sorted_rows, hi[:, None], axis=-1)[:, 0]
-    out = _lerp(xp, a, b, gamma)
+    with np.errstate(invalid="ignore"):  # empty rows: inf - inf
+        out = _lerp(xp, a, b, gamma)
     return xp.where(n > 0, out, xp.nan)
 
 
@@ -132,13 +133,16 @@ def reference_statistics(x: np.ndarray) -> np.ndarray:
 
     This is the definition the batched functions are tested against (and SCIP's).
     """
+    import warnings
+
     import scipy.stats
 
     x = np.asarray(x, dtype=np.float64)
     if x.size == 0:
         return np.full(len(STATISTICS), np.nan)
     p = np.percentile(x, (0, 25, 50, 75, 100))
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy: "catastrophic cancellation"
         skew = scipy.stats.skew(x)
         kurt = scipy.stats.kurtosis(x)
     return np.array(

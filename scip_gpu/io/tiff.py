@@ -55,6 +55,8 @@ def _read(path: Path):
 def _to_cyx(arr: np.ndarray, axes: str, path) -> np.ndarray:
     """Reorder a TIFF series to (C, Y, X); other axes must be singletons."""
     axes = axes.upper()
+    if arr.size == 0:
+        raise ObjectError(f"{path}: empty image (shape {arr.shape})", "load")
     if "Y" not in axes or "X" not in axes:
         raise ObjectError(f"{path}: no Y/X axes in the TIFF series (axes {axes!r}, shape {arr.shape})")
     chan_axes = [a for a in axes if a in "CSIQ"]
@@ -113,7 +115,9 @@ class ChannelTiffSource(Source):
             rows.append({"meta_path": first, **{f"meta_{k}": v for k, v in zip(keys, key)},
                          "_files": files_per_channel})
         out = pd.DataFrame(rows)
-        return out.sort_values([f"meta_{k}" for k in keys], key=lambda s: s.map(_natural_key)).reset_index(drop=True)
+        cols = [f"meta_{k}" for k in keys]
+        order = sorted(range(len(out)), key=lambda i: [_natural_key(out[c].iat[i]) for c in cols])
+        return out.iloc[order].reset_index(drop=True)
 
     def selected_channels(self, objects):
         return list(self._channel_keys)

@@ -125,3 +125,39 @@ class RaggedZarrSource(Source):
             except ObjectError as exc:
                 out.append(exc)
         return out
+
+
+def write_ragged_zarr(path, images, object_numbers=None, *, chunk_size: int = 256, dtype="<u2",
+                      clevel: int = 5) -> Path:
+    """Write images in SCIP's ragged zarr v2 layout (readable by SCIP and by this package).
+
+    Parameters
+    ----------
+    path : path-like
+        New folder for the store (must not exist).
+    images : sequence of (C, H, W) arrays
+        One image per object, each with its own size.
+    object_numbers : sequence of int, optional
+        Stored as ``.zattrs["object_number"]`` (default 0..N-1).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=False)
+    n = len(images)
+    compressor = {"id": "blosc", "cname": "lz4", "clevel": clevel, "shuffle": 1, "blocksize": 0}
+    filters = [{"id": "vlen-array", "dtype": dtype}]
+    meta = {"zarr_format": 2, "shape": [n], "chunks": [chunk_size], "dtype": "|O", "compressor": compressor,
+            "fill_value": 0, "filters": filters, "order": "C"}
+    (path / ".zarray").write_text(json.dumps(meta, indent=4))
+    attrs = {"shape": [list(map(int, im.shape)) for im in images],
+             "object_number": [int(v) for v in (object_numbers if object_numbers is not None else range(n))]}
+    (path / ".zattrs").write_text(json.dumps(attrs))
+    vlen = numcodecs.get_codec(filters[0])
+    comp = numcodecs.get_codec(compressor)
+    for c, start in enumerate(range(0, n, chunk_size)):
+        block = np.empty(chunk_size, dtype=object)
+        for k in range(chunk_size):
+            i = start + k
+            src = images[i] if i < n else np.zeros(0)
+            block[k] = np.ascontiguousarray(src, dtype=dtype).ravel()
+        (path / str(c)).write_bytes(comp.encode(vlen.encode(block)))
+    return path

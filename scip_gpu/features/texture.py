@@ -1,0 +1,391 @@
+"""Texture family: grey-level co-occurrence (GLCM) properties and Sobel statistics.
+
+For every object, channel ``c`` and view (``mask``: channel ``c``'s own mask; ``combined``: the
+union mask), SCIP (scip-behaviour.md 2.2 D) works on ``x = where(view_mask, pixels[c], nan)``:
+
+1. quantisation (``quantise_scip``): 15 equal bins between ``nanmin(x)`` and ``nanmax(x)``
+   (``numpy.histogram_bin_edges``; a constant region widens the range by +-0.5), then
+   ``numpy.digitize(x, edges, right=True)``: levels 0..15, NaN (outside the view) level 16;
+2. ``skimage.feature.graycomatrix(q, distances=[3, 5], angles=[pi/4, 3pi/4, 5pi/4, 7pi/4],
+   levels=17, symmetric=True)[:-1, :-1]`` (``glcm_batched``), dropping the NaN level;
+3. ``skimage.feature.graycoprops`` for contrast, dissimilarity, homogeneity, energy,
+   correlation and ASM (``graycoprops_batched``); per property and distance the mean and the
+   (population) standard deviation over the 4 angles;
+4. ``skimage.filters.sobel(x)`` and its ``nanmean, nanstd, nanmax, nanmin`` (``sobel_statistics``).
+
+28 values per view, 56 per channel. Columns per channel, in SCIP's order:
+``glcm_mean_{p}_3, glcm_mean_{p}_5, glcm_std_{p}_3, glcm_std_{p}_5`` for each property ``p``,
+then ``sobel_mean, sobel_std, sobel_max, sobel_min``, then the same 28 prefixed ``combined_``.
+
+All objects, channels and both views of a batch go through one quantisation, one GLCM count
+(a single ``bincount`` per distinct pixel offset), one vectorised ``graycoprops`` and one Sobel
+filter: there is no per-object loop. With ``symmetric=True`` the angles 5pi/4 and 7pi/4 are
+the negated offsets of pi/4 and 3pi/4 and give identical matrices, so only the 2 distinct
+directions per distance are counted; the mean and std still run over SCIP's 4 angles.
+
+Semantics that follow from scikit-image (and that SCIP therefore has):
+
+* A view with pixels but without any in-view pixel pair at some offset (tiny masks) has an
+  all-zero GLCM. ``graycoprops`` then gives 0 for contrast, dissimilarity, homogeneity, energy
+  and ASM, and 1 for correlation (its zero-variance rule), not NaN.
+* Correlation is 1 wherever either marginal standard deviation is below 1e-15. This rule is
+  the same in scikit-image 0.20 (SCIP) and 0.26.
+* Sobel weights are zero at the centre pixel, so a pixel just outside the mask whose eight
+  neighbours are inside gets a finite Sobel value and counts in the statistics; a Sobel map
+  that is NaN everywhere gives NaN.
+
+Deviations from SCIP: an empty channel mask gives NaN (as in SCIP), an empty combined mask
+gives NaN (SCIP raises), and ``MaskResult.usable == False`` gives NaN for every column.
+Values are computed in float64 whatever the pixel dtype (SCIP's tiff loader yields float32,
+in which NumPy would also quantise and filter).
+
+The Sobel filter needs a margin of 1 pixel beyond each object's extent in the padded stack;
+every batch already has a margin of at least 7 (scip_gpu.batch).
+
+The functions ``quantise_scip``, ``glcm_batched``, ``graycoprops_batched`` and
+``sobel_statistics`` are pure, written against the array namespace of their inputs (NumPy or
+CuPy), and are the reference semantics of the CUDA kernels that may replace them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import ops
+from ..backend import array_module
+from ..batch import valid_mask
+from .registry import Column, Family, column_name, register
+
+#: GLCM pixel-pair distances and angles (radians), as SCIP.
+DISTANCES = (3, 5)
+ANGLES = (math.pi / 4, 3 * math.pi / 4, 5 * math.pi / 4, 7 * math.pi / 4)
+#: ``graycoprops`` properties in SCIP's column order.
+PROPERTIES = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "ASM")
+#: Equal-width bins of the quantisation; levels 0..BINS, plus BINS + 1 for NaN.
+BINS = 15
+LEVELS = BINS + 2
+SOBEL_STATISTICS = ("mean", "std", "max", "min")
+#: Values per object, channel and view.
+N_VIEW = len(PROPERTIES) * 2 * len(DISTANCES) + len(SOBEL_STATISTICS)
+VIEWS = ("mask", "combined")
+
+
+# ---------------------------------------------------------------------------------------------
+# Columns
+
+
+def _view_keys(channel: str) -> list[tuple[str, str, str]]:
+    """(key, feature, params) of the 28 values of one view, SCIP's order."""
+    keys = []
+    for p in PROPERTIES:
+        for stat in ("mean", "std"):
+            keys += [(f"glcm_{stat}_{p}_{d}_{channel}", f"glcm_{stat}_{p}", f"d={d}") for d in DISTANCES]
+    keys += [(f"sobel_{s}_{channel}", f"sobel_{s}", "") for s in SOBEL_STATISTICS]
+    return keys
+
+
+def texture_columns(mask: str | None, channels) -> list[Column]:
+    """The 56 texture columns of each channel, channels in order."""
+    cols = []
+    for ch in channels:
+        for view in VIEWS:
+            prefix = "" if view == "mask" else "combined_"
+            cols += [
+                Column(column_name("feat", mask, prefix + key), "feat", "texture", feature, mask,
+                       view, ch, params)
+                for key, feature, params in _view_keys(ch)
+            ]
+    return cols
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference semantics (pure, array-namespace generic)
+
+
+def quantise_scip(values, valid, *, bins: int = BINS):
+    """SCIP's quantisation of each plane into ``bins + 1`` levels, NaN level ``bins + 1``.
+
+    Per plane, the values of the valid pixels are binned as
+    ``numpy.digitize(x, numpy.histogram_bin_edges(x, bins, range=(nanmin(x), nanmax(x))),
+    right=True)`` with ``x`` the plane where invalid pixels are NaN. The edges are rebuilt with
+    ``numpy.linspace``'s exact arithmetic, ``edge_k = start + k * (stop - start) / bins`` and
+    ``edge_bins = stop``, so the levels agree with NumPy's bit for bit.
+
+    Parameters
+    ----------
+    values : (M, H, W) float64 ndarray
+    valid : (M, H, W) bool ndarray
+        Pixels of the view (inside the mask and the object's extent). NaN values count as
+        invalid.
+
+    Returns
+    -------
+    (M, H, W) int32 ndarray
+        0..bins for valid pixels, ``bins + 1`` elsewhere. A plane without valid pixels is all
+        ``bins + 1``.
+    """
+    xp = array_module(values)
+    m = values.shape[0]
+    valid = valid & ~xp.isnan(values)
+    flat = values.reshape(m, -1)
+    vflat = valid.reshape(m, -1)
+    has = vflat.any(axis=1)
+    lo = xp.where(has, xp.where(vflat, flat, xp.inf).min(axis=1), 0.0)
+    hi = xp.where(has, xp.where(vflat, flat, -xp.inf).max(axis=1), 0.0)
+    # numpy.histogram: an empty range is widened by 0.5 on either side
+    same = lo == hi
+    lo = xp.where(same, lo - 0.5, lo)
+    hi = xp.where(same, hi + 0.5, hi)
+    # numpy.linspace(lo, hi, bins + 1): step = delta / div, special case for a zero step
+    delta = hi - lo
+    step = delta / bins
+    k = xp.arange(bins + 1, dtype=xp.float64)[None, :]
+    edges = xp.where(step[:, None] == 0, k / bins * delta[:, None], k * step[:, None]) + lo[:, None]
+    edges[:, -1] = hi
+    # digitize(right=True) on increasing edges == number of edges strictly below x
+    q = xp.zeros(values.shape, dtype=xp.int32)
+    for i in range(bins + 1):  # bins + 1 passes over the stack, not a per-object loop
+        q += values > edges[:, i, None, None]
+    return xp.where(valid, q, bins + 1).astype(xp.int32)
+
+
+def glcm_offset(distance: float, angle: float) -> tuple[int, int]:
+    """(row, col) offset of ``graycomatrix``: ``round(sin(angle) * d), round(cos(angle) * d)``
+    with C rounding (half away from zero), as scikit-image's ``_glcm_loop``."""
+
+    def rnd(v: float) -> int:
+        return int(v + 0.5) if v > 0 else int(v - 0.5)
+
+    return rnd(math.sin(angle) * distance), rnd(math.cos(angle) * distance)
+
+
+def _pair_counts(codes, levels, offset, n_levels: int):
+    """(M, L + 1, L + 1) counts of (level at p, level at p + offset) for one offset.
+
+    ``codes`` holds ``(plane * (L + 1) + level) * (L + 1)`` and ``levels`` the levels, with
+    level ``L`` (``n_levels``) outside each plane's extent, so that pairs leaving the extent
+    land in row or column ``L`` and are dropped by the caller.
+    """
+    xp = array_module(levels)
+    m, h, w = levels.shape
+    k = n_levels + 1
+    dr, dc = offset
+    r0, r1 = max(0, -dr), h - max(0, dr)
+    c0, c1 = max(0, -dc), w - max(0, dc)
+    if r1 <= r0 or c1 <= c0:
+        return xp.zeros((m, k, k), dtype=xp.int64)
+    pair = codes[:, r0:r1, c0:c1] + levels[:, r0 + dr : r1 + dr, c0 + dc : c1 + dc]
+    return xp.bincount(pair.ravel(), minlength=m * k * k).reshape(m, k, k)
+
+
+def glcm_batched(levels, inside, offsets, *, n_levels: int = LEVELS, symmetric: bool = True):
+    """``skimage.feature.graycomatrix`` of every plane, for a list of pixel offsets.
+
+    Pairs are counted only where both pixels lie inside the plane's real extent, so each plane
+    gives exactly ``graycomatrix`` of its own cropped image. With ``symmetric`` the count of
+    ``(i, j)`` and ``(j, i)`` are summed; an offset and its negation then give the same matrix
+    and it is counted once.
+
+    Parameters
+    ----------
+    levels : (M, H, W) int ndarray
+        Grey levels in ``0..n_levels - 1`` (see ``quantise_scip``).
+    inside : (M, H, W) bool ndarray
+        Each plane's real extent (``batch.valid_mask``).
+    offsets : sequence of (row, col) int pairs, length K
+        Pixel offsets, e.g. ``glcm_offset(d, a)`` for each distance and angle.
+    n_levels : int
+    symmetric : bool
+
+    Returns
+    -------
+    (M, K, n_levels, n_levels) int64 ndarray
+        ``out[m, k]`` equals ``graycomatrix(crop_m, ...)[:, :, d, a]`` for offset ``k``.
+    """
+    xp = array_module(levels)
+    m = levels.shape[0]
+    k = n_levels + 1
+    lv = xp.where(inside, levels, n_levels).astype(xp.int64)  # level n_levels: outside the extent
+    codes = (xp.arange(m, dtype=xp.int64)[:, None, None] * k + lv) * k
+    done: dict[tuple[int, int], object] = {}
+    out = []
+    for dr, dc in offsets:  # a handful of offsets; each call covers the whole stack
+        key = max((dr, dc), (-dr, -dc)) if symmetric else (dr, dc)
+        if key not in done:
+            p = _pair_counts(codes, lv, key, n_levels)[:, :n_levels, :n_levels]
+            done[key] = p + xp.swapaxes(p, -1, -2) if symmetric else p
+        out.append(done[key])
+    return xp.stack(out, axis=1)
+
+
+def _normalise(P):
+    xp = array_module(P)
+    s = P.sum(axis=(-2, -1), keepdims=True)
+    return P / xp.where(s == 0, 1.0, s)
+
+
+def _weights(n: int, xp):
+    i = xp.arange(n, dtype=xp.float64)
+    return i[:, None], i[None, :]
+
+
+def _contrast(P, i, j):
+    return (P * (i - j) ** 2).sum(axis=(-2, -1))
+
+
+def _dissimilarity(P, i, j):
+    return (P * abs(i - j)).sum(axis=(-2, -1))
+
+
+def _homogeneity(P, i, j):
+    return (P / (1.0 + (i - j) ** 2)).sum(axis=(-2, -1))
+
+
+def _asm(P, i, j):
+    return (P**2).sum(axis=(-2, -1))
+
+
+def _energy(P, i, j):
+    return array_module(P).sqrt(_asm(P, i, j))
+
+
+def _correlation(P, i, j):
+    """Pearson correlation of the two levels; 1 where either standard deviation is below 1e-15
+    (scikit-image's rule, unchanged between 0.20 and 0.26)."""
+    xp = array_module(P)
+    di = i - (i * P).sum(axis=(-2, -1), keepdims=True)
+    dj = j - (j * P).sum(axis=(-2, -1), keepdims=True)
+    std_i = xp.sqrt((P * di**2).sum(axis=(-2, -1)))
+    std_j = xp.sqrt((P * dj**2).sum(axis=(-2, -1)))
+    cov = (P * (di * dj)).sum(axis=(-2, -1))
+    flat = (std_i < 1e-15) | (std_j < 1e-15)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return xp.where(flat, 1.0, cov / xp.where(flat, 1.0, std_i * std_j))
+
+
+#: ``graycoprops`` property -> function of the normalised matrix and the level grids.
+GRAYCOPROPS = {
+    "contrast": _contrast,
+    "dissimilarity": _dissimilarity,
+    "homogeneity": _homogeneity,
+    "energy": _energy,
+    "correlation": _correlation,
+    "ASM": _asm,
+}
+
+
+def graycoprops_batched(P, props=PROPERTIES):
+    """``skimage.feature.graycoprops`` of a stack of co-occurrence matrices.
+
+    Each matrix is normalised to sum 1 first (an all-zero matrix stays zero), as scikit-image.
+
+    Parameters
+    ----------
+    P : (..., L, L) ndarray
+        Co-occurrence counts, levels last.
+    props : sequence of str
+        Keys of ``GRAYCOPROPS``.
+
+    Returns
+    -------
+    (..., len(props)) float64 ndarray
+    """
+    xp = array_module(P)
+    Pn = _normalise(P.astype(xp.float64))
+    i, j = _weights(P.shape[-1], xp)
+    return xp.stack([GRAYCOPROPS[p](Pn, i, j) for p in props], axis=-1)
+
+
+def sobel_statistics(s, inside):
+    """``nanmean, nanstd, nanmax, nanmin`` of each plane's Sobel map over its extent.
+
+    Parameters
+    ----------
+    s : (M, H, W) float ndarray
+        Sobel maps, NaN where a neighbour lies outside the view.
+    inside : (M, H, W) bool ndarray
+        Each plane's real extent.
+
+    Returns
+    -------
+    (M, 4) float64 ndarray
+        NaN for planes whose map is NaN everywhere.
+    """
+    xp = array_module(s)
+    m = s.shape[0]
+    s = s.reshape(m, -1).astype(xp.float64, copy=False)
+    ok = inside.reshape(m, -1) & ~xp.isnan(s)
+    n = ok.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = xp.where(ok, s, 0.0).sum(axis=1) / n
+        var = xp.where(ok, (s - mean[:, None]) ** 2, 0.0).sum(axis=1) / n
+        mx = xp.where(ok, s, -xp.inf).max(axis=1)
+        mn = xp.where(ok, s, xp.inf).min(axis=1)
+    out = xp.stack([mean, xp.sqrt(var), mx, mn], axis=1)
+    return xp.where((n > 0)[:, None], out, xp.nan)
+
+
+def texture_planes(values, view, extents):
+    """The 28 texture values of each plane, in SCIP's column order (see ``texture_columns``).
+
+    Parameters
+    ----------
+    values : (M, H, W) float64 ndarray
+        One channel image per plane, anchored top-left.
+    view : (M, H, W) bool ndarray
+        The mask of the view.
+    extents : (M, 2) int ndarray
+        Each plane's real (height, width); the stack needs a margin of 1 beyond it.
+
+    Returns
+    -------
+    (M, 28) float64 ndarray
+        Planes with an empty view are NaN.
+    """
+    xp = array_module(values)
+    m, h, w = values.shape
+    inside = valid_mask(extents, (h, w))
+    view = view & inside
+    q = quantise_scip(values, view)
+    offsets = [glcm_offset(d, a) for d in DISTANCES for a in ANGLES]
+    glcm = glcm_batched(q, inside, offsets)[..., :-1, :-1]  # drop the NaN level
+    props = graycoprops_batched(glcm)  # (M, D*A, P)
+    props = props.reshape(m, len(DISTANCES), len(ANGLES), len(PROPERTIES))
+    stats = xp.stack([props.mean(axis=2), props.std(axis=2)], axis=1)  # (M, 2, D, P)
+    glcm_part = xp.moveaxis(stats, -1, 1).reshape(m, -1)  # (M, P * 2 * D): p, stat, d
+    masked = xp.where(view, values, xp.nan)
+    sob = sobel_statistics(ops.sobel(masked, extents), inside)
+    out = xp.concatenate([glcm_part, sob], axis=1)
+    empty = ~view.reshape(m, -1).any(axis=1)
+    return xp.where(empty[:, None], xp.nan, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Family
+
+
+def compute_texture(batch, mr, ctx):
+    """(N, C*56) texture features of one mask, columns as ``texture_columns``.
+
+    Both views of every channel of every object are stacked into one set of 2*N*C planes and
+    computed together. Needs a margin of 1 pixel in the padded stack (Sobel).
+    """
+    xp = batch.xp
+    n, c, h, w = batch.pixels.shape
+    px = batch.pixels.astype(xp.float64).reshape(n * c, h, w)
+    ext = xp.repeat(batch.extents, c, axis=0)
+    chan = mr.mask.reshape(n * c, h, w)
+    comb = xp.broadcast_to(mr.combined[:, None], (n, c, h, w)).reshape(n * c, h, w)
+    res = texture_planes(
+        xp.concatenate([px, px]), xp.concatenate([chan, comb]), xp.concatenate([ext, ext])
+    )
+    # (view, n, c, 28) -> (n, c, view, 28)
+    res = xp.moveaxis(res.reshape(2, n, c, N_VIEW), 0, 2).reshape(n, c * 2 * N_VIEW)
+    return xp.where(mr.usable[:, None], res, xp.nan)
+
+
+register(Family("texture", texture_columns, compute_texture, True,
+                "GLCM properties (mean/std over 4 angles, d=3,5) and Sobel statistics per "
+                "channel, on the channel mask and the combined mask"))

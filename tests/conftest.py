@@ -1,0 +1,72 @@
+"""Shared fixtures and helpers for the test suite."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scip_gpu.batch import assemble
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data (skips the test when a fresh clone has no such folder)."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED
+
+
+def random_images(n=12, channels=3, lo=20, hi=40, seed=0, dtype=np.uint16, scale=1000):
+    """Random-sized (C, h, w) images with smooth blobs plus noise."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        h, w = (int(v) for v in rng.integers(lo, hi, 2))
+        base = ndi.gaussian_filter(rng.random((channels, h, w)), (0, 3, 3))
+        base = (base - base.min()) / (np.ptp(base) + 1e-12)
+        img = base * scale + rng.random((channels, h, w)) * scale * 0.1
+        out.append(img.astype(dtype) if np.dtype(dtype).kind != "f" else img.astype(dtype))
+    return out
+
+
+def stack(images, margin=10, multiple=8):
+    """Assemble images of any sizes into one padded Batch."""
+    hs = max(i.shape[-2] for i in images) + margin
+    ws = max(i.shape[-1] for i in images) + margin
+    shape = (-(-hs // multiple) * multiple, -(-ws // multiple) * multiple)
+    imgs = [i if i.ndim == 3 else i[None] for i in images]
+    return assemble(imgs, np.arange(len(imgs)), shape)
+
+
+def sk_remove_small_objects(ar, min_size):
+    """scikit-image's remove_small_objects with SCIP's (0.20) exclusive ``min_size`` meaning,
+    on any scikit-image version (0.26 renamed it ``max_size`` with an inclusive bound)."""
+    from skimage.morphology import remove_small_objects
+
+    if "max_size" in inspect.signature(remove_small_objects).parameters:
+        return remove_small_objects(ar, max_size=math.ceil(min_size) - 1)
+    return remove_small_objects(ar, min_size=min_size)
+
+
+def sk_remove_small_holes(ar, area_threshold):
+    from skimage.morphology import remove_small_holes
+
+    if "max_size" in inspect.signature(remove_small_holes).parameters:
+        return remove_small_holes(ar, max_size=math.ceil(area_threshold) - 1)
+    return remove_small_holes(ar, area_threshold=area_threshold)
+
+
+def sk_binary_erosion(mask, footprint):
+    from scipy import ndimage as ndi
+
+    # skimage.morphology.binary_erosion == ndi.binary_erosion(border_value=True) (deprecated in 0.26)
+    return ndi.binary_erosion(mask, structure=footprint.astype(bool), border_value=1)

@@ -1,0 +1,83 @@
+"""Configuration: every option of every group composes and validates; bad keys fail early."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from scip_gpu._resources import conf_dir
+from scip_gpu.cli import to_config
+from scip_gpu.config import Config, register_configs, validate
+from scip_gpu.errors import ConfigError
+
+register_configs()
+GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in conf_dir().iterdir() if g.is_dir()}
+PATHS = {"demo": [], "scip_zarr": ["dataset.path=x.zarr"], "zarr": ["dataset.path=x.zarr"],
+         "tiff": ["dataset.path=d"], "multipage_tiff": ["dataset.path=d"], "ome_tiff": ["dataset.path=d"]}
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def test_groups_exist():
+    assert {"dataset", "masks", "features", "export", "cluster"} <= set(GROUPS)
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_option_composes(group, option):
+    if group == "dataset":
+        overrides = [f"+dataset={option}", *PATHS.get(option, ["dataset.path=x"])]
+    else:
+        overrides = [f"{group}={option}"]
+    cfg, yaml = to_config(_compose(overrides))
+    assert isinstance(cfg, Config)
+    validate(cfg)
+    assert "dataset:" in yaml
+
+
+def test_missing_dataset_falls_back_to_demo():
+    cfg, _ = to_config(_compose([]))
+    assert cfg.dataset.format.value == "demo" and cfg.dataset.n_objects == 300
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("outptu=/tmp/x", "outptu"),
+    ("masks.methods.0.smoth=2", "smoth"),
+    ("masks.methods.0.method=threshold", "threshold"),
+    ("device=gpu", "gpu"),
+    ("cluster.type=slurmm", "slurmm"),
+    ("features.families=[shape,colour]", "colour"),
+])
+def test_bad_keys_and_values_fail_naming_them(override, needle):
+    with pytest.raises((ConfigCompositionException, ValidationError, ConfigKeyError)) as exc:
+        _compose([override])
+    text = str(exc.value) + str(getattr(exc.value, "__cause__", ""))
+    assert needle in text
+
+
+def test_validate_catches_inconsistencies():
+    cfg, _ = to_config(_compose(["+dataset=demo", "dataset.channel_names=[a,b]", "dataset.channels=[0]"]))
+    with pytest.raises(ConfigError, match="2 names for 1 channels"):
+        validate(cfg)
+    cfg, _ = to_config(_compose(["masks.methods.1.name=li"]))
+    with pytest.raises(ConfigError, match="unique"):
+        validate(cfg)
+    cfg, _ = to_config(_compose(["+masks.methods.1.kwargs.spotsize=3"]))
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['spotsize'\] for mask method 'otsu'"):
+        validate(cfg)
+    cfg, _ = to_config(_compose(["masks.main_channel_index=5"]))
+    with pytest.raises(ConfigError, match="channel index 5 is out of range for 3"):
+        validate(cfg, n_channels=3)
+    cfg, _ = to_config(_compose(["+features.per_mask.nope=[shape]"]))
+    with pytest.raises(ConfigError, match="'nope' is not a configured mask"):
+        validate(cfg)
+
+
+def test_force_added_unknown_key_is_refused():
+    with pytest.raises(ConfigError, match=r"unknown configuration key\(s\): masks.methods.0.smoth"):
+        to_config(_compose(["+masks.methods.0.smoth=2"]))
+    to_config(_compose(["+masks.methods.0.kwargs.extra=2"]))  # free-form kwargs: checked by validate()
