@@ -13,7 +13,7 @@ every padded shape keeps a margin of at least the largest footprint radius beyon
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Sequence
 
@@ -39,6 +39,8 @@ class Batch:
     pixels: object
     extents: object
     index: np.ndarray
+    #: intermediates shared by several stages (e.g. each channel plane sorted once)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def xp(self) -> ModuleType:

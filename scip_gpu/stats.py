@@ -82,6 +82,128 @@ def masked_quantile(values, valid, q: float):
     return quantile_sorted(s, n, q)
 
 
+def sort_planes(values, valid):
+    """Sort every row once; views of the row are then selected from the sorted order.
+
+    Returns
+    -------
+    order : (R, P) int ndarray
+        ``argsort`` of each row, invalid entries last.
+    sorted_values : (R, P) float64 ndarray
+        The row's values in that order (+inf for invalid entries).
+    """
+    xp = array_module(values)
+    v = xp.where(valid, values.astype(xp.float64, copy=False), xp.inf)
+    order = xp.argsort(v, axis=-1)
+    return order, xp.take_along_axis(v, order, axis=-1)
+
+
+def view_members(order, sorted_values, view):
+    """Compact, per-row sorted values of a view (a boolean (R, P) subset of each row).
+
+    Returns
+    -------
+    values : (M,) float64 ndarray
+        The members of row 0 ascending, then those of row 1, ... (M = total members).
+    n : (R,) int64 ndarray
+        Members per row.
+    """
+    xp = array_module(sorted_values)
+    in_order = xp.take_along_axis(view, order, axis=-1)
+    return sorted_values[in_order], in_order.sum(axis=-1)
+
+
+def _segment_kth_vshape(d, starts, split, n, k):
+    """k-th smallest (0-based) of each segment of ``d`` whose first ``split`` entries decrease
+    and the rest increase (|x - c| over ascending x): a k-th-of-two-sorted-lists search."""
+    xp = array_module(d)
+    if d.shape[0] == 0:
+        return xp.full(n.shape, xp.nan)
+    a = split
+    t = k + 1  # how many of the smallest entries to take
+    lo = xp.maximum(0, t - (n - split))
+    hi = xp.minimum(t, a)
+    last = d.shape[0] - 1
+
+    def A(i):  # i-th smallest of the left part (which is stored decreasing)
+        return d[xp.clip(starts + split - 1 - i, 0, last)]
+
+    def B(j):  # j-th smallest of the right part
+        return d[xp.clip(starts + split + j, 0, last)]
+
+    for _ in range(64):  # bisection on how many of the t smallest come from the left part
+        active = lo < hi
+        if not bool(active.any()):  # host sync, ~log2(n) times
+            break
+        mid = (lo + hi) // 2
+        j = t - mid
+        more = active & (mid < a) & (j > 0) & (B(j - 1) > A(mid))
+        lo, hi = xp.where(more, mid + 1, lo), xp.where(active & ~more, mid, hi)
+    j = t - lo
+    left = xp.where(lo > 0, A(lo - 1), -xp.inf)
+    right = xp.where(j > 0, B(j - 1), -xp.inf)
+    return xp.maximum(left, right)
+
+
+def compact_statistics(values, n):
+    """The 11 intensity statistics of segments of compact, per-segment ascending values.
+
+    This is the reference semantics of the masked-statistics CUDA kernel.
+
+    Parameters
+    ----------
+    values : (M,) float64 ndarray
+        Segment 0's values ascending, then segment 1's, ... (see ``view_members``).
+    n : (R,) int ndarray
+        Segment lengths (``sum(n) == M``); empty segments give NaN.
+
+    Returns
+    -------
+    (R, 11) float64 ndarray, columns as ``STATISTICS`` (see ``masked_statistics``).
+    """
+    xp = array_module(values)
+    r = n.shape[0]
+    n = n.astype(xp.int64)
+    starts = xp.cumsum(n) - n
+    seg = xp.repeat(xp.arange(r), n)
+    nf = n.astype(xp.float64)
+    last = max(int(values.shape[0]) - 1, 0)
+
+    def at(pos):
+        return values[xp.clip(pos, 0, last)] if values.shape[0] else xp.full(pos.shape, xp.nan)
+
+    def quantile(q):
+        virtual = xp.maximum(n - 1, 0).astype(xp.float64) * q
+        lo = xp.floor(virtual).astype(xp.int64)
+        hi = xp.minimum(lo + 1, xp.maximum(n - 1, 0))
+        return _lerp(xp, at(starts + lo), at(starts + hi), virtual - lo)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        total = xp.bincount(seg, weights=values, minlength=r)
+        mean = total / nf
+        dev = values - mean[seg]
+        dev2 = dev * dev
+        m2 = xp.bincount(seg, weights=dev2, minlength=r) / nf
+        m3 = xp.bincount(seg, weights=dev2 * dev, minlength=r) / nf
+        m4 = xp.bincount(seg, weights=dev2 * dev2, minlength=r) / nf
+        zero = m2 <= (np.finfo(np.float64).eps * mean) ** 2
+        skew = xp.where(zero, xp.nan, m3 / m2**1.5)
+        kurt = xp.where(zero, xp.nan, m4 / m2**2.0 - 3.0)
+        q0, q1, q2, q3, q4 = (quantile(q) for q in (0.0, 0.25, 0.5, 0.75, 1.0))
+        # MAD: median of |x - median|, selected from the V-shaped sequence without sorting
+        med_seg = q2[seg]
+        dist = xp.abs(values - med_seg)
+        split = xp.bincount(seg, weights=(values <= med_seg).astype(xp.float64), minlength=r).astype(xp.int64)
+        k_lo = xp.maximum(n - 1, 0) // 2
+        k_hi = xp.maximum(n, 1) // 2
+        lo_v = _segment_kth_vshape(dist, starts, split, n, k_lo)
+        hi_v = _segment_kth_vshape(dist, starts, split, n, xp.minimum(k_hi, xp.maximum(n - 1, 0)))
+        gamma = xp.where(k_lo == k_hi, 0.0, 0.5)
+        mad = _lerp(xp, lo_v, hi_v, gamma)
+        out = xp.stack([mean, q2, q4, q0, xp.sqrt(m2), mad, q1, q3, total, skew, kurt], axis=-1)
+    return xp.where((n > 0)[:, None], out, xp.nan)
+
+
 def masked_statistics(values, valid):
     """The 11 intensity statistics of each row's valid entries.
 
@@ -104,28 +226,9 @@ def masked_statistics(values, valid):
 
         Rows without valid entries are all NaN.
     """
-    xp = array_module(values)
-    x = values.astype(xp.float64, copy=False)
-    s, n = sort_valid(x, valid)
-    nf = n.astype(xp.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        total = xp.where(valid, x, 0.0).sum(axis=-1)
-        mean = total / nf
-        dev = xp.where(valid, x - mean[:, None], 0.0)
-        dev2 = dev * dev
-        m2 = dev2.sum(axis=-1) / nf
-        m3 = (dev2 * dev).sum(axis=-1) / nf
-        m4 = (dev2 * dev2).sum(axis=-1) / nf
-        zero = m2 <= (np.finfo(np.float64).eps * mean) ** 2
-        skew = xp.where(zero, xp.nan, m3 / m2**1.5)
-        kurt = xp.where(zero, xp.nan, m4 / m2**2.0 - 3.0)
-        q0, q1, q2, q3, q4 = (quantile_sorted(s, n, q) for q in (0.0, 0.25, 0.5, 0.75, 1.0))
-        absdev = xp.where(valid, xp.abs(x - q2[:, None]), xp.inf)
-        mad = quantile_sorted(xp.sort(absdev, axis=-1), n, 0.5)
-        out = xp.stack(
-            [mean, q2, q4, q0, xp.sqrt(m2), mad, q1, q3, total, skew, kurt], axis=-1
-        )
-    return xp.where((n > 0)[:, None], out, xp.nan)
+    order, sv = sort_planes(values, valid)
+    members, n = view_members(order, sv, valid)
+    return compact_statistics(members, n)
 
 
 def reference_statistics(x: np.ndarray) -> np.ndarray:

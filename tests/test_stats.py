@@ -61,3 +61,16 @@ def test_quantile_bitwise_equal_numpy(q):
             assert np.isnan(got[r])
         else:
             assert got[r] == np.quantile(sel, q)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ties_and_small_rows(seed):
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 6, (200, 9)).astype(float)  # many ties, n from 0 to 9
+    valid = rng.random((200, 9)) < rng.random((200, 1))
+    got = masked_statistics(values, valid)
+    for r in range(200):
+        want = reference_statistics(values[r][valid[r]])
+        np.testing.assert_array_equal(np.isnan(got[r]), np.isnan(want))
+        ok = ~np.isnan(want)
+        np.testing.assert_allclose(got[r][ok], want[ok], rtol=1e-9, atol=1e-12)

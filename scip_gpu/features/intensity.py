@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from .. import ops
 from ..batch import planes
-from ..stats import STATISTICS, masked_statistics
+from ..stats import STATISTICS, compact_statistics, sort_planes, view_members
 from .registry import Column, Family, column_name, register
 
 VIEWS = (
@@ -71,12 +71,23 @@ def _shift(stats, count, shift):
     return out
 
 
+def sorted_planes(batch):
+    """Every (object, channel) plane's valid pixels sorted once per batch, shared by the views
+    of all masks and the raw set."""
+    if "sorted_planes" not in batch.cache:
+        xp = batch.xp
+        n, c, h, w = batch.pixels.shape
+        valid = xp.broadcast_to(batch.valid()[:, None], (n, c, h, w)).reshape(n * c, h * w)
+        batch.cache["sorted_planes"] = sort_planes(batch.pixels.reshape(n * c, h * w), valid)
+    return batch.cache["sorted_planes"]
+
+
 def compute_intensity(batch, mr, ctx):
     """(N, C*88) intensity features of one mask, columns as ``intensity_columns``."""
     xp = batch.xp
     n, c, h, w = batch.pixels.shape
     p = h * w
-    values = batch.pixels.reshape(n * c, p)
+    order, sv = sorted_planes(batch)
     flat_mask, ext = planes(mr.mask, batch.extents)
     edge = flat_mask ^ ops.binary_erosion_disk(flat_mask, ext, ctx.edge_width)
     comb = mr.combined
@@ -92,22 +103,21 @@ def compute_intensity(batch, mr, ctx):
         (comb_c, cbg),
         (comb_edge_c, cbg),
     ):
-        s = masked_statistics(values, view_mask)
-        cnt = view_mask.sum(axis=1).astype(xp.float64)
-        out += [s, _shift(s, cnt, shift)]
+        members, cnt = view_members(order, sv, view_mask)
+        s = compact_statistics(members, cnt)
+        out += [s, _shift(s, cnt.astype(xp.float64), shift)]
     # order per channel: mask, bgcorr, edge, bgcorr_edge, combined, ... (see VIEWS)
-    res = xp.stack(out, axis=1).reshape(n, c, len(VIEWS) * len(STATISTICS))
-    res = res.reshape(n, -1)
+    res = xp.stack(out, axis=1).reshape(n, c * len(VIEWS) * len(STATISTICS))
     return xp.where(mr.usable[:, None], res, xp.nan)
 
 
 def compute_raw(batch, mr, ctx):
     """(N, C*11) statistics of each whole (unmasked) channel image."""
     n, c, h, w = batch.pixels.shape
-    valid = batch.valid()
-    xp = batch.xp
-    v = xp.broadcast_to(valid[:, None], (n, c, h, w)).reshape(n * c, h * w)
-    return masked_statistics(batch.pixels.reshape(n * c, h * w), v).reshape(n, -1)
+    order, sv = sorted_planes(batch)
+    valid = batch.xp.isfinite(sv)  # sorted: the valid pixels come first
+    members = sv[valid]
+    return compact_statistics(members, valid.sum(axis=1)).reshape(n, -1)
 
 
 register(Family("intensity", intensity_columns, compute_intensity, True,

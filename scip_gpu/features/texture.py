@@ -188,6 +188,12 @@ def glcm_batched(levels, inside, offsets, *, n_levels: int = LEVELS, symmetric: 
     ``(i, j)`` and ``(j, i)`` are summed; an offset and its negation then give the same matrix
     and it is counted once.
 
+    Method: pixels outside the extent get the extra level ``n_levels``; each pixel pair
+    ``(p, p + offset)`` of the padded stack becomes the code
+    ``(plane * (n_levels + 1) + level(p)) * (n_levels + 1) + level(p + offset)``, one
+    ``bincount`` per distinct offset counts them all, and the extra level's row and column are
+    dropped. (The padded stack holds every in-extent pair, objects being anchored top-left.)
+
     Parameters
     ----------
     levels : (M, H, W) int ndarray
