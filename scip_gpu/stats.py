@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import array_module
+from .backend import array_module, use_kernels
 
 #: The 11 intensity statistics, in SCIP's column order.
 STATISTICS = (
@@ -162,6 +162,10 @@ def compact_statistics(values, n):
     (R, 11) float64 ndarray, columns as ``STATISTICS`` (see ``masked_statistics``).
     """
     xp = array_module(values)
+    if use_kernels(xp):
+        from . import gpu_kernels
+
+        return gpu_kernels.masked_statistics(values, n)
     r = n.shape[0]
     n = n.astype(xp.int64)
     starts = xp.cumsum(n) - n

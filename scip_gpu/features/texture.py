@@ -54,7 +54,7 @@ import math
 import numpy as np
 
 from .. import ops
-from ..backend import array_module
+from ..backend import array_module, use_kernels
 from ..batch import valid_mask
 from .registry import Column, Family, column_name, register
 
@@ -104,31 +104,26 @@ def texture_columns(mask: str | None, channels) -> list[Column]:
 # Reference semantics (pure, array-namespace generic)
 
 
-def quantise_scip(values, valid, *, bins: int = BINS):
-    """SCIP's quantisation of each plane into ``bins + 1`` levels, NaN level ``bins + 1``.
+def quantisation_edges(values, valid, *, bins: int = BINS):
+    """Each plane's ``bins + 1`` quantisation edges, as
+    ``numpy.histogram_bin_edges(x, bins, range=(nanmin(x), nanmax(x)))``.
 
-    Per plane, the values of the valid pixels are binned as
-    ``numpy.digitize(x, numpy.histogram_bin_edges(x, bins, range=(nanmin(x), nanmax(x))),
-    right=True)`` with ``x`` the plane where invalid pixels are NaN. The edges are rebuilt with
-    ``numpy.linspace``'s exact arithmetic, ``edge_k = start + k * (stop - start) / bins`` and
-    ``edge_bins = stop``, so the levels agree with NumPy's bit for bit.
+    The edges are rebuilt with ``numpy.linspace``'s exact arithmetic,
+    ``edge_k = start + k * (stop - start) / bins`` and ``edge_bins = stop`` (a constant region
+    widens the range by +-0.5, an empty plane gets the range (-0.5, 0.5)).
 
     Parameters
     ----------
     values : (M, H, W) float64 ndarray
     valid : (M, H, W) bool ndarray
-        Pixels of the view (inside the mask and the object's extent). NaN values count as
-        invalid.
+        Pixels of the view; NaN values must already be excluded.
 
     Returns
     -------
-    (M, H, W) int32 ndarray
-        0..bins for valid pixels, ``bins + 1`` elsewhere. A plane without valid pixels is all
-        ``bins + 1``.
+    (M, bins + 1) float64 ndarray
     """
     xp = array_module(values)
     m = values.shape[0]
-    valid = valid & ~xp.isnan(values)
     flat = values.reshape(m, -1)
     vflat = valid.reshape(m, -1)
     has = vflat.any(axis=1)
@@ -144,6 +139,33 @@ def quantise_scip(values, valid, *, bins: int = BINS):
     k = xp.arange(bins + 1, dtype=xp.float64)[None, :]
     edges = xp.where(step[:, None] == 0, k / bins * delta[:, None], k * step[:, None]) + lo[:, None]
     edges[:, -1] = hi
+    return edges
+
+
+def quantise_scip(values, valid, *, bins: int = BINS):
+    """SCIP's quantisation of each plane into ``bins + 1`` levels, NaN level ``bins + 1``.
+
+    Per plane, the values of the valid pixels are binned as
+    ``numpy.digitize(x, numpy.histogram_bin_edges(x, bins, range=(nanmin(x), nanmax(x))),
+    right=True)`` with ``x`` the plane where invalid pixels are NaN (edges from
+    ``quantisation_edges``), so the levels agree with NumPy's bit for bit.
+
+    Parameters
+    ----------
+    values : (M, H, W) float64 ndarray
+    valid : (M, H, W) bool ndarray
+        Pixels of the view (inside the mask and the object's extent). NaN values count as
+        invalid.
+
+    Returns
+    -------
+    (M, H, W) int32 ndarray
+        0..bins for valid pixels, ``bins + 1`` elsewhere. A plane without valid pixels is all
+        ``bins + 1``.
+    """
+    xp = array_module(values)
+    valid = valid & ~xp.isnan(values)
+    edges = quantisation_edges(values, valid, bins=bins)
     # digitize(right=True) on increasing edges == number of edges strictly below x
     q = xp.zeros(values.shape, dtype=xp.int32)
     for i in range(bins + 1):  # bins + 1 passes over the stack, not a per-object loop
@@ -354,10 +376,19 @@ def texture_planes(values, view, extents):
     m, h, w = values.shape
     inside = valid_mask(extents, (h, w))
     view = view & inside
-    q = quantise_scip(values, view)
     offsets = [glcm_offset(d, a) for d in DISTANCES for a in ANGLES]
-    glcm = glcm_batched(q, inside, offsets)[..., :-1, :-1]  # drop the NaN level
-    props = graycoprops_batched(glcm)  # (M, D*A, P)
+    if use_kernels(xp):  # one CUDA kernel: quantisation, symmetric counts and properties
+        from .. import gpu_kernels
+
+        view = view & ~xp.isnan(values)
+        canon = [max(o, (-o[0], -o[1])) for o in offsets]
+        uniq = sorted(set(canon))
+        props = gpu_kernels.glcm_props(values, view, extents, quantisation_edges(values, view), uniq)
+        props = props[:, [uniq.index(o) for o in canon]]  # (M, D*A, P)
+    else:
+        q = quantise_scip(values, view)
+        glcm = glcm_batched(q, inside, offsets)[..., :-1, :-1]  # drop the NaN level
+        props = graycoprops_batched(glcm)  # (M, D*A, P)
     props = props.reshape(m, len(DISTANCES), len(ANGLES), len(PROPERTIES))
     stats = xp.stack([props.mean(axis=2), props.std(axis=2)], axis=1)  # (M, 2, D, P)
     glcm_part = xp.moveaxis(stats, -1, 1).reshape(m, -1)  # (M, P * 2 * D): p, stat, d
