@@ -30,11 +30,22 @@ class SyncExecutor:
                 yield item, None, exc
 
 
-class DaskExecutor:
-    """Submits one task per item to a distributed Client; yields results as they complete."""
+#: Resource that GPU workers declare and GPU tasks require (mixed CPU/GPU clusters).
+GPU_RESOURCE = "GPU"
 
-    def __init__(self, client):
+
+class DaskExecutor:
+    """Submits one task per item to a distributed Client; yields results as they complete.
+
+    With ``resources`` (e.g. ``{"GPU": 1}`` for GPU partitions) every task carries that
+    restriction to the scheduler, so on a mixed cluster it runs only on workers that declare the
+    resource. Tasks are submitted one by one (``Client.submit``), never through a graph that an
+    optimisation pass could fuse, so the restriction cannot be lost (dask issues 7036, 8485).
+    """
+
+    def __init__(self, client, resources: dict | None = None):
         self.client = client
+        self.resources = resources
         self.description = f"Dask cluster with {len(client.scheduler_info().get('workers', {}))} worker(s)"
 
     def map_unordered(self, fn: Callable, items: Iterable, names: Iterable[str], **shared) -> Iterator:
@@ -45,7 +56,7 @@ class DaskExecutor:
         shared_f = {k: self.client.scatter(v, broadcast=True, hash=False) for k, v in shared.items()}
         futures = {}
         for item, name in zip(items, names):
-            fut = self.client.submit(fn, item, key=name, pure=False, **shared_f)
+            fut = self.client.submit(fn, item, key=name, pure=False, resources=self.resources, **shared_f)
             futures[fut] = item
         for fut in as_completed(list(futures)):
             item = futures.pop(fut)
@@ -57,26 +68,59 @@ class DaskExecutor:
 
 
 @contextmanager
-def executor(cluster_cfg):
-    """Start the configured cluster (closed on exit) and yield an executor."""
+def executor(cluster_cfg, device: str = "cpu"):
+    """Start the configured cluster (closed on exit) and yield an executor.
+
+    ``device="cuda"`` makes every partition task require the ``GPU`` resource.
+    """
     kind = getattr(cluster_cfg.type, "value", cluster_cfg.type)
     if kind == "sync":
         yield SyncExecutor()
         return
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    n = cluster_cfg.n_workers or os.cpu_count() or 1
-    log.info("starting a local Dask cluster: %d worker process(es) x %d thread(s)", n,
-             cluster_cfg.threads_per_worker)
-    with LocalCluster(
-        n_workers=n,
-        threads_per_worker=cluster_cfg.threads_per_worker,
-        processes=True,
-        memory_limit=cluster_cfg.memory_limit,
-        dashboard_address=cluster_cfg.dashboard_address,
-        silence_logs=logging.ERROR,
-        env=_WORKER_ENV,
-    ) as cluster, Client(cluster) as client:
+    resources = {GPU_RESOURCE: 1} if device == "cuda" else None
+    with _start_cluster(kind, cluster_cfg, device) as cluster, Client(cluster) as client:
         if cluster_cfg.dashboard_address:
             log.info("Dask dashboard: %s", client.dashboard_link)
-        yield DaskExecutor(client)
+        yield DaskExecutor(client, resources)
+
+
+def _start_cluster(kind: str, cfg, device: str):
+    if kind == "local_cuda":
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError as exc:
+            from .errors import ConfigError
+
+            raise ConfigError("cluster=local_cuda needs dask-cuda: pip install 'scip_gpu[gpu]'") from exc
+        log.info("starting a dask-cuda LocalCUDACluster (one worker per GPU%s)",
+                 f", CUDA_VISIBLE_DEVICES={cfg.cuda_visible_devices}" if cfg.cuda_visible_devices else "")
+        # LocalCUDACluster declares no resources by itself: declare the GPU resource explicitly
+        return LocalCUDACluster(
+            n_workers=cfg.n_workers,
+            CUDA_VISIBLE_DEVICES=cfg.cuda_visible_devices,
+            threads_per_worker=cfg.threads_per_worker,
+            memory_limit=cfg.memory_limit,
+            rmm_pool_size=cfg.rmm_pool_size,
+            dashboard_address=cfg.dashboard_address,
+            silence_logs=logging.ERROR,
+            resources={GPU_RESOURCE: 1},
+        )
+    from distributed import LocalCluster
+
+    n = cfg.n_workers or os.cpu_count() or 1
+    log.info("starting a local Dask cluster: %d worker process(es) x %d thread(s)", n, cfg.threads_per_worker)
+    extra = {}
+    if device == "cuda":  # GPU work on a plain local cluster: each worker may use the GPU
+        extra["resources"] = {GPU_RESOURCE: 1}
+    return LocalCluster(
+        n_workers=n,
+        threads_per_worker=cfg.threads_per_worker,
+        processes=True,
+        memory_limit=cfg.memory_limit,
+        dashboard_address=cfg.dashboard_address,
+        silence_logs=logging.ERROR,
+        env=_WORKER_ENV,
+        **extra,
+    )

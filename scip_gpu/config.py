@@ -54,6 +54,7 @@ class ExportFormat(str, Enum):
 
 class ClusterType(str, Enum):
     local = "local"  # dask.distributed LocalCluster of worker processes
+    local_cuda = "local_cuda"  # dask-cuda LocalCUDACluster: one worker per GPU
     sync = "sync"  # no cluster: partitions run one after the other in this process (debugging)
 
 
@@ -141,6 +142,9 @@ class ClusterConfig:
     threads_per_worker: int = 1
     memory_limit: str = "auto"
     dashboard_address: Optional[str] = None  # e.g. ":8787" (needs bokeh)
+    # local_cuda: GPUs to use (CUDA_VISIBLE_DEVICES syntax, null: all) and RMM pool per worker
+    cuda_visible_devices: Optional[str] = None
+    rmm_pool_size: Optional[str] = None
 
 
 @dataclass
@@ -159,6 +163,7 @@ class Config:
     strict: bool = False  # exit non-zero when any object failed
     log_level: str = "INFO"
     progress: bool = True
+    profile_stages: bool = False  # time each stage (GPU: synchronises at stage boundaries)
 
 
 def register_configs() -> None:

@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 
 from . import export
-from .backend import device_module, select_device
+from .backend import device_module, is_gpu, select_device
 from .batch import assemble, group_by_shape
 from .cluster import executor
 from .config import Config, validate
 from .errors import ObjectError, OutputError, ScipGpuError
 from .io import make_source
-from .profile import Plan, build_plan, profile_batch
+from .profile import Plan, StageTimer, build_plan, profile_batch
 
 log = logging.getLogger("scip_gpu")
 
@@ -36,6 +36,15 @@ class PartitionResult:
     n_ok: int
     errors: list = field(default_factory=list)
     seconds: float = 0.0
+    stage_seconds: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+def free_device_memory(xp) -> None:
+    """Return cached device memory to the driver (after an out-of-memory error)."""
+    if is_gpu(xp):
+        xp.get_default_memory_pool().free_all_blocks()
+        xp.get_default_pinned_memory_pool().free_all_blocks()
 
 
 @dataclass
@@ -111,20 +120,35 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
 
     values = np.full((len(rows), plan.n_features), np.nan)
     index = rows["meta_index"].to_numpy()
+    timer = StageTimer(enabled=cfg.profile_stages, xp=xp)
+    notes: list[str] = []
+
+    def run_group(positions: list[int], imgs: list, shape) -> None:
+        try:
+            with timer("transfer"):
+                batch = assemble(imgs, index[positions], shape, xp)
+            values[positions] = profile_batch(batch, plan, timer)
+        except Exception as exc:
+            del exc  # release device buffers held by the traceback before retrying
+            free_device_memory(xp)
+            if len(positions) == 1:
+                try:  # once more alone, to report the actual cause
+                    values[positions] = profile_batch(assemble(imgs, index[positions], shape, xp), plan)
+                except Exception as exc2:
+                    fail(positions[0], exc2, "features")
+                return
+            # out of memory: split the batch and retry; any other failure: isolate the culprit(s)
+            # by splitting too, so that good objects are still profiled in batches
+            half = len(positions) // 2
+            notes.append(f"partition {part}: a batch of {len(positions)} objects failed; retrying as "
+                         f"{half} + {len(positions) - half}")
+            run_group(positions[:half], imgs[:half], shape)
+            run_group(positions[half:], imgs[half:], shape)
+
     groups = group_by_shape([img.shape[1:] for _, img in good], margin=plan.margin,
                             multiple=cfg.pad_multiple, batch_size=cfg.batch_size)
     for shape, members in groups:
-        positions = [good[m][0] for m in members]
-        imgs = [good[m][1] for m in members]
-        try:
-            values[positions] = profile_batch(assemble(imgs, index[positions], shape, xp), plan)
-        except Exception:
-            # isolate the object(s) that break the batch; the others are profiled alone
-            for pos, img in zip(positions, imgs):
-                try:
-                    values[pos] = profile_batch(assemble([img], index[[pos]], shape, xp), plan)
-                except Exception as exc:
-                    fail(pos, exc, "features")
+        run_group([good[m][0] for m in members], [good[m][1] for m in members], shape)
 
     table = rows[[c for c in schema.names if c in rows.columns]].reset_index(drop=True)
     status = np.array(["ok"] * len(rows), dtype=object)
@@ -134,7 +158,7 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
     table = pd.concat([table, feats], axis=1)
     export.write_part(Path(folder), part, table, schema)
     return PartitionResult(part, len(rows), len(rows) - len(errors), list(errors.values()),
-                           time.perf_counter() - t0)
+                           time.perf_counter() - t0, timer.seconds, notes)
 
 
 def failed_partition(part: int, rows: pd.DataFrame, plan: Plan, folder: Path, schema, exc: Exception,
@@ -257,7 +281,7 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
         tasks = [(i, objects.iloc[s:s + size]) for i, s in enumerate(range(0, len(objects), size))]
         results: list[PartitionResult] = []
         progress = Progress(len(objects), cfg.progress)
-        with executor(cfg.cluster) as ex:
+        with executor(cfg.cluster, device) as ex:
             log.info("running %d partition(s) of up to %d objects on %s", len(tasks), size, ex.description)
             names = [f"scip_gpu-partition-{i}-{out.name}" for i, _ in tasks]
             for task, res, exc in ex.map_unordered(process_partition, tasks, names, source=source, plan=plan,
@@ -266,6 +290,8 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
                     log.error("partition %d failed: %s: %s", task[0], type(exc).__name__, exc)
                     res = failed_partition(task[0], task[1], plan, folder, schema, exc, source)
                 results.append(res)
+                for note in res.notes:
+                    log.warning(note)
                 progress.update(res.n)
 
         errors = sorted((e for r in results for e in r.errors), key=lambda e: e["meta_index"])
@@ -297,7 +323,15 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
             "columns": plan.n_features,
             "features": sum(c.kind == "feat" for c in plan.columns),
             "channel_names": channel_names,
+            "worker_seconds": round(sum(r.seconds for r in results), 3),
         }
+        if cfg.profile_stages:
+            stages: dict[str, float] = {}
+            for r in results:
+                for k, v in r.stage_seconds.items():
+                    stages[k] = stages.get(k, 0.0) + v
+            provenance["stage_seconds"] = {k: round(v, 4) for k, v in sorted(stages.items())}
+            log.info("time per stage (summed over workers): %s", provenance["stage_seconds"])
         formats = [getattr(f, "value", f) for f in cfg.export.formats]
         if "anndata" in formats:
             export.write_anndata(parts, out / f"{cfg.export.filename}.h5ad", plan.columns, meta_cols,

@@ -6,13 +6,48 @@ size limits) once on the driver; workers call ``profile_batch`` with it.
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .backend import asnumpy
+from .backend import asnumpy, is_gpu
 from .batch import Batch
 from .config import Config, mask_names
 from .features import FAMILIES, FAMILY_ORDER, Column
 from .masks import compute_masks, filter_channels, method_margin, min_side
+
+
+class StageTimer:
+    """Wall time per pipeline stage, summed over batches (``profile_stages=true``).
+
+    On the GPU the device is synchronised at each stage boundary, which costs a little time:
+    it is off by default.
+    """
+
+    def __init__(self, enabled: bool = False, xp=None):
+        self.enabled = enabled
+        self.xp = xp
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        if not self.enabled:
+            yield
+            return
+        self._sync()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def _sync(self):
+        if self.xp is not None and is_gpu(self.xp):
+            self.xp.cuda.Device().synchronize()
+
+
+NO_TIMER = StageTimer(False)
 
 
 @dataclass
@@ -70,19 +105,24 @@ def build_plan(cfg: Config, channel_names: list[str]) -> Plan:
     return plan
 
 
-def profile_batch(batch: Batch, plan: Plan):
+def profile_batch(batch: Batch, plan: Plan, timer: StageTimer = NO_TIMER):
     """(N, F) float64 host array of all feature and numeric meta columns, in plan order."""
     xp = batch.xp
     cfg = plan.cfg
     blocks = []
     if cfg.masks.methods:
-        passed = filter_channels(batch, cfg.masks.filters)
+        with timer("filters"):
+            passed = filter_channels(batch, cfg.masks.filters)
         for m, name in zip(cfg.masks.methods, mask_names(cfg)):
-            mr = compute_masks(batch, m, cfg.masks, passed)
+            with timer(f"mask:{name}"):
+                mr = compute_masks(batch, m, cfg.masks, passed)
             for fam in plan.families[name]:
-                blocks.append(FAMILIES[fam].compute(batch, mr, plan.context))
+                with timer(fam):
+                    blocks.append(FAMILIES[fam].compute(batch, mr, plan.context))
     if cfg.features.raw:
-        blocks.append(FAMILIES["raw"].compute(batch, None, plan.context))
+        with timer("raw"):
+            blocks.append(FAMILIES["raw"].compute(batch, None, plan.context))
     if not blocks:
         return asnumpy(xp.zeros((batch.n, 0)))
-    return asnumpy(xp.concatenate([b.astype(xp.float64) for b in blocks], axis=1))  # one copy back
+    with timer("transfer"):
+        return asnumpy(xp.concatenate([b.astype(xp.float64) for b in blocks], axis=1))  # one copy back

@@ -77,6 +77,7 @@ def test_default_output_folders_are_new(tmp_path):
     (["outptu=x"], "outptu"),
     (["+dataset=scip_zarr", "dataset.path=/nonexistent.zarr"], "does not exist"),
     (["+dataset=demo", "masks.main_channel_index=7"], "channel index 7 is out of range"),
+    (["+dataset=demo", "device=cuda"], "no GPU can be used"),
 ])
 def test_bad_configuration_fails_at_start(tmp_path, args, needle):
     res = run_cli(*args, "cluster=sync", cwd=tmp_path)

@@ -1,0 +1,57 @@
+"""Dask execution: GPU resource restrictions reach the scheduler and steer tasks."""
+
+from __future__ import annotations
+
+import pytest
+
+from scip_gpu.cluster import GPU_RESOURCE, DaskExecutor
+from scip_gpu.config import ClusterConfig, ClusterType
+from scip_gpu.errors import ConfigError
+
+
+def _whoami(item, *, tag):
+    from distributed import get_worker
+
+    return item, tag, get_worker().address
+
+
+@pytest.mark.slow
+def test_gpu_resource_restriction_reaches_scheduler_and_worker():
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+
+    # a mixed cluster: one worker declares a GPU, the other does not
+    spec = {
+        "cpu": {"cls": Nanny, "options": {"nthreads": 1}},
+        "gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {GPU_RESOURCE: 1}}},
+    }
+    with SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
+                     asynchronous=False, silence_logs=50) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        info = client.scheduler_info()["workers"]
+        gpu_worker = next(a for a, w in info.items() if w.get("resources", {}).get(GPU_RESOURCE))
+        ex = DaskExecutor(client, {GPU_RESOURCE: 1})
+        names = [f"probe-{i}" for i in range(6)]
+        results = []
+        for item, res, exc in ex.map_unordered(_whoami, range(6), names, tag="x"):
+            assert exc is None
+            results.append(res)
+        assert sorted(r[0] for r in results) == list(range(6))
+        assert {r[2] for r in results} == {gpu_worker}  # every task ran on the GPU worker
+
+        # and the restriction is what the scheduler holds for a submitted task
+        fut = client.submit(_whoami, 99, tag="y", key="probe-held", resources={GPU_RESOURCE: 1}, pure=False)
+        assert fut.result()[2] == gpu_worker
+        restrictions = client.run_on_scheduler(
+            lambda dask_scheduler: dict(dask_scheduler.tasks["probe-held"].resource_restrictions or {}))
+        assert restrictions == {GPU_RESOURCE: 1}
+
+
+def test_local_cuda_without_dask_cuda_is_a_clear_error(monkeypatch):
+    import sys
+
+    from scip_gpu.cluster import executor
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)  # as if not installed
+    with pytest.raises(ConfigError, match="needs dask-cuda"):
+        with executor(ClusterConfig(type=ClusterType.local_cuda), "cuda"):
+            pass

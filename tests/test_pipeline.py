@@ -1,0 +1,68 @@
+"""process_partition: batches that fail (out of memory, a bad object) are split and retried."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scip_gpu import pipeline
+from scip_gpu.cli import to_config
+from scip_gpu.export import arrow_schema
+from scip_gpu.io import make_source
+from scip_gpu.profile import build_plan
+
+from .test_config import _compose
+
+
+@pytest.fixture
+def setup(tmp_path):
+    cfg, _ = to_config(_compose(["+dataset=demo", "dataset.n_objects=12", "features=intensity",
+                                 "dataset.min_size=40", "dataset.max_size=44", "batch_size=16"]))
+    src = make_source(cfg.dataset)
+    objs = src.objects()
+    objs.insert(0, "meta_index", np.arange(len(objs)))
+    plan = build_plan(cfg, src.channel_names(objs))
+    meta = [c for c in objs.columns if c.startswith("meta_")]
+    return src, objs, plan, arrow_schema(objs[meta], plan.columns), tmp_path
+
+
+def _run(setup):
+    src, objs, plan, schema, folder = setup
+    res = pipeline.process_partition((0, objs), source=src, plan=plan, folder=str(folder), schema=schema,
+                                     device="cpu")
+    return res, pd.read_parquet(folder / "part-00000.parquet")
+
+
+def test_out_of_memory_batches_are_split(setup, monkeypatch):
+    ref_res, ref = _run(setup)
+    real = pipeline.profile_batch
+    sizes = []
+
+    def limited(batch, plan, timer=pipeline.StageTimer()):
+        sizes.append(batch.n)
+        if batch.n > 3:
+            raise MemoryError("simulated out of memory")
+        return real(batch, plan, timer)
+
+    monkeypatch.setattr(pipeline, "profile_batch", limited)
+    res, df = _run(setup)
+    assert res.n_ok == 12 and not res.errors
+    assert max(sizes) > 3 and any("retrying" in n for n in res.notes)
+    pd.testing.assert_frame_equal(df, ref)  # same values as one big batch
+
+
+def test_a_bad_object_does_not_stop_its_batch(setup, monkeypatch):
+    real = pipeline.profile_batch
+
+    def poisoned(batch, plan, timer=pipeline.StageTimer()):
+        if 5 in batch.index.tolist():
+            raise ValueError("object 5 breaks the maths")
+        return real(batch, plan, timer)
+
+    monkeypatch.setattr(pipeline, "profile_batch", poisoned)
+    res, df = _run(setup)
+    assert res.n_ok == 11 and [e["meta_index"] for e in res.errors] == [5]
+    assert "object 5 breaks the maths" in res.errors[0]["error"]
+    assert df.loc[5, "meta_status"] == "error" and np.isnan(df.loc[5, "feat_raw_mean_BF"])
+    assert (df.drop(index=5)["meta_status"] == "ok").all()
