@@ -131,33 +131,49 @@ def write_ragged_zarr(path, images, object_numbers=None, *, chunk_size: int = 25
                       clevel: int = 5) -> Path:
     """Write images in SCIP's ragged zarr v2 layout (readable by SCIP and by this package).
 
+    Images are streamed: one chunk is held in memory at a time.
+
     Parameters
     ----------
     path : path-like
         New folder for the store (must not exist).
-    images : sequence of (C, H, W) arrays
+    images : iterable of (C, H, W) arrays
         One image per object, each with its own size.
     object_numbers : sequence of int, optional
         Stored as ``.zattrs["object_number"]`` (default 0..N-1).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=False)
-    n = len(images)
     compressor = {"id": "blosc", "cname": "lz4", "clevel": clevel, "shuffle": 1, "blocksize": 0}
     filters = [{"id": "vlen-array", "dtype": dtype}]
+    vlen = numcodecs.get_codec(filters[0])
+    comp = numcodecs.get_codec(compressor)
+    info = np.iinfo(np.dtype(dtype)) if np.dtype(dtype).kind in "ui" else None
+    shapes: list[list[int]] = []
+    chunk: list[np.ndarray] = []
+
+    def flush() -> None:
+        block = np.empty(chunk_size, dtype=object)
+        block[:] = chunk + [np.zeros(0, dtype)] * (chunk_size - len(chunk))  # zarr stores full chunks
+        (path / str((len(shapes) - 1) // chunk_size)).write_bytes(comp.encode(vlen.encode(block)))
+        chunk.clear()
+
+    for img in images:
+        img = np.asarray(img)
+        if img.ndim != 3:
+            raise ValueError(f"element {len(shapes)}: expected (C, H, W), got shape {img.shape}")
+        if info is not None and img.size and (img.min() < info.min or img.max() > info.max):
+            raise ValueError(f"element {len(shapes)}: values outside the range of {np.dtype(dtype)}")
+        shapes.append([int(v) for v in img.shape])
+        chunk.append(np.ascontiguousarray(img, dtype=dtype).ravel())
+        if len(chunk) == chunk_size:
+            flush()
+    if chunk:
+        flush()
+    n = len(shapes)
     meta = {"zarr_format": 2, "shape": [n], "chunks": [chunk_size], "dtype": "|O", "compressor": compressor,
             "fill_value": 0, "filters": filters, "order": "C"}
     (path / ".zarray").write_text(json.dumps(meta, indent=4))
-    attrs = {"shape": [list(map(int, im.shape)) for im in images],
-             "object_number": [int(v) for v in (object_numbers if object_numbers is not None else range(n))]}
-    (path / ".zattrs").write_text(json.dumps(attrs))
-    vlen = numcodecs.get_codec(filters[0])
-    comp = numcodecs.get_codec(compressor)
-    for c, start in enumerate(range(0, n, chunk_size)):
-        block = np.empty(chunk_size, dtype=object)
-        for k in range(chunk_size):
-            i = start + k
-            src = images[i] if i < n else np.zeros(0)
-            block[k] = np.ascontiguousarray(src, dtype=dtype).ravel()
-        (path / str(c)).write_bytes(comp.encode(vlen.encode(block)))
+    numbers = list(object_numbers) if object_numbers is not None else list(range(n))
+    (path / ".zattrs").write_text(json.dumps({"shape": shapes, "object_number": [int(v) for v in numbers]}))
     return path
