@@ -24,6 +24,30 @@ class DatasetFormat(str, Enum):
     tiff = "tiff"  # one TIFF per channel, grouped into objects by a regex
     multipage_tiff = "multipage_tiff"  # one file per object, channels as pages
     ome_tiff = "ome_tiff"  # one OME-TIFF per object, axes read from its metadata
+    fields_tiff = "fields_tiff"  # fields of view: one TIFF per channel (and z plane) per field
+
+
+class ProjectionMethod(str, Enum):
+    min = "min"
+    mean = "mean"
+    max = "max"
+    median = "median"
+
+
+class IlluminationMethod(str, Enum):
+    jones_2006 = "jones_2006"  # per-group mean image, median-smoothed (Singh et al. 2014)
+
+
+class SegmentationMethod(str, Enum):
+    watershed = "watershed"
+    cellpose = "cellpose"
+
+
+class CellsMode(str, Enum):
+    expand = "expand"  # cells = nuclei expanded by `expand_distance` pixels
+    watershed = "watershed"  # cells = watershed of the cell channel seeded by the nuclei
+    cellpose = "cellpose"  # cells segmented by Cellpose on the cell channel
+    none = "none"  # the nuclei are the objects
 
 
 class MaskMethod(str, Enum):
@@ -65,6 +89,15 @@ class Device(str, Enum):
 
 
 @dataclass
+class MetadataJoin:
+    """Join the rows of a CSV onto the object (or field) table."""
+
+    path: Optional[str] = None  # null: skipped
+    keys: Dict[str, str] = field(default_factory=dict)  # CSV column -> meta key (without "meta_")
+    columns: Dict[str, str] = field(default_factory=dict)  # CSV column -> new meta key; {}: all
+
+
+@dataclass
 class DatasetConfig:
     """Where the objects come from and which channels to use."""
 
@@ -79,12 +112,57 @@ class DatasetConfig:
     # column. zarr formats: applied to the zarr path. multipage/OME: applied to each file path.
     regex: Optional[str] = None
     glob: str = "*.tif*"
+    metadata: List[MetadataJoin] = field(default_factory=list)
     # demo only
     n_objects: int = 300
     n_channels: int = 3
     min_size: int = 48
     max_size: int = 72
     seed: int = 0
+
+
+@dataclass
+class ProjectionConfig:
+    method: Optional[ProjectionMethod] = None  # z-projection of multi-focal stacks; null: none
+
+
+@dataclass
+class IlluminationConfig:
+    method: Optional[IlluminationMethod] = None  # null: no correction
+    key: Optional[str] = None  # meta key grouping the fields (e.g. plate); null: one group
+    median_filter_size: int = 50
+    downscale: int = 1
+    precomputed: Optional[str] = None  # folder of correction images (<group>.tif) to use instead
+    export: bool = True  # write the correction images to <output>/illumination/
+
+
+@dataclass
+class CellposeConfig:
+    model: str = "cpsam"  # a name in CELLPOSE_LOCAL_MODELS_PATH or a path to weights
+    nucleus_model: Optional[str] = None  # for nuclei; null: same as model
+    diameter: Optional[float] = None
+    flow_threshold: float = 0.4
+    batch_size: int = 8
+
+
+@dataclass
+class SegmentationConfig:
+    method: Optional[SegmentationMethod] = None  # null: the images are single objects
+    name: Optional[str] = None  # column prefix of the segmentation masks; null: none (SCIP)
+    nucleus_channel: int = 0
+    cell_channel: Optional[int] = None
+    cells: CellsMode = CellsMode.expand
+    expand_distance: int = 10
+    min_distance: int = 7  # watershed: minimum distance between nucleus centres (pixels)
+    smoothing: float = 1.0  # watershed: Gaussian sigma before thresholding
+    min_size: int = 30  # objects with fewer pixels are dropped
+    min_overlap: float = 0.1  # child-to-parent assignment (SCIP's rule)
+    # channel name -> compartment (nucleus, cell, cytoplasm) whose mask the channel is measured
+    # in; channels not listed: the nucleus channel -> nucleus, the others -> cell
+    compartments: Dict[str, str] = field(default_factory=dict)
+    cellpose: CellposeConfig = field(default_factory=CellposeConfig)
+    export_labels: bool = True  # label images per field under <output>/labels/
+    fields_per_partition: int = 4
 
 
 @dataclass
@@ -154,6 +232,9 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    illumination: IlluminationConfig = field(default_factory=IlluminationConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     output: Optional[str] = None  # null: a new folder under output_root
     output_root: str = "outputs"
     device: Device = Device.auto
@@ -220,10 +301,33 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
     for i, m in enumerate(cfg.masks.methods):
         check_method_kwargs(m.method.value, dict(m.kwargs), where=f"masks.methods[{i}]")
     for key in cfg.features.per_mask:
-        if key not in names:
+        if key not in names and key != cfg.segmentation.name:
             raise ConfigError(
                 f"features.per_mask: {key!r} is not a configured mask (masks: {names or 'none'})"
             )
+    seg = cfg.segmentation
+    fields = getattr(ds.format, "value", ds.format) == "fields_tiff"
+    if fields and seg.method is None:
+        raise ConfigError("dataset.format=fields_tiff needs a segmentation: set segmentation=watershed "
+                          "or segmentation=cellpose")
+    if seg.method is not None and not fields:
+        raise ConfigError(f"segmentation.method={seg.method.value}: segmentation applies to fields of view "
+                          "(dataset.format=fields_tiff); this dataset holds single objects")
+    if not fields and (cfg.illumination.method is not None or cfg.projection.method is not None):
+        raise ConfigError("projection and illumination apply to fields of view (dataset.format=fields_tiff); "
+                          "this dataset holds single objects")
+    for ch, comp in seg.compartments.items():
+        if comp not in ("nucleus", "cell", "cytoplasm"):
+            raise ConfigError(f"segmentation.compartments.{ch}: unknown compartment {comp!r} "
+                              "(choose nucleus, cell or cytoplasm)")
+    if seg.cells.value in ("watershed", "cellpose") and seg.method is not None and seg.cell_channel is None \
+            and seg.cells.value == "watershed":
+        raise ConfigError("segmentation.cells=watershed needs segmentation.cell_channel")
+    if cfg.illumination.downscale < 1 or cfg.illumination.median_filter_size < 1:
+        raise ConfigError("illumination: downscale and median_filter_size must be at least 1")
+    for j, join in enumerate(ds.metadata):
+        if join.path is not None and not join.keys:
+            raise ConfigError(f"dataset.metadata[{j}].keys: give the key columns to join on")
     if cfg.export.formats == []:
         raise ConfigError("export.formats: choose at least one of parquet, anndata")
 
@@ -242,3 +346,7 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
         for j, f in enumerate(cfg.masks.filters):
             for i in f.channel_indices or []:
                 _check_index(f"masks.filters[{j}].channel_indices", i)
+        if seg.method is not None:
+            _check_index("segmentation.nucleus_channel", seg.nucleus_channel)
+            if seg.cell_channel is not None:
+                _check_index("segmentation.cell_channel", seg.cell_channel)

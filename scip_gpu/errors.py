@@ -36,3 +36,9 @@ class ObjectError(ScipGpuError):
     def __init__(self, message: str, stage: str = "load"):
         super().__init__(message)
         self.stage = stage
+
+
+def describe_exception(exc: BaseException, limit: int = 400) -> str:
+    """``Type: message`` of an unexpected exception, shortened for logs and error reports."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[: limit - 20] + " ... (shortened)"

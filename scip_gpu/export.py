@@ -72,7 +72,12 @@ def write_anndata(parts: Sequence[Path], path: Path, columns: Sequence[Column], 
     obs_cols = list(meta_columns) + ["meta_status"] + [c.name for c in columns if c.kind == "meta"]
     obs = pd.concat([pq.read_table(p, columns=obs_cols).to_pandas() for p in parts], ignore_index=True) \
         if parts else pd.DataFrame(columns=obs_cols)
-    obs.index = obs["meta_index"].astype(str) if "meta_index" in obs else obs.index.astype(str)
+    if "meta_index" in obs:
+        obs.index = obs["meta_index"].astype(str)
+    elif {"meta_field", "meta_label"} <= set(obs.columns):  # objects segmented from fields
+        obs.index = obs["meta_field"].astype(str) + "-" + obs["meta_label"].astype(str)
+    else:
+        obs.index = obs.index.astype(str)
     obs.index.name = None
     for col in obs.columns:  # h5ad stores object columns as strings only
         if obs[col].dtype == object:

@@ -22,7 +22,7 @@ from .backend import device_module, is_gpu, select_device
 from .batch import assemble, group_by_shape
 from .cluster import executor
 from .config import Config, validate
-from .errors import ObjectError, OutputError, ScipGpuError
+from .errors import ObjectError, OutputError, ScipGpuError, describe_exception
 from .io import make_source
 from .profile import Plan, StageTimer, build_plan, profile_batch
 
@@ -100,7 +100,7 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
 
     def fail(pos: int, exc: Exception, stage: str) -> None:
         row = rows.iloc[pos]
-        msg = str(exc) if isinstance(exc, ObjectError) else f"{source.describe(row)}: {type(exc).__name__}: {exc}"
+        msg = str(exc) if isinstance(exc, ObjectError) else f"{source.describe(row)}: {describe_exception(exc)}"
         errors[pos] = {"meta_index": int(row["meta_index"]), "object": source.describe(row),
                        "stage": getattr(exc, "stage", stage), "error": msg}
 
@@ -164,7 +164,7 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
 def failed_partition(part: int, rows: pd.DataFrame, plan: Plan, folder: Path, schema, exc: Exception,
                      source) -> PartitionResult:
     """Record a partition whose task failed as a whole: its rows are kept, all NaN, with errors."""
-    msg = f"partition task failed: {type(exc).__name__}: {exc}"
+    msg = f"partition task failed: {describe_exception(exc)}"
     errors = [{"meta_index": int(r["meta_index"]), "object": source.describe(r), "stage": "partition",
                "error": msg} for _, r in rows.iterrows()]
     table = rows[[c for c in schema.names if c in rows.columns]].reset_index(drop=True)
@@ -241,6 +241,25 @@ def _log_to_file(path: Path, level: str) -> logging.Handler:
     return h
 
 
+def _execute_objects(ex, table, *, cfg, source, plan, folder, schema, device, progress, out):
+    """Profile single-object images: one task per partition of objects."""
+    size = cfg.partition_size
+    tasks = [(i, table.iloc[s:s + size]) for i, s in enumerate(range(0, len(table), size))]
+    log.info("running %d partition(s) of up to %d objects on %s", len(tasks), size, ex.description)
+    names = [f"scip_gpu-partition-{i}-{out.name}" for i, _ in tasks]
+    results = []
+    for task, res, exc in ex.map_unordered(process_partition, tasks, names, source=source, plan=plan,
+                                           folder=str(folder), schema=schema, device=device):
+        if exc is not None:
+            log.error("partition %d failed: %s", task[0], describe_exception(exc))
+            res = failed_partition(task[0], task[1], plan, folder, schema, exc, source)
+        results.append(res)
+        for note in res.notes:
+            log.warning(note)
+        progress.update(res.n)
+    return results, len(tasks)
+
+
 def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
     """Run the pipeline for a validated configuration object.
 
@@ -249,16 +268,23 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
     ConfigError, InputError, OutputError
         Before any output is written when the configuration or the dataset is unusable.
     """
+    import json
+
+    from . import field_pipeline
+    from .errors import InputError
+    from .fields import join_metadata
+
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     source = make_source(cfg.dataset)
-    objects = source.objects()
-    if len(objects) == 0:
-        from .errors import InputError
-
-        raise InputError(f"dataset {cfg.dataset.name!r}: no objects found at {cfg.dataset.path!r}")
-    objects.insert(0, "meta_index", np.arange(len(objects), dtype=np.int64))
-    channel_names = source.channel_names(objects)
+    table = source.objects()
+    is_fields = getattr(source, "fields", False)
+    unit = "fields" if is_fields else "objects"
+    if len(table) == 0:
+        raise InputError(f"dataset {cfg.dataset.name!r}: no {unit} found at {cfg.dataset.path!r}")
+    table = join_metadata(table, cfg.dataset.metadata)
+    table.insert(0, "meta_field_index" if is_fields else "meta_index", np.arange(len(table), dtype=np.int64))
+    channel_names = source.channel_names(table)
     validate(cfg, len(channel_names))
     plan = build_plan(cfg, channel_names)
     device = select_device(getattr(cfg.device, "value", cfg.device))
@@ -267,42 +293,39 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
     handler = _log_to_file(out / "run.log", cfg.log_level)
     try:
         log.info("scip_gpu run started at %s; output folder %s", started.isoformat(timespec="seconds"), out)
-        log.info("dataset %r (%s): %d objects, channels %s", cfg.dataset.name, source.kind, len(objects),
+        log.info("dataset %r (%s): %d %s, channels %s", cfg.dataset.name, source.kind, len(table), unit,
                  channel_names)
         log.info("%d columns per object (%d features); device %s", plan.n_features,
                  sum(c.kind == "feat" for c in plan.columns), device)
         if resolved_yaml is not None:
             (out / "config.yaml").write_text(resolved_yaml)
 
-        meta_cols = [c for c in objects.columns if c.startswith("meta_")]
-        schema = export.arrow_schema(objects[meta_cols], plan.columns)
+        meta_cols = [c for c in table.columns if c.startswith("meta_")]
+        meta = table[meta_cols]
+        if is_fields:
+            meta = field_pipeline.object_meta_frame(meta)
+            meta_cols = list(meta.columns)
+        schema = export.arrow_schema(meta, plan.columns)
         folder = out / f"{cfg.export.filename}.parquet"
-        size = cfg.partition_size
-        tasks = [(i, objects.iloc[s:s + size]) for i, s in enumerate(range(0, len(objects), size))]
-        results: list[PartitionResult] = []
-        progress = Progress(len(objects), cfg.progress)
+        progress = Progress(len(table), cfg.progress)
+        extra: dict = {}
         with executor(cfg.cluster, device) as ex:
-            log.info("running %d partition(s) of up to %d objects on %s", len(tasks), size, ex.description)
-            names = [f"scip_gpu-partition-{i}-{out.name}" for i, _ in tasks]
-            for task, res, exc in ex.map_unordered(process_partition, tasks, names, source=source, plan=plan,
-                                                   folder=str(folder), schema=schema, device=device):
-                if exc is not None:
-                    log.error("partition %d failed: %s: %s", task[0], type(exc).__name__, exc)
-                    res = failed_partition(task[0], task[1], plan, folder, schema, exc, source)
-                results.append(res)
-                for note in res.notes:
-                    log.warning(note)
-                progress.update(res.n)
+            kwargs = dict(cfg=cfg, source=source, plan=plan, folder=folder, schema=schema, device=device,
+                          progress=progress, out=out)
+            if is_fields:
+                results, n_parts, extra = field_pipeline.execute(ex, table, **kwargs)
+            else:
+                results, n_parts = _execute_objects(ex, table, **kwargs)
 
         errors = sorted((e for r in results for e in r.errors), key=lambda e: e["meta_index"])
         export.write_errors(out / "errors.csv", errors)
         for e in errors[:20]:
-            log.warning("object %s failed (%s): %s", e["meta_index"], e["stage"], e["error"])
+            log.warning("%s failed (%s): %s", e["object"], e["stage"], e["error"])
         if len(errors) > 20:
             log.warning("... and %d more; see errors.csv", len(errors) - 20)
 
-        parts = [folder / export.part_name(i) for i, _ in tasks]
-        seconds = time.perf_counter() - t0
+        parts = [folder / export.part_name(i) for i in range(n_parts)]
+        n_objects = sum(r.n for r in results)
         n_ok = sum(r.n_ok for r in results)
         provenance = {
             "scip_gpu": export.package_versions().get("scip_gpu"),
@@ -316,14 +339,15 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
             "command": sys.argv,
             "dataset": {"name": cfg.dataset.name, "format": getattr(cfg.dataset.format, "value", cfg.dataset.format),
                         "path": cfg.dataset.path},
-            "objects": len(objects),
+            "objects": n_objects,
             "objects_ok": n_ok,
-            "objects_with_errors": len(errors),
-            "partitions": len(tasks),
+            "objects_with_errors": sum(e["stage"] != "field" for e in errors) if is_fields else len(errors),
+            "partitions": n_parts,
             "columns": plan.n_features,
             "features": sum(c.kind == "feat" for c in plan.columns),
             "channel_names": channel_names,
             "worker_seconds": round(sum(r.seconds for r in results), 3),
+            **extra,
         }
         if cfg.profile_stages:
             stages: dict[str, float] = {}
@@ -344,10 +368,8 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
         seconds = time.perf_counter() - t0
         provenance["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         provenance["seconds"] = round(seconds, 3)
-        import json
-
         (out / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
-        summary = RunSummary(out, len(objects), n_ok, len(errors), plan.n_features, seconds, errors)
+        summary = RunSummary(out, n_objects, n_ok, len(errors), plan.n_features, seconds, errors)
         handler.handle(logging.makeLogRecord({"name": "scip_gpu", "levelno": logging.INFO,
                                               "levelname": "INFO", "msg": summary.line()}))
         return summary

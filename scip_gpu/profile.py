@@ -74,6 +74,11 @@ class Plan:
         return len(self.columns)
 
 
+def segmentation_mask_name(cfg: Config) -> str:
+    """Column prefix of the segmentation masks ("" for none, as SCIP after segmentation)."""
+    return cfg.segmentation.name or ""
+
+
 def families_for(cfg: Config, name: str) -> list[str]:
     chosen = cfg.features.per_mask.get(name, cfg.features.families)
     fams = {getattr(f, "value", f) for f in chosen}
@@ -89,6 +94,11 @@ def build_plan(cfg: Config, channel_names: list[str]) -> Plan:
     plan = Plan(cfg, list(channel_names), context=FeatureContext(cfg.masks.edge_width))
     margin = cfg.masks.edge_width
     side = 1
+    if cfg.segmentation.method is not None:  # the segmentation's masks come first
+        name = segmentation_mask_name(cfg)
+        plan.families[name] = families_for(cfg, name)
+        for fam in plan.families[name]:
+            plan.columns += FAMILIES[fam].columns(name, channel_names)
     for m, name in zip(cfg.masks.methods, mask_names(cfg)):
         plan.families[name] = families_for(cfg, name)
         for fam in plan.families[name]:
@@ -105,11 +115,18 @@ def build_plan(cfg: Config, channel_names: list[str]) -> Plan:
     return plan
 
 
-def profile_batch(batch: Batch, plan: Plan, timer: StageTimer = NO_TIMER):
-    """(N, F) float64 host array of all feature and numeric meta columns, in plan order."""
+def profile_batch(batch: Batch, plan: Plan, timer: StageTimer = NO_TIMER, given=()):
+    """(N, F) float64 host array of all feature and numeric meta columns, in plan order.
+
+    ``given``: mask results computed elsewhere (the segmentation's), profiled first.
+    """
     xp = batch.xp
     cfg = plan.cfg
     blocks = []
+    for mr in given:
+        for fam in plan.families[mr.name]:
+            with timer(fam):
+                blocks.append(FAMILIES[fam].compute(batch, mr, plan.context))
     if cfg.masks.methods:
         with timer("filters"):
             passed = filter_channels(batch, cfg.masks.filters)

@@ -24,13 +24,20 @@ def _compose(overrides):
 
 
 def test_groups_exist():
-    assert {"dataset", "masks", "features", "export", "cluster"} <= set(GROUPS)
+    assert {"dataset", "masks", "features", "export", "cluster", "segmentation", "projection",
+            "illumination"} <= set(GROUPS)
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_option_composes(group, option):
     if group == "dataset":
         overrides = [f"+dataset={option}", *PATHS.get(option, ["dataset.path=x"])]
+        if option == "fields_tiff":
+            overrides.append("segmentation=watershed")
+    elif group in ("segmentation", "projection", "illumination") and option != "none":
+        overrides = [f"{group}={option}", "+dataset=fields_tiff", "dataset.path=x"]
+        if group != "segmentation":
+            overrides.append("segmentation=watershed")
     else:
         overrides = [f"{group}={option}"]
     cfg, yaml = to_config(_compose(overrides))
@@ -81,3 +88,15 @@ def test_force_added_unknown_key_is_refused():
     with pytest.raises(ConfigError, match=r"unknown configuration key\(s\): masks.methods.0.smoth"):
         to_config(_compose(["+masks.methods.0.smoth=2"]))
     to_config(_compose(["+masks.methods.0.kwargs.extra=2"]))  # free-form kwargs: checked by validate()
+
+
+def test_field_options_need_a_fields_dataset():
+    cfg, _ = to_config(_compose(["segmentation=watershed"]))
+    with pytest.raises(ConfigError, match="segmentation applies to fields of view"):
+        validate(cfg)
+    cfg, _ = to_config(_compose(["+dataset=fields_tiff", "dataset.path=x"]))
+    with pytest.raises(ConfigError, match="needs a segmentation"):
+        validate(cfg)
+    cfg, _ = to_config(_compose(["projection=max"]))
+    with pytest.raises(ConfigError, match="apply to fields of view"):
+        validate(cfg)

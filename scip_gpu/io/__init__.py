@@ -11,6 +11,7 @@ from .zarr_ragged import RaggedZarrSource
 def make_source(dataset_cfg) -> Source:
     """The source for ``dataset.format``."""
     from ..demo import DemoSource
+    from ..fields import FieldSource
 
     fmt = getattr(dataset_cfg.format, "value", dataset_cfg.format)
     classes = {
@@ -20,6 +21,7 @@ def make_source(dataset_cfg) -> Source:
         "tiff": ChannelTiffSource,
         "multipage_tiff": FileSource,
         "ome_tiff": FileSource,
+        "fields_tiff": FieldSource,
     }
     return classes[fmt](dataset_cfg)
 

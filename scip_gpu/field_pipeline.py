@@ -1,0 +1,313 @@
+"""Running a fields-of-view dataset: illumination pass, then one task per partition of fields.
+
+Pass 1 (only with ``illumination.method``): each task sums the projected fields of its
+partition per illumination group; the driver adds the partial sums and finishes a group's
+correction image (written to ``<output>/illumination/<group>.tif``) as soon as the group's last
+partial sum arrives, so at most the groups in flight are held in memory.
+
+Pass 2: each task loads, projects and corrects its fields, segments them (watershed per field,
+or Cellpose on all fields of the partition in one batched call), writes their label images,
+crops every object with its compartment masks, profiles the objects in padded batches and
+writes one Parquet file.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import export
+from .backend import asnumpy, device_module
+from .batch import assemble, group_by_shape
+from .errors import InputError, ObjectError, describe_exception
+from .fields import (channel_compartments, export_labels, field_objects, field_sums, finish_illumination,
+                     load_correction, project, safe_name, write_correction)
+from .masks import MaskResult
+from .pipeline import PartitionResult, StageTimer, check_image, free_device_memory
+from .profile import Plan, profile_batch, segmentation_mask_name
+
+log = logging.getLogger("scip_gpu")
+
+OBJECT_META = {"meta_label": np.int64(0), "meta_touches_border": False}
+
+
+def object_meta_frame(field_meta: pd.DataFrame) -> pd.DataFrame:
+    """Meta columns of the object rows: the field's, plus label and border flag."""
+    meta = field_meta.copy()
+    for k, v in OBJECT_META.items():
+        meta[k] = v
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Segmentation
+
+
+def segment(images: list, seg, channel_names) -> list[dict]:
+    """Label images per field: ``{"nucleus": ..., "cell": ...}`` with agreeing labels."""
+    from . import segmentation as S
+
+    method = seg.method.value
+    cells = seg.cells.value
+    nc, cc = seg.nucleus_channel, seg.cell_channel
+    if method == "watershed":
+        nuclei = [S.watershed_nuclei(img[nc], smoothing=seg.smoothing, min_distance=seg.min_distance,
+                                     min_size=seg.min_size) for img in images]
+    else:
+        from .cellpose_seg import load_model, segment_fields
+
+        model = load_model(seg.cellpose.nucleus_model or seg.cellpose.model)
+        nuclei = segment_fields(model, [img[nc] for img in images], diameter=seg.cellpose.diameter,
+                                flow_threshold=seg.cellpose.flow_threshold, batch_size=seg.cellpose.batch_size)
+        nuclei = [S.remove_small_labels(n, seg.min_size) for n in nuclei]
+    out = []
+    for i, (img, nuc) in enumerate(zip(images, nuclei)):
+        if cells == "expand":
+            cell = S.expand_cells(nuc, seg.expand_distance)
+        elif cells == "watershed":
+            cell = S.seeded_watershed(img[cc], nuc)
+        elif cells == "cellpose":
+            from .cellpose_seg import load_model, segment_fields
+
+            model = load_model(seg.cellpose.model)
+            cell = segment_fields(model, [img[cc]], diameter=seg.cellpose.diameter,
+                                  flow_threshold=seg.cellpose.flow_threshold)[0]
+            cell = S.remove_small_labels(cell, seg.min_size)
+            nuc = S.assign_children(cell, nuc, seg.min_overlap)  # SCIP's child-to-parent rule
+        else:
+            cell = nuc
+        out.append({"nucleus": nuc, "cell": cell})
+    return out
+
+
+def segmentation_masks(masks: list, bboxes: np.ndarray, shape, xp, name: str) -> MaskResult:
+    """MaskResult of a batch of segmented objects (SCIP: zero background, one region)."""
+    n = len(masks)
+    c = masks[0].shape[0]
+    host = np.zeros((n, c, *shape), dtype=bool)
+    for i, m in enumerate(masks):
+        host[i, :, : m.shape[1], : m.shape[2]] = m
+    mask = xp.asarray(host)
+    zeros = xp.zeros((n, c))
+    return MaskResult(name, mask, mask.any(axis=1), mask.any(axis=(2, 3)).astype(xp.int64),
+                      xp.asarray(bboxes, dtype=xp.float64), zeros, zeros.copy(), xp.ones(n, dtype=bool))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 2: one partition of fields
+
+
+def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str,
+                   corrections: dict | None, labels_dir: str | None) -> PartitionResult:
+    """Load, correct, segment and profile the fields of one partition; write its Parquet file."""
+    t0 = time.perf_counter()
+    part, rows = task
+    cfg = plan.cfg
+    xp = device_module(device)
+    seg = cfg.segmentation
+    timer = StageTimer(enabled=cfg.profile_stages, xp=xp)
+    compartments = channel_compartments(seg, plan.channel_names)
+    n_ch = len(plan.channel_names)
+    errors: list[dict] = []
+    proj = cfg.projection.method.value if cfg.projection.method is not None else None
+    key = cfg.illumination.key
+
+    images, field_rows = [], []
+    for _, row in rows.iterrows():
+        try:
+            with timer("load"):
+                img = source.load_field(row)
+            if img.shape[0] != n_ch:
+                raise ObjectError(f"{source.describe(row)}: has {img.shape[0]} channels, {n_ch} expected", "load")
+            with timer("project"):
+                img = project(xp.asarray(img), proj)
+            if corrections is not None:
+                group = str(row[f"meta_{key}"]) if key else "all"
+                corr = corrections.get(group)
+                if corr is None:
+                    raise ObjectError(f"{source.describe(row)}: no illumination correction for group {group!r}",
+                                      "illumination")
+                with timer("illumination"):
+                    c = xp.asarray(load_correction(corr))
+                    if c.shape != img.shape:
+                        raise ObjectError(f"{source.describe(row)}: correction image {c.shape} does not match "
+                                          f"the field {img.shape}", "illumination")
+                    img = img.astype(xp.float32) / c
+            images.append(img)
+            field_rows.append(row)
+        except ObjectError as exc:
+            errors.append({"meta_index": int(row["meta_field_index"]), "object": source.describe(row),
+                           "stage": "field", "error": str(exc)})
+
+    labels_all = []
+    if images:
+        try:
+            with timer("segmentation"):
+                labels_all = segment(images, seg, plan.channel_names)
+        except Exception as exc:  # e.g. Cellpose weights missing: every field of the partition fails
+            for row in field_rows:
+                errors.append({"meta_index": int(row["meta_field_index"]), "object": source.describe(row),
+                               "stage": "field", "error": f"segmentation failed: {describe_exception(exc)}"})
+            images, field_rows = [], []
+
+    crops, masks, bboxes, metas = [], [], [], []
+    for img, labels, row in zip(images, labels_all, field_rows):
+        if labels_dir is not None:
+            export_labels(Path(labels_dir), row["meta_field"], labels)
+        objs = field_objects(img, labels, compartments, min_size=seg.min_size)
+        field_meta = {k: row[k] for k in row.index if k.startswith("meta_")}
+        for px, m, meta in zip(objs.pixels, objs.masks, objs.meta):
+            crops.append(px)
+            masks.append(m)
+            bboxes.append(meta["bbox"])
+            metas.append({**field_meta, "meta_label": meta["meta_label"],
+                          "meta_touches_border": meta["meta_touches_border"]})
+        del img
+    values = np.full((len(crops), plan.n_features), np.nan)
+    status = np.array(["ok"] * len(crops), dtype=object)
+    name = segmentation_mask_name(cfg)
+
+    def describe(i: int) -> str:
+        return f"field {metas[i]['meta_field']} label {metas[i]['meta_label']}"
+
+    def run_group(pos: list[int], shape) -> None:
+        try:
+            batch = assemble([crops[i] for i in pos], np.asarray(pos), shape, xp)
+            mr = segmentation_masks([masks[i] for i in pos], np.asarray([bboxes[i] for i in pos]), shape, xp, name)
+            values[pos] = profile_batch(batch, plan, timer, given=[mr])
+        except Exception as exc:
+            free_device_memory(xp)
+            if len(pos) == 1:
+                status[pos[0]] = "error"
+                errors.append({"meta_index": int(metas[pos[0]]["meta_field_index"]), "object": describe(pos[0]),
+                               "stage": "features", "error": f"{describe(pos[0])}: {describe_exception(exc)}"})
+                return
+            half = len(pos) // 2
+            run_group(pos[:half], shape)
+            run_group(pos[half:], shape)
+
+    good = []
+    for i, px in enumerate(crops):
+        try:
+            check_image(px, n_ch, plan.min_side, describe(i))
+            good.append(i)
+        except ObjectError as exc:
+            status[i] = "error"
+            errors.append({"meta_index": int(metas[i]["meta_field_index"]), "object": describe(i),
+                           "stage": "validate", "error": str(exc)})
+    groups = group_by_shape([crops[i].shape[1:] for i in good], margin=plan.margin, multiple=cfg.pad_multiple,
+                            batch_size=cfg.batch_size)
+    for shape, members in groups:
+        run_group([good[m] for m in members], shape)
+
+    plan_names = {c.name for c in plan.columns}
+    meta_names = [n for n in schema.names if n not in plan_names and n != "meta_status"]
+    table = pd.DataFrame(metas, columns=meta_names)
+    table["meta_status"] = status
+    table = pd.concat([table, pd.DataFrame(values, columns=[c.name for c in plan.columns])], axis=1)
+    export.write_part(Path(folder), part, table, schema)
+    n_ok = int((status == "ok").sum())
+    return PartitionResult(part, len(crops), n_ok, errors, time.perf_counter() - t0, timer.seconds,
+                           [f"partition {part}: {len(rows)} field(s), {len(crops)} object(s)"] if cfg.profile_stages
+                           else [])
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 1 and the driver
+
+
+def illumination_corrections(ex, table, *, cfg, source, out: Path, channel_names) -> dict[str, str]:
+    """Correction image per group: precomputed, or computed by a distributed reduction."""
+    ill = cfg.illumination
+    key = ill.key
+    if key and f"meta_{key}" not in table:
+        raise InputError(f"illumination.key: the fields have no metadata {key!r} "
+                         f"(available: {[c[5:] for c in table.columns if c.startswith('meta_')]})")
+    groups = table[f"meta_{key}"].astype(str) if key else pd.Series("all", index=table.index)
+    if ill.precomputed:
+        folder = Path(ill.precomputed)
+        found = {g: folder / f"{safe_name(g)}.tif" for g in groups.unique()}
+        missing = [g for g, p in found.items() if not p.is_file()]
+        if missing:
+            raise InputError(f"illumination.precomputed: {folder} has no correction image for group(s) "
+                             f"{missing[:5]} (expected files like {safe_name(missing[0])}.tif)")
+        log.info("illumination: using precomputed correction images from %s", folder)
+        return {g: str(p) for g, p in found.items()}
+
+    target = out / "illumination" if ill.export else Path(tempfile.mkdtemp(prefix=".illumination-", dir=out))
+    order = table.assign(_group=groups).sort_values("_group", kind="stable")
+    size = max(1, cfg.segmentation.fields_per_partition)
+    tasks = []
+    for g, grp in order.groupby("_group", sort=False):  # partitions never span groups
+        for s in range(0, len(grp), size):
+            tasks.append((len(tasks), grp.iloc[s:s + size]))
+    remaining = {}
+    for _, rows in tasks:
+        g = rows["_group"].iloc[0]
+        remaining[g] = remaining.get(g, 0) + 1
+    proj = cfg.projection.method.value if cfg.projection.method is not None else None
+    sums: dict[str, list] = {}
+    paths: dict[str, str] = {}
+    log.info("illumination: mean image of %d group(s) over %d field(s)", len(remaining), len(table))
+    names = [f"scip_gpu-illumination-{i}-{out.name}" for i, _ in tasks]
+    for task, res, exc in ex.map_unordered(field_sums, tasks, names, source=source, projection=proj, key=key):
+        g = task[1]["_group"].iloc[0]
+        if exc is not None:
+            raise InputError(f"illumination: summing the fields of group {g!r} failed: {exc}") from exc
+        for msg in res["errors"]:
+            log.warning("illumination: %s (left out of the mean)", msg)
+        for grp, (total, count) in res["sums"].items():
+            if grp in sums:
+                if sums[grp][0].shape != total.shape:
+                    raise InputError(f"illumination group {grp!r}: fields differ in shape")
+                sums[grp][0] += total
+                sums[grp][1] += count
+            else:
+                sums[grp] = [total, count]
+        remaining[g] -= 1
+        if remaining[g] == 0 and g in sums:  # the group is complete: finish it, free its sum
+            total, count = sums.pop(g)
+            image = asnumpy(finish_illumination(total, count, median_filter_size=ill.median_filter_size,
+                                                downscale=ill.downscale))
+            paths[g] = str(write_correction(target, g, image, channel_names))
+            log.info("illumination: group %r from %d field(s) -> %s", g, count, paths[g])
+    return paths
+
+
+def execute(ex, table, *, cfg, source, plan, folder, schema, device, progress, out):
+    """Both passes; returns (partition results, number of partitions, provenance extras)."""
+    corrections = None
+    if cfg.illumination.method is not None:
+        corrections = illumination_corrections(ex, table, cfg=cfg, source=source, out=out,
+                                               channel_names=plan.channel_names)
+    labels_dir = str(out / "labels") if cfg.segmentation.export_labels else None
+    size = max(1, cfg.segmentation.fields_per_partition)
+    tasks = [(i, table.iloc[s:s + size]) for i, s in enumerate(range(0, len(table), size))]
+    log.info("segmenting and profiling %d field(s) in %d partition(s) on %s", len(table), len(tasks),
+             ex.description)
+    names = [f"scip_gpu-fields-{i}-{out.name}" for i, _ in tasks]
+    results = []
+    for task, res, exc in ex.map_unordered(process_fields, tasks, names, source=source, plan=plan,
+                                           folder=str(folder), schema=schema, device=device,
+                                           corrections=corrections, labels_dir=labels_dir):
+        if exc is not None:
+            log.error("partition %d failed: %s", task[0], describe_exception(exc))
+            errs = [{"meta_index": int(r["meta_field_index"]), "object": source.describe(r), "stage": "field",
+                     "error": f"partition task failed: {describe_exception(exc)}"} for _, r in task[1].iterrows()]
+            empty = pd.DataFrame({n: pd.Series(dtype=object) for n in schema.names})
+            export.write_part(Path(folder), task[0], empty, schema)
+            res = PartitionResult(task[0], 0, 0, errs)
+        results.append(res)
+        for note in res.notes:
+            log.info(note)
+        progress.update(len(task[1]))
+    extra = {"fields": len(table), "fields_with_errors": len({e["meta_index"] for r in results for e in r.errors
+                                                              if e["stage"] == "field"})}
+    if corrections is not None:
+        extra["illumination_images"] = corrections
+    return results, len(tasks), extra

@@ -1,0 +1,126 @@
+"""Fields of view: projection, illumination, metadata joins, and BBBC021 end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from scip_gpu.config import MetadataJoin
+from scip_gpu.errors import InputError, ObjectError
+from scip_gpu.fields import finish_illumination, join_metadata, project
+
+from .fields_data import MOA, write_bbbc021_replica
+from .test_cli import run_cli
+
+
+@pytest.mark.parametrize("method", ["min", "mean", "max", "median"])
+def test_projection(method):
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 1000, (2, 5, 8, 9)).astype(np.uint16)
+    got = project(stack, method)
+    np.testing.assert_array_equal(got, getattr(np, method)(stack, axis=1))
+    assert project(stack[:, :1], None).shape == (2, 8, 9)
+    with pytest.raises(ObjectError, match="5 z planes"):
+        project(stack, None)
+
+
+def test_illumination_matches_scip_recipe():
+    from scipy import ndimage as ndi
+    from skimage.transform import downscale_local_mean, rescale
+
+    rng = np.random.default_rng(1)
+    total = rng.random((2, 40, 52)) * 1000 * 3
+    got = finish_illumination(total, 3, median_filter_size=5, downscale=1)
+    avg = total / 3
+    want = np.stack([ndi.median_filter(avg[c], size=5) for c in range(2)])
+    np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6)
+    got = finish_illumination(total, 3, median_filter_size=3, downscale=4)
+    small = downscale_local_mean(avg, (1, 4, 4))
+    small = np.stack([ndi.median_filter(small[c], size=3) for c in range(2)])
+    want = rescale(small, 4, anti_aliasing=True, channel_axis=0)[:, :40, :52]
+    np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-5)
+    zeros = finish_illumination(np.zeros((1, 8, 8)), 1, median_filter_size=3, downscale=1)
+    assert (zeros == 1).all()  # zeros replaced by 1: no division by zero
+
+
+def test_metadata_join(tmp_path):
+    table = pd.DataFrame({"meta_plate": ["P1", "P1", "P2"], "meta_well": ["A01", "B01", "A01"]})
+    (tmp_path / "m.csv").write_text("Plate,Well,Compound,Dose\nP1,A01,x,1\nP1,A01,x,1\nP2,A01,y,2\n")
+    out = join_metadata(table, [MetadataJoin(str(tmp_path / "m.csv"), {"Plate": "plate", "Well": "well"},
+                                             {"Compound": "compound"})])
+    assert out["meta_compound"].tolist() == ["x", np.nan, "y"] or out["meta_compound"].fillna("").tolist() == ["x", "", "y"]
+    (tmp_path / "bad.csv").write_text("Plate,Well,Compound\nP1,A01,x\nP1,A01,z\n")
+    with pytest.raises(InputError, match="different values for the same key"):
+        join_metadata(table, [MetadataJoin(str(tmp_path / "bad.csv"), {"Plate": "plate", "Well": "well"}, {})])
+    with pytest.raises(InputError, match="has no column"):
+        join_metadata(table, [MetadataJoin(str(tmp_path / "m.csv"), {"Nope": "plate"}, {})])
+
+
+@pytest.fixture(scope="module")
+def bbbc021(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bbbc021")
+    per_field = write_bbbc021_replica(root)
+    out = root.parent / "bbbc021-out"
+    res = run_cli("+dataset=bbbc021", f"dataset.path={root}",
+                  f"dataset.metadata.0.path={root / 'BBBC021_v1_image.csv'}",
+                  f"dataset.metadata.1.path={root / 'BBBC021_v1_moa.csv'}",
+                  "illumination.median_filter_size=5", "illumination.downscale=2",
+                  "features.families=[intensity,bbox,regions]", "cluster=sync", f"output={out}", cwd=root.parent)
+    assert res.returncode == 0, res.stderr
+    return root, out, per_field
+
+
+def test_bbbc021_objects_and_metadata(bbbc021):
+    root, out, per_field = bbbc021
+    df = pd.read_parquet(out / "features.parquet")
+    n_fields = 2 * 2 * 2
+    counts = df.groupby("meta_field").size()
+    assert len(counts) == n_fields
+    assert (abs(counts - per_field) <= 1).all(), counts  # every synthetic cell found, once
+    assert {"meta_plate", "meta_well", "meta_site", "meta_compound", "meta_concentration", "meta_moa",
+            "meta_label", "meta_touches_border", "meta_bbox_minr"} <= set(df.columns)
+    taxol = df[(df["meta_plate"] == "Week1_22123") & (df["meta_well"] == "B02")]
+    assert set(taxol["meta_compound"]) == {"taxol"} and set(taxol["meta_moa"]) == set([MOA[("taxol", "0.3")]])
+    # SCIP after segmentation: no prefix; DAPI measured in the nucleus, the others in the cell
+    assert "feat_mean_DAPI" in df and "feat_edge_mean_Actin" in df and "feat_raw_mean_DAPI" not in df
+    assert (df["feat_sum_DAPI"] < df["feat_sum_Tubulin"] * 10).all()
+    # bbox in field coordinates, inside the field
+    assert (df["meta_bbox_maxr"] <= 160).all() and (df["meta_bbox_maxc"] <= 192).all()
+    assert ((df["meta_bbox_maxr"] - df["meta_bbox_minr"]) > 5).all()
+    edge = (df["meta_bbox_minr"] == 0) | (df["meta_bbox_minc"] == 0) | (df["meta_bbox_maxr"] == 160) | \
+        (df["meta_bbox_maxc"] == 192)
+    assert (df["meta_touches_border"] == edge).all() and (~edge).sum() > 50
+    assert (df["meta_regions_DAPI"] == 1).all()
+
+
+def test_bbbc021_illumination_and_labels(bbbc021):
+    root, out, per_field = bbbc021
+    corr = sorted((out / "illumination").glob("*.tif"))
+    assert [p.stem for p in corr] == ["Week1_22123", "Week2_24121"]
+    c = tifffile.imread(corr[0])
+    assert c.shape == (3, 160, 192) and c.dtype == np.float32
+    # the vignetting shows in the correction image: brighter centre than corners
+    assert c[0, 80, 96] > c[0, 5, 5]
+    labels = sorted((out / "labels").glob("*.ome.tif"))
+    assert len(labels) == 8
+    with tifffile.TiffFile(labels[0]) as tf:
+        lab = tf.series[0].asarray()
+        assert tf.series[0].axes.endswith("YX") and lab.shape[-2:] == (160, 192)
+    assert lab.shape[0] == 2 and 7 <= lab[1].max() <= 9  # nucleus and cell planes
+    assert ((lab[0] > 0) <= (lab[1] > 0)).all()  # every nucleus inside its cell
+    import anndata as ad
+
+    a = ad.read_h5ad(out / "features.h5ad")
+    assert a.n_obs == len(pd.read_parquet(out / "features.parquet")) and a.obs_names.is_unique
+
+
+def test_precomputed_illumination_is_reused(bbbc021, tmp_path):
+    root, out, _ = bbbc021
+    res = run_cli("+dataset=bbbc021", f"dataset.path={root}", f"illumination.precomputed={out / 'illumination'}",
+                  "features.families=[intensity]", "cluster=sync", f"output={tmp_path / 'again'}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    df1 = pd.read_parquet(out / "features.parquet").sort_values(["meta_field", "meta_label"]).reset_index(drop=True)
+    df2 = pd.read_parquet(tmp_path / "again" / "features.parquet").sort_values(["meta_field", "meta_label"]).reset_index(drop=True)
+    pd.testing.assert_series_equal(df1["feat_mean_Actin"], df2["feat_mean_Actin"])
