@@ -80,13 +80,67 @@ def executor(cluster_cfg, device: str = "cpu"):
     from distributed import Client
 
     resources = {GPU_RESOURCE: 1} if device == "cuda" else None
-    with _start_cluster(kind, cluster_cfg, device) as cluster, Client(cluster) as client:
-        if cluster_cfg.dashboard_address:
-            log.info("Dask dashboard: %s", client.dashboard_link)
-        yield DaskExecutor(client, resources)
+    with _start_cluster(kind, cluster_cfg, device) as cluster:
+        target = cluster if cluster is not None else cluster_cfg.address
+        with Client(target) as client:
+            if kind == "address":
+                log.info("connected to the Dask scheduler at %s", cluster_cfg.address)
+            link = client.dashboard_link if "dashboard" in client.scheduler_info().get("services", {}) else None
+            log.info("Dask dashboard: %s", link or "not running (set cluster.dashboard_address, needs bokeh)")
+            yield DaskExecutor(client, resources)
+
+
+def make_jobqueue_cluster(kind: str, cfg):
+    """A dask-jobqueue SLURMCluster or PBSCluster from the cluster configuration (no job is
+    submitted until it is scaled)."""
+    try:
+        import dask_jobqueue
+    except ImportError as exc:
+        from .errors import ConfigError
+
+        raise ConfigError(f"cluster={kind} needs dask-jobqueue: pip install 'scip_gpu[cluster]'") from exc
+    cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[kind]
+    worker_extra = []
+    if cfg.gpus_per_job:
+        worker_extra = ["--resources", f"{GPU_RESOURCE}={cfg.gpus_per_job}"]
+    prologue = list(cfg.job_prologue) + [f"export {k}={v}" for k, v in _WORKER_ENV.items()]
+    optional = {"processes": cfg.processes, "queue": cfg.queue, "account": cfg.account,
+                "local_directory": cfg.local_directory, "log_directory": cfg.log_directory}
+    return cls(
+        cores=cfg.cores,
+        memory=cfg.memory,
+        walltime=cfg.walltime,
+        job_extra_directives=list(cfg.job_extra),
+        job_script_prologue=prologue,
+        worker_extra_args=worker_extra,
+        dashboard_address=cfg.dashboard_address,
+        silence_logs="error",
+        **{k: v for k, v in optional.items() if v is not None},
+    )
+
+
+@contextmanager
+def _scaled(cluster, jobs: int):
+    with cluster:
+        cluster.scale(jobs=jobs)
+        log.info("submitted %d batch job(s); the first job script:\n%s", jobs, cluster.job_script())
+        yield cluster
+
+
+@contextmanager
+def _no_cluster():
+    yield None
 
 
 def _start_cluster(kind: str, cfg, device: str):
+    if kind in ("slurm", "pbs"):
+        return _scaled(make_jobqueue_cluster(kind, cfg), cfg.jobs)
+    if kind == "address":
+        if not cfg.address:
+            from .errors import ConfigError
+
+            raise ConfigError("cluster=address needs cluster.address (e.g. tcp://host:8786)")
+        return _no_cluster()
     if kind == "local_cuda":
         try:
             from dask_cuda import LocalCUDACluster

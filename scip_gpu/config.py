@@ -79,6 +79,9 @@ class ExportFormat(str, Enum):
 class ClusterType(str, Enum):
     local = "local"  # dask.distributed LocalCluster of worker processes
     local_cuda = "local_cuda"  # dask-cuda LocalCUDACluster: one worker per GPU
+    slurm = "slurm"  # dask-jobqueue SLURMCluster (batch jobs)
+    pbs = "pbs"  # dask-jobqueue PBSCluster
+    address = "address"  # an existing Dask scheduler
     sync = "sync"  # no cluster: partitions run one after the other in this process (debugging)
 
 
@@ -223,6 +226,21 @@ class ClusterConfig:
     # local_cuda: GPUs to use (CUDA_VISIBLE_DEVICES syntax, null: all) and RMM pool per worker
     cuda_visible_devices: Optional[str] = None
     rmm_pool_size: Optional[str] = None
+    # address: the scheduler to connect to, e.g. tcp://10.0.0.5:8786
+    address: Optional[str] = None
+    # slurm / pbs (dask-jobqueue): resources of each batch job, and how many jobs
+    jobs: int = 1
+    cores: int = 8  # cores per job
+    memory: str = "16GB"  # memory per job
+    processes: Optional[int] = None  # worker processes per job (null: dask-jobqueue's choice)
+    walltime: str = "01:00:00"
+    queue: Optional[str] = None
+    account: Optional[str] = None
+    job_extra: List[str] = field(default_factory=list)  # extra #SBATCH / #PBS directives
+    job_prologue: List[str] = field(default_factory=list)  # shell lines run before the worker
+    local_directory: Optional[str] = None
+    log_directory: Optional[str] = None
+    gpus_per_job: int = 0  # > 0: workers declare the GPU resource
 
 
 @dataclass
@@ -245,6 +263,7 @@ class Config:
     log_level: str = "INFO"
     progress: bool = True
     profile_stages: bool = False  # time each stage (GPU: synchronises at stage boundaries)
+    resume: bool = False  # continue an interrupted run in `output`: only missing partitions run
 
 
 def register_configs() -> None:

@@ -55,3 +55,31 @@ def test_local_cuda_without_dask_cuda_is_a_clear_error(monkeypatch):
     with pytest.raises(ConfigError, match="needs dask-cuda"):
         with executor(ClusterConfig(type=ClusterType.local_cuda), "cuda"):
             pass
+
+
+@pytest.mark.parametrize("kind,needles", [
+    ("slurm", ["#SBATCH -t 02:30:00", "#SBATCH --cpus-per-task=4", "#SBATCH --mem=", "#SBATCH -p gpu",
+               "#SBATCH -A lab42", "#SBATCH --gres=gpu:1", "module load cuda", "--resources GPU=1",
+               "export OMP_NUM_THREADS=1", "--nthreads"]),
+    ("pbs", ["#PBS -l walltime=02:30:00", "#PBS -q gpu", "#PBS -A lab42", "#PBS --gres=gpu:1",
+             "module load cuda", "--resources GPU=1", "--nthreads"]),
+])
+def test_jobqueue_job_scripts(kind, needles):
+    pytest.importorskip("dask_jobqueue")
+    from scip_gpu.cluster import make_jobqueue_cluster
+
+    cfg = ClusterConfig(type=ClusterType(kind), cores=4, memory="24GB", walltime="02:30:00", queue="gpu",
+                        account="lab42", job_extra=["--gres=gpu:1"], job_prologue=["module load cuda/13.0"],
+                        gpus_per_job=1)
+    with make_jobqueue_cluster(kind, cfg) as cluster:
+        script = cluster.job_script()
+    for needle in needles:
+        assert needle in script, (needle, script)
+
+
+def test_address_cluster_needs_an_address():
+    from scip_gpu.cluster import executor
+
+    with pytest.raises(ConfigError, match="needs cluster.address"):
+        with executor(ClusterConfig(type=ClusterType.address), "cpu"):
+            pass

@@ -13,9 +13,13 @@ numbers for a whole batch at once:
    pass that runs in lock-step over all labels (convex area, solidity, Feret diameter);
 3. the per-label table is averaged per plane with a bincount over each label's plane.
 
-No step loops over objects or labels: Python loops run over hull steps (at most four times the
-tallest component's height) and over nesting levels of holes, each step vectorised over all
-labels, so the same code runs on NumPy and on CuPy.
+No step loops over objects or labels, not even for the three properties that need more than a
+reduction (convex area, Feret diameter, filled area): the hull is built in lock-step for all
+labels from their row extents only (see ``_lower_hull``), and holes are attributed through a
+containment tree. Python loops run over hull steps (at most four times the tallest component's
+height) and over nesting levels of holes, each step vectorised over all labels, so the same code
+runs on NumPy and on CuPy (there, the hull steps cost one kernel launch per array operation;
+a per-label CUDA kernel would be the next step if that shows in profiles).
 
 Deviations from SCIP (deliberate, documented):
 
@@ -24,7 +28,9 @@ Deviations from SCIP (deliberate, documented):
 
 Where scikit-image 0.20 (SCIP's) and 0.26 differ, 0.20 is followed: only ``orientation`` differs
 for the properties used here (0.26 flipped the sign of the :math:`a = c` special case, which
-every single-pixel component hits).
+every single-pixel component hits). ``convex_hull_image``, ``feret_diameter_max``, the perimeter,
+Crofton perimeter and Euler number code are the same in both; 0.26 sums central moments with
+``einsum`` instead of ``np.dot`` (rounding only) and clamps axis lengths at 0 in 3-D only.
 
 Exactness: integer-valued properties (area, bbox, convex and filled area, Euler number) are
 exact; perimeters, Feret diameter and extent are computed from the same exact inputs by the same
@@ -87,7 +93,8 @@ CROFTON_COEFS_4 = np.array(
     dtype=np.float64,
 )
 
-#: 3x3 border-pattern code -> perimeter contribution (``skimage.measure.perimeter``, 4-neighbourhood).
+#: 3x3 border-pattern code -> perimeter contribution (``skimage.measure.perimeter``,
+#: 4-neighbourhood).
 PERIMETER_WEIGHTS = np.zeros(50, dtype=np.float64)
 PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1
 PERIMETER_WEIGHTS[[21, 33]] = sqrt(2)
@@ -151,6 +158,19 @@ def shape_features(masks):
     (M, 59) float64 ndarray
         Per plane, the mean over its components of each property in ``PROPS``; NaN for a plane
         without foreground.
+
+    Examples
+    --------
+    A 3x3 square and a single pixel (areas 9 and 1, perimeters 8 and 0), and an empty plane:
+
+    >>> m = np.zeros((2, 5, 6), bool)
+    >>> m[0, 1:4, 1:4] = True
+    >>> m[0, 0, 5] = True
+    >>> f = shape_features(m)
+    >>> [float(f[0, PROPS.index(p)]) for p in ("area", "perimeter", "euler_number")]
+    [5.0, 4.0, 1.0]
+    >>> bool(np.isnan(f[1]).all())
+    True
     """
     xp = array_module(masks)
     m = masks.shape[0]
@@ -163,106 +183,155 @@ def shape_features(masks):
     _moment_props(geo, props)
     _pattern_props(padded, labels, nl, props)
     _hull_props(geo, props)
-    props[:, _COL["filled_area"]] = _filled_area(padded, labels, nl, props)
-    return _mean_per_plane(props, ops.label_owner(labels, nl), m)
+    props[:, _COL["filled_area"]] = _filled_area(padded, labels, geo.plane, props)
+    return _mean_per_plane(props, geo.plane, m)
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-label geometry
+# Ragged layout and per-label geometry
+
+
+def _segments(xp, lengths):
+    """Ragged layout of segments of the given lengths (each >= 1), laid end to end.
+
+    Returns
+    -------
+    offset : (S,) int64 ndarray
+        First element of each segment.
+    owner : (T,) int64 ndarray
+        Segment of every element.
+    local : (T,) int64 ndarray
+        Position of every element inside its segment.
+    """
+    ends = xp.cumsum(lengths)
+    offset = ends - lengths
+    total = int(ends[-1])  # host sync: the size of the layout
+    mark = xp.zeros(total, dtype=xp.int64)
+    mark[offset[1:]] = 1
+    owner = xp.cumsum(mark)
+    return offset, owner, xp.arange(total) - offset[owner]
+
+
+def _scatter(xp, op: str, idx, values, size: int, fill):
+    """``out[idx] = op(out[idx], values)`` with repeated indices (min or max), ``out`` filled."""
+    if is_gpu(xp):
+        import cupyx
+
+        # cupyx.scatter_min/max have no int64 kernel: scatter in float64 (exact below 2**53)
+        out = xp.full(size, xp.inf if op == "min" else -xp.inf)
+        getattr(cupyx, f"scatter_{op}")(out, idx, values.astype(xp.float64))
+        empty = xp.isinf(out)
+        res = xp.where(empty, 0.0, out).astype(values.dtype)
+        return xp.where(empty, xp.asarray(fill, dtype=values.dtype), res)
+    out = xp.full(size, fill, dtype=values.dtype)
+    getattr(np, f"{op}imum").at(out, idx, values)
+    return out
 
 
 @dataclass
 class _Geometry:
-    """Foreground pixels and per-label extents of a padded, labelled stack.
+    """Foreground pixels, bounding boxes and row records of a padded, labelled stack.
 
-    Arrays indexed by label have ``nl + 1`` rows (row 0, the background, is unused).
+    Arrays indexed by label have ``nl + 1`` entries; label 0 (the background) is a dummy
+    one-row label at (0, 0). A *row record* is one row of one label (8-connected labels have
+    pixels in every row of their bounding box); records are laid out label after label.
 
     Attributes
     ----------
-    lab, row, col : (P,) int64
-        Label and padded coordinates of every foreground pixel, in raster order.
+    lab, row, col, rec : (P,) int64
+        Label, padded coordinates and row record of every foreground pixel (raster order).
+    plane : (nl + 1,) int64
+        Plane of each label.
     minr, maxr, minc, maxc : (nl + 1,) int64
         Inclusive bounding box of each label.
-    left, right : (nl + 1, K) int64
-        First and last column of each label in row ``minr + k`` (``K`` the tallest label's
-        height); rows past a label's height repeat its last row.
+    roff : (nl + 1,) int64
+        First record of each label.
+    rec_label, rec_k : (R,) int64
+        Label of each record and its row relative to the label's ``minr``.
+    left, right : (R,) int64
+        First and last column of the label in that row.
+    side : int
+        Largest side of the padded planes (bounds every label's bbox).
     """
 
     lab: object
     row: object
     col: object
+    rec: object
+    plane: object
     minr: object
     maxr: object
     minc: object
     maxc: object
+    roff: object
+    rec_label: object
+    rec_k: object
     left: object
     right: object
+    side: int
 
     @property
     def height(self):
         return self.maxr - self.minr + 1
 
 
-def _scatter(xp, op: str, idx, values, size: int, fill):
-    """``out[idx] = op(out[idx], values)`` with repeated indices (min or max), ``out`` filled."""
-    out = xp.full(size, fill, dtype=values.dtype)
-    if is_gpu(xp):
-        import cupyx
-
-        getattr(cupyx, f"scatter_{op}")(out, idx, values)
-    else:
-        getattr(np, f"{op}imum").at(out, idx, values)
-    return out
-
-
 def _geometry(labels, nl: int) -> _Geometry:
-    """Pixels, bounding boxes and per-row column extents of every label."""
+    """Pixels, bounding boxes and row records of every label."""
     xp = array_module(labels)
-    m, hp, wp = labels.shape
+    _, hp, wp = labels.shape
     flat = labels.ravel()
     idx = xp.flatnonzero(flat)
     lab = flat[idx].astype(xp.int64)
     rc = idx % (hp * wp)
     row, col = rc // wp, rc % wp
+    plane = xp.zeros(nl + 1, dtype=xp.int64)
+    plane[lab] = idx // (hp * wp)  # repeated indices write the same value
     big = np.iinfo(np.int64).max
     minr = _scatter(xp, "min", lab, row, nl + 1, big)
     maxr = _scatter(xp, "max", lab, row, nl + 1, -1)
-    # first and last column of every (label, row), dense over absolute padded rows
-    key = lab * hp + row
-    left_abs = _scatter(xp, "min", key, col, (nl + 1) * hp, big).reshape(nl + 1, hp)
-    right_abs = _scatter(xp, "max", key, col, (nl + 1) * hp, -1).reshape(nl + 1, hp)
-    minr[0] = maxr[0] = 1  # background row: any valid row keeps the gathers below in range
-    height = maxr - minr + 1
-    k_max = int(height.max())  # host sync: the hull loops need it anyway
-    k = xp.arange(k_max)[None, :]
-    rows = minr[:, None] + xp.minimum(k, height[:, None] - 1)  # past the height: the last row
-    left = xp.take_along_axis(left_abs, rows, axis=1)
-    right = xp.take_along_axis(right_abs, rows, axis=1)
-    left[0] = right[0] = 0
-    minc = left.min(axis=1)
-    maxc = right.max(axis=1)
-    return _Geometry(lab, row, col, minr, maxr, minc, maxc, left, right)
+    minr[0] = maxr[0] = 0
+    roff, rec_label, rec_k = _segments(xp, maxr - minr + 1)
+    rec = roff[lab] + row - minr[lab]
+    n_rec = rec_label.shape[0]
+    left = _scatter(xp, "min", rec, col, n_rec, big)
+    right = _scatter(xp, "max", rec, col, n_rec, -1)
+    left[0] = right[0] = 0  # the dummy record of label 0
+    minc = _scatter(xp, "min", rec_label, left, nl + 1, big)
+    maxc = _scatter(xp, "max", rec_label, right, nl + 1, -1)
+    return _Geometry(lab, row, col, rec, plane, minr, maxr, minc, maxc, roff, rec_label, rec_k,
+                     left, right, max(hp, wp))
 
 
 # ---------------------------------------------------------------------------------------------
 # Moments and everything that follows from them
 
 
+def _powers(x):
+    """[None, x, x**2, x**3] (None: the zeroth power, counted without weights)."""
+    x2 = x * x
+    return [None, x, x2, x2 * x]
+
+
 def _raw_moments(geo: _Geometry, nl: int):
     """(nl + 1, 4, 4) spatial moments of each label's own bbox image, order 3.
 
     ``M[p, q] = sum r**p * c**q`` with (r, c) relative to the label's bbox origin, as
-    ``regionprops(...).moments``. Sums of integers below 2**53 are exact in float64.
+    ``regionprops(...).moments``: column power sums per row record, then row-weighted sums per
+    label. The float64 sums are exact while they stay below 2**53 (every moment of components
+    up to ~90 pixels a side; up to order 2 for components up to 8192 pixels a side); beyond,
+    they round as scikit-image's own float64 sums do.
     """
     xp = array_module(geo.lab)
-    r = (geo.row - geo.minr[geo.lab]).astype(xp.float64)
+    n_rec = geo.rec_label.shape[0]
     c = (geo.col - geo.minc[geo.lab]).astype(xp.float64)
-    rp = [xp.ones_like(r), r, r * r, r * r * r]
-    cp = [xp.ones_like(c), c, c * c, c * c * c]
+    s = [xp.bincount(geo.rec, weights=w, minlength=n_rec) for w in _powers(c)]
+    s[0] = s[0].astype(xp.float64)
+    kp = _powers(geo.rec_k.astype(xp.float64))
     out = xp.empty((nl + 1, 4, 4), dtype=xp.float64)
     for p in range(4):
         for q in range(4):
-            out[:, p, q] = xp.bincount(geo.lab, weights=rp[p] * cp[q], minlength=nl + 1)
+            w = s[q] if p == 0 else kp[p] * s[q]
+            out[:, p, q] = xp.bincount(geo.rec_label, weights=w, minlength=nl + 1)
     return out
 
 
@@ -273,25 +342,28 @@ def _central_moments(geo: _Geometry, raw, nl: int):
     (:math:`M_{00}\\mu_{20} = M_{00}M_{20} - M_{10}^2`, etc.), so that a component whose
     :math:`\\mu_{20}` and :math:`\\mu_{02}` are equal, or whose :math:`\\mu_{11}` is zero, gets
     exactly equal / zero values (the orientation depends on that, see ``_moment_props``).
-    First-order central moments are exactly zero. Third-order moments are summed over the pixels
-    about the float centroid, as scikit-image does.
+    First-order central moments are exactly zero (scikit-image reports rounding noise).
+    Third-order moments are summed about the float centroid, as scikit-image does (column
+    sums per row, then rows, where scikit-image sums rows per column, then columns).
     """
     xp = array_module(raw)
+    n_rec = geo.rec_label.shape[0]
     m00 = raw[:, 0, 0]
     cr = raw[:, 1, 0] / xp.maximum(m00, 1)
     cc = raw[:, 0, 1] / xp.maximum(m00, 1)
-    dr = (geo.row - geo.minr[geo.lab]) - cr[geo.lab]
     dc = (geo.col - geo.minc[geo.lab]) - cc[geo.lab]
-    rp = [xp.ones_like(dr), dr, dr * dr, dr * dr * dr]
-    cp = [xp.ones_like(dc), dc, dc * dc, dc * dc * dc]
+    t = [xp.bincount(geo.rec, weights=w, minlength=n_rec) for w in _powers(dc)]
+    t[0] = t[0].astype(xp.float64)
+    drp = _powers(geo.rec_k - cr[geo.rec_label])
     mu = xp.zeros((nl + 1, 4, 4), dtype=xp.float64)
     for p in range(4):
         for q in range(4):
             if p + q >= 3:
-                mu[:, p, q] = xp.bincount(geo.lab, weights=rp[p] * cp[q], minlength=nl + 1)
+                w = t[q] if p == 0 else drp[p] * t[q]
+                mu[:, p, q] = xp.bincount(geo.rec_label, weights=w, minlength=nl + 1)
     mu[:, 0, 0] = m00
-    # exact second order: integers (int64 holds them for objects up to ~2**13 pixels a side)
-    mi = raw.astype(xp.int64)
+    # exact second order: the products below are at most side**6, within int64 up to 1448
+    mi = raw.astype(xp.int64 if geo.side <= 1400 else xp.float64)
     n0 = mi[:, 0, 0]
     q20 = n0 * mi[:, 2, 0] - mi[:, 1, 0] ** 2
     q02 = n0 * mi[:, 0, 2] - mi[:, 0, 1] ** 2
@@ -417,148 +489,193 @@ def _pattern_props(padded, labels, nl: int, props) -> None:
     decompose exactly into per-label sums because two different 8-connected labels never meet
     in a 2x2 window (Euler, Crofton) nor in the 3x3 neighbourhood of a border pixel
     (perimeter). The one-pixel background frame of ``padded`` provides the windows that straddle
-    an image edge.
+    an image edge. Only windows / pixels that contribute are gathered.
 
     * Euler / Crofton: every 2x2 window is coded
       ``x[i,j] + 2 x[i-1,j] + 4 x[i,j-1] + 8 x[i-1,j-1]`` (the codes of
       ``ndi.convolve(image, [[0,0,0],[0,1,4],[0,2,8]])``) and looked up in
-      ``EULER_COEFS_8`` / ``CROFTON_COEFS_4``.
+      ``EULER_COEFS_8`` / ``CROFTON_COEFS_4``; codes 0 and 15 contribute nothing to either.
     * perimeter: border pixels (foreground minus its 4-neighbourhood erosion) are coded
       ``1 + 2 * (4-neighbours on the border) + 10 * (diagonal neighbours on the border)`` and
       looked up in ``PERIMETER_WEIGHTS``.
     """
     xp = array_module(padded)
-    x = padded.astype(xp.int64)
-    code = x[:, 1:, 1:] + 2 * x[:, :-1, 1:] + 4 * x[:, 1:, :-1] + 8 * x[:, :-1, :-1]
-    wlab = xp.maximum(xp.maximum(labels[:, 1:, 1:], labels[:, :-1, 1:]),
-                      xp.maximum(labels[:, 1:, :-1], labels[:, :-1, :-1])).ravel()
-    code = code.ravel()
+    _, hp, wp = padded.shape
+    x = padded.view(xp.uint8)
+    code = x[:, 1:, 1:] | (x[:, :-1, 1:] << 1) | (x[:, 1:, :-1] << 2) | (x[:, :-1, :-1] << 3)
+    win = xp.flatnonzero((code != 0) & (code != 15))
+    code = code.ravel()[win].astype(xp.int64)
+    # window (p, i, j) of the (hp-1, wp-1) grid has its top-left pixel at (p, i, j) of the stack
+    p, ij = win // ((hp - 1) * (wp - 1)), win % ((hp - 1) * (wp - 1))
+    top_left = p * (hp * wp) + (ij // (wp - 1)) * wp + ij % (wp - 1)
+    lab = labels.ravel()
+    wlab = xp.maximum(xp.maximum(lab[top_left], lab[top_left + 1]),
+                      xp.maximum(lab[top_left + wp], lab[top_left + wp + 1]))
     props[:, _COL["euler_number"]] = xp.bincount(
         wlab, weights=xp.asarray(EULER_COEFS_8)[code], minlength=nl + 1)
     props[:, _COL["perimeter_crofton"]] = xp.bincount(
         wlab, weights=xp.asarray(CROFTON_COEFS_4)[code], minlength=nl + 1)
 
-    p = padded
-    inner = p[:, 1:-1, 1:-1]
-    eroded = inner & p[:, :-2, 1:-1] & p[:, 2:, 1:-1] & p[:, 1:-1, :-2] & p[:, 1:-1, 2:]
-    border = xp.pad(inner & ~eroded, ((0, 0), (1, 1), (1, 1))).astype(xp.int64)
-    bi = border[:, 1:-1, 1:-1]
-    four = border[:, :-2, 1:-1] + border[:, 2:, 1:-1] + border[:, 1:-1, :-2] + border[:, 1:-1, 2:]
-    diag = border[:, :-2, :-2] + border[:, :-2, 2:] + border[:, 2:, :-2] + border[:, 2:, 2:]
-    pcode = (bi + 2 * four + 10 * diag).ravel()
-    on = bi.ravel() > 0
-    blab = labels[:, 1:-1, 1:-1].ravel()[on]
+    q = padded
+    inner = q[:, 1:-1, 1:-1]
+    eroded = inner & q[:, :-2, 1:-1] & q[:, 2:, 1:-1] & q[:, 1:-1, :-2] & q[:, 1:-1, 2:]
+    border = xp.zeros_like(q)
+    border[:, 1:-1, 1:-1] = inner & ~eroded
+    bidx = xp.flatnonzero(border)  # never on the frame: all 8 neighbours exist
+    bd = border.ravel().view(xp.uint8)
+    four = bd[bidx - wp] + bd[bidx + wp] + bd[bidx - 1] + bd[bidx + 1]
+    diag = bd[bidx - wp - 1] + bd[bidx - wp + 1] + bd[bidx + wp - 1] + bd[bidx + wp + 1]
+    pcode = 1 + 2 * four.astype(xp.int64) + 10 * diag.astype(xp.int64)
     props[:, _COL["perimeter"]] = xp.bincount(
-        blab, weights=xp.asarray(PERIMETER_WEIGHTS)[pcode[on]], minlength=nl + 1)
+        lab[bidx], weights=xp.asarray(PERIMETER_WEIGHTS)[pcode], minlength=nl + 1)
 
 
 # ---------------------------------------------------------------------------------------------
 # Convex hull: convex_area, solidity, feret_diameter_max
 
 
-def _lower_hull(x, length):
+@dataclass
+class _Chains:
+    """Ragged layout of one sequence per label over its half rows and rows.
+
+    Label ``L`` of height ``h`` owns ``2h + 1`` consecutive positions: position ``2k`` is the
+    half row above its row ``k`` (``2h`` the one below its last row), position ``2k + 1`` its row
+    ``k``. In doubled coordinates position ``t`` is at ``Y = 2 minr - 1 + t``.
+
+    Attributes
+    ----------
+    offset, length : (nl + 1,) int64
+    owner : (T,) int64
+        Label of every position.
+    row_pos : (R,) int64
+        Position of every row record.
+    half_pos, half_prev, half_cur : (R + nl + 1,) int64
+        Position of every half row and the records of the rows above and below it (the first
+        and last half rows use their only neighbour twice).
+    half_interior : (R + nl + 1,) bool
+        Half rows between two rows of the label.
+    total : int
+    """
+
+    offset: object
+    length: object
+    owner: object
+    row_pos: object
+    half_pos: object
+    half_prev: object
+    half_cur: object
+    half_interior: object
+    total: int
+
+    def sequence(self, row_values, half_values):
+        """(T,) int64 sequence with the given values at rows and half rows."""
+        xp = array_module(row_values)
+        out = xp.empty(self.total, dtype=xp.int64)
+        out[self.row_pos] = row_values
+        out[self.half_pos] = half_values
+        return out
+
+    def doubled(self):
+        """Offsets and lengths of two sequences per label (left side, then right side)."""
+        xp = array_module(self.offset)
+        return (xp.concatenate([self.offset, self.offset + self.total]),
+                xp.concatenate([self.length, self.length]))
+
+
+def _chains(geo: _Geometry) -> _Chains:
+    xp = array_module(geo.left)
+    h = geo.height
+    length = 2 * h + 1
+    offset, owner, _ = _segments(xp, length)
+    row_pos = offset[geo.rec_label] + 2 * geo.rec_k + 1
+    _, half_label, half_k = _segments(xp, h + 1)
+    hh = h[half_label]
+    base = geo.roff[half_label]
+    return _Chains(
+        offset, length, owner, row_pos,
+        offset[half_label] + 2 * half_k,
+        base + xp.maximum(half_k - 1, 0),
+        base + xp.minimum(half_k, hh - 1),
+        (half_k >= 1) & (half_k <= hh - 1),
+        int(owner.shape[0]),
+    )
+
+
+def _lower_hull(x, offset, length):
     """Vertices of the lower convex hull of many sequences at once (Andrew's monotone chain).
 
-    Sequence ``b`` is the points ``(t, x[b, t])`` for ``t < length[b]``; the hull is the convex
-    minorant of ``x`` as a function of ``t``. The stacks of all sequences advance in lock-step:
-    each step pops (where the top breaks convexity) or pushes the next point. A sequence is done
-    after at most ``2 * length - 2`` steps, so with sequences sorted longest first every step
-    only touches a prefix of the arrays.
+    Sequence ``b`` is the points ``(t, x[offset[b] + t])`` for ``t < length[b]``; its lower hull
+    is the convex minorant of ``x`` as a function of ``t``. The stacks of all sequences advance
+    in lock-step: each step pops (where the top breaks convexity) or pushes the next point. A
+    sequence is done after at most ``2 * length - 2`` steps, so with sequences sorted longest
+    first every step only touches a shrinking prefix of them.
 
     Parameters
     ----------
-    x : (B, T) int64 ndarray
-    length : (B,) int64 ndarray, each >= 1
+    x : (T,) int64 ndarray
+        All sequences, laid end to end.
+    offset, length : (B,) int64 ndarray
+        Layout of the sequences; every length >= 2.
 
     Returns
     -------
-    (B, T) bool ndarray
-        True at the hull's vertices (collinear points are not vertices).
+    (T,) bool ndarray
+        True at the hull's vertices (collinear middle points are not vertices; the first and
+        last point of every sequence are).
     """
     xp = array_module(x)
-    nb, t_max = x.shape
+    nb = offset.shape[0]
     order = xp.argsort(-length)
-    xs = x[order]
+    off = offset[order]
     ln = length[order]
     ln_host = asnumpy(ln)  # host sync: the active prefix of each step
-    steps = int(2 * ln_host[0]) if nb else 0
-    # number of sequences still running at step j: those with 2 * length - 2 >= j
-    active_n = np.searchsorted(-(2 * ln_host - 2), -np.arange(steps), side="right")
-    stack = xp.zeros((nb, t_max), dtype=xp.int64)
+    steps = int(2 * ln_host[0] - 2)
+    # sequences still running at step j: those with 2 * length - 2 > j (descending order)
+    active = np.searchsorted(-(2 * ln_host - 2), -np.arange(steps), side="left")
+    stack = xp.zeros(x.shape[0], dtype=xp.int64)
     sp = xp.zeros(nb, dtype=xp.int64)
     nxt = xp.zeros(nb, dtype=xp.int64)
-    rows = xp.arange(nb)
-    for j in range(steps):  # hull steps, each vectorised over all sequences
-        k = int(active_n[j])
-        if k == 0:
-            break
-        r, s, i, xk = rows[:k], sp[:k], nxt[:k], xs[:k]
-        live = i < ln[:k]
-        ia = stack[r, xp.maximum(s - 2, 0)]
-        ib = stack[r, xp.maximum(s - 1, 0)]
-        ic = xp.minimum(i, t_max - 1)
-        xa = xk[r, ia]
-        xb = xk[r, ib]
-        xc = xk[r, ic]
+    for j in range(steps):  # hull steps, each vectorised over all running sequences
+        k = int(active[j])
+        o, s, i, n = off[:k], sp[:k], nxt[:k], ln[:k]
+        live = i < n
+        ia = stack[o + xp.maximum(s - 2, 0)]
+        ib = stack[o + xp.maximum(s - 1, 0)]
+        ic = xp.minimum(i, n - 1)
+        xa, xb, xc = x[o + ia], x[o + ib], x[o + ic]
         # pop b when slope(a, b) >= slope(b, c): b is not strictly below the chord a-c
         pop = live & (s >= 2) & ((xb - xa) * (ic - ib) >= (xc - xb) * (ib - ia))
         push = live & ~pop
-        at = xp.minimum(s, t_max - 1)
-        stack[r, at] = xp.where(push, i, stack[r, at])
+        at = o + xp.minimum(s, n - 1)
+        stack[at] = xp.where(push, i, stack[at])
         sp[:k] = s - pop + push
         nxt[:k] = i + push
-    flags_sorted = xp.zeros((nb, t_max), dtype=bool)
-    depth = xp.arange(t_max)[None, :] < sp[:, None]
-    rr = xp.broadcast_to(rows[:, None], (nb, t_max))
-    flags_sorted[rr[depth], stack[depth]] = True
-    flags = xp.empty_like(flags_sorted)
-    flags[order] = flags_sorted
+    depth = xp.empty_like(sp)
+    depth[order] = sp
+    _, owner, local = _segments(xp, length)
+    on = local < depth[owner]
+    flags = xp.zeros(x.shape[0], dtype=bool)
+    flags[offset[owner[on]] + stack[on]] = True
     return flags
 
 
-def _minorant_ceil_half(x, length, flags, t):
-    """``ceil(g(t) / 2)`` where g is the convex minorant of each sequence (its hull ``flags``).
-
-    ``g`` is evaluated in exact integer arithmetic at the integer positions ``t`` (1-D,
-    shared by all sequences; each must satisfy ``t < length``, or its result is ignored).
-    """
+def _minorant_ceil_half(x, flags, pos):
+    """``ceil(g(t) / 2)`` at the flat positions ``pos``, g the convex minorant given by the hull
+    vertices ``flags`` of ``_lower_hull``; evaluated in exact integer arithmetic."""
     xp = array_module(x)
-    nb, t_max = x.shape
-    rank = xp.cumsum(flags, axis=1) - 1  # index of the last vertex at or before each position
-    vpos = xp.zeros((nb, t_max), dtype=xp.int64)
-    bi, ti = xp.nonzero(flags)
-    vpos[bi, rank[bi, ti]] = ti
-    rk = rank[:, t]
-    is_v = flags[:, t]
-    t0 = xp.take_along_axis(vpos, rk, axis=1)
-    t1 = xp.take_along_axis(vpos, xp.minimum(rk + (~is_v), t_max - 1), axis=1)
-    x0 = xp.take_along_axis(x, t0, axis=1)
-    x1 = xp.take_along_axis(x, t1, axis=1)
+    cum = xp.cumsum(flags)
+    vpos = xp.flatnonzero(flags)
+    g = cum[pos] - 1  # last vertex at or before pos (the first point of a sequence is one)
+    t0 = vpos[g]
+    t1 = vpos[g + ~flags[pos]]  # next vertex (the last point of a sequence is one)
+    x0, x1 = x[t0], x[t1]
     den = xp.maximum(t1 - t0, 1)
-    num = x0 * den + (x1 - x0) * (t[None, :] - t0)
+    num = x0 * den + (x1 - x0) * (pos - t0)
     return -((-num) // (2 * den))
 
 
-def _interleave(half_rows, rows):
-    """(B, 2K+1) sequence alternating half-row values (K+1) and row values (K)."""
-    xp = array_module(rows)
-    nb, k = rows.shape
-    out = xp.empty((nb, 2 * k + 1), dtype=xp.int64)
-    out[:, 0::2] = half_rows
-    out[:, 1::2] = rows
-    return out
-
-
-def _edges(v):
-    """(B, K+1) pairs (v[k-1], v[k]) for k = 0..K, with v[-1] = v[0] and v[K] = v[K-1]."""
-    xp = array_module(v)
-    prev = xp.concatenate([v[:, :1], v], axis=1)
-    cur = xp.concatenate([v, v[:, -1:]], axis=1)
-    return prev, cur
-
-
-def _hull_rows(geo: _Geometry, length):
-    """Column range [a, b] of the convex hull image in every row of every label.
+def _hull_rows(geo: _Geometry, ch: _Chains):
+    """Column range [a, b] of the convex hull image in every row record.
 
     ``skimage.morphology.convex_hull_image`` (0.20 and 0.26 alike) takes the convex polygon P
     of the pixels' edge midpoints (each pixel (r, c) contributes (r +- 1/2, c) and
@@ -569,20 +686,17 @@ def _hull_rows(geo: _Geometry, length):
     point-in-polygon test; with these half-integer vertices both are exact.)
     """
     xp = array_module(geo.left)
-    lp, lc = _edges(geo.left)
-    rp, rc = _edges(geo.right)
-    xl = _interleave(2 * xp.minimum(lp, lc), 2 * geo.left - 1)
-    xr = _interleave(2 * xp.maximum(rp, rc), 2 * geo.right + 1)
-    seq = xp.concatenate([xl, -xr], axis=0)
-    ln = xp.concatenate([length, length])
-    flags = _lower_hull(seq, ln)
-    k = geo.left.shape[1]
-    ceil = _minorant_ceil_half(seq, ln, flags, xp.arange(k) * 2 + 1)
-    nl1 = geo.left.shape[0]
-    return ceil[:nl1], -ceil[nl1:]
+    left, right = geo.left, geo.right
+    xl = ch.sequence(2 * left - 1, 2 * xp.minimum(left[ch.half_prev], left[ch.half_cur]))
+    xr = ch.sequence(2 * right + 1, 2 * xp.maximum(right[ch.half_prev], right[ch.half_cur]))
+    x = xp.concatenate([xl, -xr])
+    flags = _lower_hull(x, *ch.doubled())
+    ceil = _minorant_ceil_half(x, flags, xp.concatenate([ch.row_pos, ch.row_pos + ch.total]))
+    n_rec = left.shape[0]
+    return ceil[:n_rec], -ceil[n_rec:]
 
 
-def _feret(a, b, length, height):
+def _feret(ch: _Chains, a, b):
     """Maximum Feret diameter of each hull image with rows [a, b], as scikit-image computes it.
 
     scikit-image: the largest distance between points of ``find_contours(hull image, 0.5)``.
@@ -595,44 +709,59 @@ def _feret(a, b, length, height):
     are exact in doubled integer coordinates.
     """
     xp = array_module(a)
-    nl1, k = a.shape
-    kk = xp.arange(k + 1)[None, :]
-    interior = (kk >= 1) & (kk <= height[:, None] - 1)
-    sentinel = 4 * int(max(int(b.max()), 1) + 4)
-    ap, ac = _edges(a)
-    bp, bc = _edges(b)
-    half_l = xp.where(interior & (ap == ac), sentinel, 2 * xp.minimum(ap, ac))
-    half_r = xp.where(interior & (bp == bc), sentinel, -2 * xp.maximum(bp, bc))
-    xl = _interleave(half_l, 2 * a - 1)
-    xr = _interleave(half_r, -(2 * b + 1))
-    seq = xp.concatenate([xl, xr], axis=0)
-    ln = xp.concatenate([length, length])
-    flags = _lower_hull(seq, ln)
-    # vertex coordinates (t, X) in doubled units; the right chain was negated
-    sign = xp.concatenate([xp.ones(nl1, xp.int64), -xp.ones(nl1, xp.int64)])
-    xs = seq * sign[:, None]
-    fl, fr = flags[:nl1], flags[nl1:]
-    both = xp.concatenate([fl, fr], axis=1)
-    xv = xp.concatenate([xs[:nl1], xs[nl1:]], axis=1)
-    tv = xp.concatenate([xp.arange(seq.shape[1])] * 2)[None, :]
-    nv = both.sum(axis=1)
-    v_max = int(nv.max())  # host sync: size of the vertex table
-    rank = xp.cumsum(both, axis=1) - 1
-    li, pi = xp.nonzero(both)
+    nl1 = ch.offset.shape[0]
+    sentinel = 4 * (int(b.max()) + 4)  # host sync: beyond every real (doubled) column
+    ap, ac, bp, bc = a[ch.half_prev], a[ch.half_cur], b[ch.half_prev], b[ch.half_cur]
+    xl = ch.sequence(2 * a - 1,
+                     xp.where(ch.half_interior & (ap == ac), sentinel, 2 * xp.minimum(ap, ac)))
+    xr = ch.sequence(-(2 * b + 1),
+                     xp.where(ch.half_interior & (bp == bc), sentinel, -2 * xp.maximum(bp, bc)))
+    x = xp.concatenate([xl, xr])
+    flags = _lower_hull(x, *ch.doubled())
+    v = xp.flatnonzero(flags)
+    right = v >= ch.total
+    u = v - right * ch.total
+    label = ch.owner[u]
+    t = u - ch.offset[label]
+    xv = xp.where(right, -x[v], x[v])
+    # vertex table (label, slot): sort vertices by label, then slot = rank inside the label
+    span = int(ch.length.max()) + 1
+    order = xp.argsort((label * 2 + right) * span + t)
+    label, t, xv = label[order], t[order], xv[order]
+    nv = xp.bincount(label, minlength=nl1)
+    slot = xp.arange(label.shape[0]) - (xp.cumsum(nv) - nv)[label]
+    nv_host = asnumpy(nv)  # host sync: bucket sizes
+    v_max = int(nv_host.max())
     vt = xp.zeros((nl1, v_max), dtype=xp.int64)
     vx = xp.zeros((nl1, v_max), dtype=xp.int64)
-    vt[li, rank[li, pi]] = xp.broadcast_to(tv, both.shape)[li, pi]
-    vx[li, rank[li, pi]] = xv[li, pi]
-    slot = xp.arange(v_max)[None, :]
-    vt = xp.where(slot < nv[:, None], vt, vt[:, :1])  # unused slots repeat the first vertex
-    vx = xp.where(slot < nv[:, None], vx, vx[:, :1])
-    best = xp.zeros(nl1, dtype=xp.int64)
-    step = max(1, (1 << 22) // (v_max * v_max))
-    for s in range(0, nl1, step):  # memory bound only: pairwise distances in chunks of labels
-        dt = vt[s:s + step, :, None] - vt[s:s + step, None, :]
-        dx = vx[s:s + step, :, None] - vx[s:s + step, None, :]
-        best[s:s + step] = (dt * dt + dx * dx).max(axis=(1, 2))
-    return xp.sqrt(best / 4.0)
+    vt[label, slot] = t
+    vx[label, slot] = xv
+    fill = xp.arange(v_max)[None, :] >= nv[:, None]  # unused slots repeat the first vertex
+    vt = xp.where(fill, vt[:, :1], vt)
+    vx = xp.where(fill, vx[:, :1], vx)
+    return xp.sqrt(_max_pair_distance(vt, vx, nv_host) / 4.0)
+
+
+def _max_pair_distance(vt, vx, nv_host, budget: int = 1 << 22):
+    """Largest squared distance between two points of each row of a (L, V) point table.
+
+    Rows are bucketed by their number of points (next power of two) so that small hulls do not
+    pay for the largest; buckets are cut into chunks of at most ``budget`` pairs (memory only).
+    """
+    xp = array_module(vt)
+    best = xp.zeros(vt.shape[0], dtype=xp.int64)
+    bucket = np.ceil(np.log2(np.maximum(nv_host, 1))).astype(int)
+    for k in np.unique(bucket):  # a handful of buckets
+        ids = np.flatnonzero(bucket == k)
+        v = min(1 << int(k), vt.shape[1])
+        step = max(1, budget // (v * v))
+        for s in range(0, len(ids), step):
+            sel = xp.asarray(ids[s:s + step])
+            tt, xx = vt[sel, :v], vx[sel, :v]
+            dt = tt[:, :, None] - tt[:, None, :]
+            dx = xx[:, :, None] - xx[:, None, :]
+            best[sel] = (dt * dt + dx * dx).max(axis=(1, 2))
+    return best
 
 
 def _hull_props(geo: _Geometry, props) -> None:
@@ -641,19 +770,14 @@ def _hull_props(geo: _Geometry, props) -> None:
     Both hull passes run over all labels at once (see ``_lower_hull``); no per-label loop.
     """
     xp = array_module(props)
-    height = geo.height
-    length = 2 * height + 1
-    a, b = _hull_rows(geo, length)
-    k = xp.arange(a.shape[1])[None, :]
-    in_rows = k < height[:, None]
-    a = xp.where(in_rows, a, a[xp.arange(a.shape[0]), height - 1][:, None])
-    b = xp.where(in_rows, b, b[xp.arange(b.shape[0]), height - 1][:, None])
-    convex = xp.where(in_rows, b - a + 1, 0).sum(axis=1).astype(xp.float64)
+    ch = _chains(geo)
+    a, b = _hull_rows(geo, ch)
+    convex = xp.bincount(geo.rec_label, weights=(b - a + 1).astype(xp.float64),
+                         minlength=props.shape[0])
     props[:, _COL["convex_area"]] = convex
     with np.errstate(invalid="ignore", divide="ignore"):
         props[:, _COL["solidity"]] = props[:, _COL["area"]] / convex
-    props[:, _COL["feret_diameter_max"]] = _feret(a, b, length, height)
-
+    props[:, _COL["feret_diameter_max"]] = _feret(ch, a, b)
 
 # ---------------------------------------------------------------------------------------------
 # Filled area
@@ -675,7 +799,7 @@ def _below(xp, cond):
     return xp.flatnonzero(full)
 
 
-def _filled_area(padded, labels, nl: int, props):
+def _filled_area(padded, labels, owner, props):
     """Area of each label with its holes filled, as ``regionprops(...).area_filled``.
 
     scikit-image fills a region's holes with ``ndi.binary_fill_holes(image, ones((3, 3)))``
@@ -691,16 +815,16 @@ def _filled_area(padded, labels, nl: int, props):
     4-connected hole) can have holes; the others are skipped.
     """
     xp = array_module(padded)
+    nl = props.shape[0] - 1
     area = props[:, _COL["area"]].copy()
-    owner = ops.label_owner(labels, nl)
     holed = props[:, _COL["euler_number"]] < 1
     holed[0] = False
     planes = xp.unique(owner[holed])
-    if planes.size == 0:  # host sync: most batches stop here
+    if planes.size == 0:  # host sync; nothing has holes
         return area
     sub = padded[planes]
     sub_lab = labels[planes]
-    m, hp, wp = sub.shape
+    wp = sub.shape[2]
     bg, nb = ops.label(~sub, 2)
     flat_bg = bg.ravel()
     flat_lab = sub_lab.ravel()
