@@ -69,6 +69,15 @@ class Batch:
         return Batch(self.pixels[rows_d], self.extents[rows_d], self.index[np.asarray(rows)])
 
 
+def float_planes(batch: Batch):
+    """The batch's pixels as float64 (N*C, H, W) planes, converted once and shared."""
+    if "float_planes" not in batch.cache:
+        xp = batch.xp
+        n, c, h, w = batch.pixels.shape
+        batch.cache["float_planes"] = batch.pixels.astype(xp.float64).reshape(n * c, h, w)
+    return batch.cache["float_planes"]
+
+
 def valid_mask(extents, shape: tuple[int, int]):
     """(M, H, W) bool mask of the real extent of each of M objects."""
     xp = array_module(extents)
@@ -163,7 +172,7 @@ def _source_index(xp, i, n, mode: str):
     raise ValueError(f"unsupported padding mode {mode!r}")
 
 
-def refill(x, extents, mode: str, cval=0):
+def refill(x, extents, mode: str, cval=0, reach: int | None = None):
     """Refill the padding of each object as ``mode`` extends that object's own image.
 
     Parameters
@@ -176,6 +185,10 @@ def refill(x, extents, mode: str, cval=0):
         scipy.ndimage boundary mode of the filter that follows.
     cval : scalar
         Fill value for ``mode='constant'``.
+    reach : int, optional
+        Footprint radius of the filter that follows: only the ``reach`` rows and columns
+        beyond each extent are refilled (what the filter can see), which is much cheaper than
+        refilling the whole padding. Every padded shape keeps at least that margin.
 
     Returns
     -------
@@ -186,10 +199,26 @@ def refill(x, extents, mode: str, cval=0):
     m, h, w = x.shape
     if mode == "constant":
         return xp.where(valid_mask(extents, (h, w)), x, xp.asarray(cval, dtype=x.dtype))
-    rows = _source_index(xp, xp.arange(h)[None, :], extents[:, 0:1], mode)  # (M, H)
-    cols = _source_index(xp, xp.arange(w)[None, :], extents[:, 1:2], mode)  # (M, W)
-    obj = xp.arange(m)[:, None, None]
-    return x[obj, rows[:, :, None], cols[:, None, :]]
+    if reach is None:
+        rows = _source_index(xp, xp.arange(h)[None, :], extents[:, 0:1], mode)  # (M, H)
+        cols = _source_index(xp, xp.arange(w)[None, :], extents[:, 1:2], mode)  # (M, W)
+        obj = xp.arange(m)[:, None, None]
+        return x[obj, rows[:, :, None], cols[:, None, :]]
+    out = x.copy()
+    obj = xp.arange(m)
+    eh, ew = extents[:, 0], extents[:, 1]
+    # rows first (all columns), then columns: corners get x[src(i), src(j)] as ndimage extends
+    for k in range(reach):
+        dst = xp.minimum(eh + k, h - 1)
+        src = _source_index(xp, (eh + k)[:, None], eh[:, None], mode)[:, 0]
+        src = xp.where(eh + k < h, src, dst)  # no margin left: leave the row alone
+        out[obj, dst, :] = out[obj, src, :]
+    for k in range(reach):
+        dst = xp.minimum(ew + k, w - 1)
+        src = _source_index(xp, (ew + k)[:, None], ew[:, None], mode)[:, 0]
+        src = xp.where(ew + k < w, src, dst)
+        out[obj, :, dst] = out[obj, :, src]
+    return out
 
 
 def planes(x, extents):

@@ -143,3 +143,15 @@ def test_label_counts_are_per_plane():
     assert ops.count_per_plane(labels, n).tolist() == [1, 2, 0]
     labels4, n4 = ops.label(m, 1)
     assert ops.count_per_plane(labels4, n4).tolist() == [3, 2, 0]
+
+
+@pytest.mark.parametrize("mode", ["nearest", "reflect", "mirror", "wrap"])
+@pytest.mark.parametrize("reach", [1, 3])
+def test_refill_band_equals_full_refill_within_reach(mode, reach):
+    rng = np.random.default_rng(0)
+    x = rng.random((5, 20, 22))
+    e = np.array([[3, 4], [20 - reach, 22 - reach], [7, 1], [1, 9], [12, 15]])
+    full = refill(x, e, mode)
+    band = refill(x, e, mode, reach=reach)
+    for i, (h, w) in enumerate(e):
+        np.testing.assert_array_equal(band[i, : h + reach, : w + reach], full[i, : h + reach, : w + reach])

@@ -54,8 +54,8 @@ import math
 import numpy as np
 
 from .. import ops
-from ..backend import array_module, use_kernels
-from ..batch import valid_mask
+from ..backend import array_module, ndimage, use_kernels
+from ..batch import float_planes, refill, valid_mask
 from .registry import Column, Family, column_name, register
 
 #: GLCM pixel-pair distances and angles (radians), as SCIP.
@@ -167,10 +167,24 @@ def quantise_scip(values, valid, *, bins: int = BINS):
     valid = valid & ~xp.isnan(values)
     edges = quantisation_edges(values, valid, bins=bins)
     # digitize(right=True) on increasing edges == number of edges strictly below x
-    q = xp.zeros(values.shape, dtype=xp.int32)
+    q = xp.zeros(values.shape, dtype=xp.uint8)
     for i in range(bins + 1):  # bins + 1 passes over the stack, not a per-object loop
         q += values > edges[:, i, None, None]
     return xp.where(valid, q, bins + 1).astype(xp.int32)
+
+
+def sobel_valid(view, extents):
+    """Where the Sobel map of ``where(view, x, nan)`` is finite: all eight neighbours (reflected
+    at the image border, as ``skimage.filters.sobel``) lie in the view; the centre pixel has
+    weight zero and does not count."""
+    xp = array_module(view)
+    ndi = ndimage(xp)
+    v = refill(view, extents, "reflect", reach=1)
+    v = xp.pad(v, ((0, 0), (1, 0), (1, 0)), mode="symmetric")  # reflect at the top/left edges
+    ring = np.ones((1, 3, 3), dtype=bool)
+    ring[0, 1, 1] = False
+    out = ndi.binary_erosion(v, structure=xp.asarray(ring), border_value=1)
+    return out[:, 1:, 1:]
 
 
 def glcm_offset(distance: float, angle: float) -> tuple[int, int]:
@@ -183,45 +197,44 @@ def glcm_offset(distance: float, angle: float) -> tuple[int, int]:
     return rnd(math.sin(angle) * distance), rnd(math.cos(angle) * distance)
 
 
-def _pair_counts(codes, levels, offset, n_levels: int):
-    """(M, L + 1, L + 1) counts of (level at p, level at p + offset) for one offset.
-
-    ``codes`` holds ``(plane * (L + 1) + level) * (L + 1)`` and ``levels`` the levels, with
-    level ``L`` (``n_levels``) outside each plane's extent, so that pairs leaving the extent
-    land in row or column ``L`` and are dropped by the caller.
-    """
-    xp = array_module(levels)
-    m, h, w = levels.shape
-    k = n_levels + 1
+def _pair_counts(lv, offset, n_levels: int):
+    """(M, L, L) counts of (level at p, level at p + offset) for one offset, over the pixel
+    pairs where both levels are below ``n_levels`` (level ``n_levels`` marks excluded pixels)."""
+    xp = array_module(lv)
+    m, h, w = lv.shape
     dr, dc = offset
     r0, r1 = max(0, -dr), h - max(0, dr)
     c0, c1 = max(0, -dc), w - max(0, dc)
     if r1 <= r0 or c1 <= c0:
-        return xp.zeros((m, k, k), dtype=xp.int64)
-    pair = codes[:, r0:r1, c0:c1] + levels[:, r0 + dr : r1 + dr, c0 + dc : c1 + dc]
-    return xp.bincount(pair.ravel(), minlength=m * k * k).reshape(m, k, k)
+        return xp.zeros((m, n_levels, n_levels), dtype=xp.int64)
+    a = lv[:, r0:r1, c0:c1]
+    b = lv[:, r0 + dr : r1 + dr, c0 + dc : c1 + dc]
+    ok = (a < n_levels) & (b < n_levels)
+    plane = xp.broadcast_to(xp.arange(m, dtype=xp.int32)[:, None, None], a.shape)
+    codes = (plane[ok] * n_levels + a[ok]) * n_levels + b[ok]  # only the pairs that count
+    return xp.bincount(codes, minlength=m * n_levels * n_levels).reshape(m, n_levels, n_levels)
 
 
 def glcm_batched(levels, inside, offsets, *, n_levels: int = LEVELS, symmetric: bool = True):
     """``skimage.feature.graycomatrix`` of every plane, for a list of pixel offsets.
 
-    Pairs are counted only where both pixels lie inside the plane's real extent, so each plane
-    gives exactly ``graycomatrix`` of its own cropped image. With ``symmetric`` the count of
-    ``(i, j)`` and ``(j, i)`` are summed; an offset and its negation then give the same matrix
-    and it is counted once.
+    Pairs are counted only where both pixels lie inside ``inside`` (each plane's real extent:
+    each plane then gives exactly ``graycomatrix`` of its own cropped image; or a view mask:
+    pairs leaving the view are not counted). With ``symmetric`` the counts of ``(i, j)`` and
+    ``(j, i)`` are summed; an offset and its negation then give the same matrix and it is
+    counted once.
 
-    Method: pixels outside the extent get the extra level ``n_levels``; each pixel pair
-    ``(p, p + offset)`` of the padded stack becomes the code
-    ``(plane * (n_levels + 1) + level(p)) * (n_levels + 1) + level(p + offset)``, one
-    ``bincount`` per distinct offset counts them all, and the extra level's row and column are
-    dropped. (The padded stack holds every in-extent pair, objects being anchored top-left.)
+    Method: for each distinct offset, the pixel pairs ``(p, p + offset)`` of the padded stack
+    with both pixels inside become codes ``(plane * L + level(p)) * L + level(p + offset)`` and
+    one ``bincount`` counts them all. (The padded stack holds every in-extent pair, objects
+    being anchored top-left.)
 
     Parameters
     ----------
     levels : (M, H, W) int ndarray
         Grey levels in ``0..n_levels - 1`` (see ``quantise_scip``).
     inside : (M, H, W) bool ndarray
-        Each plane's real extent (``batch.valid_mask``).
+        Pixels that may form pairs.
     offsets : sequence of (row, col) int pairs, length K
         Pixel offsets, e.g. ``glcm_offset(d, a)`` for each distance and angle.
     n_levels : int
@@ -233,16 +246,13 @@ def glcm_batched(levels, inside, offsets, *, n_levels: int = LEVELS, symmetric: 
         ``out[m, k]`` equals ``graycomatrix(crop_m, ...)[:, :, d, a]`` for offset ``k``.
     """
     xp = array_module(levels)
-    m = levels.shape[0]
-    k = n_levels + 1
-    lv = xp.where(inside, levels, n_levels).astype(xp.int64)  # level n_levels: outside the extent
-    codes = (xp.arange(m, dtype=xp.int64)[:, None, None] * k + lv) * k
+    lv = xp.where(inside, levels, n_levels).astype(xp.int32)  # level n_levels: excluded
     done: dict[tuple[int, int], object] = {}
     out = []
     for dr, dc in offsets:  # a handful of offsets; each call covers the whole stack
         key = max((dr, dc), (-dr, -dc)) if symmetric else (dr, dc)
         if key not in done:
-            p = _pair_counts(codes, lv, key, n_levels)[:, :n_levels, :n_levels]
+            p = _pair_counts(lv, key, n_levels)
             done[key] = p + xp.swapaxes(p, -1, -2) if symmetric else p
         out.append(done[key])
     return xp.stack(out, axis=1)
@@ -355,7 +365,7 @@ def sobel_statistics(s, inside):
     return xp.where((n > 0)[:, None], out, xp.nan)
 
 
-def texture_planes(values, view, extents):
+def texture_planes(values, view, extents, sobel=None):
     """The 28 texture values of each plane, in SCIP's column order (see ``texture_columns``).
 
     Parameters
@@ -366,6 +376,10 @@ def texture_planes(values, view, extents):
         The mask of the view.
     extents : (M, 2) int ndarray
         Each plane's real (height, width); the stack needs a margin of 1 beyond it.
+    sobel : (M, H, W) float64 ndarray, optional
+        ``ops.sobel`` of the unmasked ``values`` (shared between views); the Sobel map of the
+        masked image is then this map where all eight neighbours are in the view
+        (``sobel_valid``), which is what ``sobel(where(view, values, nan))`` gives.
 
     Returns
     -------
@@ -387,13 +401,17 @@ def texture_planes(values, view, extents):
         props = props[:, [uniq.index(o) for o in canon]]  # (M, D*A, P)
     else:
         q = quantise_scip(values, view)
-        glcm = glcm_batched(q, inside, offsets)[..., :-1, :-1]  # drop the NaN level
+        # pairs with a pixel outside the view (SCIP's NaN level) are not counted: the same as
+        # graycomatrix(..., levels=17)[:-1, :-1]
+        glcm = glcm_batched(q, view, offsets, n_levels=LEVELS - 1)
         props = graycoprops_batched(glcm)  # (M, D*A, P)
     props = props.reshape(m, len(DISTANCES), len(ANGLES), len(PROPERTIES))
     stats = xp.stack([props.mean(axis=2), props.std(axis=2)], axis=1)  # (M, 2, D, P)
     glcm_part = xp.moveaxis(stats, -1, 1).reshape(m, -1)  # (M, P * 2 * D): p, stat, d
-    masked = xp.where(view, values, xp.nan)
-    sob = sobel_statistics(ops.sobel(masked, extents), inside)
+    if sobel is None:
+        sob = sobel_statistics(ops.sobel(xp.where(view, values, xp.nan), extents), inside)
+    else:
+        sob = sobel_statistics(sobel, inside & sobel_valid(view, extents))
     out = xp.concatenate([glcm_part, sob], axis=1)
     empty = ~view.reshape(m, -1).any(axis=1)
     return xp.where(empty[:, None], xp.nan, out)
@@ -411,15 +429,15 @@ def compute_texture(batch, mr, ctx):
     """
     xp = batch.xp
     n, c, h, w = batch.pixels.shape
-    px = batch.pixels.astype(xp.float64).reshape(n * c, h, w)
+    px = float_planes(batch)
     ext = xp.repeat(batch.extents, c, axis=0)
+    if "sobel_planes" not in batch.cache:  # one Sobel map per channel plane, shared by the masks
+        batch.cache["sobel_planes"] = ops.sobel(px, ext)
+    sob = batch.cache["sobel_planes"]
     chan = mr.mask.reshape(n * c, h, w)
     comb = xp.broadcast_to(mr.combined[:, None], (n, c, h, w)).reshape(n * c, h, w)
-    res = texture_planes(
-        xp.concatenate([px, px]), xp.concatenate([chan, comb]), xp.concatenate([ext, ext])
-    )
-    # (view, n, c, 28) -> (n, c, view, 28)
-    res = xp.moveaxis(res.reshape(2, n, c, N_VIEW), 0, 2).reshape(n, c * 2 * N_VIEW)
+    views = [texture_planes(px, v, ext, sobel=sob) for v in (chan, comb)]  # (n*c, 28) each
+    res = xp.stack(views, axis=1).reshape(n, c * 2 * N_VIEW)  # per channel: mask view, combined
     return xp.where(mr.usable[:, None], res, xp.nan)
 
 
