@@ -221,7 +221,8 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
 # Pass 1 and the driver
 
 
-def illumination_corrections(ex, table, *, cfg, source, out: Path, channel_names) -> dict[str, str]:
+def illumination_corrections(ex, table, *, cfg, source, out: Path, channel_names, resume: bool = False
+                             ) -> dict[str, str]:
     """Correction image per group: precomputed, or computed by a distributed reduction."""
     ill = cfg.illumination
     key = ill.key
@@ -240,6 +241,11 @@ def illumination_corrections(ex, table, *, cfg, source, out: Path, channel_names
         return {g: str(p) for g, p in found.items()}
 
     target = out / "illumination" if ill.export else Path(tempfile.mkdtemp(prefix=".illumination-", dir=out))
+    if resume and ill.export:  # an interrupted run that finished its corrections: reuse them
+        found = {g: target / f"{safe_name(g)}.tif" for g in groups.unique()}
+        if all(p.is_file() for p in found.values()):
+            log.info("illumination: reusing the correction images of the interrupted run in %s", target)
+            return {g: str(p) for g, p in found.items()}
     order = table.assign(_group=groups).sort_values("_group", kind="stable")
     size = max(1, cfg.segmentation.fields_per_partition)
     tasks = []
@@ -279,20 +285,26 @@ def illumination_corrections(ex, table, *, cfg, source, out: Path, channel_names
     return paths
 
 
-def execute(ex, table, *, cfg, source, plan, folder, schema, device, progress, out):
+def execute(ex, table, *, cfg, source, plan, folder, schema, device, progress, out, done):
     """Both passes; returns (partition results, number of partitions, provenance extras)."""
+    from .pipeline import partition_tasks
+    from .state import write_summary
+
     corrections = None
     if cfg.illumination.method is not None:
         corrections = illumination_corrections(ex, table, cfg=cfg, source=source, out=out,
-                                               channel_names=plan.channel_names)
+                                               channel_names=plan.channel_names, resume=bool(done))
     labels_dir = str(out / "labels") if cfg.segmentation.export_labels else None
-    size = max(1, cfg.segmentation.fields_per_partition)
-    tasks = [(i, table.iloc[s:s + size]) for i, s in enumerate(range(0, len(table), size))]
-    log.info("segmenting and profiling %d field(s) in %d partition(s) on %s", len(table), len(tasks),
+    tasks = partition_tasks(table, max(1, cfg.segmentation.fields_per_partition))
+    todo = [t for t in tasks if t[0] not in done]
+    for t in tasks:
+        if t[0] in done:
+            progress.update(len(t[1]))
+    log.info("segmenting and profiling %d field(s) in %d partition(s) on %s", len(table), len(todo),
              ex.description)
-    names = [f"scip_gpu-fields-{i}-{out.name}" for i, _ in tasks]
-    results = []
-    for task, res, exc in ex.map_unordered(process_fields, tasks, names, source=source, plan=plan,
+    names = [f"scip_gpu-fields-{i}-{out.name}" for i, _ in todo]
+    results = [PartitionResult(**d) for d in done.values()]
+    for task, res, exc in ex.map_unordered(process_fields, todo, names, source=source, plan=plan,
                                            folder=str(folder), schema=schema, device=device,
                                            corrections=corrections, labels_dir=labels_dir):
         if exc is not None:
@@ -302,6 +314,7 @@ def execute(ex, table, *, cfg, source, plan, folder, schema, device, progress, o
             empty = pd.DataFrame({n: pd.Series(dtype=object) for n in schema.names})
             export.write_part(Path(folder), task[0], empty, schema)
             res = PartitionResult(task[0], 0, 0, errs)
+        write_summary(Path(folder), res)
         results.append(res)
         for note in res.notes:
             log.info(note)

@@ -80,7 +80,11 @@ def check_image(img, n_channels: int, min_side: int, name: str) -> np.ndarray:
     if img.dtype.kind not in "uif":
         raise ObjectError(f"{name}: unsupported pixel type {img.dtype}", "validate")
     if img.dtype.kind == "f" and not np.isfinite(img).all():
-        raise ObjectError(f"{name}: contains NaN or infinite pixel values", "validate")
+        bad = int((~np.isfinite(img)).sum())
+        raise ObjectError(f"{name}: contains {bad} NaN or infinite pixel value(s)", "validate")
+    if img.reshape(-1)[0] == img.max() == img.min():
+        raise ObjectError(f"{name}: every pixel has the same value ({img.reshape(-1)[0]}): nothing to measure",
+                          "validate")
     if min(h, w) < min_side:
         raise ObjectError(
             f"{name}: image {h}x{w} is smaller than the {min_side}x{min_side} footprint of the "
@@ -241,23 +245,53 @@ def _log_to_file(path: Path, level: str) -> logging.Handler:
     return h
 
 
-def _execute_objects(ex, table, *, cfg, source, plan, folder, schema, device, progress, out):
-    """Profile single-object images: one task per partition of objects."""
-    size = cfg.partition_size
-    tasks = [(i, table.iloc[s:s + size]) for i, s in enumerate(range(0, len(table), size))]
-    log.info("running %d partition(s) of up to %d objects on %s", len(tasks), size, ex.description)
-    names = [f"scip_gpu-partition-{i}-{out.name}" for i, _ in tasks]
-    results = []
-    for task, res, exc in ex.map_unordered(process_partition, tasks, names, source=source, plan=plan,
+def partition_tasks(table: pd.DataFrame, size: int) -> list[tuple[int, pd.DataFrame]]:
+    return [(i, table.iloc[s:s + size]) for i, s in enumerate(range(0, len(table), size))]
+
+
+def _execute_objects(ex, table, *, cfg, source, plan, folder, schema, device, progress, out, done):
+    """Profile single-object images: one task per partition of objects (finished ones skipped)."""
+    from .state import write_summary
+
+    tasks = partition_tasks(table, cfg.partition_size)
+    todo = [t for t in tasks if t[0] not in done]
+    log.info("running %d partition(s) of up to %d objects on %s%s", len(todo), cfg.partition_size,
+             ex.description, f" ({len(tasks) - len(todo)} already done)" if done else "")
+    names = [f"scip_gpu-partition-{i}-{out.name}" for i, _ in todo]
+    results = [PartitionResult(**d) for d in done.values()]
+    for task, res, exc in ex.map_unordered(process_partition, todo, names, source=source, plan=plan,
                                            folder=str(folder), schema=schema, device=device):
         if exc is not None:
             log.error("partition %d failed: %s", task[0], describe_exception(exc))
             res = failed_partition(task[0], task[1], plan, folder, schema, exc, source)
+        write_summary(folder, res)
         results.append(res)
         for note in res.notes:
             log.warning(note)
         progress.update(res.n)
     return results, len(tasks)
+
+
+def _open_output(cfg: Config, table, n_partitions: int) -> tuple[Path, dict]:
+    """The run folder: a new one, or with ``resume=true`` the interrupted run's (checked)."""
+    from . import state
+    from .errors import ConfigError
+
+    folder_name = f"{cfg.export.filename}.parquet"
+    if cfg.resume:
+        if not cfg.output:
+            raise ConfigError("resume=true needs output=<the folder of the run to resume>")
+        out = Path(cfg.output)
+        if out.is_dir() and any(out.iterdir()):
+            state.check_resumable(out, cfg, table, n_partitions)
+            removed = state.remove_leftovers(out / folder_name)
+            done = state.finished_partitions(out / folder_name, export.part_name)
+            log.info("resuming %s: %d of %d partition(s) already done%s", out, len(done), n_partitions,
+                     f", {removed} temporary file(s) of the interrupted run removed" if removed else "")
+            return out, done
+    out = create_output_dir(cfg)
+    state.write_state(out, cfg, table, n_partitions)
+    return out, {}
 
 
 def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
@@ -289,7 +323,8 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
     plan = build_plan(cfg, channel_names)
     device = select_device(getattr(cfg.device, "value", cfg.device))
 
-    out = create_output_dir(cfg)
+    size = max(1, cfg.segmentation.fields_per_partition) if is_fields else cfg.partition_size
+    out, done = _open_output(cfg, table, -(-len(table) // size))
     handler = _log_to_file(out / "run.log", cfg.log_level)
     try:
         log.info("scip_gpu run started at %s; output folder %s", started.isoformat(timespec="seconds"), out)
@@ -308,10 +343,12 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
         schema = export.arrow_schema(meta, plan.columns)
         folder = out / f"{cfg.export.filename}.parquet"
         progress = Progress(len(table), cfg.progress)
+        if done and not is_fields:
+            progress.update(sum(d["n"] for d in done.values()))
         extra: dict = {}
         with executor(cfg.cluster, device) as ex:
             kwargs = dict(cfg=cfg, source=source, plan=plan, folder=folder, schema=schema, device=device,
-                          progress=progress, out=out)
+                          progress=progress, out=out, done=done)
             if is_fields:
                 results, n_parts, extra = field_pipeline.execute(ex, table, **kwargs)
             else:

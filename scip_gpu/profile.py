@@ -110,7 +110,7 @@ def build_plan(cfg: Config, channel_names: list[str]) -> Plan:
         plan.columns += FAMILIES["raw"].columns(None, channel_names)
     for fam in {f for fams in plan.families.values() for f in fams}:
         margin = max(margin, getattr(FAMILIES[fam], "margin", 0))
-    plan.margin = margin + 1
+    plan.margin = margin
     plan.min_side = side
     return plan
 

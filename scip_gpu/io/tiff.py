@@ -44,8 +44,11 @@ def _read(path: Path):
 
     try:
         with tifffile.TiffFile(path) as tf:
-            series = tf.series[0]
-            return series.asarray(), series.axes
+            series = tf.series
+            if len(series) > 1 and all(len(sr.shape) == 2 and sr.shape == series[0].shape for sr in series):
+                # plain multi-page file whose pages tifffile lists as separate series
+                return np.stack([sr.asarray() for sr in series]), "CYX"
+            return series[0].asarray(), series[0].axes
     except FileNotFoundError:
         raise ObjectError(f"{path}: file not found (was it removed during the run?)", "load") from None
     except Exception as exc:

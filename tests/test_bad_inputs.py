@@ -1,0 +1,101 @@
+"""The bad-input corpus (tests/data/bad_inputs): every bad file is reported with a clear cause,
+good inputs are profiled, and only strict=true makes the exit status non-zero."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from .conftest import ROOT
+from .test_cli import run_cli
+
+CORPUS = ROOT / "tests" / "data" / "bad_inputs"
+EXPECTED = {  # file -> words the error must contain (besides the file's name)
+    "truncated.tif": ["corrupt"],
+    "zero_byte.tif": ["corrupt"],
+    "not_a_tiff.tif": ["corrupt"],
+    "float_nan_inf.tif": ["NaN or infinite", "2 "],
+    "all_zero.tif": ["same value", "nothing to measure"],
+    "one_pixel.tif": ["smaller than the 11x11 footprint"],
+    "tiny_5x5.tif": ["smaller than the 11x11 footprint"],
+    "two_channels.tif": ["channel index 2 is out of range", "has 2 channel(s)"],
+}
+ARGS = ["+dataset=multipage_tiff", f"dataset.path={CORPUS}", "dataset.glob=*.tif", "dataset.channels=[0,1,2]",
+        "features=intensity", "cluster=sync"]
+
+
+@pytest.fixture(scope="module")
+def corpus_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    res = run_cli(*ARGS, f"output={tmp / 'out'}", cwd=tmp)
+    return tmp, res
+
+
+def test_every_bad_input_is_reported(corpus_run):
+    tmp, res = corpus_run
+    assert res.returncode == 0, res.stderr
+    assert f"{len(EXPECTED)} object(s) could not be profiled" in res.stderr
+    errors = pd.read_csv(tmp / "out" / "errors.csv")
+    assert len(errors) == len(EXPECTED)
+    for name, words in EXPECTED.items():
+        row = errors[errors["object"].str.endswith(name)]
+        assert len(row) == 1, name
+        msg = row["error"].iloc[0]
+        assert name in msg, msg
+        for w in words:
+            assert w in msg, (name, msg)
+
+
+def test_good_inputs_are_profiled_and_rows_kept(corpus_run):
+    tmp, _ = corpus_run
+    df = pd.read_parquet(tmp / "out" / "features.parquet")
+    assert len(df) == len(list(CORPUS.glob("*.tif")))  # every input keeps its row
+    good = df[df["meta_path"].str.contains("good_")]
+    assert len(good) == 2 and (good["meta_status"] == "ok").all()
+    assert good["feat_li_mean_ch0"].notna().all()
+    bad = df[~df["meta_path"].str.contains("good_")]
+    assert (bad["meta_status"] == "error").all() and bad["feat_raw_mean_ch0"].isna().all()
+
+
+def test_strict_makes_failures_fatal(corpus_run):
+    tmp, _ = corpus_run
+    res = run_cli(*ARGS, "strict=true", f"output={tmp / 'strict'}", cwd=tmp)
+    assert res.returncode == 1
+    assert (tmp / "strict" / "errors.csv").exists()  # the report is still written
+
+
+def test_regex_without_required_groups(tmp_path):
+    res = run_cli("+dataset=tiff", f"dataset.path={CORPUS}", "dataset.regex='(?P<name>good)_(?P<n>\\d)'",
+                  "cluster=sync", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "lacks the named group(s) ['id', 'channel']" in res.stderr
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    res = run_cli(*ARGS, f"output={blocker / 'out'}", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "cannot be created or written" in res.stderr and str(blocker) in res.stderr
+
+
+def test_missing_channel_file_and_mismatched_counts(tmp_path):
+    # per-channel TIFFs: object 0 complete, object 1 lacks channel 2
+    src = tmp_path / "tiffs"
+    src.mkdir()
+    import tifffile
+
+    good = tifffile.imread(CORPUS / "good_0.tif")
+    for obj in (0, 1):
+        for c in range(3):
+            if (obj, c) != (1, 2):
+                tifffile.imwrite(src / f"cell{obj}_ch{c}.tif", good[c])
+    shutil.copy(CORPUS / "good_1.tif", src / "cell2_ch0.tif")  # a 3-page file where one plane is expected
+    res = run_cli("+dataset=tiff", f"dataset.path={src}", "dataset.regex='cell(?P<id>\\d)_ch(?P<channel>\\d)'",
+                  "features=intensity", "cluster=sync", f"output={tmp_path / 'out'}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    errors = pd.read_csv(tmp_path / "out" / "errors.csv").set_index("meta_index")["error"].to_dict()
+    assert "no file for channel '2'" in errors[1]
+    assert "expected one plane per channel file, found 3" in errors[2] or "no file for channel" in errors[2]
