@@ -46,6 +46,33 @@ def _stack_kernel(xp, k2d):
     return xp.asarray(np.asarray(k2d)[None])
 
 
+def linspace_rows(lo, hi, num: int):
+    """``numpy.linspace(lo[i], hi[i], num)`` for every row at once, with NumPy's arithmetic
+    (``start + k * step`` with ``step = (stop - start) / (num - 1)``, the last value ``stop``;
+    ``k / div * delta`` for a zero step), so the values agree bit for bit.
+
+    Parameters
+    ----------
+    lo, hi : (M,) float64 ndarrays
+
+    Returns
+    -------
+    (M, num) float64 ndarray
+    """
+    xp = array_module(lo)
+    div = num - 1
+    delta = hi - lo
+    step = delta / div
+    k = xp.arange(num, dtype=xp.float64)[None, :]
+    if bool((step == 0).any()):  # NumPy switches to this form when any step is zero
+        y = (k / div) * delta[:, None]
+    else:
+        y = k * step[:, None]
+    y = y + lo[:, None]
+    y[:, -1] = hi
+    return y
+
+
 def gaussian_radius(sigma: float, truncate: float = 4.0) -> int:
     return int(truncate * float(sigma) + 0.5)
 

@@ -155,3 +155,16 @@ def test_refill_band_equals_full_refill_within_reach(mode, reach):
     band = refill(x, e, mode, reach=reach)
     for i, (h, w) in enumerate(e):
         np.testing.assert_array_equal(band[i, : h + reach, : w + reach], full[i, : h + reach, : w + reach])
+
+
+def test_linspace_rows_bitwise_equals_numpy():
+    rng = np.random.default_rng(5)
+    lo = rng.normal(0, 1e3, 50)
+    hi = lo + rng.exponential(500, 50)
+    got = ops.linspace_rows(lo, hi, 16)
+    for i in range(50):
+        assert np.array_equal(got[i], np.linspace(lo[i], hi[i], 16))
+    # the zero-step form numpy switches to (here for every row, as numpy does for arrays)
+    lo2 = np.array([1.0, 5.0])
+    got = ops.linspace_rows(lo2, np.array([1.0, 9.0]), 5)
+    assert np.array_equal(got, np.linspace(lo2, np.array([1.0, 9.0]), 5, axis=1))

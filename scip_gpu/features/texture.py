@@ -133,12 +133,7 @@ def quantisation_edges(values, valid, *, bins: int = BINS):
     same = lo == hi
     lo = xp.where(same, lo - 0.5, lo)
     hi = xp.where(same, hi + 0.5, hi)
-    # numpy.linspace(lo, hi, bins + 1): step = delta / div, special case for a zero step
-    delta = hi - lo
-    step = delta / bins
-    k = xp.arange(bins + 1, dtype=xp.float64)[None, :]
-    edges = xp.where(step[:, None] == 0, k / bins * delta[:, None], k * step[:, None]) + lo[:, None]
-    edges[:, -1] = hi
+    edges = ops.linspace_rows(lo, hi, bins + 1)  # numpy.linspace's arithmetic, bit for bit
     return edges
 
 

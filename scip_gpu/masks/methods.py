@@ -141,7 +141,7 @@ def _digitize_512(x, valid):
     same = lo == hi
     lo = xp.where(same, lo - 0.5, lo)
     hi = xp.where(same, hi + 0.5, hi)
-    edges = xp.linspace(lo, hi, 513, axis=1)  # (M, 513), as numpy.histogram_bin_edges
+    edges = ops.linspace_rows(lo, hi, 513)  # (M, 513), as numpy.histogram_bin_edges
     guess = xp.floor((flat - lo[:, None]) / (hi - lo)[:, None] * 512).astype(xp.int64) + 1
     guess = xp.clip(guess, 0, 513)
     # digitize: i with edges[i-1] <= x < edges[i]; correct the arithmetic guess by +-1
