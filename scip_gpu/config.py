@@ -256,7 +256,7 @@ class Config:
     output: Optional[str] = None  # null: a new folder under output_root
     output_root: str = "outputs"
     device: Device = Device.auto
-    partition_size: int = 1024  # objects per Dask task (one Parquet file each)
+    partition_size: Optional[int] = None  # objects per Dask task (one Parquet file each); null: auto
     batch_size: int = 256  # objects per array batch inside a task
     pad_multiple: int = 8  # padded batch shapes are multiples of this
     strict: bool = False  # exit non-zero when any object failed
@@ -305,7 +305,7 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
     if ds.channel_names is not None and len(set(ds.channel_names)) != len(ds.channel_names):
         raise ConfigError(f"dataset.channel_names: names must be unique, got {ds.channel_names}")
     for key in ("partition_size", "batch_size", "pad_multiple"):
-        if getattr(cfg, key) < 1:
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise ConfigError(f"{key}: must be at least 1, got {getattr(cfg, key)}")
 
     names = mask_names(cfg)

@@ -245,6 +245,21 @@ def _log_to_file(path: Path, level: str) -> logging.Handler:
     return h
 
 
+def auto_partition_size(cfg: Config, n: int) -> int:
+    """``partition_size`` when not set: about four tasks per worker, between 64 and 4096 objects
+    (and at least one GPU batch)."""
+    if cfg.partition_size:
+        return cfg.partition_size
+    import os
+
+    kind = getattr(cfg.cluster.type, "value", cfg.cluster.type)
+    workers = 1 if kind == "sync" else (cfg.cluster.n_workers or (cfg.cluster.jobs * (cfg.cluster.processes or 1)
+                                                                   if kind in ("slurm", "pbs") else os.cpu_count()) or 1)
+    size = -(-n // (4 * workers))
+    low = 64 if getattr(cfg.device, "value", cfg.device) != "cuda" else max(64, cfg.batch_size)
+    return int(min(max(size, low), 4096))
+
+
 def partition_tasks(table: pd.DataFrame, size: int) -> list[tuple[int, pd.DataFrame]]:
     return [(i, table.iloc[s:s + size]) for i, s in enumerate(range(0, len(table), size))]
 
@@ -270,6 +285,20 @@ def _execute_objects(ex, table, *, cfg, source, plan, folder, schema, device, pr
             log.warning(note)
         progress.update(res.n)
     return results, len(tasks)
+
+
+def _resumed_partition_size(cfg: Config) -> int | None:
+    """On resume, the partition size the interrupted run used (it may have been automatic)."""
+    if cfg.resume and cfg.output:
+        import json
+
+        state = Path(cfg.output) / "run_state.json"
+        if state.is_file():
+            try:
+                return json.loads(state.read_text()).get("partition_size")
+            except (OSError, json.JSONDecodeError):
+                return None
+    return None
 
 
 def _open_output(cfg: Config, table, n_partitions: int) -> tuple[Path, dict]:
@@ -323,6 +352,10 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
     plan = build_plan(cfg, channel_names)
     device = select_device(getattr(cfg.device, "value", cfg.device))
 
+    if not is_fields:
+        from dataclasses import replace
+
+        cfg = replace(cfg, partition_size=_resumed_partition_size(cfg) or auto_partition_size(cfg, len(table)))
     size = max(1, cfg.segmentation.fields_per_partition) if is_fields else cfg.partition_size
     out, done = _open_output(cfg, table, -(-len(table) // size))
     handler = _log_to_file(out / "run.log", cfg.log_level)

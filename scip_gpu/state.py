@@ -30,7 +30,7 @@ STATE_VERSION = 1
 
 # keys that do not change any result value: how and where the run executes and reports
 _NEUTRAL_TOP = {"output", "output_root", "resume", "progress", "log_level", "strict", "profile_stages",
-                "cluster", "device"}
+                "cluster", "device", "partition_size"}  # partitioning: checked via the partition count
 
 
 def config_fingerprint(cfg) -> tuple[str, dict]:
@@ -61,7 +61,8 @@ def _atomic_write(path: Path, text: str) -> None:
 def write_state(out: Path, cfg, table, n_partitions: int) -> dict:
     cfg_hash, cfg_dict = config_fingerprint(cfg)
     state = {"version": STATE_VERSION, "config": cfg_hash, "inputs": inputs_fingerprint(table),
-             "rows": len(table), "partitions": n_partitions, "resolved": cfg_dict}
+             "rows": len(table), "partitions": n_partitions, "partition_size": cfg.partition_size,
+             "resolved": cfg_dict}
     _atomic_write(out / STATE_FILE, json.dumps(state, indent=1, default=str))
     return state
 

@@ -66,3 +66,16 @@ def test_a_bad_object_does_not_stop_its_batch(setup, monkeypatch):
     assert "object 5 breaks the maths" in res.errors[0]["error"]
     assert df.loc[5, "meta_status"] == "error" and np.isnan(df.loc[5, "feat_raw_mean_BF"])
     assert (df.drop(index=5)["meta_status"] == "ok").all()
+
+
+def test_auto_partition_size():
+    from dataclasses import replace
+
+    from scip_gpu.pipeline import auto_partition_size
+
+    cfg, _ = to_config(_compose(["cluster.n_workers=2"]))
+    assert cfg.partition_size is None
+    assert auto_partition_size(cfg, 300) == 64  # ~4 tasks per worker, at least 64 objects
+    assert auto_partition_size(cfg, 100_000) == 4096  # at most 4096
+    assert auto_partition_size(cfg, 10_000) == 1250
+    assert auto_partition_size(replace(cfg, partition_size=7), 10_000) == 7
