@@ -77,7 +77,15 @@ def test_sobel_propagates_nan(planes):
         np.testing.assert_allclose(got[~np.isnan(got)], ref[~np.isnan(ref)], rtol=1e-12)
 
 
-@pytest.mark.parametrize("impl", [ops.median_disk, ops.median_disk_stack])
+def _numba_median(x, e, r):
+    from scip_gpu import cpu_kernels
+
+    if not cpu_kernels.available():
+        pytest.skip("numba is not installed")
+    return cpu_kernels.median_disk(x, e, r)
+
+
+@pytest.mark.parametrize("impl", [ops.median_disk, ops.median_disk_stack, ops.median_disk_skimage, _numba_median])
 def test_median_disk(planes, impl):
     imgs, x, e = planes
     imgs = [im // 3 for im in imgs]  # <= 10 bits, as the otsu mask uses it
@@ -168,3 +176,21 @@ def test_linspace_rows_bitwise_equals_numpy():
     lo2 = np.array([1.0, 5.0])
     got = ops.linspace_rows(lo2, np.array([1.0, 9.0]), 5)
     assert np.array_equal(got, np.linspace(lo2, np.array([1.0, 9.0]), 5, axis=1))
+
+
+def test_numba_median_on_edge_cases():
+    from skimage.filters import rank
+
+    from scip_gpu import cpu_kernels
+
+    if not cpu_kernels.available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(9)
+    imgs = [rng.integers(0, 514, (h, w)).astype(np.uint16) for h, w in [(1, 1), (1, 9), (12, 1), (3, 3), (40, 37)]]
+    imgs.append(np.full((15, 15), 7, np.uint16))
+    imgs.append((rng.random((30, 30)) > 0.5).astype(np.uint16) * 513)
+    b = stack(imgs, margin=6)
+    got = cpu_kernels.median_disk(b.pixels[:, 0], b.extents, 5)
+    for i, im in enumerate(imgs):
+        h, w = im.shape
+        np.testing.assert_array_equal(got[i, :h, :w], rank.median(im, footprint=morphology.disk(5)))

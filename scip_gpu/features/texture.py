@@ -386,13 +386,18 @@ def texture_planes(values, view, extents, sobel=None):
     inside = valid_mask(extents, (h, w))
     view = view & inside
     offsets = [glcm_offset(d, a) for d in DISTANCES for a in ANGLES]
-    if use_kernels(xp):  # one CUDA kernel: quantisation, symmetric counts and properties
+    from .. import cpu_kernels
+
+    if use_kernels(xp) or (xp is np and cpu_kernels.available()):
+        # one compiled kernel (CUDA on the GPU, numba on the CPU): quantisation, symmetric counts
+        # and properties per plane
         from .. import gpu_kernels
 
+        kernels = gpu_kernels if use_kernels(xp) else cpu_kernels
         view = view & ~xp.isnan(values)
         canon = [max(o, (-o[0], -o[1])) for o in offsets]
         uniq = sorted(set(canon))
-        props = gpu_kernels.glcm_props(values, view, extents, quantisation_edges(values, view), uniq)
+        props = kernels.glcm_props(values, view, extents, quantisation_edges(values, view), uniq)
         props = props[:, [uniq.index(o) for o in canon]]  # (M, D*A, P)
     else:
         q = quantise_scip(values, view)

@@ -48,15 +48,18 @@ def threshold_li(x, valid, *, max_iter: int = 10_000):
     if not bool(todo.any()):  # host sync: one per call
         return out
     rows = xp.nonzero(todo)[0]
-    img = x[rows].astype(xp.float64) - lo[rows, None]
-    vmask = valid[rows]
-    ss = s[rows] - lo[rows, None]
+    ss = s[rows] - lo[rows, None]  # each row ascending, shifted to start at 0 (as scikit-image)
+    cnt = n[rows]
     with np.errstate(invalid="ignore"):  # inf - inf beyond each row's valid entries
         gaps = xp.diff(ss, axis=1)
     gaps = xp.where((gaps > 0) & xp.isfinite(gaps), gaps, xp.inf)
     tol = gaps.min(axis=1) / 2
-    cnt = n[rows].astype(xp.float64)
-    t_next = xp.where(vmask, img, 0.0).sum(axis=1) / cnt
+    # prefix sums of the sorted rows: the mean below/above any threshold in O(log P) per row
+    finite = xp.where(xp.isfinite(ss), ss, 0.0)
+    prefix = xp.concatenate([xp.zeros((len(rows), 1)), xp.cumsum(finite, axis=1)], axis=1)
+    total = xp.take_along_axis(prefix, cnt[:, None], axis=1)[:, 0]
+    cntf = cnt.astype(xp.float64)
+    t_next = total / cntf
     t_curr = -2 * tol
     active = xp.ones(len(rows), dtype=bool)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -65,10 +68,10 @@ def threshold_li(x, valid, *, max_iter: int = 10_000):
             if not bool(active.any()):  # host sync per iteration (a few dozen at most)
                 break
             t_curr = xp.where(active, t_next, t_curr)
-            fg = (img > t_curr[:, None]) & vmask
-            bg = ~(img > t_curr[:, None]) & vmask
-            mean_fore = xp.where(fg, img, 0.0).sum(axis=1) / fg.sum(axis=1)
-            mean_back = xp.where(bg, img, 0.0).sum(axis=1) / bg.sum(axis=1)
+            k = rows_count_le(ss, cnt, t_curr)  # background: values <= t
+            sum_back = xp.take_along_axis(prefix, k[:, None], axis=1)[:, 0]
+            mean_back = sum_back / k
+            mean_fore = (total - sum_back) / (cntf - k)
             stop = mean_back == 0
             new = (mean_back - mean_fore) / (xp.log(mean_back) - xp.log(mean_fore))
             upd = active & ~stop
@@ -76,6 +79,22 @@ def threshold_li(x, valid, *, max_iter: int = 10_000):
             active &= ~stop
     out[rows] = t_next + lo[rows]
     return out
+
+
+def rows_count_le(sorted_rows, n, t):
+    """Number of entries ``<= t[i]`` among the first ``n[i]`` of each ascending row (a
+    vectorised ``searchsorted(side='right')``, by bisection)."""
+    xp = array_module(sorted_rows)
+    lo = xp.zeros_like(n)
+    hi = n.copy()
+    r = xp.arange(sorted_rows.shape[0])
+    last = sorted_rows.shape[1] - 1
+    for _ in range(int(np.ceil(np.log2(max(sorted_rows.shape[1], 2)))) + 1):
+        mid = (lo + hi) // 2
+        le = (sorted_rows[r, xp.minimum(mid, last)] <= t) & (mid < hi)
+        lo = xp.where(le, mid + 1, lo)
+        hi = xp.where(le, hi, mid)
+    return lo
 
 
 def threshold_otsu_int(x, valid):
