@@ -339,9 +339,8 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
         if comp not in ("nucleus", "cell", "cytoplasm"):
             raise ConfigError(f"segmentation.compartments.{ch}: unknown compartment {comp!r} "
                               "(choose nucleus, cell or cytoplasm)")
-    if seg.cells.value in ("watershed", "cellpose") and seg.method is not None and seg.cell_channel is None \
-            and seg.cells.value == "watershed":
-        raise ConfigError("segmentation.cells=watershed needs segmentation.cell_channel")
+    if seg.method is not None and seg.cells.value in ("watershed", "cellpose") and seg.cell_channel is None:
+        raise ConfigError(f"segmentation.cells={seg.cells.value} needs segmentation.cell_channel")
     if cfg.illumination.downscale < 1 or cfg.illumination.median_filter_size < 1:
         raise ConfigError("illumination: downscale and median_filter_size must be at least 1")
     for j, join in enumerate(ds.metadata):

@@ -34,8 +34,7 @@ import pandas as pd
 
 from .backend import array_module, asnumpy, ndimage
 from .errors import InputError, ObjectError
-from .io.base import Source, named_groups, regex_groups
-from .io.tiff import _files, _natural_key, _read, _to_cyx
+from .io.tiff import ChannelTiffSource, _read, _to_cyx, group_channel_files
 
 COMPARTMENTS = ("nucleus", "cell", "cytoplasm")
 
@@ -44,7 +43,7 @@ COMPARTMENTS = ("nucleus", "cell", "cytoplasm")
 # Source
 
 
-class FieldSource(Source):
+class FieldSource(ChannelTiffSource):
     """Fields of view stored as one TIFF per channel (and per z plane).
 
     The regex must have a ``channel`` group; an optional ``z`` group orders the planes of
@@ -56,53 +55,12 @@ class FieldSource(Source):
     fields = True
 
     def objects(self) -> pd.DataFrame:
-        cfg = self.cfg
-        if not cfg.regex:
-            raise InputError("dataset.regex is required for fields_tiff: it needs (?P<channel>...) and the "
-                             "groups that identify a field (e.g. plate, well, site)")
-        groups = named_groups(cfg.regex, "dataset.regex")
-        if "channel" not in groups:
-            raise InputError(f"dataset.regex {cfg.regex!r} lacks the named group 'channel'")
-        keys = [g for g in groups if g not in ("channel", "z")]
-        if not keys:
-            raise InputError(f"dataset.regex {cfg.regex!r} has no group identifying a field (e.g. well, site)")
-        files = _files(cfg, "folder of fields")
-        matched = []
-        for f in files:
-            g = regex_groups(cfg.regex, str(f), where="dataset.regex")
-            if g is not None:
-                matched.append({**g, "_file": str(f)})
-        if not matched:
-            raise InputError(f"dataset.regex {cfg.regex!r} matches none of the {len(files)} files in "
-                             f"{cfg.path!r} (e.g. {files[0]})")
-        table = pd.DataFrame(matched)
-        if "z" not in table:
-            table["z"] = "0"
-        present = sorted(table["channel"].astype(str).unique(), key=_natural_key)
-        self._channel_keys = [str(c) for c in cfg.channels] if cfg.channels is not None else present
-        rows = []
-        for key, grp in table.groupby(keys, sort=False, dropna=False):
-            key = key if isinstance(key, tuple) else (key,)
-            files_per_channel = []
-            for ch in self._channel_keys:
-                sel = grp[grp["channel"].astype(str) == ch]
-                files_per_channel.append([f for _, f in sorted(zip(sel["z"].map(_natural_key), sel["_file"]))])
-            rows.append({**{f"meta_{k}": v for k, v in zip(keys, key)},
-                         "meta_field": "_".join(str(v) for v in key),
-                         "meta_path": next((f[0] for f in files_per_channel if f), grp["_file"].iloc[0]),
-                         "_files": files_per_channel})
-        out = pd.DataFrame(rows)
-        cols = [f"meta_{k}" for k in keys]
-        order = sorted(range(len(out)), key=lambda i: [_natural_key(out[c].iat[i]) for c in cols])
-        return out.iloc[order].reset_index(drop=True)
-
-    def selected_channels(self, objects):
-        return list(self._channel_keys)
-
-    def channel_names(self, objects):
-        if self.cfg.channel_names is not None:
-            return list(self.cfg.channel_names)
-        return list(self._channel_keys)
+        table, keys, self._channel_keys = group_channel_files(
+            self.cfg, fmt="fields_tiff", needs="(?P<channel>...) and the groups that identify a field "
+            "(e.g. plate, well, site)", what="field")
+        table.insert(len(keys), "meta_field", ["_".join(str(v) for v in vals)
+                                               for vals in table[[f"meta_{k}" for k in keys]].itertuples(index=False)])
+        return table
 
     def describe(self, row) -> str:
         return f"field {row['meta_field']}"

@@ -186,8 +186,8 @@ def failed_partition(part: int, rows: pd.DataFrame, plan: Plan, folder: Path, sc
 class Progress:
     """Objects done, objects/s and ETA: a live line on a terminal, else a log line every 10 s."""
 
-    def __init__(self, total: int, enabled: bool = True):
-        self.total, self.done, self.enabled = total, 0, enabled
+    def __init__(self, total: int, enabled: bool = True, unit: str = "objects"):
+        self.total, self.done, self.enabled, self.unit = total, 0, enabled, unit
         self.t0 = time.perf_counter()
         self.last = 0.0
         self.tty = sys.stderr.isatty()
@@ -200,8 +200,8 @@ class Progress:
         el = now - self.t0
         rate = self.done / el if el > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        msg = (f"{self.done}/{self.total} objects ({100 * self.done / max(self.total, 1):.0f}%), "
-               f"{rate:.0f} objects/s, ETA {eta:.0f} s")
+        msg = (f"{self.done}/{self.total} {self.unit} ({100 * self.done / max(self.total, 1):.0f}%), "
+               f"{rate:.1f} {self.unit}/s, ETA {eta:.0f} s")
         if self.tty:
             sys.stderr.write("\r" + msg + " " * 8)
             if self.done >= self.total:
@@ -375,7 +375,7 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
             meta_cols = list(meta.columns)
         schema = export.arrow_schema(meta, plan.columns)
         folder = out / f"{cfg.export.filename}.parquet"
-        progress = Progress(len(table), cfg.progress)
+        progress = Progress(len(table), cfg.progress, unit)
         if done and not is_fields:
             progress.update(sum(d["n"] for d in done.values()))
         extra: dict = {}

@@ -166,3 +166,26 @@ def test_import_does_not_load_gpu_stacks():
             "bad = [m for m in ('cupy', 'cucim', 'torch', 'cellpose') if m in sys.modules];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_no_arguments_profiles_the_bundled_demo(tmp_path):
+    res = run_cli(cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "profiled 300 objects (300 ok, 0 with errors) x 1383 features" in res.stdout
+    runs = list((tmp_path / "outputs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("demo-")
+    df = read_parquet(runs[0] / "features.parquet")
+    assert len(df) == 300 and set(df["meta_label"]) == {"small_round", "large_oval", "spotty"}
+    # the three synthetic phenotypes differ where they were made to differ
+    area = df.groupby("meta_label")["feat_li_area_combined"].median()
+    assert area["large_oval"] > area["small_round"]
+    spots = df.groupby("meta_label")["meta_otsu_regions_SPOT"].median()
+    assert spots["spotty"] > spots["small_round"]
+
+
+def test_print_config_without_running(tmp_path):
+    res = run_cli("--cfg", "job", "+dataset=demo", "masks=li", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "method: li" in res.stdout and "n_objects: 300" in res.stdout
+    assert not (tmp_path / "outputs").exists()

@@ -75,52 +75,74 @@ def _to_cyx(arr: np.ndarray, axes: str, path) -> np.ndarray:
     return arr if arr.ndim == 3 else arr[None]
 
 
+def group_channel_files(cfg, *, fmt: str, needs: str, what: str) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Match files with ``dataset.regex`` and group them: one row per value of the named groups
+    other than ``channel`` and ``z``, holding the files of each selected channel (ordered by the
+    ``z`` group when there is one) in ``_files`` and the group values in ``meta_*`` columns.
+
+    Returns
+    -------
+    table : DataFrame, in natural order of the group values
+    keys : list of str
+        The grouping named groups.
+    channel_keys : list of str
+        The selected channel keys (``dataset.channels``, else all found, naturally sorted).
+    """
+    if not cfg.regex:
+        raise InputError(f"dataset.regex is required for format {fmt}: it needs {needs}")
+    groups = named_groups(cfg.regex, "dataset.regex")
+    required = ["id", "channel"] if fmt == "tiff" else ["channel"]
+    missing = [g for g in required if g not in groups]
+    if missing:
+        raise InputError(f"dataset.regex {cfg.regex!r} lacks the named group(s) {missing}; format {fmt} "
+                         f"needs {needs}")
+    keys = [g for g in groups if g not in ("channel", "z")]
+    if not keys:
+        raise InputError(f"dataset.regex {cfg.regex!r} has no group identifying a {what} (e.g. well, site)")
+    files = _files(cfg, "folder")
+    matched = []
+    for f in files:
+        g = regex_groups(cfg.regex, str(f), where="dataset.regex")
+        if g is not None:
+            matched.append({**g, "_file": str(f)})
+    if not matched:
+        raise InputError(f"dataset.regex {cfg.regex!r} matches none of the {len(files)} files "
+                         f"found in {cfg.path!r} (e.g. {files[0].name})")
+    table = pd.DataFrame(matched)
+    if "z" not in table:
+        table["z"] = "0"
+    present = sorted(table["channel"].astype(str).unique(), key=_natural_key)
+    if cfg.channels is not None:
+        if not any(str(c) in present for c in cfg.channels):
+            raise InputError(f"dataset.channels {list(cfg.channels)}: no file has these channel keys; "
+                             f"the regex found channels {present}")
+        channel_keys = [str(c) for c in cfg.channels]
+    else:
+        channel_keys = present
+    rows = []
+    for key, grp in table.groupby(keys, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        files_per_channel = []
+        for ch in channel_keys:
+            sel = grp[grp["channel"].astype(str) == ch]
+            files_per_channel.append([f for _, f in sorted(zip(sel["z"].map(_natural_key), sel["_file"]))])
+        rows.append({**{f"meta_{k}": v for k, v in zip(keys, key)},
+                     "meta_path": next((f[0] for f in files_per_channel if f), grp["_file"].iloc[0]),
+                     "_files": files_per_channel})
+    out = pd.DataFrame(rows)
+    cols = [f"meta_{k}" for k in keys]
+    order = sorted(range(len(out)), key=lambda i: [_natural_key(out[c].iat[i]) for c in cols])
+    return out.iloc[order].reset_index(drop=True), keys, channel_keys
+
+
 class ChannelTiffSource(Source):
     kind = "per-channel TIFF"
 
     def objects(self) -> pd.DataFrame:
-        cfg = self.cfg
-        if not cfg.regex:
-            raise InputError("dataset.regex is required for format tiff: it needs the named groups "
-                             "(?P<id>...) and (?P<channel>...) to group files into objects")
-        groups = named_groups(cfg.regex, "dataset.regex")
-        missing = [g for g in ("id", "channel") if g not in groups]
-        if missing:
-            raise InputError(f"dataset.regex {cfg.regex!r} lacks the named group(s) {missing}; "
-                             "format tiff needs (?P<id>...) and (?P<channel>...)")
-        matched = []
-        files = _files(cfg, "TIFF folder")
-        for f in files:
-            g = regex_groups(cfg.regex, str(f), where="dataset.regex")
-            if g is not None:
-                matched.append({**g, "_file": str(f)})
-        if not matched:
-            raise InputError(f"dataset.regex {cfg.regex!r} matches none of the {len(files)} files "
-                             f"found in {cfg.path!r} (e.g. {files[0].name})")
-        table = pd.DataFrame(matched)
-        keys = [g for g in groups if g != "channel"]
-        present = sorted(table["channel"].astype(str).unique(), key=_natural_key)
-        if cfg.channels is not None:
-            absent = [str(c) for c in cfg.channels if str(c) not in present]
-            if len(absent) == len(cfg.channels):
-                raise InputError(f"dataset.channels {list(cfg.channels)}: no file has these channel keys; "
-                                 f"the regex found channels {present}")
-            self._channel_keys = [str(c) for c in cfg.channels]
-        else:
-            self._channel_keys = present
-        channels = self._channel_keys
-        rows = []
-        for key, grp in table.groupby(keys, sort=False, dropna=False):
-            key = key if isinstance(key, tuple) else (key,)
-            by_channel = grp.groupby("channel")["_file"].apply(list).to_dict()
-            files_per_channel = [by_channel.get(str(ch), []) for ch in channels]
-            first = next((f[0] for f in files_per_channel if f), grp["_file"].iloc[0])
-            rows.append({"meta_path": first, **{f"meta_{k}": v for k, v in zip(keys, key)},
-                         "_files": files_per_channel})
-        out = pd.DataFrame(rows)
-        cols = [f"meta_{k}" for k in keys]
-        order = sorted(range(len(out)), key=lambda i: [_natural_key(out[c].iat[i]) for c in cols])
-        return out.iloc[order].reset_index(drop=True)
+        table, _, self._channel_keys = group_channel_files(
+            self.cfg, fmt="tiff", needs="(?P<id>...) and (?P<channel>...) to group files into objects",
+            what="object")
+        return table
 
     def selected_channels(self, objects):
         return list(self._channel_keys)
