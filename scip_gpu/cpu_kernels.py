@@ -202,3 +202,167 @@ def glcm_props(values, view, extents, edges, offsets) -> np.ndarray:
                    np.ascontiguousarray(extents, dtype=np.int64), np.ascontiguousarray(edges, dtype=np.float64),
                    np.asarray(offsets, dtype=np.int64).reshape(-1, 2), out)
     return out
+
+
+@functools.cache
+def _stats_kernel():
+    from numba import njit
+
+    @njit(cache=True, nogil=True)
+    def lerp(a, b, t):  # pragma: no cover - compiled; numpy's _lerp
+        d = b - a
+        return b - d * (1.0 - t) if t >= 0.5 else a + d * t
+
+    @njit(cache=True, nogil=True)
+    def row_stats(v, n, d, out):  # pragma: no cover - compiled
+        # the 11 statistics of v[:n] (sorted in place), as scip_gpu.stats.compact_statistics
+        if n == 0:
+            for k in range(11):
+                out[k] = np.nan
+            return
+        v[:n].sort()
+        total = 0.0
+        for i in range(n):
+            total += v[i]
+        mean = total / n
+        m2 = 0.0
+        m3 = 0.0
+        m4 = 0.0
+        for i in range(n):
+            e = v[i] - mean
+            e2 = e * e
+            m2 += e2
+            m3 += e2 * e
+            m4 += e2 * e2
+        m2 /= n
+        m3 /= n
+        m4 /= n
+
+        def q(p):
+            virt = (n - 1) * p
+            lo = int(np.floor(virt))
+            hi = min(lo + 1, n - 1)
+            return lerp(v[lo], v[hi], virt - lo)
+
+        med = q(0.5)
+        for i in range(n):
+            d[i] = abs(v[i] - med)
+        d[:n].sort()
+        k_lo = (n - 1) // 2
+        k_hi = min(n // 2, n - 1)
+        mad = lerp(d[k_lo], d[k_hi], 0.0 if k_lo == k_hi else 0.5)
+        zero = m2 <= (2.220446049250313e-16 * mean) ** 2
+        out[0] = mean
+        out[1] = med
+        out[2] = v[n - 1]
+        out[3] = v[0]
+        out[4] = np.sqrt(m2)
+        out[5] = mad
+        out[6] = q(0.25)
+        out[7] = q(0.75)
+        out[8] = total
+        out[9] = np.nan if zero else m3 / m2 ** 1.5
+        out[10] = np.nan if zero else m4 / (m2 * m2) - 3.0
+
+    @njit(cache=True, nogil=True)
+    def view_statistics(px, views, out):  # pragma: no cover - compiled
+        # px: (R, H, W) float64; views: (V, R, H, W) bool (already within each extent);
+        # out: (R, V, 11)
+        n_views, n_planes, h, w = views.shape
+        buf = np.empty(h * w)
+        tmp = np.empty(h * w)
+        for r in range(n_planes):
+            for vv in range(n_views):
+                n = 0
+                for i in range(h):
+                    for j in range(w):
+                        if views[vv, r, i, j]:
+                            buf[n] = px[r, i, j]
+                            n += 1
+                row_stats(buf, n, tmp, out[r, vv])
+
+    return view_statistics
+
+
+def view_statistics(px, views) -> np.ndarray:
+    """CPU twin of the masked-statistics CUDA kernel: the 11 intensity statistics of each plane
+    under each view.
+
+    Parameters
+    ----------
+    px : (R, H, W) float64 ndarray
+    views : (V, R, H, W) bool ndarray
+        Pixel sets (inside each plane's extent).
+
+    Returns
+    -------
+    (R, V, 11) float64 ndarray, columns as ``scip_gpu.stats.STATISTICS``.
+    """
+    out = np.empty((px.shape[0], views.shape[0], 11))
+    _stats_kernel()(np.ascontiguousarray(px, dtype=np.float64), np.ascontiguousarray(views, dtype=np.bool_), out)
+    return out
+
+
+@functools.cache
+def _sobel_kernel():
+    from numba import njit
+
+    @njit(cache=True, nogil=True)
+    def sobel_view_statistics(sob, view, extents, out):  # pragma: no cover - compiled
+        # nanmean, nanstd, nanmax, nanmin of the Sobel map of where(view, x, nan) over each
+        # extent: the map of x (``sob``) where all eight neighbours, reflected at the border, are
+        # in the view (the centre has weight zero)
+        n_planes = sob.shape[0]
+        vals = np.empty(sob.shape[1] * sob.shape[2])
+        for r in range(n_planes):
+            h = extents[r, 0]
+            w = extents[r, 1]
+            n = 0
+            for i in range(h):
+                for j in range(w):
+                    ok = True
+                    for di in range(-1, 2):
+                        ii = i + di
+                        ii = 0 if ii < 0 else (h - 1 if ii >= h else ii)
+                        for dj in range(-1, 2):
+                            if di == 0 and dj == 0:
+                                continue
+                            jj = j + dj
+                            jj = 0 if jj < 0 else (w - 1 if jj >= w else jj)
+                            if not view[r, ii, jj]:
+                                ok = False
+                                break
+                        if not ok:
+                            break
+                    if ok:
+                        vals[n] = sob[r, i, j]
+                        n += 1
+            if n == 0:
+                for k in range(4):
+                    out[r, k] = np.nan
+                continue
+            s = 0.0
+            mx = -np.inf
+            mn = np.inf
+            for k in range(n):
+                s += vals[k]
+                mx = max(mx, vals[k])
+                mn = min(mn, vals[k])
+            mean = s / n
+            var = 0.0
+            for k in range(n):
+                var += (vals[k] - mean) ** 2
+            out[r, 0] = mean
+            out[r, 1] = np.sqrt(var / n)
+            out[r, 2] = mx
+            out[r, 3] = mn
+
+    return sobel_view_statistics
+
+
+def sobel_view_statistics(sob, view, extents) -> np.ndarray:
+    """CPU twin of ``texture.sobel_statistics(sob, inside & sobel_valid(view, extents))``."""
+    out = np.empty((sob.shape[0], 4))
+    _sobel_kernel()(np.ascontiguousarray(sob, dtype=np.float64), np.ascontiguousarray(view, dtype=np.bool_),
+                    np.ascontiguousarray(extents, dtype=np.int64), out)
+    return out

@@ -113,15 +113,28 @@ def sobel(x, extents):
 
 def binary_erosion_disk(mask, extents, radius: int):
     """``skimage.morphology.binary_erosion(mask, disk(radius))`` per plane (outside the image
-    counts as foreground, ``border_value=True``)."""
+    counts as foreground, ``border_value=True``).
+
+    The disk is the union of its rows, horizontal segments, and an erosion by a union is the
+    intersection of the erosions: each row is a 1-D minimum filter (O(1) per pixel whatever its
+    length) shifted vertically, so the cost does not grow with the disk's area.
+    """
     xp = array_module(mask)
     if radius <= 0:
         return mask.copy()
+    ndi = ndimage(xp)
     inside = valid_mask(extents, mask.shape[1:])
-    padded = mask | ~inside
-    out = ndimage(xp).binary_erosion(padded, structure=_stack_kernel(xp, disk(radius)).astype(bool),
-                                     border_value=1)
-    return out & inside
+    fg = (mask | ~inside).astype(xp.uint8)
+    m, h, w = fg.shape
+    half = (disk(radius).sum(axis=1) - 1) // 2  # half-width of each row dy = -r..r
+    rows = {}
+    for a in set(half.tolist()):  # one 1-D erosion per distinct row length
+        rows[a] = ndi.minimum_filter1d(fg, 2 * a + 1, axis=2, mode="constant", cval=1)
+    out = xp.ones((m, h + 2 * radius, w), dtype=xp.uint8)  # rows beyond the array: foreground
+    for k, a in enumerate(half.tolist()):
+        dy = k - radius  # out[i] needs rows[a][i + dy]: write rows[a] shifted up by dy
+        out[:, radius - dy : radius - dy + h] &= rows[a]
+    return out[:, radius : radius + h].astype(bool) & inside
 
 
 def white_tophat_disk(x, extents, radius: int):

@@ -22,8 +22,10 @@ the location statistics and the sum and leaves the spread and shape statistics u
 
 from __future__ import annotations
 
-from .. import ops
-from ..batch import planes
+import numpy as np
+
+from .. import cpu_kernels, ops
+from ..batch import float_planes, planes
 from ..stats import STATISTICS, compact_statistics, sort_planes, view_members
 from .registry import Column, Family, column_name, register
 
@@ -87,7 +89,6 @@ def compute_intensity(batch, mr, ctx):
     xp = batch.xp
     n, c, h, w = batch.pixels.shape
     p = h * w
-    order, sv = sorted_planes(batch)
     flat_mask, ext = planes(mr.mask, batch.extents)
     edge = flat_mask ^ ops.binary_erosion_disk(flat_mask, ext, ctx.edge_width)
     comb = mr.combined
@@ -96,16 +97,20 @@ def compute_intensity(batch, mr, ctx):
     comb_edge_c = xp.broadcast_to(comb_edge[:, None], (n, c, h, w)).reshape(n * c, p)
     bg = mr.background.reshape(n * c)
     cbg = mr.combined_background.reshape(n * c)
+    views = [flat_mask.reshape(n * c, p), edge.reshape(n * c, p), comb_c, comb_edge_c]
+    shifts = [bg, bg, cbg, cbg]
     out = []
-    for view_mask, shift in (
-        (flat_mask.reshape(n * c, p), bg),
-        (edge.reshape(n * c, p), bg),
-        (comb_c, cbg),
-        (comb_edge_c, cbg),
-    ):
-        members, cnt = view_members(order, sv, view_mask)
-        s = compact_statistics(members, cnt)
-        out += [s, _shift(s, cnt.astype(xp.float64), shift)]
+    if xp is np and cpu_kernels.available():  # compiled CPU twin of the masked-statistics kernel
+        stats = cpu_kernels.view_statistics(float_planes(batch), np.stack(views).reshape(4, n * c, h, w))
+        for k, (view_mask, shift) in enumerate(zip(views, shifts)):
+            s = stats[:, k]
+            out += [s, _shift(s, view_mask.sum(axis=1).astype(np.float64), shift)]
+    else:
+        order, sv = sorted_planes(batch)
+        for view_mask, shift in zip(views, shifts):
+            members, cnt = view_members(order, sv, view_mask)
+            s = compact_statistics(members, cnt)
+            out += [s, _shift(s, cnt.astype(xp.float64), shift)]
     # order per channel: mask, bgcorr, edge, bgcorr_edge, combined, ... (see VIEWS)
     res = xp.stack(out, axis=1).reshape(n, c * len(VIEWS) * len(STATISTICS))
     return xp.where(mr.usable[:, None], res, xp.nan)
@@ -114,6 +119,9 @@ def compute_intensity(batch, mr, ctx):
 def compute_raw(batch, mr, ctx):
     """(N, C*11) statistics of each whole (unmasked) channel image."""
     n, c, h, w = batch.pixels.shape
+    if batch.xp is np and cpu_kernels.available():
+        valid = np.broadcast_to(batch.valid()[:, None], (n, c, h, w)).reshape(1, n * c, h, w)
+        return cpu_kernels.view_statistics(float_planes(batch), valid)[:, 0].reshape(n, -1)
     order, sv = sorted_planes(batch)
     valid = batch.xp.isfinite(sv)  # sorted: the valid pixels come first
     members = sv[valid]

@@ -410,6 +410,8 @@ def texture_planes(values, view, extents, sobel=None):
     glcm_part = xp.moveaxis(stats, -1, 1).reshape(m, -1)  # (M, P * 2 * D): p, stat, d
     if sobel is None:
         sob = sobel_statistics(ops.sobel(xp.where(view, values, xp.nan), extents), inside)
+    elif xp is np and cpu_kernels.available():
+        sob = cpu_kernels.sobel_view_statistics(sobel, view, extents)
     else:
         sob = sobel_statistics(sobel, inside & sobel_valid(view, extents))
     out = xp.concatenate([glcm_part, sob], axis=1)
