@@ -31,8 +31,20 @@ def ref_intensity(px, masks, comb, bg, cbg):
     return np.concatenate(out)
 
 
-@pytest.fixture(scope="module")
-def profiled():
+@pytest.fixture(params=["compiled", "numpy"])
+def stats_path(request, monkeypatch):
+    """Run with the compiled statistics kernel (numba) and with the array-namespace path."""
+    from scip_gpu import cpu_kernels
+
+    if request.param == "compiled" and not cpu_kernels.available():
+        pytest.skip("numba is not installed")
+    if request.param == "numpy":
+        monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    return request.param
+
+
+@pytest.fixture
+def profiled(stats_path):
     cells = [make_cell(i, min_size=30, max_size=60)[0] for i in range(10)]
     cells[2][1] = 150  # flat DNA channel: its li mask is empty -> NaN views
     b = stack(cells, margin=10)
@@ -70,7 +82,8 @@ def test_empty_channel_mask_gives_nan(profiled):
 
 
 def test_raw_matches_reference(profiled):
-    cells, b, mr, _ = profiled
+    cells, _, mr, _ = profiled
+    b = stack(cells, margin=10)  # a fresh batch: nothing cached from the other path
     got = compute_raw(b, None, None)
     for i, im in enumerate(cells):
         want = np.concatenate([reference_statistics(im[c].ravel()) for c in range(3)])
