@@ -143,3 +143,21 @@ def test_filters_against_scipy():
         assert F.std(x, v, threshold=10)[i] == (im.std() > 10)
         assert F.value_range(x, v, threshold=50)[i] == (int(im.max()) - int(im.min()) > 50)
     assert not F.normaltest(x, v)[3]
+
+
+def test_digitize_512_both_paths_equal_numpy(monkeypatch):
+    from scip_gpu import cpu_kernels
+
+    rng = np.random.default_rng(3)
+    imgs = [rng.integers(0, 60000, (1, 20 + i, 30)).astype(np.uint16) for i in range(6)]
+    imgs.append(np.full((1, 12, 12), 900, np.uint16))  # constant: numpy widens the range by 0.5
+    b = stack(imgs, margin=4)
+    x, v = b.pixels[:, 0], valid_mask(b.extents, b.shape)
+    paths = [M._digitize_512(x, v)]
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    paths.append(M._digitize_512(x, v))
+    for got in paths:
+        for i, im in enumerate(imgs):
+            h, w = im.shape[1:]
+            want = np.digitize(im[0], bins=np.histogram_bin_edges(im[0].ravel(), bins=512)).astype(np.uint16)
+            np.testing.assert_array_equal(got[i, :h, :w], want)
