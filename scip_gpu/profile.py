@@ -108,8 +108,6 @@ def build_plan(cfg: Config, channel_names: list[str]) -> Plan:
         side = max(side, min_side(m.method.value, kwargs))
     if cfg.features.raw:
         plan.columns += FAMILIES["raw"].columns(None, channel_names)
-    for fam in {f for fams in plan.families.values() for f in fams}:
-        margin = max(margin, getattr(FAMILIES[fam], "margin", 0))
     plan.margin = margin
     plan.min_side = side
     return plan
