@@ -15,6 +15,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def kernel_path(request, monkeypatch):
+    """Run a test once with the compiled CPU kernels (numba) and once with the array-namespace
+    path they replace (skipping the first when numba is not installed)."""
+    from scip_gpu import cpu_kernels
+
+    if request.param == "compiled" and not cpu_kernels.available():
+        pytest.skip("numba is not installed")
+    if request.param == "numpy":
+        monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    return request.param
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data (skips the test when a fresh clone has no such folder)."""

@@ -31,20 +31,8 @@ def ref_intensity(px, masks, comb, bg, cbg):
     return np.concatenate(out)
 
 
-@pytest.fixture(params=["compiled", "numpy"])
-def stats_path(request, monkeypatch):
-    """Run with the compiled statistics kernel (numba) and with the array-namespace path."""
-    from scip_gpu import cpu_kernels
-
-    if request.param == "compiled" and not cpu_kernels.available():
-        pytest.skip("numba is not installed")
-    if request.param == "numpy":
-        monkeypatch.setattr(cpu_kernels, "available", lambda: False)
-    return request.param
-
-
 @pytest.fixture
-def profiled(stats_path):
+def profiled(kernel_path):
     cells = [make_cell(i, min_size=30, max_size=60)[0] for i in range(10)]
     cells[2][1] = 150  # flat DNA channel: its li mask is empty -> NaN views
     b = stack(cells, margin=10)

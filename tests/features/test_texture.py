@@ -259,20 +259,8 @@ def test_graycoprops_batched_matches_skimage():
 # The family against the per-object reference
 
 
-@pytest.fixture(params=["compiled", "numpy"])
-def glcm_path(request, monkeypatch):
-    """Run a test with the compiled GLCM kernel (numba) and with the array-namespace path."""
-    from scip_gpu import cpu_kernels
-
-    if request.param == "compiled" and not cpu_kernels.available():
-        pytest.skip("numba is not installed")
-    if request.param == "numpy":
-        monkeypatch.setattr(cpu_kernels, "available", lambda: False)
-    return request.param
-
-
 @pytest.mark.parametrize("dtype,channels,seed", [(np.uint16, 2, 0), (np.float64, 3, 2), (np.float32, 2, 4)])
-def test_compute_texture_matches_reference(dtype, channels, seed, glcm_path):
+def test_compute_texture_matches_reference(dtype, channels, seed, kernel_path):
     objs = make_objects(seed=seed, dtype=dtype, channels=channels)
     b, mr = build(objs)
     with warnings.catch_warnings():
