@@ -157,6 +157,10 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
 
     crops, masks, bboxes, metas = [], [], [], []
     for img, labels, row in zip(images, labels_all, field_rows):
+        if "cytoplasm" in compartments:  # cell minus nucleus, exported with the other labels
+            from .segmentation import subtract
+
+            labels["cytoplasm"] = subtract(labels["cell"], labels["nucleus"])
         if labels_dir is not None:
             export_labels(Path(labels_dir), row["meta_field"], labels)
         objs = field_objects(img, labels, compartments, min_size=seg.min_size)

@@ -202,7 +202,7 @@ def write_correction(folder: Path, group: str, image: np.ndarray, channel_names)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{safe_name(group)}.tif"
     tmp = folder / f".{path.name}.tmp"
-    tifffile.imwrite(tmp, np.asarray(image, np.float32), metadata={"axes": "CYX"},
+    tifffile.imwrite(tmp, np.asarray(image, np.float32), photometric="minisblack", metadata={"axes": "CYX"},
                      description=json.dumps({"group": group, "channels": list(channel_names)}))
     os.replace(tmp, path)
     return path
@@ -298,6 +298,7 @@ def export_labels(folder: Path, field: str, labels: dict) -> Path:
     stack = np.stack([asnumpy(labels[k]).astype(np.uint32) for k in names])
     path = folder / f"{safe_name(field)}.ome.tif"
     tmp = folder / f".{path.name}.tmp"
-    tifffile.imwrite(tmp, stack, ome=True, metadata={"axes": "CYX", "Channel": {"Name": names}})
+    tifffile.imwrite(tmp, stack, ome=True, photometric="minisblack",
+                     metadata={"axes": "CYX", "Channel": {"Name": names}})
     os.replace(tmp, path)
     return path

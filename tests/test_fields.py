@@ -124,3 +124,19 @@ def test_precomputed_illumination_is_reused(bbbc021, tmp_path):
     df1 = pd.read_parquet(out / "features.parquet").sort_values(["meta_field", "meta_label"]).reset_index(drop=True)
     df2 = pd.read_parquet(tmp_path / "again" / "features.parquet").sort_values(["meta_field", "meta_label"]).reset_index(drop=True)
     pd.testing.assert_series_equal(df1["feat_mean_Actin"], df2["feat_mean_Actin"])
+
+
+def test_cytoplasm_compartment(bbbc021, tmp_path):
+    root, ref_out, _ = bbbc021
+    res = run_cli("+dataset=bbbc021", f"dataset.path={root}", "illumination.median_filter_size=5",
+                  "segmentation.compartments={DAPI: nucleus, Tubulin: cytoplasm, Actin: cell}",
+                  "features.families=[intensity,shape]", "cluster=sync", f"output={tmp_path / 'cyto'}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    with tifffile.TiffFile(next((tmp_path / "cyto" / "labels").glob("*.ome.tif"))) as tf:
+        lab = tf.series[0].asarray()
+    assert lab.shape[0] == 3  # nucleus, cell, cytoplasm
+    nuc, cell, cyto = lab
+    assert not ((cyto > 0) & (nuc > 0)).any() and ((cyto > 0) <= (cell > 0)).all()
+    df = pd.read_parquet(tmp_path / "cyto" / "features.parquet")
+    # the cytoplasm (cell minus nucleus) is smaller than the cell
+    assert (df["feat_area_Tubulin"] < df["feat_area_Actin"]).all()

@@ -1,0 +1,141 @@
+"""A NumPy-backed stand-in for CuPy, cupyx and cuCIM, to run the ``device=cuda`` code path on a
+machine without a GPU.
+
+Arrays are a NumPy subclass that, like CuPy arrays, refuses implicit conversion to NumPy
+(``numpy.asarray(x)`` raises; ``x.get()`` copies to the host), and every function of the fake
+``cupy`` / ``cupyx.scipy.ndimage`` / ``cucim.skimage.*`` modules returns such arrays. It checks
+the GPU path's control flow (dispatch on the array type, host<->device copies, pinned buffers,
+kernel wrappers, memory pools), not CuPy's numerics: that needs a GPU (``pytest -m gpu``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+import numpy as np
+
+
+class ndarray(np.ndarray):
+    """Fake device array."""
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed (fake CuPy); use .get()")
+
+    def get(self, stream=None):
+        return self.view(np.ndarray).copy()
+
+    def set(self, arr, stream=None):
+        self.view(np.ndarray)[...] = arr
+
+    def __array_function__(self, func, types_, args, kwargs):
+        return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if "out" in kwargs:
+            kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, ndarray) else o for o in kwargs["out"])
+        res = getattr(ufunc, method)(*_unwrap(inputs), **kwargs)
+        return _wrap(res)
+
+
+def _unwrap(x):
+    if isinstance(x, ndarray):
+        return x.view(np.ndarray)
+    if isinstance(x, tuple):
+        return tuple(_unwrap(v) for v in x)
+    if isinstance(x, list):
+        return [_unwrap(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _unwrap(v) for k, v in x.items()}
+    return x
+
+
+def _wrap(x):
+    if isinstance(x, np.ndarray) and not isinstance(x, ndarray):
+        return x.view(ndarray)
+    if isinstance(x, tuple):
+        return tuple(_wrap(v) for v in x)
+    if isinstance(x, list):
+        return [_wrap(v) for v in x]
+    return x
+
+
+def _wrapped(f):
+    def call(*args, **kwargs):
+        return _wrap(f(*_unwrap(args), **_unwrap(kwargs)))
+
+    call.__name__ = getattr(f, "__name__", "f")
+    return call
+
+
+def _module(name: str, target) -> types.ModuleType:
+    mod = types.ModuleType(name)
+
+    def __getattr__(attr):
+        obj = getattr(target, attr)
+        if callable(obj) and not isinstance(obj, type):
+            return _wrapped(obj)
+        return obj
+
+    mod.__getattr__ = __getattr__
+    return mod
+
+
+class _Pool:
+    def free_all_blocks(self):
+        pass
+
+    def total_bytes(self):
+        return 0
+
+
+class _Device:
+    def __init__(self, i=0):
+        self.id = i
+
+    def synchronize(self):
+        pass
+
+
+def install(monkeypatch) -> types.ModuleType:
+    """Put the fake modules in ``sys.modules`` (undone by ``monkeypatch``)."""
+    cupy = _module("cupy", np)
+    cupy.ndarray = ndarray
+    cupy.asarray = lambda a, dtype=None: np.array(_unwrap(a), dtype=dtype).view(ndarray)
+    cupy.ascontiguousarray = lambda a, dtype=None: np.ascontiguousarray(_unwrap(a), dtype=dtype).view(ndarray)
+    cupy.get_default_memory_pool = lambda: _Pool()
+    cupy.get_default_pinned_memory_pool = lambda: _Pool()
+    cupy.cuda = types.SimpleNamespace(
+        Device=_Device,
+        get_current_stream=lambda: None,
+        alloc_pinned_memory=lambda n: bytearray(n),
+        runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 2**34}),
+    )
+    cupy.int32 = np.int32
+    cupyx = _module("cupyx", types.SimpleNamespace())
+
+    def scatter(op):
+        def f(out, idx, values):
+            getattr(np, op).at(out.view(np.ndarray), _unwrap(idx), _unwrap(values))
+        return f
+
+    cupyx.scatter_min = scatter("minimum")
+    cupyx.scatter_max = scatter("maximum")
+    cupyx.scatter_add = scatter("add")
+    cupyx_scipy = types.ModuleType("cupyx.scipy")
+    ndi = _module("cupyx.scipy.ndimage", importlib.import_module("scipy.ndimage"))
+    cupyx.scipy = cupyx_scipy
+    cupyx_scipy.ndimage = ndi
+    mods = {"cupy": cupy, "cupyx": cupyx, "cupyx.scipy": cupyx_scipy, "cupyx.scipy.ndimage": ndi}
+    cucim = types.ModuleType("cucim")
+    cucim_sk = types.ModuleType("cucim.skimage")
+    cucim.skimage = cucim_sk
+    mods.update({"cucim": cucim, "cucim.skimage": cucim_sk})
+    for sub in ("filters", "feature", "segmentation", "transform", "measure", "morphology", "util"):
+        m = _module(f"cucim.skimage.{sub}", importlib.import_module(f"skimage.{sub}"))
+        setattr(cucim_sk, sub, m)
+        mods[f"cucim.skimage.{sub}"] = m
+    for k, v in mods.items():
+        monkeypatch.setitem(sys.modules, k, v)
+    return cupy

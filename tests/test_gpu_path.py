@@ -1,0 +1,102 @@
+"""The device=cuda code path, run on the CPU through a NumPy-backed stand-in for CuPy/cuCIM
+(tests/fake_cupy.py): same results as the CPU path, no implicit device->host conversion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scip_gpu import gpu_kernels, stats
+from scip_gpu.batch import assemble
+from scip_gpu.demo import make_cell
+from scip_gpu.profile import build_plan, profile_batch
+
+from . import fake_cupy
+from .test_config import _compose
+
+
+@pytest.fixture
+def cupy(monkeypatch):
+    import anndata  # noqa: F401  (imported before the fake: it probes for cupyx.scipy.sparse)
+
+    return fake_cupy.install(monkeypatch)
+
+
+def _reference_kernels(monkeypatch, cupy):
+    """The CUDA kernel wrappers replaced by their NumPy references (the fake has no NVRTC)."""
+    from scip_gpu import cpu_kernels
+
+    def masked_statistics(values, counts):
+        return cupy.asarray(stats.compact_statistics(values.get(), counts.get()))
+
+    def glcm_props(values, view, extents, edges, offsets):
+        if cpu_kernels.available():
+            return cupy.asarray(cpu_kernels.glcm_props(values.get(), view.get(), extents.get(), edges.get(), offsets))
+        from scip_gpu.features import texture as T
+
+        q = T.quantise_scip(values.get(), view.get())
+        return cupy.asarray(T.graycoprops_batched(T.glcm_batched(q, view.get(), offsets, n_levels=16)))
+
+    monkeypatch.setattr(gpu_kernels, "masked_statistics", masked_statistics)
+    monkeypatch.setattr(gpu_kernels, "glcm_props", glcm_props)
+
+
+@pytest.mark.parametrize("kernels", ["off", "on"])
+def test_profile_batch_on_the_gpu_path_equals_cpu(cupy, monkeypatch, kernels):
+    from scip_gpu.cli import to_config
+
+    if kernels == "off":
+        monkeypatch.setenv("SCIP_GPU_KERNELS", "0")
+    else:
+        _reference_kernels(monkeypatch, cupy)
+    cfg, _ = to_config(_compose(["+dataset=demo", "features=scip"]))
+    plan = build_plan(cfg, ["BF", "DNA", "SPOT"])
+    cells = [make_cell(i, min_size=40, max_size=56)[0] for i in range(12)]
+    shape = (72, 72)
+    cpu = profile_batch(assemble(cells, np.arange(12), shape, np), plan)
+    batch = assemble(cells, np.arange(12), shape, cupy)
+    assert isinstance(batch.pixels, fake_cupy.ndarray)
+    gpu = profile_batch(batch, plan)
+    assert type(gpu) is np.ndarray  # one copy back to the host
+    np.testing.assert_array_equal(np.isnan(gpu), np.isnan(cpu))
+    ok = ~np.isnan(cpu)
+    np.testing.assert_allclose(gpu[ok], cpu[ok], rtol=1e-9, atol=1e-9)
+
+
+def test_cli_run_with_device_cuda_equals_cpu(cupy, monkeypatch, tmp_path):
+    from scip_gpu.cli import to_config
+    from scip_gpu.pipeline import run
+
+    _reference_kernels(monkeypatch, cupy)
+    out = {}
+    for device in ("cpu", "cuda"):
+        cfg, yaml = to_config(_compose(["+dataset=demo", "dataset.n_objects=20", "features=scip", "cluster=sync",
+                                        f"device={device}", f"output={tmp_path / device}", "progress=false"]))
+        summary = run(cfg, yaml)
+        assert summary.n_ok == 20
+        out[device] = pd.read_parquet(tmp_path / device / "features.parquet")
+    import json
+
+    assert json.loads((tmp_path / "cuda" / "provenance.json").read_text())["device"] == "cuda"
+    pd.testing.assert_frame_equal(out["cuda"], out["cpu"], rtol=1e-9, atol=1e-9)
+
+
+def test_fields_with_device_cuda_equal_cpu(cupy, monkeypatch, tmp_path):
+    from scip_gpu.cli import to_config
+    from scip_gpu.pipeline import run
+
+    from .fields_data import write_bbbc021_replica
+
+    _reference_kernels(monkeypatch, cupy)
+    root = tmp_path / "bbbc021"
+    write_bbbc021_replica(root)
+    out = {}
+    for device in ("cpu", "cuda"):
+        cfg, yaml = to_config(_compose(["+dataset=bbbc021", f"dataset.path={root}", "illumination.median_filter_size=5",
+                                        "features.families=[intensity,shape,bbox,regions]", "cluster=sync",
+                                        f"device={device}", f"output={tmp_path / device}", "progress=false"]))
+        assert run(cfg, yaml).n_ok > 50
+        out[device] = pd.read_parquet(tmp_path / device / "features.parquet").sort_values(
+            ["meta_field", "meta_label"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(out["cuda"], out["cpu"], rtol=1e-6, atol=1e-6)
