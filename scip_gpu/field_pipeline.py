@@ -217,8 +217,7 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
     export.write_part(Path(folder), part, table, schema)
     n_ok = int((status == "ok").sum())
     return PartitionResult(part, len(crops), n_ok, errors, time.perf_counter() - t0, timer.seconds,
-                           [f"partition {part}: {len(rows)} field(s), {len(crops)} object(s)"] if cfg.profile_stages
-                           else [])
+                           [f"partition {part}: {len(rows)} field(s), {len(crops)} object(s)"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -98,4 +98,4 @@ def test_missing_channel_file_and_mismatched_counts(tmp_path):
     assert res.returncode == 0, res.stderr
     errors = pd.read_csv(tmp_path / "out" / "errors.csv").set_index("meta_index")["error"].to_dict()
     assert "no file for channel '2'" in errors[1]
-    assert "expected one plane per channel file, found 3" in errors[2] or "no file for channel" in errors[2]
+    assert "cell2_ch0.tif: expected one plane per channel file, found 3" in errors[2]
