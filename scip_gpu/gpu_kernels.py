@@ -1,35 +1,260 @@
-"""CuPy wrappers of the CUDA kernels in ``kernels/``.
+"""The CUDA kernels of ``kernels/`` and their registration as stage implementations.
 
-Each kernel source is compiled once per device with ``cupy.RawModule`` (NVRTC) and cached;
-CuPy also caches the binary on disk. Every wrapper has a NumPy reference function with the same
-semantics (named in its docstring) and the tests compare the two on a GPU (``pytest -m gpu``).
-Nothing here is imported unless the GPU backend runs.
+All kernel sources are compiled together, once per process and device, as one
+``cupy.RawModule`` (NVRTC; CuPy caches the binary on disk, so later processes only load it).
+The module is compiled with ``--fmad=false``: the kernels repeat the arithmetic of the numba
+kernels operation for operation, and fused multiply-adds would change the last bits.
+
+Each public function here is the ``cuda`` implementation of a stage (``scip_gpu.dispatch``),
+registered beside the stage's array-namespace reference and numba kernel; the stage's
+``accepts`` rule says which inputs it covers (the others run the reference on the GPU). The
+test suite runs every one of them on the CPU through ``tests/cuda_sim`` (the same sources
+compiled with g++ against a small CUDA emulation) and compares them with the CPU path, and on a
+GPU with ``pytest -m gpu``.
+
+Kernels work one thread block per plane, the plane held in a per-block workspace: dynamic
+shared memory when it fits (``workspace_bytes``), else a slice of a global scratch buffer
+(the same kernel code). Nothing here synchronises with the host; launches are asynchronous on
+the current stream. Nothing is imported from CuPy unless a GPU backend runs.
 """
 
 from __future__ import annotations
 
 import functools
+import re
+from dataclasses import dataclass
+
+import numpy as np
 
 from ._resources import kernels_dir
+from .dispatch import register
 
-#: kernel source file -> exported function names
-SOURCES = {"masked_stats.cu": ("masked_statistics",), "glcm.cu": ("glcm_props",)}
+#: kernel sources, compiled together in this order (common.cuh first)
+SOURCES = ("common.cuh", "masked_stats.cu", "glcm.cu", "masks.cu", "intensity.cu", "texture.cu", "shape.cu")
+#: NVRTC options: no contraction into fused multiply-adds (bit-identical to the CPU kernels)
+OPTIONS = ("--std=c++17", "--fmad=false")
+#: threads per block of every plane kernel (SG_THREADS in common.cuh)
+THREADS = 256
+#: masked_statistics / glcm_props launch with their own block size
 BLOCK = 256
 
 
+def module_source() -> str:
+    """The concatenated CUDA source of every kernel (what NVRTC and tests/cuda_sim compile)."""
+    parts = []
+    for name in SOURCES:
+        text = (kernels_dir() / name).read_text()
+        parts.append(f"// ---- {name} ----\n{text}\n")
+    return "".join(parts)
+
+
+def kernel_names() -> list[str]:
+    """Names of the ``extern "C" __global__`` entry points of the module."""
+    return re.findall(r'extern "C" __global__ void\s+(\w+)\s*\(', module_source())
+
+
+#: a stand-in for the compiled module (tests install tests/cuda_sim's emulation here)
+_module_override = None
+
+
 @functools.cache
-def _module(source: str, device_id: int):
+def _compiled(device_id: int):
     import cupy
 
-    code = (kernels_dir() / source).read_text()
-    return cupy.RawModule(code=code, options=("--std=c++17",))
+    return cupy.RawModule(code=module_source(), options=OPTIONS)
 
 
-def kernel(source: str, name: str):
-    """A compiled kernel function for the current device."""
+def module():
+    """The compiled kernel module of the current device (or the installed stand-in)."""
+    if _module_override is not None:
+        return _module_override
     import cupy
 
-    return _module(source, cupy.cuda.Device().id).get_function(name)
+    return _compiled(cupy.cuda.Device().id)
+
+
+def kernel(source: str, name: str | None = None):
+    """A compiled kernel function (``kernel(name)``; the two-argument form names its source
+    file, kept for older callers)."""
+    return module().get_function(name or source)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a launch needs to know of the device."""
+
+    max_shared: int  # dynamic shared memory a block may opt in to (bytes)
+    sm_count: int
+
+
+@functools.cache
+def _device_limits(device_id: int) -> Limits:
+    import cupy
+
+    attrs = cupy.cuda.Device(device_id).attributes
+    # static shared memory of the kernels (reduction buffers: a few KiB) comes out of the same
+    # budget: keep 8 KiB for it
+    return Limits(int(attrs["MaxSharedMemoryPerBlockOptin"]) - 8192, int(attrs["MultiProcessorCount"]))
+
+
+def limits() -> Limits:
+    mod = module()
+    if hasattr(mod, "limits"):
+        return mod.limits
+    import cupy
+
+    return _device_limits(cupy.cuda.Device().id)
+
+
+def _round16(n: int) -> int:
+    return -(-n // 16) * 16
+
+
+#: kernel name -> function (h, w) -> bytes of its per-block workspace
+WORKSPACE: dict = {}
+
+
+def workspace(kernel_name: str):
+    """Register the workspace size of a plane kernel: the host's mirror of the
+    ``SgArena::take`` calls at the top of that kernel."""
+
+    def deco(fn):
+        WORKSPACE[kernel_name] = fn
+        return fn
+
+    return deco
+
+
+def workspace_bytes(kernel_name: str, h: int, w: int) -> int:
+    """Bytes of per-block workspace the plane kernel takes for (h, w) planes."""
+    return int(WORKSPACE[kernel_name](h, w))
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+@workspace("mask_li")
+def _ws_mask_li(h: int, w: int) -> int:
+    cap = h * w
+    return 2 * _round16(8 * (next_pow2(cap) + 1)) + _round16(cap) + _round16(4 * cap)
+
+
+@workspace("mask_otsu")
+def _ws_mask_otsu(h: int, w: int) -> int:
+    cap = h * w
+    return 2 * _round16(8 * max(cap, 128)) + _round16(cap) + _round16(4 * cap)
+
+
+def launch(name: str, n_items: int, args: tuple, *, workspace: int = 0) -> None:
+    """Launch a plane kernel over ``n_items`` planes (grid-stride loop inside).
+
+    ``args`` are the kernel's arguments up to, not including, its trailing
+    ``(scratch, ws_bytes)`` pair when ``workspace`` > 0: the workspace then lives in dynamic
+    shared memory when it fits (``Limits.max_shared``), else in a global scratch buffer of one
+    slice per block (the grid is capped so that it stays small).
+    """
+    import cupy
+
+    if n_items == 0:
+        return
+    fn = module().get_function(name)
+    lim = limits()
+    shared = 0
+    if workspace:
+        if workspace <= lim.max_shared:
+            grid = min(n_items, 1 << 20)
+            shared = workspace
+            scratch, ws = cupy.empty(1, dtype=cupy.uint8), 0
+        else:  # global-memory variant: one workspace slice per block
+            grid = min(n_items, 4 * lim.sm_count)
+            scratch, ws = cupy.empty(grid * workspace, dtype=cupy.uint8), workspace
+        args = (*args, scratch, np.int64(ws))
+    else:
+        grid = min(n_items, 1 << 20)
+    if shared > 48 * 1024 and getattr(fn, "max_dynamic_shared_size_bytes", shared) < shared:
+        fn.max_dynamic_shared_size_bytes = shared
+    fn((grid,), (THREADS,), args, shared_mem=shared)
+
+
+def _dtype_code(dtype) -> int | None:
+    return {np.dtype(np.uint8): 0, np.dtype(np.uint16): 1}.get(np.dtype(dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks (kernels/masks.cu)
+
+
+def _accepts_channel_masks(batch, method, kwargs, passed, remove_border) -> bool:
+    return method in ("li", "otsu") and _dtype_code(batch.pixels.dtype) is not None
+
+
+@register("masks.channel_masks", "cuda", accepts=_accepts_channel_masks)
+def channel_masks(batch, method: str, kwargs: dict, passed, remove_border: bool):
+    """Fused ``li`` / ``otsu`` mask kernels for every (object, channel) plane, with the filter
+    verdict and SCIP's border rule (``mask_li`` / ``mask_otsu``)."""
+    import cupy
+
+    from . import cpu_kernels, ops
+
+    px = cupy.ascontiguousarray(batch.pixels)
+    n, c, h, w = px.shape
+    ext = cupy.ascontiguousarray(batch.extents, dtype=cupy.int64)
+    ok = cupy.ascontiguousarray(passed, dtype=cupy.uint8)
+    mask = cupy.empty((n, c, h, w), dtype=cupy.uint8)
+    regions = cupy.empty((n, c), dtype=cupy.int64)
+    head = (px, np.int32(_dtype_code(px.dtype)), np.int32(c), np.int32(h), np.int32(w), ext, np.int32(n * c))
+    tail = (ok, np.int32(bool(remove_border)))
+    if method == "li":
+        smooth = kwargs.get("smooth", 1.0)
+        sig = [float(smooth[ch] if isinstance(smooth, (list, tuple)) else smooth) for ch in range(c)]
+        radii = np.array([[ops.gaussian_radius(s), ops.gaussian_radius(2 * s)] for s in sig], dtype=np.int32)
+        lw = 2 * int(radii.max()) + 1
+        table = np.zeros((c, 2, lw))
+        for ch, s in enumerate(sig):
+            for k, (sigma, r) in enumerate(((s, radii[ch, 0]), (2 * s, radii[ch, 1]))):
+                table[ch, k, : 2 * r + 1] = cpu_kernels.gaussian_weights(sigma, r) if sigma > 0 else [1.0]
+        args = (*head, cupy.asarray(table), cupy.asarray(radii), np.int32(lw), *tail, np.int32(10_000),
+                mask, regions)
+        launch("mask_li", n * c, args, workspace=workspace_bytes("mask_li", h, w))
+    else:
+        g05 = cupy.asarray(cpu_kernels.gaussian_weights(0.5, ops.gaussian_radius(0.5)))
+        args = (*head, g05, *tail, mask, regions)
+        launch("mask_otsu", n * c, args, workspace=workspace_bytes("mask_otsu", h, w))
+    return mask.view(cupy.bool_), regions
+
+
+def _accepts_combine(batch, mask, regions, passed, main_channel_index, combined_indices) -> bool:
+    return _dtype_code(batch.pixels.dtype) is not None
+
+
+@register("masks.combine", "cuda", accepts=_accepts_combine)
+def combine(batch, mask, regions, passed, main_channel_index: int, combined_indices):
+    """Main-channel rule, combined mask, bounding box and background levels per object
+    (``mask_combine``)."""
+    import cupy
+
+    px = cupy.ascontiguousarray(batch.pixels)
+    n, c, h, w = px.shape
+    mk = cupy.ascontiguousarray(mask).view(cupy.uint8)
+    sel = np.zeros(c, dtype=np.uint8)
+    sel[list(range(c)) if combined_indices is None else list(combined_indices)] = 1
+    combined = cupy.empty((n, h, w), dtype=cupy.uint8)
+    bbox = cupy.empty((n, 4), dtype=cupy.float64)
+    background = cupy.empty((n, c), dtype=cupy.float64)
+    cbackground = cupy.empty((n, c), dtype=cupy.float64)
+    usable = cupy.empty(n, dtype=cupy.uint8)
+    args = (px, np.int32(_dtype_code(px.dtype)), np.int32(c), np.int32(h), np.int32(w),
+            cupy.ascontiguousarray(batch.extents, dtype=cupy.int64), np.int32(n), mk,
+            cupy.ascontiguousarray(regions, dtype=cupy.int64), cupy.ascontiguousarray(passed, dtype=cupy.uint8),
+            np.int32(main_channel_index), cupy.asarray(sel), combined, bbox, background, cbackground, usable)
+    launch("mask_combine", n, args)
+    return (mk.view(cupy.bool_), combined.view(cupy.bool_), bbox, background, cbackground,
+            usable.view(cupy.bool_))
+
+
+# ---------------------------------------------------------------------------------------------
+# Older kernels: masked statistics and GLCM properties
 
 
 def masked_statistics(values, counts):
@@ -52,8 +277,7 @@ def masked_statistics(values, counts):
         vals = cupy.ascontiguousarray(values, dtype=cupy.float64)
         if vals.size == 0:
             vals = cupy.zeros(1, dtype=cupy.float64)
-        kernel("masked_stats.cu", "masked_statistics")(
-            (r,), (BLOCK,), (vals, starts, counts, cupy.int32(r), out))
+        kernel("masked_statistics")((r,), (BLOCK,), (vals, starts, counts, np.int32(r), out))
     return out
 
 
@@ -77,7 +301,6 @@ def glcm_props(values, view, extents, edges, offsets):
     (M, K, 6) float64 cupy array: contrast, dissimilarity, homogeneity, energy, correlation, ASM.
     """
     import cupy
-    import numpy as np
 
     m, h, w = values.shape
     k = len(offsets)
@@ -85,12 +308,16 @@ def glcm_props(values, view, extents, edges, offsets):
         raise ValueError("glcm_props takes at most 8 offsets per call")
     out = cupy.empty((m, k, 6), dtype=cupy.float64)
     if m:
-        kernel("glcm.cu", "glcm_props")(
+        kernel("glcm_props")(
             (m,), (BLOCK,),
             (cupy.ascontiguousarray(values, dtype=cupy.float64),
              cupy.ascontiguousarray(view, dtype=cupy.uint8),
              cupy.ascontiguousarray(extents, dtype=cupy.int64),
              cupy.ascontiguousarray(edges, dtype=cupy.float64),
              cupy.asarray(np.asarray(offsets, dtype=np.int32).ravel()),
-             cupy.int32(k), cupy.int32(h), cupy.int32(w), cupy.int32(m), out))
+             np.int32(k), np.int32(h), np.int32(w), np.int32(m), out))
     return out
+
+
+# the family kernels register themselves as they are imported
+from . import _gpu_intensity, _gpu_shape, _gpu_texture  # noqa: E402,F401

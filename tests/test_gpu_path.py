@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from scip_gpu import gpu_kernels, stats
+from scip_gpu import gpu_kernels
 from scip_gpu.batch import assemble
 from scip_gpu.demo import make_cell
 from scip_gpu.profile import build_plan, profile_batch
@@ -24,22 +26,20 @@ def cupy(monkeypatch):
 
 
 def _reference_kernels(monkeypatch, cupy):
-    """The CUDA kernel wrappers replaced by their NumPy references (the fake has no NVRTC)."""
-    from scip_gpu import cpu_kernels
+    """The CUDA kernel module emulated on the CPU (tests/cuda_sim): the fake has no NVRTC, so the
+    kernels' own sources run, compiled with g++."""
+    from .cuda_sim import sim
 
-    def masked_statistics(values, counts):
-        return cupy.asarray(stats.compact_statistics(values.get(), counts.get()))
+    if sim.compiler() is None:
+        pytest.skip("g++ is not installed")
+    monkeypatch.setattr(gpu_kernels, "_module_override", _sim_module())
 
-    def glcm_props(values, view, extents, edges, offsets):
-        if cpu_kernels.available():
-            return cupy.asarray(cpu_kernels.glcm_props(values.get(), view.get(), extents.get(), edges.get(), offsets))
-        from scip_gpu.features import texture as T
 
-        q = T.quantise_scip(values.get(), view.get())
-        return cupy.asarray(T.graycoprops_batched(T.glcm_batched(q, view.get(), offsets, n_levels=16)))
+@functools.cache
+def _sim_module():
+    from .cuda_sim import sim
 
-    monkeypatch.setattr(gpu_kernels, "masked_statistics", masked_statistics)
-    monkeypatch.setattr(gpu_kernels, "glcm_props", glcm_props)
+    return sim.sim_module()
 
 
 @pytest.mark.parametrize("kernels", ["off", "on"])

@@ -1,43 +1,115 @@
-// A tiny CPU emulation of the CUDA features our kernels use, so that kernel sources can be
-// compiled with g++ and run against their NumPy references on machines without a GPU.
-// Each block runs as blockDim.x std::threads synchronised with a std::barrier; blocks run one
-// after the other, so function-scope __shared__ arrays become plain statics.
+// A small CPU emulation of the CUDA features our kernels use, so that the kernel sources of
+// kernels/ compile with g++ and run against their NumPy references on machines without a GPU.
+//
+// A launch runs its blocks one after the other; each block runs as blockDim.x std::threads (one
+// pool per launch) synchronised by a std::barrier, so __syncthreads() really is a barrier and
+// shared-memory races between threads show up as wrong results. Function-scope __shared__
+// arrays become statics (blocks never overlap); dynamic shared memory is one buffer per launch,
+// refilled with garbage (0xA5 bytes) before every block so that reading memory nothing wrote
+// is caught. Threads that return early leave the block's barrier (arrive_and_drop), as exited
+// threads stop counting for __syncthreads on a GPU.
+//
+// Only 1-D grids and blocks. Warp intrinsics are not emulated: kernels must not use them.
 #pragma once
+#define CUDA_SIM 1
+#include <algorithm>
 #include <atomic>
 #include <barrier>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
-#include <functional>
+#include <memory>
 #include <thread>
 #include <vector>
 
 struct sim_dim3 { unsigned x = 1, y = 1, z = 1; };
 inline thread_local sim_dim3 threadIdx, blockIdx;
 inline sim_dim3 blockDim, gridDim;
-inline std::barrier<>* sim_barrier = nullptr;
+inline std::barrier<>* sim_block_barrier = nullptr;
+inline std::vector<unsigned char> sim_shared_buffer;
 
 #define __global__
 #define __device__
+#define __host__
 #define __forceinline__ inline
 #define __restrict__
 #define __shared__ static
-inline void __syncthreads() { sim_barrier->arrive_and_wait(); }
-inline double __longlong_as_double(unsigned long long v) { double d; std::memcpy(&d, &v, 8); return d; }
-inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
-    return std::atomic_ref<unsigned int>(*p).fetch_add(v);
-}
-using std::floor; using std::pow; using std::sqrt;
+#define __constant__ static
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
 
+inline void __syncthreads() { sim_block_barrier->arrive_and_wait(); }
+inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline unsigned char* sim_dynamic_shared() {
+    return reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(sim_shared_buffer.data()) + 15) & ~uintptr_t(15));
+}
+
+inline double __longlong_as_double(long long v) { double d; std::memcpy(&d, &v, 8); return d; }
+inline long long __double_as_longlong(double v) { long long d; std::memcpy(&d, &v, 8); return d; }
+
+template <class T> inline T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
+template <class T> inline T atomicSub(T* p, T v) { return std::atomic_ref<T>(*p).fetch_sub(v); }
+template <class T> inline T atomicExch(T* p, T v) { return std::atomic_ref<T>(*p).exchange(v); }
+template <class T> inline T atomicOr(T* p, T v) { return std::atomic_ref<T>(*p).fetch_or(v); }
+template <class T> inline T atomicAnd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_and(v); }
+template <class T> inline T atomicCAS(T* p, T expected, T desired) {
+    std::atomic_ref<T>(*p).compare_exchange_strong(expected, desired);
+    return expected;  // the old value either way
+}
+template <class T> inline T atomicMin(T* p, T v) {
+    std::atomic_ref<T> a(*p);
+    T old = a.load();
+    while (v < old && !a.compare_exchange_weak(old, v)) {}
+    return old;
+}
+template <class T> inline T atomicMax(T* p, T v) {
+    std::atomic_ref<T> a(*p);
+    T old = a.load();
+    while (v > old && !a.compare_exchange_weak(old, v)) {}
+    return old;
+}
+
+using std::atan2; using std::ceil; using std::exp; using std::fabs; using std::floor; using std::hypot;
+using std::isfinite; using std::isinf; using std::isnan; using std::log; using std::pow; using std::sqrt;
+
+// Run `body` (the kernel call) for every block of a 1-D launch.
 template <class F>
-void sim_launch(unsigned grid, unsigned block, F kernel) {
-    gridDim.x = grid; blockDim.x = block;
+void sim_run(unsigned grid, unsigned block, size_t shared_bytes, F&& body) {
+    gridDim = {grid, 1, 1};
+    blockDim = {block, 1, 1};
+    sim_shared_buffer.assign(shared_bytes + 16, 0xA5);
+    std::barrier<> start(block + 1), end(block + 1);
+    std::unique_ptr<std::barrier<>> bar;
+    std::vector<std::thread> pool;
+    pool.reserve(block);
+    for (unsigned t = 0; t < block; ++t)
+        pool.emplace_back([&, t] {
+            threadIdx = {t, 0, 0};
+            for (unsigned b = 0; b < grid; ++b) {
+                start.arrive_and_wait();
+                blockIdx = {b, 0, 0};
+                body();
+                sim_block_barrier->arrive_and_drop();
+                end.arrive_and_wait();
+            }
+        });
     for (unsigned b = 0; b < grid; ++b) {
-        // threads that return early must leave the barrier's count
-        std::barrier<> bar(block);
-        sim_barrier = &bar;
-        std::vector<std::thread> ts;
-        for (unsigned t = 0; t < block; ++t)
-            ts.emplace_back([&, b, t] { blockIdx.x = b; threadIdx.x = t; kernel(); });
-        for (auto& t : ts) t.join();
+        bar = std::make_unique<std::barrier<>>(block);
+        sim_block_barrier = bar.get();
+        std::fill(sim_shared_buffer.begin(), sim_shared_buffer.end(), 0xA5);
+        start.arrive_and_wait();
+        end.arrive_and_wait();
     }
+    for (auto& t : pool) t.join();
+}
+
+// Call a kernel with CUDA-style parameters: params[i] points to the value of argument i.
+template <class... A, size_t... I>
+void sim_call_impl(void (*f)(A...), void** params, std::index_sequence<I...>) {
+    f(*reinterpret_cast<std::remove_reference_t<A>*>(params[I])...);
+}
+template <class... A>
+void sim_call(void (*f)(A...), void** params) {
+    sim_call_impl(f, params, std::index_sequence_for<A...>{});
 }

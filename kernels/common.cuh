@@ -1,0 +1,358 @@
+// Shared device code of every kernel in kernels/: block primitives, workspaces and the
+// per-plane filters, written once and used by the mask, shape, intensity and texture kernels.
+//
+// Conventions (all kernels):
+// - one thread block of SG_THREADS threads per plane (object x channel, or object), looping
+//   over planes with a grid stride, so the grid can be capped;
+// - a plane is copied once into a per-block workspace: dynamic shared memory, or, for planes
+//   too large for it, a slice of a global scratch buffer (`sg_workspace`), the same code for
+//   both;
+// - every filter reproduces the arithmetic of its numba twin in scip_gpu/_numba_kernels.py
+//   operation for operation (the module is compiled with --fmad=false), so per-pixel results
+//   are bit-identical to the CPU path;
+// - no warp intrinsics: tests/cuda_sim runs these sources on the CPU.
+#ifndef SG_COMMON_CUH
+#define SG_COMMON_CUH
+
+#define SG_THREADS 256
+
+typedef long long i64;
+typedef unsigned long long u64;
+
+#ifdef CUDA_SIM
+#define SG_DYNAMIC_SMEM() (sim_dynamic_shared())
+#else
+extern __shared__ __align__(16) unsigned char sg_smem_[];
+#define SG_DYNAMIC_SMEM() (sg_smem_)
+#endif
+
+__device__ __forceinline__ double sg_nan() { return __longlong_as_double(0x7ff8000000000000LL); }
+__device__ __forceinline__ double sg_inf() { return __longlong_as_double(0x7ff0000000000000LL); }
+__device__ __forceinline__ int sg_min(int a, int b) { return a < b ? a : b; }
+__device__ __forceinline__ int sg_max(int a, int b) { return a > b ? a : b; }
+__device__ __forceinline__ i64 sg_min64(i64 a, i64 b) { return a < b ? a : b; }
+__device__ __forceinline__ i64 sg_max64(i64 a, i64 b) { return a > b ? a : b; }
+__device__ __forceinline__ double sg_fmin(double a, double b) { return a < b ? a : b; }
+__device__ __forceinline__ double sg_fmax(double a, double b) { return a > b ? a : b; }
+
+// ---------------------------------------------------------------------------------------------
+// Workspace: dynamic shared memory, or a per-block slice of a global scratch buffer
+
+// `ws_bytes` > 0: the block's workspace is scratch[blockIdx.x * ws_bytes ...] (global memory);
+// 0: dynamic shared memory.
+__device__ __forceinline__ unsigned char* sg_workspace(unsigned char* scratch, i64 ws_bytes) {
+    if (ws_bytes > 0) return scratch + (i64)blockIdx.x * ws_bytes;
+    return SG_DYNAMIC_SMEM();
+}
+
+// Bump allocator over a workspace; every array is 16-byte aligned. The host computes the same
+// sizes (scip_gpu.gpu_kernels.workspace_bytes) from the same order of `take` calls.
+struct SgArena {
+    unsigned char* p;
+    __device__ explicit SgArena(unsigned char* base) : p(base) {}
+    template <class T>
+    __device__ T* take(i64 n) {
+        T* r = reinterpret_cast<T*>(p);
+        p += ((n * (i64)sizeof(T) + 15) / 16) * 16;
+        return r;
+    }
+};
+
+__device__ __forceinline__ int sg_next_pow2(int n) {
+    int p = 1;
+    while (p < n) p <<= 1;
+    return p;
+}
+
+// Pixel of a plane of the given dtype code (0: uint8, 1: uint16) as a double.
+__device__ __forceinline__ double sg_load_px(const void* base, i64 idx, int dtype) {
+    if (dtype == 0) return (double)reinterpret_cast<const unsigned char*>(base)[idx];
+    return (double)reinterpret_cast<const unsigned short*>(base)[idx];
+}
+__device__ __forceinline__ int sg_load_int(const void* base, i64 idx, int dtype) {
+    if (dtype == 0) return (int)reinterpret_cast<const unsigned char*>(base)[idx];
+    return (int)reinterpret_cast<const unsigned short*>(base)[idx];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block reductions and scans (every thread of the block must call them)
+
+// One reduction buffer per kernel, shared by every block reduction (they never overlap: each
+// ends with a barrier).
+__device__ __forceinline__ u64* sg_reduce_buffer() {
+    __shared__ u64 buf[SG_THREADS];
+    return buf;
+}
+
+template <class T, class Op>
+__device__ T sg_block_reduce(T x, Op op) {
+    T* buf = reinterpret_cast<T*>(sg_reduce_buffer());
+    const int t = threadIdx.x;
+    buf[t] = x;
+    __syncthreads();
+    for (int s = SG_THREADS / 2; s > 0; s >>= 1) {
+        if (t < s) buf[t] = op(buf[t], buf[t + s]);
+        __syncthreads();
+    }
+    T r = buf[0];
+    __syncthreads();
+    return r;
+}
+
+struct SgAdd { template <class T> __device__ T operator()(T a, T b) const { return a + b; } };
+struct SgMin { template <class T> __device__ T operator()(T a, T b) const { return b < a ? b : a; } };
+struct SgMax { template <class T> __device__ T operator()(T a, T b) const { return b > a ? b : a; } };
+
+__device__ __forceinline__ i64 sg_block_sum_i64(i64 x) { return sg_block_reduce(x, SgAdd()); }
+__device__ __forceinline__ double sg_block_min(double x) { return sg_block_reduce(x, SgMin()); }
+__device__ __forceinline__ double sg_block_max(double x) { return sg_block_reduce(x, SgMax()); }
+__device__ __forceinline__ i64 sg_block_min_i64(i64 x) { return sg_block_reduce(x, SgMin()); }
+__device__ __forceinline__ i64 sg_block_max_i64(i64 x) { return sg_block_reduce(x, SgMax()); }
+
+// Exclusive prefix sum of flags[0..n) into pos[0..n) (pos may alias nothing else); returns the
+// total. Thread t handles the chunk [t * c, (t + 1) * c) of consecutive elements.
+template <class F, class P>
+__device__ int sg_block_exclusive_scan(const F* flags, P* pos, int n) {
+    __shared__ int part[SG_THREADS + 1];  // (its own buffer: callers may hold a reduction result)
+    const int t = threadIdx.x;
+    const int c = (n + SG_THREADS - 1) / SG_THREADS;
+    const int a = sg_min(t * c, n), b = sg_min(a + c, n);
+    int s = 0;
+    for (int i = a; i < b; ++i) s += (int)flags[i];
+    part[t + 1] = s;
+    if (t == 0) part[0] = 0;
+    __syncthreads();
+    if (t == 0)
+        for (int i = 1; i <= SG_THREADS; ++i) part[i] += part[i - 1];
+    __syncthreads();
+    s = part[t];
+    for (int i = a; i < b; ++i) {
+        const int f = (int)flags[i];
+        pos[i] = (P)s;
+        s += f;
+    }
+    const int total = part[SG_THREADS];
+    __syncthreads();
+    return total;
+}
+
+// In-place ascending bitonic sort of keys[0..n), n a power of two.
+template <class K>
+__device__ void sg_bitonic_sort(K* keys, int n) {
+    for (int k = 2; k <= n; k <<= 1) {
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            for (int i = threadIdx.x; i < n; i += SG_THREADS) {
+                const int l = i ^ j;
+                if (l > i) {
+                    const K a = keys[i], b = keys[l];
+                    const bool up = (i & k) == 0;
+                    if ((a > b) == up) {
+                        keys[i] = b;
+                        keys[l] = a;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connected components: lock-free union-find over a plane (Playne & Hawick's scheme). After
+// `sg_label`, parent[i] is the root of pixel i's component, the component's first pixel in
+// raster order (so ordering roots gives scipy.ndimage.label's numbering), or -1 for pixels not
+// labelled.
+
+__device__ __forceinline__ int sg_find(volatile int* parent, int x) {
+    int p = parent[x];
+    while (p != x) {
+        x = p;
+        p = parent[x];
+    }
+    return x;
+}
+
+__device__ void sg_union(int* parent, int a, int b) {
+    volatile int* vp = parent;
+    bool done = false;
+    while (!done) {
+        a = sg_find(vp, a);
+        b = sg_find(vp, b);
+        if (a < b) {
+            const int old = atomicMin(&parent[b], a);
+            done = old == b;
+            b = old;
+        } else if (b < a) {
+            const int old = atomicMin(&parent[a], b);
+            done = old == a;
+            a = old;
+        } else {
+            done = true;
+        }
+    }
+}
+
+// Label the pixels of an h x w plane (row stride w) where `fg[i] == value`, 8- or
+// 4-connected.
+__device__ void sg_label(const unsigned char* fg, unsigned char value, int h, int w, bool eight,
+                         int* parent) {
+    const int n = h * w;
+    for (int i = threadIdx.x; i < n; i += SG_THREADS) parent[i] = fg[i] == value ? i : -1;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += SG_THREADS) {
+        if (fg[i] != value) continue;
+        const int r = i / w, c = i - r * w;
+        if (c > 0 && fg[i - 1] == value) sg_union(parent, i, i - 1);
+        if (r > 0) {
+            if (fg[i - w] == value) sg_union(parent, i, i - w);
+            if (eight) {
+                if (c > 0 && fg[i - w - 1] == value) sg_union(parent, i, i - w - 1);
+                if (c + 1 < w && fg[i - w + 1] == value) sg_union(parent, i, i - w + 1);
+            }
+        }
+    }
+    __syncthreads();
+    volatile int* vp = parent;
+    for (int i = threadIdx.x; i < n; i += SG_THREADS)
+        if (vp[i] >= 0) parent[i] = sg_find(vp, i);
+    __syncthreads();
+}
+
+// remove_small_holes(hole_area) then remove_small_objects(min_size) of the h x w mask `m`
+// (in place; both 4-connected), as the numba fill_and_clean. `parent`, `size`: n ints each.
+__device__ void sg_fill_and_clean(unsigned char* m, int h, int w, double hole_area, double min_size,
+                                  int* parent, int* size) {
+    const int n = h * w;
+    for (int stage = 0; stage < 2; ++stage) {
+        const unsigned char value = stage == 1;  // holes (background) first, then objects
+        sg_label(m, value, h, w, false, parent);
+        for (int i = threadIdx.x; i < n; i += SG_THREADS) size[i] = 0;
+        __syncthreads();
+        for (int i = threadIdx.x; i < n; i += SG_THREADS)
+            if (parent[i] >= 0) atomicAdd(&size[parent[i]], 1);
+        __syncthreads();
+        const double limit = stage == 0 ? hole_area : min_size;
+        for (int i = threadIdx.x; i < n; i += SG_THREADS)
+            if (parent[i] >= 0 && (double)size[parent[i]] < limit) m[i] = !value;
+        __syncthreads();
+    }
+}
+
+// SCIP's border rule on the h x w mask `m` (in place): 8-connected components with more than
+// int(0.25 * min(h, w)) pixels on the image's edges (a corner pixel once per edge) are
+// removed. Returns the number of components left (the same in every thread).
+__device__ int sg_border_rule(unsigned char* m, int h, int w, int* parent, int* count) {
+    const int n = h * w;
+    sg_label(m, 1, h, w, true, parent);
+    for (int i = threadIdx.x; i < n; i += SG_THREADS) count[i] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += SG_THREADS) {
+        if (parent[i] < 0) continue;
+        const int r = i / w, c = i - r * w;
+        const int e = (r == 0) + (r == h - 1) + (c == 0) + (c == w - 1);
+        if (e) atomicAdd(&count[parent[i]], e);
+    }
+    __syncthreads();
+    const int limit = (int)(0.25 * (double)sg_min(h, w));
+    int kept = 0;
+    for (int i = threadIdx.x; i < n; i += SG_THREADS) {
+        const int root = parent[i];
+        if (root < 0) continue;
+        const bool keep = count[root] <= limit;
+        if (!keep) m[i] = 0;
+        kept += keep && root == i;
+    }
+    return (int)sg_block_sum_i64(kept);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Filters on h x w planes of doubles (row stride w), bit-identical to the numba kernels
+
+// scipy.ndimage.gaussian_filter (mode 'nearest') with the symmetric weights wt[0..2r]:
+// the vertical pass into tmp, then the horizontal pass into out (out may alias src).
+__device__ void sg_gaussian(const double* src, double* tmp, double* out, int h, int w,
+                            const double* wt, int r) {
+    const int n = h * w;
+    for (int p = threadIdx.x; p < n; p += SG_THREADS) {
+        const int i = p / w, j = p - i * w;
+        double acc = src[p] * wt[r];
+        for (int k = r; k > 0; --k) {
+            const int a = i - k < 0 ? 0 : i - k;
+            const int b = i + k >= h ? h - 1 : i + k;
+            acc += (src[a * w + j] + src[b * w + j]) * wt[r - k];
+        }
+        tmp[p] = acc;
+    }
+    __syncthreads();
+    for (int p = threadIdx.x; p < n; p += SG_THREADS) {
+        const int i = p / w, j = p - i * w;
+        const double* row = tmp + i * w;
+        double acc = row[j] * wt[r];
+        for (int k = r; k > 0; --k) {
+            const int a = j - k < 0 ? 0 : j - k;
+            const int b = j + k >= w ? w - 1 : j + k;
+            acc += (row[a] + row[b]) * wt[r - k];
+        }
+        out[p] = acc;
+    }
+    __syncthreads();
+}
+
+// skimage.filters.sobel (mode 'reflect') of one pixel, as the numba _sobel_px.
+__device__ __forceinline__ double sg_sobel_px(const double* f, int w, int ip, int i, int ib, int jp, int j,
+                                              int jb) {
+    const double top = 0.25 * f[ip * w + jp] + 0.5 * f[ip * w + j] + 0.25 * f[ip * w + jb];
+    const double bottom = 0.25 * f[ib * w + jp] + 0.5 * f[ib * w + j] + 0.25 * f[ib * w + jb];
+    const double left = 0.25 * f[ip * w + jp] + 0.5 * f[i * w + jp] + 0.25 * f[ib * w + jp];
+    const double right = 0.25 * f[ip * w + jb] + 0.5 * f[i * w + jb] + 0.25 * f[ib * w + jb];
+    const double gr = top - bottom;
+    const double gc = left - right;
+    return sqrt(gr * gr + gc * gc) * (1.0 / sqrt(2.0));
+}
+
+__device__ void sg_sobel(const double* f, double* out, int h, int w) {
+    const int n = h * w;
+    for (int p = threadIdx.x; p < n; p += SG_THREADS) {
+        const int i = p / w, j = p - i * w;
+        const int ip = i > 0 ? i - 1 : 0, ib = i < h - 1 ? i + 1 : h - 1;
+        const int jp = j > 0 ? j - 1 : 0, jb = j < w - 1 ? j + 1 : w - 1;
+        out[p] = sg_sobel_px(f, w, ip, i, ib, jp, j, jb);
+    }
+    __syncthreads();
+}
+
+// binary_erosion(m, footprint of centred rows: half[k] the half-width of row k - r), outside
+// the plane counting as foreground (border_value=True), as the numba erosion_rows:
+// run[p] = 1 + the largest a with m[row, j-a..j+a] all set (0 where m is unset).
+__device__ void sg_erosion_rows(const unsigned char* m, unsigned char* out, int* run, int h, int w,
+                                const int* half, int r) {
+    const int big = h + w + 1;
+    for (int i = threadIdx.x; i < h; i += SG_THREADS) {
+        const unsigned char* row = m + i * w;
+        int* rr = run + i * w;
+        int c = big;
+        for (int j = 0; j < w; ++j) {
+            c = row[j] ? c + 1 : 0;
+            rr[j] = c;
+        }
+        c = big;
+        for (int j = w - 1; j >= 0; --j) {
+            c = row[j] ? c + 1 : 0;
+            rr[j] = sg_min(rr[j], c);
+        }
+    }
+    __syncthreads();
+    const int n = h * w;
+    for (int p = threadIdx.x; p < n; p += SG_THREADS) {
+        const int i = p / w, j = p - i * w;
+        bool keep = run[p] != 0;
+        for (int k = 0; keep && k < 2 * r + 1; ++k) {
+            const int ii = i + k - r;
+            if (ii >= 0 && ii < h && run[ii * w + j] <= half[k]) keep = false;
+        }
+        out[p] = keep;
+    }
+    __syncthreads();
+}
+
+#endif  // SG_COMMON_CUH

@@ -1,0 +1,448 @@
+// Mask methods, one thread block per (object, channel) plane, each method's whole chain fused:
+//
+//   mask_li:   gaussian(sigma) -> sobel -> gaussian(2 sigma) -> Li threshold -> fill/clean
+//   mask_otsu: digitise (512 bins) -> x - median(disk 5) -> gaussian(0.5) -> sobel ->
+//              min-max scaling -> median(disk 5) -> Otsu threshold -> fill/clean
+//
+// followed in the same kernel by the pre-mask filter verdict (`passed`) and SCIP's border rule
+// (or the plain component count), and by the per-object `mask_combine` (main-channel rule,
+// combined mask, bounding box, background levels).
+//
+// Reference semantics: scip_gpu.masks.methods.li / .otsu, scip_gpu.masks.compute_masks; the
+// arithmetic is that of the numba kernels (scip_gpu/_numba_kernels.py: gaussian_planes,
+// sobel_planes, li_rows, otsu_digitize_u16, median_disk_planes, scale_to_u16, otsu_int_rows,
+// fill_and_clean, border_regions, outside_sums), so the masks are identical.
+//
+// Inputs: pixels (N, C, H, W) uint8 (dtype 0) or uint16 (dtype 1), objects anchored top-left
+// with their real (h, w) in extents (N, 2). Outputs: mask (N, C, H, W) uint8 (0 outside each
+// extent), regions (N, C) int64.
+
+// Write a plane's mask (0 outside the extent) and its region count; shared tail of the methods.
+__device__ void sg_mask_tail(unsigned char* m8, int h, int w, bool passed, int remove_border, int* parent,
+                             int* scratch_int, unsigned char* out, int H, int W, long long* regions) {
+    int kept;
+    if (!passed) {
+        for (int i = threadIdx.x; i < h * w; i += SG_THREADS) m8[i] = 0;
+        __syncthreads();
+    }
+    if (remove_border) {
+        kept = sg_border_rule(m8, h, w, parent, scratch_int);
+    } else {
+        sg_label(m8, 1, h, w, true, parent);
+        int roots = 0;
+        for (int i = threadIdx.x; i < h * w; i += SG_THREADS) roots += parent[i] == i;
+        kept = (int)sg_block_sum_i64(roots);
+    }
+    __syncthreads();
+    for (int p = threadIdx.x; p < H * W; p += SG_THREADS) {
+        const int i = p / W, j = p - i * W;
+        out[p] = (i < h && j < w) ? m8[i * w + j] : 0;
+    }
+    if (threadIdx.x == 0) *regions = kept;
+    __syncthreads();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Li
+
+// Load the plane as doubles (x * scale) and run gaussian -> sobel -> gaussian; result in X.
+__device__ void sg_li_filters(const void* px, int dtype, int W, int h, int w, double scale,
+                              const double* w1, int r1, const double* w2, int r2, double* X, double* Y) {
+    for (int p = threadIdx.x; p < h * w; p += SG_THREADS) {
+        const int i = p / w, j = p - i * w;
+        Y[p] = sg_load_px(px, (i64)i * W + j, dtype) * scale;
+    }
+    __syncthreads();
+    sg_gaussian(Y, X, Y, h, w, w1, r1);
+    sg_sobel(Y, X, h, w);
+    sg_gaussian(X, Y, X, h, w, w2, r2);
+}
+
+// skimage.filters.threshold_li of the n ascending values s[0..n) (thread 0 only), with the
+// arithmetic of the numba li_rows; prefix: n + 1 doubles of scratch.
+__device__ double sg_threshold_li(const double* s, int n, double* prefix, int max_iter) {
+    if (n == 0) return sg_nan();
+    const double lo = s[0];
+    if (lo == s[n - 1]) return lo;
+    double tol = sg_inf();
+    prefix[0] = 0.0;
+    double prev = 0.0;
+    for (int k = 0; k < n; ++k) {
+        const double v = s[k] - lo;
+        if (k > 0) {
+            const double g = v - prev;
+            if (g > 0 && g < tol) tol = g;
+        }
+        prev = v;
+        prefix[k + 1] = prefix[k] + v;
+    }
+    tol = tol / 2;
+    const double total = prefix[n];
+    const double cntf = (double)n;
+    double t_next = total / cntf;
+    double t_curr = -2 * tol;
+    for (int it = 0; it < max_iter; ++it) {
+        if (!(fabs(t_next - t_curr) > tol)) break;
+        t_curr = t_next;
+        int a = 0, b = n;
+        while (a < b) {
+            const int mid = (a + b) / 2;
+            if (s[mid] - lo <= t_curr) a = mid + 1; else b = mid;
+        }
+        const int k = a;
+        const double sum_back = prefix[k];
+        const double mean_back = sum_back / (double)k;
+        const double mean_fore = (total - sum_back) / (cntf - (double)k);
+        if (mean_back == 0) break;
+        t_next = (mean_back - mean_fore) / (log(mean_back) - log(mean_fore));
+    }
+    return t_next + lo;
+}
+
+// Workspace of mask_li for H x W planes: X, Y (next_pow2(H W) + 1 doubles each), m8, parent.
+extern "C" __global__ void
+mask_li(const void* pixels, const int dtype, const int C, const int H, const int W,
+        const long long* __restrict__ extents, const int M,
+        const double* __restrict__ weights, const int* __restrict__ radii, const int LW,
+        const unsigned char* __restrict__ passed, const int remove_border, const int max_iter,
+        unsigned char* __restrict__ mask, long long* __restrict__ regions,
+        unsigned char* scratch, const long long ws_bytes) {
+    const int cap = H * W, np2 = sg_next_pow2(cap);
+    SgArena arena(sg_workspace(scratch, ws_bytes));
+    double* X = arena.take<double>(np2 + 1);
+    double* Y = arena.take<double>(np2 + 1);
+    unsigned char* m8 = arena.take<unsigned char>(cap);
+    int* parent = arena.take<int>(cap);
+    __shared__ double thr;
+    const double scale = dtype == 0 ? 1.0 / 255.0 : 1.0 / 65535.0;
+    for (int m = blockIdx.x; m < M; m += gridDim.x) {
+        const int obj = m / C, c = m - obj * C;
+        const int h = (int)extents[2 * obj], w = (int)extents[2 * obj + 1];
+        const int n = h * w;
+        const void* px = dtype == 0 ? (const void*)((const unsigned char*)pixels + (i64)m * cap)
+                                    : (const void*)((const unsigned short*)pixels + (i64)m * cap);
+        const double* w1 = weights + (i64)c * 2 * LW;
+        const double* w2 = w1 + LW;
+        const int r1 = radii[2 * c], r2 = radii[2 * c + 1];
+        const bool ok = passed[m] != 0;
+        if (ok) {
+            sg_li_filters(px, dtype, W, h, w, scale, w1, r1, w2, r2, X, Y);
+            // sort the values (Y), padded with +inf to a power of two
+            const int n2 = sg_next_pow2(n);
+            for (int p = threadIdx.x; p < n2; p += SG_THREADS) Y[p] = p < n ? X[p] : sg_inf();
+            __syncthreads();
+            sg_bitonic_sort(Y, n2);
+            if (threadIdx.x == 0) thr = sg_threshold_li(Y, n, X, max_iter);  // X: prefix sums
+            __syncthreads();
+            sg_li_filters(px, dtype, W, h, w, scale, w1, r1, w2, r2, X, Y);  // X was overwritten
+            const double t = thr;
+            for (int p = threadIdx.x; p < n; p += SG_THREADS) m8[p] = X[p] > t;
+            __syncthreads();
+            sg_fill_and_clean(m8, h, w, (double)h * (double)w / 4.0, 20.0, parent, (int*)Y);
+        }
+        sg_mask_tail(m8, h, w, ok, remove_border, parent, (int*)Y, mask + (i64)m * cap, H, W, regions + m);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Otsu
+
+#define SG_OTSU_BINS 514  // values of the Otsu chain stay in 0..513
+
+// skimage.filters.rank.median(x, disk(r)) of an h x w uint16 plane whose values are below
+// SG_OTSU_BINS: Huang's sliding histogram, one thread per row (as the numba
+// median_disk_planes; the median is the element of rank pop // 2 of the in-plane
+// neighbourhood). hist: per-thread histograms, `hist_bytes` bytes in all.
+__device__ void sg_median_disk(const unsigned short* x, unsigned short* out, int h, int w, int r,
+                               unsigned char* hist, i64 hist_bytes) {
+    __shared__ int half[32];
+    if (threadIdx.x < 2 * r + 1) {
+        const int dy = (int)threadIdx.x - r;
+        int a = 0;
+        while ((a + 1) * (a + 1) + dy * dy <= r * r) ++a;
+        half[threadIdx.x] = a;
+    }
+    __syncthreads();
+    const int lanes = (int)sg_min64((i64)SG_THREADS, hist_bytes / SG_OTSU_BINS);
+    if ((int)threadIdx.x < lanes) {
+        unsigned char* hs = hist + (i64)threadIdx.x * SG_OTSU_BINS;
+        for (int i = threadIdx.x; i < h; i += lanes) {
+            for (int v = 0; v < SG_OTSU_BINS; ++v) hs[v] = 0;
+            int pop = 0;
+            for (int dy = -r; dy <= r; ++dy) {
+                const int rr = i + dy;
+                if (rr < 0 || rr >= h) continue;
+                const int a = half[dy + r];
+                for (int dx = -a; dx <= a; ++dx)
+                    if (dx >= 0 && dx < w) {
+                        hs[x[rr * w + dx]] += 1;
+                        ++pop;
+                    }
+            }
+            int med = 0, below = 0;
+            while (below + hs[med] <= pop / 2) {
+                below += hs[med];
+                ++med;
+            }
+            out[i * w] = (unsigned short)med;
+            for (int j = 1; j < w; ++j) {
+                for (int dy = -r; dy <= r; ++dy) {
+                    const int rr = i + dy;
+                    if (rr < 0 || rr >= h) continue;
+                    const int a = half[dy + r];
+                    const int c_out = j - 1 - a;
+                    if (c_out >= 0) {
+                        const int v = x[rr * w + c_out];
+                        hs[v] -= 1;
+                        --pop;
+                        if (v < med) --below;
+                    }
+                    const int c_in = j + a;
+                    if (c_in < w) {
+                        const int v = x[rr * w + c_in];
+                        hs[v] += 1;
+                        ++pop;
+                        if (v < med) ++below;
+                    }
+                }
+                const int k = pop / 2;
+                while (below > k) {
+                    --med;
+                    below -= hs[med];
+                }
+                while (below + hs[med] <= k) {
+                    below += hs[med];
+                    ++med;
+                }
+                out[i * w + j] = (unsigned short)med;
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// Workspace of mask_otsu: R1, R2 (max(H W, 128) doubles each), m8 (H W), parent (H W ints).
+extern "C" __global__ void
+mask_otsu(const void* pixels, const int dtype, const int C, const int H, const int W,
+          const long long* __restrict__ extents, const int M,
+          const double* __restrict__ g05, const unsigned char* __restrict__ passed,
+          const int remove_border, unsigned char* __restrict__ mask, long long* __restrict__ regions,
+          unsigned char* scratch, const long long ws_bytes) {
+    const int cap = H * W;
+    const int rcap = cap < 128 ? 128 : cap;  // room for one median histogram at least
+    SgArena arena(sg_workspace(scratch, ws_bytes));
+    double* R1 = arena.take<double>(rcap);
+    double* R2 = arena.take<double>(rcap);
+    unsigned char* m8 = arena.take<unsigned char>(cap);
+    int* parent = arena.take<int>(cap);
+    __shared__ int ohist[SG_OTSU_BINS];
+    __shared__ double s_xmax, s_thr;
+    for (int m = blockIdx.x; m < M; m += gridDim.x) {
+        const int obj = m / C;
+        const int h = (int)extents[2 * obj], w = (int)extents[2 * obj + 1];
+        const int n = h * w;
+        const void* px = dtype == 0 ? (const void*)((const unsigned char*)pixels + (i64)m * cap)
+                                    : (const void*)((const unsigned short*)pixels + (i64)m * cap);
+        const bool ok = passed[m] != 0;
+        if (ok) {
+            unsigned short* A = reinterpret_cast<unsigned short*>(R1);
+            unsigned short* B = A + cap;
+            // 1. digitise into 512 bins when the maximum exceeds 512 (numba otsu_digitize_u16)
+            i64 vmin = 65536, vmax = -1;
+            for (int p = threadIdx.x; p < n; p += SG_THREADS) {
+                const int i = p / w, j = p - i * w;
+                const i64 v = sg_load_int(px, (i64)i * W + j, dtype);
+                vmin = sg_min64(vmin, v);
+                vmax = sg_max64(vmax, v);
+            }
+            vmin = sg_block_min_i64(vmin);
+            vmax = sg_block_max_i64(vmax);
+            i64 top = 0;
+            if (vmax <= 512) {
+                for (int p = threadIdx.x; p < n; p += SG_THREADS) {
+                    const int i = p / w, j = p - i * w;
+                    A[p] = (unsigned short)sg_load_int(px, (i64)i * W + j, dtype);
+                }
+                top = sg_max64(vmax, 0);
+            } else {
+                double lo = (double)vmin, hi = (double)vmax;
+                if (lo == hi) {
+                    lo -= 0.5;
+                    hi += 0.5;
+                }
+                const double step = (hi - lo) / 512;
+                const double sc = 512 / (hi - lo);
+                for (int p = threadIdx.x; p < n; p += SG_THREADS) {
+                    const int i = p / w, j = p - i * w;
+                    const double v = (double)sg_load_int(px, (i64)i * W + j, dtype);
+                    int g = (int)floor((v - lo) * sc) + 1;
+                    g = g < 0 ? 0 : (g > 513 ? 513 : g);
+                    while (g > 0 && v < (g - 1 < 512 ? (double)(g - 1) * step + lo : hi)) --g;
+                    while (g <= 512 && v >= (g < 512 ? (double)g * step + lo : hi)) ++g;
+                    A[p] = (unsigned short)g;
+                    top = sg_max64(top, g);
+                }
+                top = sg_block_max_i64(top);
+            }
+            if (threadIdx.x == 0) s_xmax = (double)top;
+            __syncthreads();
+            // 2. p = x - median(x, disk 5)
+            sg_median_disk(A, B, h, w, 5, reinterpret_cast<unsigned char*>(R2), (i64)rcap * 8);
+            for (int p = threadIdx.x; p < n; p += SG_THREADS) R2[p] = (double)A[p] - (double)B[p];
+            __syncthreads();
+            // 3. gaussian(0.5) -> sobel
+            sg_gaussian(R2, R1, R2, h, w, g05, 2);  // g05: scipy's weights for sigma 0.5
+            sg_sobel(R2, R1, h, w);
+            // 4. min-max scaling to 0..xmax as uint16 (numba scale_to_u16)
+            double lo = sg_inf(), hi = -sg_inf();
+            for (int p = threadIdx.x; p < n; p += SG_THREADS) {
+                lo = sg_fmin(lo, R1[p]);
+                hi = sg_fmax(hi, R1[p]);
+            }
+            lo = sg_block_min(lo);
+            hi = sg_block_max(hi);
+            const double span = hi - lo, xmax = s_xmax;
+            unsigned short* A2 = reinterpret_cast<unsigned short*>(R2);
+            unsigned short* B2 = A2 + cap;
+            for (int p = threadIdx.x; p < n; p += SG_THREADS) {
+                double v = (R1[p] - lo) / span;
+                v = v * xmax;
+                A2[p] = isfinite(v) ? (unsigned short)v : (unsigned short)0;
+            }
+            __syncthreads();
+            // 5. median(disk 5), Otsu threshold (numba otsu_int_rows), foreground
+            sg_median_disk(A2, B2, h, w, 5, reinterpret_cast<unsigned char*>(R1), (i64)rcap * 8);
+            for (int b = threadIdx.x; b < SG_OTSU_BINS; b += SG_THREADS) ohist[b] = 0;
+            __syncthreads();
+            for (int p = threadIdx.x; p < n; p += SG_THREADS) atomicAdd(&ohist[B2[p]], 1);
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                int bmin = -1, bmax = -1;
+                for (int b = 0; b < SG_OTSU_BINS; ++b)
+                    if (ohist[b]) {
+                        if (bmin < 0) bmin = b;
+                        bmax = b;
+                    }
+                double t;
+                if (bmax < 0) {
+                    t = sg_nan();
+                } else if (bmin == bmax) {
+                    t = (double)bmin;
+                } else {
+                    i64 total_w = 0, total_s = 0;
+                    for (int b = 0; b <= bmax; ++b) {
+                        total_w += ohist[b];
+                        total_s += (i64)ohist[b] * b;
+                    }
+                    i64 w1 = 0, s1 = 0;
+                    double best = -sg_inf();
+                    int arg = 0;
+                    for (int b = 0; b < bmax; ++b) {
+                        w1 += ohist[b];
+                        s1 += (i64)ohist[b] * b;
+                        const i64 w2 = total_w - w1, s2 = total_s - s1;
+                        if (b < bmin || b >= bmax) continue;
+                        const double mean1 = (double)s1 / (double)w1;
+                        const double mean2 = (double)s2 / (double)w2;
+                        const double d = mean1 - mean2;
+                        const double var = (double)(w1 * w2) * (d * d);
+                        if (var > best) {
+                            best = var;
+                            arg = b;
+                        }
+                    }
+                    t = (double)arg;
+                }
+                s_thr = t;
+            }
+            __syncthreads();
+            const double t = s_thr;
+            for (int p = threadIdx.x; p < n; p += SG_THREADS) m8[p] = (double)B2[p] > t;
+            __syncthreads();
+            sg_fill_and_clean(m8, h, w, (double)h * (double)w / 4.0, 20.0, parent, (int*)R1);
+        }
+        sg_mask_tail(m8, h, w, ok, remove_border, parent, (int*)R1, mask + (i64)m * cap, H, W, regions + m);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per object: main-channel rule, combined mask, bounding box, background levels
+
+extern "C" __global__ void
+mask_combine(const void* pixels, const int dtype, const int C, const int H, const int W,
+             const long long* __restrict__ extents, const int N,
+             unsigned char* __restrict__ mask, const long long* __restrict__ regions,
+             const unsigned char* __restrict__ passed, const int main_channel,
+             const unsigned char* __restrict__ in_combined,  // (C,) 1 for channels of the union
+             unsigned char* __restrict__ combined, double* __restrict__ bbox,
+             double* __restrict__ background, double* __restrict__ combined_background,
+             unsigned char* __restrict__ usable) {
+    const int cap = H * W;
+    for (int obj = blockIdx.x; obj < N; obj += gridDim.x) {
+        const int h = (int)extents[2 * obj], w = (int)extents[2 * obj + 1];
+        unsigned char* mk = mask + (i64)obj * C * cap;
+        const bool use = passed[obj * C + main_channel] && regions[obj * C + main_channel] > 0;
+        if (!use)
+            for (int p = threadIdx.x; p < C * cap; p += SG_THREADS) mk[p] = 0;
+        __syncthreads();
+        int minr = H, minc = W, maxr = -1, maxc = -1;
+        unsigned char* cb = combined + (i64)obj * cap;
+        for (int p = threadIdx.x; p < cap; p += SG_THREADS) {
+            unsigned char any = 0, comb = 0;
+            for (int c = 0; c < C; ++c) {
+                const unsigned char v = mk[(i64)c * cap + p];
+                any |= v;
+                comb |= v & in_combined[c];
+            }
+            cb[p] = comb;
+            if (any) {
+                const int i = p / W, j = p - i * W;
+                minr = sg_min(minr, i);
+                maxr = sg_max(maxr, i);
+                minc = sg_min(minc, j);
+                maxc = sg_max(maxc, j);
+            }
+        }
+        minr = (int)sg_block_min_i64(minr);
+        minc = (int)sg_block_min_i64(minc);
+        maxr = (int)sg_block_max_i64(maxr);
+        maxc = (int)sg_block_max_i64(maxc);
+        if (threadIdx.x == 0) {
+            double* bb = bbox + 4 * (i64)obj;
+            const bool has = maxr >= 0;
+            bb[0] = has ? (double)minr : sg_nan();
+            bb[1] = has ? (double)minc : sg_nan();
+            bb[2] = has ? (double)(maxr + 1) : sg_nan();
+            bb[3] = has ? (double)(maxc + 1) : sg_nan();
+            usable[obj] = use;
+        }
+        for (int c = 0; c < C; ++c) {
+            const void* px = dtype == 0 ? (const void*)((const unsigned char*)pixels + ((i64)obj * C + c) * cap)
+                                        : (const void*)((const unsigned short*)pixels + ((i64)obj * C + c) * cap);
+            const unsigned char* mc = mk + (i64)c * cap;
+            i64 s = 0, k = 0, sc = 0, kc = 0;
+            for (int p = threadIdx.x; p < h * w; p += SG_THREADS) {
+                const int i = p / w, j = p - i * w;
+                const i64 q = (i64)i * W + j;
+                const i64 v = sg_load_int(px, q, dtype);
+                if (!mc[q]) {
+                    s += v;
+                    ++k;
+                }
+                if (!cb[q]) {
+                    sc += v;
+                    ++kc;
+                }
+            }
+            s = sg_block_sum_i64(s);
+            k = sg_block_sum_i64(k);
+            sc = sg_block_sum_i64(sc);
+            kc = sg_block_sum_i64(kc);
+            if (threadIdx.x == 0) {
+                background[(i64)obj * C + c] = k > 0 ? (double)s / (double)k : 0.0;
+                combined_background[(i64)obj * C + c] = (double)sc / (double)kc;
+            }
+        }
+        __syncthreads();
+    }
+}

@@ -1,0 +1,134 @@
+"""Run the CUDA kernel module on the CPU: the sources of ``kernels/`` compiled with g++ against
+``cuda_sim.h`` into a shared library, launched through ctypes with CuPy's calling convention.
+
+``SimModule`` stands in for the ``cupy.RawModule`` of ``scip_gpu.gpu_kernels``: its
+``get_function(name)`` returns a callable ``kernel(grid, block, args, shared_mem=0)`` that takes
+NumPy arrays (or the NumPy-backed fake CuPy arrays of ``tests/fake_cupy.py``) for pointers and
+NumPy scalars for values, exactly as the wrappers pass them to CuPy. Installed as
+``gpu_kernels._module_override`` (fixture ``sim_kernels``), the real wrappers and their launch
+logic run unchanged on the CPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def compiler() -> str | None:
+    return shutil.which("g++")
+
+
+def _driver_source(source: str, names: list[str]) -> str:
+    cases = "\n".join(
+        f'    if (!std::strcmp(name, "{n}")) {{ sim_run(grid, block, shared, [&] {{ sim_call({n}, params); }}); return 0; }}'
+        for n in names
+    )
+    return (f'#include "{HERE / "cuda_sim.h"}"\n{source}\n'
+            'extern "C" int sim_launch(const char* name, unsigned grid, unsigned block, size_t shared, void** params) {\n'
+            f"{cases}\n    return -1;\n}}\n")
+
+
+@cache
+def build(source: str, names: tuple[str, ...]) -> Path:
+    """Compile the module source into a shared library (cached by content)."""
+    gxx = compiler()
+    if gxx is None:
+        raise RuntimeError("g++ is not installed")
+    text = _driver_source(source, list(names))
+    digest = hashlib.sha256((text + (HERE / "cuda_sim.h").read_text()).encode()).hexdigest()[:16]
+    folder = Path(os.environ.get("SCIP_GPU_SIM_CACHE", Path(tempfile.gettempdir()) / "scip_gpu_cuda_sim"))
+    folder.mkdir(parents=True, exist_ok=True)
+    lib = folder / f"kernels-{digest}.so"
+    if not lib.exists():
+        src = folder / f"kernels-{digest}.cpp"
+        src.write_text(text)
+        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+        res = subprocess.run([gxx, "-std=c++20", "-O2", "-g", "-ffp-contract=off", "-fPIC", "-shared", "-pthread",
+                              "-Wno-unused-result", str(src), "-o", str(tmp)], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"cuda_sim: g++ failed:\n{res.stderr[-6000:]}")
+        tmp.replace(lib)
+    return lib
+
+
+class SimLimits:
+    def __init__(self, max_shared: int, sm_count: int):
+        self.max_shared = max_shared
+        self.sm_count = sm_count
+
+
+class SimModule:
+    """CPU stand-in for the compiled kernel module.
+
+    Parameters
+    ----------
+    max_shared : int
+        Dynamic shared memory a block may use; smaller than a GPU's to exercise the
+        global-memory workspace variant.
+    sm_count : int
+        Multiprocessors reported to the launch logic (caps the grid of the global variant).
+    """
+
+    def __init__(self, source: str, names, *, max_shared: int = 227 * 1024 - 8192, sm_count: int = 2):
+        self.lib = ctypes.CDLL(str(build(source, tuple(names))))
+        self.lib.sim_launch.restype = ctypes.c_int
+        self.lib.sim_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_size_t,
+                                        ctypes.POINTER(ctypes.c_void_p)]
+        self.names = set(names)
+        self.limits = SimLimits(max_shared, sm_count)
+        self.launches: list[tuple[str, int, int, int]] = []
+
+    def get_function(self, name: str) -> "SimKernel":
+        if name not in self.names:
+            raise KeyError(f"no kernel {name!r} in the module")
+        return SimKernel(self, name)
+
+
+class SimKernel:
+    def __init__(self, module: SimModule, name: str):
+        self.module = module
+        self.name = name
+        self.max_dynamic_shared_size_bytes = 48 * 1024
+
+    def __call__(self, grid, block, args, shared_mem: int = 0):
+        (gx,) = tuple(grid)
+        (bx,) = tuple(block)
+        if shared_mem > max(48 * 1024, self.max_dynamic_shared_size_bytes):
+            raise RuntimeError(f"{self.name}: {shared_mem} bytes of dynamic shared memory without opting in")
+        if shared_mem > self.module.limits.max_shared:
+            raise RuntimeError(f"{self.name}: {shared_mem} bytes of shared memory exceed the device's limit")
+        keep = []
+        params = (ctypes.c_void_p * max(len(args), 1))()
+        for i, a in enumerate(args):
+            if isinstance(a, np.ndarray):
+                if not (a.flags.c_contiguous or a.ndim == 0):
+                    raise ValueError(f"{self.name}: argument {i} is not contiguous")
+                holder = ctypes.c_void_p(a.__array_interface__["data"][0])
+            elif isinstance(a, np.generic):
+                holder = ctypes.create_string_buffer(a.tobytes(), max(a.itemsize, 8))
+            else:
+                raise TypeError(f"{self.name}: argument {i} must be an array or a NumPy scalar, got {type(a)}")
+            keep.append(holder)
+            params[i] = ctypes.addressof(holder)
+        self.module.launches.append((self.name, gx, bx, shared_mem))
+        rc = self.module.lib.sim_launch(self.name.encode(), gx, bx, shared_mem, params)
+        if rc != 0:
+            raise RuntimeError(f"cuda_sim: kernel {self.name} not found")
+
+
+def sim_module(**kwargs) -> SimModule:
+    """The emulated module of ``scip_gpu.gpu_kernels.module_source()``."""
+    from scip_gpu import gpu_kernels
+
+    return SimModule(gpu_kernels.module_source(), gpu_kernels.kernel_names(), **kwargs)

@@ -1,0 +1,74 @@
+"""Mask kernels (kernels/masks.cu) against the CPU path: identical masks, region counts,
+combined masks, bounding boxes and background levels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scip_gpu import gpu_kernels
+from scip_gpu.batch import assemble
+from scip_gpu.cli import to_config
+from scip_gpu.demo import make_cell
+from scip_gpu.masks import compute_masks
+
+from ..test_config import _compose
+
+
+def _cells(case: str):
+    rng = np.random.default_rng(3)
+    if case == "exact":  # fixed-size crops, batched unpadded
+        cells = [make_cell(i, min_size=40, max_size=40)[0][:, :40, :40] for i in range(5)]
+        return cells, cells[0].shape[1:]
+    cells = [make_cell(i, min_size=24, max_size=52)[0] for i in range(7)]
+    cells[1][1] = 100  # a constant channel
+    cells[2][2] = (cells[2][2] // 16).astype(np.uint16)  # maximum <= 512: no digitising
+    cells[3] = cells[3][:, :11, :]  # the smallest side otsu takes
+    noisy = rng.integers(0, 4000, cells[4].shape[1:])
+    cells[4][0] = noisy.astype(np.uint16)  # many small components
+    if case == "uint8":
+        cells = [(c // 32).astype(np.uint8) for c in cells]
+    return cells, (64, 64)
+
+
+def _cpu_and_device(method, cells, shape, device, passed, combined_indices=None):
+    overrides = ["+dataset=demo", f"masks={'li' if method == 'li' else 'scip'}"]
+    cfg, _ = to_config(_compose(overrides))
+    mcfg = next(m for m in cfg.masks.methods if m.method.value == method)
+    masks_cfg = cfg.masks
+    if combined_indices is not None:
+        masks_cfg.combined_indices = combined_indices
+    batch = assemble(cells, np.arange(len(cells)), shape, np)
+    cpu = compute_masks(batch, mcfg, masks_cfg, passed)
+    kwargs = {**({"smooth": 1.0} if method == "li" else {}), **dict(mcfg.kwargs)}
+    b = assemble(cells, np.arange(len(cells)), shape, device)
+    p = device.asarray(passed)
+    mask, regions = gpu_kernels.channel_masks(b, method, kwargs, p, masks_cfg.remove_border_regions)
+    out = gpu_kernels.combine(b, mask, regions, p, masks_cfg.main_channel_index, masks_cfg.combined_indices)
+    return cpu, (out[0], out[1], regions, *out[2:])
+
+
+@pytest.mark.parametrize("method", ["li", "otsu"])
+@pytest.mark.parametrize("case", ["ragged", "exact", "uint8"])
+def test_mask_kernels_equal_cpu(device, method, case):
+    cells, shape = _cells(case)
+    passed = np.ones((len(cells), cells[0].shape[0]), dtype=bool)
+    passed[0, 1] = False
+    passed[5 % len(cells), 0] = False  # main channel filtered out: the object is not usable
+    cpu, dev = _cpu_and_device(method, cells, shape, device, passed)
+    names = ("mask", "combined", "regions", "bbox", "background", "combined_background", "usable")
+    for name, got in zip(names, dev):
+        want = getattr(cpu, name)
+        np.testing.assert_array_equal(got.get(), want, err_msg=f"{method}/{case}: {name}")
+    assert cpu.mask.any() and (~cpu.usable).any()  # the case exercises both
+
+
+def test_combined_indices_and_global_workspace(sim_small_shared):
+    cells, shape = _cells("ragged")
+    passed = np.ones((len(cells), 3), dtype=bool)
+    cpu, dev = _cpu_and_device("otsu", cells, shape, sim_small_shared, passed, combined_indices=[0, 2])
+    np.testing.assert_array_equal(dev[0].get(), cpu.mask)
+    np.testing.assert_array_equal(dev[1].get(), cpu.combined)
+    np.testing.assert_array_equal(dev[5].get(), cpu.combined_background)
+    launches = gpu_kernels.module().launches
+    assert any(name == "mask_otsu" and shared == 0 for name, _, _, shared in launches)  # global variant ran
