@@ -1,1 +1,226 @@
-// (kernels of the intensity family: see scip_gpu/_gpu_intensity.py)
+// Intensity family: the 11 statistics of every view of every (object, channel) plane, one
+// thread block per plane.
+//
+// Reference semantics: scip_gpu.features.intensity (compute_intensity, compute_raw) and
+// scip_gpu.stats.compact_statistics; the arithmetic is that of the numba kernels
+// (scip_gpu/_numba_kernels.py: radix_argsort_u16, sorted_view_statistics, sorted_stats,
+// erosion_rows), so the values are bit-identical up to the last bit of pow():
+//
+// 1. the plane's pixels are sorted once (keys value << 16 | pixel index: a stable order, as
+//    the CPU's radix sort);
+// 2. views (mode 0): the channel's mask, its inner rim (mask XOR erosion by disk(edge_width)),
+//    the combined mask and its rim; (mode 1, the raw set): the whole plane;
+// 3. each view's members are compacted in sorted order (one block scan for all views, four
+//    16-bit counters packed in 64 bits: planes have fewer than 65536 pixels), then
+//    one thread per view sums the moments sequentially in ascending order (as the CPU does)
+//    and reads the quantiles and the MAD off the sorted members;
+// 4. the background-corrected views follow from the uncorrected ones by a shift.
+//
+// Output (mode 0): per plane 88 values, views in the order mask, bgcorr, edge, bgcorr_edge,
+// combined, combined_bgcorr, combined_edge, combined_bgcorr_edge, statistics in the order of
+// scip_gpu.stats.STATISTICS; (mode 1) 11 values. Row `obj` of the output starts at
+// out + obj * ld + col0, channel c at + c * (88 or 11). Objects with usable == 0: NaN.
+
+#define INT_NSTAT 11
+
+__device__ __forceinline__ double int_lerp(double a, double b, double t) {
+    const double d = b - a;
+    return t >= 0.5 ? b - d * (1.0 - t) : a + d * t;
+}
+
+__device__ __forceinline__ double int_quantile(const unsigned short* v, int n, double q) {
+    const double virt = (double)(n - 1) * q;
+    const int lo = (int)floor(virt);
+    const int hi = lo + 1 < n - 1 ? lo + 1 : n - 1;
+    return int_lerp((double)v[lo], (double)v[hi], virt - (double)lo);
+}
+
+// k-th smallest (0-based) of |v - c| over the ascending v[0..n); split = #(v <= c)
+__device__ double int_kth_vshape(const unsigned short* v, int n, int split, double c, int k) {
+    const int t = k + 1;
+    int lo = t - (n - split) > 0 ? t - (n - split) : 0;
+    int hi = t < split ? t : split;
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        const int j = t - mid;
+        const double a_mid = c - (double)v[split - 1 - mid];
+        const double b_j1 = (double)v[split + j - 1] - c;
+        if (mid < split && j > 0 && b_j1 > a_mid) lo = mid + 1; else hi = mid;
+    }
+    const int j = t - lo;
+    const double left = lo > 0 ? c - (double)v[split - lo] : -sg_inf();
+    const double right = j > 0 ? (double)v[split + j - 1] - c : -sg_inf();
+    return left > right ? left : right;
+}
+
+// The 11 statistics of the ascending v[0..n), as the numba sorted_stats (one thread).
+__device__ void int_sorted_stats(const unsigned short* v, int n, double* o) {
+    if (n == 0) {
+        for (int k = 0; k < INT_NSTAT; ++k) o[k] = sg_nan();
+        return;
+    }
+    double total = 0.0;
+    for (int i = 0; i < n; ++i) total += (double)v[i];
+    const double mean = total / n;
+    double m2 = 0.0, m3 = 0.0, m4 = 0.0;
+    for (int i = 0; i < n; ++i) {
+        const double e = (double)v[i] - mean;
+        const double e2 = e * e;
+        m2 += e2;
+        m3 += e2 * e;
+        m4 += e2 * e2;
+    }
+    m2 /= n;
+    m3 /= n;
+    m4 /= n;
+    const double med = int_quantile(v, n, 0.5);
+    int a = 0, b = n;  // split: members <= median
+    while (a < b) {
+        const int mid = (a + b) / 2;
+        if ((double)v[mid] <= med) a = mid + 1; else b = mid;
+    }
+    const int k_lo = (n - 1) / 2, k_hi = n / 2 < n - 1 ? n / 2 : n - 1;
+    const double d_lo = int_kth_vshape(v, n, a, med, k_lo);
+    const double d_hi = int_kth_vshape(v, n, a, med, k_hi);
+    const double mad = int_lerp(d_lo, d_hi, k_lo == k_hi ? 0.0 : 0.5);
+    const double z = 2.220446049250313e-16 * mean;
+    const bool zero = m2 <= z * z;
+    o[0] = mean;
+    o[1] = med;
+    o[2] = (double)v[n - 1];
+    o[3] = (double)v[0];
+    o[4] = sqrt(m2);
+    o[5] = mad;
+    o[6] = int_quantile(v, n, 0.25);
+    o[7] = int_quantile(v, n, 0.75);
+    o[8] = total;
+    o[9] = zero ? sg_nan() : m3 / pow(m2, 1.5);
+    o[10] = zero ? sg_nan() : m4 / (m2 * m2) - 3.0;
+}
+
+// Workspace for H x W planes: keys (next_pow2(H W) u32), four view masks (H W bytes each),
+// members (4 x H W u16; the erosion's run lengths live there first).
+extern "C" __global__ void
+intensity_views(const void* pixels, const int dtype, const int C, const int H, const int W,
+                const long long* __restrict__ extents, const int M, const int mode,
+                const unsigned char* __restrict__ mask, const unsigned char* __restrict__ combined,
+                const double* __restrict__ background, const double* __restrict__ combined_background,
+                const unsigned char* __restrict__ usable, const int edge_width,
+                double* __restrict__ out, const long long ld, const long long col0,
+                unsigned char* scratch, const long long ws_bytes) {
+    const int cap = H * W, np2 = sg_next_pow2(cap);
+    SgArena arena(sg_workspace(scratch, ws_bytes));
+    unsigned int* keys = arena.take<unsigned int>(np2);
+    unsigned char* views = arena.take<unsigned char>(4 * (i64)cap);
+    unsigned short* members = arena.take<unsigned short>(4 * (i64)cap);
+    __shared__ int half[64];
+    __shared__ int count[4];
+    __shared__ double stats[4 * INT_NSTAT];
+    const int nv = mode == 0 ? 4 : 1;
+    const int r = edge_width;
+    if (mode == 0 && (int)threadIdx.x < 2 * r + 1) {
+        const int dy = (int)threadIdx.x - r;
+        int a = 0;
+        while ((a + 1) * (a + 1) + dy * dy <= r * r) ++a;
+        half[threadIdx.x] = a;
+    }
+    __syncthreads();
+    for (int m = blockIdx.x; m < M; m += gridDim.x) {
+        const int obj = m / C, c = m - obj * C;
+        const int h = (int)extents[2 * obj], w = (int)extents[2 * obj + 1];
+        const int n = h * w;
+        const int per = mode == 0 ? 8 * INT_NSTAT : INT_NSTAT;
+        double* o = out + (i64)obj * ld + col0 + (i64)c * per;
+        if (mode == 0 && !usable[obj]) {
+            for (int k = threadIdx.x; k < per; k += SG_THREADS) o[k] = sg_nan();
+            continue;
+        }
+        const void* px = dtype == 0 ? (const void*)((const unsigned char*)pixels + (i64)m * cap)
+                                    : (const void*)((const unsigned short*)pixels + (i64)m * cap);
+        // 1. sort the plane: keys value << 16 | index (ties in pixel order, as a stable sort)
+        const int n2 = sg_next_pow2(n);
+        for (int p = threadIdx.x; p < n2; p += SG_THREADS) {
+            unsigned int key = 0xFFFFFFFFu;
+            if (p < n) {
+                const int i = p / w, j = p - i * w;
+                key = ((unsigned int)sg_load_int(px, (i64)i * W + j, dtype) << 16) | (unsigned int)p;
+            }
+            keys[p] = key;
+        }
+        // 2. the views, as h x w planes (row stride w)
+        if (mode == 0) {
+            const unsigned char* mk = mask + (i64)m * cap;
+            const unsigned char* cb = combined + (i64)obj * cap;
+            for (int p = threadIdx.x; p < n; p += SG_THREADS) {
+                const int i = p / w, j = p - i * w;
+                views[p] = mk[i * W + j];
+                views[2 * cap + p] = cb[i * W + j];
+            }
+            __syncthreads();
+            int* run = reinterpret_cast<int*>(members);
+            for (int v = 0; v < 2; ++v) {
+                unsigned char* base = views + 2 * v * (i64)cap;
+                sg_erosion_rows(base, base + cap, run, h, w, half, r);
+                for (int p = threadIdx.x; p < n; p += SG_THREADS) base[cap + p] ^= base[p];
+                __syncthreads();
+            }
+        }
+        __syncthreads();
+        sg_bitonic_sort(keys, n2);
+        // 3. compact each view's members in sorted order: one scan of 4 packed 16-bit counters
+        {
+            __shared__ u64 part[SG_THREADS + 1];
+            const int t = threadIdx.x;
+            const int cs = (n + SG_THREADS - 1) / SG_THREADS;
+            const int a = sg_min(t * cs, n), b = sg_min(a + cs, n);
+            u64 s = 0;
+            for (int k = a; k < b; ++k) {
+                const int idx = (int)(keys[k] & 0xFFFFu);
+                for (int v = 0; v < nv; ++v)
+                    s += (u64)(mode == 0 ? views[(i64)v * cap + idx] : 1) << (16 * v);
+            }
+            part[t + 1] = s;
+            if (t == 0) part[0] = 0;
+            __syncthreads();
+            if (t == 0)
+                for (int k = 1; k <= SG_THREADS; ++k) part[k] += part[k - 1];
+            __syncthreads();
+            s = part[t];
+            for (int k = a; k < b; ++k) {
+                const unsigned int key = keys[k];
+                const int idx = (int)(key & 0xFFFFu);
+                const unsigned short value = (unsigned short)(key >> 16);
+                for (int v = 0; v < nv; ++v) {
+                    if (mode == 0 && !views[(i64)v * cap + idx]) continue;
+                    members[(i64)v * cap + (int)((s >> (16 * v)) & 0xFFFFu)] = value;
+                    s += (u64)1 << (16 * v);
+                }
+            }
+            if (t < nv) count[t] = (int)((part[SG_THREADS] >> (16 * t)) & 0xFFFFu);
+            __syncthreads();
+        }
+        // 4. statistics: one thread per view, in different warps
+        if (threadIdx.x % 32 == 0 && (int)threadIdx.x / 32 < nv) {
+            const int v = threadIdx.x / 32;
+            int_sorted_stats(members + (i64)v * cap, count[v], stats + v * INT_NSTAT);
+        }
+        __syncthreads();
+        if (mode == 1) {
+            for (int k = threadIdx.x; k < INT_NSTAT; k += SG_THREADS) o[k] = stats[k];
+        } else {
+            const double bg = background[m], cbg = combined_background[m];
+            for (int k = threadIdx.x; k < 8 * INT_NSTAT; k += SG_THREADS) {
+                const int view = k / INT_NSTAT, s = k - view * INT_NSTAT;
+                const int v = view / 2;
+                double x = stats[v * INT_NSTAT + s];
+                if (view & 1) {  // background-corrected: a shift of the location statistics
+                    const double shift = v < 2 ? bg : cbg;
+                    if (s <= 3 || s == 6 || s == 7) x = x - shift;
+                    else if (s == 8) x = x - (double)count[v] * shift;
+                }
+                o[k] = x;
+            }
+        }
+        __syncthreads();
+    }
+}

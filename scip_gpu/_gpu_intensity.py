@@ -1,3 +1,68 @@
-"""CUDA implementation of the intensity family (kernels/intensity.cu), registered with scip_gpu.dispatch."""
+"""CUDA implementation of the intensity family and the raw set (kernels/intensity.cu),
+registered with scip_gpu.dispatch as the ``cuda`` implementations of the stages
+``intensity.block`` and ``intensity.raw``."""
 
 from __future__ import annotations
+
+import numpy as np
+
+from .dispatch import register
+from .gpu_kernels import _dtype_code, _round16, launch, next_pow2, workspace
+
+#: statistics per view and views per channel (scip_gpu.stats.STATISTICS, intensity.VIEWS)
+N_STAT = 11
+N_VIEWS = 8
+
+
+@workspace("intensity_views")
+def _ws(h: int, w: int) -> int:
+    cap = h * w
+    return _round16(4 * next_pow2(cap)) + _round16(4 * cap) + _round16(8 * cap)
+
+
+def _accepts(batch, mr, ctx) -> bool:
+    _, _, h, w = batch.pixels.shape
+    return _dtype_code(batch.pixels.dtype) is not None and h * w < 65536 and 2 * ctx.edge_width + 1 <= 64
+
+
+def _launch(batch, mr, mode: int, edge_width: int, out=None):
+    import cupy
+
+    px = cupy.ascontiguousarray(batch.pixels)
+    n, c, h, w = px.shape
+    per = N_VIEWS * N_STAT if mode == 0 else N_STAT
+    if out is None:
+        out = cupy.empty((n, c * per), dtype=cupy.float64)
+    if mode == 0:
+        mask = cupy.ascontiguousarray(mr.mask).view(cupy.uint8)
+        combined = cupy.ascontiguousarray(mr.combined).view(cupy.uint8)
+        bg = cupy.ascontiguousarray(mr.background, dtype=cupy.float64)
+        cbg = cupy.ascontiguousarray(mr.combined_background, dtype=cupy.float64)
+        usable = cupy.ascontiguousarray(mr.usable).view(cupy.uint8)
+    else:
+        mask = combined = usable = cupy.empty(1, dtype=cupy.uint8)
+        bg = cbg = cupy.empty(1, dtype=cupy.float64)
+    args = (px, np.int32(_dtype_code(px.dtype)), np.int32(c), np.int32(h), np.int32(w),
+            cupy.ascontiguousarray(batch.extents, dtype=cupy.int64), np.int32(n * c), np.int32(mode),
+            mask, combined, bg, cbg, usable, np.int32(edge_width),
+            out, np.int64(out.shape[1]), np.int64(0))
+    launch("intensity_views", n * c, args, workspace=_ws(h, w))
+    return out
+
+
+@register("intensity.block", "cuda", accepts=_accepts)
+def intensity_block(batch, mr, ctx):
+    """(N, C*88) intensity features of one mask: the 11 statistics of the 8 views of every
+    channel (``intensity_views``, mode 0)."""
+    return _launch(batch, mr, 0, int(ctx.edge_width))
+
+
+def _accepts_raw(batch, mr, ctx) -> bool:
+    _, _, h, w = batch.pixels.shape
+    return _dtype_code(batch.pixels.dtype) is not None and h * w < 65536
+
+
+@register("intensity.raw", "cuda", accepts=_accepts_raw)
+def intensity_raw(batch, mr, ctx):
+    """(N, C*11) statistics of each whole channel image (``intensity_views``, mode 1)."""
+    return _launch(batch, None, 1, 0)

@@ -1,0 +1,81 @@
+"""Intensity kernel (kernels/intensity.cu) against the CPU path: the 88 statistics of every
+channel's 8 views and the raw set, bit for bit (up to the last bit of pow in the skewness)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from scip_gpu import _gpu_intensity
+from scip_gpu.batch import assemble
+from scip_gpu.cli import to_config
+from scip_gpu.demo import make_cell
+from scip_gpu.features.intensity import compute_intensity, compute_raw
+from scip_gpu.masks import compute_masks
+from scip_gpu.profile import FeatureContext
+
+from ..test_config import _compose
+
+
+def to_device(mr, device):
+    """A device copy of a MaskResult built on the CPU."""
+    return dataclasses.replace(mr, **{f.name: device.asarray(getattr(mr, f.name))
+                                      for f in dataclasses.fields(mr) if f.name != "name"})
+
+
+def masked_batch(cells, shape, method="li", passed=None):
+    cfg, _ = to_config(_compose(["+dataset=demo", "masks=scip"]))
+    mcfg = next(m for m in cfg.masks.methods if m.method.value == method)
+    batch = assemble(cells, np.arange(len(cells)), shape, np)
+    return batch, compute_masks(batch, mcfg, cfg.masks, passed)
+
+
+def _cells(dtype=np.uint16):
+    cells = [make_cell(i, min_size=20, max_size=44)[0] for i in range(6)]
+    cells[1][0] = 300  # constant channel: NaN skewness/kurtosis
+    cells[2] = cells[2][:, :13, :]
+    if dtype == np.uint8:
+        cells = [(c // 40).astype(np.uint8) for c in cells]
+    return cells
+
+
+def _compare(got, want):
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("method", ["li", "otsu"])
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8])
+def test_intensity_kernel_equals_cpu(device, method, dtype):
+    cells = _cells(dtype)
+    passed = np.ones((len(cells), 3), dtype=bool)
+    passed[4, 0] = False  # not usable: NaN row
+    batch, mr = masked_batch(cells, (48, 48), method, passed)
+    ctx = FeatureContext(edge_width=6)
+    want = compute_intensity(batch, mr, ctx)
+    b = assemble(cells, np.arange(len(cells)), (48, 48), device)
+    got = _gpu_intensity.intensity_block(b, to_device(mr, device), ctx).get()
+    _compare(got, want)
+    assert np.isnan(got[4]).all() and not np.isnan(got[0]).all()
+    _compare(_gpu_intensity.intensity_raw(b, None, ctx).get(), compute_raw(batch, None, ctx))
+
+
+@pytest.mark.parametrize("edge_width", [0, 2])
+def test_intensity_kernel_unpadded_and_edge_widths(device, edge_width):
+    cells = [make_cell(i, min_size=32, max_size=32)[0][:, :32, :32] for i in range(4)]
+    batch, mr = masked_batch(cells, (32, 32), "otsu")
+    ctx = FeatureContext(edge_width=edge_width)
+    b = assemble(cells, np.arange(len(cells)), (32, 32), device)
+    _compare(_gpu_intensity.intensity_block(b, to_device(mr, device), ctx).get(), compute_intensity(batch, mr, ctx))
+
+
+def test_intensity_kernel_global_workspace(sim_small_shared):
+    cells = _cells()
+    batch, mr = masked_batch(cells, (72, 72))
+    ctx = FeatureContext()
+    b = assemble(cells, np.arange(len(cells)), (72, 72), sim_small_shared)
+    _compare(_gpu_intensity.intensity_block(b, to_device(mr, sim_small_shared), ctx).get(),
+             compute_intensity(batch, mr, ctx))
