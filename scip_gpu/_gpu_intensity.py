@@ -31,8 +31,8 @@ def _launch(batch, mr, mode: int, edge_width: int, out=None):
     px = cupy.ascontiguousarray(batch.pixels)
     n, c, h, w = px.shape
     per = N_VIEWS * N_STAT if mode == 0 else N_STAT
-    if out is None:
-        out = cupy.empty((n, c * per), dtype=cupy.float64)
+    if out is None or out.shape != (n, c * per) or out.dtype != np.float64 or out.strides[1] != 8:
+        out = cupy.empty((n, c * per), dtype=cupy.float64)  # else: the batch table's columns
     if mode == 0:
         mask = cupy.ascontiguousarray(mr.mask).view(cupy.uint8)
         combined = cupy.ascontiguousarray(mr.combined).view(cupy.uint8)
@@ -45,7 +45,7 @@ def _launch(batch, mr, mode: int, edge_width: int, out=None):
     args = (px, np.int32(_dtype_code(px.dtype)), np.int32(c), np.int32(h), np.int32(w),
             cupy.ascontiguousarray(batch.extents, dtype=cupy.int64), np.int32(n * c), np.int32(mode),
             mask, combined, bg, cbg, usable, np.int32(edge_width),
-            out, np.int64(out.shape[1]), np.int64(0))
+            out, np.int64(out.strides[0] // 8), np.int64(0))
     launch("intensity_views", n * c, args, workspace=_ws(h, w))
     return out
 
@@ -54,7 +54,7 @@ def _launch(batch, mr, mode: int, edge_width: int, out=None):
 def intensity_block(batch, mr, ctx):
     """(N, C*88) intensity features of one mask: the 11 statistics of the 8 views of every
     channel (``intensity_views``, mode 0)."""
-    return _launch(batch, mr, 0, int(ctx.edge_width))
+    return _launch(batch, mr, 0, int(ctx.edge_width), getattr(ctx, "out", None))
 
 
 def _accepts_raw(batch, mr, ctx) -> bool:
@@ -65,4 +65,4 @@ def _accepts_raw(batch, mr, ctx) -> bool:
 @register("intensity.raw", "cuda", accepts=_accepts_raw)
 def intensity_raw(batch, mr, ctx):
     """(N, C*11) statistics of each whole channel image (``intensity_views``, mode 1)."""
-    return _launch(batch, None, 1, 0)
+    return _launch(batch, None, 1, 0, getattr(ctx, "out", None))

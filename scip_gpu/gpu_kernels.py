@@ -177,6 +177,20 @@ def launch(name: str, n_items: int, args: tuple, *, workspace: int = 0) -> None:
     fn((grid,), (THREADS,), args, shared_mem=shared)
 
 
+_constants: dict = {}
+
+
+def device_constant(key, build):
+    """A small constant table on the device, built once per device (``build() -> ndarray``):
+    copying it from the host at every batch would synchronise the host with the device."""
+    import cupy
+
+    k = (cupy.ndarray, cupy.cuda.Device().id, key)
+    if k not in _constants:
+        _constants[k] = cupy.asarray(build())
+    return _constants[k]
+
+
 def _dtype_code(dtype) -> int | None:
     return {np.dtype(np.uint8): 0, np.dtype(np.uint16): 1}.get(np.dtype(dtype))
 
@@ -200,28 +214,39 @@ def channel_masks(batch, method: str, kwargs: dict, passed, remove_border: bool)
     px = cupy.ascontiguousarray(batch.pixels)
     n, c, h, w = px.shape
     ext = cupy.ascontiguousarray(batch.extents, dtype=cupy.int64)
-    ok = cupy.ascontiguousarray(passed, dtype=cupy.uint8)
+    ok = cupy.ascontiguousarray(passed, dtype=cupy.bool_).view(cupy.uint8)
     mask = cupy.empty((n, c, h, w), dtype=cupy.uint8)
     regions = cupy.empty((n, c), dtype=cupy.int64)
     head = (px, np.int32(_dtype_code(px.dtype)), np.int32(c), np.int32(h), np.int32(w), ext, np.int32(n * c))
     tail = (ok, np.int32(bool(remove_border)))
     if method == "li":
         smooth = kwargs.get("smooth", 1.0)
-        sig = [float(smooth[ch] if isinstance(smooth, (list, tuple)) else smooth) for ch in range(c)]
-        radii = np.array([[ops.gaussian_radius(s), ops.gaussian_radius(2 * s)] for s in sig], dtype=np.int32)
-        lw = 2 * int(radii.max()) + 1
-        table = np.zeros((c, 2, lw))
-        for ch, s in enumerate(sig):
-            for k, (sigma, r) in enumerate(((s, radii[ch, 0]), (2 * s, radii[ch, 1]))):
-                table[ch, k, : 2 * r + 1] = cpu_kernels.gaussian_weights(sigma, r) if sigma > 0 else [1.0]
-        args = (*head, cupy.asarray(table), cupy.asarray(radii), np.int32(lw), *tail, np.int32(10_000),
-                mask, regions)
+        sig = tuple(float(smooth[ch] if isinstance(smooth, (list, tuple)) else smooth) for ch in range(c))
+        table, radii = _li_weights(sig)
+        args = (*head, table, radii, np.int32(table.shape[2]), *tail, np.int32(10_000), mask, regions)
         launch("mask_li", n * c, args, workspace=workspace_bytes("mask_li", h, w))
     else:
-        g05 = cupy.asarray(cpu_kernels.gaussian_weights(0.5, ops.gaussian_radius(0.5)))
+        g05 = device_constant("gaussian-0.5", lambda: cpu_kernels.gaussian_weights(0.5, ops.gaussian_radius(0.5)))
         args = (*head, g05, *tail, mask, regions)
         launch("mask_otsu", n * c, args, workspace=workspace_bytes("mask_otsu", h, w))
     return mask.view(cupy.bool_), regions
+
+
+def _li_weights(sigmas: tuple):
+    """(C, 2, L) Gaussian weights (sigma and 2 sigma of every channel, SciPy's kernels) and
+    their (C, 2) radii, on the device."""
+    from . import cpu_kernels, ops
+
+    def build():
+        radii = np.array([[ops.gaussian_radius(s), ops.gaussian_radius(2 * s)] for s in sigmas], dtype=np.int32)
+        table = np.zeros((len(sigmas), 2, 2 * int(radii.max()) + 1))
+        for ch, s in enumerate(sigmas):
+            for k, (sigma, r) in enumerate(((s, radii[ch, 0]), (2 * s, radii[ch, 1]))):
+                table[ch, k, : 2 * r + 1] = cpu_kernels.gaussian_weights(sigma, r) if sigma > 0 else [1.0]
+        return table, radii
+
+    return (device_constant(("li-weights", sigmas), lambda: build()[0]),
+            device_constant(("li-radii", sigmas), lambda: build()[1]))
 
 
 def _accepts_combine(batch, mask, regions, passed, main_channel_index, combined_indices) -> bool:
@@ -237,8 +262,13 @@ def combine(batch, mask, regions, passed, main_channel_index: int, combined_indi
     px = cupy.ascontiguousarray(batch.pixels)
     n, c, h, w = px.shape
     mk = cupy.ascontiguousarray(mask).view(cupy.uint8)
-    sel = np.zeros(c, dtype=np.uint8)
-    sel[list(range(c)) if combined_indices is None else list(combined_indices)] = 1
+    chosen = tuple(range(c)) if combined_indices is None else tuple(int(i) for i in combined_indices)
+
+    def flags():
+        sel = np.zeros(c, dtype=np.uint8)
+        sel[list(chosen)] = 1
+        return sel
+
     combined = cupy.empty((n, h, w), dtype=cupy.uint8)
     bbox = cupy.empty((n, 4), dtype=cupy.float64)
     background = cupy.empty((n, c), dtype=cupy.float64)
@@ -246,8 +276,9 @@ def combine(batch, mask, regions, passed, main_channel_index: int, combined_indi
     usable = cupy.empty(n, dtype=cupy.uint8)
     args = (px, np.int32(_dtype_code(px.dtype)), np.int32(c), np.int32(h), np.int32(w),
             cupy.ascontiguousarray(batch.extents, dtype=cupy.int64), np.int32(n), mk,
-            cupy.ascontiguousarray(regions, dtype=cupy.int64), cupy.ascontiguousarray(passed, dtype=cupy.uint8),
-            np.int32(main_channel_index), cupy.asarray(sel), combined, bbox, background, cbackground, usable)
+            cupy.ascontiguousarray(regions, dtype=cupy.int64), cupy.ascontiguousarray(passed, dtype=cupy.bool_).view(cupy.uint8),
+            np.int32(main_channel_index), device_constant(("combined", c, chosen), flags), combined, bbox,
+            background, cbackground, usable)
     launch("mask_combine", n, args)
     return (mk.view(cupy.bool_), combined.view(cupy.bool_), bbox, background, cbackground,
             usable.view(cupy.bool_))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .backend import asnumpy, is_gpu
 from .batch import Batch
@@ -52,9 +52,15 @@ NO_TIMER = StageTimer(False)
 
 @dataclass
 class FeatureContext:
-    """Options the families read (beyond the batch and its masks)."""
+    """Options the families read (beyond the batch and its masks).
+
+    ``out``: during ``profile_batch``, the family's columns of the batch's (N, F) device table
+    (a strided view); an implementation may write its result there and return it, which
+    saves a copy. Families that return another array are copied into it.
+    """
 
     edge_width: int = 6
+    out: object = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -65,6 +71,8 @@ class Plan:
     channel_names: list[str]
     columns: list[Column] = field(default_factory=list)
     families: dict[str, list[str]] = field(default_factory=dict)
+    #: (mask name or None for raw, family) -> (first, last + 1) column of its block
+    spans: dict[tuple, tuple[int, int]] = field(default_factory=dict)
     margin: int = 0
     min_side: int = 1
     context: FeatureContext = field(default_factory=FeatureContext)
@@ -94,20 +102,26 @@ def build_plan(cfg: Config, channel_names: list[str]) -> Plan:
     plan = Plan(cfg, list(channel_names), context=FeatureContext(cfg.masks.edge_width))
     margin = cfg.masks.edge_width
     side = 1
+
+    def add(name, fam):
+        cols = FAMILIES[fam].columns(name, channel_names)
+        plan.spans[(name, fam)] = (len(plan.columns), len(plan.columns) + len(cols))
+        plan.columns += cols
+
     if cfg.segmentation.method is not None:  # the segmentation's masks come first
         name = segmentation_mask_name(cfg)
         plan.families[name] = families_for(cfg, name)
         for fam in plan.families[name]:
-            plan.columns += FAMILIES[fam].columns(name, channel_names)
+            add(name, fam)
     for m, name in zip(cfg.masks.methods, mask_names(cfg)):
         plan.families[name] = families_for(cfg, name)
         for fam in plan.families[name]:
-            plan.columns += FAMILIES[fam].columns(name, channel_names)
+            add(name, fam)
         kwargs = dict(m.kwargs)
         margin = max(margin, method_margin(m.method.value, kwargs))
         side = max(side, min_side(m.method.value, kwargs))
     if cfg.features.raw:
-        plan.columns += FAMILIES["raw"].columns(None, channel_names)
+        add(None, "raw")
     plan.margin = margin
     plan.min_side = side
     return plan
@@ -116,15 +130,26 @@ def build_plan(cfg: Config, channel_names: list[str]) -> Plan:
 def profile_batch(batch: Batch, plan: Plan, timer: StageTimer = NO_TIMER, given=()):
     """(N, F) float64 host array of all feature and numeric meta columns, in plan order.
 
+    Every family writes its columns into one (N, F) table in the batch's array namespace,
+    which comes back to the host in one copy (on a GPU, the only synchronisation of the batch).
+
     ``given``: mask results computed elsewhere (the segmentation's), profiled first.
     """
     xp = batch.xp
     cfg = plan.cfg
-    blocks = []
+    table = xp.empty((batch.n, plan.n_features), dtype=xp.float64)
+
+    def family(name, fam, mr):
+        a, b = plan.spans[(name, fam)]
+        out = table[:, a:b]
+        with timer(fam):
+            res = FAMILIES[fam].compute(batch, mr, replace(plan.context, out=out))
+            if res is not out:
+                out[...] = res
+
     for mr in given:
         for fam in plan.families[mr.name]:
-            with timer(fam):
-                blocks.append(FAMILIES[fam].compute(batch, mr, plan.context))
+            family(mr.name, fam, mr)
     if cfg.masks.methods:
         with timer("filters"):
             passed = filter_channels(batch, cfg.masks.filters)
@@ -132,12 +157,8 @@ def profile_batch(batch: Batch, plan: Plan, timer: StageTimer = NO_TIMER, given=
             with timer(f"mask:{name}"):
                 mr = compute_masks(batch, m, cfg.masks, passed)
             for fam in plan.families[name]:
-                with timer(fam):
-                    blocks.append(FAMILIES[fam].compute(batch, mr, plan.context))
+                family(name, fam, mr)
     if cfg.features.raw:
-        with timer("raw"):
-            blocks.append(FAMILIES["raw"].compute(batch, None, plan.context))
-    if not blocks:
-        return asnumpy(xp.zeros((batch.n, 0)))
+        family(None, "raw", None)
     with timer("transfer"):
-        return asnumpy(xp.concatenate([b.astype(xp.float64) for b in blocks], axis=1))  # one copy back
+        return asnumpy(table)  # one copy back

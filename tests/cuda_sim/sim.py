@@ -111,9 +111,7 @@ class SimKernel:
         keep = []
         params = (ctypes.c_void_p * max(len(args), 1))()
         for i, a in enumerate(args):
-            if isinstance(a, np.ndarray):
-                if not (a.flags.c_contiguous or a.ndim == 0):
-                    raise ValueError(f"{self.name}: argument {i} is not contiguous")
+            if isinstance(a, np.ndarray):  # a pointer to its first element, as CuPy passes it
                 holder = ctypes.c_void_p(a.__array_interface__["data"][0])
             elif isinstance(a, np.generic):
                 holder = ctypes.create_string_buffer(a.tobytes(), max(a.itemsize, 8))
