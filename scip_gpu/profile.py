@@ -127,13 +127,15 @@ def build_plan(cfg: Config, channel_names: list[str]) -> Plan:
     return plan
 
 
-def profile_batch(batch: Batch, plan: Plan, timer: StageTimer = NO_TIMER, given=()):
+def profile_batch(batch: Batch, plan: Plan, timer: StageTimer = NO_TIMER, given=(), *, to_host: bool = True):
     """(N, F) float64 host array of all feature and numeric meta columns, in plan order.
 
     Every family writes its columns into one (N, F) table in the batch's array namespace,
     which comes back to the host in one copy (on a GPU, the only synchronisation of the batch).
 
     ``given``: mask results computed elsewhere (the segmentation's), profiled first.
+    ``to_host=False`` returns the device table instead, with the batch's work still running
+    asynchronously (for callers that overlap the copy back with the next batch).
     """
     xp = batch.xp
     cfg = plan.cfg
@@ -160,5 +162,7 @@ def profile_batch(batch: Batch, plan: Plan, timer: StageTimer = NO_TIMER, given=
                 family(name, fam, mr)
     if cfg.features.raw:
         family(None, "raw", None)
+    if not to_host:
+        return table
     with timer("transfer"):
         return asnumpy(table)  # one copy back
