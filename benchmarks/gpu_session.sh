@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# GPU checks on a lent GPU machine (Python 3.12, CUDA 13, CuPy, torch preinstalled; no registry).
+# GPU checks on a lent GPU machine (Python 3.12, CUDA 13, CuPy, numba, torch preinstalled; no
+# registry): one prepared run, each step under its own timeout, logs and results in one folder.
 #
 # Here (with network), once:   bash benchmarks/gpu_session.sh wheels
 #   downloads the wheels the GPU machine lacks into .whl/ (git-ignored; ../shared/tools/gpu-wheelhouse.sh).
 # On the GPU machine:          bash benchmarks/gpu_session.sh run [N]
-#   installs them into /tmp/site, runs `pytest -m gpu` (GPU vs CPU equality, kernels vs references),
-#   then the GPU benchmark (benchmarks/bench_gpu.py, N objects, default 100000); results and logs
-#   go to $OUT when set (the device tool's output folder) and to benchmarks/results/.
-set -euo pipefail
+#   1. first batch in a fresh process with an empty kernel cache (compilation included);
+#   2. bench_gpu.py: equality with the CPU path, objects/s (N objects, default 65536), time per
+#      stage against the floor, peak memory, the CPU path on the same host;
+#   3. pytest -m gpu (every CUDA kernel against the CPU path on the real device);
+#   4. the fields-of-view command line with device=cuda vs device=cpu.
+#   Results (gpu-<device>-<N>.json/.md, gpu-fields-equality.json) and the log (session.log) go to
+#   $OUT when set (the device tool's output folder), else benchmarks/results/session/.
+#   Total under 8 minutes.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
   wheels)
@@ -15,17 +21,28 @@ case "${1:-}" in
     bash ../shared/tools/gpu-wheelhouse.sh .whl
     ;;
   run)
-    N=${2:-100000}
-    OUTDIR=${OUT:-benchmarks/results}
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    N=${2:-65536}
+    OUTDIR=${OUT:-benchmarks/results/session}
+    mkdir -p "$OUTDIR"
+    exec > >(tee -a "$OUTDIR/session.log") 2>&1
+    export PYTHONUNBUFFERED=1
+    step() {  # step SECONDS COMMAND...: run with a timeout (output in the session log)
+      local limit=$1; shift
+      local t0=$SECONDS
+      echo "== $(date -u +%T) $* (timeout ${limit} s)"
+      timeout --kill-after=10 "$limit" "$@"
+      echo "== exit $? after $((SECONDS - t0)) s"
+    }
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      || { echo "wheel install failed"; exit 1; }
     export PYTHONPATH=/tmp/site:$PWD
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUTDIR/gpu-nvidia-smi.txt"
-    set +e
-    python3 -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUTDIR/pytest-gpu.log"
-    python3 -m pytest tests/test_kernels.py tests/features tests/test_stats.py -q -p no:cacheprovider 2>&1 | tail -3
-    set -e
-    PYTHONUNBUFFERED=1 python3 benchmarks/bench_gpu.py -n "$N" --out "$OUTDIR" 2>&1 | tee "$OUTDIR/bench-gpu.log"
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+    step 90 env CUPY_CACHE_DIR="$(mktemp -d)" python3 benchmarks/bench_gpu.py --first-batch
+    step 240 python3 benchmarks/bench_gpu.py -n "$N" --out "$OUTDIR"
+    step 120 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="-ra" tests/kernels
+    step 100 python3 benchmarks/bench_gpu.py --fields-only --out "$OUTDIR"
+    ls -la "$OUTDIR"
     ;;
   *)
-    sed -n '2,10p' "$0"; exit 2 ;;
+    sed -n '2,17p' "$0"; exit 2 ;;
 esac

@@ -23,7 +23,10 @@ class ndarray(np.ndarray):
     def __array__(self, dtype=None, copy=None):
         raise TypeError("Implicit conversion to a NumPy array is not allowed (fake CuPy); use .get()")
 
-    def get(self, stream=None):
+    def get(self, stream=None, order="C", out=None, blocking=True):
+        if out is not None:
+            out[...] = self.view(np.ndarray)
+            return out
         return self.view(np.ndarray).copy()
 
     def set(self, arr, stream=None):
@@ -89,10 +92,25 @@ class _Pool:
     def total_bytes(self):
         return 0
 
+    def used_bytes(self):
+        return 0
+
 
 class _Device:
+    attributes = {"MultiProcessorCount": 2, "MaxSharedMemoryPerBlockOptin": 227 * 1024}
+
     def __init__(self, i=0):
         self.id = i
+
+    def synchronize(self):
+        pass
+
+
+class _Event:
+    """Work is synchronous here: an event is always complete."""
+
+    def record(self, stream=None):
+        self.t = __import__("time").perf_counter()
 
     def synchronize(self):
         pass
@@ -108,12 +126,15 @@ def install(monkeypatch) -> types.ModuleType:
     cupy.get_default_pinned_memory_pool = lambda: _Pool()
     cupy.cuda = types.SimpleNamespace(
         Device=_Device,
+        Event=_Event,
+        get_elapsed_time=lambda a, b: max((b.t - a.t) * 1e3, 1e-3),
         get_current_stream=lambda: None,
         alloc_pinned_memory=lambda n: bytearray(n),
         runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 2**34}),
     )
     cupy.int32 = np.int32
     cupyx = _module("cupyx", types.SimpleNamespace())
+    cupyx.empty_pinned = lambda shape, dtype=np.float64: np.empty(shape, dtype=dtype)
 
     def scatter(op):
         def f(out, idx, values):
