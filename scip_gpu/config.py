@@ -260,7 +260,8 @@ class Config:
     output_root: str = "outputs"
     device: Device = Device.auto
     partition_size: Optional[int] = None  # objects per Dask task (one Parquet file each); null: auto
-    batch_size: int = 256  # objects per array batch inside a task
+    batch_size: Optional[int] = None  # objects per array batch inside a task; null: auto (256 on a CPU,
+    # on a GPU from free device memory and the object size, up to 4096)
     pad_multiple: int = 8  # padded batch shapes are multiples of this
     strict: bool = False  # exit non-zero when any object failed
     log_level: str = "INFO"

@@ -29,7 +29,7 @@ from .fields import (channel_compartments, export_labels, field_objects, field_s
                      load_correction, project, safe_name, write_correction)
 from .masks import MaskResult
 from .pipeline import PartitionResult, StageTimer, check_image, free_device_memory
-from .profile import Plan, profile_batch, segmentation_mask_name
+from .profile import Plan, auto_batch_size, profile_batch, segmentation_mask_name
 
 log = logging.getLogger("scip_gpu")
 
@@ -204,8 +204,10 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
             status[i] = "error"
             errors.append({"meta_index": int(metas[i]["meta_field_index"]), "object": describe(i),
                            "stage": "validate", "error": str(exc)})
-    groups = group_by_shape([crops[i].shape[1:] for i in good], margin=plan.margin, multiple=cfg.pad_multiple,
-                            batch_size=cfg.batch_size)
+    shapes = [crops[i].shape[1:] for i in good]
+    batch_size = cfg.batch_size or auto_batch_size(
+        xp, n_ch, tuple(int(v) + plan.margin for v in np.max(shapes, axis=0)) if shapes else (1, 1), plan.n_features)
+    groups = group_by_shape(shapes, margin=plan.margin, multiple=cfg.pad_multiple, batch_size=batch_size)
     for shape, members in groups:
         run_group([good[m] for m in members], shape)
 

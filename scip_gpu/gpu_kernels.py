@@ -1,8 +1,11 @@
 """The CUDA kernels of ``kernels/`` and their registration as stage implementations.
 
 All kernel sources are compiled together, once per process and device, as one
-``cupy.RawModule`` (NVRTC; CuPy caches the binary on disk, so later processes only load it).
-The module is compiled with ``--fmad=false``: the kernels repeat the arithmetic of the numba
+``cupy.RawModule``. For Hopper GPUs (sm_90: H100, H200) a binary built with nvcc ships in
+``kernels/prebuilt/`` and is loaded directly when it matches the sources (its SHA-256 is
+recorded beside it; ``python -m scip_gpu.gpu_kernels build`` rebuilds it); other devices, or
+edited sources, compile with NVRTC at first use (CuPy then caches the binary on disk). The
+module is compiled with ``--fmad=false``: the kernels repeat the arithmetic of the numba
 kernels operation for operation, and fused multiply-adds would change the last bits.
 
 Each public function here is the ``cuda`` implementation of a stage (``scip_gpu.dispatch``),
@@ -21,8 +24,14 @@ the current stream. Nothing is imported from CuPy unless a GPU backend runs.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import re
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -57,10 +66,66 @@ def kernel_names() -> list[str]:
 _module_override = None
 
 
+#: architectures with a prebuilt binary in kernels/prebuilt/
+PREBUILT_ARCHS = ("sm_90",)
+
+
+def source_digest() -> str:
+    """SHA-256 of the module source and the compiler options."""
+    return hashlib.sha256((module_source() + "\n".join(OPTIONS)).encode()).hexdigest()
+
+
+def prebuilt_path(arch: str) -> Path:
+    return kernels_dir() / "prebuilt" / f"module.{arch}.cubin"
+
+
+def prebuilt_current(arch: str) -> bool:
+    """Whether the prebuilt binary for ``arch`` exists and was built from the current sources."""
+    path = prebuilt_path(arch)
+    meta = path.with_suffix(".json")
+    if not (path.is_file() and meta.is_file()):
+        return False
+    try:
+        return json.loads(meta.read_text()).get("source_sha256") == source_digest()
+    except ValueError:
+        return False
+
+
+def build_prebuilt(archs=PREBUILT_ARCHS, nvcc: str | None = None) -> list[Path]:
+    """Compile the module with nvcc into ``kernels/prebuilt/module.<arch>.cubin`` (and record
+    the source digest beside it)."""
+    nvcc = nvcc or shutil.which("nvcc")
+    if nvcc is None:
+        raise RuntimeError("nvcc is not on PATH")
+    folder = prebuilt_path(archs[0]).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    src = folder / "module.cu"
+    src.write_text(module_source())
+    out = []
+    try:
+        for arch in archs:
+            path = prebuilt_path(arch)
+            res = subprocess.run([nvcc, f"-arch={arch}", "-cubin", *OPTIONS, str(src), "-o", str(path)],
+                                 capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"nvcc failed for {arch}:\n{res.stderr}")
+            version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()
+            path.with_suffix(".json").write_text(json.dumps(
+                {"source_sha256": source_digest(), "arch": arch, "options": list(OPTIONS),
+                 "nvcc": version[-1] if version else ""}, indent=2) + "\n")
+            out.append(path)
+    finally:
+        src.unlink(missing_ok=True)
+    return out
+
+
 @functools.cache
 def _compiled(device_id: int):
     import cupy
 
+    arch = f"sm_{cupy.cuda.Device(device_id).compute_capability}"
+    if prebuilt_current(arch):
+        return cupy.RawModule(path=str(prebuilt_path(arch)))
     return cupy.RawModule(code=module_source(), options=OPTIONS)
 
 
@@ -352,3 +417,10 @@ def glcm_props(values, view, extents, edges, offsets):
 
 # the family kernels register themselves as they are imported
 from . import _gpu_intensity, _gpu_shape, _gpu_texture  # noqa: E402,F401
+
+
+if __name__ == "__main__":  # python -m scip_gpu.gpu_kernels build
+    if sys.argv[1:] != ["build"]:
+        sys.exit("usage: python -m scip_gpu.gpu_kernels build   (needs nvcc)")
+    for p in build_prebuilt():
+        print(p)

@@ -24,7 +24,7 @@ from .cluster import executor
 from .config import Config, validate
 from .errors import ObjectError, OutputError, ScipGpuError, describe_exception
 from .io import make_source
-from .profile import Plan, StageTimer, build_plan, profile_batch
+from .profile import GPU_BATCH_MAX, Plan, StageTimer, auto_batch_size, build_plan, profile_batch
 
 log = logging.getLogger("scip_gpu")
 
@@ -158,8 +158,13 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
             run_group(positions[:half], imgs[:half], shape)
             run_group(positions[half:], imgs[half:], shape)
 
-    groups = group_by_shape([img.shape[1:] for _, img in good], margin=plan.margin,
-                            multiple=cfg.pad_multiple, batch_size=cfg.batch_size)
+    shapes = [img.shape[1:] for _, img in good]
+    batch_size = cfg.batch_size or auto_batch_size(
+        xp, n_ch, tuple(int(v) + plan.margin for v in np.max(shapes, axis=0)) if shapes else (1, 1), plan.n_features,
+        max((img.dtype.itemsize for _, img in good), default=2))
+    if not cfg.batch_size and shapes and is_gpu(xp):
+        log.info("partition %d: batch_size %d (automatic, from free device memory)", part, batch_size)
+    groups = group_by_shape(shapes, margin=plan.margin, multiple=cfg.pad_multiple, batch_size=batch_size)
     for shape, members in groups:
         run_group([good[m][0] for m in members], [good[m][1] for m in members], shape)
 
@@ -263,7 +268,7 @@ def auto_partition_size(cfg: Config, n: int) -> int:
     workers = 1 if kind == "sync" else (cfg.cluster.n_workers or (cfg.cluster.jobs * (cfg.cluster.processes or 1)
                                                                    if kind in ("slurm", "pbs") else os.cpu_count()) or 1)
     size = -(-n // (4 * workers))
-    low = 64 if getattr(cfg.device, "value", cfg.device) != "cuda" else max(64, cfg.batch_size)
+    low = 64 if getattr(cfg.device, "value", cfg.device) != "cuda" else max(64, cfg.batch_size or GPU_BATCH_MAX)
     return int(min(max(size, low), 4096))
 
 

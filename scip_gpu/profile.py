@@ -49,6 +49,29 @@ class StageTimer:
 
 NO_TIMER = StageTimer(False)
 
+#: objects per batch on a CPU when ``batch_size`` is not set
+CPU_BATCH = 256
+#: the largest automatic batch on a GPU, and the share of free device memory it may take
+GPU_BATCH_MAX = 4096
+GPU_BATCH_BUDGET = 2 * 2**30
+
+
+def batch_bytes_per_object(n_channels: int, shape: tuple[int, int], n_features: int, itemsize: int = 2) -> int:
+    """Device memory one object takes while its batch runs: pixels, channel masks and their
+    transient copy, combined mask, the feature table and one family's block."""
+    h, w = shape
+    return n_channels * h * w * (itemsize + 2) + 2 * h * w + 3 * 8 * n_features
+
+
+def auto_batch_size(xp, n_channels: int, shape: tuple[int, int], n_features: int, itemsize: int = 2) -> int:
+    """Objects per batch when ``batch_size`` is not set: 256 on a CPU; on a GPU as many as fit
+    in a quarter of the free device memory and at most 2 GiB, between 64 and 4096."""
+    if not is_gpu(xp):
+        return CPU_BATCH
+    free, _ = xp.cuda.runtime.memGetInfo()
+    per = batch_bytes_per_object(n_channels, shape, n_features, itemsize)
+    return int(max(64, min(GPU_BATCH_MAX, min(GPU_BATCH_BUDGET, free // 4) // per)))
+
 
 @dataclass
 class FeatureContext:

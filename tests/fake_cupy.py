@@ -130,7 +130,8 @@ def install(monkeypatch) -> types.ModuleType:
         get_elapsed_time=lambda a, b: max((b.t - a.t) * 1e3, 1e-3),
         get_current_stream=lambda: None,
         alloc_pinned_memory=lambda n: bytearray(n),
-        runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 2**34}),
+        runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 2**34},
+                                      memGetInfo=lambda: (2**33, 2**34)),
     )
     cupy.int32 = np.int32
     cupyx = _module("cupyx", types.SimpleNamespace())
