@@ -3,12 +3,13 @@
 //   mask_li:   gaussian(sigma) -> sobel -> gaussian(2 sigma) -> Li threshold -> fill/clean
 //   mask_otsu: digitise (512 bins) -> x - median(disk 5) -> gaussian(0.5) -> sobel ->
 //              min-max scaling -> median(disk 5) -> Otsu threshold -> fill/clean
+//   mask_spot: white top-hat (disk) -> above the 0.99 quantile
 //
 // followed in the same kernel by the pre-mask filter verdict (`passed`) and SCIP's border rule
 // (or the plain component count), and by the per-object `mask_combine` (main-channel rule,
 // combined mask, bounding box, background levels).
 //
-// Reference semantics: scip_gpu.masks.methods.li / .otsu, scip_gpu.masks.compute_masks; the
+// Reference semantics: scip_gpu.masks.methods.li / .otsu / .spot, scip_gpu.masks.compute_masks; the
 // arithmetic is that of the numba kernels (scip_gpu/_numba_kernels.py: gaussian_planes,
 // sobel_planes, li_rows, otsu_digitize_u16, median_disk_planes, scale_to_u16, otsu_int_rows,
 // fill_and_clean, border_regions, outside_sums), so the masks are identical.
@@ -362,6 +363,101 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
             sg_fill_and_clean(m8, h, w, (double)h * (double)w / 4.0, 20.0, parent, (int*)R1);
         }
         sg_mask_tail(m8, h, w, ok, remove_border, parent, (int*)R1, mask + (i64)m * cap, H, W, regions + m);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spot: white top-hat by disk(r) (grey erosion then dilation, mode 'reflect'), foreground above
+// the 0.99 quantile of the top-hat (scip_gpu.masks.methods.spot, scipy.ndimage's arithmetic:
+// integers, so exact)
+
+__device__ __forceinline__ int sg_reflect(int i, int n) {  // d c b a | a b c d | d c b a, |offset| < n
+    return i < 0 ? -i - 1 : (i >= n ? 2 * n - i - 1 : i);
+}
+
+// out = grey erosion (is_max 0) or dilation (1) of the h x w plane x by the disk with half-widths
+// half[0..2r] (flat footprint, mode 'reflect')
+__device__ void sg_grey_disk(const unsigned short* x, unsigned short* out, int h, int w, const int* half, int r,
+                             bool is_max) {
+    for (int p = threadIdx.x; p < h * w; p += SG_THREADS) {
+        const int i = p / w, j = p - i * w;
+        int best = is_max ? 0 : 65535;
+        for (int k = 0; k <= 2 * r; ++k) {
+            const int ii = sg_reflect(i + k - r, h);
+            for (int dx = -half[k]; dx <= half[k]; ++dx) {
+                const int v = x[ii * w + sg_reflect(j + dx, w)];
+                best = is_max ? (v > best ? v : best) : (v < best ? v : best);
+            }
+        }
+        out[p] = (unsigned short)best;
+    }
+    __syncthreads();
+}
+
+// Workspace of mask_spot: X, E, T (H W u16 each), keys (next_pow2(H W) u32), m8, parent.
+extern "C" __global__ void
+mask_spot(const void* pixels, const int dtype, const int C, const int H, const int W,
+          const long long* __restrict__ extents, const int M, const int radius,
+          const unsigned char* __restrict__ passed, const int remove_border,
+          unsigned char* __restrict__ mask, long long* __restrict__ regions,
+          unsigned char* scratch, const long long ws_bytes) {
+    const int cap = H * W, np2 = sg_next_pow2(cap);
+    SgArena arena(sg_workspace(scratch, ws_bytes));
+    unsigned short* X = arena.take<unsigned short>(cap);
+    unsigned short* E = arena.take<unsigned short>(cap);
+    unsigned short* T = arena.take<unsigned short>(cap);
+    unsigned int* keys = arena.take<unsigned int>(np2);
+    unsigned char* m8 = arena.take<unsigned char>(cap);
+    int* parent = arena.take<int>(cap);
+    __shared__ int half[64];
+    __shared__ double s_q;
+    if ((int)threadIdx.x < 2 * radius + 1) {
+        const int dy = (int)threadIdx.x - radius;
+        int a = 0;
+        while ((a + 1) * (a + 1) + dy * dy <= radius * radius) ++a;
+        half[threadIdx.x] = a;
+    }
+    __syncthreads();
+    for (int m = blockIdx.x; m < M; m += gridDim.x) {
+        const int obj = m / C;
+        const int h = (int)extents[2 * obj], w = (int)extents[2 * obj + 1];
+        const int n = h * w;
+        const void* px = dtype == 0 ? (const void*)((const unsigned char*)pixels + (i64)m * cap)
+                                    : (const void*)((const unsigned short*)pixels + (i64)m * cap);
+        const bool ok = passed[m] != 0;
+        if (ok) {
+            for (int p = threadIdx.x; p < n; p += SG_THREADS) {
+                const int i = p / w, j = p - i * w;
+                X[p] = (unsigned short)sg_load_int(px, (i64)i * W + j, dtype);
+            }
+            __syncthreads();
+            sg_grey_disk(X, E, h, w, half, radius, false);
+            sg_grey_disk(E, T, h, w, half, radius, true);
+            const int n2 = sg_next_pow2(n);
+            for (int p = threadIdx.x; p < n2; p += SG_THREADS) {
+                unsigned int key = 0xFFFFFFFFu;
+                if (p < n) {
+                    T[p] = (unsigned short)(X[p] - T[p]);  // the top-hat (opening <= image: no wrap)
+                    key = T[p];
+                }
+                keys[p] = key;
+            }
+            __syncthreads();
+            sg_bitonic_sort(keys, n2);
+            if (threadIdx.x == 0) {  // numpy.quantile(t, 0.99), linear
+                const double virt = (double)(n - 1) * 0.99;
+                const int lo = (int)floor(virt);
+                const int hi = lo + 1 < n - 1 ? lo + 1 : n - 1;
+                const double a = (double)keys[lo], b = (double)keys[hi], g = virt - (double)lo;
+                const double d = b - a;
+                s_q = g >= 0.5 ? b - d * (1.0 - g) : a + d * g;
+            }
+            __syncthreads();
+            const double q = s_q;
+            for (int p = threadIdx.x; p < n; p += SG_THREADS) m8[p] = (double)T[p] > q;
+            __syncthreads();
+        }
+        sg_mask_tail(m8, h, w, ok, remove_border, parent, (int*)keys, mask + (i64)m * cap, H, W, regions + m);
     }
 }
 

@@ -264,14 +264,24 @@ def _dtype_code(dtype) -> int | None:
 # Masks (kernels/masks.cu)
 
 
+@workspace("mask_spot")
+def _ws_mask_spot(h: int, w: int) -> int:
+    cap = h * w
+    return 3 * _round16(2 * cap) + _round16(4 * next_pow2(cap)) + _round16(cap) + _round16(4 * cap)
+
+
 def _accepts_channel_masks(batch, method, kwargs, passed, remove_border) -> bool:
-    return method in ("li", "otsu") and _dtype_code(batch.pixels.dtype) is not None
+    if _dtype_code(batch.pixels.dtype) is None:
+        return False
+    if method == "spot":
+        return 2 * int(kwargs.get("spotsize", 5)) + 1 <= 64
+    return method in ("li", "otsu")
 
 
 @register("masks.channel_masks", "cuda", accepts=_accepts_channel_masks)
 def channel_masks(batch, method: str, kwargs: dict, passed, remove_border: bool):
-    """Fused ``li`` / ``otsu`` mask kernels for every (object, channel) plane, with the filter
-    verdict and SCIP's border rule (``mask_li`` / ``mask_otsu``)."""
+    """Fused ``li`` / ``otsu`` / ``spot`` mask kernels for every (object, channel) plane, with
+    the filter verdict and SCIP's border rule (``mask_li`` / ``mask_otsu`` / ``mask_spot``)."""
     import cupy
 
     from . import cpu_kernels, ops
@@ -290,10 +300,13 @@ def channel_masks(batch, method: str, kwargs: dict, passed, remove_border: bool)
         table, radii = _li_weights(sig)
         args = (*head, table, radii, np.int32(table.shape[2]), *tail, np.int32(10_000), mask, regions)
         launch("mask_li", n * c, args, workspace=workspace_bytes("mask_li", h, w))
-    else:
+    elif method == "otsu":
         g05 = device_constant("gaussian-0.5", lambda: cpu_kernels.gaussian_weights(0.5, ops.gaussian_radius(0.5)))
         args = (*head, g05, *tail, mask, regions)
         launch("mask_otsu", n * c, args, workspace=workspace_bytes("mask_otsu", h, w))
+    else:
+        args = (*head, np.int32(int(kwargs.get("spotsize", 5))), *tail, mask, regions)
+        launch("mask_spot", n * c, args, workspace=workspace_bytes("mask_spot", h, w))
     return mask.view(cupy.bool_), regions
 
 

@@ -33,6 +33,8 @@ def _cells(case: str):
 
 def _cpu_and_device(method, cells, shape, device, passed, combined_indices=None):
     overrides = ["+dataset=demo", f"masks={'li' if method == 'li' else 'scip'}"]
+    if method == "spot":
+        overrides.append("masks.methods=[{method: spot, name: spot, kwargs: {spotsize: 3}}]")
     cfg, _ = to_config(_compose(overrides))
     mcfg = next(m for m in cfg.masks.methods if m.method.value == method)
     masks_cfg = cfg.masks
@@ -48,7 +50,7 @@ def _cpu_and_device(method, cells, shape, device, passed, combined_indices=None)
     return cpu, (out[0], out[1], regions, *out[2:])
 
 
-@pytest.mark.parametrize("method", ["li", "otsu"])
+@pytest.mark.parametrize("method", ["li", "otsu", "spot"])
 @pytest.mark.parametrize("case", ["ragged", "exact", "uint8"])
 def test_mask_kernels_equal_cpu(device, method, case):
     cells, shape = _cells(case)
