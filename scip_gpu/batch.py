@@ -133,39 +133,45 @@ def group_by_shape(
     return groups
 
 
-def _host_buffer(shape, dtype, xp):
-    """Zeroed host staging array; page-locked (pinned) when the batch goes to a GPU, so the
-    copy to the device is a single asynchronous DMA transfer."""
+def _host_buffer(shape, dtype, xp, *, zero: bool = True):
+    """Host staging array (zeroed unless ``zero`` is False); page-locked (pinned) when the batch
+    goes to a GPU, so the copy to the device is a single asynchronous DMA transfer."""
     if xp is np:
-        return np.zeros(shape, dtype=dtype)
+        return np.zeros(shape, dtype=dtype) if zero else np.empty(shape, dtype=dtype)
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
     mem = xp.cuda.alloc_pinned_memory(max(size, 1))
     buf = np.frombuffer(mem, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
-    buf[...] = 0
+    if zero:
+        buf[...] = 0
     return buf
 
 
 def assemble(images: Sequence[np.ndarray], index: np.ndarray, shape: tuple[int, int], xp=np):
     """Stack (C, h, w) host images into a zero-padded Batch of padded shape ``shape``.
 
-    The stack is built on the host (in pinned memory for a GPU) and moved to the device in one
-    copy on the current stream.
+    The stack and the extents are built on the host (in pinned memory for a GPU) and moved to
+    the device by asynchronous copies on the current stream: assembling the next batch never
+    waits for the device (a copy from pageable memory would synchronise the stream).
     """
     n = len(images)
     c = images[0].shape[0]
     dtype = np.result_type(*[im.dtype for im in images])
-    host = _host_buffer((n, c, *shape), dtype, xp)
-    extents = np.empty((n, 2), dtype=np.int64)
+    exact = all(im.shape[1:] == tuple(shape) for im in images)  # no padding to clear
+    host = _host_buffer((n, c, *shape), dtype, xp, zero=not exact)
+    extents = _host_buffer((n, 2), np.int64, xp, zero=False)
     for i, im in enumerate(images):  # ragged inputs: one copy per object is unavoidable here
         _, h, w = im.shape
         host[i, :, :h, :w] = im
         extents[i] = h, w
     if xp is np:
         return Batch(host, extents, np.asarray(index, dtype=np.int64))
+    stream = xp.cuda.get_current_stream()
     pixels = xp.empty(host.shape, dtype=host.dtype)
-    pixels.set(host, stream=xp.cuda.get_current_stream())  # asynchronous
-    batch = Batch(pixels, xp.asarray(extents), np.asarray(index, dtype=np.int64))
-    batch.cache["_pinned_host"] = host  # keep the staging buffer alive while the copy runs
+    pixels.set(host, stream=stream)  # asynchronous: pinned source
+    ext = xp.empty(extents.shape, dtype=np.int64)
+    ext.set(extents, stream=stream)
+    batch = Batch(pixels, ext, np.asarray(index, dtype=np.int64))
+    batch.cache["_pinned_host"] = (host, extents)  # keep the staging buffers alive while the copies run
     return batch
 
 
