@@ -1,3 +1,57 @@
-"""CUDA implementation of the texture family (kernels/texture.cu), registered with scip_gpu.dispatch."""
+"""CUDA implementation of the texture family (kernels/texture.cu), registered with
+scip_gpu.dispatch as the ``cuda`` implementation of the stage ``texture.block``.
+
+One fused kernel (``texture_planes``), one thread block per (object, channel) plane: both views'
+quantisation, GLCM counts and properties, the mean and std over the angles, and the Sobel
+statistics, with the CPU path's arithmetic (bit-identical results).
+"""
 
 from __future__ import annotations
+
+import numpy as np
+
+from .dispatch import register
+from .gpu_kernels import _dtype_code, _round16, launch, workspace
+
+#: values per view and views per channel (texture.N_VIEW, texture.VIEWS)
+N_VIEW = 28
+N_VIEWS = 2
+#: one-sided co-occurrence counts: 2 views x 4 offsets x 16 x 16 levels (uint32)
+_COUNTS = N_VIEWS * 4 * 16 * 16
+
+
+@workspace("texture_planes")
+def _ws(h: int, w: int) -> int:
+    """px (uint16), view flags and list tags (bytes), counts, compacted Sobel values (the
+    levels live in their space until they are written)."""
+    cap = h * w
+    cap8 = -(-cap // 8) * 8
+    return _round16(2 * cap) + _round16(cap8) + _round16(4 * _COUNTS) + _round16(8 * cap8)
+
+
+def _accepts(batch, mr, ctx) -> bool:
+    return _dtype_code(batch.pixels.dtype) is not None
+
+
+@register("texture.block", "cuda", accepts=_accepts)
+def texture_block(batch, mr, ctx):
+    """(N, C*56) texture features of one mask (``texture_planes``), columns as
+    ``texture_columns``: per channel the mask view's 28 values, then the combined view's."""
+    import cupy
+
+    px = cupy.ascontiguousarray(batch.pixels)
+    n, c, h, w = px.shape
+    per = N_VIEWS * N_VIEW
+    out = getattr(ctx, "out", None)
+    if out is None or out.shape != (n, c * per) or out.dtype != np.float64 or out.strides[1] != 8:
+        out = cupy.empty((n, c * per), dtype=cupy.float64)  # else: the batch table's columns
+    if n * c == 0:
+        return out
+    args = (px, np.int32(_dtype_code(px.dtype)), np.int32(c), np.int32(h), np.int32(w),
+            cupy.ascontiguousarray(batch.extents, dtype=cupy.int64), np.int32(n * c),
+            cupy.ascontiguousarray(mr.mask).view(cupy.uint8),
+            cupy.ascontiguousarray(mr.combined).view(cupy.uint8),
+            cupy.ascontiguousarray(mr.usable).view(cupy.uint8),
+            out, np.int64(out.strides[0] // 8))
+    launch("texture_planes", n * c, args, workspace=_ws(h, w))
+    return out
