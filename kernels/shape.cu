@@ -540,9 +540,9 @@ __device__ __forceinline__ int shp_rec_comp(const int* ci, int nC, int r) {
     return c;
 }
 
-// 4d. row records (threads from `first`, step `step`): with cc == nullptr the column range,
-//     pixel count and power sums of (col - minc) (record_power_sums, shift 0: exact); else
-//     the power sums of (col - minc) - cc[component] (the central column sums)
+// 4d. row records (threads from `first`, step `step`): the column range, pixel count and power
+//     sums of (col - minc) (record_power_sums with shift 0: exact); with `central`, the power
+//     sums of (col - minc) - cc of the component instead (record_power_sums with shift cc)
 __device__ void shp_records(volatile ShpCtx& X, bool central, int first, int step) {
     const int* lab = X.lab;
     const int* ci = X.ci;
@@ -855,7 +855,7 @@ shape_props(const unsigned char* __restrict__ mask, const unsigned char* __restr
                 X.R = R;
             }
             __syncthreads();
-            shp_records(X, false, t, SG_THREADS);
+            shp_records(X, false, t, SG_THREADS);  // 4d.
             __syncthreads();
             // 4e. one warp per task: raw moments | left hull | right hull | Euler and Crofton
             //     | perimeter

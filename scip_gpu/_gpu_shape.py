@@ -60,6 +60,21 @@ def _host_tables(area_max: int):
         return coefs, np.ascontiguousarray(m00 ** 2.5), np.ascontiguousarray(m00 ** 4)
 
 
+#: (device id, table size) -> (array module, device tables): the tables stay on the device, so
+#: that a call copies nothing from the host (a pageable copy would synchronise the stream)
+_DEVICE_TABLES: dict = {}
+
+
+def _device_tables(cupy, area_max: int):
+    key = (int(cupy.cuda.Device().id), area_max)
+    hit = _DEVICE_TABLES.get(key)
+    if hit is not None and hit[0] is cupy:
+        return hit[1]
+    tables = tuple(cupy.asarray(a) for a in _host_tables(area_max))
+    _DEVICE_TABLES[key] = (cupy, tables)
+    return tables
+
+
 def _accepts_shape(batch, mr, ctx) -> bool:
     shape = getattr(mr.mask, "shape", ())
     if len(shape) != 4:
@@ -81,8 +96,8 @@ def shape_block(batch, mr, ctx):
     usable = cupy.ascontiguousarray(cupy.asarray(mr.usable).astype(cupy.uint8))
     extents = cupy.ascontiguousarray(batch.extents, dtype=cupy.int64)
     out = cupy.empty((n, 59 * (c + 1)), dtype=cupy.float64)
-    coefs, pow25, pow4 = _host_tables(h * w)
+    coefs, pow25, pow4 = _device_tables(cupy, h * w)
     args = (mask, combined, extents, usable, np.int32(n), np.int32(c), np.int32(h), np.int32(w),
-            cupy.asarray(coefs), cupy.asarray(pow25), cupy.asarray(pow4), out)
+            coefs, pow25, pow4, out)
     launch("shape_props", n * (c + 1), args, workspace=workspace_bytes("shape_props", h, w))
     return out

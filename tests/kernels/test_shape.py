@@ -8,6 +8,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from scip_gpu import gpu_kernels
 from scip_gpu._gpu_shape import shape_block
@@ -162,28 +163,32 @@ def test_shape_kernel_edge_cases(device):
     mr.mask[3] = False  # as the pipeline's masks are for objects not usable
     want, got = _run(batch, mr, device)
     _check(want, got, "edge cases")
-    assert np.isnan(got[3]).all() and np.isnan(got[0, :59]).all() is not True
+    assert np.isnan(got[3]).all()  # not usable
+    assert np.isnan(got[0, 59:118]).all() and not np.isnan(got[0, :59]).any()  # empty channel plane
 
 
 def test_shape_kernel_extents_and_many_components(device):
     rng = np.random.default_rng(7)
     h, w = 40, 36
-    n, c = 4, 1
-    mask = rng.random((n, c, h, w)) < 0.3  # hundreds of components, many single pixels
+    n, c = 5, 1
+    mask = rng.random((n, c, h, w)) < 0.15  # over a hundred components, many single pixels
     mask[1, 0] = rng.random((h, w)) < 0.55
     mask[2, 0] = False
     mask[2, 0, 3:30, 5:25] = True
     mask[2, 0, 10:20, 10:15] = False
     batch, mr = _hand_mr(mask)
-    batch.extents[:] = [[h, w], [17, 31], [29, 21], [1, 36]]
-    # nothing outside the extents (as the pipeline's masks); the CPU path masks them anyway
-    inside = np.zeros((n, h, w), bool)
-    for i, (eh, ew) in enumerate(batch.extents):
+    batch.extents[:] = [[h, w], [17, 31], [29, 21], [1, 36], [40, 1]]
+    # nothing outside the extents, as the pipeline's masks, but for the last object (only the
+    # pixels inside an extent count, on both paths)
+    inside = np.ones((n, h, w), bool)
+    for i, (eh, ew) in enumerate(batch.extents[:-1]):
+        inside[i] = False
         inside[i, :eh, :ew] = True
     mr.mask &= inside[:, None]
     mr.combined = mr.mask.any(axis=1)
     want, got = _run(batch, mr, device)
     _check(want, got, "extents / many components")
+    assert ndi.label(mask[0, 0], np.ones((3, 3)))[1] > 100
 
 
 def test_shape_kernel_global_workspace(sim_small_shared):
@@ -195,3 +200,14 @@ def test_shape_kernel_global_workspace(sim_small_shared):
     _check(want, got, "global workspace")
     launches = gpu_kernels.module().launches
     assert any(name == "shape_props" and shared == 0 for name, _, _, shared in launches)
+
+
+def test_shape_kernel_declines_planes_too_large_for_it():
+    from scip_gpu._gpu_shape import _accepts_shape
+
+    def mr(h, w):
+        return MaskResult("m", np.zeros((1, 1, h, w), bool), None, None, None, None, None, None)
+
+    assert _accepts_shape(None, mr(64, 64), None)
+    assert _accepts_shape(None, mr(254, 254), None)
+    assert not _accepts_shape(None, mr(255, 255), None)  # padded planes over 65536 pixels
