@@ -14,7 +14,26 @@ import importlib
 import sys
 import types
 
+import collections
+
 import numpy as np
+
+#: what would synchronise the host with a real device, counted by kind: "get" (a blocking copy
+#: to the host), "scalar" (bool/int/float/item of a device array), "pageable" (a copy from
+#: pageable host memory to the device, which synchronises the stream first)
+SYNCS: collections.Counter = collections.Counter()
+
+
+class PinnedBuffer(bytearray):
+    """What ``cupy.cuda.alloc_pinned_memory`` returns here (marks host buffers as pinned)."""
+
+
+def _pinned(a) -> bool:
+    base = a
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return isinstance(base, (PinnedBuffer, memoryview)) and (
+        not isinstance(base, memoryview) or isinstance(base.obj, PinnedBuffer))
 
 
 class ndarray(np.ndarray):
@@ -24,13 +43,33 @@ class ndarray(np.ndarray):
         raise TypeError("Implicit conversion to a NumPy array is not allowed (fake CuPy); use .get()")
 
     def get(self, stream=None, order="C", out=None, blocking=True):
+        if blocking:
+            SYNCS["get"] += 1
         if out is not None:
             out[...] = self.view(np.ndarray)
             return out
         return self.view(np.ndarray).copy()
 
     def set(self, arr, stream=None):
+        if not _pinned(arr):
+            SYNCS["pageable"] += 1
         self.view(np.ndarray)[...] = arr
+
+    def __bool__(self):
+        SYNCS["scalar"] += 1
+        return bool(self.view(np.ndarray))
+
+    def __int__(self):
+        SYNCS["scalar"] += 1
+        return int(self.view(np.ndarray))
+
+    def __float__(self):
+        SYNCS["scalar"] += 1
+        return float(self.view(np.ndarray))
+
+    def item(self, *args):
+        SYNCS["scalar"] += 1
+        return self.view(np.ndarray).item(*args)
 
     def __array_function__(self, func, types_, args, kwargs):
         return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
@@ -120,7 +159,12 @@ def install(monkeypatch) -> types.ModuleType:
     """Put the fake modules in ``sys.modules`` (undone by ``monkeypatch``)."""
     cupy = _module("cupy", np)
     cupy.ndarray = ndarray
-    cupy.asarray = lambda a, dtype=None: np.array(_unwrap(a), dtype=dtype).view(ndarray)
+    def asarray(a, dtype=None):
+        if not isinstance(a, ndarray) and isinstance(a, np.ndarray) and not _pinned(a):
+            SYNCS["pageable"] += 1
+        return np.array(_unwrap(a), dtype=dtype).view(ndarray)
+
+    cupy.asarray = asarray
     cupy.ascontiguousarray = lambda a, dtype=None: np.ascontiguousarray(_unwrap(a), dtype=dtype).view(ndarray)
     cupy.get_default_memory_pool = lambda: _Pool()
     cupy.get_default_pinned_memory_pool = lambda: _Pool()
@@ -129,13 +173,17 @@ def install(monkeypatch) -> types.ModuleType:
         Event=_Event,
         get_elapsed_time=lambda a, b: max((b.t - a.t) * 1e3, 1e-3),
         get_current_stream=lambda: None,
-        alloc_pinned_memory=lambda n: bytearray(n),
+        alloc_pinned_memory=lambda n: PinnedBuffer(n),
         runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 2**34},
                                       memGetInfo=lambda: (2**33, 2**34)),
     )
     cupy.int32 = np.int32
     cupyx = _module("cupyx", types.SimpleNamespace())
-    cupyx.empty_pinned = lambda shape, dtype=np.float64: np.empty(shape, dtype=dtype)
+    def empty_pinned(shape, dtype=np.float64):
+        n = int(np.prod(shape))
+        return np.frombuffer(PinnedBuffer(max(n, 1) * np.dtype(dtype).itemsize), dtype=dtype, count=n).reshape(shape)
+
+    cupyx.empty_pinned = empty_pinned
 
     def scatter(op):
         def f(out, idx, values):
