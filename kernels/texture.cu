@@ -5,29 +5,30 @@
 // arithmetic is that of the numba kernels (scip_gpu/_numba_kernels.py: masked_range,
 // glcm_props, sobel_planes, sobel_view_statistics) and of NumPy's mean/std over the 4 angles,
 // so every value is bit-identical to the CPU path (the module is compiled with --fmad=false).
-// Values are the raw pixel values as doubles (exact for uint8/uint16).
+// Values are the raw pixel values (uint8/uint16), exact as doubles.
 //
 // Steps, per plane:
 // 1. load the plane (as uint16) and its views (bit v of fl[p]: in view v; v = 0 the channel's
 //    mask, 1 the combined mask, both restricted to the extent); per view min, max and pixel
-//    count (integer atomics: the values are integers);
+//    count (integer atomics);
 // 2. per view the 16 quantisation edges, numpy.histogram_bin_edges with numpy.linspace's
-//    arithmetic (edge_k = k * step + lo, edge_15 = hi; a constant view widened by +-0.5);
-// 3. per pixel: both views' levels (number of edges strictly below the value:
-//    numpy.digitize(right=True)), its views, and its "ring" bits: the views whose Sobel map is
-//    finite there (all 8 neighbours, reflected at the extent's border, in the view; the centre
-//    has weight 0), packed into lv[p] (16 bits);
+//    arithmetic (edge_k = k * step + lo, edge_15 = hi; a constant view widened by +-0.5), kept
+//    as the integer thresholds floor(edge_k) + 1;
+// 3. per pixel: both views' levels (the number of edges strictly below the value:
+//    numpy.digitize(right=True)), its views, and its "ring" bits: the views whose masked Sobel
+//    map is finite there (all 8 neighbours, reflected at the extent's border, in the view; the
+//    centre has weight 0), packed into lv[p];
 // 4. one-sided co-occurrence counts half[v][k][a][b] of in-view pixel pairs (p, p + offset_k)
 //    with p + offset_k inside the extent, for the 4 distinct offsets (2,2), (2,-2), (4,4),
 //    (4,-4) (SCIP's angles pi/4, 3pi/4 and their negations 5pi/4, 7pi/4 at distances 3 and 5:
-//    a symmetric matrix is half[a][b] + half[b][a]), by shared-memory atomics over consecutive
-//    chunks of pixels, one per thread; each thread also counts its ring pixels;
-// 5. a block scan of those counts; the ring pixels are compacted in raster order, then their
-//    Sobel values (of the raw plane, sg_sobel_px's arithmetic) computed in parallel, with a
-//    view tag per entry; per view max, min and count of the values;
-// 6. concurrently: threads 0 and 32 sum each view's Sobel values sequentially in raster order,
-//    then the squared deviations from the mean (as sobel_view_statistics); threads 64..71
-//    compute the six graycoprops properties of the 8 matrices in the numba loop order;
+//    a symmetric matrix is half[a][b] + half[b][a]), by shared-memory atomics; the ring pixels
+//    of each view as bit masks of 32-pixel chunks;
+// 5. a block scan of the chunks' counts; every ring pixel's Sobel value (of the raw plane, the
+//    numba _sobel_px's value) goes to its raster-order place in its views' lists; per view max
+//    and min;
+// 6. concurrently: threads 0 and 32 sum each view's list sequentially (the values, then the
+//    squared deviations from the mean), as sobel_view_statistics; lanes 0..7 of warps 2 and 3
+//    compute the six graycoprops properties of the 8 matrices, each sum in the numba loop order;
 // 7. per view, property and distance the mean and the population std over the 4 angles
 //    (matrices A, B, A, B: NumPy's sequential sums over that axis).
 //
@@ -37,22 +38,32 @@
 // NaN; a view without a finite Sobel value: NaN Sobel statistics.
 //
 // Workspace for H x W planes (cap = H W, cap8 = cap rounded up to 8), in this order: px (cap
-// uint16), fl (cap8 bytes: views, then ring bits, then the list's tags), half (2 x 4 x 256
-// uint32), sob (cap8 doubles: the Sobel list; until step 5 it holds lv, cap uint16).
+// uint16), fl (cap8 + 16 bytes: the views; from step 4 the chunks' ring masks and counts),
+// half (2 x 4 x 256 uint32), sob (cap8 doubles: the Sobel lists; until step 5 lv, cap uint16).
+// 64 x 64 planes: 53264 bytes (+ 2.9 KiB static), so 4 blocks fit an SM of an H100.
 
 #define TEX_NL 16     // grey levels (quantisation edges)
 #define TEX_NOFF 4    // distinct offsets
 #define TEX_NPROP 6   // graycoprops properties
 #define TEX_NVIEW 28  // values per view
 
-// Number of the ascending edges e[0..15] strictly below x, for x <= e[15].
-__device__ __forceinline__ int tex_level(double x, const double* e) {
+// Number of the ascending edges strictly below the integer x, from the integer thresholds
+// ie[k] = floor(edge_k) + 1 (edge_k < x <=> ie[k] <= x), for x <= edge_15.
+__device__ __forceinline__ int tex_level(int x, const int* ie) {
     int l = 0;
-    if (e[l + 7] < x) l += 8;
-    if (e[l + 3] < x) l += 4;
-    if (e[l + 1] < x) l += 2;
-    if (e[l] < x) l += 1;
+    if (ie[l + 7] <= x) l += 8;
+    if (ie[l + 3] <= x) l += 4;
+    if (ie[l + 1] <= x) l += 2;
+    if (ie[l] <= x) l += 1;
     return l;
+}
+
+__device__ __forceinline__ int tex_popc(unsigned x) {
+#ifdef CUDA_SIM
+    return __builtin_popcount(x);
+#else
+    return __popc(x);
+#endif
 }
 
 // View bits (bit v: view v) for which all 8 neighbours of (i, j), reflected at the border of
@@ -67,21 +78,20 @@ __device__ __forceinline__ int tex_ring(const unsigned char* fl, int h, int w, i
     return a[jp] & a[j] & a[jb] & b[jp] & b[jb] & c[jp] & c[j] & c[jb] & 3;
 }
 
-// skimage.filters.sobel (mode 'reflect') of pixel (i, j) of the h x w uint16 plane f, with the
-// arithmetic of the numba _sobel_px / sg_sobel_px (the values convert to doubles exactly).
+// skimage.filters.sobel (mode 'reflect') of pixel (i, j) of the h x w uint16 plane f, equal
+// to the numba _sobel_px / sg_sobel_px: for integer values their smoothed differences
+// gr = top - bottom, gc = left - right are exact multiples of 1/4 and gr^2 + gc^2 is exactly
+// (gr4^2 + gc4^2) / 16 with the integers gr4 = 4 gr, gc4 = 4 gc; then the same sqrt and scaling.
 __device__ __forceinline__ double tex_sobel_px(const unsigned short* f, int h, int w, int i, int j) {
     const int ip = i > 0 ? i - 1 : 0, ib = i < h - 1 ? i + 1 : h - 1;
     const int jp = j > 0 ? j - 1 : 0, jb = j < w - 1 ? j + 1 : w - 1;
-    const double a = (double)f[ip * w + jp], b = (double)f[ip * w + j], c = (double)f[ip * w + jb];
-    const double d = (double)f[i * w + jp], e = (double)f[i * w + jb];
-    const double g = (double)f[ib * w + jp], k = (double)f[ib * w + j], l = (double)f[ib * w + jb];
-    const double top = 0.25 * a + 0.5 * b + 0.25 * c;
-    const double bottom = 0.25 * g + 0.5 * k + 0.25 * l;
-    const double left = 0.25 * a + 0.5 * d + 0.25 * g;
-    const double right = 0.25 * c + 0.5 * e + 0.25 * l;
-    const double gr = top - bottom;
-    const double gc = left - right;
-    return sqrt(gr * gr + gc * gc) * (1.0 / sqrt(2.0));
+    const int a = f[ip * w + jp], b = f[ip * w + j], c = f[ip * w + jb];
+    const int d = f[i * w + jp], e = f[i * w + jb];
+    const int g = f[ib * w + jp], k = f[ib * w + j], l = f[ib * w + jb];
+    const int gr4 = (a + 2 * b + c) - (g + 2 * k + l);
+    const int gc4 = (a + 2 * d + g) - (c + 2 * e + l);
+    const long long q = (long long)gr4 * gr4 + (long long)gc4 * gc4;  // < 2^38
+    return sqrt((double)q * 0.0625) * (1.0 / sqrt(2.0));
 }
 
 // graycoprops of the symmetric matrix hp[a][b] + hp[b][a] (16 x 16 one-sided counts) in the
@@ -144,78 +154,80 @@ __device__ void tex_graycoprops(const unsigned int* hp, double* res, int role) {
 
 struct __align__(16) tex_pair { double a, b; };
 
-// Sequential sum, in list order, of view v's Sobel values (pass 0) or of their squared
-// deviations from `mean` (pass 1): sob[0..u) the compacted values, bit v of tag[k] the views of
-// entry k (tag[u .. u rounded up to 8) is 0). One dependent addition per entry of the view,
-// as the numba loop over the view's values.
-__device__ double tex_chain(const double* sob, const unsigned char* tag, int u, int v, double mean, int pass) {
-    const unsigned s0 = 1u << v, s1 = s0 << 8, s2 = s0 << 16, s3 = s0 << 24;
+// Sequential sum of x[0..n) (pass 0) or of (x[k] - mean)^2 (pass 1), in order, one dependent
+// addition per value, as the numba loops of sobel_view_statistics. x: 16-byte aligned.
+__device__ double tex_sum(const double* x, int n, double mean, int pass) {
     double s = 0.0;
+    const tex_pair* q = reinterpret_cast<const tex_pair*>(x);
+    int k = 0;
 #pragma unroll 1
-    for (int k0 = 0; k0 < u; k0 += 8) {
-        const u64 tw = *reinterpret_cast<const u64*>(tag + k0);
-        const tex_pair* q = reinterpret_cast<const tex_pair*>(sob + k0);
+    for (; k + 8 <= n; k += 8, q += 4) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            const tex_pair x = q[e];
-            const unsigned bits = (unsigned)(tw >> (32 * (e >> 1)));
-            const bool in_a = bits & ((e & 1) ? s2 : s0);
-            const bool in_b = bits & ((e & 1) ? s3 : s1);
-            double ta = x.a, tb = x.b;
-            if (pass != 0) {
-                ta = (x.a - mean) * (x.a - mean);
-                tb = (x.b - mean) * (x.b - mean);
+            const tex_pair y = q[e];
+            if (pass == 0) {
+                s += y.a;
+                s += y.b;
+            } else {
+                const double da = y.a - mean, db = y.b - mean;
+                s += da * da;
+                s += db * db;
             }
-            // the selection on the term, not on the sum: one dependent addition per entry
-            s += in_a ? ta : 0.0;
-            s += in_b ? tb : 0.0;
         }
+    }
+#pragma unroll 1
+    for (; k < n; ++k) {
+        const double d = pass == 0 ? x[k] : x[k] - mean;
+        s += pass == 0 ? d : d * d;
     }
     return s;
 }
 
-extern "C" __global__ void
-texture_planes(const void* pixels, const int dtype, const int C, const int H, const int W,
-               const long long* __restrict__ extents, const int M,
-               const unsigned char* __restrict__ mask,      // (N, C, H, W)
-               const unsigned char* __restrict__ combined,  // (N, H, W)
-               const unsigned char* __restrict__ usable,    // (N,)
-               double* __restrict__ out, const long long ld,
-               unsigned char* scratch, const long long ws_bytes) {
+// The kernel over the per-block workspace `base` (inlined into the two entry points, so that
+// the shared-memory variant addresses its workspace as shared memory).
+__device__ __forceinline__ void
+tex_planes(const void* pixels, const int dtype, const int C, const int H, const int W,
+           const long long* __restrict__ extents, const int M, const unsigned char* __restrict__ mask,
+           const unsigned char* __restrict__ combined, const unsigned char* __restrict__ usable,
+           double* __restrict__ out, const long long ld, unsigned char* base) {
     const int cap = H * W;
     const int cap8 = (cap + 7) & ~7;
-    SgArena arena(sg_workspace(scratch, ws_bytes));
+    SgArena arena(base);
     unsigned short* px = arena.take<unsigned short>(cap);
-    unsigned char* fl = arena.take<unsigned char>(cap8);
+    unsigned char* fl = arena.take<unsigned char>(cap8 + 16);
     unsigned int* half = arena.take<unsigned int>(2 * TEX_NOFF * TEX_NL * TEX_NL);
     double* sob = arena.take<double>(cap8);
-    // step 3-4: levels (bits 0-7), views (8-9), ring bits (10-11) per pixel;
-    // step 5: (pixel, tag) of the list entries before their values
+    // steps 3-4: levels (bits 0-7), views (8-9) and ring bits (10-11) per pixel, in the space
+    // of the Sobel lists
     unsigned short* lv = reinterpret_cast<unsigned short*>(sob);
-    int* slot = reinterpret_cast<int*>(sob);
-    __shared__ int s_lo[2], s_hi[2], s_n[2], s_ns[2];
+    // steps 4-5: per view the ring pixels of each 32-pixel chunk (bit masks) and their prefix
+    // counts, in the space of fl (16 bytes per chunk)
+    unsigned int* rmask = reinterpret_cast<unsigned int*>(fl);
+    unsigned int* rpre = rmask + 2 * ((cap + 31) >> 5);
+    __shared__ int s_lo[2], s_hi[2], s_n[2];
     __shared__ u64 s_smax[2], s_smin[2];
-    __shared__ double s_edges[2][TEX_NL];
-    __shared__ int s_part[SG_THREADS + 1];
-    __shared__ int s_group[33];
+    __shared__ int s_iedge[2][TEX_NL];
+    __shared__ u64 s_part[SG_THREADS + 1];  // ring pixels per chunk: view 1 << 32 | view 0
+    __shared__ u64 s_group[33];
     __shared__ double s_props[2][TEX_NOFF][TEX_NPROP];
     const int t = threadIdx.x;
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
         const int obj = m / C;
+        double* o = out + (i64)obj * ld + (i64)(m - obj * C) * 2 * TEX_NVIEW;
         if (!usable[obj]) {
-            double* o = out + (i64)obj * ld + (i64)(m - obj * C) * 2 * TEX_NVIEW;
             for (int k = t; k < 2 * TEX_NVIEW; k += SG_THREADS) o[k] = sg_nan();
             continue;  // the same in every thread
         }
         const int h = (int)extents[2 * obj], w = (int)extents[2 * obj + 1];
         const int n = h * w;
+        const int nch = (n + 31) >> 5;                            // 32-pixel chunks
+        const int cpt = (nch + SG_THREADS - 1) / SG_THREADS;      // chunks per thread
 
         // 1. plane, views, per-view range
         if (t < 2) {
             s_lo[t] = 0x7fffffff;
             s_hi[t] = -1;
             s_n[t] = 0;
-            s_ns[t] = 0;
             s_smax[t] = 0ull;                   // +0.0 (Sobel values are >= +0)
             s_smin[t] = 0x7ff0000000000000ull;  // +inf
         }
@@ -278,7 +290,8 @@ texture_planes(const void* pixels, const int dtype, const int C, const int H, co
                 hi = hi + 0.5;
             }
             const double step = (hi - lo) / (double)(TEX_NL - 1);
-            s_edges[v][k] = k == TEX_NL - 1 ? hi : (double)k * step + lo;
+            const double e = k == TEX_NL - 1 ? hi : (double)k * step + lo;
+            s_iedge[v][k] = (int)floor(e) + 1;  // integer values: edge < x <=> floor(edge) + 1 <= x
         }
         __syncthreads();
 
@@ -288,9 +301,9 @@ texture_planes(const void* pixels, const int dtype, const int C, const int H, co
             int i = t / w, j = t - (t / w) * w;
             for (int p = t; p < n; p += SG_THREADS) {
                 const int f = fl[p];
-                const double x = (double)px[p];
-                const int l0 = (f & 1) ? tex_level(x, s_edges[0]) : 0;
-                const int l1 = (f & 2) ? tex_level(x, s_edges[1]) : 0;
+                const int x = px[p];
+                const int l0 = (f & 1) ? tex_level(x, s_iedge[0]) : 0;
+                const int l1 = (f & 2) ? tex_level(x, s_iedge[1]) : 0;
                 lv[p] = (unsigned short)(l0 | (l1 << 4) | (f << 8) | (tex_ring(fl, h, w, i, j) << 10));
                 i += di;
                 j += dj;
@@ -302,19 +315,14 @@ texture_planes(const void* pixels, const int dtype, const int C, const int H, co
         }
         __syncthreads();
 
-        // 4. one-sided pair counts over this thread's chunk; its ring pixels: counted, and their
-        // ring bits kept in fl (no longer read as views)
-        const int chunk = (n + SG_THREADS - 1) / SG_THREADS;
-        const int a0 = sg_min(t * chunk, n), a1 = sg_min(a0 + chunk, n);
+        // 4. one-sided pair counts (pixels strided over the threads); the ring pixels of each
+        // view as bit masks of 32-pixel chunks (in the space of fl, no longer read), counted
         {
-            int nu = 0;
-            if (a0 < a1) {
-                int i = a0 / w, j = a0 - (a0 / w) * w;
-                for (int p = a0; p < a1; ++p) {
+            if (t < n) {
+                const int di = SG_THREADS / w, dj = SG_THREADS - di * w;
+                int i = t / w, j = t - (t / w) * w;
+                for (int p = t; p < n; p += SG_THREADS) {
                     const int L = lv[p];
-                    const int ring = L >> 10;
-                    fl[p] = (unsigned char)ring;
-                    nu += ring != 0;
                     if (L & 0x300) {
                         const bool r2 = i + 2 < h, r4 = i + 4 < h;
 #pragma unroll
@@ -329,19 +337,35 @@ texture_planes(const void* pixels, const int dtype, const int C, const int H, co
                             if (g & 0x200) atomicAdd(&half[((TEX_NOFF + k) << 8) | (L & 0xf0) | ((Q >> 4) & 15)], 1u);
                         }
                     }
-                    if (++j == w) {
-                        j = 0;
+                    i += di;
+                    j += dj;
+                    if (j >= w) {
+                        j -= w;
                         ++i;
                     }
                 }
+            }
+            u64 nu = 0;
+            for (int c = t * cpt; c < sg_min((t + 1) * cpt, nch); ++c) {
+                unsigned m0 = 0, m1 = 0;
+                const int e1 = sg_min(32, n - 32 * c);
+                for (int e = 0; e < e1; ++e) {
+                    const unsigned r = lv[32 * c + e] >> 10;
+                    m0 |= (r & 1u) << e;
+                    m1 |= (r >> 1) << e;
+                }
+                rmask[c] = m0;
+                rmask[nch + c] = m1;
+                nu += (u64)tex_popc(m0) | ((u64)tex_popc(m1) << 32);
             }
             s_part[t + 1] = nu;
         }
         __syncthreads();
 
-        // 5. exclusive scan of the per-thread counts (32 groups of 8) ...
+        // 5. exclusive scan of the per-thread counts (32 groups of 8; both views at once), then
+        // the prefix of every chunk
         if (t < 32) {
-            int s = 0;
+            u64 s = 0;
             for (int k = 1; k <= SG_THREADS / 32; ++k) {
                 s += s_part[t * (SG_THREADS / 32) + k];
                 s_part[t * (SG_THREADS / 32) + k] = s;
@@ -355,90 +379,101 @@ texture_planes(const void* pixels, const int dtype, const int C, const int H, co
         }
         __syncthreads();
         if (t < 32) {
-            const int base = s_group[t];
-            for (int k = 1; k <= SG_THREADS / 32; ++k) s_part[t * (SG_THREADS / 32) + k] += base;
+            const u64 add = s_group[t];
+            for (int k = 1; k <= SG_THREADS / 32; ++k) s_part[t * (SG_THREADS / 32) + k] += add;
             if (t == 0) s_part[0] = 0;
         }
         __syncthreads();
-        // ... the ring pixels in raster order (pixel, ring bits) over the levels ...
-        if (a0 < a1) {
-            int pos = s_part[t];
-            for (int p = a0; p < a1; ++p) {
-                const int r = fl[p];
-                if (r) {
-                    slot[2 * pos] = p;
-                    slot[2 * pos + 1] = r;
-                    ++pos;
-                }
-            }
-        }
-        __syncthreads();
-        // ... then their Sobel values and tags (fl[k], 0 up to a multiple of 8); per view max,
-        // min (the bit patterns of values >= +0 are ordered as the values) and count
-        const int u = s_part[SG_THREADS];
         {
-            u64 mx0 = 0ull, mn0 = 0x7ff0000000000000ull, mx1 = 0ull, mn1 = 0x7ff0000000000000ull;
-            int c0 = 0, c1 = 0;
-            for (int k = t; k < u; k += SG_THREADS) {
-                const int p = slot[2 * k], r = slot[2 * k + 1];
-                const int i = p / w;
-                const double x = tex_sobel_px(px, h, w, i, p - i * w);
-                sob[k] = x;
-                fl[k] = (unsigned char)r;
-                const u64 b = (u64)__double_as_longlong(x);
-                if (r & 1) {
-                    mx0 = b > mx0 ? b : mx0;
-                    mn0 = b < mn0 ? b : mn0;
-                    ++c0;
-                }
-                if (r & 2) {
-                    mx1 = b > mx1 ? b : mx1;
-                    mn1 = b < mn1 ? b : mn1;
-                    ++c1;
-                }
-            }
-            if (t < ((u + 7) & ~7) - u) fl[u + t] = 0;
-            if (c0) {
-                atomicMax(&s_smax[0], mx0);
-                atomicMin(&s_smin[0], mn0);
-                atomicAdd(&s_ns[0], c0);
-            }
-            if (c1) {
-                atomicMax(&s_smax[1], mx1);
-                atomicMin(&s_smin[1], mn1);
-                atomicAdd(&s_ns[1], c1);
+            u64 pre = s_part[t];
+            for (int c = t * cpt; c < sg_min((t + 1) * cpt, nch); ++c) {
+                rpre[c] = (unsigned)(pre & 0xffffffffu);
+                rpre[nch + c] = (unsigned)(pre >> 32);
+                pre += (u64)tex_popc(rmask[c]) | ((u64)tex_popc(rmask[nch + c]) << 32);
             }
         }
+        const int ns0 = (int)(s_part[SG_THREADS] & 0xffffffffu), ns1 = (int)(s_part[SG_THREADS] >> 32);
         __syncthreads();
+        // each view's Sobel values in raster order: view 0's list at sob[0..), view 1's after it
+        // (16-byte aligned) when both fit, else one view after the other (two rounds); the
+        // values of the ring pixels (strided over the threads) go to their places in the lists
+        const int base1 = (ns0 + 1) & ~1;
+        const bool both = base1 + ns1 <= cap8;
+        for (int round = 0; round < (both ? 1 : 2); ++round) {
+            const int vm = both ? 3 : 1 << round;  // the views of this round
+            const int b1 = both ? base1 : 0;
+            {
+                u64 mx0 = 0ull, mn0 = 0x7ff0000000000000ull, mx1 = 0ull, mn1 = 0x7ff0000000000000ull;
+                if (t < n) {
+                    const int di = SG_THREADS / w, dj = SG_THREADS - di * w;
+                    int i = t / w, j = t - (t / w) * w;
+                    for (int p = t; p < n; p += SG_THREADS) {
+                        const int c = p >> 5;
+                        const unsigned below = (1u << (p & 31)) - 1u, bit = below + 1u;
+                        const unsigned m0 = (vm & 1) ? rmask[c] : 0u, m1 = (vm & 2) ? rmask[nch + c] : 0u;
+                        if ((m0 | m1) & bit) {
+                            const double x = tex_sobel_px(px, h, w, i, j);
+                            const u64 b = (u64)__double_as_longlong(x);  // ordered as x >= +0
+                            if (m0 & bit) {
+                                sob[rpre[c] + tex_popc(m0 & below)] = x;
+                                mx0 = b > mx0 ? b : mx0;
+                                mn0 = b < mn0 ? b : mn0;
+                            }
+                            if (m1 & bit) {
+                                sob[b1 + rpre[nch + c] + tex_popc(m1 & below)] = x;
+                                mx1 = b > mx1 ? b : mx1;
+                                mn1 = b < mn1 ? b : mn1;
+                            }
+                        }
+                        i += di;
+                        j += dj;
+                        if (j >= w) {
+                            j -= w;
+                            ++i;
+                        }
+                    }
+                }
+                if (mn0 != 0x7ff0000000000000ull) {
+                    atomicMax(&s_smax[0], mx0);
+                    atomicMin(&s_smin[0], mn0);
+                }
+                if (mn1 != 0x7ff0000000000000ull) {
+                    atomicMax(&s_smax[1], mx1);
+                    atomicMin(&s_smin[1], mn1);
+                }
+            }
+            __syncthreads();
 
-        // 6. Sobel statistics (threads 0, 32: sequential sums in raster order) and GLCM
-        // properties (threads 64..71), concurrently
-        if (t == 0 || t == 32) {
-            const int v = t >> 5;
-            const int cnt = s_ns[v];
-            const double mean = tex_chain(sob, fl, u, v, 0.0, 0) / (double)cnt;
-            const double var = tex_chain(sob, fl, u, v, mean, 1);
-            double* os = out + (i64)obj * ld + (i64)(m - obj * C) * 2 * TEX_NVIEW + v * TEX_NVIEW + 4 * TEX_NPROP;
-            if (cnt == 0) {
-                os[0] = os[1] = os[2] = os[3] = sg_nan();
-            } else {
-                os[0] = mean;
-                os[1] = sqrt(var / (double)cnt);
-                os[2] = __longlong_as_double((long long)s_smax[v]);
-                os[3] = __longlong_as_double((long long)s_smin[v]);
+            // 6. Sobel statistics (threads 0, 32: sequential sums in raster order) and, in the
+            // first round, the GLCM properties (warps 2 and 3, lanes 0..7), concurrently
+            if ((t == 0 || t == 32) && (vm >> (t >> 5)) & 1) {
+                const int v = t >> 5;
+                const int cnt = v ? ns1 : ns0;
+                const double* x = sob + (v ? b1 : 0);
+                double* os = o + v * TEX_NVIEW + 4 * TEX_NPROP;
+                if (cnt == 0) {
+                    os[0] = os[1] = os[2] = os[3] = sg_nan();
+                } else {
+                    const double mean = tex_sum(x, cnt, 0.0, 0) / (double)cnt;
+                    const double var = tex_sum(x, cnt, mean, 1);
+                    os[0] = mean;
+                    os[1] = sqrt(var / (double)cnt);
+                    os[2] = __longlong_as_double((long long)s_smax[v]);
+                    os[3] = __longlong_as_double((long long)s_smin[v]);
+                }
+            } else if (round == 0 && (t & 31) < 2 * TEX_NOFF && (t >> 5) >= 2 && (t >> 5) < 4) {
+                const int k = t & 31;  // matrix: view k / 4, offset k % 4
+                tex_graycoprops(half + (k << 8), s_props[k / TEX_NOFF][k % TEX_NOFF], (t >> 5) - 2);
             }
-        } else if ((t & 31) < 2 * TEX_NOFF && (t >> 5) >= 2 && (t >> 5) < 4) {
-            const int k = t & 31;  // matrix: view k / 4, offset k % 4
-            tex_graycoprops(half + (k << 8), s_props[k / TEX_NOFF][k % TEX_NOFF], (t >> 5) - 2);
+            __syncthreads();
         }
-        __syncthreads();
 
         // 7. mean and std over the angles pi/4, 3pi/4, 5pi/4, 7pi/4: matrices A, B, A, B with
         // A = offset (d', d'), B = (d', -d')
         if (t < 2 * 2 * TEX_NPROP) {
             const int v = t / (2 * TEX_NPROP), r = t - v * (2 * TEX_NPROP);
             const int d = r / TEX_NPROP, pr = r - d * TEX_NPROP;
-            double* ov = out + (i64)obj * ld + (i64)(m - obj * C) * 2 * TEX_NVIEW + v * TEX_NVIEW + pr * 4;
+            double* ov = o + v * TEX_NVIEW + pr * 4;
             if (s_n[v] == 0) {
                 ov[d] = sg_nan();
                 ov[2 + d] = sg_nan();
@@ -453,4 +488,27 @@ texture_planes(const void* pixels, const int dtype, const int C, const int H, co
         }
         __syncthreads();
     }
+}
+
+// Entry points: the workspace in dynamic shared memory (`ws_bytes` is then 0), or in a slice
+// of the global scratch buffer per block; scip_gpu/_gpu_texture.py launches the one that
+// scip_gpu.gpu_kernels.launch's choice of workspace calls for.
+extern "C" __global__ void
+texture_planes(const void* pixels, const int dtype, const int C, const int H, const int W,
+               const long long* __restrict__ extents, const int M,
+               const unsigned char* __restrict__ mask,      // (N, C, H, W)
+               const unsigned char* __restrict__ combined,  // (N, H, W)
+               const unsigned char* __restrict__ usable,    // (N,)
+               double* __restrict__ out, const long long ld,
+               unsigned char* scratch, const long long ws_bytes) {
+    tex_planes(pixels, dtype, C, H, W, extents, M, mask, combined, usable, out, ld, SG_DYNAMIC_SMEM());
+}
+
+extern "C" __global__ void
+texture_planes_global(const void* pixels, const int dtype, const int C, const int H, const int W,
+                      const long long* __restrict__ extents, const int M,
+                      const unsigned char* __restrict__ mask, const unsigned char* __restrict__ combined,
+                      const unsigned char* __restrict__ usable, double* __restrict__ out, const long long ld,
+                      unsigned char* scratch, const long long ws_bytes) {
+    tex_planes(pixels, dtype, C, H, W, extents, M, mask, combined, usable, out, ld, sg_workspace(scratch, ws_bytes));
 }

@@ -1,9 +1,12 @@
 """CUDA implementation of the texture family (kernels/texture.cu), registered with
 scip_gpu.dispatch as the ``cuda`` implementation of the stage ``texture.block``.
 
-One fused kernel (``texture_planes``), one thread block per (object, channel) plane: both views'
-quantisation, GLCM counts and properties, the mean and std over the angles, and the Sobel
-statistics, with the CPU path's arithmetic (bit-identical results).
+One fused kernel, one thread block per (object, channel) plane: both views' quantisation, GLCM
+counts and properties, the mean and std over the angles, and the Sobel statistics, with the CPU
+path's arithmetic (bit-identical results). It has two entry points with the same body:
+``texture_planes`` with its workspace in dynamic shared memory (addressed as such) and
+``texture_planes_global`` with a slice of a global scratch buffer per block, for planes whose
+workspace exceeds the shared memory.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dispatch import register
-from .gpu_kernels import _dtype_code, _round16, launch, workspace
+from .gpu_kernels import _dtype_code, _round16, launch, limits, workspace
 
 #: values per view and views per channel (texture.N_VIEW, texture.VIEWS)
 N_VIEW = 28
@@ -21,12 +24,13 @@ _COUNTS = N_VIEWS * 4 * 16 * 16
 
 
 @workspace("texture_planes")
+@workspace("texture_planes_global")
 def _ws(h: int, w: int) -> int:
-    """px (uint16), view flags and list tags (bytes), counts, compacted Sobel values (the
-    levels live in their space until they are written)."""
+    """The ``SgArena::take`` calls of ``tex_planes``: px (uint16), view flags (bytes, later the
+    ring masks and counts of 32-pixel chunks), pair counts, Sobel lists (levels before them)."""
     cap = h * w
     cap8 = -(-cap // 8) * 8
-    return _round16(2 * cap) + _round16(cap8) + _round16(4 * _COUNTS) + _round16(8 * cap8)
+    return _round16(2 * cap) + _round16(cap8 + 16) + _round16(4 * _COUNTS) + _round16(8 * cap8)
 
 
 def _accepts(batch, mr, ctx) -> bool:
@@ -53,5 +57,9 @@ def texture_block(batch, mr, ctx):
             cupy.ascontiguousarray(mr.combined).view(cupy.uint8),
             cupy.ascontiguousarray(mr.usable).view(cupy.uint8),
             out, np.int64(out.strides[0] // 8))
-    launch("texture_planes", n * c, args, workspace=_ws(h, w))
+    ws = _ws(h, w)
+    # the kernel variant for the workspace launch() gives: dynamic shared memory when it fits
+    # (the variant that addresses it as shared memory), else global scratch slices
+    name = "texture_planes" if ws <= limits().max_shared else "texture_planes_global"
+    launch(name, n * c, args, workspace=ws)
     return out
