@@ -501,6 +501,13 @@ texture_planes(const void* pixels, const int dtype, const int C, const int H, co
                const unsigned char* __restrict__ usable,    // (N,)
                double* __restrict__ out, const long long ld,
                unsigned char* scratch, const long long ws_bytes) {
+    if (ws_bytes != 0) {  // launched with a global workspace: that is texture_planes_global's
+#ifdef CUDA_SIM
+        __builtin_trap();
+#else
+        __trap();
+#endif
+    }
     tex_planes(pixels, dtype, C, H, W, extents, M, mask, combined, usable, out, ld, SG_DYNAMIC_SMEM());
 }
 
