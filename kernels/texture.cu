@@ -94,15 +94,14 @@ __device__ __forceinline__ double tex_sobel_px(const unsigned short* f, int h, i
     return sqrt((double)q * 0.0625) * (1.0 / sqrt(2.0));
 }
 
-// graycoprops of the symmetric matrix hp[a][b] + hp[b][a] (16 x 16 one-sided counts) in the
+// graycoprops of the symmetric matrix hp[a][b] + hp[b][a] (16 x 16 one-sided counts, tot in
+// all) in the
 // loop order of the numba glcm_props, in two parts that run in two threads: role 0 the
 // contrast, dissimilarity and homogeneity (res[0..2]); role 1 the ASM, energy and correlation
 // (res[3..5]; the means, then the variances and covariance). Each sum is that of the numba
 // loop, term by term: a bin with a zero count contributes +-0 to sums that are never -0, so
 // skipping it changes no bit.
-__device__ void tex_graycoprops(const unsigned int* hp, double* res, int role) {
-    unsigned int tot = 0;
-    for (int q = 0; q < TEX_NL * TEX_NL; ++q) tot += hp[q];
+__device__ void tex_graycoprops(const unsigned int* hp, unsigned int tot, double* res, int role) {
     const double total = 2.0 * (double)tot;  // the (exact) sum of the symmetric counts
     const double norm = total > 0.0 ? 1.0 / total : 0.0;
     if (role == 0) {
@@ -210,6 +209,7 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
     __shared__ u64 s_part[SG_THREADS + 1];  // ring pixels per chunk: view 1 << 32 | view 0
     __shared__ u64 s_group[33];
     __shared__ double s_props[2][TEX_NOFF][TEX_NPROP];
+    __shared__ unsigned int s_tot[2 * TEX_NOFF];
     const int t = threadIdx.x;
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
         const int obj = m / C;
@@ -231,6 +231,7 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
             s_smax[t] = 0ull;                   // +0.0 (Sobel values are >= +0)
             s_smin[t] = 0x7ff0000000000000ull;  // +inf
         }
+        if (t < 2 * TEX_NOFF) s_tot[t] = 0;
         for (int k = t; k < 2 * TEX_NOFF * TEX_NL * TEX_NL; k += SG_THREADS) half[k] = 0;
         __syncthreads();
         {
@@ -376,6 +377,11 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
         if (t == 0) {
             s_group[0] = 0;
             for (int g = 1; g <= 32; ++g) s_group[g] += s_group[g - 1];
+        } else if (t >= 64 && t < 64 + 8 * 2 * TEX_NOFF) {  // the pairs of each matrix, by 8 threads
+            const unsigned int* hp = half + ((t - 64) << 5);
+            unsigned int q = 0;
+            for (int k = 0; k < 32; ++k) q += hp[k];
+            atomicAdd(&s_tot[(t - 64) >> 3], q);
         }
         __syncthreads();
         if (t < 32) {
@@ -463,7 +469,7 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
                 }
             } else if (round == 0 && (t & 31) < 2 * TEX_NOFF && (t >> 5) >= 2 && (t >> 5) < 4) {
                 const int k = t & 31;  // matrix: view k / 4, offset k % 4
-                tex_graycoprops(half + (k << 8), s_props[k / TEX_NOFF][k % TEX_NOFF], (t >> 5) - 2);
+                tex_graycoprops(half + (k << 8), s_tot[k], s_props[k / TEX_NOFF][k % TEX_NOFF], (t >> 5) - 2);
             }
             __syncthreads();
         }

@@ -152,11 +152,23 @@ def test_texture_kernel_edge_cases(device, dtype):
     assert ((counts[0] + 1) // 2 * 2 + counts[1] > -(-h * w // 8) * 8).any()
 
 
+def _large_cells():
+    """Planes of more than 8192 pixels: threads own several 32-pixel chunks."""
+    return [make_cell(i, min_size=96, max_size=110)[0] for i in range(2)], (112, 112)
+
+
+def test_texture_kernel_large_planes(device):
+    cells, shape = _large_cells()
+    batch, mr = _masked(cells, shape, "li")
+    _compare(batch, mr, device)
+
+
 def test_texture_kernel_global_workspace(sim_small_shared):
     cells = [make_cell(i, min_size=40, max_size=52)[0] for i in range(3)]
     batch, mr = _masked(cells, (64, 64), "otsu")
-    assert gpu_kernels.workspace_bytes("texture_planes", 64, 64) > 16 * 1024
+    assert gpu_kernels.workspace_bytes("texture_planes_global", 64, 64) > 16 * 1024
     _compare(batch, mr, sim_small_shared)
+    _compare(*_masked(*_large_cells(), "otsu"), sim_small_shared)
     launches = gpu_kernels.module().launches
     assert any(name == "texture_planes_global" and shared == 0 for name, _, _, shared in launches)
 
