@@ -5,6 +5,10 @@ top-left corner, and ``extents`` (M, 2) with each plane's real (height, width). 
 extent the result equals what the named scikit-image function gives on that object's own image
 (the tests check this); outside it the result is unspecified. Filters run on the whole stack in
 one call after the padding was refilled in the filter's boundary mode (``batch.refill``).
+
+The filters, labelling and mask clean-up are stages of ``scip_gpu.dispatch`` (``ops.gaussian``,
+``ops.sobel``, ...): the code here is their array-namespace reference, and the numba kernels of
+``cpu_kernels`` registered beside it run instead for NumPy inputs when numba is installed.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import numpy as np
 
 from .backend import array_module, asnumpy, is_gpu, ndimage
 from .batch import refill, valid_mask
+from .dispatch import stage
+from .stage_examples import compare_inside_extent
 
 # ---------------------------------------------------------------------------------------------
 # dtype conventions of scikit-image
@@ -81,15 +87,21 @@ def gaussian_radius(sigma: float, truncate: float = 4.0) -> int:
 # Filters
 
 
+def _gaussian_examples(rng):
+    from .stage_examples import images
+
+    for dtype in (np.float64, np.uint8, np.uint16, np.float32):
+        x, e = images(rng, dtype)
+        for sigma in (0.0, 0.5, 1.0, 2.5):
+            yield (x, e, sigma), {}
+    x, e = images(rng, np.float64)
+    yield (x, e, 1.5), {"truncate": 2.0}
+
+
+@stage("ops.gaussian", examples=_gaussian_examples, compare=compare_inside_extent)
 def gaussian(x, extents, sigma: float, *, truncate: float = 4.0):
     """``skimage.filters.gaussian(image, sigma)`` per plane (mode 'nearest')."""
     xp = array_module(x)
-    if xp is np and sigma > 0 and (x.dtype == np.float64 or x.dtype in (np.uint8, np.uint16)):
-        from . import cpu_kernels
-
-        if cpu_kernels.available():  # both passes compiled, the border handled in place
-            scale = 1.0 if x.dtype == np.float64 else 1.0 / np.iinfo(x.dtype).max  # img_as_float
-            return cpu_kernels.gaussian(x, extents, sigma, gaussian_radius(sigma, truncate), scale)
     f = as_float(x)
     if sigma <= 0:
         return f.copy()
@@ -97,6 +109,19 @@ def gaussian(x, extents, sigma: float, *, truncate: float = 4.0):
     return ndimage(xp).gaussian_filter(f, (0, sigma, sigma), mode="nearest", truncate=truncate)
 
 
+def _sobel_examples(rng):
+    from .stage_examples import images
+
+    for dtype in (np.float64, np.uint16, np.uint8):
+        yield images(rng, dtype), {}
+    x, e = images(rng, np.float64)
+    # NaN spreads to its 3x3 neighbourhood (blocks: an isolated NaN pixel gives NaN at its own
+    # position in the array form only, where skimage and the kernel have a zero weight)
+    x[5, 1:3, 1:3] = x[6, 0:2, 0] = x[7] = np.nan
+    yield (x, e), {}
+
+
+@stage("ops.sobel", examples=_sobel_examples, compare=compare_inside_extent)
 def sobel(x, extents):
     """``skimage.filters.sobel(image)`` per plane: :math:`\\sqrt{(g_r^2 + g_c^2)/2}`, mode 'reflect'.
 
@@ -106,11 +131,6 @@ def sobel(x, extents):
     neighbourhood holds one (the centre pixel has weight zero), as in scikit-image.
     """
     xp = array_module(x)
-    if xp is np:
-        from . import cpu_kernels
-
-        if cpu_kernels.available():  # one compiled pass instead of four filters
-            return cpu_kernels.sobel(as_float(x), extents)
     ndi = ndimage(xp)
     f = refill(as_float(x), extents, "reflect", reach=1)
     smooth = xp.asarray(np.array([1.0, 2.0, 1.0]) / 4.0, dtype=f.dtype)
@@ -122,6 +142,15 @@ def sobel(x, extents):
     return xp.sqrt(out) / np.sqrt(2.0).astype(f.dtype)
 
 
+def _erosion_examples(rng):
+    from .stage_examples import masks
+
+    mk, e = masks(rng)
+    for radius in (0, 1, 3, 6):
+        yield (mk, e, radius), {}
+
+
+@stage("ops.binary_erosion_disk", examples=_erosion_examples, compare=compare_inside_extent)
 def binary_erosion_disk(mask, extents, radius: int):
     """``skimage.morphology.binary_erosion(mask, disk(radius))`` per plane (outside the image
     counts as foreground, ``border_value=True``).
@@ -133,11 +162,6 @@ def binary_erosion_disk(mask, extents, radius: int):
     xp = array_module(mask)
     if radius <= 0:
         return mask.copy()
-    if xp is np:
-        from . import cpu_kernels
-
-        if cpu_kernels.available():
-            return cpu_kernels.binary_erosion_disk(mask, extents, radius)
     ndi = ndimage(xp)
     inside = valid_mask(extents, mask.shape[1:])
     fg = (mask | ~inside).astype(xp.uint8)
@@ -165,22 +189,29 @@ def white_tophat_disk(x, extents, radius: int):
     return x - opened
 
 
+def _median_examples(rng):
+    from .stage_examples import images
+
+    for dtype, top in ((np.uint8, None), (np.uint16, 1000.0), (np.uint16, 60000.0)):
+        x, e = images(rng, dtype, top=top)
+        for radius in (1, 5):
+            yield (x, e, radius), {}
+
+
+@stage("ops.median_disk", examples=_median_examples, compare=compare_inside_extent)
 def median_disk(x, extents, radius: int):
     """``skimage.filters.rank.median(image, disk(radius))`` per plane, for integer images.
 
     Pixels outside an object's image are not part of its neighbourhoods, as in scikit-image's
     rank filters: the median of a neighbourhood of ``n`` pixels is its element of rank
-    ``n // 2``. On the GPU the batched form ``median_disk_stack`` runs; on the CPU a compiled
-    sliding-histogram kernel (``cpu_kernels``, when numba is installed), else scikit-image's C
-    kernel plane by plane. All three give identical results.
+    ``n // 2``. The reference runs the batched form ``median_disk_stack`` on the GPU and
+    scikit-image's C kernel plane by plane on the CPU; the ``cpu`` implementation (uint8 and
+    uint16 planes, when numba is installed) is a compiled sliding-histogram kernel. All three
+    give identical results.
     """
     xp = array_module(x)
     if is_gpu(xp):
         return median_disk_stack(x, extents, radius)
-    from . import cpu_kernels
-
-    if cpu_kernels.available() and x.dtype in (np.uint8, np.uint16):
-        return cpu_kernels.median_disk(x, asnumpy(extents), radius)
     return median_disk_skimage(x, extents, radius)
 
 
@@ -238,6 +269,17 @@ def _structure(xp, connectivity: int):
     return xp.asarray(s)
 
 
+def _label_examples(rng):
+    from .stage_examples import masks
+
+    mk, _ = masks(rng)
+    for connectivity in (1, 2):
+        yield (mk, connectivity), {}
+    yield (mk[:0],), {}  # no planes
+    yield (~mk,), {}  # the background: components spanning whole planes
+
+
+@stage("ops.label", examples=_label_examples)
 def label(mask, connectivity: int = 2):
     """Label each plane's connected components; labels are unique across the stack.
 
@@ -251,11 +293,6 @@ def label(mask, connectivity: int = 2):
         Number of labels in the stack.
     """
     xp = array_module(mask)
-    if xp is np:
-        from . import cpu_kernels
-
-        if cpu_kernels.available():  # union-find, the same numbering as scipy.ndimage.label
-            return cpu_kernels.label(mask, connectivity)
     labels, n = ndimage(xp).label(mask, structure=_structure(xp, connectivity))
     return labels.astype(xp.int32, copy=False), int(n)
 
@@ -298,16 +335,25 @@ def remove_small_objects(mask, min_size, connectivity: int = 1):
     return keep[labels]
 
 
+def _fill_examples(rng):
+    from .stage_examples import inside, masks
+
+    mk, e = masks(rng, density=0.55)
+    mk = (mk ^ (rng.random(mk.shape) < 0.08)) & inside(e, mk.shape[1:])  # holes and specks
+    quarter = e[:, 0].astype(np.float64) * e[:, 1] / 4
+    yield (mk, e, quarter, 20), {}
+    yield (mk, e, 5.0, 3), {}
+    yield (mk, e, 1, 1), {}
+
+
+@stage("ops.fill_holes_and_clean", examples=_fill_examples)
 def fill_holes_and_clean(mask, extents, area_threshold, min_size):
     """``remove_small_objects(remove_small_holes(mask, area_threshold), min_size)`` per plane
-    (both 4-connected); one compiled pass per plane on the CPU when numba is installed."""
-    xp = array_module(mask)
-    if xp is np:
-        from . import cpu_kernels
+    (both 4-connected); False outside each extent.
 
-        if cpu_kernels.available():
-            thr = np.broadcast_to(np.asarray(area_threshold, dtype=np.float64), (mask.shape[0],))
-            return cpu_kernels.fill_and_clean(mask, extents, thr, min_size)
+    ``area_threshold`` is a scalar or one value per plane. The ``cpu`` implementation does both
+    steps in one compiled pass per plane.
+    """
     return remove_small_objects(remove_small_holes(mask, extents, area_threshold), min_size)
 
 
@@ -322,6 +368,14 @@ def remove_small_holes(mask, extents, area_threshold, connectivity: int = 1):
     return ~holes & inside
 
 
+def _border_examples(rng):
+    from .stage_examples import masks
+
+    for density in (0.3, 0.6):
+        yield masks(rng, density=density), {}
+
+
+@stage("ops.regions_touching_border", examples=_border_examples)
 def regions_touching_border(mask, extents):
     """SCIP's border rule, per plane: drop components with many pixels on the image border.
 
@@ -335,17 +389,6 @@ def regions_touching_border(mask, extents):
     regions : (M,) int64 ndarray
         Number of components left.
     """
-    xp = array_module(mask)
-    if xp is np:
-        from . import cpu_kernels
-
-        if cpu_kernels.available():
-            return cpu_kernels.regions_touching_border(mask, extents)
-    return regions_touching_border_array(mask, extents)
-
-
-def regions_touching_border_array(mask, extents):
-    """``regions_touching_border`` in the array namespace (GPU; CPU without numba)."""
     xp = array_module(mask)
     m, h, w = mask.shape
     labels, n = label(mask, 2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import array_module, use_kernels
+from .dispatch import stage
 
 #: The 11 intensity statistics, in SCIP's column order.
 STATISTICS = (
@@ -146,10 +147,25 @@ def _segment_kth_vshape(d, starts, split, n, k):
     return xp.maximum(left, right)
 
 
+def _compact_examples(rng):
+    for r, p, top in ((40, 60, 1000.0), (25, 300, 50.0)):
+        values = np.round(rng.gamma(2.0, top / 4, (r, p)), 1)  # ties
+        valid = rng.random((r, p)) < rng.random((r, 1))
+        valid[:2] = False
+        valid[1, 7] = True  # one member
+        valid[3] = True
+        values[3] = 3.0  # constant segment
+        order, sv = sort_planes(values, valid)
+        yield view_members(order, sv, valid), {}
+    yield (np.zeros(0), np.zeros(3, dtype=np.int64)), {}  # only empty segments
+
+
+@stage("stats.compact_statistics", examples=_compact_examples)
 def compact_statistics(values, n):
     """The 11 intensity statistics of segments of compact, per-segment ascending values.
 
-    This is the reference semantics of the masked-statistics CUDA kernel.
+    The stage ``stats.compact_statistics``: this is the reference semantics of the
+    masked-statistics CUDA kernel.
 
     Parameters
     ----------
@@ -163,6 +179,9 @@ def compact_statistics(values, n):
     (R, 11) float64 ndarray, columns as ``STATISTICS`` (see ``masked_statistics``).
     """
     xp = array_module(values)
+    # TODO(cuda): register gpu_kernels.masked_statistics as the "cuda" implementation of the stage
+    # stats.compact_statistics (in gpu_kernels.py), then delete this branch and the use_kernels
+    # import: until then the reference itself hands CuPy inputs to the kernel.
     if use_kernels(xp):
         from . import gpu_kernels
 

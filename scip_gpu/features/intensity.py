@@ -18,6 +18,12 @@ view                      pixels
 An empty view gives NaN for all 11 statistics (SCIP gives 0 for some; NaN is consistent with the
 other families). Background-corrected views are derived from the uncorrected ones: a shift moves
 the location statistics and the sum and leaves the spread and shape statistics unchanged.
+
+Dispatch: the family and the raw set are the stages ``intensity.block`` and ``intensity.raw``;
+both read their statistics through ``intensity.view_statistics``, whose reference sorts every
+plane once per batch (``sorted_planes``) and whose ``cpu`` implementation reads every view off
+one compiled radix sort per plane (``plane_order``); either sort is cached on the batch and
+shared by the views of all masks and the raw set.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 
 from .. import cpu_kernels, ops
 from ..batch import planes
+from ..dispatch import stage
 from ..stats import STATISTICS, compact_statistics, sort_planes, view_members
 from .registry import Column, Family, column_name, register
 
@@ -93,8 +100,57 @@ def plane_order(batch):
     return batch.cache["plane_order"]
 
 
+def _view_statistics_examples(rng):
+    from ..stage_examples import example_batches
+
+    for batch, _ in example_batches(rng):
+        n, c, h, w = batch.pixels.shape
+        inside = np.broadcast_to(batch.valid()[:, None], (n, c, h, w)).reshape(n * c, h * w)
+        views = (rng.random((3, n * c, h * w)) < [[[0.5]], [[0.02]], [[1.0]]]) & inside
+        views[0, 1] = False  # an empty view
+        views[1, 2] = False
+        views[1, 2, 0] = True  # a one-pixel view
+        yield (batch, views), {}
+        yield (batch, None), {}
+        yield (batch,), {}
+
+
+@stage("intensity.view_statistics", examples=_view_statistics_examples)
+def view_statistics(batch, views=None):
+    """The 11 statistics (``STATISTICS``) of every (object, channel) plane of a batch under
+    each view.
+
+    Parameters
+    ----------
+    batch : Batch
+    views : (V, N*C, H*W) bool ndarray, optional
+        Pixel sets of each plane (inside its extent). None: each plane's whole extent (the raw
+        set, V = 1).
+
+    Returns
+    -------
+    (N*C, V, 11) float64 ndarray
+        NaN for empty views.
+    """
+    xp = batch.xp
+    order, sv = sorted_planes(batch)
+    if views is None:
+        valid = xp.isfinite(sv)  # sorted: the valid pixels come first
+        return compact_statistics(sv[valid], valid.sum(axis=1))[:, None]
+    out = [compact_statistics(*view_members(order, sv, view)) for view in views]
+    return xp.stack(out, axis=1)
+
+
+def _block_examples(rng):
+    from ..stage_examples import family_examples
+
+    yield from family_examples(rng)
+
+
+@stage("intensity.block", examples=_block_examples)
 def compute_intensity(batch, mr, ctx):
-    """(N, C*88) intensity features of one mask, columns as ``intensity_columns``."""
+    """(N, C*88) intensity features of one mask, columns as ``intensity_columns`` (the stage
+    ``intensity.block``)."""
     xp = batch.xp
     n, c, h, w = batch.pixels.shape
     p = h * w
@@ -106,37 +162,30 @@ def compute_intensity(batch, mr, ctx):
     comb_edge_c = xp.broadcast_to(comb_edge[:, None], (n, c, h, w)).reshape(n * c, p)
     bg = mr.background.reshape(n * c)
     cbg = mr.combined_background.reshape(n * c)
-    views = [flat_mask.reshape(n * c, p), edge.reshape(n * c, p), comb_c, comb_edge_c]
+    views = xp.stack([flat_mask.reshape(n * c, p), edge.reshape(n * c, p), comb_c, comb_edge_c])
     shifts = [bg, bg, cbg, cbg]
+    stats = view_statistics(batch, views)  # (n*c, 4, 11)
     out = []
-    if xp is np and cpu_kernels.available():  # compiled CPU twin of the masked-statistics kernel
-        order, values = plane_order(batch)
-        stats = cpu_kernels.sorted_view_statistics(order, values, np.stack(views).reshape(4, n * c, p))
-        for k, (view_mask, shift) in enumerate(zip(views, shifts)):
-            s = stats[:, k]
-            out += [s, _shift(s, view_mask.sum(axis=1).astype(np.float64), shift)]
-    else:
-        order, sv = sorted_planes(batch)
-        for view_mask, shift in zip(views, shifts):
-            members, cnt = view_members(order, sv, view_mask)
-            s = compact_statistics(members, cnt)
-            out += [s, _shift(s, cnt.astype(xp.float64), shift)]
+    for k, shift in enumerate(shifts):
+        s = stats[:, k]
+        out += [s, _shift(s, views[k].sum(axis=1).astype(xp.float64), shift)]
     # order per channel: mask, bgcorr, edge, bgcorr_edge, combined, ... (see VIEWS)
     res = xp.stack(out, axis=1).reshape(n, c * len(VIEWS) * len(STATISTICS))
     return xp.where(mr.usable[:, None], res, xp.nan)
 
 
+def _raw_examples(rng):
+    from ..stage_examples import family_examples
+
+    yield from family_examples(rng, masked=False)
+
+
+@stage("intensity.raw", examples=_raw_examples)
 def compute_raw(batch, mr, ctx):
-    """(N, C*11) statistics of each whole (unmasked) channel image."""
-    n, c, h, w = batch.pixels.shape
-    if batch.xp is np and cpu_kernels.available():
-        valid = np.broadcast_to(batch.valid()[:, None], (n, c, h, w)).reshape(1, n * c, h * w)
-        order, values = plane_order(batch)
-        return cpu_kernels.sorted_view_statistics(order, values, valid)[:, 0].reshape(n, -1)
-    order, sv = sorted_planes(batch)
-    valid = batch.xp.isfinite(sv)  # sorted: the valid pixels come first
-    members = sv[valid]
-    return compact_statistics(members, valid.sum(axis=1)).reshape(n, -1)
+    """(N, C*11) statistics of each whole (unmasked) channel image (the stage
+    ``intensity.raw``; ``mr`` and ``ctx`` are unused)."""
+    n = batch.pixels.shape[0]
+    return view_statistics(batch)[:, 0].reshape(n, -1)
 
 
 register(Family("intensity", intensity_columns, compute_intensity, True,

@@ -38,6 +38,11 @@ formulas and agree to the last bit or nearly; moment-derived values agree to ~1e
 except where a value is zero in exact arithmetic (SCIP then reports rounding noise, we report
 zero). See ``_moment_props`` for the one property where that noise changes the value
 (``orientation`` of symmetric components).
+
+Dispatch: the family is the stage ``shape.block``; its per-label passes are the stages
+``shape.geometry``, ``shape.raw_moments``, ``shape.central_moments``, ``shape.pattern_props``
+and ``shape.lower_hull`` (``scip_gpu.dispatch``), whose reference is the array code here and
+whose ``cpu`` implementations (``cpu_kernels``) run the same sums compiled.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ import numpy as np
 
 from .. import ops
 from ..backend import array_module, asnumpy, is_gpu
+from ..dispatch import stage
+from ..stage_examples import compare_fields
 from .registry import Column, Family, column_name, register
 
 #: SCIP's property names, in column order (``scip/features/shape.py::prop_names``).
@@ -120,8 +127,17 @@ def shape_columns(mask: str | None, channels) -> list[Column]:
     return cols
 
 
+def _block_examples(rng):
+    from ..stage_examples import family_examples
+
+    yield from family_examples(rng)
+
+
+@stage("shape.block", examples=_block_examples)
 def compute_shape(batch, mr, ctx):
     """(N, 59 * (C + 1)) shape features of one mask, columns as ``shape_columns``.
+
+    The stage ``shape.block`` (a fused kernel may replace the whole family).
 
     Parameters
     ----------
@@ -275,14 +291,29 @@ class _Geometry:
         return self.maxr - self.minr + 1
 
 
+def _labelled_examples(rng):
+    """(padded masks, labels, nl) of example stacks: blobs with every edge case, speckle, and a
+    stack without foreground."""
+    from ..stage_examples import masks
+
+    for density in (0.45, 0.7):
+        mk, _ = masks(rng, density=density)
+        padded = np.pad(mk, ((0, 0), (1, 1), (1, 1)))
+        yield (padded, *ops.label(padded, 2))
+    empty = np.zeros((2, 6, 9), dtype=bool)
+    yield (empty, *ops.label(empty, 2))
+
+
+def _geometry_examples(rng):
+    for _, labels, nl in _labelled_examples(rng):
+        yield (labels, nl), {}
+
+
+@stage("shape.geometry", examples=_geometry_examples, compare=compare_fields)
 def _geometry(labels, nl: int) -> _Geometry:
     """Pixels, bounding boxes and row records of every label."""
     xp = array_module(labels)
     _, hp, wp = labels.shape
-    from .. import cpu_kernels
-
-    if xp is np and cpu_kernels.available():
-        return _geometry_compiled(labels, nl)
     flat = labels.ravel()
     idx = xp.flatnonzero(flat)
     lab = flat[idx].astype(xp.int64)
@@ -306,31 +337,6 @@ def _geometry(labels, nl: int) -> _Geometry:
                      left, right, max(hp, wp))
 
 
-def _geometry_compiled(labels, nl: int) -> _Geometry:
-    """``_geometry`` with two compiled passes (CPU): the same arrays."""
-    from .. import _numba_kernels as nb
-
-    _, hp, wp = labels.shape
-    big = np.iinfo(np.int64).max
-    n_px = int(np.count_nonzero(labels))
-    lab, row, col = (np.empty(n_px, dtype=np.int64) for _ in range(3))
-    plane = np.zeros(nl + 1, dtype=np.int64)
-    minr = np.full(nl + 1, big, dtype=np.int64)
-    maxr = np.full(nl + 1, -1, dtype=np.int64)
-    nb.label_pixels(np.ascontiguousarray(labels), lab, row, col, plane, minr, maxr)
-    minr[0] = maxr[0] = 0
-    roff, rec_label, rec_k = _segments(np, maxr - minr + 1)
-    n_rec = rec_label.shape[0]
-    rec = np.empty(n_px, dtype=np.int64)
-    left = np.full(n_rec, big, dtype=np.int64)
-    right = np.full(n_rec, -1, dtype=np.int64)
-    minc = np.full(nl + 1, big, dtype=np.int64)
-    maxc = np.full(nl + 1, -1, dtype=np.int64)
-    nb.label_rows(lab, row, col, minr, roff, rec_label, rec, left, right, minc, maxc)
-    return _Geometry(lab, row, col, rec, plane, minr, maxr, minc, maxc, roff, rec_label, rec_k,
-                     left, right, max(hp, wp))
-
-
 # ---------------------------------------------------------------------------------------------
 # Moments and everything that follows from them
 
@@ -341,6 +347,12 @@ def _powers(x):
     return [None, x, x2, x2 * x]
 
 
+def _moment_examples(rng):
+    for _, labels, nl in _labelled_examples(rng):
+        yield (_geometry(labels, nl), nl), {}
+
+
+@stage("shape.raw_moments", examples=_moment_examples)
 def _raw_moments(geo: _Geometry, nl: int):
     """(nl + 1, 4, 4) spatial moments of each label's own bbox image, order 3.
 
@@ -352,16 +364,6 @@ def _raw_moments(geo: _Geometry, nl: int):
     """
     xp = array_module(geo.lab)
     n_rec = geo.rec_label.shape[0]
-    from .. import cpu_kernels
-
-    if xp is np and cpu_kernels.available():
-        from .. import _numba_kernels as nb
-
-        sums = np.empty((n_rec, 4))
-        nb.record_power_sums(geo.rec, geo.col, geo.minc, geo.lab, np.zeros(nl + 1), n_rec, sums)
-        out = np.zeros((nl + 1, 4, 4))
-        nb.label_moment_sums(geo.rec_label, geo.rec_k.astype(np.float64), sums, 0, out)
-        return out
     c = (geo.col - geo.minc[geo.lab]).astype(xp.float64)
     s = [xp.bincount(geo.rec, weights=w, minlength=n_rec) for w in _powers(c)]
     s[0] = s[0].astype(xp.float64)
@@ -374,6 +376,12 @@ def _raw_moments(geo: _Geometry, nl: int):
     return out
 
 
+def _central_examples(rng):
+    for (geo, nl), _ in _moment_examples(rng):
+        yield (geo, _raw_moments(geo, nl), nl), {}
+
+
+@stage("shape.central_moments", examples=_central_examples)
 def _central_moments(geo: _Geometry, raw, nl: int):
     """(nl + 1, 4, 4) central moments, order 3, as ``regionprops(...).moments_central``.
 
@@ -384,31 +392,38 @@ def _central_moments(geo: _Geometry, raw, nl: int):
     First-order central moments are exactly zero (scikit-image reports rounding noise).
     Third-order moments are summed about the float centroid, as scikit-image does (column
     sums per row, then rows, where scikit-image sums rows per column, then columns).
+
+    Returns
+    -------
+    mu : (nl + 1, 4, 4) float64 ndarray
+    exact : tuple of three (nl + 1,) ndarrays
+        :math:`M_{00}\\mu_{20}`, :math:`M_{00}\\mu_{02}`, :math:`M_{00}\\mu_{11}` in exact
+        integer arithmetic (see ``_exact_second_order``).
     """
     xp = array_module(raw)
     n_rec = geo.rec_label.shape[0]
     m00 = raw[:, 0, 0]
     cr = raw[:, 1, 0] / xp.maximum(m00, 1)
     cc = raw[:, 0, 1] / xp.maximum(m00, 1)
-    from .. import cpu_kernels
-
     mu = xp.zeros((nl + 1, 4, 4), dtype=xp.float64)
-    if xp is np and cpu_kernels.available():
-        from .. import _numba_kernels as nb
+    dc = (geo.col - geo.minc[geo.lab]) - cc[geo.lab]
+    t = [xp.bincount(geo.rec, weights=w, minlength=n_rec) for w in _powers(dc)]
+    t[0] = t[0].astype(xp.float64)
+    drp = _powers(geo.rec_k - cr[geo.rec_label])
+    for p in range(4):
+        for q in range(4):
+            if p + q >= 3:
+                w = t[q] if p == 0 else drp[p] * t[q]
+                mu[:, p, q] = xp.bincount(geo.rec_label, weights=w, minlength=nl + 1)
+    return _exact_second_order(geo, raw, mu)
 
-        t = np.empty((n_rec, 4))
-        nb.record_power_sums(geo.rec, geo.col, geo.minc, geo.lab, cc, n_rec, t)
-        nb.label_moment_sums(geo.rec_label, geo.rec_k - cr[geo.rec_label], t, 3, mu)
-    else:
-        dc = (geo.col - geo.minc[geo.lab]) - cc[geo.lab]
-        t = [xp.bincount(geo.rec, weights=w, minlength=n_rec) for w in _powers(dc)]
-        t[0] = t[0].astype(xp.float64)
-        drp = _powers(geo.rec_k - cr[geo.rec_label])
-        for p in range(4):
-            for q in range(4):
-                if p + q >= 3:
-                    w = t[q] if p == 0 else drp[p] * t[q]
-                    mu[:, p, q] = xp.bincount(geo.rec_label, weights=w, minlength=nl + 1)
+
+def _exact_second_order(geo: _Geometry, raw, mu):
+    """Fill ``mu``'s zeroth and second orders from the raw moments in exact integer arithmetic;
+    return ``mu`` and the exact products (q20, q02, q11) (shared by every implementation of
+    ``shape.central_moments``)."""
+    xp = array_module(raw)
+    m00 = raw[:, 0, 0]
     mu[:, 0, 0] = m00
     # exact second order: the products below are at most side**6, within int64 up to 1448
     mi = raw.astype(xp.int64 if geo.side <= 1400 else xp.float64)
@@ -531,6 +546,20 @@ def _moment_props(geo: _Geometry, props) -> None:
 
 
 def _pattern_props(padded, labels, nl: int, props) -> None:
+    """Fill the Euler number, Crofton perimeter and perimeter columns (``pattern_props``)."""
+    euler, crofton, perimeter = pattern_props(padded, labels, nl)
+    props[:, _COL["euler_number"]] = euler
+    props[:, _COL["perimeter_crofton"]] = crofton
+    props[:, _COL["perimeter"]] = perimeter
+
+
+def _pattern_examples(rng):
+    for padded, labels, nl in _labelled_examples(rng):
+        yield (padded, labels, nl), {}
+
+
+@stage("shape.pattern_props", examples=_pattern_examples)
+def pattern_props(padded, labels, nl: int):
     """Euler number (8-connectivity), Crofton perimeter (4 directions) and perimeter.
 
     scikit-image computes these on each region's bbox image; on the whole label image they
@@ -546,20 +575,21 @@ def _pattern_props(padded, labels, nl: int, props) -> None:
     * perimeter: border pixels (foreground minus its 4-neighbourhood erosion) are coded
       ``1 + 2 * (4-neighbours on the border) + 10 * (diagonal neighbours on the border)`` and
       looked up in ``PERIMETER_WEIGHTS``.
+
+    Parameters
+    ----------
+    padded : (M, H, W) bool ndarray
+        Masks with a one-pixel background frame.
+    labels : (M, H, W) int ndarray
+        Their 8-connected labels (``ops.label``), ``nl`` in all.
+    nl : int
+
+    Returns
+    -------
+    (3, nl + 1) float64 ndarray
+        Euler number, Crofton perimeter and perimeter of every label (row 0: background).
     """
     xp = array_module(padded)
-    from .. import cpu_kernels
-
-    if xp is np and cpu_kernels.available():
-        from .. import _numba_kernels as nb
-
-        sums = np.zeros((3, nl + 1))
-        nb.pattern_sums(np.ascontiguousarray(padded).view(np.uint8), np.ascontiguousarray(labels), EULER_COEFS_8,
-                        CROFTON_COEFS_4, PERIMETER_WEIGHTS, sums[0], sums[1], sums[2])
-        props[:, _COL["euler_number"]] = sums[0]
-        props[:, _COL["perimeter_crofton"]] = sums[1]
-        props[:, _COL["perimeter"]] = sums[2]
-        return
     _, hp, wp = padded.shape
     x = padded.view(xp.uint8)
     code = x[:, 1:, 1:] | (x[:, :-1, 1:] << 1) | (x[:, 1:, :-1] << 2) | (x[:, :-1, :-1] << 3)
@@ -571,10 +601,8 @@ def _pattern_props(padded, labels, nl: int, props) -> None:
     lab = labels.ravel()
     wlab = xp.maximum(xp.maximum(lab[top_left], lab[top_left + 1]),
                       xp.maximum(lab[top_left + wp], lab[top_left + wp + 1]))
-    props[:, _COL["euler_number"]] = xp.bincount(
-        wlab, weights=xp.asarray(EULER_COEFS_8)[code], minlength=nl + 1)
-    props[:, _COL["perimeter_crofton"]] = xp.bincount(
-        wlab, weights=xp.asarray(CROFTON_COEFS_4)[code], minlength=nl + 1)
+    euler = xp.bincount(wlab, weights=xp.asarray(EULER_COEFS_8)[code], minlength=nl + 1)
+    crofton = xp.bincount(wlab, weights=xp.asarray(CROFTON_COEFS_4)[code], minlength=nl + 1)
 
     q = padded
     inner = q[:, 1:-1, 1:-1]
@@ -586,8 +614,8 @@ def _pattern_props(padded, labels, nl: int, props) -> None:
     four = bd[bidx - wp] + bd[bidx + wp] + bd[bidx - 1] + bd[bidx + 1]
     diag = bd[bidx - wp - 1] + bd[bidx - wp + 1] + bd[bidx + wp - 1] + bd[bidx + wp + 1]
     pcode = 1 + 2 * four.astype(xp.int64) + 10 * diag.astype(xp.int64)
-    props[:, _COL["perimeter"]] = xp.bincount(
-        lab[bidx], weights=xp.asarray(PERIMETER_WEIGHTS)[pcode], minlength=nl + 1)
+    perimeter = xp.bincount(lab[bidx], weights=xp.asarray(PERIMETER_WEIGHTS)[pcode], minlength=nl + 1)
+    return xp.stack([euler, crofton, perimeter])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -661,6 +689,24 @@ def _chains(geo: _Geometry) -> _Chains:
     )
 
 
+def _hull_examples(rng):
+    # the sequences the hull passes build (doubled row ends of real components) ...
+    for (geo, _), _ in _moment_examples(rng):
+        ch = _chains(geo)
+        left, right = geo.left, geo.right
+        xl = ch.sequence(2 * left - 1, 2 * np.minimum(left[ch.half_prev], left[ch.half_cur]))
+        xr = ch.sequence(2 * right + 1, 2 * np.maximum(right[ch.half_prev], right[ch.half_cur]))
+        yield (np.concatenate([xl, -xr]), *ch.doubled()), {}
+    # ... and random ones: lengths 2..12, small values (many collinear points)
+    length = rng.integers(2, 13, 40)
+    length[:3] = 2
+    offset = np.cumsum(length) - length
+    x = rng.integers(-4, 5, int(length.sum()))
+    x[offset[3]:offset[3] + length[3]] = 7  # constant: all collinear
+    yield (x, offset, length), {}
+
+
+@stage("shape.lower_hull", examples=_hull_examples)
 def _lower_hull(x, offset, length):
     """Vertices of the lower convex hull of many sequences at once (Andrew's monotone chain).
 
@@ -684,15 +730,6 @@ def _lower_hull(x, offset, length):
         last point of every sequence are).
     """
     xp = array_module(x)
-    from .. import cpu_kernels
-
-    if xp is np and cpu_kernels.available():  # one sequence at a time, compiled
-        from .. import _numba_kernels as nbk
-
-        flags = np.zeros(x.shape[0], dtype=bool)
-        nbk.lower_hull_flags(np.ascontiguousarray(x, dtype=np.int64), np.ascontiguousarray(offset, dtype=np.int64),
-                             np.ascontiguousarray(length, dtype=np.int64), flags)
-        return flags
     nb = offset.shape[0]
     order = xp.argsort(-length)
     off = offset[order]

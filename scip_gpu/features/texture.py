@@ -44,7 +44,11 @@ margin) or in an unpadded one alike.
 
 The functions ``quantise_scip``, ``glcm_batched``, ``graycoprops_batched`` and
 ``sobel_statistics`` are pure, written against the array namespace of their inputs (NumPy or
-CuPy), and are the reference semantics of the CUDA kernels that may replace them.
+CuPy), and are the reference semantics of the kernels that replace them: the family is the
+stage ``texture.block`` of ``scip_gpu.dispatch``, and its steps are the stages
+``texture.masked_range``, ``texture.glcm_props`` (quantisation, GLCM counts and properties in
+one) and ``texture.sobel_view_statistics``, each with a numba implementation
+(``cpu_kernels``) registered beside the reference here.
 """
 
 from __future__ import annotations
@@ -54,8 +58,9 @@ import math
 import numpy as np
 
 from .. import ops
-from ..backend import array_module, ndimage, use_kernels
+from ..backend import array_module, ndimage
 from ..batch import float_planes, refill, valid_mask
+from ..dispatch import stage
 from .registry import Column, Family, column_name, register
 
 #: GLCM pixel-pair distances and angles (radians), as SCIP.
@@ -104,6 +109,33 @@ def texture_columns(mask: str | None, channels) -> list[Column]:
 # Reference semantics (pure, array-namespace generic)
 
 
+def _view_examples(rng):
+    """(values, view, extents) of example planes: float64 blobs, integer-valued (ties) and
+    constant planes; views inside each extent, with empty and one-pixel ones."""
+    from ..stage_examples import images, masks
+
+    for dtype, top in ((np.float64, 1.0), (np.uint16, 12.0), (np.uint16, 4000.0)):
+        values, e = images(rng, dtype, m=10, top=top)
+        view, _ = masks(rng, m=10)  # the same edge-case extents in the first planes
+        yield values.astype(np.float64), view & valid_mask(e, values.shape[1:]), e
+
+
+def _masked_range_examples(rng):
+    for values, view, _ in _view_examples(rng):
+        m = values.shape[0]
+        yield (values.reshape(m, -1), view.reshape(m, -1)), {}
+
+
+@stage("texture.masked_range", examples=_masked_range_examples)
+def masked_range(values, view):
+    """(min, max, any) of each (M, P) row over its view (``inf, -inf, False`` for none)."""
+    xp = array_module(values)
+    has = view.any(axis=1)
+    lo = xp.where(view, values, xp.inf).min(axis=1)
+    hi = xp.where(view, values, -xp.inf).max(axis=1)
+    return lo, hi, has
+
+
 def quantisation_edges(values, valid, *, bins: int = BINS):
     """Each plane's ``bins + 1`` quantisation edges, as
     ``numpy.histogram_bin_edges(x, bins, range=(nanmin(x), nanmax(x)))``.
@@ -124,16 +156,7 @@ def quantisation_edges(values, valid, *, bins: int = BINS):
     """
     xp = array_module(values)
     m = values.shape[0]
-    flat = values.reshape(m, -1)
-    vflat = valid.reshape(m, -1)
-    from .. import cpu_kernels
-
-    if xp is np and cpu_kernels.available():
-        lo, hi, has = cpu_kernels.masked_range(flat, vflat)
-    else:
-        has = vflat.any(axis=1)
-        lo = xp.where(vflat, flat, xp.inf).min(axis=1)
-        hi = xp.where(vflat, flat, -xp.inf).max(axis=1)
+    lo, hi, has = masked_range(values.reshape(m, -1), valid.reshape(m, -1))
     lo = xp.where(has, lo, 0.0)
     hi = xp.where(has, hi, 0.0)
     # numpy.histogram: an empty range is widened by 0.5 on either side
@@ -167,7 +190,14 @@ def quantise_scip(values, valid, *, bins: int = BINS):
     """
     xp = array_module(values)
     valid = valid & ~xp.isnan(values)
-    edges = quantisation_edges(values, valid, bins=bins)
+    return _quantise(values, valid, quantisation_edges(values, valid, bins=bins))
+
+
+def _quantise(values, valid, edges):
+    """Levels of ``quantise_scip`` for given (M, B + 1) edges: 0..B where ``valid``, B + 1
+    elsewhere."""
+    xp = array_module(values)
+    bins = edges.shape[1] - 1
     # digitize(right=True) on increasing edges == number of edges strictly below x
     q = xp.zeros(values.shape, dtype=xp.uint8)
     for i in range(bins + 1):  # bins + 1 passes over the stack, not a per-object loop
@@ -340,6 +370,43 @@ def graycoprops_batched(P, props=PROPERTIES):
     return xp.stack([GRAYCOPROPS[p](Pn, i, j) for p in props], axis=-1)
 
 
+def _glcm_examples(rng):
+    offsets = sorted({max(o, (-o[0], -o[1])) for o in
+                      (glcm_offset(d, a) for d in DISTANCES for a in ANGLES)})
+    for values, view, e in _view_examples(rng):
+        yield (values, view, e, quantisation_edges(values, view), offsets), {}
+    yield (values, view, e, quantisation_edges(values, view), [(0, 1), (2, -1), (15, 0)]), {}
+    yield (values, view, e, quantisation_edges(values, view, bins=7), offsets), {}
+
+
+@stage("texture.glcm_props", examples=_glcm_examples)
+def glcm_props(values, view, extents, edges, offsets):
+    """``graycoprops`` of the symmetric GLCM of every plane's view, for each offset.
+
+    The quantisation (``quantise_scip`` with the given edges), the symmetric co-occurrence
+    counts of in-view pixel pairs (``glcm_batched``) and the six properties
+    (``graycoprops_batched``) in one stage.
+
+    Parameters
+    ----------
+    values : (M, H, W) float64 ndarray
+    view : (M, H, W) bool ndarray
+        Pixels of the view, inside each plane's extent and without NaN values.
+    extents : (M, 2) int ndarray
+    edges : (M, B + 1) float64 ndarray
+        Each plane's quantisation edges (``quantisation_edges``): levels 0..B.
+    offsets : sequence of K (row, col) pairs
+        Distinct up to sign (each is counted symmetrically).
+
+    Returns
+    -------
+    (M, K, 6) float64 ndarray
+        contrast, dissimilarity, homogeneity, energy, correlation, ASM (``PROPERTIES``).
+    """
+    q = _quantise(values, view, edges)
+    return graycoprops_batched(glcm_batched(q, view, offsets, n_levels=edges.shape[1]))
+
+
 def sobel_statistics(s, inside):
     """``nanmean, nanstd, nanmax, nanmin`` of each plane's Sobel map over its extent.
 
@@ -369,6 +436,21 @@ def sobel_statistics(s, inside):
     return xp.where((n > 0)[:, None], out, xp.nan)
 
 
+def _sobel_view_examples(rng):
+    for values, view, e in _view_examples(rng):
+        yield (ops.sobel(values, e), view, e), {}
+        yield (ops.sobel(values, e), valid_mask(e, values.shape[1:]), e), {}
+
+
+@stage("texture.sobel_view_statistics", examples=_sobel_view_examples)
+def sobel_view_statistics(sob, view, extents):
+    """``sobel_statistics`` of the Sobel map of ``where(view, x, nan)``, from the map ``sob`` of
+    the unmasked ``x``: (M, 4) ``nanmean, nanstd, nanmax, nanmin`` over the pixels of each
+    extent whose eight neighbours all lie in the view (``sobel_valid``)."""
+    inside = valid_mask(extents, sob.shape[1:])
+    return sobel_statistics(sob, inside & sobel_valid(view, extents))
+
+
 def texture_planes(values, view, extents, sobel=None):
     """The 28 texture values of each plane, in SCIP's column order (see ``texture_columns``).
 
@@ -377,7 +459,7 @@ def texture_planes(values, view, extents, sobel=None):
     values : (M, H, W) float64 ndarray
         One channel image per plane, anchored top-left.
     view : (M, H, W) bool ndarray
-        The mask of the view.
+        The mask of the view (pixels with a NaN value are not part of it).
     extents : (M, 2) int ndarray
         Each plane's real (height, width).
     sobel : (M, H, W) float64 ndarray, optional
@@ -393,36 +475,22 @@ def texture_planes(values, view, extents, sobel=None):
     xp = array_module(values)
     m, h, w = values.shape
     inside = valid_mask(extents, (h, w))
-    view = view & inside
+    view = view & inside & ~xp.isnan(values)
     offsets = [glcm_offset(d, a) for d in DISTANCES for a in ANGLES]
-    from .. import cpu_kernels
-
-    if use_kernels(xp) or (xp is np and cpu_kernels.available()):
-        # one compiled kernel (CUDA on the GPU, numba on the CPU): quantisation, symmetric counts
-        # and properties per plane
-        from .. import gpu_kernels
-
-        kernels = gpu_kernels if use_kernels(xp) else cpu_kernels
-        view = view & ~xp.isnan(values)
-        canon = [max(o, (-o[0], -o[1])) for o in offsets]
-        uniq = sorted(set(canon))
-        props = kernels.glcm_props(values, view, extents, quantisation_edges(values, view), uniq)
-        props = props[:, [uniq.index(o) for o in canon]]  # (M, D*A, P)
-    else:
-        q = quantise_scip(values, view)
-        # pairs with a pixel outside the view (SCIP's NaN level) are not counted: the same as
-        # graycomatrix(..., levels=17)[:-1, :-1]
-        glcm = glcm_batched(q, view, offsets, n_levels=LEVELS - 1)
-        props = graycoprops_batched(glcm)  # (M, D*A, P)
+    # with symmetric counts an offset and its negation give the same matrix: count each once.
+    # Pairs with a pixel outside the view (SCIP's NaN level) are not counted: the same as
+    # graycomatrix(..., levels=17)[:-1, :-1]
+    canon = [max(o, (-o[0], -o[1])) for o in offsets]
+    uniq = sorted(set(canon))
+    props = glcm_props(values, view, extents, quantisation_edges(values, view), uniq)
+    props = props[:, [uniq.index(o) for o in canon]]  # (M, D*A, P)
     props = props.reshape(m, len(DISTANCES), len(ANGLES), len(PROPERTIES))
     stats = xp.stack([props.mean(axis=2), props.std(axis=2)], axis=1)  # (M, 2, D, P)
     glcm_part = xp.moveaxis(stats, -1, 1).reshape(m, -1)  # (M, P * 2 * D): p, stat, d
     if sobel is None:
         sob = sobel_statistics(ops.sobel(xp.where(view, values, xp.nan), extents), inside)
-    elif xp is np and cpu_kernels.available():
-        sob = cpu_kernels.sobel_view_statistics(sobel, view, extents)
     else:
-        sob = sobel_statistics(sobel, inside & sobel_valid(view, extents))
+        sob = sobel_view_statistics(sobel, view, extents)
     out = xp.concatenate([glcm_part, sob], axis=1)
     empty = ~view.reshape(m, -1).any(axis=1)
     return xp.where(empty[:, None], xp.nan, out)
@@ -432,8 +500,16 @@ def texture_planes(values, view, extents, sobel=None):
 # Family
 
 
+def _block_examples(rng):
+    from ..stage_examples import family_examples
+
+    yield from family_examples(rng)
+
+
+@stage("texture.block", examples=_block_examples)
 def compute_texture(batch, mr, ctx):
-    """(N, C*56) texture features of one mask, columns as ``texture_columns``.
+    """(N, C*56) texture features of one mask, columns as ``texture_columns`` (the stage
+    ``texture.block``).
 
     Both views of every channel of every object are stacked into one set of 2*N*C planes and
     computed together.

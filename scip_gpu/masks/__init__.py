@@ -3,6 +3,12 @@
 ``compute_masks`` runs one configured mask method on a batch: pre-mask filters, the method on
 every channel, removal of regions touching the image border, the main-channel rule, the union
 ("combined") mask, bounding boxes and background levels.
+
+It is two stages of ``scip_gpu.dispatch``: ``masks.channel_masks`` (the method on every
+channel, the filter and border rules) and ``masks.combine`` (the main-channel rule, combined
+mask, bounding boxes, background levels), whose references are the array code here (calling
+the fine-grained stages, which dispatch to numba on the CPU); a fused kernel may be registered
+for either.
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import cpu_kernels, ops
-from ..batch import Batch, planes
+from .. import ops
+from ..backend import array_module
+from ..batch import Batch, planes, valid_mask
+from ..dispatch import stage
 from ..errors import ConfigError
 from .filters import FILTERS
 from .methods import METHODS, margin
@@ -125,32 +133,111 @@ def compute_masks(batch: Batch, method_cfg, masks_cfg, passed=None) -> MaskResul
     passed : (N, C) bool, optional
         Result of ``filter_channels`` (computed here when not given).
     """
-    xp = batch.xp
-    n, c, h, w = batch.pixels.shape
     name = method_cfg.name or method_cfg.method.value
-    fn, defaults, _ = METHODS[method_cfg.method.value]
-    kwargs = {**defaults, **dict(method_cfg.kwargs)}
+    method = method_cfg.method.value
+    kwargs = {**METHODS[method][1], **dict(method_cfg.kwargs)}
     if passed is None:
         passed = filter_channels(batch, masks_cfg.filters)
+    mask, regions = channel_masks(batch, method, kwargs, passed, masks_cfg.remove_border_regions)
+    mask, combined, bbox, background, combined_background, usable = combine(
+        batch, mask, regions, passed, masks_cfg.main_channel_index, masks_cfg.combined_indices)
+    return MaskResult(name, mask, combined, regions, bbox, background, combined_background, usable)
+
+
+def _channel_masks_examples(rng):
+    from ..stage_examples import example_batches
+
+    for k, (batch, passed) in enumerate(example_batches(rng)):
+        yield (batch, "li", {"smooth": 1.0}, passed, True), {}
+        yield (batch, "otsu", {}, passed, k % 2 == 0), {}
+        yield (batch, "spot", {"spotsize": 2}, passed, k % 2 == 1), {}
+        yield (batch, "circle", {}, passed, False), {}
+
+
+@stage("masks.channel_masks", examples=_channel_masks_examples)
+def channel_masks(batch: Batch, method: str, kwargs: dict, passed, remove_border: bool):
+    """Masks of one method on every channel of a batch, after the filter and border rules.
+
+    Parameters
+    ----------
+    batch : Batch
+    method : str
+        Key of ``METHODS``.
+    kwargs : dict
+        The method's options (its defaults merged with the configured ones).
+    passed : (N, C) bool ndarray
+        Channels that passed the pre-mask filters (``filter_channels``): the others get an
+        empty mask.
+    remove_border : bool
+        Apply SCIP's border rule (``ops.regions_touching_border``).
+
+    Returns
+    -------
+    mask : (N, C, H, W) bool ndarray
+    regions : (N, C) int64 ndarray
+        Connected components (8-connected) left in each channel mask.
+    """
+    xp = batch.xp
+    n, c, h, w = batch.pixels.shape
+    fn = METHODS[method][0]
     mask = xp.zeros((n, c, h, w), dtype=bool)
     for ch in range(c):  # channels, not objects: each call covers the whole batch
         mask[:, ch] = fn(batch.pixels[:, ch], batch.extents, channel=ch, **kwargs)
     mask &= passed[:, :, None, None]
 
     flat, ext = planes(mask, batch.extents)
-    if masks_cfg.remove_border_regions:
+    if remove_border:
         flat, regions = ops.regions_touching_border(flat, ext)
     else:
         labels, nl = ops.label(flat, 2)
         regions = ops.count_per_plane(labels, nl)
-    mask = flat.reshape(n, c, h, w)
-    regions = regions.reshape(n, c)
+    return flat.reshape(n, c, h, w), regions.reshape(n, c)
 
-    main = masks_cfg.main_channel_index
+
+def _combine_examples(rng):
+    from ..stage_examples import example_batches, masks
+
+    for k, (batch, passed) in enumerate(example_batches(rng)):
+        mask, regions = channel_masks(batch, "li", {"smooth": 1.0}, passed, True)
+        yield (batch, mask, regions, passed, 0, None), {}
+        yield (batch, mask, regions, passed, 1, (0, 2)), {}
+        # random masks with every edge case (empty, one pixel, full, ...)
+        n, c, h, w = batch.pixels.shape
+        mk, _ = masks(rng, m=n * c, shape=(h, w))
+        mk = mk.reshape(n, c, h, w) & batch.valid()[:, None]
+        regions = rng.integers(0, 3, (n, c))
+        yield (batch, mk, regions, passed, k % c, [c - 1]), {}
+
+
+@stage("masks.combine", examples=_combine_examples)
+def combine(batch: Batch, mask, regions, passed, main_channel_index: int, combined_indices):
+    """The main-channel rule, the combined mask, bounding boxes and background levels.
+
+    Parameters
+    ----------
+    batch : Batch
+    mask : (N, C, H, W) bool ndarray
+        Channel masks (``channel_masks``).
+    regions : (N, C) int ndarray
+        Components left per channel mask.
+    passed : (N, C) bool ndarray
+        Channels that passed the pre-mask filters.
+    main_channel_index : int
+    combined_indices : sequence of int, or None (all channels)
+
+    Returns
+    -------
+    tuple
+        ``mask, combined, bbox, background, combined_background, usable`` as the fields of
+        ``MaskResult`` (``mask``: a new array, all False where ``usable`` is False).
+    """
+    xp = batch.xp
+    n, c, h, w = batch.pixels.shape
+    main = main_channel_index
     usable = passed[:, main] & (regions[:, main] > 0)
-    mask &= usable[:, None, None, None]
+    mask = mask & usable[:, None, None, None]
 
-    idx = masks_cfg.combined_indices
+    idx = combined_indices
     combined = (mask if idx is None else mask[:, xp.asarray(list(idx))]).any(axis=1)
 
     # bounding box of the union of all channel masks
@@ -168,21 +255,57 @@ def compute_masks(batch: Batch, method_cfg, masks_cfg, passed=None) -> MaskResul
     bbox = xp.where(has[:, None], bbox, xp.nan)
 
     # background levels
-    if xp is np and cpu_kernels.available():
-        bg_sum, n_out, cbg_sum, n_cout = cpu_kernels.outside_sums(batch.pixels, mask, combined, batch.extents)
-    else:
-        valid = batch.valid()
-        px = batch.pixels.astype(xp.float64)
-        outside = valid[:, None] & ~mask
-        n_out = outside.sum(axis=(2, 3))
-        bg_sum = xp.where(outside, px, 0).sum(axis=(2, 3))
-        out_c = (valid & ~combined)[:, None]
-        cbg_sum = xp.where(out_c, px, 0).sum(axis=(2, 3))
-        n_cout = out_c.sum(axis=(2, 3))
+    bg_sum, n_out, cbg_sum, n_cout = outside_sums(batch.pixels, mask, combined, batch.extents)
     with np.errstate(invalid="ignore", divide="ignore"):
         background = xp.where(n_out > 0, bg_sum / n_out, 0.0)
         combined_background = cbg_sum / n_cout
-    return MaskResult(name, mask, combined, regions, bbox, background, combined_background, usable)
+    return mask, combined, bbox, background, combined_background, usable
+
+
+def _outside_sums_examples(rng):
+    from ..stage_examples import images, masks
+
+    for dtype in (np.uint16, np.float64):
+        px, e = images(rng, dtype, m=20)
+        mk, _ = masks(rng, m=20)
+        px = px.reshape(5, 4, *px.shape[1:])
+        mk = mk.reshape(5, 4, *mk.shape[1:])
+        e = e[::4]
+        mk &= valid_mask(e, mk.shape[2:])[:, None]
+        yield (px, mk, mk[:, 1:3].any(axis=1), e), {}
+        yield (px, mk, np.zeros_like(mk[:, 0]), e), {}
+
+
+@stage("masks.outside_sums", examples=_outside_sums_examples)
+def outside_sums(px, mask, combined, extents):
+    """Background sums of ``compute_masks``: per (object, channel), the sum and the number of
+    the pixels inside the object's extent but outside the channel's mask, and outside the
+    combined mask.
+
+    Parameters
+    ----------
+    px : (N, C, H, W) ndarray
+    mask : (N, C, H, W) bool ndarray
+    combined : (N, H, W) bool ndarray
+    extents : (N, 2) int ndarray
+
+    Returns
+    -------
+    bg_sum : (N, C) float64 ndarray
+    n_out : (N, C) int ndarray
+    cbg_sum : (N, C) float64 ndarray
+    n_cout : (N, C) int ndarray
+    """
+    xp = array_module(px)
+    valid = valid_mask(extents, px.shape[2:])
+    px = px.astype(xp.float64)
+    outside = valid[:, None] & ~mask
+    n_out = outside.sum(axis=(2, 3))
+    bg_sum = xp.where(outside, px, 0).sum(axis=(2, 3))
+    out_c = (valid & ~combined)[:, None]
+    cbg_sum = xp.where(out_c, px, 0).sum(axis=(2, 3))
+    n_cout = xp.broadcast_to(out_c.sum(axis=(2, 3)), cbg_sum.shape)  # the same for every channel
+    return bg_sum, n_out, cbg_sum, n_cout
 
 
 __all__ = [

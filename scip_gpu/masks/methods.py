@@ -4,6 +4,11 @@ Each method takes one channel of a batch, ``x`` (M, H, W) in the image's native 
 ``extents`` (M, 2), and returns the (M, H, W) bool foreground mask before SCIP's common
 post-processing (border-region removal, main-channel rule). The per-object definition each one
 reproduces is written in its docstring; the tests compare against those scikit-image calls.
+
+The thresholds and the Otsu method's digitising and rescaling steps are stages of
+``scip_gpu.dispatch`` (``masks.threshold_li``, ``masks.threshold_otsu_int``,
+``masks.otsu_digitize``, ``masks.scale_to_u16``, ``masks.digitize_rows``): the code here is
+their reference, and numba kernels (``cpu_kernels``) are registered beside it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import numpy as np
 from .. import ops
 from ..backend import array_module
 from ..batch import valid_mask
+from ..dispatch import stage
+from ..stage_examples import compare_inside_extent
 from ..stats import masked_quantile, sort_valid
 
 
@@ -29,6 +36,31 @@ def _fill_and_clean(fg, extents):
 # Thresholds
 
 
+def _row_examples(rng, dtype, top=None):
+    """(M, P) rows of example planes and their valid entries (one row without any)."""
+    from ..stage_examples import images, inside
+
+    x, e = images(rng, dtype, top=top)
+    m = x.shape[0]
+    valid = inside(e, x.shape[1:]).reshape(m, -1)
+    valid[6] = False
+    return x.reshape(m, -1), valid
+
+
+def _li_examples(rng):
+    from ..stage_examples import images
+
+    for dtype in (np.float64, np.uint16):
+        yield _row_examples(rng, dtype), {}
+    x, v = _row_examples(rng, np.float64)
+    yield (x, v), {"max_iter": 3}
+    # a filtered plane, as the li method thresholds it
+    f, e = images(rng, np.uint16)
+    f = ops.gaussian(ops.sobel(ops.gaussian(f, e, 1.0), e), e, 2.0)
+    yield (f.reshape(len(f), -1), valid_mask(e, f.shape[1:]).reshape(len(f), -1)), {}
+
+
+@stage("masks.threshold_li", examples=_li_examples)
 def threshold_li(x, valid, *, max_iter: int = 10_000):
     """``skimage.filters.threshold_li`` of each row's valid entries (float rows).
 
@@ -38,11 +70,6 @@ def threshold_li(x, valid, *, max_iter: int = 10_000):
     xp = array_module(x)
     m = x.shape[0]
     s, n = sort_valid(x, valid)
-    if xp is np:
-        from .. import cpu_kernels
-
-        if cpu_kernels.available():
-            return cpu_kernels.li_rows(s, n, max_iter)
     lo = s[:, 0]
     hi = xp.take_along_axis(s, xp.maximum(n - 1, 0)[:, None], axis=1)[:, 0]
     out = xp.full(m, xp.nan)
@@ -101,15 +128,19 @@ def rows_count_le(sorted_rows, n, t):
     return lo
 
 
+def _otsu_int_examples(rng):
+    for dtype, top in ((np.uint8, None), (np.uint16, 600.0), (np.uint16, 60000.0), (np.int64, 300.0)):
+        yield _row_examples(rng, dtype, top), {}
+    x, v = _row_examples(rng, np.uint8)
+    x[:, :] = 3  # every row constant
+    yield (x, v), {}
+
+
+@stage("masks.threshold_otsu_int", examples=_otsu_int_examples)
 def threshold_otsu_int(x, valid):
     """``skimage.filters.threshold_otsu`` of each row's valid entries, for non-negative integer
     rows (scikit-image then uses one histogram bin per integer value)."""
     xp = array_module(x)
-    if xp is np and x.dtype in (np.uint8, np.uint16):
-        from .. import cpu_kernels
-
-        if cpu_kernels.available():
-            return cpu_kernels.otsu_int_rows(x, valid)
     m = x.shape[0]
     big = np.iinfo(np.int64).max
     xi = x.astype(xp.int64)
@@ -170,19 +201,112 @@ def _digitize_512(x, valid):
     lo = xp.where(same, lo - 0.5, lo)
     hi = xp.where(same, hi + 0.5, hi)
     edges = ops.linspace_rows(lo, hi, 513)  # (M, 513), as numpy.histogram_bin_edges
-    from .. import cpu_kernels
+    return digitize_rows(flat, v, edges).reshape(x.shape)
 
-    if xp is np and cpu_kernels.available():
-        return cpu_kernels.digitize_rows(flat, v, edges).reshape(x.shape)
-    guess = xp.floor((flat - lo[:, None]) / (hi - lo)[:, None] * 512).astype(xp.int64) + 1
-    guess = xp.clip(guess, 0, 513)
+
+def _digitize_rows_examples(rng):
+    for dtype, top in ((np.uint16, 60000.0), (np.float64, 1.0), (np.uint16, 900.0)):
+        x, v = _row_examples(rng, dtype, top)
+        x = x.astype(np.float64)
+        lo = np.where(v, x, np.inf).min(axis=1)
+        hi = np.where(v, x, -np.inf).max(axis=1)
+        lo, hi = np.where(v.any(axis=1), lo, 0.0), np.where(v.any(axis=1), hi, 0.0)
+        same = lo == hi
+        lo, hi = np.where(same, lo - 0.5, lo), np.where(same, hi + 0.5, hi)
+        yield (x, v, ops.linspace_rows(lo, hi, 513)), {}
+
+
+@stage("masks.digitize_rows", examples=_digitize_rows_examples)
+def digitize_rows(x, valid, edges):
+    """``numpy.digitize(row, edges[m])`` of each row's valid entries, 0 elsewhere.
+
+    Parameters
+    ----------
+    x : (M, P) float64 ndarray
+    valid : (M, P) bool ndarray
+    edges : (M, B + 1) float64 ndarray
+        Equally spaced increasing edges of each row (``ops.linspace_rows``), which the
+        arithmetic first guess relies on.
+
+    Returns
+    -------
+    (M, P) uint16 ndarray
+    """
+    xp = array_module(x)
+    last = edges.shape[1] - 1
+    lo, hi = edges[:, 0], edges[:, last]
+    with np.errstate(invalid="ignore", divide="ignore"):  # rows without valid entries
+        guess = xp.floor((x - lo[:, None]) / (hi - lo)[:, None] * last)
+    guess = xp.where(valid, guess, 0).astype(xp.int64) + 1
+    guess = xp.clip(guess, 0, last + 1)
     # digitize: i with edges[i-1] <= x < edges[i]; correct the arithmetic guess by +-1
     for _ in range(2):
-        left = xp.take_along_axis(edges, xp.clip(guess - 1, 0, 512), axis=1)
-        right = xp.take_along_axis(edges, xp.clip(guess, 0, 512), axis=1)
-        guess = xp.where((guess > 0) & (flat < left), guess - 1, guess)
-        guess = xp.where((guess < 513) & (flat >= right), guess + 1, guess)
-    return xp.where(v, guess, 0).reshape(x.shape).astype(xp.uint16)
+        left = xp.take_along_axis(edges, xp.clip(guess - 1, 0, last), axis=1)
+        right = xp.take_along_axis(edges, xp.clip(guess, 0, last), axis=1)
+        guess = xp.where((guess > 0) & (x < left), guess - 1, guess)
+        guess = xp.where((guess <= last) & (x >= right), guess + 1, guess)
+    return xp.where(valid, guess, 0).astype(xp.uint16)
+
+
+def _otsu_digitize_examples(rng):
+    from ..stage_examples import images
+
+    for dtype, top in ((np.uint8, None), (np.uint16, 400.0), (np.uint16, 60000.0), (np.float64, 1.0)):
+        yield images(rng, dtype, top=top), {}
+
+
+@stage("masks.otsu_digitize", examples=_otsu_digitize_examples, compare=compare_inside_extent)
+def otsu_digitize(x, extents):
+    """The Otsu method's first step: planes whose maximum exceeds 512 (and all planes of other
+    dtypes than uint8/uint16) digitised into 512 bins (``_digitize_512``), others kept.
+
+    Returns
+    -------
+    xd : (M, H, W) uint16 ndarray
+        Unspecified outside each extent.
+    xmax : (M,) float64 ndarray
+        Maximum of ``xd`` over each extent.
+    """
+    xp = array_module(x)
+    valid = valid_mask(extents, x.shape[1:])
+    m = x.shape[0]
+    small_uint = x.dtype.kind == "u" and x.dtype.itemsize <= 2
+    vmax = xp.where(valid, x, 0).reshape(m, -1).max(axis=1)
+    # scikit-image's rank filters need small unsigned integers: other dtypes are always
+    # digitised
+    need = (vmax > 512) if small_uint else xp.ones(m, dtype=bool)
+    base = x.astype(xp.uint16) if small_uint else xp.zeros(x.shape, dtype=xp.uint16)
+    xd = xp.where(need[:, None, None], _digitize_512(x, valid), base)
+    xmax = xp.where(valid, xd, 0).reshape(m, -1).max(axis=1).astype(xp.float64)
+    return xd, xmax
+
+
+def _scale_examples(rng):
+    from ..stage_examples import images
+
+    p, e = images(rng, np.float64, top=3.0)
+    p[7] = -p[7]
+    for xmax in (np.full(len(p), 512.0), rng.integers(0, 700, len(p)).astype(np.float64)):
+        yield (p, e, xmax), {}
+    p[8, 0, 0] = np.inf  # non-finite results become 0
+    yield (p, e, np.full(len(p), 40.0)), {}
+
+
+@stage("masks.scale_to_u16", examples=_scale_examples, compare=compare_inside_extent)
+def scale_to_u16(p, extents, xmax):
+    """The Otsu method's rescaling: ``(p - min) / (max - min) * xmax`` of each plane over its
+    extent, truncated to uint16 (non-finite values and pixels outside the extent 0)."""
+    xp = array_module(p)
+    m = p.shape[0]
+    valid = valid_mask(extents, p.shape[1:])
+    vf = valid.reshape(m, -1)
+    pf = p.reshape(m, -1)
+    pmin = xp.where(vf, pf, xp.inf).min(axis=1)[:, None, None]
+    pmax = xp.where(vf, pf, -xp.inf).max(axis=1)[:, None, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = (p - pmin) / (pmax - pmin)
+        p = p * xmax[:, None, None]
+    return xp.where(xp.isfinite(p) & valid, p, 0).astype(xp.uint16)
 
 
 def otsu(x, extents, *, channel: int):
@@ -196,35 +320,12 @@ def otsu(x, extents, *, channel: int):
     xp = array_module(x)
     valid = valid_mask(extents, x.shape[1:])
     m = x.shape[0]
-    small_uint = x.dtype.kind == "u" and x.dtype.itemsize <= 2
-    from .. import cpu_kernels
-
-    if xp is np and small_uint and cpu_kernels.available():
-        xd, xmax = cpu_kernels.otsu_digitize(x, extents)
-    else:
-        vmax = xp.where(valid, x, 0).reshape(m, -1).max(axis=1)
-        # scikit-image's rank filters need small unsigned integers: other dtypes are always
-        # digitised
-        need = (vmax > 512) if small_uint else xp.ones(m, dtype=bool)
-        base = x.astype(xp.uint16) if small_uint else xp.zeros(x.shape, dtype=xp.uint16)
-        xd = xp.where(need[:, None, None], _digitize_512(x, valid), base)
-        xmax = xp.where(valid, xd, 0).reshape(m, -1).max(axis=1).astype(xp.float64)
+    xd, xmax = otsu_digitize(x, extents)
     p = xd.astype(xp.float64) - ops.median_disk(xd, extents, 5)
     p = ops.gaussian(p, extents, 0.5)
     p = ops.sobel(p, extents)
     vf = valid.reshape(m, -1)
-    from .. import cpu_kernels
-
-    if xp is np and cpu_kernels.available():
-        p = cpu_kernels.scale_to_u16(p, extents, xmax)
-    else:
-        pf = p.reshape(m, -1)
-        pmin = xp.where(vf, pf, xp.inf).min(axis=1)[:, None, None]
-        pmax = xp.where(vf, pf, -xp.inf).max(axis=1)[:, None, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            p = (p - pmin) / (pmax - pmin)
-            p = p * xmax[:, None, None]
-        p = xp.where(xp.isfinite(p) & valid, p, 0).astype(xp.uint16)
+    p = scale_to_u16(p, extents, xmax)
     p = ops.median_disk(p, extents, 5)
     thr = threshold_otsu_int(p.reshape(m, -1), vf)
     fg = (p > thr[:, None, None]) & valid

@@ -287,7 +287,7 @@ def test_plane_stack_directly(kernel_path):
 
 
 def test_compiled_shape_passes_equal_array_form(monkeypatch):
-    from scip_gpu import cpu_kernels, ops
+    from scip_gpu import cpu_kernels, dispatch, ops
     from scip_gpu.features import shape as S
 
     if not cpu_kernels.available():
@@ -296,7 +296,7 @@ def test_compiled_shape_passes_equal_array_form(monkeypatch):
     planes = np.stack([blob_mask(rng, 30, 33, k % 5) for k in range(12)])
     planes[5] = False
     labels, nl = ops.label(np.pad(planes, ((0, 0), (1, 1), (1, 1))), 2)
-    a = S._geometry_compiled(labels, nl)
+    a = dispatch.implementation("shape.geometry", "cpu")(labels, nl)
     compiled = S.shape_features(planes)
     monkeypatch.setattr(cpu_kernels, "available", lambda: False)  # the array form from here on
     b = S._geometry(labels, nl)
