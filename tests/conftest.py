@@ -29,6 +29,15 @@ def kernel_path(request, monkeypatch):
 
 
 @pytest.fixture
+def cuda_backend():
+    """How ``tests/test_dispatch.py`` runs a stage's ``cuda`` implementation here: None when it
+    cannot (no GPU and no emulation), which skips those cases; otherwise a callable
+    ``run(stage_name, fn, args, kwargs)`` that moves the NumPy example inputs to the device (or
+    its emulation), calls ``fn`` and returns the result (device or host arrays)."""
+    return None
+
+
+@pytest.fixture
 def shared_data() -> Path:
     """../shared/data (skips the test when a fresh clone has no such folder)."""
     if not SHARED.is_dir():
