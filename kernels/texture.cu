@@ -24,13 +24,13 @@
 //    a symmetric matrix is half[a][b] + half[b][a]), by shared-memory atomics; the ring pixels
 //    of each view as bit masks of 32-pixel chunks;
 // 5. a block scan of the chunks' counts; every ring pixel's Sobel value (of the raw plane, the
-//    numba _sobel_px's value) goes to its raster-order place in its views' lists; per view max
-//    and min;
+//    numba _sobel_px's value) goes to its raster-order place in its views' lists;
 // 6. concurrently: threads 0 and 32 sum each view's list sequentially (the values, then the
 //    squared deviations from the mean), as sobel_view_statistics; lanes 0..7 of warps 2 and 3
-//    compute the six graycoprops properties of the 8 matrices, each sum in the numba loop order;
+//    compute the six graycoprops properties of the 8 matrices, each sum in the numba loop
+//    order; warps 4 and 5 find partial maxima and minima of the lists;
 // 7. per view, property and distance the mean and the population std over the 4 angles
-//    (matrices A, B, A, B: NumPy's sequential sums over that axis).
+//    (matrices A, B, A, B: NumPy's sequential sums over that axis); the Sobel max and min.
 //
 // Output: per plane 56 values (mask view 28, combined view 28; per view for each property
 // mean_d3, mean_d5, std_d3, std_d5, then Sobel mean, std, max, min). Row `obj` of the output
@@ -135,7 +135,7 @@ __device__ void tex_graycoprops(const unsigned int* hp, unsigned int tot, double
         }
     double vi = 0.0, vj = 0.0, cov = 0.0;
     for (int i = 0; i < TEX_NL; ++i)
-#pragma unroll 4
+#pragma unroll 2
         for (int j = 0; j < TEX_NL; ++j) {
             const unsigned int cnt = hp[i * TEX_NL + j] + hp[j * TEX_NL + i];
             if (cnt == 0) continue;
@@ -204,7 +204,6 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
     unsigned int* rmask = reinterpret_cast<unsigned int*>(fl);
     unsigned int* rpre = rmask + 2 * ((cap + 31) >> 5);
     __shared__ int s_lo[2], s_hi[2], s_n[2];
-    __shared__ u64 s_smax[2], s_smin[2];
     __shared__ int s_iedge[2][TEX_NL];
     __shared__ u64 s_part[SG_THREADS + 1];  // ring pixels per chunk: view 1 << 32 | view 0
     __shared__ u64 s_group[33];
@@ -228,8 +227,6 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
             s_lo[t] = 0x7fffffff;
             s_hi[t] = -1;
             s_n[t] = 0;
-            s_smax[t] = 0ull;                   // +0.0 (Sobel values are >= +0)
-            s_smin[t] = 0x7ff0000000000000ull;  // +inf
         }
         if (t < 2 * TEX_NOFF) s_tot[t] = 0;
         for (int k = t; k < 2 * TEX_NOFF * TEX_NL * TEX_NL; k += SG_THREADS) half[k] = 0;
@@ -409,7 +406,6 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
             const int vm = both ? 3 : 1 << round;  // the views of this round
             const int b1 = both ? base1 : 0;
             {
-                u64 mx0 = 0ull, mn0 = 0x7ff0000000000000ull, mx1 = 0ull, mn1 = 0x7ff0000000000000ull;
                 if (t < n) {
                     const int di = SG_THREADS / w, dj = SG_THREADS - di * w;
                     int i = t / w, j = t - (t / w) * w;
@@ -419,17 +415,8 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
                         const unsigned m0 = (vm & 1) ? rmask[c] : 0u, m1 = (vm & 2) ? rmask[nch + c] : 0u;
                         if ((m0 | m1) & bit) {
                             const double x = tex_sobel_px(px, h, w, i, j);
-                            const u64 b = (u64)__double_as_longlong(x);  // ordered as x >= +0
-                            if (m0 & bit) {
-                                sob[rpre[c] + tex_popc(m0 & below)] = x;
-                                mx0 = b > mx0 ? b : mx0;
-                                mn0 = b < mn0 ? b : mn0;
-                            }
-                            if (m1 & bit) {
-                                sob[b1 + rpre[nch + c] + tex_popc(m1 & below)] = x;
-                                mx1 = b > mx1 ? b : mx1;
-                                mn1 = b < mn1 ? b : mn1;
-                            }
+                            if (m0 & bit) sob[rpre[c] + tex_popc(m0 & below)] = x;
+                            if (m1 & bit) sob[b1 + rpre[nch + c] + tex_popc(m1 & below)] = x;
                         }
                         i += di;
                         j += dj;
@@ -438,14 +425,6 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
                             ++i;
                         }
                     }
-                }
-                if (mn0 != 0x7ff0000000000000ull) {
-                    atomicMax(&s_smax[0], mx0);
-                    atomicMin(&s_smin[0], mn0);
-                }
-                if (mn1 != 0x7ff0000000000000ull) {
-                    atomicMax(&s_smax[1], mx1);
-                    atomicMin(&s_smin[1], mn1);
                 }
             }
             __syncthreads();
@@ -464,9 +443,22 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
                     const double var = tex_sum(x, cnt, mean, 1);
                     os[0] = mean;
                     os[1] = sqrt(var / (double)cnt);
-                    os[2] = __longlong_as_double((long long)s_smax[v]);
-                    os[3] = __longlong_as_double((long long)s_smin[v]);
                 }
+            } else if (((t >> 5) == 4 || (t >> 5) == 5) && ((vm >> (t >> 5 & 1)) & 1)) {
+                // warp 4 (view 0), warp 5 (view 1): partial max and min of the view's values
+                // (bit patterns of values >= +0 order as the values), in s_part (free now)
+                const int v = (t >> 5) & 1;
+                const double* x = sob + (v ? b1 : 0);
+                const int cnt = v ? ns1 : ns0;
+                u64 mx = 0ull, mn = 0x7ff0000000000000ull;  // +0, +inf
+#pragma unroll 1
+                for (int k = t & 31; k < cnt; k += 32) {
+                    const u64 b = (u64)__double_as_longlong(x[k]);
+                    mx = b > mx ? b : mx;
+                    mn = b < mn ? b : mn;
+                }
+                s_part[2 * (t - 128)] = mx;
+                s_part[2 * (t - 128) + 1] = mn;
             } else if (round == 0 && (t & 31) < 2 * TEX_NOFF && (t >> 5) >= 2 && (t >> 5) < 4) {
                 const int k = t & 31;  // matrix: view k / 4, offset k % 4
                 tex_graycoprops(half + (k << 8), s_tot[k], s_props[k / TEX_NOFF][k % TEX_NOFF], (t >> 5) - 2);
@@ -474,8 +466,19 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
             __syncthreads();
         }
 
-        // 7. mean and std over the angles pi/4, 3pi/4, 5pi/4, 7pi/4: matrices A, B, A, B with
-        // A = offset (d', d'), B = (d', -d')
+        // 7. max and min of the Sobel values (from the 32 partial ones per view) and the mean
+        // and std of the properties over the angles pi/4, 3pi/4, 5pi/4, 7pi/4: matrices A, B,
+        // A, B with A = offset (d', d'), B = (d', -d')
+        if (t >= 2 * 2 * TEX_NPROP && t < 2 * 2 * TEX_NPROP + 4) {
+            const int v = (t - 2 * 2 * TEX_NPROP) >> 1, mn = t & 1;
+            const u64* part = s_part + 64 * v + mn;
+            u64 b = part[0];
+            for (int q = 1; q < 32; ++q) {
+                const u64 e = part[2 * q];
+                b = mn ? (e < b ? e : b) : (e > b ? e : b);
+            }
+            o[v * TEX_NVIEW + 4 * TEX_NPROP + 2 + mn] = (v ? ns1 : ns0) ? __longlong_as_double((long long)b) : sg_nan();
+        }
         if (t < 2 * 2 * TEX_NPROP) {
             const int v = t / (2 * TEX_NPROP), r = t - v * (2 * TEX_NPROP);
             const int d = r / TEX_NPROP, pr = r - d * TEX_NPROP;

@@ -152,6 +152,25 @@ def test_texture_kernel_edge_cases(device, dtype):
     assert ((counts[0] + 1) // 2 * 2 + counts[1] > -(-h * w // 8) * 8).any()
 
 
+def test_texture_kernel_sobel_extremes_at_list_ends(device):
+    """Views whose 32 Sobel values grow (channel 0) or shrink (channel 1) along a row: the
+    maximum, then the minimum, is the last value of the list."""
+    from scip_gpu.batch import Batch
+
+    j = np.arange(40)
+    px = np.zeros((1, 2, 6, 40), dtype=np.uint16)
+    px[0, 0] = (j**2 * 10)[None, :]
+    px[0, 1] = ((40 - j) ** 2 * 10)[None, :]
+    mask = np.zeros((1, 2, 6, 40), dtype=bool)
+    mask[0, :, 1:4, 2:36] = True  # 3 x 34: the ring pixels are row 2, columns 3..34
+    comb = mask[:, 0].copy()
+    zeros = np.zeros((1, 2))
+    mr = MaskResult("ends", mask, comb, np.zeros((1, 2), dtype=np.int64), np.zeros((1, 4)), zeros, zeros,
+                    np.ones(1, dtype=bool))
+    want = _compare(Batch(px, np.array([[6, 40]]), np.arange(1)), mr, device)
+    assert want[0, 26] > want[0, 27] and want[0, 56 + 26] > want[0, 56 + 27]
+
+
 def _large_cells():
     """Planes of more than 8192 pixels: threads own several 32-pixel chunks."""
     return [make_cell(i, min_size=96, max_size=110)[0] for i in range(2)], (112, 112)
