@@ -95,12 +95,11 @@ __device__ __forceinline__ double tex_sobel_px(const unsigned short* f, int h, i
 }
 
 // graycoprops of the symmetric matrix hp[a][b] + hp[b][a] (16 x 16 one-sided counts, tot in
-// all) in the
-// loop order of the numba glcm_props, in two parts that run in two threads: role 0 the
-// contrast, dissimilarity and homogeneity (res[0..2]); role 1 the ASM, energy and correlation
-// (res[3..5]; the means, then the variances and covariance). Each sum is that of the numba
-// loop, term by term: a bin with a zero count contributes +-0 to sums that are never -0, so
-// skipping it changes no bit.
+// all) in the loop order of the numba glcm_props, in two parts that run in two threads: role 0
+// the contrast, dissimilarity and homogeneity (res[0..2]); role 1 the ASM, energy and
+// correlation (res[3..5]; the means, then the variances and covariance). Each sum is that of
+// the numba loop, term by term: a bin with a zero count contributes +-0 to sums that are never
+// -0, so skipping it changes no bit.
 __device__ void tex_graycoprops(const unsigned int* hp, unsigned int tot, double* res, int role) {
     const double total = 2.0 * (double)tot;  // the (exact) sum of the symmetric counts
     const double norm = total > 0.0 ? 1.0 / total : 0.0;
@@ -205,7 +204,9 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
     unsigned int* rpre = rmask + 2 * ((cap + 31) >> 5);
     __shared__ int s_lo[2], s_hi[2], s_n[2];
     __shared__ int s_iedge[2][TEX_NL];
-    __shared__ u64 s_part[SG_THREADS + 1];  // ring pixels per chunk: view 1 << 32 | view 0
+    // per thread: the ring pixels of its chunks (view 1 << 32 | view 0), scanned; in step 6 the
+    // partial Sobel maxima and minima
+    __shared__ u64 s_part[SG_THREADS + 1];
     __shared__ u64 s_group[33];
     __shared__ double s_props[2][TEX_NOFF][TEX_NPROP];
     __shared__ unsigned int s_tot[2 * TEX_NOFF];
