@@ -40,14 +40,6 @@ def is_gpu(xp: ModuleType) -> bool:
     return xp is not np
 
 
-def use_kernels(xp: ModuleType) -> bool:
-    """Whether to run the CUDA kernels of ``kernels/`` (GPU arrays, unless the environment
-    sets ``SCIP_GPU_KERNELS=0`` to fall back to the array-namespace reference code)."""
-    import os
-
-    return is_gpu(xp) and os.environ.get("SCIP_GPU_KERNELS", "1") != "0"
-
-
 def ndimage(xp: ModuleType) -> ModuleType:
     """``scipy.ndimage`` for NumPy, ``cupyx.scipy.ndimage`` for CuPy."""
     if is_gpu(xp):

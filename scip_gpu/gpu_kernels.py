@@ -366,6 +366,7 @@ def combine(batch, mask, regions, passed, main_channel_index: int, combined_indi
 # Older kernels: masked statistics and GLCM properties
 
 
+@register("stats.compact_statistics", "cuda")
 def masked_statistics(values, counts):
     """GPU version of ``scip_gpu.stats.compact_statistics`` (same arguments and result).
 
@@ -390,6 +391,8 @@ def masked_statistics(values, counts):
     return out
 
 
+@register("texture.glcm_props", "cuda", accepts=lambda values, view, extents, edges, offsets:
+          len(offsets) <= 8 and edges.shape[1] == 16)
 def glcm_props(values, view, extents, edges, offsets):
     """GPU version of ``graycoprops_batched(glcm_batched(quantise_scip(...)))`` for the
     symmetric matrices of the given offsets.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import array_module, use_kernels
+from .backend import array_module
 from .dispatch import stage
 
 #: The 11 intensity statistics, in SCIP's column order.
@@ -179,13 +179,6 @@ def compact_statistics(values, n):
     (R, 11) float64 ndarray, columns as ``STATISTICS`` (see ``masked_statistics``).
     """
     xp = array_module(values)
-    # TODO(cuda): register gpu_kernels.masked_statistics as the "cuda" implementation of the stage
-    # stats.compact_statistics (in gpu_kernels.py), then delete this branch and the use_kernels
-    # import: until then the reference itself hands CuPy inputs to the kernel.
-    if use_kernels(xp):
-        from . import gpu_kernels
-
-        return gpu_kernels.masked_statistics(values, n)
     r = n.shape[0]
     n = n.astype(xp.int64)
     starts = xp.cumsum(n) - n

@@ -28,13 +28,52 @@ def kernel_path(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture
-def cuda_backend():
-    """How ``tests/test_dispatch.py`` runs a stage's ``cuda`` implementation here: None when it
-    cannot (no GPU and no emulation), which skips those cases; otherwise a callable
-    ``run(stage_name, fn, args, kwargs)`` that moves the NumPy example inputs to the device (or
-    its emulation), calls ``fn`` and returns the result (device or host arrays)."""
-    return None
+def cuda_backend(kind: str, monkeypatch):
+    """How ``tests/test_dispatch.py`` runs a stage's ``cuda`` implementation: a callable
+    ``run(stage_name, fn, args, kwargs)`` that moves the NumPy example inputs (arrays, batches,
+    mask results, nested in tuples) to the device, calls ``fn`` and returns its result.
+    ``kind`` "gpu": a real GPU (None without one); "sim": the CPU emulation of CUDA
+    (tests/cuda_sim: the kernel sources compiled with g++, driven through the real wrappers on
+    fake CuPy arrays; None without g++)."""
+    import dataclasses
+
+    from scip_gpu import gpu_kernels
+    from scip_gpu.backend import gpu_available
+    from scip_gpu.batch import Batch
+
+    from . import fake_cupy
+    from .cuda_sim import sim
+
+    if kind == "gpu":
+        if not gpu_available()[0]:
+            return None
+        import cupy
+    elif sim.compiler() is not None:
+        import anndata  # noqa: F401  (imported before the fake: it probes for cupyx.scipy.sparse)
+
+        cupy = fake_cupy.install(monkeypatch)
+        monkeypatch.setattr(gpu_kernels, "_module_override", sim.shared_module())
+    else:
+        return None
+
+    def to_device(x):
+        if isinstance(x, np.ndarray):
+            return cupy.asarray(x)
+        if isinstance(x, Batch):
+            return Batch(to_device(x.pixels), to_device(x.extents), x.index)
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            return dataclasses.replace(x, **{f.name: to_device(getattr(x, f.name)) for f in dataclasses.fields(x)
+                                             if f.init and isinstance(getattr(x, f.name), np.ndarray)})
+        if isinstance(x, (tuple, list)):
+            return type(x)(to_device(v) for v in x)
+        if isinstance(x, dict):
+            return {k: to_device(v) for k, v in x.items()}
+        return x
+
+    def run(name, fn, args, kwargs):
+        return fn(*to_device(args), **to_device(kwargs))
+
+    return run
 
 
 @pytest.fixture

@@ -28,7 +28,16 @@ EXPECTED = {
     "shape.lower_hull", "shape.block",
 }
 
-IMPLEMENTATIONS = [pair for pair in dispatch.registered() if pair[1] != "reference"]
+from .conftest import cuda_backend
+
+#: (stage, backend, device): cuda implementations run on the CPU emulation and, marked gpu, on a GPU
+IMPLEMENTATIONS = [
+    case
+    for stage_name, backend in dispatch.registered() if backend != "reference"
+    for case in ([pytest.param(stage_name, backend, "sim", id=f"{stage_name}-cuda-sim"),
+                  pytest.param(stage_name, backend, "gpu", id=f"{stage_name}-cuda-gpu", marks=pytest.mark.gpu)]
+                 if backend == "cuda" else [pytest.param(stage_name, backend, "cpu", id=f"{stage_name}-cpu")])
+]
 
 
 def _examples(name: str):
@@ -42,8 +51,8 @@ def _run_reference(name, args, kwargs, monkeypatch):
         return dispatch.STAGES[name].impls["reference"].fn(*copy.deepcopy(args), **copy.deepcopy(kwargs))
 
 
-@pytest.mark.parametrize(("name", "backend"), IMPLEMENTATIONS, ids=[f"{s}-{b}" for s, b in IMPLEMENTATIONS])
-def test_implementation_equals_reference(name, backend, monkeypatch, request):
+@pytest.mark.parametrize(("name", "backend", "device"), IMPLEMENTATIONS)
+def test_implementation_equals_reference(name, backend, device, monkeypatch):
     impl = dispatch.STAGES[name].impls[backend]
     if backend == "cpu":
         if not cpu_kernels.available():
@@ -52,9 +61,9 @@ def test_implementation_equals_reference(name, backend, monkeypatch, request):
         def run(args, kwargs):
             return impl.fn(*copy.deepcopy(args), **copy.deepcopy(kwargs))
     else:
-        cuda = request.getfixturevalue("cuda_backend")
+        cuda = cuda_backend(device, monkeypatch)
         if cuda is None:
-            pytest.skip("no CUDA backend here (neither a GPU nor the emulation)")
+            pytest.skip("no GPU" if device == "gpu" else "g++ is not installed (the CUDA emulation needs it)")
 
         def run(args, kwargs):
             return cuda(name, impl.fn, copy.deepcopy(args), copy.deepcopy(kwargs))

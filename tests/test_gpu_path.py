@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -32,14 +30,7 @@ def _reference_kernels(monkeypatch, cupy):
 
     if sim.compiler() is None:
         pytest.skip("g++ is not installed")
-    monkeypatch.setattr(gpu_kernels, "_module_override", _sim_module())
-
-
-@functools.cache
-def _sim_module():
-    from .cuda_sim import sim
-
-    return sim.sim_module()
+    monkeypatch.setattr(gpu_kernels, "_module_override", sim.shared_module())
 
 
 @pytest.mark.parametrize("kernels", ["off", "on"])
@@ -117,3 +108,31 @@ def test_unpadded_batch_on_the_gpu_path_equals_cpu(cupy, monkeypatch):
     np.testing.assert_array_equal(np.isnan(gpu), np.isnan(cpu))
     ok = ~np.isnan(cpu)
     np.testing.assert_allclose(gpu[ok], cpu[ok], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), None])
+def test_batch_on_the_gpu_never_synchronises(cupy, monkeypatch, shape):
+    """Assembling a batch and profiling it with the CUDA kernels neither reads a device value
+    on the host, nor copies from pageable host memory (which waits for the stream), nor copies
+    back before the one copy of the table."""
+    from scip_gpu.cli import to_config
+
+    _reference_kernels(monkeypatch, cupy)
+    cfg, _ = to_config(_compose(["+dataset=demo", "features=scip", "masks=scip"]))
+    plan = build_plan(cfg, ["BF", "DNA", "SPOT"])
+    if shape is None:  # ragged cells, padded
+        cells = [make_cell(i, min_size=30, max_size=46)[0] for i in range(5)]
+        shape = (56, 56)
+    else:
+        cells = [make_cell(i, min_size=64, max_size=64)[0][:, :64, :64] for i in range(3)]
+    idx = np.arange(len(cells))
+    profile_batch(assemble(cells, idx, shape, cupy), plan)  # first batch: constant tables go to the device
+    fake_cupy.SYNCS.clear()
+    table = profile_batch(assemble(cells, idx, shape, cupy), plan, to_host=False)
+    assert dict(fake_cupy.SYNCS) == {}
+    want = profile_batch(assemble(cells, idx, shape, np), plan)
+    got = table.get()
+    assert fake_cupy.SYNCS["get"] == 1
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-12, atol=1e-12)

@@ -130,3 +130,13 @@ def sim_module(**kwargs) -> SimModule:
     from scip_gpu import gpu_kernels
 
     return SimModule(gpu_kernels.module_source(), gpu_kernels.kernel_names(), **kwargs)
+
+
+_shared: dict = {}
+
+
+def shared_module() -> SimModule:
+    """One emulated module per test session (default limits)."""
+    if "module" not in _shared:
+        _shared["module"] = sim_module()
+    return _shared["module"]

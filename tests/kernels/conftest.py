@@ -21,7 +21,7 @@ from ..cuda_sim import sim
 def sim_module():
     if sim.compiler() is None:
         pytest.skip("g++ is not installed")
-    return sim.sim_module()
+    return sim.shared_module()
 
 
 @pytest.fixture(scope="session")
