@@ -144,9 +144,11 @@ def test_seeded_watershed_two_touching_cells(surface):
     assert np.all(cells[disc(shape, ca, ra - 3) & (cols < 45)] == 4)
     assert np.all(cells[disc(shape, cb, rb - 3) & (cols > 50)] == 9)
     assert not cells[~(disc(shape, ca, ra + 3) | disc(shape, cb, rb + 3))].any()
-    # the split follows the seam, not the midpoint between the nuclei (column 56)
+    # the split follows the seam (columns 46..48), not the midpoint between the nuclei (column
+    # 56); within a pixel either way (scikit-image 0.26's watershed breaks the ties on the
+    # smoothed rim where the discs meet one pixel further left than 0.25 did)
     assert 45 <= np.nonzero(cells == 4)[1].max() <= 49
-    assert 46 <= np.nonzero(cells == 9)[1].min() <= 50
+    assert 45 <= np.nonzero(cells == 9)[1].min() <= 50
 
 
 def test_seeded_watershed_keeps_nuclei_outside_the_foreground():
