@@ -3,8 +3,9 @@
 All kernel sources are compiled together, once per process and device, as one
 ``cupy.RawModule``. For Hopper GPUs (sm_90: H100, H200) a binary built with nvcc ships in
 ``kernels/prebuilt/`` and is loaded directly when it matches the sources (its SHA-256 is
-recorded beside it; ``python -m scip_gpu.gpu_kernels build`` rebuilds it); other devices, or
-edited sources, compile with NVRTC at first use (CuPy then caches the binary on disk). The
+recorded beside it; ``python -m scip_gpu.gpu_kernels build`` rebuilds it;
+``SCIP_GPU_PREBUILT=0`` ignores it); other devices, or edited sources, compile with NVRTC at
+first use (CuPy then caches the binary on disk). The
 module is compiled with ``--fmad=false``: the kernels repeat the arithmetic of the numba
 kernels operation for operation, and fused multiply-adds would change the last bits.
 
@@ -123,8 +124,10 @@ def build_prebuilt(archs=PREBUILT_ARCHS, nvcc: str | None = None) -> list[Path]:
 def _compiled(device_id: int):
     import cupy
 
+    import os
+
     arch = f"sm_{cupy.cuda.Device(device_id).compute_capability}"
-    if prebuilt_current(arch):
+    if os.environ.get("SCIP_GPU_PREBUILT", "1") != "0" and prebuilt_current(arch):
         return cupy.RawModule(path=str(prebuilt_path(arch)))
     return cupy.RawModule(code=module_source(), options=OPTIONS)
 

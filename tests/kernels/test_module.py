@@ -88,3 +88,12 @@ def test_glcm_kernel_equals_reference(device):
     got = gpu_kernels.glcm_props(device.asarray(values), device.asarray(view), device.asarray(extents),
                                  device.asarray(edges), offsets).get()
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", gpu_kernels.PREBUILT_ARCHS)
+def test_prebuilt_binary_matches_the_sources(arch):
+    """The shipped binary was built from the current kernel sources (else every Hopper GPU
+    would compile the module at its first batch): rebuild with
+    ``python -m scip_gpu.gpu_kernels build`` after editing kernels/."""
+    assert gpu_kernels.prebuilt_current(arch), f"kernels/prebuilt/module.{arch}.cubin is stale or missing"
+
