@@ -4,12 +4,14 @@
 #
 # Here (with network), once:   bash benchmarks/gpu_session.sh wheels
 #   downloads the wheels the GPU machine lacks into .whl/ (git-ignored; ../shared/tools/gpu-wheelhouse.sh).
-# On the GPU machine:          bash benchmarks/gpu_session.sh run [N]
-#   1. first batch in a fresh process with an empty kernel cache (compilation included);
-#   2. bench_gpu.py: equality with the CPU path, objects/s (N objects, default 65536), time per
-#      stage against the floor, peak memory, the CPU path on the same host;
-#   3. pytest -m gpu (every CUDA kernel against the CPU path on the real device);
-#   4. the fields-of-view command line with device=cuda vs device=cpu.
+# On the GPU machine:          bash benchmarks/gpu_session.sh run [N] [STEP ...]
+#   first:  one batch in a fresh process with an empty kernel cache (prebuilt sm_90 binary);
+#   bench:  bench_gpu.py: equality with the CPU path, objects/s (N objects, default 65536), time
+#           per stage against the floor, peak memory, the CPU path on the same host;
+#   pytest: pytest -m gpu (every CUDA kernel and stage against the CPU path on the device);
+#   fields: the fields-of-view command line with device=cuda vs device=cpu;
+#   nvrtc:  one batch in a fresh process compiling the module with NVRTC (other GPUs' case).
+#   Default: all of them, in this order.
 #   Results (gpu-<device>-<N>.json/.md, gpu-fields-equality.json) and the log (session.log) go to
 #   $OUT when set (the device tool's output folder), else benchmarks/results/session/.
 #   Total under 8 minutes.
@@ -22,6 +24,8 @@ case "${1:-}" in
     ;;
   run)
     N=${2:-65536}
+    STEPS=${*:3}
+    STEPS=${STEPS:-first bench pytest fields nvrtc}
     OUTDIR=${OUT:-benchmarks/results/session}
     mkdir -p "$OUTDIR"
     exec > >(tee -a "$OUTDIR/session.log") 2>&1
@@ -37,12 +41,20 @@ case "${1:-}" in
       || { echo "wheel install failed"; exit 1; }
     export PYTHONPATH=/tmp/site:$PWD
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
-    step 90 env CUPY_CACHE_DIR="$(mktemp -d)" python3 benchmarks/bench_gpu.py --first-batch
-    step 240 python3 benchmarks/bench_gpu.py -n "$N" --out "$OUTDIR"
-    step 120 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="-ra" tests/kernels
-    step 100 python3 benchmarks/bench_gpu.py --fields-only --out "$OUTDIR"
+    for s in $STEPS; do
+      case $s in
+        first) step 60 env CUPY_CACHE_DIR="$(mktemp -d)" python3 benchmarks/bench_gpu.py --first-batch ;;
+        bench) step 210 python3 benchmarks/bench_gpu.py -n "$N" --out "$OUTDIR" ;;
+        pytest) step 150 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="-ra" tests/kernels \
+                  tests/test_dispatch.py ;;
+        fields) step 100 python3 benchmarks/bench_gpu.py --fields-only --out "$OUTDIR" ;;
+        nvrtc) step 60 env CUPY_CACHE_DIR="$(mktemp -d)" SCIP_GPU_PREBUILT=0 python3 benchmarks/bench_gpu.py \
+                 --first-batch ;;
+        *) echo "unknown step $s" ;;
+      esac
+    done
     ls -la "$OUTDIR"
     ;;
   *)
-    sed -n '2,17p' "$0"; exit 2 ;;
+    sed -n '2,19p' "$0"; exit 2 ;;
 esac
