@@ -100,7 +100,8 @@ __device__ double sg_threshold_li(const double* s, int n, double* prefix, int ma
     return t_next + lo;
 }
 
-// Workspace of mask_li for H x W planes: X, Y (next_pow2(H W) + 1 doubles each), m8, parent.
+// Workspace of mask_li for H x W planes: X, Y (next_pow2(H W) + 1 doubles each), m8; the
+// labelling's parent and count arrays live in Y once the threshold is known.
 extern "C" __global__ void
 mask_li(const void* pixels, const int dtype, const int C, const int H, const int W,
         const long long* __restrict__ extents, const int M,
@@ -113,7 +114,8 @@ mask_li(const void* pixels, const int dtype, const int C, const int H, const int
     double* X = arena.take<double>(np2 + 1);
     double* Y = arena.take<double>(np2 + 1);
     unsigned char* m8 = arena.take<unsigned char>(cap);
-    int* parent = arena.take<int>(cap);
+    int* parent = reinterpret_cast<int*>(Y);  // (2 cap ints fit in Y)
+    int* count = parent + cap;
     __shared__ double thr;
     const double scale = dtype == 0 ? 1.0 / 255.0 : 1.0 / 65535.0;
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
@@ -139,9 +141,9 @@ mask_li(const void* pixels, const int dtype, const int C, const int H, const int
             const double t = thr;
             for (int p = threadIdx.x; p < n; p += SG_THREADS) m8[p] = X[p] > t;
             __syncthreads();
-            sg_fill_and_clean(m8, h, w, (double)h * (double)w / 4.0, 20.0, parent, (int*)Y);
+            sg_fill_and_clean(m8, h, w, (double)h * (double)w / 4.0, 20.0, parent, count);
         }
-        sg_mask_tail(m8, h, w, ok, remove_border, parent, (int*)Y, mask + (i64)m * cap, H, W, regions + m);
+        sg_mask_tail(m8, h, w, ok, remove_border, parent, count, mask + (i64)m * cap, H, W, regions + m);
     }
 }
 
@@ -222,7 +224,8 @@ __device__ void sg_median_disk(const unsigned short* x, unsigned short* out, int
     __syncthreads();
 }
 
-// Workspace of mask_otsu: R1, R2 (max(H W, 128) doubles each), m8 (H W), parent (H W ints).
+// Workspace of mask_otsu: R1, R2 (max(H W, 128) doubles each), m8 (H W); the labelling's
+// parent and count arrays live in R1 at the end.
 extern "C" __global__ void
 mask_otsu(const void* pixels, const int dtype, const int C, const int H, const int W,
           const long long* __restrict__ extents, const int M,
@@ -235,7 +238,8 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
     double* R1 = arena.take<double>(rcap);
     double* R2 = arena.take<double>(rcap);
     unsigned char* m8 = arena.take<unsigned char>(cap);
-    int* parent = arena.take<int>(cap);
+    int* parent = reinterpret_cast<int*>(R1);  // (2 cap ints fit in R1)
+    int* count = parent + cap;
     __shared__ int ohist[SG_OTSU_BINS];
     __shared__ double s_xmax, s_thr;
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
@@ -360,9 +364,9 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
             const double t = s_thr;
             for (int p = threadIdx.x; p < n; p += SG_THREADS) m8[p] = (double)B2[p] > t;
             __syncthreads();
-            sg_fill_and_clean(m8, h, w, (double)h * (double)w / 4.0, 20.0, parent, (int*)R1);
+            sg_fill_and_clean(m8, h, w, (double)h * (double)w / 4.0, 20.0, parent, count);
         }
-        sg_mask_tail(m8, h, w, ok, remove_border, parent, (int*)R1, mask + (i64)m * cap, H, W, regions + m);
+        sg_mask_tail(m8, h, w, ok, remove_border, parent, count, mask + (i64)m * cap, H, W, regions + m);
     }
 }
 

@@ -205,13 +205,13 @@ def next_pow2(n: int) -> int:
 @workspace("mask_li")
 def _ws_mask_li(h: int, w: int) -> int:
     cap = h * w
-    return 2 * _round16(8 * (next_pow2(cap) + 1)) + _round16(cap) + _round16(4 * cap)
+    return 2 * _round16(8 * (next_pow2(cap) + 1)) + _round16(cap)
 
 
 @workspace("mask_otsu")
 def _ws_mask_otsu(h: int, w: int) -> int:
     cap = h * w
-    return 2 * _round16(8 * max(cap, 128)) + _round16(cap) + _round16(4 * cap)
+    return 2 * _round16(8 * max(cap, 128)) + _round16(cap)
 
 
 def launch(name: str, n_items: int, args: tuple, *, workspace: int = 0) -> None:
