@@ -30,7 +30,8 @@ STATE_VERSION = 1
 
 # keys that do not change any result value: how and where the run executes and reports
 _NEUTRAL_TOP = {"output", "output_root", "resume", "progress", "log_level", "strict", "profile_stages",
-                "cluster", "device", "partition_size"}  # partitioning: checked via the partition count
+                "cluster", "device", "partition_size", "batch_size"}  # partitioning: checked via the partition
+# count; batching never changes a value
 
 
 def config_fingerprint(cfg) -> tuple[str, dict]:
