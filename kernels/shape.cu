@@ -758,7 +758,7 @@ shape_props(const unsigned char* __restrict__ mask, const unsigned char* __restr
             const long long* __restrict__ extents, const unsigned char* __restrict__ usable, const int N,
             const int C, const int H, const int W, const double* __restrict__ coefs,
             const double* __restrict__ pow25, const double* __restrict__ pow4, double* __restrict__ out,
-            unsigned char* scratch, const long long ws_bytes) {
+            const long long ld, unsigned char* scratch, const long long ws_bytes) {
     __shared__ ShpCtx ctx;
     __shared__ double s_coefs[82];
     volatile ShpCtx& X = ctx;
@@ -792,7 +792,7 @@ shape_props(const unsigned char* __restrict__ mask, const unsigned char* __restr
         const int obj = m / (C + 1), kp = m - obj * (C + 1);
         const int h = sg_min((int)extents[2 * obj], H), w = sg_min((int)extents[2 * obj + 1], W);
         if (!usable[obj] || h <= 0 || w <= 0) {
-            if (t < SHP_NPROPS) out[(i64)m * SHP_NPROPS + t] = sg_nan();
+            if (t < SHP_NPROPS) out[(i64)obj * ld + (i64)kp * SHP_NPROPS + t] = sg_nan();
             continue;
         }
         __syncthreads();  // the previous plane is done with the context
@@ -899,7 +899,7 @@ shape_props(const unsigned char* __restrict__ mask, const unsigned char* __restr
         }
         if (t < SHP_NPROPS) {
             const int K = X.K;
-            out[(i64)m * SHP_NPROPS + t] = K > 0 ? acc / (double)K : sg_nan();
+            out[(i64)obj * ld + (i64)kp * SHP_NPROPS + t] = K > 0 ? acc / (double)K : sg_nan();
         }
     }
 }

@@ -95,9 +95,11 @@ def shape_block(batch, mr, ctx):
     combined = cupy.ascontiguousarray(mr.combined).view(cupy.uint8)
     usable = cupy.ascontiguousarray(cupy.asarray(mr.usable).astype(cupy.uint8))
     extents = cupy.ascontiguousarray(batch.extents, dtype=cupy.int64)
-    out = cupy.empty((n, 59 * (c + 1)), dtype=cupy.float64)
+    out = getattr(ctx, "out", None)  # the batch table's columns, when given
+    if out is None or out.shape != (n, 59 * (c + 1)) or out.dtype != np.float64 or out.strides[1] != 8:
+        out = cupy.empty((n, 59 * (c + 1)), dtype=cupy.float64)
     coefs, pow25, pow4 = _device_tables(cupy, h * w)
     args = (mask, combined, extents, usable, np.int32(n), np.int32(c), np.int32(h), np.int32(w),
-            coefs, pow25, pow4, out)
+            coefs, pow25, pow4, out, np.int64(out.strides[0] // 8))
     launch("shape_props", n * (c + 1), args, workspace=workspace_bytes("shape_props", h, w))
     return out
