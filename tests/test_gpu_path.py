@@ -136,3 +136,23 @@ def test_batch_on_the_gpu_never_synchronises(cupy, monkeypatch, shape):
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     ok = ~np.isnan(want)
     np.testing.assert_allclose(got[ok], want[ok], rtol=1e-12, atol=1e-12)
+
+
+def test_twelve_channel_cells_on_the_gpu_path_equal_cpu_bit_for_bit(cupy, monkeypatch):
+    """The benchmark's dataset (12-channel 64x64 cells, li + otsu, every family): the CUDA
+    kernels, run by the CPU emulation, give the CPU path's values exactly."""
+    from scip_gpu.cli import to_config
+
+    _reference_kernels(monkeypatch, cupy)
+    cfg, _ = to_config(_compose(["+dataset=demo", "dataset.n_channels=12", "features=scip", "masks=scip"]))
+    plan = build_plan(cfg, [f"ch{i}" for i in range(12)])
+    cells = []
+    for i in range(2):
+        img = make_cell(i, n_channels=12, min_size=60, max_size=68)[0]
+        img = np.pad(img, ((0, 0), (0, max(0, 64 - img.shape[1])), (0, max(0, 64 - img.shape[2]))), mode="reflect")
+        cells.append(np.ascontiguousarray(img[:, :64, :64]))
+    idx = np.arange(len(cells))
+    cpu = profile_batch(assemble(cells, idx, (64, 64), np), plan)
+    gpu = profile_batch(assemble(cells, idx, (64, 64), cupy), plan)
+    assert cpu.shape == (2, 5154)
+    np.testing.assert_array_equal(gpu, cpu)
