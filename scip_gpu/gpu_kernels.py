@@ -240,7 +240,9 @@ def launch(name: str, n_items: int, args: tuple, *, workspace: int = 0) -> None:
         args = (*args, scratch, np.int64(ws))
     else:
         grid = min(n_items, 1 << 20)
-    if shared > 48 * 1024 and getattr(fn, "max_dynamic_shared_size_bytes", shared) < shared:
+    # the default limit is 48 KiB minus the kernel's static shared memory: opt in to more
+    # whenever the workspace exceeds the current limit (not only beyond 48 KiB)
+    if shared and fn.max_dynamic_shared_size_bytes < shared:
         fn.max_dynamic_shared_size_bytes = shared
     fn((grid,), (THREADS,), args, shared_mem=shared)
 

@@ -99,13 +99,16 @@ class SimKernel:
     def __init__(self, module: SimModule, name: str):
         self.module = module
         self.name = name
-        self.max_dynamic_shared_size_bytes = 48 * 1024
+        # as on a GPU: 48 KiB minus the kernel's static shared memory (taken as 8 KiB here)
+        # until the launcher opts in to more
+        self.max_dynamic_shared_size_bytes = 48 * 1024 - 8192
 
     def __call__(self, grid, block, args, shared_mem: int = 0):
         (gx,) = tuple(grid)
         (bx,) = tuple(block)
-        if shared_mem > max(48 * 1024, self.max_dynamic_shared_size_bytes):
-            raise RuntimeError(f"{self.name}: {shared_mem} bytes of dynamic shared memory without opting in")
+        if shared_mem > self.max_dynamic_shared_size_bytes:
+            raise RuntimeError(f"{self.name}: {shared_mem} bytes of dynamic shared memory without opting in "
+                               f"(limit {self.max_dynamic_shared_size_bytes}): CUDA_ERROR_INVALID_VALUE")
         if shared_mem > self.module.limits.max_shared:
             raise RuntimeError(f"{self.name}: {shared_mem} bytes of shared memory exceed the device's limit")
         keep = []
