@@ -416,9 +416,9 @@ def main(argv=None) -> int:
         "host": {"name": socket.gethostname(), "cpu": platform.processor() or platform.machine(),
                  "cores": os.cpu_count(), "python": platform.python_version()},
         "versions": {"cupy": cupy.__version__, "numpy": np.__version__},
-        "git_revision": (subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                        cwd=REPO).stdout.strip()
-                         or ((REPO / "REVISION").read_text().strip() if (REPO / "REVISION").exists() else None)),
+        "git_revision": ((REPO / "REVISION").read_text().strip() if (REPO / "REVISION").exists() else
+                         subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                        cwd=REPO).stdout.strip() or None),
         "dataset": {"objects": args.n, "unique_cells": args.unique, "channels": args.channels, "size": [64, 64],
                     "dtype": "uint16", "masks": ["li", "otsu"], "preset": "scip", "columns": plan.n_features},
         "gpu": {"objects_per_s": rate, "seconds": secs, "batch_size": args.batch_size,

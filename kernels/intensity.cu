@@ -99,7 +99,8 @@ __device__ void int_sorted_stats(const unsigned short* v, int n, double* o) {
 }
 
 // Workspace for H x W planes: keys (next_pow2(H W) u32), four view masks (H W bytes each),
-// members (4 x H W u16; the erosion's run lengths live there first).
+// members (4 x H W u16; the erosion's run lengths live there first); mode 1 (the raw set): keys
+// and one H W u16 members array.
 extern "C" __global__ void
 intensity_views(const void* pixels, const int dtype, const int C, const int H, const int W,
                 const long long* __restrict__ extents, const int M, const int mode,
@@ -111,8 +112,8 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
     const int cap = H * W, np2 = sg_next_pow2(cap);
     SgArena arena(sg_workspace(scratch, ws_bytes));
     unsigned int* keys = arena.take<unsigned int>(np2);
-    unsigned char* views = arena.take<unsigned char>(4 * (i64)cap);
-    unsigned short* members = arena.take<unsigned short>(4 * (i64)cap);
+    unsigned char* views = arena.take<unsigned char>(mode == 0 ? 4 * (i64)cap : 0);
+    unsigned short* members = arena.take<unsigned short>((mode == 0 ? 4 : 1) * (i64)cap);
     __shared__ int half[64];
     __shared__ int count[4];
     __shared__ double stats[4 * INT_NSTAT];

@@ -59,45 +59,60 @@ __device__ void sg_li_filters(const void* px, int dtype, int W, int h, int w, do
     sg_gaussian(X, Y, X, h, w, w2, r2);
 }
 
-// skimage.filters.threshold_li of the n ascending values s[0..n) (thread 0 only), with the
-// arithmetic of the numba li_rows; prefix: n + 1 doubles of scratch.
+// skimage.filters.threshold_li of the n ascending values s[0..n), with the arithmetic of the
+// numba li_rows (every thread calls it; the same value is returned to all). The shifted values
+// and the smallest gap between them are computed in parallel (each the same doubles); the
+// prefix sums run in one thread in ascending order, as on the CPU; the iteration is
+// sequential. prefix: n + 1 doubles of scratch.
 __device__ double sg_threshold_li(const double* s, int n, double* prefix, int max_iter) {
+    __shared__ double s_thr;
     if (n == 0) return sg_nan();
-    const double lo = s[0];
-    if (lo == s[n - 1]) return lo;
+    const double lo = s[0], top = s[n - 1];
+    __syncthreads();  // every thread has read them before any returns (the caller reuses s)
+    if (lo == top) return lo;
     double tol = sg_inf();
-    prefix[0] = 0.0;
-    double prev = 0.0;
-    for (int k = 0; k < n; ++k) {
+    for (int k = threadIdx.x; k < n; k += SG_THREADS) {
         const double v = s[k] - lo;
+        prefix[k + 1] = v;
         if (k > 0) {
-            const double g = v - prev;
+            const double g = v - (s[k - 1] - lo);
             if (g > 0 && g < tol) tol = g;
         }
-        prev = v;
-        prefix[k + 1] = prefix[k] + v;
     }
-    tol = tol / 2;
-    const double total = prefix[n];
-    const double cntf = (double)n;
-    double t_next = total / cntf;
-    double t_curr = -2 * tol;
-    for (int it = 0; it < max_iter; ++it) {
-        if (!(fabs(t_next - t_curr) > tol)) break;
-        t_curr = t_next;
-        int a = 0, b = n;
-        while (a < b) {
-            const int mid = (a + b) / 2;
-            if (s[mid] - lo <= t_curr) a = mid + 1; else b = mid;
+    tol = sg_block_min(tol);  // (ends with a barrier: prefix[1..n] are written)
+    if (threadIdx.x == 0) {
+        double acc = 0.0;
+        prefix[0] = 0.0;
+        for (int k = 1; k <= n; ++k) {
+            acc = acc + prefix[k];
+            prefix[k] = acc;
         }
-        const int k = a;
-        const double sum_back = prefix[k];
-        const double mean_back = sum_back / (double)k;
-        const double mean_fore = (total - sum_back) / (cntf - (double)k);
-        if (mean_back == 0) break;
-        t_next = (mean_back - mean_fore) / (log(mean_back) - log(mean_fore));
+        tol = tol / 2;
+        const double total = acc;
+        const double cntf = (double)n;
+        double t_next = total / cntf;
+        double t_curr = -2 * tol;
+        for (int it = 0; it < max_iter; ++it) {
+            if (!(fabs(t_next - t_curr) > tol)) break;
+            t_curr = t_next;
+            int a = 0, b = n;
+            while (a < b) {
+                const int mid = (a + b) / 2;
+                if (s[mid] - lo <= t_curr) a = mid + 1; else b = mid;
+            }
+            const int k = a;
+            const double sum_back = prefix[k];
+            const double mean_back = sum_back / (double)k;
+            const double mean_fore = (total - sum_back) / (cntf - (double)k);
+            if (mean_back == 0) break;
+            t_next = (mean_back - mean_fore) / (log(mean_back) - log(mean_fore));
+        }
+        s_thr = t_next + lo;
     }
-    return t_next + lo;
+    __syncthreads();
+    const double t = s_thr;
+    __syncthreads();
+    return t;
 }
 
 // Workspace of mask_li for H x W planes: X, Y (next_pow2(H W) + 1 doubles each), m8; the
@@ -116,7 +131,6 @@ mask_li(const void* pixels, const int dtype, const int C, const int H, const int
     unsigned char* m8 = arena.take<unsigned char>(cap);
     int* parent = reinterpret_cast<int*>(Y);  // (2 cap ints fit in Y)
     int* count = parent + cap;
-    __shared__ double thr;
     const double scale = dtype == 0 ? 1.0 / 255.0 : 1.0 / 65535.0;
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
         const int obj = m / C, c = m - obj * C;
@@ -135,10 +149,8 @@ mask_li(const void* pixels, const int dtype, const int C, const int H, const int
             for (int p = threadIdx.x; p < n2; p += SG_THREADS) Y[p] = p < n ? X[p] : sg_inf();
             __syncthreads();
             sg_bitonic_sort(Y, n2);
-            if (threadIdx.x == 0) thr = sg_threshold_li(Y, n, X, max_iter);  // X: prefix sums
-            __syncthreads();
+            const double t = sg_threshold_li(Y, n, X, max_iter);  // X: prefix sums
             sg_li_filters(px, dtype, W, h, w, scale, w1, r1, w2, r2, X, Y);  // X was overwritten
-            const double t = thr;
             for (int p = threadIdx.x; p < n; p += SG_THREADS) m8[p] = X[p] > t;
             __syncthreads();
             sg_fill_and_clean(m8, h, w, (double)h * (double)w / 4.0, 20.0, parent, count);
@@ -151,6 +163,7 @@ mask_li(const void* pixels, const int dtype, const int C, const int H, const int
 // Otsu
 
 #define SG_OTSU_BINS 514  // values of the Otsu chain stay in 0..513
+#define SG_OTSU_SCAN (2 * SG_OTSU_BINS + 3 * SG_THREADS + 2)  // int64 scratch of sg_otsu_threshold
 
 // skimage.filters.rank.median(x, disk(r)) of an h x w uint16 plane whose values are below
 // SG_OTSU_BINS: Huang's sliding histogram, one thread per row (as the numba
@@ -224,8 +237,91 @@ __device__ void sg_median_disk(const unsigned short* x, unsigned short* out, int
     __syncthreads();
 }
 
-// Workspace of mask_otsu: R1, R2 (max(H W, 128) doubles each), m8 (H W); the labelling's
-// parent and count arrays live in R1 at the end.
+// skimage.filters.threshold_otsu from the histogram of a plane's integer values (one bin per
+// value, SG_OTSU_BINS bins), with the arithmetic of the numba otsu_int_rows: the weights and
+// sums below each bin by an exact integer scan, the between-class variance of every bin in
+// parallel, the first bin of the largest variance. Writes the threshold to *thr (all threads
+// call it). scan: SG_OTSU_SCAN int64 of scratch.
+__device__ void sg_otsu_threshold(const int* hist, i64* scan, double* thr) {
+    const int t = threadIdx.x;
+    const int per = (SG_OTSU_BINS + SG_THREADS - 1) / SG_THREADS;
+    const int a = sg_min(t * per, SG_OTSU_BINS), b = sg_min(a + per, SG_OTSU_BINS);
+    i64* W1 = scan;
+    i64* S1 = scan + SG_OTSU_BINS;
+    i64* part_w = S1 + SG_OTSU_BINS;  // SG_THREADS + 1 each
+    i64* part_s = part_w + SG_THREADS + 1;
+    i64* bi = part_s + SG_THREADS + 1;  // SG_THREADS
+    i64 lo_bin = SG_OTSU_BINS, hi_bin = -1, w = 0, sw = 0;
+    for (int i = a; i < b; ++i) {
+        if (hist[i]) {
+            lo_bin = sg_min64(lo_bin, i);
+            hi_bin = i;
+        }
+        w += hist[i];
+        sw += (i64)hist[i] * i;
+        W1[i] = w;
+        S1[i] = sw;
+    }
+    const i64 bmin = sg_block_min_i64(lo_bin), bmax = sg_block_max_i64(hi_bin);
+    {  // inclusive scan: add the totals of the chunks before this thread's
+        part_w[t + 1] = w;
+        part_s[t + 1] = sw;
+        if (t == 0) part_w[0] = part_s[0] = 0;
+        __syncthreads();
+        if (t == 0)
+            for (int k = 1; k <= SG_THREADS; ++k) {
+                part_w[k] += part_w[k - 1];
+                part_s[k] += part_s[k - 1];
+            }
+        __syncthreads();
+        for (int i = a; i < b; ++i) {
+            W1[i] += part_w[t];
+            S1[i] += part_s[t];
+        }
+        __syncthreads();
+    }
+    if (bmax < 0 || bmin == bmax) {  // no value, or one value only
+        if (t == 0) *thr = bmax < 0 ? sg_nan() : (double)bmin;
+        __syncthreads();
+        return;
+    }
+    const i64 total_w = W1[bmax], total_s = S1[bmax];
+    double best = -sg_inf();
+    int arg = SG_OTSU_BINS;
+    for (int i = sg_max(a, (int)bmin); i < b && i < bmax; ++i) {
+        const i64 w1 = W1[i], s1 = S1[i];
+        const i64 w2 = total_w - w1, s2 = total_s - s1;
+        const double mean1 = (double)s1 / (double)w1;
+        const double mean2 = (double)s2 / (double)w2;
+        const double d = mean1 - mean2;
+        const double var = (double)(w1 * w2) * (d * d);
+        if (var > best) {  // ascending bins: the first of equal variances stays
+            best = var;
+            arg = i;
+        }
+    }
+    // block arg-max: the largest variance, the smallest bin among equal ones
+    double* bv = reinterpret_cast<double*>(sg_reduce_buffer());
+    bv[t] = best;
+    bi[t] = arg;
+    __syncthreads();
+    for (int step = SG_THREADS / 2; step > 0; step >>= 1) {
+        if (t < step) {
+            const double v2 = bv[t + step];
+            const i64 i2 = bi[t + step];
+            if (v2 > bv[t] || (v2 == bv[t] && i2 < bi[t])) {
+                bv[t] = v2;
+                bi[t] = i2;
+            }
+        }
+        __syncthreads();
+    }
+    if (t == 0) *thr = (double)bi[0];
+    __syncthreads();
+}
+
+// Workspace of mask_otsu: R1, R2 (max(H W, 1798, 514 min(H, 256) / 8) doubles each), m8 (H W);
+// the labelling's parent and count arrays live in R1 at the end.
 extern "C" __global__ void
 mask_otsu(const void* pixels, const int dtype, const int C, const int H, const int W,
           const long long* __restrict__ extents, const int M,
@@ -233,7 +329,9 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
           const int remove_border, unsigned char* __restrict__ mask, long long* __restrict__ regions,
           unsigned char* scratch, const long long ws_bytes) {
     const int cap = H * W;
-    const int rcap = cap < 128 ? 128 : cap;  // room for one median histogram at least
+    // room for one median histogram per row (one round of row threads), and at least 128 doubles
+    const int hist_rows = H < SG_THREADS ? H : SG_THREADS;
+    const int rcap = sg_max(sg_max(cap, SG_OTSU_SCAN), (SG_OTSU_BINS * hist_rows + 7) / 8);
     SgArena arena(sg_workspace(scratch, ws_bytes));
     double* R1 = arena.take<double>(rcap);
     double* R2 = arena.take<double>(rcap);
@@ -321,46 +419,7 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
             __syncthreads();
             for (int p = threadIdx.x; p < n; p += SG_THREADS) atomicAdd(&ohist[B2[p]], 1);
             __syncthreads();
-            if (threadIdx.x == 0) {
-                int bmin = -1, bmax = -1;
-                for (int b = 0; b < SG_OTSU_BINS; ++b)
-                    if (ohist[b]) {
-                        if (bmin < 0) bmin = b;
-                        bmax = b;
-                    }
-                double t;
-                if (bmax < 0) {
-                    t = sg_nan();
-                } else if (bmin == bmax) {
-                    t = (double)bmin;
-                } else {
-                    i64 total_w = 0, total_s = 0;
-                    for (int b = 0; b <= bmax; ++b) {
-                        total_w += ohist[b];
-                        total_s += (i64)ohist[b] * b;
-                    }
-                    i64 w1 = 0, s1 = 0;
-                    double best = -sg_inf();
-                    int arg = 0;
-                    for (int b = 0; b < bmax; ++b) {
-                        w1 += ohist[b];
-                        s1 += (i64)ohist[b] * b;
-                        const i64 w2 = total_w - w1, s2 = total_s - s1;
-                        if (b < bmin || b >= bmax) continue;
-                        const double mean1 = (double)s1 / (double)w1;
-                        const double mean2 = (double)s2 / (double)w2;
-                        const double d = mean1 - mean2;
-                        const double var = (double)(w1 * w2) * (d * d);
-                        if (var > best) {
-                            best = var;
-                            arg = b;
-                        }
-                    }
-                    t = (double)arg;
-                }
-                s_thr = t;
-            }
-            __syncthreads();
+            sg_otsu_threshold(ohist, reinterpret_cast<i64*>(R1), &s_thr);
             const double t = s_thr;
             for (int p = threadIdx.x; p < n; p += SG_THREADS) m8[p] = (double)B2[p] > t;
             __syncthreads();

@@ -15,8 +15,11 @@ N_VIEWS = 8
 
 
 @workspace("intensity_views")
-def _ws(h: int, w: int) -> int:
+def _ws(h: int, w: int, mode: int = 0) -> int:
+    """Keys, then (mode 0) four view masks and four members arrays, (mode 1) one members array."""
     cap = h * w
+    if mode == 1:
+        return _round16(4 * next_pow2(cap)) + _round16(2 * cap)
     return _round16(4 * next_pow2(cap)) + _round16(4 * cap) + _round16(8 * cap)
 
 
@@ -46,7 +49,7 @@ def _launch(batch, mr, mode: int, edge_width: int, out=None):
             cupy.ascontiguousarray(batch.extents, dtype=cupy.int64), np.int32(n * c), np.int32(mode),
             mask, combined, bg, cbg, usable, np.int32(edge_width),
             out, np.int64(out.strides[0] // 8), np.int64(0))
-    launch("intensity_views", n * c, args, workspace=_ws(h, w))
+    launch("intensity_views", n * c, args, workspace=_ws(h, w, mode))
     return out
 
 

@@ -211,7 +211,8 @@ def _ws_mask_li(h: int, w: int) -> int:
 @workspace("mask_otsu")
 def _ws_mask_otsu(h: int, w: int) -> int:
     cap = h * w
-    return 2 * _round16(8 * max(cap, 128)) + _round16(cap)
+    rcap = max(cap, 2 * 514 + 3 * THREADS + 2, -(-514 * min(h, THREADS) // 8))  # see mask_otsu
+    return 2 * _round16(8 * rcap) + _round16(cap)
 
 
 def launch(name: str, n_items: int, args: tuple, *, workspace: int = 0) -> None:
