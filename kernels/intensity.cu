@@ -53,14 +53,13 @@ __device__ double int_kth_vshape(const unsigned short* v, int n, int split, doub
     return left > right ? left : right;
 }
 
-// The 11 statistics of the ascending v[0..n), as the numba sorted_stats (one thread).
-__device__ void int_sorted_stats(const unsigned short* v, int n, double* o) {
+// The 11 statistics of the ascending v[0..n), as the numba sorted_stats (one thread); `total`,
+// the sum of the (integer) values, is exact in any order and comes from a block reduction.
+__device__ void int_sorted_stats(const unsigned short* v, int n, double total, double* o) {
     if (n == 0) {
         for (int k = 0; k < INT_NSTAT; ++k) o[k] = sg_nan();
         return;
     }
-    double total = 0.0;
-    for (int i = 0; i < n; ++i) total += (double)v[i];
     const double mean = total / n;
     double m2 = 0.0, m3 = 0.0, m4 = 0.0;
     for (int i = 0; i < n; ++i) {
@@ -116,6 +115,7 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
     unsigned short* members = arena.take<unsigned short>((mode == 0 ? 4 : 1) * (i64)cap);
     __shared__ int half[64];
     __shared__ int count[4];
+    __shared__ double total[4];
     __shared__ double stats[4 * INT_NSTAT];
     const int nv = mode == 0 ? 4 : 1;
     const int r = edge_width;
@@ -175,10 +175,16 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
             const int cs = (n + SG_THREADS - 1) / SG_THREADS;
             const int a = sg_min(t * cs, n), b = sg_min(a + cs, n);
             u64 s = 0;
+            i64 tot[4] = {0, 0, 0, 0};  // the views' sums of (integer) values: exact in any order
             for (int k = a; k < b; ++k) {
-                const int idx = (int)(keys[k] & 0xFFFFu);
-                for (int v = 0; v < nv; ++v)
-                    s += (u64)(mode == 0 ? views[(i64)v * cap + idx] : 1) << (16 * v);
+                const unsigned int key = keys[k];
+                const int idx = (int)(key & 0xFFFFu);
+                const i64 value = (i64)(key >> 16);
+                for (int v = 0; v < nv; ++v) {
+                    const int in = mode == 0 ? views[(i64)v * cap + idx] : 1;
+                    s += (u64)in << (16 * v);
+                    tot[v] += in ? value : 0;
+                }
             }
             part[t + 1] = s;
             if (t == 0) part[0] = 0;
@@ -198,12 +204,16 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
                 }
             }
             if (t < nv) count[t] = (int)((part[SG_THREADS] >> (16 * t)) & 0xFFFFu);
+            for (int v = 0; v < nv; ++v) {
+                const i64 sum = sg_block_sum_i64(tot[v]);
+                if (t == 0) total[v] = (double)sum;
+            }
             __syncthreads();
         }
         // 4. statistics: one thread per view, in different warps
         if (threadIdx.x % 32 == 0 && (int)threadIdx.x / 32 < nv) {
             const int v = threadIdx.x / 32;
-            int_sorted_stats(members + (i64)v * cap, count[v], stats + v * INT_NSTAT);
+            int_sorted_stats(members + (i64)v * cap, count[v], total[v], stats + v * INT_NSTAT);
         }
         __syncthreads();
         if (mode == 1) {
