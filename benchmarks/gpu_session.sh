@@ -10,8 +10,9 @@
 #           per stage against the floor, peak memory, the CPU path on the same host;
 #   pytest: pytest -m gpu (every CUDA kernel and stage against the CPU path on the device);
 #   fields: the fields-of-view command line with device=cuda vs device=cpu;
-#   nvrtc:  one batch in a fresh process compiling the module with NVRTC (other GPUs' case).
-#   Default: all of them, in this order.
+#   nvrtc:  one batch in a fresh process compiling the module with NVRTC (other GPUs' case);
+#   profile: cycles per plane of each phase of the mask and intensity kernels (-DSG_PROFILE).
+#   Default: first bench pytest fields nvrtc, in this order.
 #   Results (gpu-<device>-<N>.json/.md, gpu-fields-equality.json) and the log (session.log) go to
 #   $OUT when set (the device tool's output folder), else benchmarks/results/session/.
 #   Total under 8 minutes.
@@ -50,6 +51,7 @@ case "${1:-}" in
         fields) step 100 python3 benchmarks/bench_gpu.py --fields-only --out "$OUTDIR" ;;
         nvrtc) step 60 env CUPY_CACHE_DIR="$(mktemp -d)" SCIP_GPU_PREBUILT=0 python3 benchmarks/bench_gpu.py \
                  --first-batch ;;
+        profile) step 90 python3 benchmarks/profile_kernels.py --out "$OUTDIR" ;;
         *) echo "unknown step $s" ;;
       esac
     done

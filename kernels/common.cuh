@@ -26,6 +26,31 @@ extern __shared__ __align__(16) unsigned char sg_smem_[];
 #define SG_DYNAMIC_SMEM() (sg_smem_)
 #endif
 
+// Phase profiling (compiled with -DSG_PROFILE only; benchmarks/profile_kernels.py): thread 0
+// of every block adds the cycles of each phase of a plane (ended by a barrier) to
+// sg_prof[kernel * 16 + phase], and counts planes in sg_prof[kernel * 16 + 15].
+#ifdef SG_PROFILE
+extern "C" {
+__device__ unsigned long long sg_prof[8 * 16];
+}
+#define SG_PROF_START() long long sg_prof_t = clock64()
+#define SG_PROF_MARK(kernel, phase)                                                           \
+    do {                                                                                       \
+        __syncthreads();                                                                       \
+        if (threadIdx.x == 0) {                                                                \
+            const long long sg_now = clock64();                                                \
+            atomicAdd(&sg_prof[(kernel) * 16 + (phase)], (unsigned long long)(sg_now - sg_prof_t)); \
+            sg_prof_t = sg_now;                                                                \
+        }                                                                                      \
+    } while (0)
+#define SG_PROF_COUNT(kernel) \
+    do { if (threadIdx.x == 0) atomicAdd(&sg_prof[(kernel) * 16 + 15], 1ULL); } while (0)
+#else
+#define SG_PROF_START()
+#define SG_PROF_MARK(kernel, phase)
+#define SG_PROF_COUNT(kernel)
+#endif
+
 __device__ __forceinline__ double sg_nan() { return __longlong_as_double(0x7ff8000000000000LL); }
 __device__ __forceinline__ double sg_inf() { return __longlong_as_double(0x7ff0000000000000LL); }
 __device__ __forceinline__ int sg_min(int a, int b) { return a < b ? a : b; }

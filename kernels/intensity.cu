@@ -138,6 +138,7 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
         }
         const void* px = dtype == 0 ? (const void*)((const unsigned char*)pixels + (i64)m * cap)
                                     : (const void*)((const unsigned short*)pixels + (i64)m * cap);
+        SG_PROF_START();
         // 1. sort the plane: keys value << 16 | index (ties in pixel order, as a stable sort)
         const int n2 = sg_next_pow2(n);
         for (int p = threadIdx.x; p < n2; p += SG_THREADS) {
@@ -167,7 +168,9 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
             }
         }
         __syncthreads();
+        SG_PROF_MARK(2, 0);
         sg_bitonic_sort(keys, n2);
+        SG_PROF_MARK(2, 1);
         // 3. compact each view's members in sorted order: one scan of 4 packed 16-bit counters
         {
             __shared__ u64 part[SG_THREADS + 1];
@@ -210,12 +213,14 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
             }
             __syncthreads();
         }
+        SG_PROF_MARK(2, 2);
         // 4. statistics: one thread per view, in different warps
         if (threadIdx.x % 32 == 0 && (int)threadIdx.x / 32 < nv) {
             const int v = threadIdx.x / 32;
             int_sorted_stats(members + (i64)v * cap, count[v], total[v], stats + v * INT_NSTAT);
         }
         __syncthreads();
+        SG_PROF_MARK(2, 3);
         if (mode == 1) {
             for (int k = threadIdx.x; k < INT_NSTAT; k += SG_THREADS) o[k] = stats[k];
         } else {
@@ -233,5 +238,7 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
             }
         }
         __syncthreads();
+        SG_PROF_MARK(2, 4);
+        SG_PROF_COUNT(2);
     }
 }

@@ -142,20 +142,28 @@ mask_li(const void* pixels, const int dtype, const int C, const int H, const int
         const double* w2 = w1 + LW;
         const int r1 = radii[2 * c], r2 = radii[2 * c + 1];
         const bool ok = passed[m] != 0;
+        SG_PROF_START();
         if (ok) {
             sg_li_filters(px, dtype, W, h, w, scale, w1, r1, w2, r2, X, Y);
+            SG_PROF_MARK(0, 0);
             // sort the values (Y), padded with +inf to a power of two
             const int n2 = sg_next_pow2(n);
             for (int p = threadIdx.x; p < n2; p += SG_THREADS) Y[p] = p < n ? X[p] : sg_inf();
             __syncthreads();
             sg_bitonic_sort(Y, n2);
+            SG_PROF_MARK(0, 1);
             const double t = sg_threshold_li(Y, n, X, max_iter);  // X: prefix sums
+            SG_PROF_MARK(0, 2);
             sg_li_filters(px, dtype, W, h, w, scale, w1, r1, w2, r2, X, Y);  // X was overwritten
             for (int p = threadIdx.x; p < n; p += SG_THREADS) m8[p] = X[p] > t;
             __syncthreads();
+            SG_PROF_MARK(0, 3);
             sg_fill_and_clean(m8, h, w, (double)h * (double)w / 4.0, 20.0, parent, count);
+            SG_PROF_MARK(0, 4);
         }
         sg_mask_tail(m8, h, w, ok, remove_border, parent, count, mask + (i64)m * cap, H, W, regions + m);
+        SG_PROF_MARK(0, 5);
+        SG_PROF_COUNT(0);
     }
 }
 
@@ -347,6 +355,7 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
         const void* px = dtype == 0 ? (const void*)((const unsigned char*)pixels + (i64)m * cap)
                                     : (const void*)((const unsigned short*)pixels + (i64)m * cap);
         const bool ok = passed[m] != 0;
+        SG_PROF_START();
         if (ok) {
             unsigned short* A = reinterpret_cast<unsigned short*>(R1);
             unsigned short* B = A + cap;
@@ -389,13 +398,16 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
             }
             if (threadIdx.x == 0) s_xmax = (double)top;
             __syncthreads();
+            SG_PROF_MARK(1, 0);
             // 2. p = x - median(x, disk 5)
             sg_median_disk(A, B, h, w, 5, reinterpret_cast<unsigned char*>(R2), (i64)rcap * 8);
+            SG_PROF_MARK(1, 1);
             for (int p = threadIdx.x; p < n; p += SG_THREADS) R2[p] = (double)A[p] - (double)B[p];
             __syncthreads();
             // 3. gaussian(0.5) -> sobel
             sg_gaussian(R2, R1, R2, h, w, g05, 2);  // g05: scipy's weights for sigma 0.5
             sg_sobel(R2, R1, h, w);
+            SG_PROF_MARK(1, 2);
             // 4. min-max scaling to 0..xmax as uint16 (numba scale_to_u16)
             double lo = sg_inf(), hi = -sg_inf();
             for (int p = threadIdx.x; p < n; p += SG_THREADS) {
@@ -414,7 +426,9 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
             }
             __syncthreads();
             // 5. median(disk 5), Otsu threshold (numba otsu_int_rows), foreground
+            SG_PROF_MARK(1, 3);
             sg_median_disk(A2, B2, h, w, 5, reinterpret_cast<unsigned char*>(R1), (i64)rcap * 8);
+            SG_PROF_MARK(1, 4);
             for (int b = threadIdx.x; b < SG_OTSU_BINS; b += SG_THREADS) ohist[b] = 0;
             __syncthreads();
             for (int p = threadIdx.x; p < n; p += SG_THREADS) atomicAdd(&ohist[B2[p]], 1);
@@ -423,9 +437,13 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
             const double t = s_thr;
             for (int p = threadIdx.x; p < n; p += SG_THREADS) m8[p] = (double)B2[p] > t;
             __syncthreads();
+            SG_PROF_MARK(1, 5);
             sg_fill_and_clean(m8, h, w, (double)h * (double)w / 4.0, 20.0, parent, count);
+            SG_PROF_MARK(1, 6);
         }
         sg_mask_tail(m8, h, w, ok, remove_border, parent, count, mask + (i64)m * cap, H, W, regions + m);
+        SG_PROF_MARK(1, 7);
+        SG_PROF_COUNT(1);
     }
 }
 

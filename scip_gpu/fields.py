@@ -34,7 +34,8 @@ import pandas as pd
 
 from .backend import array_module, asnumpy, ndimage
 from .errors import InputError, ObjectError
-from .io.tiff import ChannelTiffSource, _read, _to_cyx, group_channel_files
+from .io.base import object_error
+from .io.tiff import ChannelTiffSource, _read, _to_cyx, check_extra_channels, group_channel_files
 
 COMPARTMENTS = ("nucleus", "cell", "cytoplasm")
 
@@ -66,8 +67,15 @@ class FieldSource(ChannelTiffSource):
         return f"field {row['meta_field']}"
 
     def load_field(self, row) -> np.ndarray:
-        """(C, Z, H, W) image of one field; raises ObjectError."""
+        """(C, Z, H, W) image of one field; raises ObjectError (whatever went wrong)."""
+        try:
+            return self._load_field(row)
+        except Exception as exc:  # noqa: BLE001 - whatever fails, it is this field's error
+            raise object_error(exc, lambda: self.describe(row)) from None
+
+    def _load_field(self, row) -> np.ndarray:
         name = self.describe(row)
+        check_extra_channels(row, name, self._channel_keys)
         planes = []
         for ch, files in zip(self._channel_keys, row["_files"]):
             if not files:

@@ -127,9 +127,10 @@ def _compiled(device_id: int):
     import os
 
     arch = f"sm_{cupy.cuda.Device(device_id).compute_capability}"
-    if os.environ.get("SCIP_GPU_PREBUILT", "1") != "0" and prebuilt_current(arch):
+    defines = tuple(f"-D{d}" for d in os.environ.get("SCIP_GPU_DEFINES", "").split() if d)  # e.g. SG_PROFILE
+    if not defines and os.environ.get("SCIP_GPU_PREBUILT", "1") != "0" and prebuilt_current(arch):
         return cupy.RawModule(path=str(prebuilt_path(arch)))
-    return cupy.RawModule(code=module_source(), options=OPTIONS)
+    return cupy.RawModule(code=module_source(), options=OPTIONS + defines)
 
 
 def module():

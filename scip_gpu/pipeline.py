@@ -118,8 +118,13 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
 
     try:
         loaded = source.load(rows)
-    except Exception as exc:  # a loader bug must not lose the partition: every object is reported
-        loaded = [exc] * len(rows)
+    except Exception:  # a loader bug must not lose the partition: retried object by object
+        loaded = []
+        for pos in range(len(rows)):
+            try:
+                loaded += source.load(rows.iloc[pos:pos + 1])
+            except Exception as exc:  # noqa: BLE001 - this object's error only
+                loaded.append(exc)
     good: list[tuple[int, np.ndarray]] = []
     for pos, item in enumerate(loaded):
         if isinstance(item, Exception):
@@ -128,7 +133,7 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
         try:
             name = lambda pos=pos: source.describe(rows.iloc[pos])  # noqa: E731 (only for a message)
             good.append((pos, check_image(item, n_ch, plan.min_side, name)))
-        except ObjectError as exc:
+        except Exception as exc:  # any failure to validate one object is that object's error
             fail(pos, exc, "validate")
 
     values = np.full((len(rows), plan.n_features), np.nan)

@@ -21,6 +21,7 @@ EXPECTED = {  # file -> words the error must contain (besides the file's name)
     "one_pixel.tif": ["smaller than the 11x11 footprint"],
     "tiny_5x5.tif": ["smaller than the 11x11 footprint"],
     "two_channels.tif": ["channel index 2 is out of range", "has 2 channel(s)"],
+    "unexpected_axes.tif": ["one Y and one X axis", "'YYX'"],
 }
 ARGS = ["+dataset=multipage_tiff", f"dataset.path={CORPUS}", "dataset.glob=*.tif", "dataset.channels=[0,1,2]",
         "features=intensity", "cluster=sync"]
@@ -99,3 +100,29 @@ def test_missing_channel_file_and_mismatched_counts(tmp_path):
     errors = pd.read_csv(tmp_path / "out" / "errors.csv").set_index("meta_index")["error"].to_dict()
     assert "no file for channel '2'" in errors[1]
     assert "cell2_ch0.tif: expected one plane per channel file, found 3" in errors[2]
+
+
+def test_odd_files_do_not_decide_for_the_good_ones(tmp_path):
+    # no dataset.channels: the first file has 2 channels, one name is a broken link, one file has
+    # axes no loader expects; the 3-channel files are what most objects are, and are profiled
+    import os
+
+    src = tmp_path / "cells"
+    src.mkdir()
+    for name in ("two_channels.tif", "good_0.tif", "good_1.tif", "unexpected_axes.tif"):
+        shutil.copy(CORPUS / name, src / name.replace("two_channels", "a_two_channels"))
+    shutil.copy(CORPUS / "good_0.tif", src / "good_2.tif")
+    os.symlink(tmp_path / "moved_away.tif", src / "link.tif")
+    res = run_cli("+dataset=multipage_tiff", f"dataset.path={src}", "features=intensity", "cluster=sync",
+                  f"output={tmp_path / 'out'}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "using 3 channel(s), what 3 of 4 readable files have" in res.stderr
+    df = pd.read_parquet(tmp_path / "out" / "features.parquet")
+    assert len(df) == 6
+    ok = df[df["meta_path"].str.contains("good_")]
+    assert len(ok) == 3 and (ok["meta_status"] == "ok").all() and ok["feat_raw_mean_ch2"].notna().all()
+    errors = pd.read_csv(tmp_path / "out" / "errors.csv").set_index("object")["error"]
+    assert len(errors) == 3
+    assert "has 2 channel(s) where most objects have 3" in errors[str(src / "a_two_channels.tif")]
+    assert "broken symbolic link" in errors[str(src / "link.tif")]
+    assert "one Y and one X axis" in errors[str(src / "unexpected_axes.tif")]

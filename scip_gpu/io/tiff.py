@@ -10,13 +10,25 @@ Planes are read as tifffile gives them, (rows, columns): SCIP's TIFF loader tran
 
 from __future__ import annotations
 
+import math
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..errors import InputError, ObjectError
-from .base import Source, expand_paths, named_groups, regex_groups, select_channels
+from .base import (Source, expand_paths, integer_channels, log, missing_file_message, most_common, named_groups,
+                   object_error, regex_groups, select_channels)
+
+#: files read on the driver to tell the channel count of one-file-per-object datasets when
+#: ``dataset.channels`` is not set (all of them up to this number, else this many spread evenly)
+CHANNEL_PROBES = 500
+
+
+def _fmt(cfg) -> str:
+    return getattr(cfg.format, "value", cfg.format)
 
 
 def _natural_key(s: str):
@@ -26,12 +38,14 @@ def _natural_key(s: str):
 
 
 def _files(cfg, what: str) -> list[Path]:
+    """Every input the dataset path and ``dataset.glob`` match, whatever it is: regular files, and
+    also broken links, folders and other entries that cannot be read (each then fails with its
+    cause in the error report)."""
     roots = expand_paths(cfg.path, what)
     files: list[Path] = []
     for root in roots:
         if root.is_dir():
-            pattern = cfg.glob or "*"
-            files += sorted(p for p in root.glob(pattern) if p.is_file())
+            files += sorted(root.glob(cfg.glob or "*"))
         else:
             files.append(root)
     if not files:
@@ -39,40 +53,96 @@ def _files(cfg, what: str) -> list[Path]:
     return files
 
 
-def _read(path: Path):
+def _matching(cfg, files: list[Path]) -> list[tuple[Path, dict]]:
+    """The files that ``dataset.regex`` matches, with its named groups; the others are not inputs
+    (they are counted in a warning)."""
+    out, skipped = [], []
+    for f in files:
+        g = regex_groups(cfg.regex, str(f), where="dataset.regex")
+        (skipped if g is None else out).append(f if g is None else (f, g))
+    if skipped and out:
+        log.warning("dataset.regex %r does not match %d of the %d file(s) that dataset.glob %r matches; they "
+                    "are not read (e.g. %s)", cfg.regex, len(skipped), len(files), cfg.glob, skipped[0])
+    return out
+
+
+def _open_tiff(path: Path, fn):
+    """``fn(tifffile.TiffFile)`` with every failure as the file's ``ObjectError``."""
     import tifffile
 
     try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise ObjectError(f"{path}: is a folder, not a TIFF file", "load")
+        if not stat.S_ISREG(mode):  # a FIFO would block the read forever
+            raise ObjectError(f"{path}: is not a regular file (a pipe, socket or device), not a TIFF file", "load")
         with tifffile.TiffFile(path) as tf:
-            series = tf.series
-            if len(series) > 1 and all(len(sr.shape) == 2 and sr.shape == series[0].shape for sr in series):
-                # plain multi-page file whose pages tifffile lists as separate series
-                return np.stack([sr.asarray() for sr in series]), "CYX"
-            return series[0].asarray(), series[0].axes
+            return fn(tf)
+    except ObjectError:
+        raise
     except FileNotFoundError:
-        raise ObjectError(f"{path}: file not found (was it removed during the run?)", "load") from None
+        raise ObjectError(missing_file_message(path), "load") from None
     except Exception as exc:
         raise ObjectError(f"{path}: unreadable or corrupt TIFF ({type(exc).__name__}: {exc})", "load") from exc
 
 
+def _plain_pages(series) -> bool:
+    # plain multi-page file whose pages tifffile lists as separate series
+    return len(series) > 1 and all(len(sr.shape) == 2 and sr.shape == series[0].shape for sr in series)
+
+
+def _read(path: Path):
+    """Pixels and axes of a TIFF's first series (the pages of a plain multi-page file as C)."""
+    def read(tf):
+        series = tf.series
+        if _plain_pages(series):
+            return np.stack([sr.asarray() for sr in series]), "CYX"
+        return series[0].asarray(), series[0].axes
+
+    return _open_tiff(path, read)
+
+
+def _probe(path: Path) -> tuple[tuple, str]:
+    """Shape and axes of what ``_read`` gives, read from the file's header only."""
+    def probe(tf):
+        series = tf.series
+        if _plain_pages(series):
+            return (len(series), *series[0].shape), "CYX"
+        return tuple(series[0].shape), series[0].axes
+
+    return _open_tiff(path, probe)
+
+
+def _cyx_layout(shape: tuple, axes: str, path) -> tuple[list[int], tuple[int, int, int]]:
+    """How a TIFF series of ``shape`` and ``axes`` becomes (C, Y, X): the axis order and the
+    resulting shape. The channel axis is the first of C, S, I, Q with more than one plane (else
+    the first of them); every other axis but Y and X must be a singleton."""
+    axes = axes.upper()
+    shape = tuple(int(n) for n in shape)
+    if len(axes) != len(shape):
+        raise ObjectError(f"{path}: the TIFF series has axes {axes!r} for a shape {shape}", "load")
+    if math.prod(shape) == 0:
+        raise ObjectError(f"{path}: empty image (shape {shape})", "load")
+    if axes.count("Y") != 1 or axes.count("X") != 1:
+        raise ObjectError(f"{path}: the TIFF series needs one Y and one X axis, it has axes {axes!r} "
+                          f"(shape {shape})", "load")
+    y, x = axes.index("Y"), axes.index("X")
+    chan = [i for i, a in enumerate(axes) if a in "CSIQ"]
+    c = next((i for i in chan if shape[i] != 1), chan[0] if chan else None)
+    for i, (a, n) in enumerate(zip(axes, shape)):
+        if i not in (c, y, x) and n != 1:
+            raise ObjectError(
+                f"{path}: axis {a!r} has {n} planes (axes {axes!r}, shape {shape}); only channel "
+                "stacks of single planes are read here", "load")
+    order = ([c] if c is not None else []) + [y, x]
+    return [i for i in range(len(shape)) if i not in order] + order, (shape[c] if c is not None else 1,
+                                                                       shape[y], shape[x])
+
+
 def _to_cyx(arr: np.ndarray, axes: str, path) -> np.ndarray:
     """Reorder a TIFF series to (C, Y, X); other axes must be singletons."""
-    axes = axes.upper()
-    if arr.size == 0:
-        raise ObjectError(f"{path}: empty image (shape {arr.shape})", "load")
-    if "Y" not in axes or "X" not in axes:
-        raise ObjectError(f"{path}: no Y/X axes in the TIFF series (axes {axes!r}, shape {arr.shape})")
-    chan_axes = [a for a in axes if a in "CSIQ"]
-    for a, n in zip(axes, arr.shape):
-        if a not in "YX" and a not in chan_axes[:1] and n != 1:
-            raise ObjectError(
-                f"{path}: axis {a!r} has {n} planes (axes {axes!r}, shape {arr.shape}); only channel "
-                "stacks of single planes are read here")
-    order = chan_axes[:1] + ["Y", "X"]
-    rest = [a for a in axes if a not in order]
-    arr = np.transpose(arr, [axes.index(a) for a in rest + order])
-    arr = arr.reshape(arr.shape[len(rest):])
-    return arr if arr.ndim == 3 else arr[None]
+    perm, cyx = _cyx_layout(arr.shape, axes, path)
+    return np.transpose(arr, perm).reshape(cyx)
 
 
 def group_channel_files(cfg, *, fmt: str, needs: str, what: str) -> tuple[pd.DataFrame, list[str], list[str]]:
@@ -100,35 +170,38 @@ def group_channel_files(cfg, *, fmt: str, needs: str, what: str) -> tuple[pd.Dat
     if not keys:
         raise InputError(f"dataset.regex {cfg.regex!r} has no group identifying a {what} (e.g. well, site)")
     files = _files(cfg, "folder")
-    matched = []
-    for f in files:
-        g = regex_groups(cfg.regex, str(f), where="dataset.regex")
-        if g is not None:
-            matched.append({**g, "_file": str(f)})
+    matched = [{**g, "_file": str(f)} for f, g in _matching(cfg, files)]
     if not matched:
         raise InputError(f"dataset.regex {cfg.regex!r} matches none of the {len(files)} files "
                          f"found in {cfg.path!r} (e.g. {files[0].name})")
     table = pd.DataFrame(matched)
     if "z" not in table:
         table["z"] = "0"
-    present = sorted(table["channel"].astype(str).unique(), key=_natural_key)
+    table["channel"] = table["channel"].astype(str)
+    present = sorted(table["channel"].unique(), key=_natural_key)
+    grouped = [(key if isinstance(key, tuple) else (key,), grp)
+               for key, grp in table.groupby(keys, sort=False, dropna=False)]
     if cfg.channels is not None:
         if not any(str(c) in present for c in cfg.channels):
             raise InputError(f"dataset.channels {list(cfg.channels)}: no file has these channel keys; "
                              f"the regex found channels {present}")
         channel_keys = [str(c) for c in cfg.channels]
-    else:
-        channel_keys = present
+    else:  # the channel set most objects have; an object with another one is an error
+        sets = [tuple(sorted(grp["channel"].unique(), key=_natural_key)) for _, grp in grouped]
+        channel_keys = list(most_common(sets, what=what, describe=lambda v: f"channels {list(v)}",
+                                        size=lambda v: (len(v), [_natural_key(c) for c in v])))
     rows = []
-    for key, grp in table.groupby(keys, sort=False, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
+    for key, grp in grouped:
         files_per_channel = []
         for ch in channel_keys:
-            sel = grp[grp["channel"].astype(str) == ch]
+            sel = grp[grp["channel"] == ch]
             files_per_channel.append([f for _, f in sorted(zip(sel["z"].map(_natural_key), sel["_file"]))])
+        extra = ([] if cfg.channels is not None else
+                 sorted(set(grp["channel"]) - set(channel_keys), key=_natural_key))
         rows.append({**{f"meta_{k}": v for k, v in zip(keys, key)},
                      "meta_path": next((f[0] for f in files_per_channel if f), grp["_file"].iloc[0]),
-                     "_files": files_per_channel})
+                     "_files": files_per_channel,
+                     "_extra": [(ch, grp.loc[grp["channel"] == ch, "_file"].iloc[0]) for ch in extra]})
     out = pd.DataFrame(rows)
     cols = [f"meta_{k}" for k in keys]
     order = sorted(range(len(out)), key=lambda i: [_natural_key(out[c].iat[i]) for c in cols])
@@ -153,33 +226,46 @@ class ChannelTiffSource(Source):
         return list(self._channel_keys)
 
     def describe(self, row) -> str:
-        ident = row.get("meta_id", row.name)
-        return f"object id={ident} ({row['meta_path']})"
+        ident = row.get("meta_id")
+        return f"object id={ident} ({row['meta_path']})" if ident is not None else str(row["meta_path"])
 
     def load(self, rows: pd.DataFrame) -> list:
         out = []
-        for _, row in rows.iterrows():  # one file per channel per object
-            name = self.describe(row)
+        for row in rows.to_dict("records"):  # one file per channel per object
             try:
-                planes = []
-                for ch_i, files in enumerate(row["_files"]):
-                    label = self._channel_keys[ch_i]
-                    if not files:
-                        raise ObjectError(f"{name}: no file for channel {label!r}", "load")
-                    if len(files) > 1:
-                        raise ObjectError(f"{name}: {len(files)} files for channel {label!r}: {files}", "load")
-                    arr, axes = _read(Path(files[0]))
-                    img = _to_cyx(arr, axes, files[0])
-                    if img.shape[0] != 1:
-                        raise ObjectError(f"{files[0]}: expected one plane per channel file, found {img.shape[0]}")
-                    planes.append(img[0])
-                shapes = {p.shape for p in planes}
-                if len(shapes) > 1:
-                    raise ObjectError(f"{name}: channel images differ in shape {sorted(shapes)}", "load")
-                out.append(np.stack(planes))
-            except ObjectError as exc:
-                out.append(exc)
+                out.append(self.load_one(row))
+            except Exception as exc:  # noqa: BLE001 - whatever fails, it is this object's error
+                out.append(object_error(exc, lambda row=row: self.describe(row)))
         return out
+
+    def load_one(self, row) -> np.ndarray:
+        name = self.describe(row)
+        check_extra_channels(row, name, self._channel_keys)
+        planes = []
+        for label, files in zip(self._channel_keys, row["_files"]):
+            if not files:
+                raise ObjectError(f"{name}: no file for channel {label!r}", "load")
+            if len(files) > 1:
+                raise ObjectError(f"{name}: {len(files)} files for channel {label!r}: {files}", "load")
+            arr, axes = _read(Path(files[0]))
+            img = _to_cyx(arr, axes, files[0])
+            if img.shape[0] != 1:
+                raise ObjectError(f"{files[0]}: expected one plane per channel file, found {img.shape[0]}", "load")
+            planes.append(img[0])
+        shapes = {p.shape for p in planes}
+        if len(shapes) > 1:
+            raise ObjectError(f"{name}: channel images differ in shape {sorted(shapes)}", "load")
+        return np.stack(planes)
+
+
+def check_extra_channels(row, name: str, channel_keys) -> None:
+    """An object with files for channels that most objects lack (``dataset.channels`` not set)."""
+    extra = row.get("_extra")
+    if extra:
+        keys = [ch for ch, _ in extra]
+        raise ObjectError(f"{name}: has file(s) for channel(s) {keys} (e.g. {extra[0][1]}) besides the channels "
+                          f"{list(channel_keys)} that most objects have; set dataset.channels to choose the "
+                          "channels to profile", "load")
 
 
 class FileSource(Source):
@@ -190,10 +276,7 @@ class FileSource(Source):
     def objects(self) -> pd.DataFrame:
         files = _files(self.cfg, "TIFF folder")
         rows = []
-        for f in files:
-            g = regex_groups(self.cfg.regex, str(f), where="dataset.regex")
-            if g is None:
-                continue
+        for f, g in _matching(self.cfg, files):
             g.setdefault("id", f.stem.split(".")[0])
             rows.append({"meta_path": str(f), **{f"meta_{k}": v for k, v in g.items()}})
         if not rows:
@@ -201,23 +284,38 @@ class FileSource(Source):
         return pd.DataFrame(rows)
 
     def selected_channels(self, objects):
-        if self.cfg.channels is not None:
-            return [int(c) for c in self.cfg.channels]
-        if not len(objects):
-            return []
-        try:  # the first readable file tells how many channels there are
-            arr, axes = _read(Path(objects["meta_path"].iloc[0]))
-            return list(range(_to_cyx(arr, axes, objects["meta_path"].iloc[0]).shape[0]))
-        except ObjectError as exc:
-            raise InputError(f"cannot tell the number of channels: {exc}. Set dataset.channels") from exc
+        channels = integer_channels(self.cfg.channels, _fmt(self.cfg))
+        if channels is not None:
+            return channels
+        self._n_channels = self._channel_count(list(objects["meta_path"])) if len(objects) else 0
+        return list(range(self._n_channels))
+
+    def _channel_count(self, paths: list[str]) -> int:
+        """The channel count most files have (read from the headers of up to ``CHANNEL_PROBES``
+        files spread over the list); a file with another count is then an object error."""
+        n = len(paths)
+        picks = range(n) if n <= CHANNEL_PROBES else sorted(set(np.linspace(0, n - 1, CHANNEL_PROBES).astype(int)))
+        counts, first_error = [], None
+        for i in picks:
+            try:
+                shape, axes = _probe(Path(paths[i]))
+                counts.append(_cyx_layout(shape, axes, paths[i])[1][0])
+            except Exception as exc:  # noqa: BLE001 - an unreadable file fails on its own when loaded
+                first_error = first_error or object_error(exc, paths[i])
+        if not counts:
+            raise InputError(f"cannot tell the number of channels: none of the {len(picks)} file(s) read can be "
+                             f"used (e.g. {first_error}). Set dataset.channels")
+        return most_common(counts, what="readable file", describe=lambda c: f"{c} channel(s)")
 
     def load(self, rows: pd.DataFrame) -> list:
         out = []
-        for _, row in rows.iterrows():
+        channels = integer_channels(self.cfg.channels, _fmt(self.cfg))
+        expected = getattr(self, "_n_channels", None)
+        for path in rows["meta_path"]:
             try:
-                arr, axes = _read(Path(row["meta_path"]))
-                img = _to_cyx(arr, axes, row["meta_path"])
-                out.append(select_channels(img, self.cfg.channels, row["meta_path"]))
-            except ObjectError as exc:
-                out.append(exc)
+                arr, axes = _read(Path(path))
+                img = _to_cyx(arr, axes, path)
+                out.append(select_channels(img, channels, path, expected))
+            except Exception as exc:  # noqa: BLE001 - whatever fails, it is this file's error
+                out.append(object_error(exc, str(path)))
         return out

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from ..errors import InputError, ObjectError
-from .base import Source, expand_paths, regex_groups, select_channels
+from .base import (Source, check_some_usable, expand_paths, integer_channels, most_common, nullable_ints,
+                   object_error, regex_groups, row_error, select_channels, store_rows)
 
 
 def _open(path):
@@ -22,47 +25,76 @@ class DenseZarrSource(Source):
     kind = "dense zarr"
 
     def objects(self) -> pd.DataFrame:
-        rows = []
-        for path in expand_paths(self.cfg.path, "zarr array"):
-            arr = _open(path)
-            if arr.ndim not in (3, 4):
-                raise InputError(
-                    f"{path}: expected an (N, C, H, W) or (N, H, W) array, found shape {arr.shape}")
-            groups = regex_groups(self.cfg.regex, str(path), where="dataset.regex")
-            if groups is None:
-                raise InputError(f"dataset.regex {self.cfg.regex!r} does not match the zarr path {path}")
-            c = 1 if arr.ndim == 3 else arr.shape[1]
-            for i in range(arr.shape[0]):
-                rows.append({"meta_path": str(path), "meta_zarr_idx": i,
-                             **{f"meta_{k}": v for k, v in groups.items()}, "_channels": c})
-        return pd.DataFrame(rows)
+        rows = store_rows(expand_paths(self.cfg.path, "zarr array"), self._store_rows, "zarr array",
+                          self.cfg.regex)
+        table = nullable_ints(pd.DataFrame(rows), ["meta_zarr_idx"])
+        check_some_usable(table, f"dataset.path {self.cfg.path!r}")
+        # without dataset.channels: the channel count most objects have (the others are errors)
+        counts = [int(c) for c in table["_channels"] if not pd.isna(c)] if len(table) else []
+        self._n_channels = most_common(counts, what="object", describe=lambda c: f"{c} channel(s)",
+                                       log_it=self.cfg.channels is None)
+        return table
+
+    def _store_rows(self, path: Path) -> list[dict]:
+        arr = _open(path)
+        if arr.ndim not in (3, 4):
+            raise InputError(f"{path}: expected an (N, C, H, W) or (N, H, W) array, found shape {arr.shape}")
+        groups = regex_groups(self.cfg.regex, str(path), where="dataset.regex")
+        if groups is None:
+            raise InputError(f"dataset.regex {self.cfg.regex!r} does not match the zarr path {path}")
+        groups = {f"meta_{k}": v for k, v in groups.items()}
+        c = 1 if arr.ndim == 3 else arr.shape[1]
+        return [{"meta_path": str(path), "meta_zarr_idx": i, **groups, "_channels": c} for i in range(arr.shape[0])]
 
     def selected_channels(self, objects):
-        if self.cfg.channels is not None:
-            return [int(c) for c in self.cfg.channels]
-        return list(range(int(objects["_channels"].min()))) if len(objects) else []
+        channels = integer_channels(self.cfg.channels, "zarr")
+        if channels is not None:
+            return channels
+        return list(range(getattr(self, "_n_channels", None) or 0))
 
     def describe(self, row) -> str:
-        return f"{row['meta_path']}[{row['meta_zarr_idx']}]"
+        idx = row.get("meta_zarr_idx")
+        return str(row["meta_path"]) if pd.isna(idx) else f"{row['meta_path']}[{idx}]"
 
     def load(self, rows: pd.DataFrame) -> list:
         out: list = [None] * len(rows)
-        for path, grp in rows.groupby("meta_path", sort=False):
-            idx = grp["meta_zarr_idx"].to_numpy()
-            pos = [rows.index.get_loc(i) for i in grp.index]
+        channels = integer_channels(self.cfg.channels, "zarr")
+        expected = getattr(self, "_n_channels", None)
+        records = rows.to_dict("records")
+        by_store: dict[str, list[int]] = {}
+        for p, row in enumerate(records):
+            err = row_error(row)
+            if err is not None:
+                out[p] = err
+            else:
+                by_store.setdefault(row["meta_path"], []).append(p)
+        for path, pos in by_store.items():
+            idx = [int(records[p]["meta_zarr_idx"]) for p in pos]
             try:
                 arr = _open(path)
-                lo, hi = int(idx.min()), int(idx.max()) + 1
-                block = np.asarray(arr[lo:hi])  # one contiguous read per store and partition
-            except Exception as exc:
-                for p, (_, row) in zip(pos, grp.iterrows()):
-                    out[p] = ObjectError(f"{self.describe(row)}: cannot be read ({type(exc).__name__}: {exc})")
+            except Exception as exc:  # noqa: BLE001 - e.g. removed since the objects were listed
+                for p in pos:
+                    out[p] = ObjectError(f"{self.describe(records[p])}: {exc}", "load")
                 continue
-            if block.ndim == 3:
-                block = block[:, None]
-            for p, i, (_, row) in zip(pos, idx, grp.iterrows()):
+            lo, hi = min(idx), max(idx) + 1
+            try:
+                block = np.asarray(arr[lo:hi])  # one contiguous read per store and partition
+                images = [block[i - lo] for i in idx]
+            except Exception:  # noqa: BLE001 - e.g. one corrupt chunk: read object by object
+                images = []
+                for p, i in zip(pos, idx):
+                    try:
+                        images.append(np.asarray(arr[i]))
+                    except Exception as exc:  # noqa: BLE001
+                        images.append(ObjectError(f"{self.describe(records[p])}: cannot be read "
+                                                  f"({type(exc).__name__}: {exc})", "load"))
+            for p, img in zip(pos, images):
+                if isinstance(img, Exception):
+                    out[p] = img
+                    continue
                 try:
-                    out[p] = select_channels(block[i - lo], self.cfg.channels, self.describe(row))
-                except ObjectError as exc:
-                    out[p] = exc
+                    out[p] = select_channels(img[None] if img.ndim == 2 else img, channels,
+                                             self.describe(records[p]), expected)
+                except Exception as exc:  # noqa: BLE001 - whatever fails, it is this object's error
+                    out[p] = object_error(exc, lambda p=p: self.describe(records[p]))
         return out

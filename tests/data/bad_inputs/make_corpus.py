@@ -29,6 +29,8 @@ def main() -> None:
     tifffile.imwrite("tiny_5x5.tif", good[:, :5, :5], photometric="minisblack")
     tifffile.imwrite("two_channels.tif", good[:2], photometric="minisblack")
     open("not_a_tiff.tif", "w").write("this is text, not an image\n")
+    # axes numpy cannot reorder (two Y axes): any loader exception must stay with its file
+    tifffile.imwrite("unexpected_axes.tif", good, photometric="minisblack", metadata={"axes": "YYX"})
 
 
 if __name__ == "__main__":
