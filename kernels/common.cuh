@@ -188,13 +188,20 @@ __device__ void sg_bitonic_sort(K* keys, int n) {
 // raster order (so ordering roots gives scipy.ndimage.label's numbering), or -1 for pixels not
 // labelled.
 
+// The root of x, halving the path on the way (each node visited is pointed to its grandparent).
+// Parents only ever point to smaller indices of the same set, so a grandparent is always a
+// valid parent; a plain store may undo a concurrent atomicMin on a node that is no longer a
+// root, but that union's thread sees it did not link a root and retries (sg_union). Without
+// the halving, unions in raster order build chains as long as a component (quadratic time).
 __device__ __forceinline__ int sg_find(volatile int* parent, int x) {
-    int p = parent[x];
-    while (p != x) {
-        x = p;
-        p = parent[x];
+    while (true) {
+        const int p = parent[x];
+        if (p == x) return x;
+        const int gp = parent[p];
+        if (gp == p) return p;
+        parent[x] = gp;
+        x = gp;
     }
-    return x;
 }
 
 __device__ void sg_union(int* parent, int a, int b) {
