@@ -188,20 +188,13 @@ __device__ void sg_bitonic_sort(K* keys, int n) {
 // raster order (so ordering roots gives scipy.ndimage.label's numbering), or -1 for pixels not
 // labelled.
 
-// The root of x, halving the path on the way (each node visited is pointed to its grandparent).
-// Parents only ever point to smaller indices of the same set, so a grandparent is always a
-// valid parent; a plain store may undo a concurrent atomicMin on a node that is no longer a
-// root, but that union's thread sees it did not link a root and retries (sg_union). Without
-// the halving, unions in raster order build chains as long as a component (quadratic time).
 __device__ __forceinline__ int sg_find(volatile int* parent, int x) {
-    while (true) {
-        const int p = parent[x];
-        if (p == x) return x;
-        const int gp = parent[p];
-        if (gp == p) return p;
-        parent[x] = gp;
-        x = gp;
+    int p = parent[x];
+    while (p != x) {
+        x = p;
+        p = parent[x];
     }
+    return x;
 }
 
 __device__ void sg_union(int* parent, int a, int b) {
@@ -226,15 +219,28 @@ __device__ void sg_union(int* parent, int a, int b) {
 
 // Label the pixels of an h x w plane (row stride w) where `fg[i] == value`, 8- or
 // 4-connected.
+// Every pixel starts pointing at the first pixel of its horizontal run (one thread per row),
+// so unions are needed across rows only and a find walks runs, not pixels.
 __device__ void sg_label(const unsigned char* fg, unsigned char value, int h, int w, bool eight,
                          int* parent) {
     const int n = h * w;
-    for (int i = threadIdx.x; i < n; i += SG_THREADS) parent[i] = fg[i] == value ? i : -1;
+    for (int r = threadIdx.x; r < h; r += SG_THREADS) {
+        int start = -1;
+        for (int c = 0; c < w; ++c) {
+            const int i = r * w + c;
+            if (fg[i] == value) {
+                if (start < 0) start = i;
+                parent[i] = start;
+            } else {
+                start = -1;
+                parent[i] = -1;
+            }
+        }
+    }
     __syncthreads();
     for (int i = threadIdx.x; i < n; i += SG_THREADS) {
         if (fg[i] != value) continue;
         const int r = i / w, c = i - r * w;
-        if (c > 0 && fg[i - 1] == value) sg_union(parent, i, i - 1);
         if (r > 0) {
             if (fg[i - w] == value) sg_union(parent, i, i - w);
             if (eight) {
