@@ -24,8 +24,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 PHASES = {
-    0: ("mask_li", ["filters", "sort", "threshold", "refilter+fg", "fill/clean", "border+write"]),
-    1: ("mask_otsu", ["digitise", "median 1", "gaussian+sobel", "scale", "median 2", "otsu+fg", "fill/clean",
+    0: ("mask_li", ["filters", "sort", "threshold", "refilter", "fg+fill/clean", "border+write"]),
+    1: ("mask_otsu", ["digitise", "median 1", "gaussian+sobel", "scale", "median 2", "otsu", "fg+fill/clean",
                       "border+write"]),
     2: ("intensity_views", ["keys+views", "sort", "compaction", "statistics", "write"]),
 }

@@ -43,6 +43,16 @@ __device__ void sg_mask_tail(unsigned char* m8, int h, int w, bool passed, int r
     __syncthreads();
 }
 
+// The common end of the li and otsu methods: foreground = values above t, then
+// remove_small_holes(h w / 4) and remove_small_objects(20) (4-connected).
+template <class V>
+__device__ void sg_foreground(const V* values, double t, unsigned char* m8, int h, int w, int* parent,
+                              int* count) {
+    for (int p = threadIdx.x; p < h * w; p += SG_THREADS) m8[p] = (double)values[p] > t;
+    __syncthreads();
+    sg_fill_and_clean(m8, h, w, (double)h * (double)w / 4.0, 20.0, parent, count);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Li
 
@@ -155,10 +165,8 @@ mask_li(const void* pixels, const int dtype, const int C, const int H, const int
             const double t = sg_threshold_li(Y, n, X, max_iter);  // X: prefix sums
             SG_PROF_MARK(0, 2);
             sg_li_filters(px, dtype, W, h, w, scale, w1, r1, w2, r2, X, Y);  // X was overwritten
-            for (int p = threadIdx.x; p < n; p += SG_THREADS) m8[p] = X[p] > t;
-            __syncthreads();
             SG_PROF_MARK(0, 3);
-            sg_fill_and_clean(m8, h, w, (double)h * (double)w / 4.0, 20.0, parent, count);
+            sg_foreground(X, t, m8, h, w, parent, count);
             SG_PROF_MARK(0, 4);
         }
         sg_mask_tail(m8, h, w, ok, remove_border, parent, count, mask + (i64)m * cap, H, W, regions + m);
@@ -434,11 +442,8 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
             for (int p = threadIdx.x; p < n; p += SG_THREADS) atomicAdd(&ohist[B2[p]], 1);
             __syncthreads();
             sg_otsu_threshold(ohist, reinterpret_cast<i64*>(R1), &s_thr);
-            const double t = s_thr;
-            for (int p = threadIdx.x; p < n; p += SG_THREADS) m8[p] = (double)B2[p] > t;
-            __syncthreads();
             SG_PROF_MARK(1, 5);
-            sg_fill_and_clean(m8, h, w, (double)h * (double)w / 4.0, 20.0, parent, count);
+            sg_foreground(B2, s_thr, m8, h, w, parent, count);
             SG_PROF_MARK(1, 6);
         }
         sg_mask_tail(m8, h, w, ok, remove_border, parent, count, mask + (i64)m * cap, H, W, regions + m);
