@@ -14,6 +14,13 @@ Objects that share one exact size in large numbers (fixed-size crops, as most im
 cytometers write) are batched at that size without padding: every filter then handles the
 image border itself with the same boundary mode, so results are the same and no work is spent
 on padding (``group_by_shape``).
+
+Pixel types: every image is profiled in its own type, whatever its neighbours. ``profile_dtype``
+gives the type an image is profiled in from its own type alone (float16 becomes float32, exactly,
+as scikit-image does; every other supported type is kept), ``group_by_shape`` never puts two
+types in one batch, and ``assemble`` refuses a batch that mixes them instead of promoting (a
+uint8 image promoted to float32 by a float neighbour was masked as a float image: another Otsu
+threshold, other features; a float16 image got float32 or float64 arithmetic by its neighbours).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ class Batch:
     Attributes
     ----------
     pixels : (N, C, H, W) ndarray
-        Images in their native dtype, zero beyond each object's extent.
+        Images in their ``profile_dtype`` (one per batch), zero beyond each object's extent.
     extents : (N, 2) int64 ndarray
         (height, width) of each object's real image.
     index : (N,) int64 ndarray (host)
@@ -100,16 +107,36 @@ def padded_shape(h: int, w: int, *, margin: int, multiple: int) -> tuple[int, in
 #: objects of one exact size are batched unpadded when at least this many share it
 EXACT_GROUP_MIN = 16
 
+#: pixel types an image may have (``check_image`` refuses the others)
+SUPPORTED_KINDS = "uif"
+
+
+def profile_dtype(dtype) -> np.dtype:
+    """The type an image of pixel type ``dtype`` is profiled in, from that type alone.
+
+    float16 becomes float32 (exact; scikit-image computes float16 images in float32 too, and the
+    compiled kernels have no float16 arithmetic); every other integer or float type is kept, so
+    that uint8/uint16 images keep their integer semantics (SCIP's Otsu histogram, rank median,
+    ``img_as_float`` scaling).
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in SUPPORTED_KINDS:
+        raise TypeError(f"unsupported pixel type {dtype}")
+    if dtype.kind == "f" and dtype.itemsize < 4:
+        return np.dtype(np.float32)
+    return dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
+
 
 def group_by_shape(
     shapes: Sequence[tuple[int, int]], *, margin: int, multiple: int, batch_size: int,
-    exact_min: int = EXACT_GROUP_MIN,
+    exact_min: int = EXACT_GROUP_MIN, dtypes: Sequence | None = None,
 ) -> list[tuple[tuple[int, int], np.ndarray]]:
-    """Group objects into batches of one padded shape each.
+    """Group objects into batches of one padded shape (and one pixel type) each.
 
     Objects whose exact (h, w) is shared by at least ``exact_min`` of them are batched at that
     shape, without padding; the others by padded shape (extent + ``margin``, rounded up to a
-    multiple of ``multiple``).
+    multiple of ``multiple``). With ``dtypes`` (each object's pixel type), objects whose
+    ``profile_dtype`` differs are never in one batch.
 
     Returns
     -------
@@ -117,17 +144,20 @@ def group_by_shape(
         ``positions`` index into ``shapes``; each group holds at most ``batch_size`` objects.
     """
     shapes = [(int(h), int(w)) for h, w in shapes]
+    types = [""] * len(shapes) if dtypes is None else [profile_dtype(d).str for d in dtypes]
+    if len(types) != len(shapes):
+        raise ValueError(f"{len(shapes)} shapes but {len(types)} dtypes")
     count: dict[tuple[int, int], int] = {}
     for hw in shapes:
         count[hw] = count.get(hw, 0) + 1
-    keys: dict[tuple[int, int], list[int]] = {}
+    keys: dict[tuple, list[int]] = {}
     for pos, (h, w) in enumerate(shapes):
         exact = count[(h, w)] >= exact_min
         key = (h, w) if exact else padded_shape(h, w, margin=margin, multiple=multiple)
-        keys.setdefault((key, exact), []).append(pos)
+        keys.setdefault((key, exact, types[pos]), []).append(pos)
     groups = []
-    for key, exact in sorted(keys):
-        pos = np.asarray(keys[(key, exact)], dtype=np.int64)
+    for key, exact, t in sorted(keys):
+        pos = np.asarray(keys[(key, exact, t)], dtype=np.int64)
         for start in range(0, len(pos), batch_size):
             groups.append((key, pos[start : start + batch_size]))
     return groups
@@ -149,13 +179,20 @@ def _host_buffer(shape, dtype, xp, *, zero: bool = True):
 def assemble(images: Sequence[np.ndarray], index: np.ndarray, shape: tuple[int, int], xp=np):
     """Stack (C, h, w) host images into a zero-padded Batch of padded shape ``shape``.
 
+    Every image must have the same ``profile_dtype``; the stack has that type (float16 images
+    are converted to float32, the only conversion).
+
     The stack and the extents are built on the host (in pinned memory for a GPU) and moved to
     the device by asynchronous copies on the current stream: assembling the next batch never
     waits for the device (a copy from pageable memory would synchronise the stream).
     """
     n = len(images)
     c = images[0].shape[0]
-    dtype = np.result_type(*[im.dtype for im in images])
+    types = {profile_dtype(im.dtype) for im in images}
+    if len(types) > 1:  # promoting would change the others' results (see the module docstring)
+        raise TypeError(f"a batch must hold one pixel type, got {sorted(str(t) for t in types)}; group the "
+                        "objects with group_by_shape(..., dtypes=...)")
+    dtype = types.pop()
     exact = all(im.shape[1:] == tuple(shape) for im in images)  # no padding to clear
     host = _host_buffer((n, c, *shape), dtype, xp, zero=not exact)
     extents = _host_buffer((n, 2), np.int64, xp, zero=False)

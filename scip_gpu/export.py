@@ -7,10 +7,15 @@
   ``var`` and the metadata (``meta_*``) in ``obs``. ``X`` is streamed from the Parquet parts, so
   memory does not grow with the number of objects beyond the ``obs`` table.
 - ``errors.csv``: one row per object that could not be profiled (also when there are none).
+
+Every file is written under a temporary name of its own process (``temp_path``: ``.NAME.PID.RANDOM.tmp``)
+and renamed into place, so that two processes never write one temporary file, and readers of a
+Parquet dataset skip the temporary files (they start with ``.``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -23,6 +28,28 @@ from .features.registry import Column, columns_json, var_table
 
 PARQUET_META_KEY = b"scip_gpu"
 ERROR_COLUMNS = ["meta_index", "object", "stage", "error"]
+
+
+def temp_path(final: Path) -> Path:
+    """A temporary name for writing ``final`` that no other process or call uses
+    (``.NAME.PID.RANDOM.tmp`` next to it); rename it to ``final`` when complete."""
+    import secrets
+
+    final = Path(final)
+    return final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+@contextlib.contextmanager
+def _replacing(final: Path):
+    """``with _replacing(final) as tmp``: write ``tmp``; on success it replaces ``final``
+    atomically, on any failure (Ctrl-C included) it is removed and ``final`` is left as it was."""
+    tmp = temp_path(final)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def part_name(part: int) -> str:
@@ -52,7 +79,6 @@ def write_part(folder: Path, part: int, table: pd.DataFrame, schema, values: np.
 
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / part_name(part)
-    tmp = folder / f".{final.name}.{os.getpid()}.tmp"
     if values is None:
         arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
     else:
@@ -62,8 +88,8 @@ def write_part(folder: Path, part: int, table: pd.DataFrame, schema, values: np.
         arrays = head.columns + [pa.array(col) for col in by_column]
         arrow = pa.Table.from_arrays(arrays, schema=schema)
     dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
-    pq.write_table(arrow, tmp, use_dictionary=dictionary)
-    os.replace(tmp, final)
+    with _replacing(final) as tmp:
+        pq.write_table(arrow, tmp, use_dictionary=dictionary)
     return final
 
 
@@ -114,31 +140,37 @@ def write_anndata(parts: Sequence[Path], path: Path, columns: Sequence[Column], 
             obs[col] = obs[col].astype(str)
     var = var_table(feat) if feat else pd.DataFrame(index=pd.Index([], dtype=str))
     adata = ad.AnnData(obs=obs, var=var, uns=uns or {})
-    tmp = path.with_name(f".{path.name}.tmp")
-    adata.write_h5ad(tmp)
     names = [c.name for c in feat]
-    with h5py.File(tmp, "a") as f:
-        if "X" in f:
-            del f["X"]
-        n, k = len(obs), len(names)
-        chunk_rows = max(1, min(n, 2**20 // max(k, 1)))
-        x = f.create_dataset("X", shape=(n, k), dtype="float32",
-                             chunks=(chunk_rows, k) if n and k else None)
-        x.attrs["encoding-type"] = "array"
-        x.attrs["encoding-version"] = "0.2.0"
-        row = 0
-        for p in parts:  # one partition in memory at a time
-            table = pq.read_table(p, columns=names)
-            block = np.empty((table.num_rows, k), dtype=np.float32)
-            for j, col in enumerate(table.columns):  # straight from Arrow, no DataFrame
-                block[:, j] = col.to_numpy()
-            x[row:row + len(block)] = block
-            row += len(block)
-    os.replace(tmp, path)
+    with _replacing(path) as tmp:  # a temporary file of this process, renamed when complete
+        adata.write_h5ad(tmp)
+        with h5py.File(tmp, "a") as f:
+            if "X" in f:
+                del f["X"]
+            n, k = len(obs), len(names)
+            chunk_rows = max(1, min(n, 2**20 // max(k, 1)))
+            x = f.create_dataset("X", shape=(n, k), dtype="float32",
+                                 chunks=(chunk_rows, k) if n and k else None)
+            x.attrs["encoding-type"] = "array"
+            x.attrs["encoding-version"] = "0.2.0"
+            row = 0
+            for p in parts:  # one partition in memory at a time
+                table = pq.read_table(p, columns=names)
+                block = np.empty((table.num_rows, k), dtype=np.float32)
+                for j, col in enumerate(table.columns):  # straight from Arrow, no DataFrame
+                    block[:, j] = col.to_numpy()
+                x[row:row + len(block)] = block
+                row += len(block)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (a temporary file of this process, then rename)."""
+    with _replacing(Path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_errors(path: Path, errors: Sequence[dict]) -> None:
-    pd.DataFrame(list(errors), columns=ERROR_COLUMNS).to_csv(path, index=False)
+    with _replacing(Path(path)) as tmp:
+        pd.DataFrame(list(errors), columns=ERROR_COLUMNS).to_csv(tmp, index=False)
 
 
 def package_versions() -> dict:

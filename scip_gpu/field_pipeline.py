@@ -28,7 +28,7 @@ from .errors import InputError, ObjectError, describe_exception
 from .fields import (channel_compartments, export_labels, field_objects, field_sums, finish_illumination,
                      load_correction, project, safe_name, write_correction)
 from .masks import MaskResult
-from .pipeline import PartitionResult, StageTimer, check_image, free_device_memory
+from .pipeline import PartitionResult, StageTimer, check_image, check_values, free_device_memory
 from .profile import Plan, auto_batch_size, profile_batch, segmentation_mask_name
 
 log = logging.getLogger("scip_gpu")
@@ -207,9 +207,15 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
     shapes = [crops[i].shape[1:] for i in good]
     batch_size = cfg.batch_size or auto_batch_size(
         xp, n_ch, tuple(int(v) + plan.margin for v in np.max(shapes, axis=0)) if shapes else (1, 1), plan.n_features)
-    groups = group_by_shape(shapes, margin=plan.margin, multiple=cfg.pad_multiple, batch_size=batch_size)
+    groups = group_by_shape(shapes, margin=plan.margin, multiple=cfg.pad_multiple, batch_size=batch_size,
+                            dtypes=[crops[i].dtype for i in good])  # one pixel type per batch
     for shape, members in groups:
         run_group([good[m] for m in members], shape)
+    for i, cause in check_values(values, plan.columns).items():  # never an ok row with infinite features
+        values[i] = np.nan
+        status[i] = "error"
+        errors.append({"meta_index": int(metas[i]["meta_field_index"]), "object": describe(i),
+                       "stage": "features", "error": f"{describe(i)}: {cause}"})
 
     plan_names = {c.name for c in plan.columns}
     meta_names = [n for n in schema.names if n not in plan_names and n != "meta_status"]

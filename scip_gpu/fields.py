@@ -34,6 +34,7 @@ import pandas as pd
 
 from .backend import array_module, asnumpy, ndimage
 from .errors import InputError, ObjectError
+from .export import temp_path
 from .io.base import object_error
 from .io.tiff import ChannelTiffSource, _read, _to_cyx, check_extra_channels, group_channel_files
 
@@ -209,7 +210,7 @@ def write_correction(folder: Path, group: str, image: np.ndarray, channel_names)
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{safe_name(group)}.tif"
-    tmp = folder / f".{path.name}.tmp"
+    tmp = temp_path(path)  # this process's own temporary name
     tifffile.imwrite(tmp, np.asarray(image, np.float32), photometric="minisblack", metadata={"axes": "CYX"},
                      description=json.dumps({"group": group, "channels": list(channel_names)}))
     os.replace(tmp, path)
@@ -305,7 +306,7 @@ def export_labels(folder: Path, field: str, labels: dict) -> Path:
     names = [k for k in COMPARTMENTS if k in labels]
     stack = np.stack([asnumpy(labels[k]).astype(np.uint32) for k in names])
     path = folder / f"{safe_name(field)}.ome.tif"
-    tmp = folder / f".{path.name}.tmp"
+    tmp = temp_path(path)  # this process's own temporary name
     tifffile.imwrite(tmp, stack, ome=True, photometric="minisblack",
                      metadata={"axes": "CYX", "Channel": {"Name": names}})
     os.replace(tmp, path)

@@ -67,8 +67,58 @@ class RunSummary:
 # One partition (runs on a worker)
 
 
+def max_pixel_magnitude(h: int, w: int) -> float:
+    """Largest pixel magnitude an h x w image may have: the statistics sum 4th powers of
+    deviations (kurtosis) of up to h*w pixels, of the image and of its Sobel map (at most 2 and
+    about 11 times the magnitude), in float64; with a margin of 32x they stay finite."""
+    return float((np.finfo(np.float64).max / (h * w)) ** 0.25 / 32)
+
+
+def min_channel_range(h: int, w: int) -> float:
+    """Smallest non-zero value range a float channel may have: below it, 4th powers of the
+    deviations in a view underflow (kurtosis and skewness would be 0/0), with a margin of 2**16
+    for views whose deviations are smaller than the channel's range."""
+    return float((np.finfo(np.float64).tiny * h * w) ** 0.25 * 2.0**16)
+
+
+def _check_value_range(hi: np.ndarray, lo: np.ndarray, h: int, w: int, name) -> None:
+    """Float pixel values the float64 statistics cannot represent make the object an error
+    (``validate``) rather than an ``ok`` row with infinite, or silently NaN, features."""
+    peak = float(max(np.abs(hi).max(), np.abs(lo).max()))
+    limit = max_pixel_magnitude(h, w)
+    if peak > limit:
+        raise ObjectError(
+            f"{name}: pixel values up to {peak:.3g} are beyond what the statistics can represent in float64 "
+            f"(4th-order moments of a {h}x{w} image overflow above {limit:.3g}): rescale the image", "validate")
+    spread = hi - lo
+    small = np.flatnonzero((spread > 0) & (spread < min_channel_range(h, w)))
+    if len(small):
+        k = int(small[0])
+        raise ObjectError(
+            f"{name}: channel {k} varies by only {spread[k]:.3g}: deviations that small underflow in the "
+            f"float64 statistics (4th-order moments; below {min_channel_range(h, w):.3g}): rescale the image",
+            "validate")
+
+
+def check_values(values: np.ndarray, columns) -> dict[int, str]:
+    """Rows of a feature table (R, F) holding an infinite value: {row: cause}. No feature is
+    infinite for representable pixel values; such a row is made an error, never an ``ok`` row."""
+    bad = np.isinf(values)
+    out = {}
+    for r in np.flatnonzero(bad.any(axis=1)):
+        cols = [columns[j].name for j in np.flatnonzero(bad[r])]
+        out[int(r)] = (f"{len(cols)} feature(s) overflowed to infinity ({', '.join(cols[:3])}"
+                       f"{', ...' if len(cols) > 3 else ''}): pixel values beyond what the float64 statistics "
+                       "can represent")
+    return out
+
+
 def check_image(img, n_channels: int, min_side: int, name) -> np.ndarray:
     """Validate one loaded (C, H, W) image; raise ObjectError naming the input and the cause.
+
+    Float pixel values must be within what the float64 statistics represent: magnitudes up to
+    ``max_pixel_magnitude`` and, per channel, a value range of 0 or at least
+    ``min_channel_range`` (beyond them features would be infinite, or NaN from 0/0).
 
     ``name``: the object's name, or a function giving it (called only for a message).
     """
@@ -90,9 +140,12 @@ def check_image(img, n_channels: int, min_side: int, name) -> np.ndarray:
     if img.dtype.kind == "f" and not np.isfinite(img).all():
         bad = int((~np.isfinite(img)).sum())
         raise ObjectError(f"{name}: contains {bad} NaN or infinite pixel value(s)", "validate")
-    if img.reshape(-1)[0] == img.max() == img.min():
+    hi, lo = img.max(axis=(1, 2)), img.min(axis=(1, 2))  # per channel
+    if hi.max() == lo.min():
         raise ObjectError(f"{name}: every pixel has the same value ({img.reshape(-1)[0]}): nothing to measure",
                           "validate")
+    if img.dtype.kind == "f":
+        _check_value_range(hi.astype(np.float64), lo.astype(np.float64), h, w, name)
     if min(h, w) < min_side:
         raise ObjectError(
             f"{name}: image {h}x{w} is smaller than the {min_side}x{min_side} footprint of the "
@@ -169,9 +222,13 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
         max((img.dtype.itemsize for _, img in good), default=2))
     if not cfg.batch_size and shapes and is_gpu(xp):
         log.info("partition %d: batch_size %d (automatic, from free device memory)", part, batch_size)
-    groups = group_by_shape(shapes, margin=plan.margin, multiple=cfg.pad_multiple, batch_size=batch_size)
+    groups = group_by_shape(shapes, margin=plan.margin, multiple=cfg.pad_multiple, batch_size=batch_size,
+                            dtypes=[img.dtype for _, img in good])  # one pixel type per batch
     for shape, members in groups:
         run_group([good[m][0] for m in members], [good[m][1] for m in members], shape)
+    for pos, cause in check_values(values, plan.columns).items():  # never an ok row with infinite features
+        values[pos] = np.nan
+        fail(pos, ObjectError(f"{source.describe(rows.iloc[pos])}: {cause}", "features"), "features")
 
     table = rows[[c for c in schema.names if c in rows.columns]].reset_index(drop=True)
     status = np.array(["ok"] * len(rows), dtype=object)
@@ -229,29 +286,55 @@ class Progress:
             self.last = now
 
 
-def create_output_dir(cfg: Config) -> Path:
-    """A new, empty output folder; an existing non-empty folder is never reused or cleared."""
+def create_output_dir(cfg: Config):
+    """A new, empty output folder, locked for this process: (folder, lock). An existing
+    non-empty folder is never reused or cleared; a folder in use is refused naming its run."""
+    from . import state
+
     if cfg.output:
         out = Path(cfg.output)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise OutputError(
-                f"output folder {out} already exists and is not empty; scip_gpu never overwrites "
-                "results: choose another output=... (or move that folder away yourself)")
+        _refuse_non_empty(out, state)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"output folder {out} cannot be created or written: {exc}") from exc
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         base = Path(cfg.output_root) / f"{cfg.dataset.name}-{stamp}"
         out, k = base, 1
-        while out.exists():
-            out = base.with_name(f"{base.name}-{k}")
-            k += 1
+        while True:
+            try:
+                out.mkdir(parents=True)  # fails if another run took the name meanwhile
+                break
+            except FileExistsError:
+                out = base.with_name(f"{base.name}-{k}")
+                k += 1
+            except OSError as exc:
+                raise OutputError(f"output folder {out} cannot be created or written: {exc}") from exc
+    lock = state.acquire_lock(out, take_over_stale=False)  # also the write test
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"output folder {out} cannot be created or written: {exc}") from exc
-    return out
+        # another run may have filled the folder (and ended) between our check and our lock
+        _refuse_non_empty(out, state, ignore=state.LOCK_FILE)
+    except BaseException:
+        lock.release()
+        raise
+    return out, lock
+
+
+def _refuse_non_empty(out: Path, state, ignore: str | None = None) -> None:
+    """Refuse an output folder that holds anything (``ignore``: the lock file and its temporary
+    files, when this process holds it)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputError(f"output {out} exists and is not a folder; choose another output=...")
+    lock = out / state.LOCK_FILE
+    if ignore is None and lock.exists():
+        raise OutputError(state.lock_problem(out, lock, state.read_lock(lock), resume=False))
+    if any(not (ignore and p.name.lstrip(".").startswith(ignore.lstrip("."))) for p in out.iterdir()):
+        raise OutputError(
+            f"output folder {out} already exists and is not empty; scip_gpu never overwrites "
+            "results: choose another output=... (or move that folder away yourself)")
 
 
 def _log_to_file(path: Path, level: str) -> logging.Handler:
@@ -318,8 +401,30 @@ def _resumed_partition_size(cfg: Config) -> int | None:
     return None
 
 
-def _open_output(cfg: Config, table, n_partitions: int) -> tuple[Path, dict]:
-    """The run folder: a new one, or with ``resume=true`` the interrupted run's (checked)."""
+@dataclass
+class OutputFolder:
+    """The run folder this process holds: its lock, the partitions already done (resume) and
+    the runs recorded on it (``run_state.json``'s ``runs``)."""
+
+    path: Path
+    lock: object
+    done: dict
+    runs: list
+
+
+def _config_yaml(cfg: Config, resolved_yaml: str | None) -> str:
+    if resolved_yaml is not None:
+        return resolved_yaml
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _open_output(cfg: Config, table, n_partitions: int, resolved_yaml: str | None = None,
+                 started: str | None = None) -> OutputFolder:
+    """The run folder, locked for this process: a new one (``config.yaml`` and ``run_state.json``
+    written before anything else), or with ``resume=true`` the interrupted run's (checked; its
+    configuration kept, this resume recorded, leftovers of dead processes removed)."""
     from . import state
     from .errors import ConfigError
 
@@ -329,15 +434,29 @@ def _open_output(cfg: Config, table, n_partitions: int) -> tuple[Path, dict]:
             raise ConfigError("resume=true needs output=<the folder of the run to resume>")
         out = Path(cfg.output)
         if out.is_dir() and any(out.iterdir()):
-            state.check_resumable(out, cfg, table, n_partitions)
-            removed = state.remove_leftovers(out / folder_name)
-            done = state.finished_partitions(out / folder_name, export.part_name)
+            lock = state.acquire_lock(out, take_over_stale=True)
+            try:
+                old = state.check_resumable(out, cfg, table, n_partitions)
+                removed = state.remove_leftovers(out)  # under the lock: only dead processes' files
+                done = state.finished_partitions(out / folder_name, export.part_name)
+                new = state.record_resume(out, cfg, old, partitions_done=len(done), started=started,
+                                          took_over=lock.taken_over)
+                if not (out / "config.yaml").is_file():  # the first run's is kept; it never got to write it
+                    export.write_text(out / "config.yaml", _config_yaml(cfg, resolved_yaml))
+            except BaseException:
+                lock.release()
+                raise
             log.info("resuming %s: %d of %d partition(s) already done%s", out, len(done), n_partitions,
                      f", {removed} temporary file(s) of the interrupted run removed" if removed else "")
-            return out, done
-    out = create_output_dir(cfg)
-    state.write_state(out, cfg, table, n_partitions)
-    return out, {}
+            return OutputFolder(out, lock, done, new["runs"])
+    out, lock = create_output_dir(cfg)
+    try:
+        export.write_text(out / "config.yaml", _config_yaml(cfg, resolved_yaml))
+        new = state.write_state(out, cfg, table, n_partitions, started=started)
+    except BaseException:
+        lock.release()
+        raise
+    return OutputFolder(out, lock, {}, new["runs"])
 
 
 def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
@@ -374,8 +493,13 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
 
         cfg = replace(cfg, partition_size=_resumed_partition_size(cfg) or auto_partition_size(cfg, len(table)))
     size = max(1, cfg.segmentation.fields_per_partition) if is_fields else cfg.partition_size
-    out, done = _open_output(cfg, table, -(-len(table) // size))
-    handler = _log_to_file(out / "run.log", cfg.log_level)
+    opened = _open_output(cfg, table, -(-len(table) // size), resolved_yaml, started.isoformat(timespec="seconds"))
+    out, done = opened.path, opened.done
+    try:
+        handler = _log_to_file(out / "run.log", cfg.log_level)
+    except BaseException:
+        opened.lock.release()
+        raise
     try:
         log.info("scip_gpu run started at %s; output folder %s", started.isoformat(timespec="seconds"), out)
         log.info("dataset %r (%s): %d %s, channels %s", cfg.dataset.name, source.kind, len(table), unit,
@@ -388,9 +512,6 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
             if importlib.util.find_spec("numba") is None:  # (not imported here: workers do)
                 log.warning("numba is not installed: the CPU path runs without its compiled kernels (same "
                             "results, several times slower); pip install 'scip_gpu[fast]'")
-        if resolved_yaml is not None:
-            (out / "config.yaml").write_text(resolved_yaml)
-
         meta_cols = [c for c in table.columns if c.startswith("meta_")]
         meta = table[meta_cols]
         if is_fields:
@@ -442,6 +563,8 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
             "features": sum(c.kind == "feat" for c in plan.columns),
             "channel_names": channel_names,
             "worker_seconds": round(sum(r.seconds for r in results), 3),
+            "runs": opened.runs,  # the first run on this folder and each resume
+            "resumes": max(len(opened.runs) - 1, 0),
             **extra,
         }
         if cfg.profile_stages:
@@ -463,7 +586,7 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
         seconds = time.perf_counter() - t0
         provenance["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         provenance["seconds"] = round(seconds, 3)
-        (out / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+        export.write_text(out / "provenance.json", json.dumps(provenance, indent=2, default=str))
         summary = RunSummary(out, n_objects, n_ok, len(errors), plan.n_features, seconds, errors)
         handler.handle(logging.makeLogRecord({"name": "scip_gpu", "levelno": logging.INFO,
                                               "levelname": "INFO", "msg": summary.line()}))
@@ -471,6 +594,7 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
     finally:
         logging.getLogger("scip_gpu").removeHandler(handler)
         handler.close()
+        opened.lock.release()  # on every way out: success, error, Ctrl-C
 
 
 __all__ = ["run", "process_partition", "RunSummary", "ScipGpuError"]
