@@ -2,7 +2,11 @@
 
 Without a dataset the bundled demo is profiled. Exit status: 0 on success; 1 when no object
 could be profiled, or with ``strict=true`` when any object failed; 2 for configuration, input or
-output errors (reported before anything is written).
+output errors (reported before anything is written), a full disk included; 3 when partitions
+could not be run for reasons outside their inputs (workers lost for good, no worker connected,
+the scheduler gone): the finished ones are kept and ``resume=true`` runs the others; 130 on
+Ctrl-C (``resume=true`` finishes the run). Each of these is one ``scip_gpu: ...`` line on
+stderr, never a traceback; a traceback means a bug in scip_gpu.
 """
 
 from __future__ import annotations
@@ -19,12 +23,37 @@ from .errors import ScipGpuError
 log = logging.getLogger("scip_gpu")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr`` (not the one at its creation, which an embedding
+    program or a test may have replaced and closed since)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """The message only on the console; a traceback a record carries goes to run.log only."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
 def _setup_console_logging(level: str) -> None:
     logger = logging.getLogger("scip_gpu")
     logger.setLevel(level)
     if not any(getattr(h, "_scip_gpu_console", False) for h in logger.handlers):
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("[scip_gpu] %(message)s"))
+        h = _StderrHandler()
+        h.setFormatter(_ConsoleFormatter("[scip_gpu] %(message)s"))
         h._scip_gpu_console = True
         logger.addHandler(h)
     logger.propagate = False
@@ -77,7 +106,13 @@ def task(cfg: DictConfig) -> int:
         summary = run(config, resolved)
     except ScipGpuError as exc:
         print(f"scip_gpu: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_status", 2)
+    except OSError as exc:  # reading or writing failed outside any one object (the run folder...)
+        print(f"scip_gpu: error: {_os_error(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"scip_gpu: {str(exc) or 'interrupted'}", file=sys.stderr)
+        return INTERRUPTED
     print(summary.line())
     if summary.n_ok == 0:
         print(f"scip_gpu: no object could be profiled; see {summary.output / 'errors.csv'}", file=sys.stderr)
@@ -90,6 +125,18 @@ def task(cfg: DictConfig) -> int:
     return 0
 
 
+def _os_error(exc: OSError) -> str:
+    from .errors import disk_full
+
+    if disk_full(exc):
+        return f"no space left on device ({exc}); free some space, then run again (resume=true keeps what finished)"
+    return str(exc)
+
+
+#: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
+INTERRUPTED = 130
+
+
 def main() -> None:
     import hydra
 
@@ -99,5 +146,9 @@ def main() -> None:
     def _app(cfg: DictConfig) -> None:
         status["code"] = task(cfg)
 
-    hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(_app)()
+    try:
+        hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(_app)()
+    except KeyboardInterrupt:  # before or after the run itself (composing the configuration...)
+        print("scip_gpu: interrupted", file=sys.stderr)
+        status["code"] = INTERRUPTED
     sys.exit(status["code"])

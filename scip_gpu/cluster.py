@@ -2,12 +2,25 @@
 
 Each partition is one fused task (load, mask, profile, write its Parquet file) that returns only
 a small summary to the driver, so the driver's memory does not grow with the number of objects.
+
+Faults of the cluster are not faults of the objects. A task whose worker dies is run again on
+another worker (Dask: ``distributed.scheduler.allowed-failures``, ``cluster.allowed_failures``);
+the arguments all tasks share are tasks themselves, so the scheduler computes them again for
+workers that a nanny restarted, or that joined later. A task that every worker running it died
+on comes back as ``WorkerKilled`` (saying whether the nanny stopped the worker for exceeding its
+memory limit); a task that was lost (cancelled, its data gone, the connection to the scheduler
+broken) is submitted again up to ``cluster.retries`` times, then comes back as
+``ClusterFailure``, as does every task still waiting when no worker has been connected for
+``cluster.worker_timeout`` seconds. What a task raised itself comes back as it is (after
+``cluster.retries`` Dask retries).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+import uuid
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
@@ -19,13 +32,44 @@ _WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THR
                # and faulting them in again for the next batch (glibc malloc)
                "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 
+#: Seconds to wait for a worker when none is connected, by cluster type (``cluster.worker_timeout``
+#: null): workers of a local cluster start with it (or are restarted by their nannies within
+#: seconds); batch jobs wait in the queue, workers of an existing scheduler come when they come.
+DEFAULT_WORKER_TIMEOUT = {"local": 120.0, "local_cuda": 120.0, "address": 86400.0, "slurm": 86400.0,
+                          "pbs": 86400.0}
+
+
+class WorkerKilled(Exception):
+    """Every worker that ran the task died while running it (Dask's ``KilledWorker``)."""
+
+    def __init__(self, message: str, out_of_memory: bool = False):
+        super().__init__(message)
+        self.out_of_memory = out_of_memory
+
+
+class ClusterFailure(Exception):
+    """The task could not be run for a reason outside its inputs: its future was cancelled or its
+    data lost more than ``cluster.retries`` times, the connection to the scheduler broke, or no
+    worker was connected for ``cluster.worker_timeout`` seconds."""
+
+
+def dask_setup(worker) -> None:  # noqa: ARG001 - Dask preload hook, run in every worker process we start
+    """Worker processes of a local cluster share the terminal's process group: Ctrl-C reaches
+    them too. They ignore it; the driver stops them when it stops (no traceback per worker)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
 
 class SyncExecutor:
     """Runs tasks one after the other in this process."""
 
     description = "in-process (sync)"
 
-    def map_unordered(self, fn: Callable, items: Iterable, names: Iterable[str], **shared) -> Iterator:
+    def map_unordered(self, fn: Callable, items: Iterable, names: Iterable[str], priority: int = 0,
+                      **shared) -> Iterator:
         for item in items:
             try:
                 yield item, fn(item, **shared), None
@@ -37,6 +81,99 @@ class SyncExecutor:
 GPU_RESOURCE = "GPU"
 
 
+def _identity(value):
+    return value
+
+
+#: Scheduler event topic: a task announces on which worker it starts (``_tracked``).
+STARTED_TOPIC = "scip_gpu-task-started"
+
+#: Times a task that was only queued on dying workers (not running) is submitted again.
+BYSTANDER_RESUBMITS = 10
+
+
+def _tracked(fn, item, shared: dict):
+    """Run ``fn(item, **shared)`` on a worker, first telling the scheduler (synchronously) that
+    this task starts on this worker: when the worker dies, the driver knows which task was
+    running and which were only queued there. (Dask's ``KilledWorker`` counts every task a dying
+    worker held, so a queued good partition or object would be blamed for its neighbour.)"""
+    try:
+        from distributed import get_worker
+        from distributed.utils import sync
+
+        worker = get_worker()
+        sync(worker.loop, worker.scheduler.log_event, topic=STARTED_TOPIC,
+             msg={"key": str(worker.get_current_task()), "worker": worker.address}, callback_timeout=30)
+    except Exception:  # noqa: BLE001 - not on a worker, or the scheduler is slow: run anyway
+        pass
+    return fn(item, **shared)
+
+
+#: ``_outcome``: the task failed because workers it was queued on died running other tasks.
+BYSTANDER = "bystander"
+
+
+def _plain(value) -> bool:
+    return value is None or isinstance(value, (str, bytes, int, float, bool))
+
+
+class _WorkerWatch:
+    """Counts the workers able to run the tasks (every few seconds); says when none has been
+    connected for ``timeout`` seconds, logging that it waits."""
+
+    def __init__(self, client, resources: dict | None, timeout: float | None, where: str,
+                 gone: Callable[[], str | None] | None = None):
+        self.client, self.resources, self.timeout, self.where = client, resources, timeout, where
+        self.gone = gone  # why no worker can come any more (every process or job of our cluster ended)
+        self.reason: str | None = None
+        self.since: float | None = None
+        self.checked = self.logged = 0.0
+        self.n = None
+
+    def count(self) -> int:
+        try:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        except Exception:  # noqa: BLE001 - the scheduler cannot be reached: no worker either
+            return 0
+        if not self.resources:
+            return len(workers)
+        return sum(all((w.get("resources") or {}).get(k, 0) >= v for k, v in self.resources.items())
+                   for w in workers.values())
+
+    def expired(self, every: float = 2.0) -> bool:
+        """True when no worker has been connected for longer than the timeout."""
+        now = time.monotonic()
+        if now - self.checked < every:
+            return False
+        self.checked = now
+        self.n = self.count()
+        if self.n:
+            if self.since is not None:
+                log.info("%d Dask worker(s) connected; going on", self.n)
+            self.since = None
+            return False
+        reason = self.gone() if self.gone is not None else None
+        if reason is not None:
+            self.reason = reason
+            return True
+        limit = "indefinitely" if self.timeout is None else f"up to {self.timeout:.0f} s"
+        if self.since is None:
+            self.since = self.logged = now
+            need = f" declaring the resource {self.resources}" if self.resources else ""
+            log.warning("no Dask worker%s is connected to %s: waiting for one (%s, cluster.worker_timeout)",
+                        need, self.where, limit)
+        elif now - self.logged >= 60:
+            self.logged = now
+            log.info("still no Dask worker after %.0f s: waiting (%s)", now - self.since, limit)
+        return self.timeout is not None and now - self.since > self.timeout
+
+    def message(self) -> str:
+        if self.reason is not None:
+            return self.reason
+        return (f"no Dask worker was connected to {self.where} for {self.timeout:.0f} s "
+                "(cluster.worker_timeout)")
+
+
 class DaskExecutor:
     """Submits one task per item to a distributed Client; yields results as they complete.
 
@@ -44,35 +181,232 @@ class DaskExecutor:
     restriction to the scheduler, so on a mixed cluster it runs only on workers that declare the
     resource. Tasks are submitted one by one (``Client.submit``), never through a graph that an
     optimisation pass could fuse, so the restriction cannot be lost (dask issues 7036, 8485).
+
+    Shared arguments are submitted once as tasks of their own (not scattered: scattered data is
+    lost for good with the workers holding it, and a restarted worker never gets it); each
+    worker fetches them once, and the scheduler computes them again when they are lost.
     """
 
-    def __init__(self, client, resources: dict | None = None):
+    def __init__(self, client, resources: dict | None = None, *, retries: int = 2,
+                 worker_timeout: float | None = None, where: str | None = None,
+                 gone: Callable[[], str | None] | None = None):
         self.client = client
         self.resources = resources
-        self.description = f"Dask cluster with {len(client.scheduler_info().get('workers', {}))} worker(s)"
+        self.retries = max(0, int(retries))
+        self.watch = _WorkerWatch(client, resources, worker_timeout, where or "the Dask scheduler", gone)
+        self._shared: dict[int, tuple] = {}  # id(value) -> (value, future)
+        n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        self.description = f"Dask cluster with {n} worker(s)"
 
-    def map_unordered(self, fn: Callable, items: Iterable, names: Iterable[str], **shared) -> Iterator:
+    def _shared_future(self, value):
+        hit = self._shared.get(id(value))
+        if hit is not None and hit[0] is value and hit[1].status in ("pending", "finished"):
+            return hit[1]
+        fut = self.client.submit(_identity, value, key=f"scip_gpu-shared-{uuid.uuid4().hex}", pure=False)
+        self._shared[id(value)] = (value, fut)
+        return fut
+
+    def _killed(self, exc) -> WorkerKilled:
+        """WorkerKilled from Dask's KilledWorker, with the nanny's reason when it had one."""
+        from dask.utils import format_bytes
+
+        last = getattr(exc, "last_worker", None)
+        address = getattr(last, "address", None)
+        limit = getattr(last, "memory_limit", None)
+        times = getattr(exc, "allowed_failures", 0) + 1
+        memory = None
+        deadline = time.monotonic() + 0.5  # the nanny sends its event before it stops the worker
+        while True:
+            try:
+                events = self.client.get_events("worker-restart-memory")
+            except Exception:  # noqa: BLE001
+                events = ()
+            memory = next((m for _, m in reversed(list(events)) if m.get("worker") == address), None)
+            if memory is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        ran = f"{times} worker process(es) died running it" if times > 1 else "its worker process died running it"
+        if memory is not None:
+            import dask
+
+            frac = dask.config.get("distributed.worker.memory.terminate", 0.95) or 0.95
+            return WorkerKilled(
+                f"out of memory: {ran}; its nanny stopped the last one at {format_bytes(memory.get('rss', 0))}, "
+                f"beyond {frac:.0%} of its memory limit of {format_bytes(limit) if limit else '?'} (give the "
+                "workers more memory: cluster.memory_limit, or cluster.memory for slurm/pbs)", out_of_memory=True)
+        return WorkerKilled(
+            f"worker killed: {ran} (out of memory? the worker memory limit is "
+            f"{format_bytes(limit) if limit else 'not set'}; a crash or a kill signal are other causes)")
+
+    def _was_running(self, key: str, exc) -> bool:
+        """Whether the task was the one running on the worker whose death made it fail (not
+        merely queued there, nor one of several tasks running on a multi-threaded worker)."""
+        address = getattr(getattr(exc, "last_worker", None), "address", None)
+        try:
+            started = {m.get("key") for _, m in self.client.get_events(STARTED_TOPIC)
+                       if isinstance(m, dict) and m.get("worker") == address}
+            removed = [m for _, m in self.client.get_events(address)
+                       if isinstance(m, dict) and m.get("action") == "remove-worker"]
+        except Exception:  # noqa: BLE001 - no way to tell: blame it, as Dask does
+            return True
+        if key not in started:
+            return False
+        held = {str(k) for k in removed[-1].get("processing-tasks", ())} if removed else {key}
+        return started & held == {key}
+
+    def _outcome(self, fut):
+        """(result, exc, lost): a result, what the task raised, or why the future was lost."""
+        from distributed.scheduler import KilledWorker
+
+        status = fut.status
+        try:
+            if status == "finished":
+                return fut.result(), None, None
+            if status == "error":
+                exc = fut.exception()
+                if isinstance(exc, KilledWorker):
+                    if not self._was_running(str(fut.key), exc):
+                        return None, None, BYSTANDER
+                    return None, self._killed(exc), None
+                try:  # the worker's traceback, for run.log
+                    exc = exc.with_traceback(fut.traceback())
+                except Exception:  # noqa: BLE001
+                    pass
+                return None, exc, None
+            fut.result()  # cancelled or lost: raises the reason
+            return None, None, f"future {status}"
+        except Exception as exc:  # noqa: BLE001 - fetching the outcome failed: the cluster's fault
+            return None, None, f"{type(exc).__name__}: {exc}"
+
+    def map_unordered(self, fn: Callable, items: Iterable, names: Iterable[str], priority: int = 0,
+                      **shared) -> Iterator:
         from distributed import as_completed
 
-        items = list(items)
-        # ship the shared arguments once per worker, not once per task
-        shared_f = {k: self.client.scatter(v, broadcast=True, hash=False) for k, v in shared.items()}
-        futures = {}
-        for item, name in zip(items, names):
-            fut = self.client.submit(fn, item, key=name, pure=False, resources=self.resources, **shared_f)
-            futures[fut] = item
-        for fut in as_completed(list(futures)):
-            item = futures.pop(fut)
-            try:
-                yield item, fut.result(), None
-            except Exception as exc:
-                yield item, None, exc
-            fut.release()
+        client = self.client
+        pending: dict = {}  # future -> (item, name, attempt)
+        ac = as_completed()
+
+        def submit(item, name, attempt):
+            # (the shared arguments travel as one dict: their names may be submit's own, like key)
+            args = {k: v if _plain(v) else self._shared_future(v) for k, v in shared.items()}
+            fut = client.submit(_tracked, fn, item, args, key=name if not attempt else f"{name}-retry{attempt}",
+                                pure=False, resources=self.resources, retries=self.retries, priority=priority)
+            pending[fut] = (item, name, attempt)
+            ac.add(fut)
+
+        losses: dict[str, dict] = {}
+        try:
+            for item, name in zip(items, names):
+                submit(item, name, 0)
+            while pending:
+                batch = ac.next_batch(block=False)
+                if not batch:
+                    reason = None
+                    if client.status in ("closing", "closed"):
+                        reason = "the connection to the Dask scheduler was closed"
+                    elif self.watch.expired():
+                        reason = self.watch.message()
+                    if reason is not None:  # what is still waiting cannot run
+                        stuck = [item for item, _, _ in pending.values()]
+                        _cancel(client, pending)
+                        for item in stuck:
+                            yield item, None, ClusterFailure(reason)
+                        return
+                    cond = getattr(ac, "thread_condition", None)
+                    if cond is not None:
+                        with cond:
+                            cond.wait(timeout=0.2)
+                    else:  # pragma: no cover
+                        time.sleep(0.05)
+                    continue
+                for fut in batch:
+                    item, name, attempt = pending.pop(fut)
+                    result, exc, lost = self._outcome(fut)
+                    fut.release()
+                    if lost is None:
+                        yield item, result, exc
+                        continue
+                    # lost: again, under a new key, within the budget of its kind of loss
+                    kind = "bystander" if lost is BYSTANDER else "lost"
+                    counts = losses.setdefault(name, {"bystander": 0, "lost": 0})
+                    counts[kind] += 1
+                    budget = BYSTANDER_RESUBMITS if kind == "bystander" else self.retries
+                    why = ("it was queued on workers that died running other tasks" if kind == "bystander"
+                           else f"it was lost: {lost}")
+                    if counts[kind] <= budget and client.status == "running":
+                        log.log(logging.INFO if kind == "bystander" else logging.WARNING,
+                                "%s: %s; submitting it again (%d of %d)", name, why, counts[kind], budget)
+                        try:
+                            submit(item, name, attempt + 1)
+                            continue
+                        except Exception as sub:  # noqa: BLE001 - the connection broke meanwhile
+                            if client.status == "running":
+                                raise
+                            why = f"{why}; submitting it again failed: {type(sub).__name__}: {sub}"
+                    yield item, None, ClusterFailure(f"{name}: {why} ({counts[kind]} time(s))")
+        finally:  # the caller stopped early (an error, Ctrl-C): what is still queued is dropped
+            _cancel(client, pending)
+
+
+def _cancel(client, pending: dict) -> None:
+    if pending:
+        try:
+            client.cancel(list(pending))
+        except Exception:  # noqa: BLE001 - the cluster is gone already
+            pass
+        pending.clear()
+
+
+def worker_timeout(cluster_cfg, kind: str) -> float | None:
+    """Seconds to wait for a worker when none is connected (``cluster.worker_timeout``; null:
+    the type's default; 0 or less: indefinitely)."""
+    value = getattr(cluster_cfg, "worker_timeout", None)
+    if value is None:
+        return DEFAULT_WORKER_TIMEOUT.get(kind, 120.0)
+    return None if value <= 0 else float(value)
+
+
+def wait_for_workers(watch: _WorkerWatch) -> None:
+    """Return once a worker is connected; raise RunIncomplete after ``watch.timeout`` seconds."""
+    from .errors import RunIncomplete
+
+    while True:
+        if watch.expired(every=0.0):
+            raise RunIncomplete(f"{watch.message()}; nothing was profiled")
+        if watch.n:
+            return
+        time.sleep(1.0)
+
+
+def _dask_settings(cluster_cfg, kind: str) -> dict:
+    """Dask configuration while scip_gpu's cluster runs (its scheduler and the workers it starts)."""
+    import dask
+
+    # distributed's nannies set MALLOC_TRIM_THRESHOLD_=65536 before starting a worker, so every
+    # freed batch buffer goes back to the kernel and is faulted in again for the next batch
+    # (about a third more time per batch here): keep them in the process instead
+    spawn_env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **_WORKER_ENV}
+    settings = {"distributed.nanny.pre-spawn-environ": spawn_env,
+                # workers we start ignore Ctrl-C (see dask_setup); the driver stops them
+                "distributed.worker.preload": [*dask.config.get("distributed.worker.preload", []),
+                                               __name__]}
+    if not getattr(cluster_cfg, "worker_profiler", False):  # nannies pass the setting on to workers
+        settings["distributed.worker.profile.enabled"] = False
+    if kind in ("local", "local_cuda"):
+        # a local cluster's nannies restart their workers; distributed's cluster object closes a
+        # nanny for good when its worker is missing at the moment it looks, 15 s after a death:
+        # a worker killed again and again (out of memory) is then never restarted
+        settings["distributed.deploy.lost-worker-timeout"] = 30 * 86400
+    allowed = getattr(cluster_cfg, "allowed_failures", None)
+    if allowed is not None:  # schedulers we start: worker deaths a task may cause before it fails
+        settings["distributed.scheduler.allowed-failures"] = int(allowed)
+    return settings
 
 
 @contextmanager
 def executor(cluster_cfg, device: str = "cpu"):
-    """Start the configured cluster (closed on exit) and yield an executor.
+    """Start the configured cluster (closed on exit) and yield an executor, once a worker is
+    connected (waiting up to ``cluster.worker_timeout`` seconds, logging that it waits).
 
     ``device="cuda"`` makes every partition task require the ``GPU`` resource.
     """
@@ -83,23 +417,51 @@ def executor(cluster_cfg, device: str = "cpu"):
     import dask
     from distributed import Client
 
+    from .errors import RunIncomplete
+
     resources = {GPU_RESOURCE: 1} if device == "cuda" else None
-    # distributed's nannies set MALLOC_TRIM_THRESHOLD_=65536 before starting a worker, so every
-    # freed batch buffer goes back to the kernel and is faulted in again for the next batch
-    # (about a third more time per batch here): keep them in the process instead
-    spawn_env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **_WORKER_ENV}
-    settings = {"distributed.nanny.pre-spawn-environ": spawn_env}
-    if not getattr(cluster_cfg, "worker_profiler", False):  # nannies pass the setting on to workers
-        settings["distributed.worker.profile.enabled"] = False
+    settings = _dask_settings(cluster_cfg, kind)
+    allowed = getattr(cluster_cfg, "allowed_failures", None)
+    timeout = worker_timeout(cluster_cfg, kind)
     with dask.config.set(settings), \
             _start_cluster(kind, cluster_cfg, device) as cluster:
         target = cluster if cluster is not None else cluster_cfg.address
-        with Client(target) as client:
+        try:
+            client = Client(target)
+        except OSError as exc:
+            raise RunIncomplete(f"cannot connect to the Dask scheduler at {cluster_cfg.address}: {exc}") from exc
+        with client:
+            where = f"the Dask scheduler at {cluster_cfg.address}" if kind == "address" else "the Dask scheduler"
             if kind == "address":
                 log.info("connected to the Dask scheduler at %s", cluster_cfg.address)
+                if allowed is not None:
+                    log.warning("cluster.allowed_failures applies to schedulers scip_gpu starts; the one at %s "
+                                "uses its own distributed.scheduler.allowed-failures", cluster_cfg.address)
             link = client.dashboard_link if "dashboard" in client.scheduler_info().get("services", {}) else None
             log.info("Dask dashboard: %s", link or "not running (set cluster.dashboard_address, needs bokeh)")
-            yield DaskExecutor(client, resources)
+            gone = _ended(cluster, kind) if cluster is not None else None
+            wait_for_workers(_WorkerWatch(client, resources, timeout, where, gone))
+            yield DaskExecutor(client, resources, retries=getattr(cluster_cfg, "retries", 2),
+                               worker_timeout=timeout, where=where, gone=gone)
+
+
+def _ended(cluster, kind: str) -> Callable[[], str | None]:
+    """Why no worker of the cluster scip_gpu started can come any more, or None: its worker
+    processes (nannies) or batch jobs have all ended (a job at its walltime is dropped by
+    distributed 15 s after its workers left: distributed.deploy.lost-worker-timeout)."""
+    what = "batch job" if kind in ("slurm", "pbs") else "worker process"
+
+    def check() -> str | None:
+        try:
+            workers = getattr(cluster, "workers", None)
+            if workers is None or len(workers):  # (not a cluster object that says; or some left)
+                return None
+        except Exception:  # noqa: BLE001
+            return None
+        return (f"every {what} of the cluster has ended{' (walltime?)' if what == 'batch job' else ''}, "
+                "and none is left to run the rest")
+
+    return check
 
 
 def make_jobqueue_cluster(kind: str, cfg):
@@ -144,6 +506,11 @@ def _no_cluster():
     yield None
 
 
+#: Dask's own logging in local clusters: task failures and worker deaths are reported by scip_gpu
+#: (one line each, the cause, the object; tracebacks in run.log), not once more by Dask.
+_SILENCE = logging.CRITICAL
+
+
 def _start_cluster(kind: str, cfg, device: str):
     if kind in ("slurm", "pbs"):
         return _scaled(make_jobqueue_cluster(kind, cfg), cfg.jobs)
@@ -170,7 +537,7 @@ def _start_cluster(kind: str, cfg, device: str):
             memory_limit=cfg.memory_limit,
             rmm_pool_size=cfg.rmm_pool_size,
             dashboard_address=cfg.dashboard_address,
-            silence_logs=logging.ERROR,
+            silence_logs=_SILENCE,
             resources={GPU_RESOURCE: 1},
         )
     from distributed import LocalCluster
@@ -186,7 +553,7 @@ def _start_cluster(kind: str, cfg, device: str):
         processes=True,
         memory_limit=cfg.memory_limit,
         dashboard_address=cfg.dashboard_address,
-        silence_logs=logging.ERROR,
+        silence_logs=_SILENCE,
         env=_WORKER_ENV,
         **extra,
     )

@@ -244,6 +244,17 @@ class ClusterConfig:
     local_directory: Optional[str] = None
     log_directory: Optional[str] = None
     gpus_per_job: int = 0  # > 0: workers declare the GPU resource
+    # faults of the cluster (not of the objects): seconds to wait for a worker when none is
+    # connected, at the start or after every worker died (null: 120 s for local clusters, 24 h
+    # for address/slurm/pbs; 0: indefinitely); then the run stops and resume=true finishes it
+    worker_timeout: Optional[float] = None
+    # times a lost task (cancelled, its data gone) is submitted again, and Dask retries of a task
+    # that raised; a partition that still fails is left for resume=true (never marked done)
+    retries: int = 2
+    # worker deaths a task may cause before it is given up (schedulers scip_gpu starts; null:
+    # Dask's distributed.scheduler.allowed-failures, 3); a partition given up is then profiled
+    # one object per task to find the object that kills its workers
+    allowed_failures: Optional[int] = None
 
 
 @dataclass

@@ -42,3 +42,34 @@ def describe_exception(exc: BaseException, limit: int = 400) -> str:
     """``Type: message`` of an unexpected exception, shortened for logs and error reports."""
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= limit else text[: limit - 20] + " ... (shortened)"
+
+
+class RunIncomplete(ScipGpuError):
+    """Partitions could not be run for a reason outside their inputs (workers lost for good, the
+    scheduler gone, no worker connected, a partition whose task failed as a whole): the finished
+    partitions are kept and ``resume=true`` runs the others. Exit status 3."""
+
+    exit_status = 3
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during a run; the message says how to finish it."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether an exception (or one it was raised from) is a full disk or an exceeded quota.
+
+    pyarrow and h5py raise OSError without ``errno`` and name the cause in the message only."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return True
+            text = str(exc)
+            if "No space left on device" in text or "Disk quota exceeded" in text or "errno = 28" in text:
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False

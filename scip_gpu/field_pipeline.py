@@ -222,8 +222,10 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
     table = pd.DataFrame(metas, columns=meta_names)
     table["meta_status"] = status
     table = pd.concat([table, pd.DataFrame(values, columns=[c.name for c in plan.columns])], axis=1)
-    export.write_part(Path(folder), part, table, schema)
     n_ok = int((status == "ok").sum())
+    if folder is None:  # fields of a partition the driver recovers (_recover_fields): it writes the part
+        return PartitionResult(part, len(crops), n_ok, errors, time.perf_counter() - t0, timer.seconds, []), table
+    export.write_part(Path(folder), part, table, schema)
     return PartitionResult(part, len(crops), n_ok, errors, time.perf_counter() - t0, timer.seconds,
                            [f"partition {part}: {len(rows)} field(s), {len(crops)} object(s)"])
 
@@ -272,20 +274,23 @@ def illumination_corrections(ex, table, *, cfg, source, out: Path, channel_names
     paths: dict[str, str] = {}
     log.info("illumination: mean image of %d group(s) over %d field(s)", len(remaining), len(table))
     names = [f"scip_gpu-illumination-{i}-{out.name}" for i, _ in tasks]
-    for task, res, exc in ex.map_unordered(field_sums, tasks, names, source=source, projection=proj, key=key):
+    shared = dict(source=source, projection=proj, key=key)
+    for task, res, exc in ex.map_unordered(field_sums, tasks, names, **shared):
         g = task[1]["_group"].iloc[0]
+        results = [res]
         if exc is not None:
-            raise InputError(f"illumination: summing the fields of group {g!r} failed: {exc}") from exc
-        for msg in res["errors"]:
-            log.warning("illumination: %s (left out of the mean)", msg)
-        for grp, (total, count) in res["sums"].items():
-            if grp in sums:
-                if sums[grp][0].shape != total.shape:
-                    raise InputError(f"illumination group {grp!r}: fields differ in shape")
-                sums[grp][0] += total
-                sums[grp][1] += count
-            else:
-                sums[grp] = [total, count]
+            results = _illumination_by_field(ex, task, exc, g, name=names[task[0]], shared=shared)
+        for res in results:
+            for msg in res["errors"]:
+                log.warning("illumination: %s (left out of the mean)", msg)
+            for grp, (total, count) in res["sums"].items():
+                if grp in sums:
+                    if sums[grp][0].shape != total.shape:
+                        raise InputError(f"illumination group {grp!r}: fields differ in shape")
+                    sums[grp][0] += total
+                    sums[grp][1] += count
+                else:
+                    sums[grp] = [total, count]
         remaining[g] -= 1
         if remaining[g] == 0 and g in sums:  # the group is complete: finish it, free its sum
             total, count = sums.pop(g)
@@ -294,6 +299,44 @@ def illumination_corrections(ex, table, *, cfg, source, out: Path, channel_names
             paths[g] = str(write_correction(target, g, image, channel_names))
             log.info("illumination: group %r from %d field(s) -> %s", g, count, paths[g])
     return paths
+
+
+def _illumination_by_field(ex, task, exc: Exception, group, *, name: str, shared: dict) -> list[dict]:
+    """The partial sums of a partition whose illumination task failed as a whole: when it killed
+    its workers, one task per field (a field that kills its worker is left out of the mean, and
+    reported when its objects are profiled); any other failure stops the run."""
+    from .cluster import ClusterFailure, WorkerKilled
+    from .errors import RunIncomplete, disk_full
+
+    if disk_full(exc):
+        raise exc
+    if isinstance(exc, ClusterFailure):  # the cluster's fault, not the fields'
+        raise RunIncomplete(f"illumination: summing the fields of group {group!r} could not be run: {exc}")
+    if not isinstance(exc, WorkerKilled):
+        raise InputError(f"illumination: summing the fields of group {group!r} failed: {exc}") from exc
+    part, rows = task
+    log.warning("illumination: summing fields of group %r: %s; one task per field to find the one(s) to blame",
+                group, exc)
+    singles = [(part, rows.iloc[i:i + 1]) for i in range(len(rows))]
+    names = [f"{name}-field-{int(m)}" for m in rows["meta_field_index"]]
+    out, killed = [], 0
+    results = ex.map_unordered(field_sums, singles, names, priority=1, **shared)
+    try:
+        for single, res, err in results:
+            what = single[1].iloc[0]
+            if err is None:
+                out.append(res)
+            elif isinstance(err, WorkerKilled):
+                killed += 1
+                out.append({"errors": [f"{shared['source'].describe(what)}: {err}"], "sums": {}})
+                if killed >= 3 and len(out) == killed:
+                    raise RunIncomplete(f"illumination: the workers died on {killed} fields of group {group!r} "
+                                        f"and on none came back ({err})")
+            else:
+                _illumination_by_field(ex, single, err, group, name=name, shared=shared)  # raises
+    finally:
+        results.close()
+    return out
 
 
 def execute(ex, table, *, cfg, source, plan, folder, schema, device, progress, out, done):
@@ -313,25 +356,86 @@ def execute(ex, table, *, cfg, source, plan, folder, schema, device, progress, o
             progress.update(len(t[1]))
     log.info("segmenting and profiling %d field(s) in %d partition(s) on %s", len(table), len(todo),
              ex.description)
-    names = [f"scip_gpu-fields-{i}-{out.name}" for i, _ in todo]
+    names = {i: f"scip_gpu-fields-{i}-{out.name}" for i, _ in todo}
     results = [PartitionResult(**d) for d in done.values()]
-    for task, res, exc in ex.map_unordered(process_fields, todo, names, source=source, plan=plan,
-                                           folder=str(folder), schema=schema, device=device,
-                                           corrections=corrections, labels_dir=labels_dir):
+    unfinished: dict[int, str] = {}
+    shared = dict(source=source, plan=plan, schema=schema, device=device, corrections=corrections,
+                  labels_dir=labels_dir)
+    for task, res, exc in ex.map_unordered(process_fields, todo, list(names.values()), folder=str(folder), **shared):
         if exc is not None:
-            log.error("partition %d failed: %s", task[0], describe_exception(exc))
-            errs = [{"meta_index": int(r["meta_field_index"]), "object": source.describe(r), "stage": "field",
-                     "error": f"partition task failed: {describe_exception(exc)}"} for _, r in task[1].iterrows()]
-            empty = pd.DataFrame({n: pd.Series(dtype=object) for n in schema.names})
-            export.write_part(Path(folder), task[0], empty, schema)
-            res = PartitionResult(task[0], 0, 0, errs)
+            res = _recover_fields(ex, task, exc, folder=Path(folder), name=names[task[0]], **shared)
+            if not isinstance(res, PartitionResult):  # not marked done: resume=true runs it again
+                unfinished[task[0]] = res
+                continue
         write_summary(Path(folder), res)
         results.append(res)
         for note in res.notes:
             log.info(note)
         progress.update(len(task[1]))
+    if unfinished:
+        from .pipeline import raise_unfinished
+
+        raise_unfinished(unfinished, len(tasks), sum(len(t[1]) for t in todo if t[0] in unfinished), "fields")
     extra = {"fields": len(table), "fields_with_errors": len({e["meta_index"] for r in results for e in r.errors
                                                               if e["stage"] == "field"})}
     if corrections is not None:
         extra["illumination_images"] = corrections
     return results, len(tasks), extra
+
+
+def _recover_fields(ex, task, exc: Exception, *, folder: Path, name: str, source, plan, schema, device,
+                    corrections, labels_dir):
+    """A partition of fields whose task failed as a whole: as ``pipeline.recover_partition``, one
+    field per task (a field whose task kills its workers is a field error naming the cause)."""
+    from .cluster import WorkerKilled
+    from .errors import disk_full
+    from .pipeline import KILLED_WITHOUT_SURVIVOR
+
+    part, rows = task
+    if disk_full(exc):
+        raise exc
+    if not isinstance(exc, WorkerKilled):
+        log.error("partition %d could not be run: %s", part, describe_exception(exc), exc_info=exc)
+        return describe_exception(exc)
+    t0 = time.perf_counter()
+    log.warning("partition %d: %s; running its %d field(s) one per task to find the one(s) to blame",
+                part, exc, len(rows))
+    tables: dict[int, pd.DataFrame] = {}
+    errors: list[dict] = []
+    n = n_ok = survived = killed = 0
+    singles = [(part, rows.iloc[i:i + 1]) for i in range(len(rows))]
+    names = [f"{name}-field-{int(m)}" for m in rows["meta_field_index"]]
+    results = ex.map_unordered(process_fields, singles, names, priority=1, folder=None, source=source, plan=plan,
+                               schema=schema, device=device, corrections=corrections, labels_dir=labels_dir)
+    try:
+        for single, res, err in results:
+            row = single[1].iloc[0]
+            what = source.describe(row)
+            if err is None:
+                one, tab = res
+                tables[int(row["meta_field_index"])] = tab
+                errors += one.errors
+                n, n_ok, survived = n + one.n, n_ok + one.n_ok, survived + 1
+            elif disk_full(err):
+                raise err
+            elif isinstance(err, WorkerKilled):
+                killed += 1
+                log.error("%s: %s", what, err)
+                errors.append({"meta_index": int(row["meta_field_index"]), "object": what, "stage": "field",
+                               "error": f"{what}: {err}"})
+                if killed >= KILLED_WITHOUT_SURVIVOR and not survived:
+                    cause = f"the workers died on {killed} of its fields and on none came back ({err})"
+                    log.error("partition %d could not be run: %s", part, cause)
+                    return cause
+            else:
+                log.error("partition %d could not be run: %s: %s", part, what, describe_exception(err), exc_info=err)
+                return f"{what}: {describe_exception(err)}"
+    finally:
+        results.close()
+    parts = [tables[k] for k in sorted(tables)]
+    table = (pd.concat(parts, ignore_index=True) if parts
+             else pd.DataFrame({c: pd.Series(dtype=object) for c in schema.names}))
+    export.write_part(folder, part, table, schema)
+    return PartitionResult(part, n, n_ok, errors, time.perf_counter() - t0, {},
+                           [f"partition {part}: {len(rows)} field(s), {n} object(s); {killed} field(s) killed "
+                            "their workers" if killed else f"partition {part}: recovered field by field"])

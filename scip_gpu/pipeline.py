@@ -22,7 +22,8 @@ from .backend import device_module, is_gpu, select_device
 from .batch import assemble, group_by_shape
 from .cluster import executor
 from .config import Config, validate
-from .errors import ObjectError, OutputError, ScipGpuError, describe_exception
+from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError,
+                     describe_exception, disk_full)
 from .io import make_source
 from .profile import GPU_BATCH_MAX, Plan, StageTimer, auto_batch_size, build_plan, profile_batch
 
@@ -155,7 +156,11 @@ def check_image(img, n_channels: int, min_side: int, name) -> np.ndarray:
 
 def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, folder: str, schema,
                       device: str) -> PartitionResult:
-    """Load, mask and profile one partition of objects and write its Parquet file."""
+    """Load, mask and profile one partition of objects and write its Parquet file.
+
+    With ``folder=None`` nothing is written: returns (result, feature values) for the driver to
+    write (``recover_partition``).
+    """
     t0 = time.perf_counter()
     part, rows = task
     cfg = plan.cfg
@@ -230,27 +235,97 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
         values[pos] = np.nan
         fail(pos, ObjectError(f"{source.describe(rows.iloc[pos])}: {cause}", "features"), "features")
 
-    table = rows[[c for c in schema.names if c in rows.columns]].reset_index(drop=True)
-    status = np.array(["ok"] * len(rows), dtype=object)
-    status[list(errors)] = "error"
-    table["meta_status"] = status
-    export.write_part(Path(folder), part, table, schema, values)
+    if folder is None:  # objects of a partition the driver recovers (recover_partition): it writes the part
+        return PartitionResult(part, len(rows), len(rows) - len(errors), list(errors.values()),
+                               time.perf_counter() - t0, timer.seconds, notes), values
+    _write_partition(Path(folder), part, rows, schema, values, errors.values())
     return PartitionResult(part, len(rows), len(rows) - len(errors), list(errors.values()),
                            time.perf_counter() - t0, timer.seconds, notes)
 
 
-def failed_partition(part: int, rows: pd.DataFrame, plan: Plan, folder: Path, schema, exc: Exception,
-                     source) -> PartitionResult:
-    """Record a partition whose task failed as a whole: its rows are kept, all NaN, with errors."""
-    msg = f"partition task failed: {describe_exception(exc)}"
-    errors = [{"meta_index": int(r["meta_index"]), "object": source.describe(r), "stage": "partition",
-               "error": msg} for _, r in rows.iterrows()]
+def _write_partition(folder: Path, part: int, rows: pd.DataFrame, schema, values: np.ndarray, errors) -> None:
     table = rows[[c for c in schema.names if c in rows.columns]].reset_index(drop=True)
-    table["meta_status"] = "error"
-    table = pd.concat([table, pd.DataFrame(np.nan, index=table.index, columns=[c.name for c in plan.columns])],
-                      axis=1)
-    export.write_part(folder, part, table, schema)
-    return PartitionResult(part, len(rows), 0, errors)
+    bad = {int(e["meta_index"]) for e in errors}
+    table["meta_status"] = np.where(rows["meta_index"].isin(bad).to_numpy(), "error", "ok").astype(object)
+    export.write_part(folder, part, table, schema, values)
+
+
+#: A partition recovered object by object stops early when this many of its objects killed their
+#: workers and none has come back: the workers die whatever they run (a broken node, a crashing
+#: library), which no object is to blame for.
+KILLED_WITHOUT_SURVIVOR = 3
+
+
+def recover_partition(ex, task, exc: Exception, *, source, plan: Plan, folder: Path, schema, device: str,
+                      name: str):
+    """A partition whose task failed as a whole: its PartitionResult (part written), or the cause
+    (a string) when it cannot be finished in this run.
+
+    Only a task that killed its workers (``WorkerKilled``) is blamed on its objects: it is run
+    again one object per task, the objects that kill their workers are recorded in the error
+    report with the cause (out of memory: the nanny's reason and the memory limit) and the
+    others are profiled. Any other failure (the cluster lost the task, the task raised) leaves
+    the partition for ``resume=true``: it is never marked done with objects it did not profile.
+    A full disk stops the run.
+    """
+    from .cluster import WorkerKilled
+    from .errors import disk_full
+
+    part, rows = task
+    if disk_full(exc):
+        raise exc
+    if not isinstance(exc, WorkerKilled):
+        log.error("partition %d could not be run: %s", part, describe_exception(exc), exc_info=exc)
+        return describe_exception(exc)
+    t0 = time.perf_counter()
+    log.warning("partition %d: %s; running its %d object(s) one per task to find the one(s) to blame",
+                part, exc, len(rows))
+    position = {int(m): i for i, m in enumerate(rows["meta_index"])}
+    values = np.full((len(rows), plan.n_features), np.nan)
+    errors: list[dict] = []
+    stage_seconds: dict = {}
+    seconds, survived, killed = 0.0, 0, 0
+    singles = [(part, rows.iloc[i:i + 1]) for i in range(len(rows))]
+    names = [f"{name}-object-{int(m)}" for m in rows["meta_index"]]
+    if len(rows) == 1:  # the partition was that object alone: it is to blame already
+        results = iter([(singles[0], None, exc)])
+    else:
+        results = ex.map_unordered(process_partition, singles, names, priority=1, source=source, plan=plan,
+                                   folder=None, schema=None, device=device)
+    try:
+        for single, res, err in results:
+            row = single[1].iloc[0]
+            what = source.describe(row)
+            if err is None:
+                one, vals = res
+                values[position[int(row["meta_index"])]] = vals[0]
+                errors += one.errors
+                seconds += one.seconds
+                for k, v in one.stage_seconds.items():
+                    stage_seconds[k] = stage_seconds.get(k, 0.0) + v
+                survived += 1
+            elif disk_full(err):
+                raise err
+            elif isinstance(err, WorkerKilled):
+                killed += 1
+                log.error("%s: %s", what, err)
+                errors.append({"meta_index": int(row["meta_index"]), "object": what, "stage": "worker",
+                               "error": f"{what}: {err}"})
+                if killed >= KILLED_WITHOUT_SURVIVOR and not survived:
+                    cause = f"the workers died on {killed} of its objects and on none came back ({err})"
+                    log.error("partition %d could not be run: %s", part, cause)
+                    return cause
+            else:
+                log.error("partition %d could not be run: %s: %s", part, what, describe_exception(err), exc_info=err)
+                return f"{what}: {describe_exception(err)}"
+    finally:
+        getattr(results, "close", lambda: None)()
+    _write_partition(folder, part, rows, schema, values, errors)
+    n_bad = len({int(e["meta_index"]) for e in errors})
+    note = (f"partition {part}: recovered object by object after {exc}" if not killed else
+            f"partition {part}: {killed} object(s) killed their workers; the other {len(rows) - killed} were profiled")
+    return PartitionResult(part, len(rows), len(rows) - n_bad, errors, seconds + time.perf_counter() - t0,
+                           stage_seconds, [note])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,19 +447,50 @@ def _execute_objects(ex, table, *, cfg, source, plan, folder, schema, device, pr
     todo = [t for t in tasks if t[0] not in done]
     log.info("running %d partition(s) of up to %d objects on %s%s", len(todo), cfg.partition_size,
              ex.description, f" ({len(tasks) - len(todo)} already done)" if done else "")
-    names = [f"scip_gpu-partition-{i}-{out.name}" for i, _ in todo]
+    names = {i: f"scip_gpu-partition-{i}-{out.name}" for i, _ in todo}
     results = [PartitionResult(**d) for d in done.values()]
-    for task, res, exc in ex.map_unordered(process_partition, todo, names, source=source, plan=plan,
+    unfinished: dict[int, str] = {}
+    for task, res, exc in ex.map_unordered(process_partition, todo, list(names.values()), source=source, plan=plan,
                                            folder=str(folder), schema=schema, device=device):
         if exc is not None:
-            log.error("partition %d failed: %s", task[0], describe_exception(exc))
-            res = failed_partition(task[0], task[1], plan, folder, schema, exc, source)
+            res = recover_partition(ex, task, exc, source=source, plan=plan, folder=folder, schema=schema,
+                                    device=device, name=names[task[0]])
+            if not isinstance(res, PartitionResult):  # not marked done: resume=true runs it again
+                unfinished[task[0]] = res
+                continue
         write_summary(folder, res)
         results.append(res)
         for note in res.notes:
             log.warning(note)
         progress.update(res.n)
+    if unfinished:
+        raise_unfinished(unfinished, len(tasks), sum(len(t[1]) for t in todo if t[0] in unfinished), "objects")
     return results, len(tasks)
+
+
+def raise_unfinished(unfinished: dict[int, str], n_tasks: int, n_items: int, unit: str) -> None:
+    """RunIncomplete naming the partitions that could not be run and why."""
+    from .errors import RunIncomplete
+
+    parts = sorted(unfinished)
+    causes: dict[str, list[int]] = {}
+    for p in parts:
+        causes.setdefault(unfinished[p], []).append(p)
+    shown = "; ".join(f"partition{'s' if len(ps) > 1 else ''} {_ranges(ps)}: {c}" for c, ps in list(causes.items())[:3])
+    more = f"; and {len(causes) - 3} other cause(s), see run.log" if len(causes) > 3 else ""
+    raise RunIncomplete(f"{len(parts)} of {n_tasks} partition(s) ({n_items} {unit}) could not be run, "
+                        f"and were not marked done ({shown}{more})")
+
+
+def _ranges(parts: list[int]) -> str:
+    out, start = [], None
+    for i, p in enumerate(parts):
+        if start is None:
+            start = p
+        if i + 1 == len(parts) or parts[i + 1] != p + 1:
+            out.append(str(start) if start == p else f"{start}-{p}")
+            start = None
+    return ", ".join(out[:20]) + (", ..." if len(out) > 20 else "")
 
 
 def _resumed_partition_size(cfg: Config) -> int | None:
@@ -591,10 +697,30 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
         handler.handle(logging.makeLogRecord({"name": "scip_gpu", "levelno": logging.INFO,
                                               "levelname": "INFO", "msg": summary.line()}))
         return summary
+    except RunIncomplete as exc:  # what finished is kept; resume runs the rest
+        raise _to_file(handler, RunIncomplete(f"{exc}. {_resume_hint(out)}")) from exc
+    except OSError as exc:
+        if disk_full(exc):
+            raise _to_file(handler, OutputError(f"no space left on device ({exc}). {_resume_hint(out)}")) from exc
+        raise
+    except KeyboardInterrupt:
+        raise _to_file(handler, RunInterrupted(f"interrupted. {_resume_hint(out)}")) from None
     finally:
         logging.getLogger("scip_gpu").removeHandler(handler)
         handler.close()
         opened.lock.release()  # on every way out: success, error, Ctrl-C
+
+
+def _resume_hint(out: Path) -> str:
+    return (f"The finished partitions are kept in {out}: run the same command again with output={out} "
+            "resume=true to finish the run")
+
+
+def _to_file(handler: logging.Handler, exc: BaseException) -> BaseException:
+    """Record why the run stopped in run.log (the command line prints it once, on its own)."""
+    handler.handle(logging.makeLogRecord({"name": "scip_gpu", "levelno": logging.ERROR, "levelname": "ERROR",
+                                          "msg": f"run stopped: {exc}"}))
+    return exc
 
 
 __all__ = ["run", "process_partition", "RunSummary", "ScipGpuError"]

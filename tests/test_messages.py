@@ -1,0 +1,162 @@
+"""What reaches the command line is one ``scip_gpu: ...`` line and the documented exit status,
+never a traceback: configuration, input and output errors (2), a full disk (2), partitions the
+cluster could not run (3), Ctrl-C (130); the last three say that ``resume=true`` finishes the run."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scip_gpu import cli
+from scip_gpu.errors import InputError, RunIncomplete, disk_full
+
+from .conftest import ROOT
+from .test_cli import read_parquet
+
+DEMO = ["+dataset=demo", "dataset.n_objects=24", "dataset.min_size=40", "dataset.max_size=48", "partition_size=4",
+        "features=intensity"]
+
+
+def compose(*overrides):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from scip_gpu._resources import conf_dir
+    from scip_gpu.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return hydra_compose("config", list(overrides))
+
+
+def scip_lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.startswith("scip_gpu:")]
+
+
+@pytest.mark.parametrize("exc,status,words", [
+    (InputError("dataset 'x': no objects found"), 2, ["scip_gpu: error: dataset 'x': no objects found"]),
+    (RunIncomplete("2 of 5 partition(s) could not be run"), 3, ["scip_gpu: error: 2 of 5 partition(s)"]),
+    (OSError(errno.ENOSPC, "No space left on device", "/out/x"), 2, ["scip_gpu: error: no space left on device",
+                                                                       "resume=true"]),
+    (OSError("Can't write data (file write failed: errno = 28, error message = 'No space left on device')"), 2,
+     ["no space left on device"]),
+    (PermissionError(errno.EACCES, "Permission denied", "/out/x"), 2, ["scip_gpu: error: [Errno 13] Permission denied"]),
+    (KeyboardInterrupt(), 130, ["scip_gpu: interrupted"]),
+])
+def test_errors_reaching_the_command_line_are_one_line(monkeypatch, capsys, exc, status, words):
+    from scip_gpu import pipeline
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(pipeline, "run", fail)
+    assert cli.task(compose("+dataset=demo", "cluster=sync")) == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len(scip_lines(err)) == 1, err
+    for w in words:
+        assert w in err, err
+
+
+def test_disk_full_detection():
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert disk_full(OSError("[errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device"))
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as inner:
+            raise RuntimeError("writing failed") from inner
+    except RuntimeError as outer:
+        assert disk_full(outer)
+    assert not disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not disk_full(ValueError("No space left on device"))
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "part")
+
+
+@pytest.mark.parametrize("where", ["part", "error report"])
+def test_full_disk_is_one_line_exit_2_and_resume_finishes(tmp_path, monkeypatch, capsys, where):
+    from scip_gpu import export
+
+    real = export.write_part if where == "part" else export.write_errors
+    calls = {"n": 0}
+
+    def write(*args, **kwargs):
+        calls["n"] += 1
+        if where == "part" and calls["n"] <= 2:
+            return real(*args, **kwargs)
+        _enospc()
+
+    monkeypatch.setattr(export, "write_part" if where == "part" else "write_errors", write)
+    out = tmp_path / "run"
+    assert cli.task(compose(*DEMO, "cluster=sync", f"output={out}")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = scip_lines(err)
+    assert line.startswith("scip_gpu: error: no space left on device"), line
+    assert f"output={out} resume=true" in line
+    assert "run stopped: no space left on device" in (out / "run.log").read_text()
+    done = len(list((out / "features.parquet").glob("_part-*.json")))
+    assert done == (2 if where == "part" else 6)
+
+    monkeypatch.setattr(export, "write_part" if where == "part" else "write_errors", real)
+    assert cli.task(compose(*DEMO, "cluster=sync", f"output={out}", "resume=true")) == 0
+    assert len(read_parquet(out / "features.parquet")) == 24
+
+
+def _faulty_env(plan):
+    return {**os.environ, "PYTHONPATH": str(ROOT), "SCIP_GPU_FAULTS": json.dumps(plan)}
+
+
+@pytest.mark.slow
+def test_full_disk_on_a_worker_stops_the_run_with_one_line(tmp_path):
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-c", "from tests.faults import main; main()", *DEMO, "cluster=local",
+                          "cluster.n_workers=1", f"output={out}"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300, env=_faulty_env({"enospc_after": 2}))
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    (line,) = scip_lines(res.stderr)
+    assert "no space left on device" in line and "resume=true" in line, line
+    assert len(list((out / "features.parquet").glob("_part-*.json"))) == 2  # the parts written are kept
+    assert not list((out / "features.parquet").glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_and_no_worker_traceback(tmp_path):
+    """Ctrl-C in a terminal reaches the driver and the local workers (one process group)."""
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "run"
+    parts = out / "features.parquet"
+    proc = subprocess.Popen([sys.executable, "-c", "from tests.faults import main; main()", *DEMO, "cluster=local",
+                             "cluster.n_workers=2", f"output={out}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_faulty_env({"sleep": 0.3}),
+                            start_new_session=True)
+    t0 = time.time()
+    while len(list(parts.glob("_part-*.json"))) < 1:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() - t0 < 120
+        time.sleep(0.02)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    (line,) = scip_lines(stderr)
+    assert line.startswith("scip_gpu: interrupted") and f"output={out} resume=true" in line, line
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not (out / "provenance.json").exists()
+    assert "run stopped: interrupted" in (out / "run.log").read_text()
+    for summary in parts.glob("_part-*.json"):  # what is marked done was profiled (resume: test_resume.py)
+        assert json.loads(summary.read_text())["n_ok"] == 4
