@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import export
 from .backend import asnumpy, device_module
-from .batch import assemble, group_by_shape
+from .batch import assemble, group_by_shape, profile_dtype
 from .errors import InputError, ObjectError, describe_exception
 from .fields import (channel_compartments, export_labels, field_objects, field_sums, finish_illumination,
                      load_correction, project, safe_name, write_correction)
@@ -206,7 +206,8 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
                            "stage": "validate", "error": str(exc)})
     shapes = [crops[i].shape[1:] for i in good]
     batch_size = cfg.batch_size or auto_batch_size(
-        xp, n_ch, tuple(int(v) + plan.margin for v in np.max(shapes, axis=0)) if shapes else (1, 1), plan.n_features)
+        xp, n_ch, tuple(int(v) + plan.margin for v in np.max(shapes, axis=0)) if shapes else (1, 1), plan.n_features,
+        max((profile_dtype(crops[i].dtype).itemsize for i in good), default=2))
     groups = group_by_shape(shapes, margin=plan.margin, multiple=cfg.pad_multiple, batch_size=batch_size,
                             dtypes=[crops[i].dtype for i in good])  # one pixel type per batch
     for shape, members in groups:

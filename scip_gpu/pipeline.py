@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import export
 from .backend import device_module, is_gpu, select_device
-from .batch import assemble, group_by_shape
+from .batch import assemble, group_by_shape, profile_dtype
 from .cluster import executor
 from .config import Config, validate
 from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError,
@@ -224,7 +224,7 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
     shapes = [img.shape[1:] for _, img in good]
     batch_size = cfg.batch_size or auto_batch_size(
         xp, n_ch, tuple(int(v) + plan.margin for v in np.max(shapes, axis=0)) if shapes else (1, 1), plan.n_features,
-        max((img.dtype.itemsize for _, img in good), default=2))
+        max((profile_dtype(img.dtype).itemsize for _, img in good), default=2))
     if not cfg.batch_size and shapes and is_gpu(xp):
         log.info("partition %d: batch_size %d (automatic, from free device memory)", part, batch_size)
     groups = group_by_shape(shapes, margin=plan.margin, multiple=cfg.pad_multiple, batch_size=batch_size,
