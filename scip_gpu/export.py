@@ -1,8 +1,12 @@
 """Writing a run's outputs.
 
 - ``{filename}.parquet/part-NNNNN.parquet``: one file per partition, written by the worker that
-  computed it, atomically (temporary name, then rename). The schema metadata key ``scip_gpu``
-  holds the JSON description of every column.
+  computed it, atomically (temporary name, then rename). Nothing else is in that folder, so that
+  pandas, pyarrow, polars and DuckDB all read it as one dataset. The parts carry no Arrow schema
+  copy (``store_schema=False``: every column is a plain Parquet type) and, as schema metadata
+  ``scip_gpu``, only a small JSON key naming the column description file.
+- ``{filename}.columns.csv``: the description of every column (name, kind, family, feature,
+  mask, view, channel, parameters, type, why it can be NaN), once for the run.
 - ``{filename}.h5ad``: AnnData with features in ``X`` (float32), the column descriptions in
   ``var`` and the metadata (``meta_*``) in ``obs``. ``X`` is streamed from the Parquet parts, so
   memory does not grow with the number of objects beyond the ``obs`` table.
@@ -19,14 +23,17 @@ import contextlib
 import json
 import os
 from pathlib import Path
+from dataclasses import asdict
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .features.registry import Column, columns_json, var_table
+from .features.registry import Column, var_table
 
 PARQUET_META_KEY = b"scip_gpu"
+#: version of the layout of the Parquet outputs (2: descriptions in the sidecar, not in each part)
+PARQUET_LAYOUT = 2
 ERROR_COLUMNS = ["meta_index", "object", "stage", "error"]
 
 
@@ -56,23 +63,48 @@ def part_name(part: int) -> str:
     return f"part-{part:05d}.parquet"
 
 
-def arrow_schema(meta: pd.DataFrame, columns: Sequence[Column]):
-    """Schema of every partition file: meta columns as in the object table, features float64."""
+def columns_file(filename: str) -> str:
+    """Name of the column description file of the outputs called ``filename`` (in the run folder)."""
+    return f"{filename}.columns.csv"
+
+
+def _arrow_type(dtype: str):
+    import pyarrow as pa
+
+    return {"bool": pa.bool_(), "float64": pa.float64()}[dtype]
+
+
+def arrow_schema(meta: pd.DataFrame, columns: Sequence[Column], filename: str = "features"):
+    """Schema of every partition file: meta columns as in the object table, then the plan's
+    columns (float64; flags bool). Its metadata is only a key naming the description file."""
     import pyarrow as pa
 
     base = pa.Schema.from_pandas(meta, preserve_index=False)
     fields = [f if f.type != pa.null() else pa.field(f.name, pa.string()) for f in base]
     fields.append(pa.field("meta_status", pa.string()))
-    fields += [pa.field(c.name, pa.float64()) for c in columns]
-    return pa.schema(fields, metadata={PARQUET_META_KEY: columns_json(columns).encode()})
+    fields += [pa.field(c.name, _arrow_type(c.dtype)) for c in columns]
+    key = {"layout": PARQUET_LAYOUT, "columns": columns_file(filename), "n_columns": len(fields)}
+    return pa.schema(fields, metadata={PARQUET_META_KEY: json.dumps(key).encode()})
+
+
+def _arrow_column(values: np.ndarray, type_):
+    """One column of the (rows, F) value table as Arrow: flags (0/1) as bool, NaN as null."""
+    import pyarrow as pa
+
+    if pa.types.is_boolean(type_):
+        missing = np.isnan(values)
+        return pa.array(values == 1.0, type=pa.bool_(), mask=missing if missing.any() else None)
+    return pa.array(values)
 
 
 def write_part(folder: Path, part: int, table: pd.DataFrame, schema, values: np.ndarray | None = None) -> Path:
     """Write one partition's table atomically; returns the final path.
 
     ``table`` holds the leading columns of ``schema`` (all of them when ``values`` is None);
-    ``values`` (rows, F) the float64 columns that follow. Float columns are written without
-    dictionary encoding (it never pays for measurements and triples the writing time).
+    ``values`` (rows, F) the float64 columns that follow (bool flag columns as 0/1, NaN where
+    unknown). Float columns are written without dictionary encoding (it never pays for
+    measurements and triples the writing time). No Arrow schema copy is stored in the footer:
+    with 1000+ columns it weighed more than the values of a small partition.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -85,20 +117,55 @@ def write_part(folder: Path, part: int, table: pd.DataFrame, schema, values: np.
         lead = len(table.columns)
         head = pa.Table.from_pandas(table, schema=pa.schema(list(schema)[:lead]), preserve_index=False)
         by_column = np.ascontiguousarray(np.asarray(values, dtype=np.float64).T)  # one copy, then zero-copy
-        arrays = head.columns + [pa.array(col) for col in by_column]
+        arrays = head.columns + [_arrow_column(col, f.type) for col, f in zip(by_column, list(schema)[lead:])]
         arrow = pa.Table.from_arrays(arrays, schema=schema)
+    arrow = arrow.replace_schema_metadata(None)  # no pandas metadata either
     dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
     with _replacing(final) as tmp:
-        pq.write_table(arrow, tmp, use_dictionary=dictionary)
+        # (without the Arrow schema copy, the footer's key-value metadata must be added by hand)
+        with pq.ParquetWriter(tmp, arrow.schema, use_dictionary=dictionary, store_schema=False) as writer:
+            writer.add_key_value_metadata(schema.metadata or {})
+            writer.write_table(arrow)
     return final
 
 
-def read_columns(path: Path) -> list[dict]:
-    """Column descriptions stored in a Parquet file's schema metadata."""
+def write_columns(path: Path, columns: Sequence[Column], schema=None) -> None:
+    """Write the column description file (every column of the parts: the leading meta columns
+    with only their name, kind and type, then the plan's columns)."""
+    from .features.registry import nan_reason
+
+    rows = []
+    if schema is not None:
+        planned = {c.name for c in columns}
+        for f in schema:
+            if f.name not in planned:
+                rows.append({"name": f.name, "kind": "meta", "family": "input", "dtype": str(f.type)})
+    for c in columns:
+        d = asdict(c)
+        d["nan_reason"] = nan_reason(c)
+        rows.append(d)
+    order = ["name", "kind", "family", "feature", "mask", "view", "channel", "params", "dtype", "nan_reason"]
+    with _replacing(Path(path)) as tmp:
+        pd.DataFrame(rows).reindex(columns=order).to_csv(tmp, index=False)
+
+
+def read_columns(path: Path) -> pd.DataFrame:
+    """The column descriptions of a run's Parquet outputs, indexed by column name.
+
+    ``path``: a part file, the ``{filename}.parquet`` folder, or the run folder.
+    """
     import pyarrow.parquet as pq
 
-    meta = pq.read_schema(path).metadata or {}
-    return json.loads(meta.get(PARQUET_META_KEY, b"[]"))
+    path = Path(path)
+    if path.is_dir() and path.suffix != ".parquet":  # the run folder
+        found = sorted(path.glob("*.columns.csv"))
+        if not found:
+            raise FileNotFoundError(f"{path}: no *.columns.csv column description file")
+        return pd.read_csv(found[0], index_col="name", keep_default_na=False)
+    part = path if path.is_file() else min(path.glob("part-*.parquet"))
+    key = json.loads((pq.read_schema(part).metadata or {}).get(PARQUET_META_KEY, b"{}"))
+    folder = part.parent.parent
+    return pd.read_csv(folder / key["columns"], index_col="name", keep_default_na=False)
 
 
 def _import_anndata() -> None:
@@ -117,6 +184,19 @@ def preload_anndata() -> None:
     threading.Thread(target=_import_anndata, name="scip_gpu-preload-anndata", daemon=True).start()
 
 
+def read_obs(parts: Sequence[Path], columns: Sequence[str]) -> pd.DataFrame:
+    """The given columns of the parts as one frame; flag columns as pandas' nullable boolean
+    (null in error rows), which AnnData writes as such."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not parts:
+        return pd.DataFrame(columns=list(columns))
+    mapper = {pa.bool_(): pd.BooleanDtype()}.get
+    return pd.concat([pq.read_table(p, columns=list(columns)).to_pandas(types_mapper=mapper) for p in parts],
+                     ignore_index=True)
+
+
 def write_anndata(parts: Sequence[Path], path: Path, columns: Sequence[Column], meta_columns: Sequence[str],
                   uns: dict | None = None) -> None:
     """Write the AnnData file from the Parquet parts (X streamed, float32)."""
@@ -126,8 +206,7 @@ def write_anndata(parts: Sequence[Path], path: Path, columns: Sequence[Column], 
 
     feat = [c for c in columns if c.kind == "feat"]
     obs_cols = list(meta_columns) + ["meta_status"] + [c.name for c in columns if c.kind == "meta"]
-    obs = pd.concat([pq.read_table(p, columns=obs_cols).to_pandas() for p in parts], ignore_index=True) \
-        if parts else pd.DataFrame(columns=obs_cols)
+    obs = read_obs(parts, obs_cols)
     if "meta_index" in obs:
         obs.index = obs["meta_index"].astype(str)
     elif {"meta_field", "meta_label"} <= set(obs.columns):  # objects segmented from fields

@@ -368,7 +368,7 @@ def execute(ex, table, *, cfg, source, plan, folder, schema, device, progress, o
             if not isinstance(res, PartitionResult):  # not marked done: resume=true runs it again
                 unfinished[task[0]] = res
                 continue
-        write_summary(Path(folder), res)
+        write_summary(out, res)
         results.append(res)
         for note in res.notes:
             log.info(note)

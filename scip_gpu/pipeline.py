@@ -435,6 +435,13 @@ def auto_partition_size(cfg: Config, n: int) -> int:
     return int(min(max(size, low), 4096))
 
 
+def n_measured(plan: Plan) -> int:
+    """Columns per object that are measurements (feature and meta columns, not the flags)."""
+    from .features.registry import FLAG_FAMILIES
+
+    return sum(c.family not in FLAG_FAMILIES for c in plan.columns)
+
+
 def partition_tasks(table: pd.DataFrame, size: int) -> list[tuple[int, pd.DataFrame]]:
     return [(i, table.iloc[s:s + size]) for i, s in enumerate(range(0, len(table), size))]
 
@@ -458,7 +465,7 @@ def _execute_objects(ex, table, *, cfg, source, plan, folder, schema, device, pr
             if not isinstance(res, PartitionResult):  # not marked done: resume=true runs it again
                 unfinished[task[0]] = res
                 continue
-        write_summary(folder, res)
+        write_summary(out, res)
         results.append(res)
         for note in res.notes:
             log.warning(note)
@@ -544,7 +551,7 @@ def _open_output(cfg: Config, table, n_partitions: int, resolved_yaml: str | Non
             try:
                 old = state.check_resumable(out, cfg, table, n_partitions)
                 removed = state.remove_leftovers(out)  # under the lock: only dead processes' files
-                done = state.finished_partitions(out / folder_name, export.part_name)
+                done = state.finished_partitions(out, out / folder_name, export.part_name)
                 new = state.record_resume(out, cfg, old, partitions_done=len(done), started=started,
                                           took_over=lock.taken_over)
                 if not (out / "config.yaml").is_file():  # the first run's is kept; it never got to write it
@@ -623,7 +630,10 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
         if is_fields:
             meta = field_pipeline.object_meta_frame(meta)
             meta_cols = list(meta.columns)
-        schema = export.arrow_schema(meta, plan.columns)
+        schema = export.arrow_schema(meta, plan.columns, cfg.export.filename)
+        formats = [getattr(f, "value", f) for f in cfg.export.formats]
+        if "parquet" in formats:  # the descriptions of the parts' columns, once for the run
+            export.write_columns(out / export.columns_file(cfg.export.filename), plan.columns, schema)
         folder = out / f"{cfg.export.filename}.parquet"
         progress = Progress(len(table), cfg.progress, unit)
         if done and not is_fields:
@@ -680,7 +690,6 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
                     stages[k] = stages.get(k, 0.0) + v
             provenance["stage_seconds"] = {k: round(v, 4) for k, v in sorted(stages.items())}
             log.info("time per stage (summed over workers): %s", provenance["stage_seconds"])
-        formats = [getattr(f, "value", f) for f in cfg.export.formats]
         if "anndata" in formats:
             export.write_anndata(parts, out / f"{cfg.export.filename}.h5ad", plan.columns, meta_cols,
                                  uns={"scip_gpu": {k: v for k, v in provenance.items()
@@ -693,7 +702,7 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
         provenance["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         provenance["seconds"] = round(seconds, 3)
         export.write_text(out / "provenance.json", json.dumps(provenance, indent=2, default=str))
-        summary = RunSummary(out, n_objects, n_ok, len(errors), plan.n_features, seconds, errors)
+        summary = RunSummary(out, n_objects, n_ok, len(errors), n_measured(plan), seconds, errors)
         handler.handle(logging.makeLogRecord({"name": "scip_gpu", "levelno": logging.INFO,
                                               "levelname": "INFO", "msg": summary.line()}))
         return summary

@@ -14,6 +14,7 @@ from .backend import asnumpy, is_gpu
 from .batch import Batch
 from .config import Config, mask_names
 from .features import FAMILIES, FAMILY_ORDER, Column
+from .features.registry import FLAG_FAMILIES
 from .masks import compute_masks, filter_channels, method_margin, min_side
 
 
@@ -111,9 +112,15 @@ def segmentation_mask_name(cfg: Config) -> str:
 
 
 def families_for(cfg: Config, name: str) -> list[str]:
+    """The families profiled for mask ``name``, in SCIP's order; the ``empty`` flags follow the
+    bbox columns whenever the mask has shape, intensity or texture features."""
     chosen = cfg.features.per_mask.get(name, cfg.features.families)
     fams = {getattr(f, "value", f) for f in chosen}
-    return [f for f in FAMILY_ORDER if f in fams and f in FAMILIES]
+    out = [f for f in FAMILY_ORDER if f in fams and f in FAMILIES]
+    masked = [i for i, f in enumerate(out) if f in ("shape", "intensity", "texture")]
+    if masked:
+        out[masked[0]:masked[0]] = list(FLAG_FAMILIES)
+    return out
 
 
 def build_plan(cfg: Config, channel_names: list[str]) -> Plan:

@@ -2,11 +2,14 @@
 
 A run folder holds ``run_state.json`` (written at start): fingerprints of the configuration (the
 keys that change results) and of the input list, and the partitioning. Each finished partition
-leaves two files in ``<filename>.parquet/``: ``part-NNNNN.parquet`` (written by the worker,
-atomically) and then ``_part-NNNNN.json``, its summary (written by the driver, atomically, after
+leaves two files: ``<filename>.parquet/part-NNNNN.parquet`` (written by the worker, atomically)
+and then ``checkpoints/part-NNNNN.json``, its summary (written by the driver, atomically, after
 the part). A partition is done when both exist; anything else (a part without summary, a
 temporary ``.*.tmp`` file) is what an interrupted run left behind and is redone or removed.
-Readers of the Parquet dataset ignore files starting with ``_`` or ``.``.
+The summaries live outside the Parquet folder so that every reader (pandas, pyarrow, polars,
+DuckDB) reads that folder as one dataset; polars refuses a folder holding any other file.
+Run folders of earlier versions kept them in the Parquet folder as ``_part-NNNNN.json``: a
+resume moves them to ``checkpoints/``.
 
 ``resume=true`` on the same output folder checks both fingerprints (a different configuration or
 input list is refused with a message naming what changed) and runs only the missing partitions;
@@ -160,23 +163,50 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def summary_path(folder: Path, part: int) -> Path:
-    return folder / f"_part-{part:05d}.json"
+CHECKPOINT_DIR = "checkpoints"
 
 
-def write_summary(folder: Path, result) -> None:
-    """Mark a partition done (after its part file exists)."""
-    _atomic_write(summary_path(folder, result.part), json.dumps(asdict(result), default=str))
+def summary_path(out: Path, part: int) -> Path:
+    """Where the summary of partition ``part`` of the run folder ``out`` is written."""
+    return Path(out) / CHECKPOINT_DIR / f"part-{part:05d}.json"
 
 
-def finished_partitions(folder: Path, part_name) -> dict[int, dict]:
+def write_summary(out: Path, result) -> None:
+    """Mark a partition of the run folder ``out`` done (after its part file exists)."""
+    path = summary_path(out, result.part)
+    path.parent.mkdir(exist_ok=True)
+    _atomic_write(path, json.dumps(asdict(result), default=str))
+
+
+def _move_legacy_summaries(out: Path, parquet_folder: Path) -> None:
+    """Move summaries that earlier versions wrote into the Parquet folder (``_part-NNNNN.json``)
+    to ``checkpoints/`` (resume only, under the lock)."""
+    if not parquet_folder.is_dir():
+        return
+    for p in parquet_folder.glob("_part-*.json"):
+        try:
+            part = int(p.stem.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        dest = summary_path(out, part)
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(p, dest)
+
+
+def finished_partitions(out: Path, parquet_folder: Path, part_name) -> dict[int, dict]:
     """Summaries of the partitions whose part and summary files both exist."""
+    out, parquet_folder = Path(out), Path(parquet_folder)
+    _move_legacy_summaries(out, parquet_folder)
     done = {}
-    if not folder.is_dir():
+    marks = out / CHECKPOINT_DIR
+    if not marks.is_dir():
         return done
-    for p in folder.glob("_part-*.json"):
-        part = int(p.stem.split("-")[1])
-        if (folder / part_name(part)).is_file():
+    for p in marks.glob("part-*.json"):
+        try:
+            part = int(p.stem.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if (parquet_folder / part_name(part)).is_file():
             try:
                 done[part] = json.loads(p.read_text())
             except (OSError, json.JSONDecodeError):

@@ -106,7 +106,7 @@ def test_full_disk_is_one_line_exit_2_and_resume_finishes(tmp_path, monkeypatch,
     assert line.startswith("scip_gpu: error: no space left on device"), line
     assert f"output={out} resume=true" in line
     assert "run stopped: no space left on device" in (out / "run.log").read_text()
-    done = len(list((out / "features.parquet").glob("_part-*.json")))
+    done = len(list((out / "checkpoints").glob("part-*.json")))
     assert done == (2 if where == "part" else 6)
 
     monkeypatch.setattr(export, "write_part" if where == "part" else "write_errors", real)
@@ -128,7 +128,7 @@ def test_full_disk_on_a_worker_stops_the_run_with_one_line(tmp_path):
     assert "Traceback" not in res.stderr
     (line,) = scip_lines(res.stderr)
     assert "no space left on device" in line and "resume=true" in line, line
-    assert len(list((out / "features.parquet").glob("_part-*.json"))) == 2  # the parts written are kept
+    assert len(list((out / "checkpoints").glob("part-*.json"))) == 2  # the parts written are kept
     assert not list((out / "features.parquet").glob(".*.tmp"))
 
 
@@ -143,7 +143,7 @@ def test_ctrl_c_is_one_line_and_no_worker_traceback(tmp_path):
                             stderr=subprocess.PIPE, text=True, env=_faulty_env({"sleep": 0.3}),
                             start_new_session=True)
     t0 = time.time()
-    while len(list(parts.glob("_part-*.json"))) < 1:
+    while len(list((out / "checkpoints").glob("part-*.json"))) < 1:
         assert proc.poll() is None, proc.stderr.read()
         assert time.time() - t0 < 120
         time.sleep(0.02)
@@ -158,5 +158,5 @@ def test_ctrl_c_is_one_line_and_no_worker_traceback(tmp_path):
     assert not alive, [p.cmdline() for p in alive]
     assert not (out / "provenance.json").exists()
     assert "run stopped: interrupted" in (out / "run.log").read_text()
-    for summary in parts.glob("_part-*.json"):  # what is marked done was profiled (resume: test_resume.py)
+    for summary in (out / "checkpoints").glob("part-*.json"):  # what is marked done was profiled (resume: test_resume.py)
         assert json.loads(summary.read_text())["n_ok"] == 4

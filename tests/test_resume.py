@@ -25,7 +25,7 @@ def _start(*args, cwd):
 def _wait_for_summaries(folder, n, proc, timeout=120):
     t0 = time.time()
     while time.time() - t0 < timeout:
-        if len(list(folder.glob("_part-*.json"))) >= n:
+        if len(list(folder.glob("part-*.json"))) >= n:
             return
         if proc.poll() is not None:
             pytest.fail(f"the run ended before it could be interrupted: {proc.stderr.read()[-2000:]}")
@@ -46,21 +46,26 @@ def test_killed_driver_then_resume_gives_the_same_output(tmp_path, reference):
     out = tmp_path / "run"
     parts = out / "features.parquet"
     proc = _start(*DEMO, "cluster=sync", f"output={out}", cwd=tmp_path)
-    _wait_for_summaries(parts, 2, proc)
+    marks = out / "checkpoints"
+    _wait_for_summaries(marks, 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(list(parts.glob("_part-*.json")))
+    done = len(list(marks.glob("part-*.json")))
     assert 2 <= done < 20, "the run was not interrupted mid-way"
     assert not (out / "features.h5ad").exists() and not (out / "provenance.json").exists()
     # what a killed run may leave: a temporary file, a part whose summary was never written
     (parts / ".part-00019.parquet.999.tmp").write_bytes(b"half a file")
-    first = sorted(parts.glob("_part-*.json"))[0]
+    first, second = sorted(marks.glob("part-*.json"))[:2]
     first.unlink()
+    # a summary where versions before 0.2 kept it (in the Parquet folder): still counts, moved
+    second.rename(parts / f"_{second.name}")
 
     res = run_cli(*DEMO, "cluster=sync", f"output={out}", "resume=true", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "already done" in res.stderr
     assert not list(parts.glob(".*.tmp"))
+    assert sorted(p.name for p in parts.iterdir()) == [f"part-{i:05d}.parquet" for i in range(20)]
+    assert (marks / second.name).is_file() and len(list(marks.glob("part-*.json"))) == 20
     df = read_parquet(parts)
     pd.testing.assert_frame_equal(df, reference)
     prov = json.loads((out / "provenance.json").read_text())
@@ -96,7 +101,7 @@ def test_killed_worker_loses_no_row(tmp_path, reference):
     psutil = pytest.importorskip("psutil")
     out = tmp_path / "run"
     proc = _start(*DEMO, "cluster=local", "cluster.n_workers=2", f"output={out}", cwd=tmp_path)
-    _wait_for_summaries(out / "features.parquet", 1, proc)
+    _wait_for_summaries(out / "checkpoints", 1, proc)
     workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
                if "multiprocessing" in " ".join(p.cmdline()) and "resource_tracker" not in " ".join(p.cmdline())]
     assert len(workers) >= 2, [p.cmdline() for p in psutil.Process(proc.pid).children(recursive=True)]

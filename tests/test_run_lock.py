@@ -72,7 +72,7 @@ def test_a_second_process_is_refused_while_the_first_runs(tmp_path):
     parts = out / "features.parquet"
     first = _start(*DEMO, f"output={out}", cwd=tmp_path)
     try:
-        _wait_for(lambda: len(list(parts.glob("_part-*.json"))) >= 1, first, "its first partition")
+        _wait_for(lambda: len(list((out / "checkpoints").glob("part-*.json"))) >= 1, first, "its first partition")
         lock = state.read_lock(out / state.LOCK_FILE)
         assert lock["pid"] == first.pid and lock["host"]
         # a temporary file being written by the live run must survive the refused processes
@@ -113,7 +113,7 @@ def test_ctrl_c_releases_the_lock(tmp_path):
     out = tmp_path / "run"
     proc = _start(*DEMO, f"output={out}", cwd=tmp_path)
     try:
-        _wait_for(lambda: len(list((out / "features.parquet").glob("_part-*.json"))) >= 1, proc, "a partition")
+        _wait_for(lambda: len(list((out / "checkpoints").glob("part-*.json"))) >= 1, proc, "a partition")
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=120)
     finally:

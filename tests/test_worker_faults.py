@@ -225,11 +225,11 @@ def test_workers_gone_for_good_stop_the_run_nonzero_and_resume_finishes_it(tmp_p
                              "cluster=address", f"cluster.address={address}", "cluster.worker_timeout=3",
                              f"output={out}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
-    _wait_for(lambda: len(list(parts.glob("_part-*.json"))) >= 1, proc=proc)
+    _wait_for(lambda: len(list((out / "checkpoints").glob("part-*.json"))) >= 1, proc=proc)
     worker.kill()
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 3, stderr
-    done = len(list(parts.glob("_part-*.json")))
+    done = len(list((out / "checkpoints").glob("part-*.json")))
     assert 1 <= done < 6
     line = [ln for ln in stderr.splitlines() if ln.startswith("scip_gpu:")]
     assert len(line) == 1, stderr
@@ -237,7 +237,7 @@ def test_workers_gone_for_good_stop_the_run_nonzero_and_resume_finishes_it(tmp_p
     assert "no Dask worker was connected" in line[0] and "resume=true" in line[0]
     assert "Traceback" not in stderr
     assert not (out / "provenance.json").exists() and not (out / "features.h5ad").exists()
-    for summary in parts.glob("_part-*.json"):  # what is marked done was profiled
+    for summary in (out / "checkpoints").glob("part-*.json"):  # what is marked done was profiled
         assert json.loads(summary.read_text())["n_ok"] == 4
 
     start_worker()

@@ -1,4 +1,5 @@
-"""Families written as meta columns: regions and bbox (SCIP names them ``meta_*``)."""
+"""Families written as meta columns: regions and bbox (SCIP names them ``meta_*``), and the
+``empty`` flags that say why a mask's features are NaN."""
 
 from __future__ import annotations
 
@@ -28,6 +29,28 @@ def compute_bbox(batch, mr, ctx):
     return mr.bbox
 
 
+def empty_columns(mask, channels):
+    """``meta_{mask}_empty_{channel}`` per channel, then ``meta_{mask}_empty_combined``."""
+    cols = [Column(column_name("meta", mask, f"empty_{ch}"), "meta", "empty", "empty", mask, "mask", ch,
+                   dtype="bool") for ch in channels]
+    cols.append(Column(column_name("meta", mask, "empty_combined"), "meta", "empty", "empty", mask, "combined",
+                       dtype="bool"))
+    return cols
+
+
+def compute_empty(batch, mr, ctx):
+    """1.0 where a channel's mask (after the filters, the border rule and the main-channel rule)
+    holds no pixel, so that every feature of that channel and mask is NaN; last column: the same
+    for the combined mask (the ``combined`` views and shape)."""
+    xp = batch.xp
+    n = mr.mask.shape[0]
+    per_channel = ~mr.mask.reshape(n, mr.mask.shape[1], -1).any(axis=2)
+    combined = ~mr.combined.reshape(n, -1).any(axis=1)
+    return xp.concatenate([per_channel, combined[:, None]], axis=1).astype(xp.float64)
+
+
+register(Family("empty", empty_columns, compute_empty, True,
+                "flags: the mask of a channel (or the combined mask) holds no pixel, so its features are NaN"))
 register(Family("regions", regions_columns, compute_regions, True,
                 "number of connected components per channel mask"))
 register(Family("bbox", bbox_columns, compute_bbox, True,

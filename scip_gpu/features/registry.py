@@ -69,6 +69,39 @@ def register(family: Family) -> Family:
     return family
 
 
+#: families written for every mask that has masked features, right after its bbox columns
+FLAG_FAMILIES = ("empty",)
+
+
+def nan_reason(c: Column) -> str:
+    """Why column ``c`` can be NaN (besides rows with ``meta_status == "error"``, which are NaN
+    in every feature column): the README's Outputs section explains the same per family."""
+    m = c.mask or ""
+    flag = f"meta_{m}_empty_{c.channel}" if m else f"meta_empty_{c.channel}"
+    comb = f"meta_{m}_empty_combined" if m else "meta_empty_combined"
+    combined = c.view is not None and c.view.startswith("combined")
+    if c.family == "empty":
+        return "null only in error rows"
+    if c.family == "regions":
+        return "only in error rows"
+    if c.family == "bbox":
+        return "no channel mask holds a pixel (every meta_*_empty_* flag of the mask true)"
+    if c.family == "raw":
+        return ("skewness, kurtosis: the channel is constant" if c.feature in ("skewness", "kurtosis")
+                else "only in error rows")
+    reason = f"the combined mask is empty ({comb})" if combined else f"the channel's mask is empty ({flag})"
+    if c.family == "intensity":
+        if c.view is not None and "bgcorr" in c.view and combined:
+            reason += "; or the combined mask covers the whole image (no background to subtract)"
+        if c.feature in ("skewness", "kurtosis"):
+            reason += "; or the values in the view are constant"
+    if c.family == "texture" and c.feature.startswith("sobel"):
+        reason += "; or no pixel of the view has all 8 neighbours inside it (mask thinner than 3 pixels)"
+    if c.family == "texture" and "correlation" in c.feature:
+        reason += "; or the quantised view is constant (GLCM correlation undefined)"
+    return reason
+
+
 def var_table(columns: Sequence[Column]) -> pd.DataFrame:
     """AnnData ``var``-style description of columns, indexed by column name."""
     # (no column may be called "dtype": AnnData's writer would mistake it for the frame's dtype)
