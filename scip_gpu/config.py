@@ -214,6 +214,13 @@ class ExportConfig:
         default_factory=lambda: [ExportFormat.parquet, ExportFormat.anndata]
     )
     filename: str = "features"
+    # a QC report (report.html, and qc_fields.png for fields of view) in the run folder; a failure
+    # to write it is logged and never fails the run
+    report: bool = True
+    # also write {filename}.analysis.h5ad: ok rows only, columns NaN in more than max_nan_share of
+    # them dropped, the remaining NaN replaced by the column's median (ready for scanpy.pp.pca)
+    analysis_ready: bool = False
+    max_nan_share: float = 0.5
 
 
 @dataclass
@@ -363,6 +370,8 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
             raise ConfigError(f"dataset.metadata[{j}].keys: give the key columns to join on")
     if cfg.export.formats == []:
         raise ConfigError("export.formats: choose at least one of parquet, anndata")
+    if not 0.0 <= cfg.export.max_nan_share <= 1.0:
+        raise ConfigError(f"export.max_nan_share: needs a share between 0 and 1, got {cfg.export.max_nan_share}")
 
     if n_channels is not None:
         def _check_index(key: str, idx: int) -> None:

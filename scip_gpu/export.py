@@ -10,6 +10,10 @@
 - ``{filename}.h5ad``: AnnData with features in ``X`` (float32), the column descriptions in
   ``var`` and the metadata (``meta_*``) in ``obs``. ``X`` is streamed from the Parquet parts, so
   memory does not grow with the number of objects beyond the ``obs`` table.
+- ``{filename}.analysis.h5ad`` (``export.analysis_ready=true``): the same AnnData, analysis-ready:
+  ok rows only, columns NaN in more than ``export.max_nan_share`` of them dropped, the remaining
+  NaN replaced by the column's median over the ok rows (``var``: ``nan_share``, ``n_imputed``,
+  ``impute_value``; ``uns["scip_gpu_analysis"]``: the dropped columns).
 - ``errors.csv``: one row per object that could not be profiled (also when there are none).
 
 Every file is written under a temporary name of its own process (``temp_path``: ``.NAME.PID.RANDOM.tmp``)
@@ -239,6 +243,81 @@ def write_anndata(parts: Sequence[Path], path: Path, columns: Sequence[Column], 
                     block[:, j] = col.to_numpy()
                 x[row:row + len(block)] = block
                 row += len(block)
+
+
+def _feature_blocks(parts: Sequence[Path], names: Sequence[str], ok: np.ndarray, size: int = 256):
+    """(first column, (n_ok, b) float64 block) of the ok rows, ``size`` columns at a time."""
+    import pyarrow.parquet as pq
+
+    for a in range(0, len(names), size):
+        cols = list(names[a:a + size])
+        block = np.concatenate([np.column_stack([c.to_numpy() for c in pq.read_table(p, columns=cols).columns])
+                                if pq.ParquetFile(p).metadata.num_rows else np.empty((0, len(cols)))
+                                for p in parts]) if parts else np.empty((0, len(cols)))
+        yield a, block[ok]
+
+
+def write_analysis_ready(parts: Sequence[Path], path: Path, columns: Sequence[Column], meta_columns: Sequence[str],
+                         *, max_nan_share: float = 0.5, uns: dict | None = None) -> dict:
+    """Write the analysis-ready AnnData (see the module docstring): no NaN in ``X``, so that
+    ``scanpy.pp.pca`` and scikit-learn run on it as it is. Columns are read from the Parquet
+    parts a block at a time (twice: shares and medians, then the values). Returns a summary."""
+    import anndata as ad
+    import h5py
+
+    feat = [c for c in columns if c.kind == "feat"]
+    names = [c.name for c in feat]
+    obs_cols = list(meta_columns) + ["meta_status"] + [c.name for c in columns if c.kind == "meta"]
+    obs = read_obs(parts, obs_cols)
+    ok = (obs["meta_status"] == "ok").to_numpy()
+    obs = obs[ok].reset_index(drop=True)
+    n = len(obs)
+    share = np.ones(len(names))
+    median = np.full(len(names), np.nan)
+    for a, block in _feature_blocks(parts, names, ok):
+        miss = np.isnan(block)
+        share[a:a + block.shape[1]] = miss.mean(axis=0) if n else 1.0
+        some = ~miss.all(axis=0)
+        if n:
+            median[a:a + block.shape[1]][some] = np.nanmedian(block[:, some], axis=0)
+    keep = (share <= max_nan_share) & ~np.isnan(median)
+    kept = [c for c, k in zip(feat, keep) if k]
+    var = var_table(kept) if kept else pd.DataFrame(index=pd.Index([], dtype=str))
+    if kept:
+        var["nan_share"] = share[keep]
+        var["n_imputed"] = np.round(share[keep] * n).astype(np.int64)
+        var["impute_value"] = median[keep]
+    dropped = [nm for nm, k in zip(names, keep) if not k]
+    if "meta_index" in obs:
+        obs.index = obs["meta_index"].astype(str)
+    else:
+        obs.index = obs.index.astype(str)
+    obs.index.name = None
+    for col in obs.columns:
+        if obs[col].dtype == object:
+            obs[col] = obs[col].astype(str)
+    info = {"rows": int(n), "rows_dropped_errors": int((~ok).sum()), "columns": len(kept),
+            "columns_dropped": len(dropped), "max_nan_share": float(max_nan_share),
+            "values_imputed": int(var["n_imputed"].sum()) if kept else 0}
+    adata = ad.AnnData(obs=obs, var=var, uns={**(uns or {}), "scip_gpu_analysis": {**info, "dropped": dropped}})
+    with _replacing(path) as tmp:
+        adata.write_h5ad(tmp)
+        with h5py.File(tmp, "a") as f:
+            if "X" in f:
+                del f["X"]
+            x = f.create_dataset("X", shape=(n, len(kept)), dtype="float32",
+                                 chunks=(min(n, 4096), min(len(kept), 256)) if n and kept else None)
+            x.attrs["encoding-type"] = "array"
+            x.attrs["encoding-version"] = "0.2.0"
+            j = 0
+            for a, block in _feature_blocks(parts, names, ok):
+                sel = keep[a:a + block.shape[1]]
+                b = block[:, sel]
+                b = np.where(np.isnan(b), median[a:a + block.shape[1]][sel], b)
+                if b.shape[1]:
+                    x[:, j:j + b.shape[1]] = b.astype(np.float32)
+                j += b.shape[1]
+    return info
 
 
 def write_text(path: Path, text: str) -> None:

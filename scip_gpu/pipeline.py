@@ -694,6 +694,19 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
             export.write_anndata(parts, out / f"{cfg.export.filename}.h5ad", plan.columns, meta_cols,
                                  uns={"scip_gpu": {k: v for k, v in provenance.items()
                                                    if isinstance(v, (str, int, float))}})
+        if cfg.export.analysis_ready:
+            name = f"{cfg.export.filename}.analysis.h5ad"
+            provenance["analysis_ready"] = export.write_analysis_ready(
+                parts, out / name, plan.columns, meta_cols, max_nan_share=cfg.export.max_nan_share,
+                uns={"scip_gpu": {k: v for k, v in provenance.items() if isinstance(v, (str, int, float))}})
+            log.info("%s: %s", name, provenance["analysis_ready"])
+        if cfg.export.report:
+            from .report import write_report
+
+            t_report = time.perf_counter()
+            if write_report(out, source=source, plan=plan, table=table, parts=parts, provenance=provenance,
+                            fields=is_fields) is not None:
+                log.info("QC report written to %s (%.1f s)", out / "report.html", time.perf_counter() - t_report)
         if "parquet" not in formats:  # the parts were this run's own intermediates
             for p in parts:
                 p.unlink(missing_ok=True)

@@ -102,6 +102,29 @@ def nan_reason(c: Column) -> str:
     return reason
 
 
+#: why columns of a family can be NaN in ok rows ({flag}: the mask's flag columns)
+FAMILY_NAN_REASONS = {
+    "regions": "never in ok rows",
+    "bbox": "no channel mask holds a pixel",
+    "empty": "never in ok rows (flags; null in error rows)",
+    "shape": "the channel's mask ({flag}_{{channel}}) or the combined mask ({flag}_combined) is empty",
+    "intensity": ("the channel's mask ({flag}_{{channel}}) or the combined mask ({flag}_combined) is empty; "
+                  "combined background-corrected views: the combined mask covers the whole image; "
+                  "skewness, kurtosis: constant values in the view"),
+    "texture": ("the channel's mask ({flag}_{{channel}}) or the combined mask ({flag}_combined) is empty; "
+                "Sobel statistics: no pixel of the view with all 8 neighbours inside it (mask thinner than "
+                "3 pixels); GLCM correlation: constant quantised view"),
+    "raw": "skewness, kurtosis: a constant channel",
+}
+
+
+def family_nan_reason(family: str, mask: str | None) -> str:
+    """Why a family's columns of mask ``mask`` can be NaN in ok rows (error rows are NaN in
+    every feature column)."""
+    flag = f"meta_{mask}_empty" if mask else "meta_empty"
+    return FAMILY_NAN_REASONS.get(family, "").format(flag=flag)
+
+
 def var_table(columns: Sequence[Column]) -> pd.DataFrame:
     """AnnData ``var``-style description of columns, indexed by column name."""
     # (no column may be called "dtype": AnnData's writer would mistake it for the frame's dtype)

@@ -1,0 +1,424 @@
+"""The QC report of a run: ``report.html`` in the run folder, one self-contained file.
+
+Sections (each an ``<section id=...>``; the test checks them):
+
+- ``summary``: dataset, device, object, error and column counts (from ``provenance.json``);
+- ``groups``: objects, ok objects and errors per group (the first metadata column with 2 to 30
+  values, e.g. the phenotype ``meta_label`` of the demo or a plate map's compound);
+- ``montage``: example objects of every group, one panel per channel, each mask method's
+  outline drawn over it (as figure 4 of the SCIP paper); the masks are recomputed for these few
+  objects with the run's configuration (object datasets);
+- ``fields``: for fields of view, the label outlines (nucleus, cell) over a few fields, also
+  written as ``qc_fields.png``;
+- ``distributions``: key features (combined area and eccentricity, mean intensity per channel)
+  per group;
+- ``nan``: the share of NaN per column family and mask, how much of it the ``meta_*_empty_*``
+  flags explain, and why such columns are NaN;
+- ``errors``: the error table (``errors.csv``), counts per stage and the first rows.
+
+Images are PNGs embedded as base64 (matplotlib, drawn on ``Figure`` objects without pyplot's
+global state). ``write_report`` never raises: a failure is logged and the run goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("scip_gpu")
+
+REPORT_FILE = "report.html"
+FIELDS_PNG = "qc_fields.png"
+SECTIONS = ("summary", "groups", "montage", "distributions", "nan", "errors")
+#: metadata columns that identify an object or a file, never a group
+_ID_COLUMNS = {"meta_index", "meta_field_index", "meta_path", "meta_id", "meta_zarr_idx", "meta_object_number",
+               "meta_field", "meta_status", "meta_touches_border"}
+MASK_COLOURS = ("#ff3b30", "#00c7ff", "#ffd60a", "#34c759", "#bf5af2", "#ff9f0a")
+EXAMPLES_PER_GROUP = 3
+MAX_EXAMPLES = 12
+MAX_FIELDS = 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def choose_group(meta: pd.DataFrame, *, fields: bool = False) -> str | None:
+    """The metadata column that groups the objects: the first with 2 to 30 distinct values
+    (not an identifier; for fields the per-field label is an identifier too)."""
+    skip = set(_ID_COLUMNS) | ({"meta_label"} if fields else set())
+    for col in meta.columns:
+        if not col.startswith("meta_") or col in skip or col.startswith("meta_bbox_"):
+            continue
+        n = meta[col].nunique(dropna=True)
+        if 2 <= n <= 30:
+            return col
+    return None
+
+
+def _read(parts: Sequence[Path], columns: Sequence[str]) -> pd.DataFrame:
+    from .export import read_obs
+
+    return read_obs([p for p in parts if Path(p).is_file()], list(columns))
+
+
+def nan_table(parts: Sequence[Path], columns, ok: np.ndarray) -> pd.DataFrame:
+    """Per (mask, family): columns, complete columns, share of NaN values and of rows with a
+    NaN over the ok rows, the share of those NaN that the ``empty`` flags explain, and why."""
+    from .export import _feature_blocks
+    from .features.registry import family_nan_reason
+
+    feat = [c for c in columns if c.kind == "feat"]
+    flags = {(c.mask, c.channel if c.view == "mask" else "combined"): c.name for c in columns if c.family == "empty"}
+    flag_frame = _read(parts, list(flags.values())) if flags else pd.DataFrame()
+    flag_frame = flag_frame[ok].reset_index(drop=True) if len(flag_frame) else flag_frame
+    n_ok = int(ok.sum())
+    groups: dict[tuple, dict] = {}
+    names = [c.name for c in feat]
+    for a, block in _feature_blocks(parts, names, ok):
+        miss = np.isnan(block)
+        for j in range(block.shape[1]):
+            c = feat[a + j]
+            key = (c.mask or "", c.family)
+            g = groups.setdefault(key, {"columns": 0, "complete": 0, "nan": 0, "explained": 0,
+                                        "rows": np.zeros(n_ok, bool)})
+            m = miss[:, j]
+            g["columns"] += 1
+            g["complete"] += int(not m.any())
+            g["nan"] += int(m.sum())
+            g["rows"] |= m
+            combined = c.view is not None and c.view.startswith("combined") or c.channel is None
+            flag = flags.get((c.mask, "combined" if combined else c.channel))
+            if flag is not None and m.any():
+                g["explained"] += int((m & flag_frame[flag].to_numpy(dtype=bool, na_value=False)).sum())
+    rows = []
+    for (mask, fam), g in sorted(groups.items()):
+        values = g["columns"] * max(n_ok, 1)
+        rows.append({"mask": mask or "-", "family": fam, "columns": g["columns"], "complete columns": g["complete"],
+                     "NaN values": f"{100 * g['nan'] / values:.1f} %",
+                     "rows with NaN": f"{100 * g['rows'].mean():.1f} %" if n_ok else "-",
+                     "NaN explained by empty flags": f"{100 * g['explained'] / g['nan']:.0f} %" if g["nan"] else "-",
+                     "why NaN (besides error rows)": family_nan_reason(fam, mask or None)})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pictures
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    return buf.getvalue()
+
+
+def _display(plane: np.ndarray) -> np.ndarray:
+    """A plane scaled to [0, 1] between its 1st and 99th percentile."""
+    p = np.asarray(plane, dtype=np.float64)
+    lo, hi = np.percentile(p, [1, 99]) if p.size else (0.0, 1.0)
+    return np.clip((p - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(p)
+
+
+def example_masks(source, rows: pd.DataFrame, plan) -> list[tuple[int, np.ndarray, dict]]:
+    """(row position, (C, h, w) image, {mask name: (C, h, w) bool}) of the example objects that
+    load, with the masks of every configured method (recomputed on the CPU, one object at a time)."""
+    from .batch import assemble
+    from .config import mask_names
+    from .masks import compute_masks, filter_channels
+
+    cfg = plan.cfg
+    out = []
+    for pos, img in enumerate(source.load(rows)):
+        if isinstance(img, Exception):
+            continue
+        img = np.asarray(img)
+        h, w = img.shape[1:]
+        batch = assemble([img], np.array([pos]), (h + plan.margin, w + plan.margin), np)
+        passed = filter_channels(batch, cfg.masks.filters)
+        masks = {}
+        for m, name in zip(cfg.masks.methods, mask_names(cfg)):
+            mr = compute_masks(batch, m, cfg.masks, passed)
+            masks[name] = np.asarray(mr.mask[0, :, :h, :w])
+        out.append((pos, img, masks))
+    return out
+
+
+def montage_png(examples, labels: Sequence[str], channel_names: Sequence[str]) -> bytes:
+    """One row per example object, one panel per channel, each mask's outline in its colour."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    n, c = len(examples), len(channel_names)
+    fig = Figure(figsize=(1.6 * c + 0.4, 1.6 * n + 0.6), dpi=80)
+    axes = fig.subplots(n, c, squeeze=False)
+    names = list(examples[0][2]) if examples else []
+    for i, ((_, img, masks), label) in enumerate(zip(examples, labels)):
+        for j in range(c):
+            ax = axes[i, j]
+            ax.imshow(_display(img[j]), cmap="gray", interpolation="nearest")
+            for k, name in enumerate(names):
+                m = masks[name][j]
+                if m.any():
+                    ax.contour(m.astype(float), levels=[0.5], colors=[MASK_COLOURS[k % len(MASK_COLOURS)]],
+                               linewidths=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(channel_names[j], fontsize=9)
+            if j == 0:
+                ax.set_ylabel(str(label), fontsize=7)
+    if names:
+        fig.legend([Line2D([], [], color=MASK_COLOURS[k % len(MASK_COLOURS)]) for k in range(len(names))], names,
+                   loc="lower center", ncol=len(names), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.04 if names else 0, 1, 1))
+    return _png(fig)
+
+
+def fields_png(source, table: pd.DataFrame, cfg, labels_dir: Path, channel_names) -> bytes | None:
+    """Label outlines (nucleus, cell) over the first fields whose label images exist."""
+    import re
+
+    import tifffile
+    from matplotlib.figure import Figure
+    from skimage.segmentation import find_boundaries
+
+    from .fields import project, safe_name
+
+    shown = []
+    for _, row in table.iterrows():
+        path = labels_dir / f"{safe_name(row['meta_field'])}.ome.tif"
+        if not path.is_file():
+            continue
+        with tifffile.TiffFile(path) as tf:
+            labels = tf.asarray()
+            xml = tf.ome_metadata or ""
+        names = re.findall(r'<Channel [^>]*Name="([^"]+)"', xml) or [f"labels {k}" for k in range(len(labels))]
+        try:
+            img = source.load_field(row)
+        except Exception:  # noqa: BLE001 - an unreadable field is shown by the others
+            continue
+        proj = cfg.projection.method.value if cfg.projection.method is not None else None
+        img = np.asarray(project(img, proj))
+        shown.append((row["meta_field"], img, labels.reshape(-1, *labels.shape[-2:]), names))
+        if len(shown) >= MAX_FIELDS:
+            break
+    if not shown:
+        return None
+    nuc = cfg.segmentation.nucleus_channel if cfg.segmentation.nucleus_channel is not None else 0
+    fig = Figure(figsize=(4.2 * len(shown), 4.6), dpi=80)
+    axes = fig.subplots(1, len(shown), squeeze=False)[0]
+    for ax, (name, img, labels, names) in zip(axes, shown):
+        base = _display(img[min(nuc, img.shape[0] - 1)])
+        rgb = np.stack([base] * 3, axis=-1)
+        for k, lab in enumerate(labels[:len(MASK_COLOURS)]):
+            colour = np.array([int(MASK_COLOURS[k][i:i + 2], 16) / 255 for i in (1, 3, 5)])
+            rgb[find_boundaries(lab, mode="inner")] = colour
+        ax.imshow(rgb, interpolation="nearest")
+        n_obj = int(labels[min(1, len(labels) - 1)].max()) if labels.size else 0
+        ax.set_title(f"{name} ({n_obj} labels)", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(", ".join(f"{n}: {c}" for n, c in zip(names, ("red", "cyan", "yellow"))), fontsize=8)
+        ax.set_ylabel(channel_names[min(nuc, len(channel_names) - 1)], fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def key_features(columns) -> list:
+    """The features drawn per group: combined area and eccentricity of the first mask with a
+    shape family, and the mean intensity in the mask of every channel for the first mask with
+    an intensity family (at most 8 panels)."""
+    out = []
+    shape = [c for c in columns if c.family == "shape" and c.view == "combined"]
+    if shape:
+        first = shape[0].mask
+        out += [c for c in shape if c.mask == first and c.feature in ("area", "eccentricity")]
+    inten = [c for c in columns if c.family == "intensity" and c.view == "mask" and c.feature == "mean"]
+    if inten:
+        first = inten[0].mask
+        out += [c for c in inten if c.mask == first]
+    else:
+        out += [c for c in columns if c.family == "raw" and c.feature == "mean"]
+    return out[:8]
+
+
+def distributions_png(frame: pd.DataFrame, cols, group: str | None) -> bytes | None:
+    from matplotlib.figure import Figure
+
+    if not cols or frame.empty:
+        return None
+    groups = sorted(frame[group].dropna().astype(str).unique()) if group else ["all"]
+    k = len(cols)
+    ncol = min(4, k)
+    nrow = -(-k // ncol)
+    fig = Figure(figsize=(3.2 * ncol, 2.6 * nrow), dpi=80)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax, c in zip(axes, cols):
+        data = []
+        for g in groups:
+            sel = frame if group is None else frame[frame[group].astype(str) == g]
+            v = sel[c.name].to_numpy(dtype=float)
+            data.append(v[np.isfinite(v)])
+        present = [i for i, d in enumerate(data) if len(d)]
+        if present:
+            ax.boxplot([data[i] for i in present], positions=[i + 1 for i in present], widths=0.6,
+                       showfliers=True, flierprops={"markersize": 2})
+        ax.set_xticks(range(1, len(groups) + 1))
+        ax.set_xticklabels(groups, rotation=30, ha="right", fontsize=7)
+        ax.set_title(c.name, fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in axes[k:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .5em;
+text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%;border:1px solid #ddd}
+.note{color:#555;font-size:.9em}"""
+
+
+def _img(png: bytes | None, alt: str) -> str:
+    if png is None:
+        return f'<p class="note">(no picture: {html.escape(alt)})</p>'
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, escape=True, border=0, na_rep="")
+
+
+def build_html(title: str, sections: dict[str, tuple[str, str]]) -> str:
+    body = "\n".join(f'<section id="{sid}"><h2>{html.escape(head)}</h2>\n{content}</section>'
+                     for sid, (head, content) in sections.items())
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+
+
+def write_report(out: Path, *, source, plan, table: pd.DataFrame, parts: Sequence[Path], provenance: dict,
+                 fields: bool = False) -> Path | None:
+    """Write ``report.html`` (and ``qc_fields.png`` for fields) into the run folder ``out``.
+
+    Never raises: any failure is logged as a warning and None is returned.
+    """
+    try:
+        return _write_report(Path(out), source=source, plan=plan, table=table, parts=parts, provenance=provenance,
+                             fields=fields)
+    except Exception as exc:  # noqa: BLE001 - the report must never fail a run
+        from .errors import describe_exception
+
+        log.warning("the QC report could not be written (%s); the run's outputs are complete",
+                    describe_exception(exc))
+        return None
+
+
+def _write_report(out: Path, *, source, plan, table, parts, provenance, fields) -> Path:
+    from .export import write_text
+
+    parts = [Path(p) for p in parts if Path(p).is_file()]
+    columns = plan.columns
+    keys = key_features(columns)
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(parts[0]).names if parts else []
+    lead = [n for n in names if n.startswith("meta_") and n not in {c.name for c in columns}]
+    frame = _read(parts, lead + [c.name for c in keys])
+    group = choose_group(frame[[c for c in lead if c != "meta_status"]], fields=fields) if len(frame) else None
+    ok = (frame["meta_status"] == "ok").to_numpy() if len(frame) else np.zeros(0, bool)
+    errors = pd.read_csv(out / "errors.csv") if (out / "errors.csv").is_file() else pd.DataFrame()
+    sections: dict[str, tuple[str, str]] = {}
+
+    # summary
+    p = provenance
+    summary = pd.DataFrame([
+        ("dataset", f"{p.get('dataset', {}).get('name')} ({p.get('dataset', {}).get('format')}) "
+                    f"{p.get('dataset', {}).get('path') or ''}"),
+        ("objects", p.get("objects")), ("objects ok", p.get("objects_ok")),
+        ("objects with errors", p.get("objects_with_errors")),
+        *([("fields", p.get("fields")), ("fields with errors", p.get("fields_with_errors"))] if fields else []),
+        ("columns", p.get("columns")), ("channels", ", ".join(map(str, p.get("channel_names", [])))),
+        ("masks", ", ".join(plan.families) or "none"), ("device", p.get("device")), ("cluster", p.get("cluster")),
+        ("started", p.get("started")), ("scip_gpu", p.get("scip_gpu")),
+    ], columns=["", "value"])
+    sections["summary"] = ("Summary", _table(summary))
+
+    # groups
+    if len(frame):
+        g = frame[group].astype(str) if group else pd.Series("all", index=frame.index)
+        counts = pd.DataFrame({"group": g, "ok": ok}).groupby("group")["ok"].agg(objects="size", ok="sum")
+        counts["errors"] = counts["objects"] - counts["ok"]
+        counts = counts.reset_index()
+        note = (f"Grouped by <code>{html.escape(group)}</code>." if group else
+                "No metadata column with 2 to 30 values: all objects form one group.")
+        sections["groups"] = ("Objects and errors per group", f'<p class="note">{note}</p>' + _table(counts))
+    else:
+        sections["groups"] = ("Objects and errors per group", "<p>No objects.</p>")
+
+    # montage of example objects (object datasets), label outlines over fields
+    if fields:
+        png = fields_png(source, table, plan.cfg, out / "labels", plan.channel_names)
+        if png is not None:
+            (out / FIELDS_PNG).write_bytes(png)
+        sections["montage"] = ("Segmentation: label outlines over fields",
+                               f'<p class="note">Written also as <code>{FIELDS_PNG}</code>.</p>'
+                               + _img(png, "no label images (segmentation.export_labels=false or no field loaded)"))
+    else:
+        examples, labels = [], []
+        if plan.cfg.masks.methods and len(frame):
+            g = frame[group].astype(str) if group else pd.Series("all", index=frame.index)
+            pick = []
+            for name in sorted(g[ok].unique()):
+                pick += list(frame.index[ok & (g == name).to_numpy()][:EXAMPLES_PER_GROUP])
+            pick = sorted(pick[:MAX_EXAMPLES])
+            index = frame.loc[pick, "meta_index"].to_numpy()
+            rows = table.set_index("meta_index").loc[index].reset_index()
+            examples = example_masks(source, rows, plan)
+            labels = [f"{g.loc[pick[pos]]} #{index[pos]}" for pos, _, _ in examples]
+        png = montage_png(examples, labels, plan.channel_names) if examples else None
+        sections["montage"] = ("Example objects and their masks",
+                               '<p class="note">Each row one object (group, meta_index), each panel one channel; '
+                               "outlines: every mask method's mask of that channel.</p>"
+                               + _img(png, "no mask method configured or no object could be loaded"))
+
+    # distributions
+    png = distributions_png(frame[ok] if len(frame) else frame, keys, group)
+    sections["distributions"] = ("Key features per group", _img(png, "no shape or intensity features"))
+
+    # NaN per family
+    nan = nan_table(parts, columns, ok) if len(frame) else pd.DataFrame()
+    n_err = int((~ok).sum())
+    sections["nan"] = ("Missing values (NaN) per column family",
+                       f'<p class="note">Over the {int(ok.sum())} ok rows. The {n_err} error row(s) are NaN in every '
+                       "feature column (cause in errors.csv). <code>meta_{mask}_empty_{channel}</code> is true "
+                       "where a channel's mask holds no pixel, which makes that channel's features of the mask "
+                       "NaN; <code>export.analysis_ready=true</code> writes a variant without NaN.</p>"
+                       + (_table(nan) if len(nan) else "<p>No feature columns.</p>"))
+
+    # errors
+    if len(errors):
+        per_stage = errors.groupby("stage").size().rename("errors").reset_index()
+        shown = errors.head(200)
+        more = f'<p class="note">First 200 of {len(errors)}; all in errors.csv.</p>' if len(errors) > 200 else ""
+        sections["errors"] = (f"Errors ({len(errors)})", _table(per_stage) + _table(shown) + more)
+    else:
+        sections["errors"] = ("Errors (0)", "<p>No object failed.</p>")
+
+    title = f"scip_gpu QC report: {out.name}"
+    path = out / REPORT_FILE
+    write_text(path, build_html(title, sections))
+    return path

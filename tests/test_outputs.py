@@ -1,0 +1,194 @@
+"""Outputs every reader opens, explicit NaN, the analysis-ready variant and the QC report (issue 14).
+
+One small run (8 demo cells written as multi-page TIFFs, one corrupt file) serves every test.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import tifffile
+
+from scip_gpu.demo import LABELS, make_cell
+
+from .test_cli import run_cli
+
+N_GOOD = 8
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("outputs")
+    data = root / "cells"
+    data.mkdir()
+    for i in range(N_GOOD):
+        img, label = make_cell(i, min_size=40, max_size=48)
+        tifffile.imwrite(data / f"{label}_{i}.tif", img, photometric="minisblack")
+    (data / "spotty_99.tif").write_bytes(b"not a TIFF at all")
+    out = root / "run"
+    res = run_cli("+dataset=multipage_tiff", f"dataset.path={data}", "dataset.glob=*.tif",
+                  r"dataset.regex='(?P<phenotype>[a-z_]+)_(?P<id>\d+)\.tif'", "dataset.channels=[0,1,2]",
+                  "dataset.channel_names=[BF,DNA,SPOT]", "partition_size=4", "cluster=sync",
+                  "export.analysis_ready=true", f"output={out}", cwd=root)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def test_parquet_folder_holds_only_parts_and_small_footers(run):
+    folder = run / "features.parquet"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"part-0000{i}.json" for i in range(3)]
+    for p in folder.iterdir():
+        meta = pq.ParquetFile(p).metadata.metadata
+        assert set(meta) == {b"scip_gpu"}  # no Arrow schema copy, no pandas metadata
+        key = json.loads(meta[b"scip_gpu"])
+        assert key["columns"] == "features.columns.csv" and len(meta[b"scip_gpu"]) < 200
+    from scip_gpu.export import read_columns
+
+    cols = read_columns(folder)
+    df = pd.read_parquet(folder)
+    assert list(cols.index) == list(df.columns)  # every column described once, in order
+    assert cols.loc["feat_li_median_DNA", "family"] == "intensity" and cols.loc["feat_li_median_DNA", "view"] == "mask"
+    assert "meta_li_empty_DNA" in cols.loc["feat_li_median_DNA", "nan_reason"]
+    assert cols.loc["meta_li_empty_SPOT", "dtype"] == "bool"
+    pd.testing.assert_frame_equal(read_columns(run), cols)
+
+
+def _sorted(df):
+    return df.sort_values("meta_index").reset_index(drop=True)
+
+
+def test_every_reader_reads_one_dataset(run):
+    folder = run / "features.parquet"
+    ref = _sorted(pd.read_parquet(folder))
+    assert len(ref) == N_GOOD + 1 and (ref["meta_status"] == "error").sum() == 1
+    arrow = _sorted(pq.read_table(folder).to_pandas())
+    pd.testing.assert_frame_equal(arrow, ref)
+    for name in ("polars", "duckdb"):  # not in the test extra (large wheels): checked where installed
+        mod = pytest.importorskip(name)
+        if name == "polars":
+            other = mod.read_parquet(folder).to_pandas()
+        else:
+            other = mod.sql(f"SELECT * FROM read_parquet('{folder}/*.parquet')").df()
+            assert mod.sql(f"SELECT count(*) FROM '{folder}'").fetchall() == [(N_GOOD + 1,)]
+        other = _sorted(other)
+        assert list(other.columns) == list(ref.columns)
+        feat = [c for c in ref.columns if c.startswith("feat_")]
+        np.testing.assert_array_equal(other[feat].to_numpy(float), ref[feat].to_numpy(float))
+        flags = [[None if pd.isna(v) else bool(v) for v in d["meta_li_empty_SPOT"]] for d in (other, ref)]
+        assert flags[0] == flags[1] and flags[1].count(None) == 1
+
+
+def test_empty_flags_say_why_features_are_nan(run):
+    df = _sorted(pd.read_parquet(run / "features.parquet"))
+    ok = df["meta_status"] == "ok"
+    assert df.loc[~ok, "meta_li_empty_BF"].isna().all()  # error rows: unknown, not False
+    for mask in ("li", "otsu"):
+        for ch in ("BF", "DNA", "SPOT"):
+            flag = df.loc[ok, f"meta_{mask}_empty_{ch}"].astype(bool)
+            # an empty mask makes every feature of that channel NaN; a non-empty one leaves them defined
+            assert (df.loc[ok, f"feat_{mask}_mean_{ch}"].isna() == flag).all(), (mask, ch)
+            assert (df.loc[ok, f"feat_{mask}_area_{ch}"].isna() == flag).all(), (mask, ch)
+            # no region left in the main channel (BF) empties every channel of the mask
+            main_empty = df.loc[ok, f"meta_{mask}_regions_BF"] == 0
+            assert flag[main_empty].all()
+            # otherwise the channel is empty exactly when its own mask has no region
+            assert (flag[~main_empty] == (df.loc[ok, f"meta_{mask}_regions_{ch}"][~main_empty] == 0)).all()
+    assert df.loc[ok, [c for c in df.columns if "_empty_" in c]].astype(bool).any().any()  # the case occurs
+
+
+def test_analysis_ready_anndata_has_no_nan_and_pca_runs(run):
+    import anndata as ad
+
+    a = ad.read_h5ad(run / "features.analysis.h5ad")
+    df = _sorted(pd.read_parquet(run / "features.parquet"))
+    ok = df[df["meta_status"] == "ok"].reset_index(drop=True)
+    assert a.n_obs == N_GOOD and list(a.obs["meta_index"]) == list(ok["meta_index"])
+    x = np.asarray(a.X)
+    assert np.isfinite(x).all()
+    feat = [c for c in df.columns if c.startswith("feat_")]
+    share = ok[feat].isna().mean()
+    kept = share[share <= 0.5].index
+    assert list(a.var_names) == list(kept)
+    assert sorted(a.uns["scip_gpu_analysis"]["dropped"]) == sorted(share[share > 0.5].index)
+    assert (a.var["n_imputed"] == ok[kept].isna().sum()).all()
+    med = ok[kept].median()  # pandas' median, skipping NaN: the imputed value
+    for col in kept[ok[kept].isna().any()][:20]:
+        j = a.var_names.get_loc(col)
+        miss = ok[col].isna().to_numpy()
+        np.testing.assert_allclose(x[miss, j], np.float32(med[col]), rtol=1e-6)
+        np.testing.assert_array_equal(x[~miss, j], ok.loc[~miss, col].to_numpy(np.float32))
+    # PCA as scanpy.pp.pca does it (centre, SVD): finite components
+    xc = x.astype(np.float64) - x.mean(axis=0)
+    u, s, vt = np.linalg.svd(xc, full_matrices=False)
+    assert np.isfinite(s).all() and s[0] > 0
+
+
+def _images(text):
+    from PIL import Image
+
+    out = []
+    for b64 in re.findall(r'src="data:image/png;base64,([^"]+)"', text):
+        img = Image.open(io.BytesIO(base64.b64decode(b64)))
+        img.load()
+        out.append(img.size)
+    return out
+
+
+def _html_tables(fragment):
+    """The tables of an HTML fragment as DataFrames of strings (header row first)."""
+    import html
+
+    out = []
+    for table in re.findall(r"<table.*?</table>", fragment, re.S):
+        rows = [[html.unescape(re.sub(r"<.*?>", "", c)).strip() for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", r, re.S)]
+                for r in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)]
+        out.append(pd.DataFrame(rows[1:], columns=rows[0]))
+    return out
+
+
+def _section(text, sid):
+    return re.search(rf'<section id="{sid}">(.*?)</section>', text, re.S).group(1)
+
+
+def test_report_is_complete(run):
+    text = (run / "report.html").read_text()
+    from scip_gpu.report import SECTIONS
+
+    for sid in SECTIONS:
+        assert f'<section id="{sid}">' in text, sid
+    assert "<script" not in text and "http://" not in text and "https://" not in text  # self-contained
+    sizes = _images(text)
+    assert len(sizes) == 2 and all(w > 200 and h > 200 for w, h in sizes)  # montage, distributions
+    df = pd.read_parquet(run / "features.parquet")
+    table = _html_tables(_section(text, "groups"))[0].set_index("group").astype(int)
+    counts = df.groupby("meta_phenotype").size()
+    assert table["objects"].to_dict() == counts.to_dict()
+    assert table.loc["spotty", "errors"] == 1 and table["errors"].sum() == 1
+    assert set(table.index) <= set(LABELS)
+    errors = _section(text, "errors")
+    assert "spotty_99.tif" in errors and "Errors (1)" in errors
+    nan = _html_tables(_section(text, "nan"))[0]
+    ok = df[df["meta_status"] == "ok"]
+    row = nan[(nan["mask"] == "li") & (nan["family"] == "intensity")].iloc[0]
+    cols = pd.read_csv(run / "features.columns.csv", index_col="name")
+    li_int = cols.index[(cols["mask"] == "li") & (cols["family"] == "intensity")]
+    assert int(row["columns"]) == len(li_int)
+    assert row["NaN values"] == f"{100 * ok[li_int].isna().to_numpy().mean():.1f} %"
+
+
+def test_report_failure_never_raises(tmp_path, caplog):
+    from scip_gpu.report import write_report
+
+    with caplog.at_level("WARNING", logger="scip_gpu"):
+        assert write_report(tmp_path, source=None, plan=None, table=None, parts=[], provenance={}) is None
+    assert "QC report could not be written" in caplog.text
+    assert not (tmp_path / "report.html").exists()
