@@ -57,6 +57,8 @@ log = logging.getLogger("scip_gpu")
 _NEUTRAL_TOP = {"output", "output_root", "resume", "progress", "log_level", "strict", "profile_stages",
                 "cluster", "device", "partition_size", "batch_size"}  # partitioning: checked via the partition
 # count; batching never changes a value
+# export keys of the files written from the parts at the end of every run (and resume)
+_NEUTRAL_EXPORT = {"report", "analysis_ready", "max_nan_share"}
 
 
 def config_fingerprint(cfg) -> tuple[str, dict]:
@@ -65,6 +67,8 @@ def config_fingerprint(cfg) -> tuple[str, dict]:
 
     d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
     d = {k: v for k, v in d.items() if k not in _NEUTRAL_TOP}
+    if isinstance(d.get("export"), dict):
+        d["export"] = {k: v for k, v in d["export"].items() if k not in _NEUTRAL_EXPORT}
     text = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest(), d
 

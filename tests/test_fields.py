@@ -141,3 +141,28 @@ def test_cytoplasm_compartment(bbbc021, tmp_path):
     df = pd.read_parquet(tmp_path / "cyto" / "features.parquet")
     # the cytoplasm (cell minus nucleus) is smaller than the cell
     assert (df["feat_area_Tubulin"] < df["feat_area_Actin"]).all()
+
+
+def test_bbbc021_qc_report_shows_label_outlines(bbbc021):
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    root, out, _ = bbbc021
+    png = Image.open(out / "qc_fields.png")
+    png.load()
+    assert png.size[0] > 3 * 250  # three fields side by side
+    text = (out / "report.html").read_text()
+    fields = re.search(r'<section id="fields">(.*?)</section>', text, re.S)
+    assert fields is None  # the fields picture takes the montage's place
+    montage = re.search(r'<section id="montage">(.*?)</section>', text, re.S).group(1)
+    (b64,) = re.findall(r'src="data:image/png;base64,([^"]+)"', montage)
+    assert base64.b64decode(b64) == (out / "qc_fields.png").read_bytes()
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")).astype(int)
+    red = (img[..., 0] > 200) & (img[..., 1] < 100) & (img[..., 2] < 100)  # nucleus outlines
+    cyan = (img[..., 0] < 50) & (img[..., 1] > 150) & (img[..., 2] > 200)  # cell outlines
+    assert red.sum() > 200 and cyan.sum() > 200
+    groups = re.search(r'<section id="groups">(.*?)</section>', text, re.S).group(1)
+    assert "meta_plate" in groups  # grouped by the first field metadata with few values

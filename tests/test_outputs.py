@@ -192,3 +192,13 @@ def test_report_failure_never_raises(tmp_path, caplog):
         assert write_report(tmp_path, source=None, plan=None, table=None, parts=[], provenance={}) is None
     assert "QC report could not be written" in caplog.text
     assert not (tmp_path / "report.html").exists()
+
+
+def test_report_switch_and_anndata_only(tmp_path):
+    out = tmp_path / "run"
+    res = run_cli("+dataset=demo", "dataset.n_objects=3", "features=intensity", "cluster=sync",
+                  "export.formats=[anndata]", "export.report=false", f"output={out}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    names = {p.name for p in out.iterdir()}
+    assert "features.h5ad" in names and "report.html" not in names
+    assert "features.parquet" not in names and "features.columns.csv" not in names  # parts were intermediates
