@@ -245,10 +245,13 @@ def write_anndata(parts: Sequence[Path], path: Path, columns: Sequence[Column], 
                 row += len(block)
 
 
-def _feature_blocks(parts: Sequence[Path], names: Sequence[str], ok: np.ndarray, size: int = 256):
-    """(first column, (n_ok, b) float64 block) of the ok rows, ``size`` columns at a time."""
+def _feature_blocks(parts: Sequence[Path], names: Sequence[str], ok: np.ndarray, size: int | None = None):
+    """(first column, (n_ok, b) float64 block) of the ok rows, ``size`` columns at a time
+    (default: blocks of about 128 MiB, at most 256 columns)."""
     import pyarrow.parquet as pq
 
+    if size is None:
+        size = int(max(1, min(256, 2**27 // (8 * max(len(ok), 1)))))
     for a in range(0, len(names), size):
         cols = list(names[a:a + size])
         block = np.concatenate([np.column_stack([c.to_numpy() for c in pq.read_table(p, columns=cols).columns])
