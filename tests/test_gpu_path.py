@@ -43,10 +43,10 @@ def test_profile_batch_on_the_gpu_path_equals_cpu(cupy, monkeypatch, kernels):
         _reference_kernels(monkeypatch, cupy)
     cfg, _ = to_config(_compose(["+dataset=demo", "features=scip"]))
     plan = build_plan(cfg, ["BF", "DNA", "SPOT"])
-    cells = [make_cell(i, min_size=40, max_size=56)[0] for i in range(12)]
+    cells = [make_cell(i, min_size=40, max_size=56)[0] for i in range(6)]
     shape = (72, 72)
-    cpu = profile_batch(assemble(cells, np.arange(12), shape, np), plan)
-    batch = assemble(cells, np.arange(12), shape, cupy)
+    cpu = profile_batch(assemble(cells, np.arange(6), shape, np), plan)
+    batch = assemble(cells, np.arange(6), shape, cupy)
     assert isinstance(batch.pixels, fake_cupy.ndarray)
     gpu = profile_batch(batch, plan)
     assert type(gpu) is np.ndarray  # one copy back to the host
@@ -62,10 +62,10 @@ def test_cli_run_with_device_cuda_equals_cpu(cupy, monkeypatch, tmp_path):
     _reference_kernels(monkeypatch, cupy)
     out = {}
     for device in ("cpu", "cuda"):
-        cfg, yaml = to_config(_compose(["+dataset=demo", "dataset.n_objects=20", "features=scip", "cluster=sync",
+        cfg, yaml = to_config(_compose(["+dataset=demo", "dataset.n_objects=8", "features=scip", "cluster=sync",
                                         f"device={device}", f"output={tmp_path / device}", "progress=false"]))
         summary = run(cfg, yaml)
-        assert summary.n_ok == 20
+        assert summary.n_ok == 8
         out[device] = pd.read_parquet(tmp_path / device / "features.parquet")
     import json
 
@@ -101,7 +101,7 @@ def test_unpadded_batch_on_the_gpu_path_equals_cpu(cupy, monkeypatch):
     _reference_kernels(monkeypatch, cupy)
     cfg, _ = to_config(_compose(["+dataset=demo", "features=scip"]))
     plan = build_plan(cfg, ["BF", "DNA", "SPOT"])
-    cells = same_size_cells()
+    cells = same_size_cells(6)
     idx = np.arange(len(cells))
     cpu = profile_batch(assemble(cells, idx, (64, 64), np), plan)
     gpu = profile_batch(assemble(cells, idx, cells[0].shape[1:], cupy), plan)
