@@ -85,6 +85,36 @@ def segment(images: list, seg, channel_names) -> list[dict]:
     return out
 
 
+def check_segmentation(cfg) -> None:
+    """Fail at start-up, in one line naming the key and the path, when the segmentation cannot
+    run: Cellpose without cellpose installed, or without its weights on disk (nothing is
+    downloaded). Skipped for ``cluster=address``, whose workers may see other files and
+    packages than this machine (there a missing model is an error of every field)."""
+    seg = cfg.segmentation
+    if seg.method is None or seg.method.value != "cellpose":
+        return
+    if getattr(cfg.cluster.type, "value", cfg.cluster.type) == "address":
+        return
+    import importlib.util
+
+    from .cellpose_seg import ModelNotFoundError, resolve_model
+    from .errors import ConfigError
+
+    if importlib.util.find_spec("cellpose") is None:  # (not imported here: it imports torch)
+        raise ConfigError("segmentation=cellpose needs cellpose 4 and PyTorch, which are not installed: "
+                          "pip install 'scip_gpu[cellpose]' (install torch first)")
+    keys = []  # the models segment() loads: nuclei, and cells with cells=cellpose
+    if seg.cellpose.nucleus_model:
+        keys.append(("segmentation.cellpose.nucleus_model", seg.cellpose.nucleus_model))
+    if not seg.cellpose.nucleus_model or seg.cells.value == "cellpose":
+        keys.append(("segmentation.cellpose.model", seg.cellpose.model))
+    for key, model in keys:
+        try:
+            resolve_model(model)
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(f"{key}={model}: {exc}") from None
+
+
 def segmentation_masks(masks: list, bboxes: np.ndarray, shape, xp, name: str) -> MaskResult:
     """MaskResult of a batch of segmented objects (SCIP: zero background, one region)."""
     n = len(masks)

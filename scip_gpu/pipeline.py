@@ -628,6 +628,8 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
     table.insert(0, "meta_field_index" if is_fields else "meta_index", np.arange(len(table), dtype=np.int64))
     channel_names = source.channel_names(table)
     validate(cfg, len(channel_names))
+    if is_fields:
+        field_pipeline.check_segmentation(cfg)
     plan = build_plan(cfg, channel_names)
     device = select_device(getattr(cfg.device, "value", cfg.device))
 
