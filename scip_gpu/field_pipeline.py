@@ -85,12 +85,20 @@ def segment(images: list, seg, channel_names) -> list[dict]:
     return out
 
 
-def check_segmentation(cfg) -> None:
-    """Fail at start-up, in one line naming the key and the path, when the segmentation cannot
-    run: Cellpose without cellpose installed, or without its weights on disk (nothing is
-    downloaded). Skipped for ``cluster=address``, whose workers may see other files and
-    packages than this machine (there a missing model is an error of every field)."""
+def check_segmentation(cfg, channel_names) -> None:
+    """Fail at start-up, in one line naming the key, when the segmentation cannot run as
+    configured: ``segmentation.compartments`` naming a channel the dataset does not have; Cellpose
+    without cellpose installed, or without its weights on disk (nothing is downloaded; the
+    message names the paths looked at). The Cellpose checks are skipped for ``cluster=address``,
+    whose workers may see other files and packages than this machine (there a missing model is
+    an error of every field)."""
+    from .errors import ConfigError
+
     seg = cfg.segmentation
+    unknown = [ch for ch in seg.compartments if ch not in channel_names]
+    if unknown:
+        raise ConfigError(f"segmentation.compartments: no channel named {unknown[0]!r} (the channels are "
+                          f"{list(channel_names)}; dataset.channel_names names them)")
     if seg.method is None or seg.method.value != "cellpose":
         return
     if getattr(cfg.cluster.type, "value", cfg.cluster.type) == "address":
@@ -98,7 +106,6 @@ def check_segmentation(cfg) -> None:
     import importlib.util
 
     from .cellpose_seg import ModelNotFoundError, resolve_model
-    from .errors import ConfigError
 
     if importlib.util.find_spec("cellpose") is None:  # (not imported here: it imports torch)
         raise ConfigError("segmentation=cellpose needs cellpose 4 and PyTorch, which are not installed: "

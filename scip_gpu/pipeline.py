@@ -629,7 +629,7 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
     channel_names = source.channel_names(table)
     validate(cfg, len(channel_names))
     if is_fields:
-        field_pipeline.check_segmentation(cfg)
+        field_pipeline.check_segmentation(cfg, channel_names)
     plan = build_plan(cfg, channel_names)
     device = select_device(getattr(cfg.device, "value", cfg.device))
 

@@ -170,3 +170,19 @@ def test_illumination_on_a_local_cluster_equals_sync(tmp_path, capsys):
     got = pd.read_parquet(tmp_path / "local" / "features.parquet").sort_values(keys).reset_index(drop=True)
     assert len(want) >= 3 and (want["meta_status"] == "ok").all()
     pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_compartments_must_name_channels():
+    """A channel name in segmentation.compartments that the dataset does not have would be
+    ignored: it stops the run at start-up, naming it and the channels."""
+    from scip_gpu.cli import to_config
+    from scip_gpu.errors import ConfigError
+    from scip_gpu.field_pipeline import check_segmentation
+
+    from .test_config import _compose
+
+    cfg, _ = to_config(_compose(["+dataset=fields_tiff", "dataset.path=x", "segmentation=watershed",
+                                 "segmentation.compartments={Tubulin: cytoplasm}"]))
+    with pytest.raises(ConfigError, match=r"no channel named 'Tubulin' \(the channels are \['1', '2', '4'\]"):
+        check_segmentation(cfg, ["1", "2", "4"])
+    check_segmentation(cfg, ["DAPI", "Tubulin", "Actin"])
