@@ -105,7 +105,7 @@ def check_segmentation(cfg, channel_names) -> None:
         return
     import importlib.util
 
-    from .cellpose_seg import ModelNotFoundError, resolve_model
+    from .cellpose_seg import resolve_model
 
     if importlib.util.find_spec("cellpose") is None:  # (not imported here: it imports torch)
         raise ConfigError("segmentation=cellpose needs cellpose 4 and PyTorch, which are not installed: "
@@ -118,8 +118,8 @@ def check_segmentation(cfg, channel_names) -> None:
     for key, model in keys:
         try:
             resolve_model(model)
-        except ModelNotFoundError as exc:
-            raise ModelNotFoundError(f"{key}={model}: {exc}") from None
+        except ConfigError as exc:  # ModelNotFoundError, or a folder given as the weights
+            raise type(exc)(f"{key}={model}: {exc}") from None
 
 
 def segmentation_masks(masks: list, bboxes: np.ndarray, shape, xp, name: str) -> MaskResult:
