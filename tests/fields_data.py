@@ -49,7 +49,7 @@ def vignetting(shape, strength):
     return 1.0 - strength * (((yy - h / 2) / h) ** 2 + ((xx - w / 2) / w) ** 2)
 
 
-def write_bbbc021_replica(root: Path, shape=(160, 192), n_cells: int = 8):
+def write_bbbc021_replica(root: Path, shape=(160, 192), n_cells: int = 8, wells=WELLS, sites=SITES):
     """Write plates/wells/sites in BBBC021's naming and the two metadata CSVs.
 
     Returns the number of cells per field (all fields have the same).
@@ -62,8 +62,8 @@ def write_bbbc021_replica(root: Path, shape=(160, 192), n_cells: int = 8):
         folder = root / plate
         folder.mkdir(exist_ok=True)
         gain = vignetting(shape, 0.6 + 0.2 * p)  # each plate its own illumination
-        for well in WELLS:
-            for site in SITES:
+        for well in wells:
+            for site in sites:
                 img, _ = make_field(seed, shape, n_cells=n_cells, gain=gain)
                 seed += 1
                 names = {}

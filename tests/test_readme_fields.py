@@ -56,10 +56,10 @@ def test_readme_has_the_fields_commands():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """/data of the README: BBBC021 with its two CSVs, plate1 (2-D fields), stacks (2 z planes
-    per field) and cellpose-models/cpsam."""
+    """/data of the README: BBBC021 (2 plates x 2 wells x 1 site) with its two CSVs, plate1 (2-D
+    fields), stacks (2 z planes per field) and cellpose-models/cpsam."""
     root = tmp_path_factory.mktemp("data")
-    write_bbbc021_replica(root / "BBBC021", shape=(72, 96), n_cells=N_CELLS)
+    write_bbbc021_replica(root / "BBBC021", shape=(72, 96), n_cells=N_CELLS, wells=("B02", "C03"), sites=(1,))
     for name in ("BBBC021_v1_image.csv", "BBBC021_v1_moa.csv"):
         shutil.move(root / "BBBC021" / name, root / name)
     fields = write_fields(root / "plate1", n_cells=N_CELLS)
@@ -100,7 +100,7 @@ def test_readme_fields_command(command, data, tmp_path, monkeypatch, capsys):
     df = pd.read_parquet(out / "features.parquet")
     assert (df["meta_status"] == "ok").all()
     counts = df.groupby("meta_field").size()
-    n_fields = 8 if "+dataset=bbbc021" in args else 2
+    n_fields = 4 if "+dataset=bbbc021" in args else 2
     assert len(counts) == n_fields and (abs(counts - N_CELLS) <= 1).all(), counts
     li = [c for c in df.columns if c.startswith("feat_li_")]
     assert bool(li) == ("masks=scip" in args)  # fields: compartments only, unless masks are asked for
