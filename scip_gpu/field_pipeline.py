@@ -428,12 +428,10 @@ def _recover_fields(ex, task, exc: Exception, *, folder: Path, name: str, source
     from .pipeline import run_one_by_one, unrecoverable
 
     part, rows = task
-    cause = unrecoverable(part, exc)
+    cause = unrecoverable(part, exc, len(rows), "field")
     if cause is not None:
         return cause
     t0 = time.perf_counter()
-    log.warning("partition %d: %s; running its %d field(s) one per task to find the one(s) to blame",
-                part, exc, len(rows))
     tables: dict[int, pd.DataFrame] = {}
     errors: list[dict] = []
     n = n_ok = 0

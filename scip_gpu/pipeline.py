@@ -256,16 +256,19 @@ def _write_partition(folder: Path, part: int, rows: pd.DataFrame, schema, values
 KILLED_WITHOUT_SURVIVOR = 3
 
 
-def unrecoverable(part: int, exc: Exception) -> str | None:
-    """Why a partition whose task failed as a whole cannot be run again item by item in this run
-    (the cause, logged), or None when its task killed its workers (``WorkerKilled``): only then
-    is the failure blamed on its items. A full disk is raised."""
+def unrecoverable(part: int, exc: Exception, n: int, unit: str) -> str | None:
+    """Why a partition (of ``n`` items, ``unit`` "object" or "field") whose task failed as a
+    whole cannot be run again item by item in this run (the cause, logged), or None when its
+    task killed its workers (``WorkerKilled``): only then is the failure blamed on its items, and
+    they are run one per task. A full disk is raised."""
     from .cluster import WorkerKilled
     from .errors import disk_full
 
     if disk_full(exc):
         raise exc
     if isinstance(exc, WorkerKilled):
+        log.warning("partition %d: %s; running its %d %s(s) one per task to find the one(s) to blame",
+                    part, exc, n, unit)
         return None
     log.error("partition %d could not be run: %s", part, describe_exception(exc), exc_info=exc)
     return describe_exception(exc)
@@ -325,12 +328,10 @@ def recover_partition(ex, task, exc: Exception, *, source, plan: Plan, folder: P
     A full disk stops the run.
     """
     part, rows = task
-    cause = unrecoverable(part, exc)
+    cause = unrecoverable(part, exc, len(rows), "object")
     if cause is not None:
         return cause
     t0 = time.perf_counter()
-    log.warning("partition %d: %s; running its %d object(s) one per task to find the one(s) to blame",
-                part, exc, len(rows))
     position = {int(m): i for i, m in enumerate(rows["meta_index"])}
     values = np.full((len(rows), plan.n_features), np.nan)
     errors: list[dict] = []

@@ -150,5 +150,5 @@ def test_a_partition_that_did_not_kill_its_workers_is_left_for_resume():
     from scip_gpu.cluster import ClusterFailure, WorkerKilled
     from scip_gpu.pipeline import unrecoverable
 
-    assert unrecoverable(3, ClusterFailure("lost 3 times")) == "ClusterFailure: lost 3 times"
-    assert unrecoverable(3, WorkerKilled("worker killed")) is None
+    assert unrecoverable(3, ClusterFailure("lost 3 times"), 4, "field") == "ClusterFailure: lost 3 times"
+    assert unrecoverable(3, WorkerKilled("worker killed"), 4, "field") is None
