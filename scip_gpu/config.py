@@ -284,9 +284,33 @@ class Config:
 def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
+    node = OmegaConf.structured(Config)
+    _open_mappings(node)
     cs = ConfigStore.instance()
-    cs.store(name="scip_gpu_schema", node=Config)
+    cs.store(name="scip_gpu_schema", node=node)
+
+
+def _open_mappings(node) -> None:
+    """Let the free-form mappings of the schema (``Dict[...]`` fields such as
+    ``segmentation.compartments`` or ``features.per_mask``) take keys the schema cannot know.
+
+    Hydra merges a dictionary override (``segmentation.compartments={DAPI: nucleus}``) into the
+    existing node, and the composed configuration is in struct mode, which refuses new keys
+    ("not in struct") unless the node itself says otherwise. The dataclass fields stay closed: a
+    misspelt key still fails.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    for key in node.keys():
+        child = node._get_node(key)
+        if not isinstance(child, DictConfig) or child._is_none() or child._is_missing():
+            continue
+        if child._metadata.object_type in (None, dict):  # a Dict[...] field, not a dataclass
+            OmegaConf.set_struct(child, False)
+        else:
+            _open_mappings(child)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -256,6 +256,65 @@ def _write_partition(folder: Path, part: int, rows: pd.DataFrame, schema, values
 KILLED_WITHOUT_SURVIVOR = 3
 
 
+def unrecoverable(part: int, exc: Exception, n: int, unit: str) -> str | None:
+    """Why a partition (of ``n`` items, ``unit`` "object" or "field") whose task failed as a
+    whole cannot be run again item by item in this run (the cause, logged), or None when its
+    task killed its workers (``WorkerKilled``): only then is the failure blamed on its items, and
+    they are run one per task. A full disk is raised."""
+    from .cluster import WorkerKilled
+    from .errors import disk_full
+
+    if disk_full(exc):
+        raise exc
+    if isinstance(exc, WorkerKilled):
+        log.warning("partition %d: %s; running its %d %s(s) one per task to find the one(s) to blame",
+                    part, exc, n, unit)
+        return None
+    log.error("partition %d could not be run: %s", part, describe_exception(exc), exc_info=exc)
+    return describe_exception(exc)
+
+
+def run_one_by_one(results, *, part: int, source, index: str, stage: str, unit: str, errors: list,
+                   came_back) -> tuple[int, str | None]:
+    """Drain the results of a partition run again one item (object or field) per task.
+
+    ``came_back(row, result)`` takes each item that came back. An item whose task killed its
+    workers is an error (``stage``, keyed by the row's ``index`` column) naming the cause,
+    appended to ``errors``. Returns ``(items that killed their workers, cause)``; the cause is
+    None when every item was accounted for, else why the partition cannot be finished in this
+    run: ``KILLED_WITHOUT_SURVIVOR`` items killed their workers before any came back (the
+    workers die whatever they run), or an item's task failed otherwise. A full disk is raised.
+    """
+    from .cluster import WorkerKilled
+    from .errors import disk_full
+
+    survived = killed = 0
+    try:
+        for single, res, err in results:
+            row = single[1].iloc[0]
+            what = source.describe(row)
+            if err is None:
+                came_back(row, res)
+                survived += 1
+            elif disk_full(err):
+                raise err
+            elif isinstance(err, WorkerKilled):
+                killed += 1
+                log.error("%s: %s", what, err)
+                errors.append({"meta_index": int(row[index]), "object": what, "stage": stage,
+                               "error": f"{what}: {err}"})
+                if killed >= KILLED_WITHOUT_SURVIVOR and not survived:
+                    cause = f"the workers died on {killed} of its {unit} and on none came back ({err})"
+                    log.error("partition %d could not be run: %s", part, cause)
+                    return killed, cause
+            else:
+                log.error("partition %d could not be run: %s: %s", part, what, describe_exception(err), exc_info=err)
+                return killed, f"{what}: {describe_exception(err)}"
+    finally:
+        getattr(results, "close", lambda: None)()
+    return killed, None
+
+
 def recover_partition(ex, task, exc: Exception, *, source, plan: Plan, folder: Path, schema, device: str,
                       name: str):
     """A partition whose task failed as a whole: its PartitionResult (part written), or the cause
@@ -268,23 +327,16 @@ def recover_partition(ex, task, exc: Exception, *, source, plan: Plan, folder: P
     the partition for ``resume=true``: it is never marked done with objects it did not profile.
     A full disk stops the run.
     """
-    from .cluster import WorkerKilled
-    from .errors import disk_full
-
     part, rows = task
-    if disk_full(exc):
-        raise exc
-    if not isinstance(exc, WorkerKilled):
-        log.error("partition %d could not be run: %s", part, describe_exception(exc), exc_info=exc)
-        return describe_exception(exc)
+    cause = unrecoverable(part, exc, len(rows), "object")
+    if cause is not None:
+        return cause
     t0 = time.perf_counter()
-    log.warning("partition %d: %s; running its %d object(s) one per task to find the one(s) to blame",
-                part, exc, len(rows))
     position = {int(m): i for i, m in enumerate(rows["meta_index"])}
     values = np.full((len(rows), plan.n_features), np.nan)
     errors: list[dict] = []
     stage_seconds: dict = {}
-    seconds, survived, killed = 0.0, 0, 0
+    seconds = 0.0
     singles = [(part, rows.iloc[i:i + 1]) for i in range(len(rows))]
     names = [f"{name}-object-{int(m)}" for m in rows["meta_index"]]
     if len(rows) == 1:  # the partition was that object alone: it is to blame already
@@ -292,34 +344,20 @@ def recover_partition(ex, task, exc: Exception, *, source, plan: Plan, folder: P
     else:
         results = ex.map_unordered(process_partition, singles, names, priority=1, source=source, plan=plan,
                                    folder=None, schema=None, device=device)
-    try:
-        for single, res, err in results:
-            row = single[1].iloc[0]
-            what = source.describe(row)
-            if err is None:
-                one, vals = res
-                values[position[int(row["meta_index"])]] = vals[0]
-                errors += one.errors
-                seconds += one.seconds
-                for k, v in one.stage_seconds.items():
-                    stage_seconds[k] = stage_seconds.get(k, 0.0) + v
-                survived += 1
-            elif disk_full(err):
-                raise err
-            elif isinstance(err, WorkerKilled):
-                killed += 1
-                log.error("%s: %s", what, err)
-                errors.append({"meta_index": int(row["meta_index"]), "object": what, "stage": "worker",
-                               "error": f"{what}: {err}"})
-                if killed >= KILLED_WITHOUT_SURVIVOR and not survived:
-                    cause = f"the workers died on {killed} of its objects and on none came back ({err})"
-                    log.error("partition %d could not be run: %s", part, cause)
-                    return cause
-            else:
-                log.error("partition %d could not be run: %s: %s", part, what, describe_exception(err), exc_info=err)
-                return f"{what}: {describe_exception(err)}"
-    finally:
-        getattr(results, "close", lambda: None)()
+
+    def came_back(row, res) -> None:
+        nonlocal seconds
+        one, vals = res
+        values[position[int(row["meta_index"])]] = vals[0]
+        errors.extend(one.errors)
+        seconds += one.seconds
+        for k, v in one.stage_seconds.items():
+            stage_seconds[k] = stage_seconds.get(k, 0.0) + v
+
+    killed, cause = run_one_by_one(results, part=part, source=source, index="meta_index", stage="worker",
+                                   unit="objects", errors=errors, came_back=came_back)
+    if cause is not None:
+        return cause
     _write_partition(folder, part, rows, schema, values, errors)
     n_bad = len({int(e["meta_index"]) for e in errors})
     note = (f"partition {part}: recovered object by object after {exc}" if not killed else
@@ -591,6 +629,8 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
     table.insert(0, "meta_field_index" if is_fields else "meta_index", np.arange(len(table), dtype=np.int64))
     channel_names = source.channel_names(table)
     validate(cfg, len(channel_names))
+    if is_fields:
+        field_pipeline.check_segmentation(cfg, channel_names)
     plan = build_plan(cfg, channel_names)
     device = select_device(getattr(cfg.device, "value", cfg.device))
 

@@ -100,3 +100,31 @@ def test_field_options_need_a_fields_dataset():
     cfg, _ = to_config(_compose(["projection=max"]))
     with pytest.raises(ConfigError, match="apply to fields of view"):
         validate(cfg)
+
+
+def test_mapping_override_without_plus():
+    """A plain dictionary override adds keys to a free-form mapping (Hydra merges it into the
+    node; struct mode would refuse the new keys); misspelt keys around it still fail."""
+    cfg, _ = to_config(_compose(["+dataset=fields_tiff", "dataset.path=x", "segmentation=watershed",
+                                 "segmentation.compartments={DAPI: nucleus, Tubulin: cytoplasm}"]))
+    assert cfg.segmentation.compartments == {"DAPI": "nucleus", "Tubulin": "cytoplasm"}
+    # a dataset's own mapping: the override replaces the channels it names, keeps the others
+    cfg, _ = to_config(_compose(["+dataset=bbbc021", "dataset.path=x", "segmentation.compartments={Tubulin: cytoplasm}"]))
+    assert cfg.segmentation.compartments == {"DAPI": "nucleus", "Tubulin": "cytoplasm", "Actin": "cell"}
+    with pytest.raises(ConfigCompositionException, match="compartmentz"):
+        _compose(["+dataset=bbbc021", "dataset.path=x", "segmentation.compartmentz={DAPI: nucleus}"])
+    with pytest.raises(ConfigCompositionException, match="nucleus_chanel"):
+        _compose(["+dataset=bbbc021", "dataset.path=x", "segmentation.nucleus_chanel=1"])
+
+
+@pytest.mark.parametrize("dataset", ["fields_tiff", "bbbc021"])
+def test_fields_profile_the_compartments_by_default(dataset):
+    """Segmented fields: each channel in its compartment, no per-cell li/otsu masks unless asked."""
+    base = [f"+dataset={dataset}", "dataset.path=x", "segmentation=watershed"]
+    cfg, _ = to_config(_compose(base))
+    assert cfg.masks.methods == []
+    for choice, want in (("masks=scip", ["li", "otsu"]), ("masks=li", ["li"])):
+        cfg, _ = to_config(_compose([*base, choice]))
+        assert [m.method.value for m in cfg.masks.methods] == want, choice
+    cfg, _ = to_config(_compose(["+dataset=tiff", "dataset.path=x"]))  # single objects: SCIP's pair
+    assert [m.method.value for m in cfg.masks.methods] == ["li", "otsu"]

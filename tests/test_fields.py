@@ -141,3 +141,48 @@ def test_cytoplasm_compartment(bbbc021, tmp_path):
     df = pd.read_parquet(tmp_path / "cyto" / "features.parquet")
     # the cytoplasm (cell minus nucleus) is smaller than the cell
     assert (df["feat_area_Tubulin"] < df["feat_area_Actin"]).all()
+
+
+@pytest.mark.slow
+def test_illumination_on_a_local_cluster_equals_sync(tmp_path, capsys):
+    """illumination=jones_2006 on a real LocalCluster (a worker process; one task per field, so
+    the driver adds the partial sums of two tasks): the same correction image and the same values,
+    bit for bit, as cluster=sync. (Client.submit once refused the shared argument ``key``.)"""
+    from scip_gpu.cli import task
+
+    from .fields_data import write_fields
+    from .test_config import _compose
+
+    fields = write_fields(tmp_path / "plate1", n_fields=2)
+    args = ["+dataset=fields_tiff", f"dataset.path={tmp_path / 'plate1'}", "segmentation=watershed",
+            "illumination=jones_2006", "illumination.key=well", "illumination.median_filter_size=5",
+            "segmentation.fields_per_partition=1", "features.families=[intensity]", "export.formats=[parquet]"]
+    for cluster in ("cluster=sync", "cluster=local"):
+        out = tmp_path / cluster.split("=")[1]
+        assert task(_compose([*args, cluster, "cluster.n_workers=1", f"output={out}"])) == 0, capsys.readouterr().err
+    assert "Dask cluster with 1 worker(s)" in (tmp_path / "local" / "run.log").read_text()
+    sync, local = (tifffile.imread(tmp_path / c / "illumination" / "B02.tif") for c in ("sync", "local"))
+    np.testing.assert_array_equal(local, sync)
+    np.testing.assert_array_equal(sync, finish_illumination(np.sum(fields, axis=0, dtype=np.float64), 2,
+                                                            median_filter_size=5, downscale=1))
+    keys = ["meta_field", "meta_label"]
+    want = pd.read_parquet(tmp_path / "sync" / "features.parquet").sort_values(keys).reset_index(drop=True)
+    got = pd.read_parquet(tmp_path / "local" / "features.parquet").sort_values(keys).reset_index(drop=True)
+    assert len(want) >= 3 and (want["meta_status"] == "ok").all()
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_compartments_must_name_channels():
+    """A channel name in segmentation.compartments that the dataset does not have would be
+    ignored: it stops the run at start-up, naming it and the channels."""
+    from scip_gpu.cli import to_config
+    from scip_gpu.errors import ConfigError
+    from scip_gpu.field_pipeline import check_segmentation
+
+    from .test_config import _compose
+
+    cfg, _ = to_config(_compose(["+dataset=fields_tiff", "dataset.path=x", "segmentation=watershed",
+                                 "segmentation.compartments={Tubulin: cytoplasm}"]))
+    with pytest.raises(ConfigError, match=r"no channel named 'Tubulin' \(the channels are \['1', '2', '4'\]"):
+        check_segmentation(cfg, ["1", "2", "4"])
+    check_segmentation(cfg, ["DAPI", "Tubulin", "Actin"])
