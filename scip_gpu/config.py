@@ -50,6 +50,12 @@ class CellsMode(str, Enum):
     none = "none"  # the nuclei are the objects
 
 
+class ThresholdMethod(str, Enum):
+    triangle = "triangle"  # Zack's triangle: the foot of the background peak (keeps dim nuclei)
+    li = "li"  # Li's minimum cross-entropy
+    otsu = "otsu"  # Otsu's between-class variance
+
+
 class MaskMethod(str, Enum):
     li = "li"
     otsu = "otsu"
@@ -156,9 +162,19 @@ class SegmentationConfig:
     cell_channel: Optional[int] = None
     cells: CellsMode = CellsMode.expand
     expand_distance: int = 10
-    min_distance: int = 7  # watershed: minimum distance between nucleus centres (pixels)
-    smoothing: float = 1.0  # watershed: Gaussian sigma before thresholding
-    min_size: int = 30  # objects with fewer pixels are dropped
+    # watershed nuclei (segmentation.watershed_nuclei). Lengths and areas in pixels of the field;
+    # null: derived per field from the typical nucleus radius r (SCALE_RULES), logged per field
+    radius: Optional[float] = None  # typical nucleus radius r; null: estimated per field
+    smoothing: Optional[float] = None  # Gaussian sigma before thresholding; null: r/8
+    threshold_method: ThresholdMethod = ThresholdMethod.triangle  # global threshold
+    threshold: Optional[float] = None  # fixed global threshold (image as float); null: threshold_method's
+    block_size: Optional[int] = None  # local-threshold window (odd); 0: no local threshold; null: 4r+1
+    min_distance: Optional[int] = None  # minimum distance between nucleus centres; null: 0.6r
+    distance_smoothing: Optional[float] = None  # Gaussian sigma on the distance map; null: r/6
+    max_hole_size: Optional[int] = None  # holes up to this area are filled; 0: none; null: pi r^2
+    # objects with fewer pixels are dropped; null: pi (0.4r)^2 for the watershed, none beyond
+    # Cellpose's own (15 px) for cellpose (conf/segmentation/cellpose.yaml sets 30)
+    min_size: Optional[int] = None
     min_overlap: float = 0.1  # child-to-parent assignment (SCIP's rule)
     # channel name -> compartment (nucleus, cell, cytoplasm) whose mask the channel is measured
     # in; channels not listed: the nucleus channel -> nucleus, the others -> cell
