@@ -313,6 +313,23 @@ def mask_names(cfg: Config) -> list[str]:
     return [m.name or m.method.value for m in cfg.masks.methods]
 
 
+def _check_watershed(seg) -> None:
+    """The watershed's scale parameters: null (derived from the nucleus radius) or in range."""
+    def bad(key, why):
+        raise ConfigError(f"segmentation.{key}={getattr(seg, key)}: {why} (null: derived from the nucleus radius)")
+
+    if seg.radius is not None and not seg.radius > 0:
+        bad("radius", "must be positive (pixels)")
+    for key in ("smoothing", "distance_smoothing", "min_size", "max_hole_size"):
+        if getattr(seg, key) is not None and getattr(seg, key) < 0:
+            bad(key, "must not be negative")
+    if seg.min_distance is not None and seg.min_distance < 1:
+        bad("min_distance", "must be at least 1 pixel")
+    b = seg.block_size
+    if b is not None and b != 0 and (b < 3 or b % 2 == 0):
+        bad("block_size", "must be an odd number of pixels, at least 3, or 0 for no local threshold")
+
+
 def validate(cfg: Config, n_channels: int | None = None) -> None:
     """Raise ``ConfigError`` naming the key when the configuration is inconsistent.
 
@@ -370,6 +387,7 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
         if comp not in ("nucleus", "cell", "cytoplasm"):
             raise ConfigError(f"segmentation.compartments.{ch}: unknown compartment {comp!r} "
                               "(choose nucleus, cell or cytoplasm)")
+    _check_watershed(seg)
     if seg.method is not None and seg.cells.value in ("watershed", "cellpose") and seg.cell_channel is None:
         raise ConfigError(f"segmentation.cells={seg.cells.value} needs segmentation.cell_channel")
     if cfg.illumination.downscale < 1 or cfg.illumination.median_filter_size < 1:

@@ -17,8 +17,9 @@ Gaussian smoothing        yes, ``cupyx.scipy.ndimage.gaussian_filter``
 scale estimate            yes: ``ndimage.label``, ``distance_transform_edt``, ``ndimage.maximum``
                           per component, ``bincount`` of areas; the weighted median of the
                           per-component radii is taken on the host (one number per component)
-global threshold          yes, ``cucim.skimage.filters.threshold_li`` / ``threshold_otsu``
+global threshold          yes, ``cucim.skimage.filters.threshold_triangle`` / ``_li`` / ``_otsu``
 local threshold           yes, ``cucim.skimage.filters.threshold_local``
+hole filling              yes, ``ndimage.label`` of the background, a ``bincount`` and a lookup
 distance transform        yes, ``cupyx.scipy.ndimage.distance_transform_edt``
 marker detection          yes, ``cucim.skimage.feature.peak_local_max`` and ``ndimage.label``
 Sobel gradient            yes, ``cucim.skimage.filters.sobel``
@@ -61,20 +62,25 @@ __all__ = [
 # typical nucleus radius r (pixels), estimated per field by ``estimate_nucleus_radius`` unless
 # given. Each is a length (or an area) of the object, so the segmentation of a field imaged at
 # twice the magnification is the same segmentation at twice the size:
-# - smoothing r/12: the Gaussian removes pixel noise, far below the nucleus size;
+# - smoothing r/8: the Gaussian removes pixel noise and fine chromatin texture, far below the
+#   nucleus size;
 # - block_size 4r+1 (odd): the local-threshold window spans a nucleus and its surroundings, so a
 #   pixel is compared with the background next to its own nucleus;
+# - max_hole_size pi r^2: holes in the foreground up to a nucleus in area (nucleoli, dark
+#   chromatin) are filled; a nucleus is a filled object, and holes would split it;
 # - min_distance 0.6r: two nuclei, even touching, have centres at least about 2r apart; distance
 #   peaks closer than that (rough borders, elongated nuclei) belong to one nucleus;
 # - distance_smoothing r/6: smooths away the ridges a rough border leaves in the distance map;
 # - min_size pi (0.4r)^2: objects under a sixth of the typical nucleus area are specks, debris or
-#   fragments (a nucleus of 0.4r radius is kept);
-# - max_hole_size pi r^2: holes in the foreground up to a nucleus in area (nucleoli, dark
-#   chromatin) are filled; a nucleus is a filled object, and holes would split it.
-# The ratios were first set on the DSB2018 image of the tests (r about 12 px, where the former
-# fixed defaults 1.0, 51, 7, 2.0 and 30 px sat in the middle of a plateau of F1 0.90-0.93) and
-# then checked unchanged on three other images of other scales and modalities
-# (benchmarks/results/segmentation-*.md).
+#   fragments (a nucleus of 0.4r radius is kept).
+# How they were set: block_size, min_distance and distance_smoothing are the former fixed
+# defaults (51, 7 and 2 px, from the middle of a plateau of F1 0.90-0.93 on the DSB2018 image of
+# the tests, r about 12 px) divided by that radius. Smoothing (r/12 -> r/8), hole filling, the
+# triangle threshold and min_size (r/4 -> 0.4r) were then chosen once, for all images together,
+# on the four labelled images of benchmarks/bench_segmentation.py (one value for all of them, no
+# per-image setting; the F1 of each alternative is in the docstring of that script). Every
+# alternative tried stayed within 0.05 F1 on DSB2018; the changes mattered on the others
+# (textured CHO nuclei with nucleoli, dim HeLa nuclei).
 SCALE_RULES: dict[str, float] = {
     "smoothing": 1 / 8,
     "block_size": 4.0,
@@ -298,8 +304,10 @@ def watershed_nuclei(
     ----------
     image : (H, W) ndarray
         Nuclear (DAPI) channel.
-    radius, smoothing, threshold, threshold_method, block_size, min_distance, distance_smoothing, min_size, max_hole_size
-        See above; lengths in pixels, areas in pixels.
+    radius, smoothing, threshold, threshold_method, block_size, max_hole_size, min_distance
+        See above (lengths and areas in pixels).
+    distance_smoothing, min_size
+        See above.
     return_parameters : bool
         Also return the parameters used, with ``radius`` (None when the field has no
         foreground and nothing is segmented).
