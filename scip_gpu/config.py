@@ -50,6 +50,12 @@ class CellsMode(str, Enum):
     none = "none"  # the nuclei are the objects
 
 
+class ThresholdMethod(str, Enum):
+    triangle = "triangle"  # Zack's triangle: the foot of the background peak (keeps dim nuclei)
+    li = "li"  # Li's minimum cross-entropy
+    otsu = "otsu"  # Otsu's between-class variance
+
+
 class MaskMethod(str, Enum):
     li = "li"
     otsu = "otsu"
@@ -156,9 +162,19 @@ class SegmentationConfig:
     cell_channel: Optional[int] = None
     cells: CellsMode = CellsMode.expand
     expand_distance: int = 10
-    min_distance: int = 7  # watershed: minimum distance between nucleus centres (pixels)
-    smoothing: float = 1.0  # watershed: Gaussian sigma before thresholding
-    min_size: int = 30  # objects with fewer pixels are dropped
+    # watershed nuclei (segmentation.watershed_nuclei). Lengths and areas in pixels of the field;
+    # null: derived per field from the typical nucleus radius r (SCALE_RULES), logged per field
+    radius: Optional[float] = None  # typical nucleus radius r; null: estimated per field
+    smoothing: Optional[float] = None  # Gaussian sigma before thresholding; null: r/8
+    threshold_method: ThresholdMethod = ThresholdMethod.triangle  # global threshold
+    threshold: Optional[float] = None  # fixed global threshold (image as float); null: threshold_method's
+    block_size: Optional[int] = None  # local-threshold window (odd); 0: no local threshold; null: 4r+1
+    min_distance: Optional[int] = None  # minimum distance between nucleus centres; null: 0.6r
+    distance_smoothing: Optional[float] = None  # Gaussian sigma on the distance map; null: r/6
+    max_hole_size: Optional[int] = None  # holes up to this area are filled; 0: none; null: pi r^2
+    # objects with fewer pixels are dropped; null: pi (0.4r)^2 for the watershed, none beyond
+    # Cellpose's own (15 px) for cellpose (conf/segmentation/cellpose.yaml sets 30)
+    min_size: Optional[int] = None
     min_overlap: float = 0.1  # child-to-parent assignment (SCIP's rule)
     # channel name -> compartment (nucleus, cell, cytoplasm) whose mask the channel is measured
     # in; channels not listed: the nucleus channel -> nucleus, the others -> cell
@@ -321,6 +337,23 @@ def mask_names(cfg: Config) -> list[str]:
     return [m.name or m.method.value for m in cfg.masks.methods]
 
 
+def _check_watershed(seg) -> None:
+    """The watershed's scale parameters: null (derived from the nucleus radius) or in range."""
+    def bad(key, why):
+        raise ConfigError(f"segmentation.{key}={getattr(seg, key)}: {why} (null: derived from the nucleus radius)")
+
+    if seg.radius is not None and not seg.radius > 0:
+        bad("radius", "must be positive (pixels)")
+    for key in ("smoothing", "distance_smoothing", "min_size", "max_hole_size"):
+        if getattr(seg, key) is not None and getattr(seg, key) < 0:
+            bad(key, "must not be negative")
+    if seg.min_distance is not None and seg.min_distance < 1:
+        bad("min_distance", "must be at least 1 pixel")
+    b = seg.block_size
+    if b is not None and b != 0 and (b < 3 or b % 2 == 0):
+        bad("block_size", "must be an odd number of pixels, at least 3, or 0 for no local threshold")
+
+
 def validate(cfg: Config, n_channels: int | None = None) -> None:
     """Raise ``ConfigError`` naming the key when the configuration is inconsistent.
 
@@ -378,6 +411,7 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
         if comp not in ("nucleus", "cell", "cytoplasm"):
             raise ConfigError(f"segmentation.compartments.{ch}: unknown compartment {comp!r} "
                               "(choose nucleus, cell or cytoplasm)")
+    _check_watershed(seg)
     if seg.method is not None and seg.cells.value in ("watershed", "cellpose") and seg.cell_channel is None:
         raise ConfigError(f"segmentation.cells={seg.cells.value} needs segmentation.cell_channel")
     if cfg.illumination.downscale < 1 or cfg.illumination.median_filter_size < 1:

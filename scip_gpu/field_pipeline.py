@@ -48,7 +48,29 @@ def object_meta_frame(field_meta: pd.DataFrame) -> pd.DataFrame:
 # Segmentation
 
 
-def segment(images: list, seg, channel_names) -> list[dict]:
+def watershed_fields(images: list, seg, names: list[str] | None = None) -> list:
+    """``watershed_nuclei`` of the nucleus channel of every field with the configured
+    parameters (None: derived from the nucleus radius estimated per field); the radius and the
+    parameters used are logged per field."""
+    from . import segmentation as S
+
+    names = names or [f"field {i}" for i in range(len(images))]
+    nuclei = []
+    for img, name in zip(images, names):
+        labels, p = S.watershed_nuclei(
+            img[seg.nucleus_channel], radius=seg.radius, smoothing=seg.smoothing,
+            threshold=seg.threshold, threshold_method=seg.threshold_method.value, block_size=seg.block_size,
+            min_distance=seg.min_distance, distance_smoothing=seg.distance_smoothing, min_size=seg.min_size,
+            max_hole_size=seg.max_hole_size, return_parameters=True)
+        r = p.pop("radius")
+        log.info("%s: nucleus radius %s px (%s) -> %s; %d nuclei", name,
+                 "n/a" if r is None else f"{r:.1f}", "given" if seg.radius is not None else "estimated",
+                 ", ".join(f"{k} {v}" for k, v in p.items()), int(labels.max()))
+        nuclei.append(labels)
+    return nuclei
+
+
+def segment(images: list, seg, channel_names, names: list[str] | None = None) -> list[dict]:
     """Label images per field: ``{"nucleus": ..., "cell": ...}`` with agreeing labels."""
     from . import segmentation as S
 
@@ -56,15 +78,14 @@ def segment(images: list, seg, channel_names) -> list[dict]:
     cells = seg.cells.value
     nc, cc = seg.nucleus_channel, seg.cell_channel
     if method == "watershed":
-        nuclei = [S.watershed_nuclei(img[nc], smoothing=seg.smoothing, min_distance=seg.min_distance,
-                                     min_size=seg.min_size) for img in images]
+        nuclei = watershed_fields(images, seg, names)
     else:
         from .cellpose_seg import load_model, segment_fields
 
         model = load_model(seg.cellpose.nucleus_model or seg.cellpose.model)
         nuclei = segment_fields(model, [img[nc] for img in images], diameter=seg.cellpose.diameter,
                                 flow_threshold=seg.cellpose.flow_threshold, batch_size=seg.cellpose.batch_size)
-        nuclei = [S.remove_small_labels(n, seg.min_size) for n in nuclei]
+        nuclei = [S.remove_small_labels(n, seg.min_size or 0) for n in nuclei]
     out = []
     for i, (img, nuc) in enumerate(zip(images, nuclei)):
         if cells == "expand":
@@ -77,7 +98,7 @@ def segment(images: list, seg, channel_names) -> list[dict]:
             model = load_model(seg.cellpose.model)
             cell = segment_fields(model, [img[cc]], diameter=seg.cellpose.diameter,
                                   flow_threshold=seg.cellpose.flow_threshold)[0]
-            cell = S.remove_small_labels(cell, seg.min_size)
+            cell = S.remove_small_labels(cell, seg.min_size or 0)
             nuc = S.assign_children(cell, nuc, seg.min_overlap)  # SCIP's child-to-parent rule
         else:
             cell = nuc
@@ -185,7 +206,7 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
     if images:
         try:
             with timer("segmentation"):
-                labels_all = segment(images, seg, plan.channel_names)
+                labels_all = segment(images, seg, plan.channel_names, [source.describe(r) for r in field_rows])
         except Exception as exc:  # e.g. Cellpose weights missing: every field of the partition fails
             for row in field_rows:
                 errors.append({"meta_index": int(row["meta_field_index"]), "object": source.describe(row),
@@ -200,7 +221,7 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
             labels["cytoplasm"] = subtract(labels["cell"], labels["nucleus"])
         if labels_dir is not None:
             export_labels(Path(labels_dir), row["meta_field"], labels)
-        objs = field_objects(img, labels, compartments, min_size=seg.min_size)
+        objs = field_objects(img, labels, compartments, min_size=seg.min_size or 0)
         field_meta = {k: row[k] for k in row.index if k.startswith("meta_")}
         for px, m, meta in zip(objs.pixels, objs.masks, objs.meta):
             crops.append(px)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
@@ -82,6 +84,36 @@ def test_validate_catches_inconsistencies():
     cfg, _ = to_config(_compose(["+features.per_mask.nope=[shape]"]))
     with pytest.raises(ConfigError, match="'nope' is not a configured mask"):
         validate(cfg)
+
+
+def test_watershed_parameters_from_the_command_line():
+    fields = ["+dataset=fields_tiff", "dataset.path=x", "segmentation=watershed"]
+    cfg, _ = to_config(_compose(fields))
+    validate(cfg)
+    seg = cfg.segmentation
+    assert seg.radius is None and seg.block_size is None and seg.threshold_method.value == "triangle"
+    # the README's example (segmentation.radius=20 segmentation.min_distance=8) and every other key
+    given = ["segmentation.radius=20", "segmentation.smoothing=1.2", "segmentation.threshold_method=li",
+             "segmentation.threshold=0.1", "segmentation.block_size=31", "segmentation.min_distance=8",
+             "segmentation.distance_smoothing=1.5", "segmentation.max_hole_size=0", "segmentation.min_size=20"]
+    cfg, _ = to_config(_compose(fields + given))
+    validate(cfg)
+    keys = ("radius", "smoothing", "threshold", "block_size", "min_distance", "distance_smoothing",
+            "max_hole_size", "min_size")
+    got = {k: getattr(cfg.segmentation, k) for k in keys}
+    assert got == {"radius": 20.0, "smoothing": 1.2, "threshold": 0.1, "block_size": 31, "min_distance": 8,
+                   "distance_smoothing": 1.5, "max_hole_size": 0, "min_size": 20}
+    assert cfg.segmentation.threshold_method.value == "li"
+    for key, value, match in [("block_size", 30, "block_size=30: must be an odd"),
+                              ("radius", 0.0, "radius=0.0: must be positive"),
+                              ("min_distance", 0, "min_distance=0: must be at least 1"),
+                              ("smoothing", -1.0, "smoothing=-1.0: must not be negative")]:
+        bad = copy.deepcopy(cfg)
+        setattr(bad.segmentation, key, value)
+        with pytest.raises(ConfigError, match=match):
+            validate(bad)
+    with pytest.raises(ConfigCompositionException, match="threshold_method=mean"):
+        _compose(fields + ["segmentation.threshold_method=mean"])
 
 
 def test_force_added_unknown_key_is_refused():

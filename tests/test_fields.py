@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -111,6 +113,9 @@ def test_bbbc021_illumination_and_labels(bbbc021):
         assert tf.series[0].axes.endswith("YX") and lab.shape[-2:] == (160, 192)
     assert lab.shape[0] == 2 and 7 <= lab[1].max() <= 9  # nucleus and cell planes
     assert ((lab[0] > 0) <= (lab[1] > 0)).all()  # every nucleus inside its cell
+    # the nucleus radius estimated per field and the parameters derived from it are logged
+    radii = re.findall(r"nucleus radius ([0-9.]+) px \(estimated\) -> smoothing", (out / "run.log").read_text())
+    assert len(radii) == 8 and all(5 < float(r) < 9 for r in radii), radii  # discs of 6-8 px
     import anndata as ad
 
     a = ad.read_h5ad(out / "features.h5ad")

@@ -156,3 +156,19 @@ def test_twelve_channel_cells_on_the_gpu_path_equal_cpu_bit_for_bit(cupy, monkey
     gpu = profile_batch(assemble(cells, idx, (64, 64), cupy), plan)
     assert cpu.shape == (2, 5154)
     np.testing.assert_array_equal(gpu, cpu)
+
+
+def test_watershed_nuclei_on_the_gpu_path_equals_cpu(cupy):
+    """One implementation: the scale estimate and the watershed take the array namespace of
+    their input; only the flooding and a few numbers per field go through the host."""
+    from scip_gpu.segmentation import estimate_nucleus_radius, watershed_nuclei
+
+    from .test_segmentation import disc_grid
+
+    img, n = disc_grid(5, noise=100.0)
+    cpu, p_cpu = watershed_nuclei(img, return_parameters=True)
+    gpu, p_gpu = watershed_nuclei(cupy.asarray(img), return_parameters=True)
+    assert isinstance(gpu, fake_cupy.ndarray) and gpu.dtype == np.int32
+    np.testing.assert_array_equal(gpu.get(), cpu)
+    assert p_gpu == p_cpu and cpu.max() == n
+    assert estimate_nucleus_radius(cupy.asarray(img)) == p_cpu["radius"]
