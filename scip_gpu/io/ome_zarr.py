@@ -225,7 +225,7 @@ def plate_fields(path, level: int) -> list[dict]:
     group = open_group(path)
     ome, version = ome_attrs(group)
     plate = ome["plate"]
-    name = str(plate.get("name") or Path(str(path)).name.split(".")[0])
+    name = str(plate.get("name") or store_stem(path))
     rows = [r.get("name") for r in plate.get("rows", [])]
     cols = [c.get("name") for c in plate.get("columns", [])]
     out = []
@@ -266,6 +266,14 @@ def image_paths(path, ome: dict) -> list[str]:
         while str(len(series)) in group:
             series.append(str(len(series)))
     return [f"{root}/{s}" for s in series] or [str(path)]
+
+
+def store_stem(path) -> str:
+    """A store's name without ``.zarr`` and ``.ome`` (``plate_0.4.ome.zarr`` -> ``plate_0.4``)."""
+    name = Path(str(path).rstrip("/")).name
+    for suffix in (".zarr", ".ome"):
+        name = name.removesuffix(suffix)
+    return name
 
 
 def _cause(exc: BaseException, where: str) -> str:
@@ -357,7 +365,7 @@ class OmeZarrFieldSource(_OmeZarrSource):
             ids = table["meta_plate"].astype(str) + "_" + table["meta_well"].astype(str) + "_" \
                 + table["meta_fov"].astype(str)
         else:
-            ids = pd.Series([Path(str(p)).name.split(".")[0] for p in table["meta_path"]])
+            ids = pd.Series([store_stem(p) for p in table["meta_path"]])
         if ids.duplicated().any():  # several stores of the same name: numbered
             ids = ids + "_" + pd.Series(np.arange(len(ids)).astype(str))
         meta = [c for c in table.columns if c.startswith("meta_")]
