@@ -192,7 +192,8 @@ def write_anndata_zarr(parts: Sequence[Path], path: Path, columns: Sequence[Colu
         # anndata consolidates the metadata (as it reads fastest), which zarr notes is outside the v3 spec
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         # zarr v3 (anndata's next default); no sharding: X is written one row block at a time
-        with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
+        settings = {"zarr_write_format": 3, "auto_shard_zarr_v3": False}
+        with ad.settings.override(**{k: v for k, v in settings.items() if hasattr(ad.settings, k)}):
             adata.write_zarr(tmp)
         group = zarr.open_group(str(tmp), mode="a", use_consolidated=False)
         n, k = adata.n_obs, len(names)
