@@ -25,6 +25,16 @@ class DatasetFormat(str, Enum):
     multipage_tiff = "multipage_tiff"  # one file per object, channels as pages
     ome_tiff = "ome_tiff"  # one OME-TIFF per object, axes read from its metadata
     fields_tiff = "fields_tiff"  # fields of view: one TIFF per channel (and z plane) per field
+    ome_zarr = "ome_zarr"  # fields of view: OME-Zarr plates (every field of every well) or images
+    ome_zarr_objects = "ome_zarr_objects"  # OME-Zarr images of per-object crops (N, C, Y, X)
+
+
+#: dataset formats whose images are fields of view (segmented into objects)
+FIELD_FORMATS = ("fields_tiff", "ome_zarr")
+
+
+def is_fields_format(fmt) -> bool:
+    return getattr(fmt, "value", fmt) in FIELD_FORMATS
 
 
 class ProjectionMethod(str, Enum):
@@ -79,7 +89,13 @@ class FeatureFamily(str, Enum):
 
 class ExportFormat(str, Enum):
     parquet = "parquet"
-    anndata = "anndata"
+    anndata = "anndata"  # features.h5ad
+    anndata_zarr = "anndata_zarr"  # features.zarr (AnnData's zarr store)
+
+
+class LabelsFormat(str, Enum):
+    ome_zarr = "ome_zarr"  # labels/<field>.ome.zarr: OME-Zarr (NGFF 0.4) label images, napari label layers
+    ome_tiff = "ome_tiff"  # labels/<field>.ome.tif: one plane per compartment
 
 
 class ClusterType(str, Enum):
@@ -113,7 +129,7 @@ class DatasetConfig:
     name: str = "dataset"
     format: DatasetFormat = MISSING
     path: Optional[str] = None
-    # zarr/multipage/OME: channel indices into each image; tiff: channel keys as matched by the
+    # zarr/multipage/OME: channel indices into each image (OME-Zarr: indices or omero labels); tiff: channel keys as matched by the
     # regex's `channel` group. null: all channels.
     channels: Optional[List[Any]] = None
     channel_names: Optional[List[str]] = None
@@ -122,6 +138,8 @@ class DatasetConfig:
     regex: Optional[str] = None
     glob: str = "*.tif*"
     metadata: List[MetadataJoin] = field(default_factory=list)
+    # OME-Zarr only: the resolution level read (0 = full resolution, the multiscales' first dataset)
+    level: int = 0
     # demo only
     n_objects: int = 300
     n_channels: int = 3
@@ -181,6 +199,7 @@ class SegmentationConfig:
     compartments: Dict[str, str] = field(default_factory=dict)
     cellpose: CellposeConfig = field(default_factory=CellposeConfig)
     export_labels: bool = True  # label images per field under <output>/labels/
+    labels_format: LabelsFormat = LabelsFormat.ome_zarr
     fields_per_partition: int = 4
 
 
@@ -397,16 +416,19 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
                 f"features.per_mask: {key!r} is not a configured mask (masks: {names or 'none'})"
             )
     seg = cfg.segmentation
-    fields = getattr(ds.format, "value", ds.format) == "fields_tiff"
+    fmt = getattr(ds.format, "value", ds.format)
+    fields = is_fields_format(fmt)
     if fields and seg.method is None:
-        raise ConfigError("dataset.format=fields_tiff needs a segmentation: set segmentation=watershed "
+        raise ConfigError(f"dataset.format={fmt} needs a segmentation: set segmentation=watershed "
                           "or segmentation=cellpose")
     if seg.method is not None and not fields:
         raise ConfigError(f"segmentation.method={seg.method.value}: segmentation applies to fields of view "
-                          "(dataset.format=fields_tiff); this dataset holds single objects")
+                          "(dataset.format=fields_tiff or ome_zarr); this dataset holds single objects")
     if not fields and (cfg.illumination.method is not None or cfg.projection.method is not None):
-        raise ConfigError("projection and illumination apply to fields of view (dataset.format=fields_tiff); "
-                          "this dataset holds single objects")
+        raise ConfigError("projection and illumination apply to fields of view (dataset.format=fields_tiff or "
+                          "ome_zarr); this dataset holds single objects")
+    if ds.level < 0:
+        raise ConfigError(f"dataset.level: must be 0 (full resolution) or more, got {ds.level}")
     for ch, comp in seg.compartments.items():
         if comp not in ("nucleus", "cell", "cytoplasm"):
             raise ConfigError(f"segmentation.compartments.{ch}: unknown compartment {comp!r} "
@@ -420,7 +442,7 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
         if join.path is not None and not join.keys:
             raise ConfigError(f"dataset.metadata[{j}].keys: give the key columns to join on")
     if cfg.export.formats == []:
-        raise ConfigError("export.formats: choose at least one of parquet, anndata")
+        raise ConfigError("export.formats: choose at least one of parquet, anndata, anndata_zarr")
 
     if n_channels is not None:
         def _check_index(key: str, idx: int) -> None:

@@ -220,7 +220,7 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
 
             labels["cytoplasm"] = subtract(labels["cell"], labels["nucleus"])
         if labels_dir is not None:
-            export_labels(Path(labels_dir), row["meta_field"], labels)
+            export_labels(Path(labels_dir), row["meta_field"], labels, seg.labels_format)
         objs = field_objects(img, labels, compartments, min_size=seg.min_size or 0)
         field_meta = {k: row[k] for k in row.index if k.startswith("meta_")}
         for px, m, meta in zip(objs.pixels, objs.masks, objs.meta):

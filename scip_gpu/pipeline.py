@@ -670,7 +670,7 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
             progress.update(sum(d["n"] for d in done.values()))
         extra: dict = {}
         with executor(cfg.cluster, device) as ex:
-            if "anndata" in [getattr(f, "value", f) for f in cfg.export.formats]:
+            if {"anndata", "anndata_zarr"} & {getattr(f, "value", f) for f in cfg.export.formats}:
                 export.preload_anndata()  # imported while the partitions run, not after them
             kwargs = dict(cfg=cfg, source=source, plan=plan, folder=folder, schema=schema, device=device,
                           progress=progress, out=out, done=done)
@@ -721,10 +721,11 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
             provenance["stage_seconds"] = {k: round(v, 4) for k, v in sorted(stages.items())}
             log.info("time per stage (summed over workers): %s", provenance["stage_seconds"])
         formats = [getattr(f, "value", f) for f in cfg.export.formats]
+        uns = {"scip_gpu": {k: v for k, v in provenance.items() if isinstance(v, (str, int, float))}}
         if "anndata" in formats:
-            export.write_anndata(parts, out / f"{cfg.export.filename}.h5ad", plan.columns, meta_cols,
-                                 uns={"scip_gpu": {k: v for k, v in provenance.items()
-                                                   if isinstance(v, (str, int, float))}})
+            export.write_anndata(parts, out / f"{cfg.export.filename}.h5ad", plan.columns, meta_cols, uns=uns)
+        if "anndata_zarr" in formats:
+            export.write_anndata_zarr(parts, out / f"{cfg.export.filename}.zarr", plan.columns, meta_cols, uns=uns)
         if "parquet" not in formats:  # the parts were this run's own intermediates
             for p in parts:
                 p.unlink(missing_ok=True)

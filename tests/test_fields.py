@@ -106,12 +106,15 @@ def test_bbbc021_illumination_and_labels(bbbc021):
     assert c.shape == (3, 160, 192) and c.dtype == np.float32
     # the vignetting shows in the correction image: brighter centre than corners
     assert c[0, 80, 96] > c[0, 5, 5]
-    labels = sorted((out / "labels").glob("*.ome.tif"))
+    import zarr
+
+    labels = sorted((out / "labels").glob("*.ome.zarr"))  # OME-Zarr label images (the default)
     assert len(labels) == 8
-    with tifffile.TiffFile(labels[0]) as tf:
-        lab = tf.series[0].asarray()
-        assert tf.series[0].axes.endswith("YX") and lab.shape[-2:] == (160, 192)
-    assert lab.shape[0] == 2 and 7 <= lab[1].max() <= 9  # nucleus and cell planes
+    root = zarr.open_group(str(labels[0]), mode="r")
+    assert root.attrs["labels"] == ["nucleus", "cell"]
+    lab = np.stack([np.asarray(root[k]["0"]) for k in root.attrs["labels"]])
+    assert lab.shape[-2:] == (160, 192)
+    assert lab.shape[0] == 2 and 7 <= lab[1].max() <= 9  # nucleus and cell
     assert ((lab[0] > 0) <= (lab[1] > 0)).all()  # every nucleus inside its cell
     # the nucleus radius estimated per field and the parameters derived from it are logged
     radii = re.findall(r"nucleus radius ([0-9.]+) px \(estimated\) -> smoothing", (out / "run.log").read_text())
@@ -136,7 +139,8 @@ def test_cytoplasm_compartment(bbbc021, tmp_path):
     root, ref_out, _ = bbbc021
     res = run_cli("+dataset=bbbc021", f"dataset.path={root}", "illumination.median_filter_size=5",
                   "segmentation.compartments={DAPI: nucleus, Tubulin: cytoplasm, Actin: cell}",
-                  "features.families=[intensity,shape]", "cluster=sync", f"output={tmp_path / 'cyto'}", cwd=tmp_path)
+                  "features.families=[intensity,shape]", "segmentation.labels_format=ome_tiff", "cluster=sync",
+                  f"output={tmp_path / 'cyto'}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     with tifffile.TiffFile(next((tmp_path / "cyto" / "labels").glob("*.ome.tif"))) as tf:
         lab = tf.series[0].asarray()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Source
+from .ome_zarr import OmeZarrFieldSource, OmeZarrObjectSource
 from .tiff import ChannelTiffSource, FileSource
 from .zarr_dense import DenseZarrSource
 from .zarr_ragged import RaggedZarrSource
@@ -22,6 +23,8 @@ def make_source(dataset_cfg) -> Source:
         "multipage_tiff": FileSource,
         "ome_tiff": FileSource,
         "fields_tiff": FieldSource,
+        "ome_zarr": OmeZarrFieldSource,
+        "ome_zarr_objects": OmeZarrObjectSource,
     }
     return classes[fmt](dataset_cfg)
 
