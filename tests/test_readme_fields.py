@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+import zarr
 
 from scip_gpu.cli import task
 
@@ -117,8 +118,7 @@ def test_readme_fields_command(command, data, tmp_path, monkeypatch, capsys):
         assert [m["pretrained_model"] for m in cellpose.models] == [str(root / "cellpose-models" / "cpsam")]
         assert [e["shape"] for e in cellpose.evals] == [(2, 1, 72, 96)]  # both fields in one call, DAPI
         for site, img in enumerate(fields, 1):
-            with tifffile.TiffFile(out / "labels" / f"B02_{site}.ome.tif") as tf:
-                nucleus = tf.series[0].asarray()[0]
+            nucleus = np.asarray(zarr.open_group(str(out / "labels" / f"B02_{site}.ome.zarr"), mode="r")["nucleus"]["0"])
             want = fake_cellpose.reference_labels(img[:1].astype(np.float32))
             want[np.bincount(want.ravel())[want] < 30] = 0  # segmentation.min_size of conf/segmentation/cellpose.yaml
             np.testing.assert_array_equal(nucleus, want)
