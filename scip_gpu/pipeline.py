@@ -565,8 +565,32 @@ def _open_output(cfg: Config, table, n_partitions: int, resolved_yaml: str | Non
     return OutputFolder(out, lock, {}, new["runs"])
 
 
-def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
+def check_channels(cfg: Config, source, table: pd.DataFrame) -> None:
+    """``dataset.channels`` and ``dataset.channel_names`` against the data, before anything is
+    written (else every object would fail on its own, after a full pass): ``ConfigError``."""
+    from .errors import ConfigError
+
+    ds = cfg.dataset
+    n = source.channel_count(table)
+    if ds.channels is not None and n:
+        bad = [c for c in ds.channels if str(c).lstrip("-").isdigit() and not -n <= int(c) < n]
+        if bad:
+            raise ConfigError(f"dataset.channels={list(ds.channels)}: channel {bad[0]} is not in the data: "
+                              f"{'the' if len(table) == 1 else 'most'} objects of dataset {ds.name!r} have {n} "
+                              f"channel(s) (indices 0..{n - 1})")
+    if ds.channel_names is not None:
+        selected = source.selected_channels(table)
+        if len(ds.channel_names) != len(selected):
+            raise ConfigError(f"dataset.channel_names has {len(ds.channel_names)} name(s) for the {len(selected)} "
+                              f"channel(s) profiled ({selected}); give one name per channel (or set "
+                              "dataset.channels to choose the channels)")
+
+
+def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummary:
     """Run the pipeline for a validated configuration object.
+
+    ``source``: the object source (``scip_gpu.io.Source``); by default the one ``cfg.dataset``
+    describes (``make_source``). ``scip_gpu.profile`` gives its in-memory arrays this way.
 
     Raises
     ------
@@ -581,7 +605,7 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
 
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    source = make_source(cfg.dataset)
+    source = make_source(cfg.dataset) if source is None else source
     table = source.objects()
     is_fields = getattr(source, "fields", False)
     unit = "fields" if is_fields else "objects"
@@ -589,6 +613,7 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
         raise InputError(f"dataset {cfg.dataset.name!r}: no {unit} found at {cfg.dataset.path!r}")
     table = join_metadata(table, cfg.dataset.metadata)
     table.insert(0, "meta_field_index" if is_fields else "meta_index", np.arange(len(table), dtype=np.int64))
+    check_channels(cfg, source, table)
     channel_names = source.channel_names(table)
     validate(cfg, len(channel_names))
     plan = build_plan(cfg, channel_names)

@@ -86,7 +86,11 @@ def check_filter(method: str, settings: dict, where: str) -> dict:
     fn, opts = FILTERS[method]
     unknown = sorted(set(settings) - set(opts))
     if unknown:
-        raise ConfigError(f"{where}.settings: unknown option(s) {unknown} for filter {method!r}")
+        import difflib
+
+        near = difflib.get_close_matches(unknown[0], list(opts), n=1)
+        raise ConfigError(f"{where}.settings: unknown option(s) {unknown} for filter {method!r} (it accepts: "
+                          f"{sorted(opts) or 'no options'}){f'; did you mean {near[0]!r}?' if near else ''}")
     out = {k: settings.get(k, v) for k, v in opts.items()}
     missing = [k for k, v in out.items() if v is None]
     if missing:
