@@ -20,7 +20,7 @@ import pandas as pd
 from . import export
 from .backend import device_module, is_gpu, select_device
 from .batch import assemble, group_by_shape, profile_dtype
-from .cluster import executor
+from .cluster import check_dashboard, executor
 from .config import Config, validate
 from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError,
                      describe_exception, disk_full)
@@ -617,6 +617,7 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
     channel_names = source.channel_names(table)
     validate(cfg, len(channel_names))
     plan = build_plan(cfg, channel_names)
+    check_dashboard(cfg.cluster)
     device = select_device(getattr(cfg.device, "value", cfg.device))
 
     if not is_fields:
