@@ -133,11 +133,11 @@ def _parse(text: str):
         key, _, value = text.partition("=")
         if value and set(value) & _SPECIAL and not (value[:1] in "'\"" and value[-1:] == value[:1]):
             raise ConfigError(
-                f"cannot read the override {text!r}: its value has characters that Hydra reads as syntax "
+                f"cannot read the override '{text}': its value has characters that Hydra reads as syntax "
                 f"({''.join(sorted(set(value) & _SPECIAL))!r}); quote the value inside the shell's quotes, e.g. "
                 f"\"{key}='{value}'\" (a regex always needs this)") from None
         first = str(exc).splitlines()[1] if len(str(exc).splitlines()) > 1 else str(exc)
-        raise ConfigError(f"cannot read the override {text!r}: {first.strip()} (overrides are key=value, "
+        raise ConfigError(f"cannot read the override '{text}': {first.strip()} (overrides are key=value, "
                           "+dataset=NAME or group=option)") from None
     return ov
 
