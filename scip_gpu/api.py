@@ -49,8 +49,14 @@ class ArraySource(Source):
 
     kind = "in-memory arrays"
 
-    def __init__(self, cfg, images):
+    def __init__(self, cfg, images, masks=None):
         super().__init__(cfg)
+        if masks is not None:
+            n_masks = int(masks.shape[0]) if _is_array(masks) else len(masks)
+            n_images = int(images.shape[0]) if _is_array(images) else len(images)
+            if n_masks != n_images:
+                raise InputError(f"in-memory masks: {n_masks} mask(s) for {n_images} image(s); give one per image")
+        self.masks = masks
         if _is_array(images):
             if len(images.shape) != 4:
                 raise InputError(
@@ -81,6 +87,27 @@ class ArraySource(Source):
 
     def describe(self, row) -> str:
         return f"in-memory object {row['meta_id']}"
+
+    def load_masks(self, rows: pd.DataFrame) -> list:
+        """The masks given for the rows as (C, H, W) bool (C: the channels profiled), or an
+        ``ObjectError``. A (H, W) mask applies to every channel; a (C, H, W) one per channel
+        (``dataset.channels`` selects from it as from the image). Non-zero is inside."""
+        n_ch = len(self.selected_channels(None))
+        out = []
+        for i in (int(i) for i in rows["meta_id"]):
+            name = f"in-memory object {i}"
+            try:
+                m = _to_numpy(self.masks[i]) != 0
+                if m.ndim == 2:
+                    m = np.broadcast_to(m, (n_ch, *m.shape))
+                elif m.ndim == 3:
+                    m = select_channels(m, self.cfg.channels, f"{name} (its mask)")
+                else:
+                    raise ValueError(f"a mask must be (H, W) or (C, H, W), got shape {m.shape}")
+                out.append(m)
+            except Exception as exc:  # noqa: BLE001 - this object's error only
+                out.append(object_error(exc, name))
+        return out
 
     def load(self, rows: pd.DataFrame) -> list:
         ids = [int(i) for i in rows["meta_id"]]
@@ -244,7 +271,8 @@ def _main_not_rerun():
 # profile()
 
 
-def profile(source, *overrides: str, output: str | Path | None = None, channel_names=None, **options):
+def profile(source, *overrides: str, output: str | Path | None = None, channel_names=None, masks=None,
+            mask_name: str = "mask", **options):
     """Profile objects with scip_gpu and return their features as an AnnData.
 
     The same run as ``python -m scip_gpu``, with the same defaults (``conf/``: li + otsu masks,
@@ -275,6 +303,15 @@ def profile(source, *overrides: str, output: str | Path | None = None, channel_n
         AnnData is read back; ``adata.uns["errors"]`` then holds the error report.
     channel_names : list of str, optional
         One name per channel profiled (``dataset.channel_names``).
+    masks : array or sequence of arrays, optional
+        With in-memory images: a mask per image, profiled like a mask method's (columns
+        ``feat_{mask_name}_*``, before the methods' ones): ``(N, H, W)`` or a list of ``(H, W)``
+        (the same mask for every channel), or ``(N, C, H, W)`` / a list of ``(C, H, W)`` (one per
+        channel); bool or labels (non-zero is inside). A string or a mapping instead chooses or
+        changes the mask methods as on the command line (``masks="li"``); with masks given,
+        ``"masks=none"`` profiles them alone.
+    mask_name : str
+        Column prefix of the given masks.
     **options
         Configuration keys: a group's option by name (``masks="li"``, ``features="intensity"``,
         ``cluster="local"``, ``dataset="tiff"``), a top-level key (``device="cuda"``,
@@ -310,6 +347,10 @@ def profile(source, *overrides: str, output: str | Path | None = None, channel_n
 
     if channel_names is not None:
         options["dataset_options"] = {**(options.get("dataset_options") or {}), "channel_names": list(channel_names)}
+    if isinstance(masks, (str, Mapping)):  # the `masks` group, as on the command line
+        options["masks"], masks = masks, None
+    if masks is not None and isinstance(source, (str, Path, Mapping)):
+        raise ConfigError("masks=...: masks can be given with in-memory images only")
     if source is None:
         raise ConfigError("profile(source): give a path, a dataset configuration (e.g. 'demo') or images")
     in_memory = not isinstance(source, (str, Path, Mapping))
@@ -319,6 +360,8 @@ def profile(source, *overrides: str, output: str | Path | None = None, channel_n
     formats = list(cfg.export.formats)
     if "anndata" not in [getattr(f, "value", f) for f in formats]:
         cfg.export.formats = formats + ["anndata"]
+    if masks is not None:
+        cfg.masks.given = mask_name
     if cfg.get("output") is not None and output is None:
         output = cfg.output
     with contextlib.ExitStack() as stack:
@@ -328,7 +371,7 @@ def profile(source, *overrides: str, output: str | Path | None = None, channel_n
         else:
             cfg.output = str(output)
         config, resolved = to_config(cfg)
-        src = ArraySource(config.dataset, source) if in_memory else None
+        src = ArraySource(config.dataset, source, masks) if in_memory else None
         kind = getattr(config.cluster.type, "value", config.cluster.type)
         if kind in ("local", "local_cuda"):
             stack.enter_context(_main_not_rerun())

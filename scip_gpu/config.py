@@ -202,6 +202,9 @@ class MasksConfig:
     main_channel_index: int = 0  # no region left here: the object's features are NaN
     remove_border_regions: bool = True
     edge_width: int = 6  # radius of the disk that erodes a mask into its edge rim
+    # column prefix of the masks given with in-memory images (scip_gpu.profile(images, masks=...),
+    # which sets it); their columns come before the methods'. null: none
+    given: Optional[str] = None
 
 
 @dataclass
@@ -337,7 +340,7 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise ConfigError(f"{key}: must be at least 1, got {getattr(cfg, key)}")
 
-    names = mask_names(cfg)
+    names = mask_names(cfg) + ([cfg.masks.given] if cfg.masks.given else [])
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(

@@ -154,6 +154,15 @@ def check_image(img, n_channels: int, min_side: int, name) -> np.ndarray:
     return img
 
 
+def check_given_mask(mask, img: np.ndarray, name: str) -> None:
+    """A mask given with an image (``source.load_masks``): (C, H, W) bool of the image's size."""
+    if isinstance(mask, Exception):
+        raise mask
+    if mask.shape != img.shape:
+        raise ObjectError(f"{name}: its mask has shape {mask.shape[-2:]}, the image {img.shape[1:]} (the masks "
+                          "given must have the images' sizes)", "validate")
+
+
 def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, folder: str, schema,
                       device: str) -> PartitionResult:
     """Load, mask and profile one partition of objects and write its Parquet file.
@@ -183,6 +192,8 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
                 loaded += source.load(rows.iloc[pos:pos + 1])
             except Exception as exc:  # noqa: BLE001 - this object's error only
                 loaded.append(exc)
+    given_name = cfg.masks.given  # masks given with the images (scip_gpu.profile(images, masks=...))
+    given = source.load_masks(rows) if given_name else None
     good: list[tuple[int, np.ndarray]] = []
     for pos, item in enumerate(loaded):
         if isinstance(item, Exception):
@@ -190,9 +201,24 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
             continue
         try:
             name = lambda pos=pos: source.describe(rows.iloc[pos])  # noqa: E731 (only for a message)
-            good.append((pos, check_image(item, n_ch, plan.min_side, name)))
+            img = check_image(item, n_ch, plan.min_side, name)
+            if given is not None:
+                check_given_mask(given[pos], img, name())
+            good.append((pos, img))
         except Exception as exc:  # any failure to validate one object is that object's error
             fail(pos, exc, "validate")
+
+    def given_for(positions: list[int], shape, batch) -> list:
+        """The given masks of a batch, padded as its images (none without given masks)."""
+        if given is None:
+            return []
+        from .masks import given_masks
+
+        host = np.zeros((len(positions), n_ch, *shape), dtype=bool)
+        for k, p in enumerate(positions):
+            m = given[p]
+            host[k, :, :m.shape[1], :m.shape[2]] = m
+        return [given_masks(batch, xp.asarray(host), given_name, cfg.masks)]
 
     values = np.full((len(rows), plan.n_features), np.nan)
     index = rows["meta_index"].to_numpy()
@@ -203,13 +229,14 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
         try:
             with timer("transfer"):
                 batch = assemble(imgs, index[positions], shape, xp)
-            values[positions] = profile_batch(batch, plan, timer)
+            values[positions] = profile_batch(batch, plan, timer, given_for(positions, shape, batch))
         except Exception as exc:
             del exc  # release device buffers held by the traceback before retrying
             free_device_memory(xp)
             if len(positions) == 1:
                 try:  # once more alone, to report the actual cause
-                    values[positions] = profile_batch(assemble(imgs, index[positions], shape, xp), plan)
+                    batch = assemble(imgs, index[positions], shape, xp)
+                    values[positions] = profile_batch(batch, plan, given=given_for(positions, shape, batch))
                 except Exception as exc2:
                     fail(positions[0], exc2, "features")
                 return

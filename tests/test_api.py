@@ -108,3 +108,30 @@ def test_local_cluster_does_not_rerun_the_calling_script(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "objects 4 4" in res.stdout
     assert marker.read_text() == "ran\n"  # once: the workers did not import the script
+
+
+def test_given_masks_are_profiled_like_a_mask_method():
+    """Masks given with in-memory images: their statistics against NumPy on the same pixels;
+    a (H, W) mask covers every channel, a (C, H, W) one each channel; a mask of the wrong size is
+    that object's error."""
+    cells = _cells(3)
+    yy, xx = np.ogrid[:80, :80]
+    masks = [(yy - c.shape[1] / 2) ** 2 + (xx - c.shape[2] / 2) ** 2 < 12 ** 2 for c in cells]
+    masks = [m[:c.shape[1], :c.shape[2]] for m, c in zip(masks, cells)]
+    per_channel = [np.stack([m, m, np.zeros_like(m)]).astype(np.uint8) * 7 for m in masks]  # labels: non-zero
+    per_channel[2] = per_channel[2][:, :-1]  # wrong size
+    a = scip_gpu.profile(cells, "masks=none", masks=masks, channel_names=NAMES, features="intensity")
+    assert [v for v in a.var_names if v.startswith("feat_mask_")][:2] == ["feat_mask_mean_BF", "feat_mask_median_BF"]
+    for i, (c, m) in enumerate(zip(cells, masks)):
+        px = c[1][m].astype(np.float64)
+        np.testing.assert_allclose(a[i, ["feat_mask_mean_DNA", "feat_mask_max_DNA", "feat_mask_std_DNA"]].X.ravel(),
+                                   [px.mean(), px.max(), px.std()], rtol=1e-6)
+        rows = np.flatnonzero(m.any(axis=1))
+        assert a.obs["meta_mask_regions_SPOT"].iat[i] == 1 and a.obs["meta_mask_bbox_minr"].iat[i] == rows[0]
+    b = scip_gpu.profile(cells, masks=per_channel, channel_names=NAMES, features="intensity")
+    assert b.obs["meta_status"].tolist() == ["ok", "ok", "error"]
+    assert "its mask has shape" in b.uns["errors"]["error"].iat[0]
+    np.testing.assert_array_equal(b[:2, "feat_mask_mean_DNA"].X, a[:2, "feat_mask_mean_DNA"].X)
+    assert np.isnan(b[:2, "feat_mask_mean_SPOT"].X).all() and {"feat_li_mean_BF", "feat_otsu_mean_BF"} <= set(b.var_names)
+    with pytest.raises(InputError, match="2 mask"):
+        scip_gpu.profile(cells, masks=masks[:2])
