@@ -12,8 +12,8 @@ override against the dataclasses of ``scip_gpu/config.py`` and the options in ``
 - a value for a free-form mapping (``features.per_mask={otsu: [shape]}``,
   ``segmentation.compartments={DAPI: nucleus}``): Hydra cannot merge new keys into such a
   mapping in its struct mode, so the override is passed on as ``++key=value``, which can;
-- ``dataset.*`` keys without a ``+dataset=...``: the demo (the default dataset) is chosen
-  explicitly, so that they apply to it.
+- ``dataset.*`` keys without a ``+dataset=...`` (nor ``dataset.format``): the demo (the default
+  dataset) is chosen explicitly, so that they apply to it.
 
 The same function prepares the overrides given to ``scip_gpu.profile``.
 """
@@ -181,6 +181,6 @@ def prepare(overrides: list[str]) -> list[str]:
         if kind in ("mapping", "inside_mapping") and not (ov.is_add() or ov.is_force_add() or ov.is_delete()):
             text = "++" + text  # Hydra cannot merge new keys into a mapping without it (struct mode)
         out.append(text)
-    if needs_demo:
-        out.insert(0, "+dataset=demo")
+    if needs_demo and not any(ov.key_or_group == "dataset.format" for _, ov in parsed):
+        out.insert(0, "+dataset=demo")  # (a dataset described key by key, with its format, is not the demo)
     return out

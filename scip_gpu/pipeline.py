@@ -208,17 +208,18 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
         except Exception as exc:  # any failure to validate one object is that object's error
             fail(pos, exc, "validate")
 
-    def given_for(positions: list[int], shape, batch) -> list:
-        """The given masks of a batch, padded as its images (none without given masks)."""
+    def given_for(positions: list[int], shape, batch) -> dict:
+        """``profile_batch``'s ``given``: the given masks of a batch, padded as its images ({}
+        without given masks)."""
         if given is None:
-            return []
+            return {}
         from .masks import given_masks
 
         host = np.zeros((len(positions), n_ch, *shape), dtype=bool)
         for k, p in enumerate(positions):
             m = given[p]
             host[k, :, :m.shape[1], :m.shape[2]] = m
-        return [given_masks(batch, xp.asarray(host), given_name, cfg.masks)]
+        return {"given": [given_masks(batch, xp.asarray(host), given_name, cfg.masks)]}
 
     values = np.full((len(rows), plan.n_features), np.nan)
     index = rows["meta_index"].to_numpy()
@@ -229,14 +230,14 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
         try:
             with timer("transfer"):
                 batch = assemble(imgs, index[positions], shape, xp)
-            values[positions] = profile_batch(batch, plan, timer, given_for(positions, shape, batch))
+            values[positions] = profile_batch(batch, plan, timer, **given_for(positions, shape, batch))
         except Exception as exc:
             del exc  # release device buffers held by the traceback before retrying
             free_device_memory(xp)
             if len(positions) == 1:
                 try:  # once more alone, to report the actual cause
                     batch = assemble(imgs, index[positions], shape, xp)
-                    values[positions] = profile_batch(batch, plan, given=given_for(positions, shape, batch))
+                    values[positions] = profile_batch(batch, plan, **given_for(positions, shape, batch))
                 except Exception as exc2:
                     fail(positions[0], exc2, "features")
                 return
