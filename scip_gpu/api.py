@@ -221,9 +221,10 @@ def compose(source, overrides: tuple[str, ...] = (), options: Mapping[str, Any] 
     if dataset_name is not None:
         groups.append(f"+dataset={dataset_name}")
 
-    for key in (k for k, v in merges.items() for k in _flat_keys(k, v)):  # misspelt keys: one line
-        if resolve(key)[0] == "unknown":
-            prepare([f"{key}=0"])  # raises ConfigError with the closest key
+    for section, value in merges.items():  # a misspelt key: one line naming the closest key
+        for key in _flat_keys(section, value):
+            if resolve(key)[0] == "unknown":
+                prepare([f"{key}=0"])  # raises ConfigError
     register_configs()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="scip_gpu"):

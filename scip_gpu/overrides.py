@@ -163,8 +163,9 @@ def prepare(overrides: list[str]) -> list[str]:
             options = group_options(key)
             if ov.value() not in options:
                 close = difflib.get_close_matches(ov.value(), options, n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
                 raise ConfigError(f"{key}={ov.value()}: no such {key} configuration (choose from "
-                                  f"{', '.join(options)}; they are in conf/{key}/){f'; did you mean {close[0]}?' if close else ''}")
+                                  f"{', '.join(options)}; they are in conf/{key}/){hint}")
             if key in ADDED_GROUPS and not ov.is_add() and not ov.is_force_add():
                 raise ConfigError(f"{text}: a dataset is chosen with a '+': write +{key}={ov.value()}")
             if key in GROUPS_IN_DEFAULTS and (ov.is_add() or ov.is_force_add()):
