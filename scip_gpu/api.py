@@ -220,6 +220,8 @@ def compose(source, overrides: tuple[str, ...] = (), options: Mapping[str, Any] 
         merges["dataset"] = {"name": "arrays", "format": "arrays", **(merges.get("dataset") or {})}
     if dataset_name is not None:
         groups.append(f"+dataset={dataset_name}")
+    chosen = {o.split("=", 1)[0].lstrip("+") for o in overrides if "=" in o}  # a group chosen as a string wins
+    groups = [g for g in groups if g.split("=", 1)[0].lstrip("+") not in chosen]
 
     for section, value in merges.items():  # a misspelt key: one line naming the closest key
         for key in _flat_keys(section, value):

@@ -135,3 +135,16 @@ def test_given_masks_are_profiled_like_a_mask_method():
     assert np.isnan(b[:2, "feat_mask_mean_SPOT"].X).all() and {"feat_li_mean_BF", "feat_otsu_mean_BF"} <= set(b.var_names)
     with pytest.raises(InputError, match="2 mask"):
         scip_gpu.profile(cells, masks=masks[:2])
+
+
+def test_options_compose_as_on_the_command_line(tmp_path):
+    from scip_gpu.api import compose, infer_dataset
+
+    cfg, _ = compose(_cells(1), ("cluster=local",), {"cluster": {"n_workers": 4}, "batch_size": 8})
+    assert (cfg.cluster.type.value, cfg.cluster.n_workers, cfg.batch_size) == ("local", 4, 8)
+    cfg, name = compose("demo", ("masks=li",), {})
+    assert name == "demo" and cfg.cluster.type.value == "sync" and [m.name for m in cfg.masks.methods] == ["li"]
+    (tmp_path / "a.ome.tif").touch()
+    assert infer_dataset(tmp_path) == "ome_tiff" and infer_dataset(tmp_path / "x.tif") == "multipage_tiff"
+    with pytest.raises(ConfigError, match="cannot tell the dataset type"):
+        infer_dataset(tmp_path / "nothing_here")
