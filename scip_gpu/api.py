@@ -34,10 +34,13 @@ def _is_array(x) -> bool:
 
 
 def _to_numpy(a) -> np.ndarray:
-    """A NumPy array from NumPy, CuPy (copied to the host) or Dask (computed) input."""
-    if hasattr(a, "compute") and not isinstance(a, np.ndarray):  # dask
+    """A NumPy array from NumPy, CuPy (copied to the host) or Dask (computed) input (the tests
+    of array_api_compat import neither CuPy nor Dask)."""
+    from array_api_compat import is_cupy_array, is_dask_array
+
+    if is_dask_array(a):
         a = a.compute()
-    if hasattr(a, "get") and type(a).__module__.startswith("cupy"):
+    if is_cupy_array(a):
         a = a.get()
     return np.asarray(a)
 
