@@ -403,6 +403,31 @@ def _dask_settings(cluster_cfg, kind: str) -> dict:
     return settings
 
 
+#: cluster types whose Dask scheduler (and so its dashboard) scip_gpu starts in this process
+_OWN_SCHEDULER = ("local", "local_cuda", "slurm", "pbs")
+
+
+def check_dashboard(cluster_cfg) -> None:
+    """``cluster.dashboard_address`` asks for the Dask dashboard, which needs bokeh: without it,
+    ``ConfigError`` before anything is written (distributed itself would only warn, and the run
+    go on without the dashboard that was asked for)."""
+    import importlib.util
+
+    address = getattr(cluster_cfg, "dashboard_address", None)
+    kind = getattr(cluster_cfg.type, "value", cluster_cfg.type)
+    if not address:
+        return
+    if kind not in _OWN_SCHEDULER:
+        log.warning("cluster.dashboard_address=%s is ignored with cluster=%s (%s)", address, kind,
+                    "no Dask cluster runs" if kind == "sync" else "the scheduler at cluster.address serves its own")
+        return
+    if importlib.util.find_spec("bokeh") is None:
+        from .errors import ConfigError
+
+        raise ConfigError(f"cluster.dashboard_address={address}: the Dask dashboard needs bokeh, which is not installed: "
+                          "pip install 'scip_gpu[dashboard]' (or leave cluster.dashboard_address unset)")
+
+
 @contextmanager
 def executor(cluster_cfg, device: str = "cpu"):
     """Start the configured cluster (closed on exit) and yield an executor, once a worker is

@@ -27,6 +27,7 @@ class DatasetFormat(str, Enum):
     fields_tiff = "fields_tiff"  # fields of view: one TIFF per channel (and z plane) per field
     ome_zarr = "ome_zarr"  # fields of view: OME-Zarr plates (every field of every well) or images
     ome_zarr_objects = "ome_zarr_objects"  # OME-Zarr images of per-object crops (N, C, Y, X)
+    arrays = "arrays"  # in-memory images given to scip_gpu.profile (not available on the command line)
 
 
 #: dataset formats whose images are fields of view (segmented into objects)
@@ -217,14 +218,28 @@ class MaskFilterConfig:
     settings: Dict[str, Any] = field(default_factory=dict)
 
 
+def _scip_masks() -> list:
+    """SCIP's usual pair of masks (``conf/masks/scip.yaml``): li (smooth 1.0) and otsu."""
+    return [MaskMethodConfig(MaskMethod.li, "li", {"smooth": 1.0}), MaskMethodConfig(MaskMethod.otsu, "otsu")]
+
+
+# Every default below is the command line's default (the options ``conf/config.yaml`` chooses:
+# masks=scip, features=scip, export=default, cluster=local, no projection, illumination or
+# segmentation), so that a Config built in Python profiles what ``python -m scip_gpu`` profiles
+# (tests/test_config.py compares them).
+
+
 @dataclass
 class MasksConfig:
-    methods: List[MaskMethodConfig] = field(default_factory=list)
+    methods: List[MaskMethodConfig] = field(default_factory=_scip_masks)
     filters: List[MaskFilterConfig] = field(default_factory=list)
     combined_indices: Optional[List[int]] = None  # channels whose masks form the combined mask
     main_channel_index: int = 0  # no region left here: the object's features are NaN
     remove_border_regions: bool = True
     edge_width: int = 6  # radius of the disk that erodes a mask into its edge rim
+    # column prefix of the masks given with in-memory images (scip_gpu.profile(images, masks=...),
+    # which sets it); their columns come before the methods'. null: none
+    given: Optional[str] = None
 
 
 @dataclass
@@ -239,7 +254,9 @@ class FeaturesConfig:
             FeatureFamily.regions,
         ]
     )
-    per_mask: Dict[str, List[FeatureFamily]] = field(default_factory=dict)
+    # mask name -> families for that mask (names as in `families`; checked by validate). Plain
+    # strings: OmegaConf cannot add keys whose values are lists of enums (omegaconf#1090-like)
+    per_mask: Dict[str, List[str]] = field(default_factory=dict)
     raw: bool = True  # the 11 statistics of each unmasked channel (feat_raw_*)
 
 
@@ -382,7 +399,7 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
     n_channels : int, optional
         Number of selected channels, when known, to check channel indices against.
     """
-    from .masks import check_method_kwargs
+    from .masks import check_filter, check_method_kwargs
 
     ds = cfg.dataset
     if ds.channels is not None and len(ds.channels) == 0:
@@ -399,7 +416,7 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise ConfigError(f"{key}: must be at least 1, got {getattr(cfg, key)}")
 
-    names = mask_names(cfg)
+    names = mask_names(cfg) + ([cfg.masks.given] if cfg.masks.given else [])
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(
@@ -410,7 +427,14 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
         raise ConfigError("masks.methods: the name 'raw' is reserved for the unmasked features")
     for i, m in enumerate(cfg.masks.methods):
         check_method_kwargs(m.method.value, dict(m.kwargs), where=f"masks.methods[{i}]")
-    for key in cfg.features.per_mask:
+    for i, f in enumerate(cfg.masks.filters):  # (a misspelt setting would otherwise fail every object)
+        check_filter(f.method.value, dict(f.settings), where=f"masks.filters[{i}]")
+    known_families = [f.value for f in FeatureFamily]
+    for key, fams in cfg.features.per_mask.items():
+        bad = [f for f in fams if getattr(f, "value", f) not in known_families]
+        if bad:
+            raise ConfigError(f"features.per_mask.{key}: unknown feature famil{'ies' if len(bad) > 1 else 'y'} "
+                              f"{bad} (choose from {known_families})")
         if key not in names and key != cfg.segmentation.name:
             raise ConfigError(
                 f"features.per_mask: {key!r} is not a configured mask (masks: {names or 'none'})"

@@ -20,7 +20,7 @@ import pandas as pd
 from . import export
 from .backend import device_module, is_gpu, select_device
 from .batch import assemble, group_by_shape, profile_dtype
-from .cluster import executor
+from .cluster import check_dashboard, executor
 from .config import Config, validate
 from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError,
                      describe_exception, disk_full)
@@ -154,6 +154,15 @@ def check_image(img, n_channels: int, min_side: int, name) -> np.ndarray:
     return img
 
 
+def check_given_mask(mask, img: np.ndarray, name: str) -> None:
+    """A mask given with an image (``source.load_masks``): (C, H, W) bool of the image's size."""
+    if isinstance(mask, Exception):
+        raise mask
+    if mask.shape != img.shape:
+        raise ObjectError(f"{name}: its mask has shape {mask.shape[-2:]}, the image {img.shape[1:]} (the masks "
+                          "given must have the images' sizes)", "validate")
+
+
 def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, folder: str, schema,
                       device: str) -> PartitionResult:
     """Load, mask and profile one partition of objects and write its Parquet file.
@@ -183,6 +192,8 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
                 loaded += source.load(rows.iloc[pos:pos + 1])
             except Exception as exc:  # noqa: BLE001 - this object's error only
                 loaded.append(exc)
+    given_name = cfg.masks.given  # masks given with the images (scip_gpu.profile(images, masks=...))
+    given = source.load_masks(rows) if given_name else None
     good: list[tuple[int, np.ndarray]] = []
     for pos, item in enumerate(loaded):
         if isinstance(item, Exception):
@@ -190,9 +201,25 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
             continue
         try:
             name = lambda pos=pos: source.describe(rows.iloc[pos])  # noqa: E731 (only for a message)
-            good.append((pos, check_image(item, n_ch, plan.min_side, name)))
+            img = check_image(item, n_ch, plan.min_side, name)
+            if given is not None:
+                check_given_mask(given[pos], img, name())
+            good.append((pos, img))
         except Exception as exc:  # any failure to validate one object is that object's error
             fail(pos, exc, "validate")
+
+    def given_for(positions: list[int], shape, batch) -> dict:
+        """``profile_batch``'s ``given``: the given masks of a batch, padded as its images ({}
+        without given masks)."""
+        if given is None:
+            return {}
+        from .masks import given_masks
+
+        host = np.zeros((len(positions), n_ch, *shape), dtype=bool)
+        for k, p in enumerate(positions):
+            m = given[p]
+            host[k, :, :m.shape[1], :m.shape[2]] = m
+        return {"given": [given_masks(batch, xp.asarray(host), given_name, cfg.masks)]}
 
     values = np.full((len(rows), plan.n_features), np.nan)
     index = rows["meta_index"].to_numpy()
@@ -203,13 +230,14 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
         try:
             with timer("transfer"):
                 batch = assemble(imgs, index[positions], shape, xp)
-            values[positions] = profile_batch(batch, plan, timer)
+            values[positions] = profile_batch(batch, plan, timer, **given_for(positions, shape, batch))
         except Exception as exc:
             del exc  # release device buffers held by the traceback before retrying
             free_device_memory(xp)
             if len(positions) == 1:
                 try:  # once more alone, to report the actual cause
-                    values[positions] = profile_batch(assemble(imgs, index[positions], shape, xp), plan)
+                    batch = assemble(imgs, index[positions], shape, xp)
+                    values[positions] = profile_batch(batch, plan, **given_for(positions, shape, batch))
                 except Exception as exc2:
                     fail(positions[0], exc2, "features")
                 return
@@ -603,8 +631,32 @@ def _open_output(cfg: Config, table, n_partitions: int, resolved_yaml: str | Non
     return OutputFolder(out, lock, {}, new["runs"])
 
 
-def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
+def check_channels(cfg: Config, source, table: pd.DataFrame) -> None:
+    """``dataset.channels`` and ``dataset.channel_names`` against the data, before anything is
+    written (else every object would fail on its own, after a full pass): ``ConfigError``."""
+    from .errors import ConfigError
+
+    ds = cfg.dataset
+    n = source.channel_count(table)
+    if ds.channels is not None and n:
+        bad = [c for c in ds.channels if str(c).lstrip("-").isdigit() and not -n <= int(c) < n]
+        if bad:
+            raise ConfigError(f"dataset.channels={list(ds.channels)}: channel {bad[0]} is not in the data: "
+                              f"{'the' if len(table) == 1 else 'most'} objects of dataset {ds.name!r} have {n} "
+                              f"channel(s) (indices 0..{n - 1})")
+    if ds.channel_names is not None:
+        selected = source.selected_channels(table)
+        if len(ds.channel_names) != len(selected):
+            raise ConfigError(f"dataset.channel_names has {len(ds.channel_names)} name(s) for the {len(selected)} "
+                              f"channel(s) profiled ({selected}); give one name per channel (or set "
+                              "dataset.channels to choose the channels)")
+
+
+def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummary:
     """Run the pipeline for a validated configuration object.
+
+    ``source``: the object source (``scip_gpu.io.Source``); by default the one ``cfg.dataset``
+    describes (``make_source``). ``scip_gpu.profile`` gives its in-memory arrays this way.
 
     Raises
     ------
@@ -619,7 +671,7 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
 
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    source = make_source(cfg.dataset)
+    source = make_source(cfg.dataset) if source is None else source
     table = source.objects()
     is_fields = getattr(source, "fields", False)
     unit = "fields" if is_fields else "objects"
@@ -627,11 +679,13 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
         raise InputError(f"dataset {cfg.dataset.name!r}: no {unit} found at {cfg.dataset.path!r}")
     table = join_metadata(table, cfg.dataset.metadata)
     table.insert(0, "meta_field_index" if is_fields else "meta_index", np.arange(len(table), dtype=np.int64))
+    check_channels(cfg, source, table)
     channel_names = source.channel_names(table)
     validate(cfg, len(channel_names))
     if is_fields:
         field_pipeline.check_segmentation(cfg, channel_names)
     plan = build_plan(cfg, channel_names)
+    check_dashboard(cfg.cluster)
     device = select_device(getattr(cfg.device, "value", cfg.device))
 
     if not is_fields:

@@ -136,6 +136,10 @@ def build_plan(cfg: Config, channel_names: list[str]) -> Plan:
         plan.families[name] = families_for(cfg, name)
         for fam in plan.families[name]:
             add(name, fam)
+    if cfg.masks.given:  # masks given with in-memory images (scip_gpu.profile)
+        plan.families[cfg.masks.given] = families_for(cfg, cfg.masks.given)
+        for fam in plan.families[cfg.masks.given]:
+            add(cfg.masks.given, fam)
     for m, name in zip(cfg.masks.methods, mask_names(cfg)):
         plan.families[name] = families_for(cfg, name)
         for fam in plan.families[name]:

@@ -160,3 +160,26 @@ def test_fields_profile_the_compartments_by_default(dataset):
         assert [m.method.value for m in cfg.masks.methods] == want, choice
     cfg, _ = to_config(_compose(["+dataset=tiff", "dataset.path=x"]))  # single objects: SCIP's pair
     assert [m.method.value for m in cfg.masks.methods] == ["li", "otsu"]
+
+
+def test_python_config_has_the_command_line_defaults():
+    """A Config built in Python profiles what `python -m scip_gpu` profiles (masks li + otsu,
+    every family, the raw set, ...): every default of the dataclasses equals the composed one."""
+    from dataclasses import asdict
+
+    from scip_gpu.config import DatasetConfig, DatasetFormat, MaskMethod
+
+    composed, _ = to_config(_compose([]))
+    python = Config(dataset=DatasetConfig(name="demo", format=DatasetFormat.demo, channel_names=["BF", "DNA", "SPOT"]))
+    assert asdict(python) == asdict(composed)
+    assert [(m.method, m.name, m.kwargs) for m in python.masks.methods] == \
+        [(MaskMethod.li, "li", {"smooth": 1.0}), (MaskMethod.otsu, "otsu", {})]
+
+
+def test_per_mask_and_filter_settings_are_checked():
+    cfg, _ = to_config(_compose(["++features.per_mask={otsu: [shape, colour]}"]))
+    with pytest.raises(ConfigError, match=r"features.per_mask.otsu: unknown feature family \['colour'\]"):
+        validate(cfg)
+    cfg, _ = to_config(_compose(["masks.filters=[{method: std, settings: {treshold: 50}}]"]))
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['treshold'\] for filter 'std'.*did you mean 'threshold'"):
+        validate(cfg)

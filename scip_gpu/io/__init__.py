@@ -15,6 +15,11 @@ def make_source(dataset_cfg) -> Source:
     from ..fields import FieldSource
 
     fmt = getattr(dataset_cfg.format, "value", dataset_cfg.format)
+    if fmt == "arrays":
+        from ..errors import ConfigError
+
+        raise ConfigError("dataset.format=arrays holds images in memory: give them to scip_gpu.profile(images); "
+                          "on the command line choose a dataset with +dataset=NAME")
     classes = {
         "demo": DemoSource,
         "zarr_ragged": RaggedZarrSource,
