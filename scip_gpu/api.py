@@ -141,7 +141,8 @@ class ArraySource(Source):
 
 def infer_dataset(path: str | Path) -> str:
     """The dataset configuration (``conf/dataset/NAME.yaml``) for a path: a zarr array (SCIP's
-    ragged layout or a dense one), an OME-TIFF or multi-page TIFF file or folder of them."""
+    ragged layout or a dense one), an OME-Zarr plate or image (fields of view), an OME-TIFF or
+    multi-page TIFF file or folder of them."""
     p = Path(path)
     low = p.name.lower()
     if (p / ".zarray").is_file():
@@ -150,6 +151,12 @@ def infer_dataset(path: str | Path) -> str:
         except (OSError, ValueError) as exc:
             raise InputError(f"{p}/.zarray cannot be read: {exc}") from exc
         return "scip_zarr" if str(meta.get("dtype", "")).endswith("O") else "zarr"
+    if (p / ".zattrs").is_file() or (p / "zarr.json").is_file():  # a zarr group: OME-Zarr?
+        from .io.ome_zarr import ome_attrs, open_group
+
+        ome, _ = ome_attrs(open_group(p))
+        if any(k in ome for k in ("plate", "multiscales", "bioformats2raw.layout")):
+            return "ome_zarr"  # fields of view (an image of per-object crops: dataset='ome_zarr_objects')
     if low.endswith(".zarr"):
         return "zarr"
     if low.endswith((".ome.tif", ".ome.tiff")):

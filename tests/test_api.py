@@ -148,3 +148,18 @@ def test_options_compose_as_on_the_command_line(tmp_path):
     assert infer_dataset(tmp_path) == "ome_tiff" and infer_dataset(tmp_path / "x.tif") == "multipage_tiff"
     with pytest.raises(ConfigError, match="cannot tell the dataset type"):
         infer_dataset(tmp_path / "nothing_here")
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_ome_zarr_paths_are_recognised(tmp_path, version):
+    from scip_gpu.api import infer_dataset
+
+    from .io.ngff_data import write_image
+
+    cyx = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    path = write_image(tmp_path / "field.ome.zarr", np.zeros((2, 16, 16), np.uint16), cyx, version, ["a", "b"])
+    assert infer_dataset(path) == "ome_zarr"
+    import zarr
+
+    zarr.open_array(str(tmp_path / "dense.zarr"), mode="w", shape=(2, 1, 8, 8), dtype="u2", zarr_format=2)
+    assert infer_dataset(tmp_path / "dense.zarr") == "zarr"
