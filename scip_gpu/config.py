@@ -69,6 +69,10 @@ class FeatureFamily(str, Enum):
     texture = "texture"
     bbox = "bbox"
     regions = "regions"
+    # CellProfiler's per-object measurements (``conf/features/cellprofiler.yaml``)
+    cp_sizeshape = "cp_sizeshape"
+    cp_intensity = "cp_intensity"
+    cp_texture = "cp_texture"
 
 
 class ExportFormat(str, Enum):

@@ -29,6 +29,9 @@ class Column:
     channel: str | None = None
     params: str = ""
     dtype: str = "float64"
+    #: CellProfiler's name of the measurement (``cellprofiler`` preset), e.g.
+    #: ``Texture_Contrast_DNA_3_00_256``; empty for SCIP's families
+    measurement: str = ""
 
 
 def column_name(kind: str, mask: str | None, key: str) -> str:
@@ -61,7 +64,9 @@ class Family:
 FAMILIES: dict[str, Family] = {}
 
 #: SCIP's column order of the families within one mask.
-FAMILY_ORDER = ("regions", "bbox", "shape", "intensity", "texture")
+FAMILY_ORDER = ("regions", "bbox", "shape", "intensity", "texture",
+                # CellProfiler's families (the ``cellprofiler`` preset), CellProfiler's order
+                "cp_sizeshape", "cp_intensity", "cp_texture")
 
 
 def register(family: Family) -> Family:

@@ -1,0 +1,35 @@
+"""Compiled CPU implementations (numba) of the CellProfiler families' stages.
+
+Registered beside the array-namespace references (``scip_gpu.dispatch``); ``dispatch`` runs
+them for NumPy inputs when numba is installed. The kernels live in ``_numba_cp`` (imported on
+first use, cached on disk). Importing this module imports neither numba nor the stages.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .dispatch import register
+
+
+def _nb():
+    from . import _numba_cp
+
+    return _numba_cp
+
+
+@register("cp_intensity.planes", "cpu")
+def plane_intensity(x, view, edge) -> np.ndarray:
+    """Compiled ``features.cp_intensity.plane_intensity``: one pass and one sort per plane."""
+    out = np.empty((x.shape[0], 19), dtype=np.float64)
+    _nb().cp_plane_intensity(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(view),
+                             np.ascontiguousarray(edge), out)
+    return out
+
+
+@register("cp_sizeshape.radii", "cpu")
+def radii(padded, labels, nl: int) -> np.ndarray:
+    """Compiled ``features.cp_sizeshape.radii``: an exact distance transform per plane."""
+    out = np.zeros((3, nl + 1), dtype=np.float64)
+    _nb().cp_plane_radii(np.ascontiguousarray(padded), np.ascontiguousarray(labels), out)
+    return out
