@@ -59,6 +59,8 @@ class Family:
     compute: Callable
     masked: bool = True
     description: str = ""
+    #: whether ``columns`` takes the ``features.cellprofiler`` options (keyword ``options``)
+    options: bool = False
 
 
 FAMILIES: dict[str, Family] = {}
