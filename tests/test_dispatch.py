@@ -26,6 +26,8 @@ EXPECTED = {
     "intensity.view_statistics", "intensity.block", "intensity.raw",
     "shape.geometry", "shape.raw_moments", "shape.central_moments", "shape.pattern_props",
     "shape.lower_hull", "shape.block",
+    "cp_sizeshape.block", "cp_sizeshape.radii", "cp_intensity.block", "cp_intensity.planes",
+    "cp_texture.block", "cp_texture.haralick",
 }
 
 from .conftest import cuda_backend
