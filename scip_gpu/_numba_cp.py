@@ -201,3 +201,143 @@ def cp_plane_radii(padded, labels, out):  # pragma: no cover - compiled
         out[0, lab] = srt[n - 1]
         out[1, lab] = tot / n
         out[2, lab] = (srt[(n - 1) // 2] + srt[n // 2]) / 2
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _entropy_term(p):  # pragma: no cover - compiled
+    if p > 0:
+        return -p * np.log2(p)
+    return 0.0
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def cp_haralick(q, scale, levels, out):  # pragma: no cover - compiled
+    # q (M, H, W) int32 gray levels, 0 outside the object; out (M, 4, 13) float64. Per plane and
+    # direction: dense symmetric counts over levels 1..maxv-1, then mahotas' 13 features
+    # (features.cp_texture.haralick_planes). NaN for a plane with a direction without pairs.
+    m_planes, h, w = q.shape
+    dys = (0, 1, 1, 1)
+    dxs = (1, 1, 0, -1)
+    C = np.zeros((levels, levels), dtype=np.float64)
+    px = np.zeros(levels, dtype=np.float64)
+    py = np.zeros(levels, dtype=np.float64)
+    pp = np.zeros(2 * levels, dtype=np.float64)
+    pm = np.zeros(levels, dtype=np.float64)
+    for m in range(m_planes):
+        top = 0
+        for i in range(h):
+            for j in range(w):
+                if q[m, i, j] > top:
+                    top = q[m, i, j]
+        maxv = top + 1
+        bad = False
+        for d in range(4):
+            dy = dys[d] * scale
+            dx = dxs[d] * scale
+            for a in range(maxv):
+                for b in range(maxv):
+                    C[a, b] = 0.0
+            total = 0.0
+            for i in range(max(0, -dy), min(h, h - dy)):
+                for j in range(max(0, -dx), min(w, w - dx)):
+                    a = q[m, i, j]
+                    b = q[m, i + dy, j + dx]
+                    if a > 0 and b > 0:
+                        C[a, b] += 1.0
+                        C[b, a] += 1.0
+                        total += 2.0
+            if total == 0:
+                bad = True
+                break
+            for k in range(maxv):
+                px[k] = 0.0
+                py[k] = 0.0
+                pm[k] = 0.0
+            for k in range(2 * maxv):
+                pp[k] = 0.0
+            asm = 0.0
+            idm = 0.0
+            sij = 0.0
+            ent = 0.0
+            for a in range(1, maxv):
+                for b in range(1, maxv):
+                    c = C[a, b]
+                    if c == 0:
+                        continue
+                    p = c / total
+                    px[b] += p
+                    py[a] += p
+                    pp[a + b] += p
+                    pm[abs(a - b)] += p
+                    asm += p * p
+                    idm += p / (1.0 + (a - b) * (a - b))
+                    sij += a * b * p
+                    ent += _entropy_term(p)
+            ux = 0.0
+            uy = 0.0
+            vx = 0.0
+            vy = 0.0
+            hx = 0.0
+            hy = 0.0
+            for k in range(maxv):
+                ux += px[k] * k
+                uy += py[k] * k
+                vx += px[k] * k * k
+                vy += py[k] * k * k
+                hx += _entropy_term(px[k])
+                hy += _entropy_term(py[k])
+            vx -= ux * ux
+            vy -= uy * uy
+            sx = np.sqrt(vx)
+            sy = np.sqrt(vy)
+            contrast = 0.0
+            dsq = 0.0
+            dsum = 0.0
+            dent = 0.0
+            for k in range(maxv):
+                contrast += k * k * pm[k]
+                dsq += pm[k] * pm[k]
+                dsum += pm[k]
+                dent += _entropy_term(pm[k])
+            savg = 0.0
+            ssq = 0.0
+            sent = 0.0
+            for k in range(2 * maxv):
+                savg += k * pp[k]
+                ssq += k * k * pp[k]
+                sent += _entropy_term(pp[k])
+            hxy1 = 0.0
+            for a in range(1, maxv):
+                for b in range(1, maxv):
+                    c = C[a, b]
+                    if c == 0:
+                        continue
+                    p = c / total
+                    lx = np.log2(px[a]) if px[a] > 0 else 0.0
+                    ly = np.log2(py[b]) if py[b] > 0 else 0.0
+                    hxy1 -= p * (lx + ly)
+            if sx == 0 or sy == 0:
+                corr = 1.0
+            else:
+                corr = (sij - ux * uy) / sx / sy
+            hmax = max(hx, hy)
+            im1 = ent - hxy1 if hmax == 0 else (ent - hxy1) / hmax
+            im2 = np.sqrt(max(0.0, 1.0 - np.exp(-2.0 * (hx + hy - ent))))
+            o = out[m, d]
+            o[0] = asm
+            o[1] = contrast
+            o[2] = corr
+            o[3] = vx
+            o[4] = idm
+            o[5] = savg
+            o[6] = ssq - savg * savg
+            o[7] = sent
+            o[8] = ent
+            o[9] = dsq / maxv - (dsum / maxv) ** 2
+            o[10] = dent
+            o[11] = im1
+            o[12] = im2
+        if bad:
+            for d in range(4):
+                for k in range(13):
+                    out[m, d, k] = np.nan

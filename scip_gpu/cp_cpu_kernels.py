@@ -33,3 +33,15 @@ def radii(padded, labels, nl: int) -> np.ndarray:
     out = np.zeros((3, nl + 1), dtype=np.float64)
     _nb().cp_plane_radii(np.ascontiguousarray(padded), np.ascontiguousarray(labels), out)
     return out
+
+
+def _levels_fit(q, scale: int, levels: int) -> bool:
+    return q.dtype.kind in "iu" and levels <= 256
+
+
+@register("cp_texture.haralick", "cpu", accepts=_levels_fit)
+def haralick(q, scale: int, levels: int) -> np.ndarray:
+    """Compiled ``features.cp_texture.haralick_planes``: dense counts per plane and direction."""
+    out = np.empty((q.shape[0], 4, 13), dtype=np.float64)
+    _nb().cp_haralick(np.ascontiguousarray(q, dtype=np.int32), int(scale), int(levels), out)
+    return out

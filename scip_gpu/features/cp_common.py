@@ -9,6 +9,9 @@ Parquet schema metadata: a CellProfiler user maps columns without parsing names.
 
 from __future__ import annotations
 
+import numpy as np
+from array_api_compat import array_namespace
+
 from .registry import Column, column_name
 
 
@@ -39,3 +42,16 @@ def cp_column(family: str, mask: str | None, module: str, feature: str, channel:
         measurement = f"{module}_{feature}_{ch}" + (f"_{suffix}" if suffix else "")
     return Column(column_name("feat", mask, key), "feat", family, feature, mask, view, channel,
                   params, measurement=measurement)
+
+
+def cp_image(pixels):
+    """CellProfiler's float image of a pixel stack: integer pixels divided by their type's
+    maximum (``uint16`` by 65535, as CellProfiler's image loading), float pixels as they are.
+
+    >>> cp_image(np.array([0, 65535], dtype=np.uint16)).tolist()
+    [0.0, 1.0]
+    """
+    xp = array_namespace(pixels)
+    if np.dtype(pixels.dtype).kind in "iu":
+        return pixels.astype(xp.float64) / float(np.iinfo(np.dtype(pixels.dtype)).max)
+    return pixels.astype(xp.float64)

@@ -1,8 +1,9 @@
 """CellProfiler's MeasureObjectIntensity (``Intensity_*``, ``Location_*``), batched over objects.
 
 For every object and channel ``c`` the object is channel ``c``'s own mask (for segmented fields
-of view: the channel's compartment), as the ``mask`` view of SCIP's intensity family. Values
-follow CellProfiler 4 (cp_measure's ``get_intensity(..., legacy=True)``):
+of view: the channel's compartment), as the ``mask`` view of SCIP's intensity family. Intensities
+are CellProfiler's: of the image scaled to [0, 1] (integer pixels divided by their type's
+maximum, ``cp_common.cp_image``; float pixels as they are). Values follow CellProfiler 4 (cp_measure's ``get_intensity(..., legacy=True)``):
 
 * ``Integrated/Mean/Std/Min/MaxIntensity`` over the object's pixels (population standard
   deviation), and the same over its edge (``...Edge``): the object's pixels with a
@@ -31,7 +32,7 @@ from array_api_compat import array_namespace
 
 from .. import ops
 from ..dispatch import assert_equivalent, stage
-from .cp_common import cp_column
+from .cp_common import cp_column, cp_image
 from .registry import Family, register
 
 INTENSITY = (
@@ -90,7 +91,7 @@ def compute_intensity(batch, mr, ctx):
     view = (mr.mask & batch.valid()[:, None]).reshape(n * c, h, w)
     ext = xp.repeat(batch.extents, c, axis=0)
     edge = view & ~ops.binary_erosion_disk(view, ext, 1)
-    x = batch.pixels.reshape(n * c, h, w).astype(xp.float64)
+    x = cp_image(batch.pixels.reshape(n * c, h, w))
     res = plane_intensity(x, view, edge).reshape(n, c * N_CHANNEL)
     return xp.where(xp.asarray(mr.usable)[:, None], res, xp.nan)
 

@@ -35,7 +35,7 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from ..dispatch import assert_equivalent, stage
-from .cp_common import cp_column
+from .cp_common import cp_column, cp_image
 from .registry import Family, register
 
 HARALICK = (
@@ -86,10 +86,7 @@ def quantise_cp(pixels, view, levels: int = DEFAULT_LEVELS):
     (M, H, W) int32 ndarray
     """
     xp = array_namespace(pixels)
-    if np.dtype(pixels.dtype).kind in "iu":
-        x = pixels.astype(xp.float64) / float(np.iinfo(pixels.dtype).max)
-    else:
-        x = xp.clip(pixels.astype(xp.float64), 0.0, 1.0)
+    x = xp.clip(cp_image(pixels), 0.0, 1.0)
     q = xp.clip(xp.rint(x * 255.0), 0, 255)
     if levels != 256:
         q = xp.floor(q / 255.0 * (levels - 1))

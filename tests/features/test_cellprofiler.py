@@ -276,3 +276,30 @@ def test_preset_columns_and_descriptions():
     n_tex = ((var.family == "cp_texture") & (var["mask"] == "li")).sum()
     assert n_tex == 2 * 2 * 4 * 13  # channels x scales x directions x features
     assert not [c for c in var.index if c.startswith("feat_raw")]  # the preset has no raw set
+
+
+def test_preset_run_writes_cellprofiler_names(tmp_path):
+    """``features=cellprofiler`` end to end (in process): the CellProfiler names of every column
+    reach AnnData ``var`` and the Parquet schema metadata."""
+    import anndata as ad
+    from hydra import compose, initialize_config_dir
+
+    from scip_gpu._resources import conf_dir
+    from scip_gpu.cli import to_config
+    from scip_gpu.config import register_configs
+    from scip_gpu.export import read_columns
+    from scip_gpu.pipeline import run
+
+    register_configs()
+    out = tmp_path / "run"
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        raw = compose("config", overrides=["+dataset=demo", "dataset.n_objects=4", "features=cellprofiler",
+                                            "masks=li", "cluster=sync", f"output={out}"])
+    cfg, yaml = to_config(raw)
+    run(cfg, yaml)
+    cols = {c["name"]: c for c in read_columns(next((out / "features.parquet").glob("*.parquet")))}
+    assert cols["feat_li_Intensity_MedianIntensity_DNA"]["measurement"] == "Intensity_MedianIntensity_DNA"
+    a = ad.read_h5ad(out / "features.h5ad")
+    assert a.var.loc["feat_li_Texture_InfoMeas2_SPOT_3_01_256", "measurement"] == "Texture_InfoMeas2_SPOT_3_01_256"
+    assert set(a.var.family) == {"cp_sizeshape", "cp_intensity", "cp_texture"}
+    assert np.isfinite(a[:, "feat_li_AreaShape_Area_combined"].X).all()
