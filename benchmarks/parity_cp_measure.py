@@ -66,14 +66,19 @@ def demo_objects(n: int):
 
 
 def ifc_objects():
+    """The shared real IFC cells, read by the project's own loader of SCIP's ragged zarr."""
     path = SHARED / "scip-ifc-10cells.zarr"
     if not path.exists():
         return []
-    import zarr
+    from omegaconf import OmegaConf
 
-    z = zarr.open(str(path), mode="r")
-    shapes = z.attrs["shape"]
-    return [np.asarray(z[i], dtype=np.uint16).reshape(shapes[i]) for i in range(z.shape[0])]
+    from scip_gpu.io import make_source
+
+    cfg = OmegaConf.create({"name": "ifc", "format": "zarr_ragged", "path": str(path), "channels": None,
+                            "channel_names": None, "regex": None})
+    src = make_source(cfg)
+    rows = src.objects()
+    return [np.asarray(im, dtype=np.uint16) for im in src.load(rows)]
 
 
 def dsb_objects(margin: int = 4):
@@ -227,6 +232,7 @@ def compare(dataset, batch, mr, ss, it, tx, texture_rows, ref, worst):
 
 
 def main(argv=None):
+    global SHARED
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--demo", type=int, default=170, help="demo cells (default 170)")
     ap.add_argument("--texture-objects", type=int, default=40,
@@ -236,7 +242,6 @@ def main(argv=None):
                     help="folder of the shared real data (default: ../shared/data beside the checkout)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    global SHARED
     SHARED = Path(args.shared)
     try:
         import cp_measure  # noqa: F401

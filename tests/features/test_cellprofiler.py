@@ -241,8 +241,8 @@ def test_against_cp_measure(objects):
         for j, name in enumerate(names):
             key = name if name.startswith("Location") else f"Intensity_{name}"
             np.testing.assert_allclose(inten[k, j], ref[key][0], rtol=1e-9, atol=1e-9, err_msg=name)
-        if k >= 2:
-            continue  # mahotas at 256 levels takes a while: the disc and the square
+        if k != 1:
+            continue  # mahotas at 256 levels takes a while: the square only
         ref = core["texture"](lab, x[k] / 65535, scale=3, gray_levels=256)
         for d in range(4):
             for j, name in enumerate(HARALICK):
