@@ -42,6 +42,8 @@ from scip_gpu import ops  # noqa: E402
 from scip_gpu.batch import assemble  # noqa: E402
 from scip_gpu.config import MaskMethod, MaskMethodConfig, MasksConfig  # noqa: E402
 from scip_gpu.features.cp_intensity import INTENSITY, LOCATION  # noqa: E402
+from scip_gpu.features.cp_colocalization import FEATURES as COLOC  # noqa: E402
+from scip_gpu.features.cp_colocalization import channel_pairs, compute_colocalization  # noqa: E402
 from scip_gpu.features.cp_intensity import compute_intensity  # noqa: E402
 from scip_gpu.features.cp_sizeshape import FEATURES, compute_sizeshape  # noqa: E402
 from scip_gpu.features.cp_texture import HARALICK, compute_texture  # noqa: E402
@@ -137,7 +139,10 @@ def ours(batch, mr, ctx, texture_rows):
     t0 = time.perf_counter()
     tx = compute_texture(sub, sub_mr, ctx)
     t["Texture"] = time.perf_counter() - t0
-    return ss, it, tx, t
+    t0 = time.perf_counter()
+    co = compute_colocalization(batch, mr, ctx)
+    t["Correlation"] = time.perf_counter() - t0
+    return ss, it, tx, co, t
 
 
 def cp_measure_values(batch, mr, texture_rows):
@@ -147,7 +152,12 @@ def cp_measure_values(batch, mr, texture_rows):
     core = get_core_measurements()
     n, c = batch.pixels.shape[:2]
     shape, inten, tex = {}, {}, {}
-    t = {"AreaShape": 0.0, "Intensity": 0.0, "Texture": 0.0}
+    t = {"AreaShape": 0.0, "Intensity": 0.0, "Texture": 0.0, "Correlation": 0.0}
+    coloc = {}
+    from cp_measure.core import measurecolocalization as mc
+
+    coloc_fns = (mc.get_correlation_pearson, mc.get_correlation_manders_fold, mc.get_correlation_rwc,
+                 mc.get_correlation_overlap)
     tex_set = set(int(r) for r in texture_rows)
     for i in range(n):
         if not mr.usable[i]:
@@ -172,12 +182,24 @@ def cp_measure_values(batch, mr, texture_rows):
             r = core["intensity"](lab, x, legacy=True)
             t["Intensity"] += time.perf_counter() - t0
             inten[i, k] = {kk: float(v[0]) for kk, v in r.items()}
+            if k == 0:  # every pair of channels, in the combined mask
+                cm_ = mr.combined[i, :h, :w]
+                if cm_.any():
+                    for q, (a, b) in enumerate(channel_pairs(c)):
+                        xa = batch.pixels[i, a, :h, :w].astype(np.float64) / 65535.0
+                        xb = batch.pixels[i, b, :h, :w].astype(np.float64) / 65535.0
+                        t0 = time.perf_counter()
+                        r = {}
+                        for fn in coloc_fns:
+                            r.update(fn(xa, xb, cm_.astype(np.int32)))
+                        t["Correlation"] += time.perf_counter() - t0
+                        coloc[i, q] = {kk: float(v[0]) for kk, v in r.items()}
             if i in tex_set:
                 t0 = time.perf_counter()
                 r = core["texture"](lab, x, scale=3, gray_levels=256)
                 t["Texture"] += time.perf_counter() - t0
                 tex[i, k] = {kk: float(v[0]) for kk, v in r.items()}
-    return shape, inten, tex, t
+    return shape, inten, tex, coloc, t
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,8 +232,11 @@ class Worst:
             e[:4] = [r, where, a, b]
 
 
-def compare(dataset, batch, mr, ss, it, tx, texture_rows, ref, worst):
-    shape, inten, tex = ref
+_COLOC_NAMES = {"Correlation": "Pearson", "Slope": "Slope", "Overlap": "Overlap"}
+
+
+def compare(dataset, batch, mr, ss, it, tx, co, texture_rows, ref, worst):
+    shape, inten, tex, coloc = ref
     c = batch.pixels.shape[1]
     nf = len(FEATURES)
     for (i, p), vals in shape.items():
@@ -223,6 +248,13 @@ def compare(dataset, batch, mr, ss, it, tx, texture_rows, ref, worst):
     for (i, k), vals in inten.items():
         for j, name in enumerate(names):
             worst.add(name, vals[name], float(it[i, k * per + j]), f"{dataset} #{i} channel {k}")
+    nco = len(COLOC)
+    for (i, q), vals in coloc.items():
+        for j, (feat, way) in enumerate(COLOC):
+            key = (f"Correlation_{_COLOC_NAMES[feat]}" if feat in _COLOC_NAMES
+                   else f"Correlation_{feat}_{1 if way == 'AB' else 2}")
+            worst.add(f"Correlation_{feat}" + ("" if feat in _COLOC_NAMES else f"_{way}"), vals[key],
+                      float(co[i, q * nco + j]), f"{dataset} #{i} pair {q}")
     row = {int(r): q for q, r in enumerate(texture_rows)}
     for (i, k), vals in tex.items():
         for d in range(4):
@@ -271,9 +303,9 @@ def main(argv=None):
         mr = li_masks(batch) if masks is None else given_masks(batch, masks)
         n = batch.n
         texture_rows = np.arange(min(n, args.texture_objects))
-        ss, it, tx, t_ours = ours(batch, mr, ctx, texture_rows)
+        ss, it, tx, co, t_ours = ours(batch, mr, ctx, texture_rows)
         *ref, t_cp = cp_measure_values(batch, mr, texture_rows)
-        compare(name, batch, mr, ss, it, tx, texture_rows, ref, worst)
+        compare(name, batch, mr, ss, it, tx, co, texture_rows, ref, worst)
         counts[name] = (n, int(np.asarray(mr.usable).sum()), len(texture_rows), batch.n_channels)
         for fam in t_ours:
             scale = n / len(texture_rows) if fam == "Texture" else 1.0
@@ -317,11 +349,12 @@ def write_report(args, worst, timing, counts):
         "|---|---|---|---|---|---|",
     ]
     to = tc = 0.0
-    for fam in ("AreaShape", "Intensity", "Texture"):
+    for fam in ("AreaShape", "Intensity", "Texture", "Correlation"):
         a, b = timing["ours"].get(fam, 0.0), timing["cp"].get(fam, 0.0)
         to, tc = to + a, tc + b
-        lines.append(f"| {fam} | {a:.2f} | {b:.2f} | {n_obj / a:.0f} | {n_obj / b:.1f} | {b / a:.0f}x |")
-    lines.append(f"| **all three** | {to:.2f} | {tc:.2f} | {n_obj / to:.0f} | {n_obj / tc:.1f} | {tc / to:.0f}x |")
+        if a > 0 and b > 0:
+            lines.append(f"| {fam} | {a:.2f} | {b:.2f} | {n_obj / a:.0f} | {n_obj / b:.1f} | {b / a:.0f}x |")
+    lines.append(f"| **all four** | {to:.2f} | {tc:.2f} | {n_obj / to:.0f} | {n_obj / tc:.1f} | {tc / to:.0f}x |")
     lines += ["", "## Values: largest relative difference per measurement", "",
               "Relative difference `|a - b| / max(|a|, |b|)` (NaN on both sides: equal; NaN or inf on one "
               "side only: inf); the values shown are those of the largest one. Differences above 1e-4 "

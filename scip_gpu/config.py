@@ -73,6 +73,7 @@ class FeatureFamily(str, Enum):
     cp_sizeshape = "cp_sizeshape"
     cp_intensity = "cp_intensity"
     cp_texture = "cp_texture"
+    cp_colocalization = "cp_colocalization"
 
 
 class ExportFormat(str, Enum):

@@ -45,3 +45,18 @@ def haralick(q, scale: int, levels: int) -> np.ndarray:
     out = np.empty((q.shape[0], 4, 13), dtype=np.float64)
     _nb().cp_haralick(np.ascontiguousarray(q, dtype=np.int32), int(scale), int(levels), out)
     return out
+
+
+@register("cp_colocalization.pairs", "cpu")
+def pair_colocalization(x, view, pairs) -> np.ndarray:
+    """Compiled ``features.cp_colocalization.pair_colocalization``: per object, its pixels
+    gathered once, one argsort per channel for the ranks."""
+    from .features.cp_colocalization import FEATURES, THRESHOLD
+
+    n = x.shape[0]
+    pa = np.array([a for a, _ in pairs], dtype=np.int64)
+    pb = np.array([b for _, b in pairs], dtype=np.int64)
+    out = np.empty((n, len(pairs), len(FEATURES)), dtype=np.float64)
+    _nb().cp_colocalization(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(view), pa, pb,
+                            float(THRESHOLD), out)
+    return out

@@ -27,7 +27,8 @@ EXPECTED = {
     "shape.geometry", "shape.raw_moments", "shape.central_moments", "shape.pattern_props",
     "shape.lower_hull", "shape.block",
     "cp_sizeshape.block", "cp_sizeshape.radii", "cp_intensity.block", "cp_intensity.planes",
-    "cp_texture.block", "cp_texture.haralick",
+    "cp_texture.block", "cp_texture.haralick", "cp_colocalization.block",
+    "cp_colocalization.pairs",
 }
 
 from .conftest import cuda_backend

@@ -301,5 +301,52 @@ def test_preset_run_writes_cellprofiler_names(tmp_path):
     assert cols["feat_li_Intensity_MedianIntensity_DNA"]["measurement"] == "Intensity_MedianIntensity_DNA"
     a = ad.read_h5ad(out / "features.h5ad")
     assert a.var.loc["feat_li_Texture_InfoMeas2_SPOT_3_01_256", "measurement"] == "Texture_InfoMeas2_SPOT_3_01_256"
-    assert set(a.var.family) == {"cp_sizeshape", "cp_intensity", "cp_texture"}
+    assert set(a.var.family) == {"cp_sizeshape", "cp_intensity", "cp_texture", "cp_colocalization"}
+    assert a.var.loc["feat_li_Correlation_Manders_SPOT_BF", "measurement"] == "Correlation_Manders_SPOT_BF"
     assert np.isfinite(a[:, "feat_li_AreaShape_Area_combined"].X).all()
+
+
+def test_colocalization_by_hand(objects):
+    from scip_gpu.features.cp_colocalization import FEATURES as COLOC, pair_colocalization
+
+    rng = np.random.default_rng(3)
+    a = rng.random((len(objects), H * W))
+    b = 0.2 * a + 0.05 * rng.random((len(objects), H * W))
+    x = np.stack([a, 2 * a, b], axis=1)
+    view = objects.reshape(len(objects), -1)
+    f = pair_colocalization(x, view, [(0, 1), (0, 2)])
+    col = {f"{n}_{w}": k for k, (n, w) in enumerate(COLOC)}
+    # B = 2 A: r = 1, slope 2, overlap 1, Manders 1 both ways, RWC 1 (equal ranks)
+    np.testing.assert_allclose(f[:, 0, [col["Correlation_AB"], col["Overlap_AB"], col["Manders_AB"],
+                                        col["Manders_BA"], col["RWC_AB"], col["RWC_BA"]]], 1.0, rtol=1e-12)
+    np.testing.assert_allclose(f[:, 0, col["Slope_AB"]], 2.0, rtol=1e-12)
+    np.testing.assert_allclose(f[:, 0, col["K_AB"]], 2.0, rtol=1e-12)  # sum(ab) / sum(a^2)
+    for k, m in enumerate(view):
+        fa, fb = a[k][m], b[k][m]
+        np.testing.assert_allclose(f[k, 1, col["Correlation_AB"]], np.corrcoef(fa, fb)[0, 1], rtol=1e-10)
+        np.testing.assert_allclose(f[k, 1, col["Slope_AB"]], np.polyfit(fa, fb, 1)[0], rtol=1e-8)
+        both = (fa >= 0.15 * fa.max()) & (fb >= 0.15 * fb.max())
+        np.testing.assert_allclose(f[k, 1, col["Manders_AB"]], fa[both].sum() / fa[fa >= 0.15 * fa.max()].sum(),
+                                   rtol=1e-12)
+        np.testing.assert_allclose(f[k, 1, col["K_BA"]], (fa[both] * fb[both]).sum() / (fb[both] ** 2).sum(),
+                                   rtol=1e-12)
+    assert np.isnan(pair_colocalization(x[:1], np.zeros_like(view[:1]), [(0, 1)])).all()
+
+
+def test_colocalization_against_cp_measure(objects):
+    mc = pytest.importorskip("cp_measure.core.measurecolocalization")
+    from scip_gpu.features.cp_colocalization import FEATURES as COLOC, pair_colocalization
+
+    rng = np.random.default_rng(4)
+    x = ndi.gaussian_filter(rng.random((len(objects), 2, H, W)), (0, 0, 1, 1))
+    x[1, 1] = np.round(x[1, 1] * 20) / 20  # ties: ranks
+    f = pair_colocalization(x.reshape(len(objects), 2, -1), objects.reshape(len(objects), -1), [(0, 1)])
+    names = {"Correlation": "Pearson", "Slope": "Slope", "Overlap": "Overlap"}
+    for k, m in enumerate(objects):
+        ref = {}
+        for fn in (mc.get_correlation_pearson, mc.get_correlation_manders_fold, mc.get_correlation_rwc,
+                   mc.get_correlation_overlap):
+            ref.update(fn(x[k, 0], x[k, 1], m.astype(np.int32)))
+        for j, (feat, way) in enumerate(COLOC):
+            key = f"Correlation_{names[feat]}" if feat in names else f"Correlation_{feat}_{1 if way == 'AB' else 2}"
+            np.testing.assert_allclose(f[k, 0, j], ref[key][0], rtol=1e-10, err_msg=key)
