@@ -45,6 +45,7 @@ from scip_gpu.features.cp_intensity import INTENSITY, LOCATION  # noqa: E402
 from scip_gpu.features.cp_colocalization import FEATURES as COLOC  # noqa: E402
 from scip_gpu.features.cp_colocalization import channel_pairs, compute_colocalization  # noqa: E402
 from scip_gpu.features.cp_intensity import compute_intensity  # noqa: E402
+from scip_gpu.features.cp_radial import BINS, MEASURES, compute_radial  # noqa: E402
 from scip_gpu.features.cp_sizeshape import FEATURES, compute_sizeshape  # noqa: E402
 from scip_gpu.features.cp_texture import HARALICK, compute_texture  # noqa: E402
 from scip_gpu.masks import MaskResult, compute_masks  # noqa: E402
@@ -142,7 +143,10 @@ def ours(batch, mr, ctx, texture_rows):
     t0 = time.perf_counter()
     co = compute_colocalization(batch, mr, ctx)
     t["Correlation"] = time.perf_counter() - t0
-    return ss, it, tx, co, t
+    t0 = time.perf_counter()
+    ra = compute_radial(batch, mr, ctx)
+    t["RadialDistribution"] = time.perf_counter() - t0
+    return ss, it, tx, co, ra, t
 
 
 def cp_measure_values(batch, mr, texture_rows):
@@ -152,8 +156,8 @@ def cp_measure_values(batch, mr, texture_rows):
     core = get_core_measurements()
     n, c = batch.pixels.shape[:2]
     shape, inten, tex = {}, {}, {}
-    t = {"AreaShape": 0.0, "Intensity": 0.0, "Texture": 0.0, "Correlation": 0.0}
-    coloc = {}
+    t = {"AreaShape": 0.0, "Intensity": 0.0, "Texture": 0.0, "Correlation": 0.0, "RadialDistribution": 0.0}
+    coloc, radial = {}, {}
     from cp_measure.core import measurecolocalization as mc
 
     coloc_fns = (mc.get_correlation_pearson, mc.get_correlation_manders_fold, mc.get_correlation_rwc,
@@ -182,6 +186,11 @@ def cp_measure_values(batch, mr, texture_rows):
             r = core["intensity"](lab, x, legacy=True)
             t["Intensity"] += time.perf_counter() - t0
             inten[i, k] = {kk: float(v[0]) for kk, v in r.items()}
+            t0 = time.perf_counter()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                r = core["radial_distribution"](lab, x)
+            t["RadialDistribution"] += time.perf_counter() - t0
+            radial[i, k] = {kk: float(v[0]) for kk, v in r.items()}
             if k == 0:  # every pair of channels, in the combined mask
                 cm_ = mr.combined[i, :h, :w]
                 if cm_.any():
@@ -199,7 +208,7 @@ def cp_measure_values(batch, mr, texture_rows):
                 r = core["texture"](lab, x, scale=3, gray_levels=256)
                 t["Texture"] += time.perf_counter() - t0
                 tex[i, k] = {kk: float(v[0]) for kk, v in r.items()}
-    return shape, inten, tex, coloc, t
+    return shape, inten, tex, coloc, radial, t
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,8 +244,15 @@ class Worst:
 _COLOC_NAMES = {"Correlation": "Pearson", "Slope": "Slope", "Overlap": "Overlap"}
 
 
-def compare(dataset, batch, mr, ss, it, tx, co, texture_rows, ref, worst):
-    shape, inten, tex, coloc = ref
+def compare(dataset, batch, mr, ss, it, tx, co, ra, texture_rows, ref, worst):
+    shape, inten, tex, coloc, radial = ref
+    nr = len(MEASURES) * BINS
+    for (i, k), vals in radial.items():
+        for j, meas in enumerate(MEASURES):
+            for b in range(BINS):
+                worst.add(f"RadialDistribution_{meas}_{b + 1}of{BINS}",
+                          vals[f"RadialDistribution_{meas}_{b + 1}of{BINS}"],
+                          float(ra[i, k * nr + j * BINS + b]), f"{dataset} #{i} channel {k}")
     c = batch.pixels.shape[1]
     nf = len(FEATURES)
     for (i, p), vals in shape.items():
@@ -303,9 +319,9 @@ def main(argv=None):
         mr = li_masks(batch) if masks is None else given_masks(batch, masks)
         n = batch.n
         texture_rows = np.arange(min(n, args.texture_objects))
-        ss, it, tx, co, t_ours = ours(batch, mr, ctx, texture_rows)
+        ss, it, tx, co, ra, t_ours = ours(batch, mr, ctx, texture_rows)
         *ref, t_cp = cp_measure_values(batch, mr, texture_rows)
-        compare(name, batch, mr, ss, it, tx, co, texture_rows, ref, worst)
+        compare(name, batch, mr, ss, it, tx, co, ra, texture_rows, ref, worst)
         counts[name] = (n, int(np.asarray(mr.usable).sum()), len(texture_rows), batch.n_channels)
         for fam in t_ours:
             scale = n / len(texture_rows) if fam == "Texture" else 1.0
@@ -349,12 +365,12 @@ def write_report(args, worst, timing, counts):
         "|---|---|---|---|---|---|",
     ]
     to = tc = 0.0
-    for fam in ("AreaShape", "Intensity", "Texture", "Correlation"):
+    for fam in ("AreaShape", "Intensity", "Texture", "Correlation", "RadialDistribution"):
         a, b = timing["ours"].get(fam, 0.0), timing["cp"].get(fam, 0.0)
         to, tc = to + a, tc + b
         if a > 0 and b > 0:
             lines.append(f"| {fam} | {a:.2f} | {b:.2f} | {n_obj / a:.0f} | {n_obj / b:.1f} | {b / a:.0f}x |")
-    lines.append(f"| **all four** | {to:.2f} | {tc:.2f} | {n_obj / to:.0f} | {n_obj / tc:.1f} | {tc / to:.0f}x |")
+    lines.append(f"| **all five** | {to:.2f} | {tc:.2f} | {n_obj / to:.0f} | {n_obj / tc:.1f} | {tc / to:.0f}x |")
     lines += ["", "## Values: largest relative difference per measurement", "",
               "Relative difference `|a - b| / max(|a|, |b|)` (NaN on both sides: equal; NaN or inf on one "
               "side only: inf); the values shown are those of the largest one. Differences above 1e-4 "

@@ -73,6 +73,7 @@ class FeatureFamily(str, Enum):
     cp_sizeshape = "cp_sizeshape"
     cp_intensity = "cp_intensity"
     cp_texture = "cp_texture"
+    cp_radial = "cp_radial"
     cp_colocalization = "cp_colocalization"
 
 

@@ -301,7 +301,8 @@ def test_preset_run_writes_cellprofiler_names(tmp_path):
     assert cols["feat_li_Intensity_MedianIntensity_DNA"]["measurement"] == "Intensity_MedianIntensity_DNA"
     a = ad.read_h5ad(out / "features.h5ad")
     assert a.var.loc["feat_li_Texture_InfoMeas2_SPOT_3_01_256", "measurement"] == "Texture_InfoMeas2_SPOT_3_01_256"
-    assert set(a.var.family) == {"cp_sizeshape", "cp_intensity", "cp_texture", "cp_colocalization"}
+    assert set(a.var.family) == {"cp_sizeshape", "cp_intensity", "cp_texture", "cp_radial",
+                                 "cp_colocalization"}
     assert a.var.loc["feat_li_Correlation_Manders_SPOT_BF", "measurement"] == "Correlation_Manders_SPOT_BF"
     assert np.isfinite(a[:, "feat_li_AreaShape_Area_combined"].X).all()
 
@@ -350,3 +351,72 @@ def test_colocalization_against_cp_measure(objects):
         for j, (feat, way) in enumerate(COLOC):
             key = f"Correlation_{names[feat]}" if feat in names else f"Correlation_{feat}_{1 if way == 'AB' else 2}"
             np.testing.assert_allclose(f[k, 0, j], ref[key][0], rtol=1e-10, err_msg=key)
+
+
+def _radial_by_hand(x, m, bins=4):
+    """CellProfiler's radial distribution of one object, written out: SciPy's distance
+    transform, Dijkstra over 8-neighbour steps from the first pixel farthest from the edge."""
+    import heapq
+
+    d_edge = ndi.distance_transform_edt(m)
+    centre = np.unravel_index(np.argmax(np.where(m, d_edge, -1)), m.shape)
+    dist = np.full(m.shape, np.inf)
+    dist[centre] = 0.0
+    heap = [(0.0, centre)]
+    while heap:
+        d, (i, j) = heapq.heappop(heap)
+        if d > dist[i, j]:
+            continue
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                a, b = i + di, j + dj
+                if (di or dj) and 0 <= a < m.shape[0] and 0 <= b < m.shape[1] and m[a, b]:
+                    nd = d + np.hypot(di, dj)
+                    if nd < dist[a, b]:
+                        dist[a, b] = nd
+                        heapq.heappush(heap, (nd, (a, b)))
+    good = m & np.isfinite(dist)
+    nd = np.where(good, dist, 0) / (np.where(good, dist, 0) + d_edge + 0.001)
+    binned = np.minimum((nd * bins).astype(int), bins)
+    ii, jj = np.mgrid[: m.shape[0], : m.shape[1]]
+    wedge = (ii > centre[0]) + 2 * (jj > centre[1]) + 4 * (abs(ii - centre[0]) > abs(jj - centre[1]))
+    frac, mean_frac, cv = [], [], []
+    for k in range(bins):
+        sel = good & (binned == k)
+        frac.append(x[sel].sum() / x[good].sum())
+        mean_frac.append(frac[-1] / (sel.sum() / good.sum() + np.finfo(float).eps))
+        means = [x[sel & (wedge == q)].mean() for q in range(8) if (sel & (wedge == q)).any()]
+        cv.append(np.std(means) / np.mean(means) if means else 0.0)
+    return np.array(frac + mean_frac + cv)
+
+
+def test_radial_by_hand(objects, kernel_path):
+    from scip_gpu.features.cp_radial import radial_planes
+
+    rng = np.random.default_rng(5)
+    x = ndi.gaussian_filter(rng.random((len(objects), H, W)), (0, 1, 1))
+    f = radial_planes(x, objects, np.ones_like(objects))
+    for k, m in enumerate(objects):
+        np.testing.assert_allclose(f[k], _radial_by_hand(x[k], m), rtol=1e-10, atol=1e-12, err_msg=str(k))
+    # a uniform disc: MeanFrac 1 in every bin (intensity share = pixel share), RadialCV 0
+    uniform = radial_planes(np.ones((1, H, W)), objects[:1], np.ones_like(objects[:1]))[0]
+    np.testing.assert_allclose(uniform[4:8], 1.0, rtol=1e-12)
+    np.testing.assert_allclose(uniform[8:], 0.0, atol=1e-12)
+    # two pieces: the piece without the centre is left out
+    assert np.isfinite(f[3]).all()
+    assert np.isnan(radial_planes(x[:1], np.zeros_like(objects[:1]), np.ones_like(objects[:1]))).all()
+
+
+def test_radial_against_cp_measure(objects):
+    bulk = pytest.importorskip("cp_measure.bulk")
+    from scip_gpu.features.cp_radial import BINS, MEASURES, radial_planes
+
+    core = bulk.get_core_measurements()
+    rng = np.random.default_rng(6)
+    x = ndi.gaussian_filter(rng.random((len(objects), H, W)), (0, 1, 1))
+    f = radial_planes(x, objects, np.ones_like(objects))
+    for k, m in enumerate(objects):
+        with np.errstate(invalid="ignore", divide="ignore"):  # cp_measure divides 0 by 0 in empty wedges
+            ref = core["radial_distribution"](m.astype(np.int32), x[k])
+        want = [ref[f"RadialDistribution_{meas}_{b}of{BINS}"][0] for meas in MEASURES for b in range(1, BINS + 1)]
+        np.testing.assert_allclose(f[k], want, rtol=1e-10, atol=1e-12)
