@@ -5,6 +5,8 @@ process; ``cp_cpu_kernels`` holds their NumPy-facing wrappers. One plane at a ti
 per-pixel Python.
 """
 
+import heapq
+
 import numpy as np
 from numba import njit
 
@@ -446,3 +448,168 @@ def cp_colocalization(x, view, pa, pb, thr_pct, out):  # pragma: no cover - comp
             else:
                 for f in range(2, 9):
                     o[f] = 0.0
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _edt_plane(fg, out):  # pragma: no cover - compiled
+    # exact Euclidean distance of every pixel to the nearest False pixel of fg (H, W); pixels
+    # beyond the plane do not count; a plane without any False pixel gets `inf`
+    h, w = fg.shape
+    big = (h + w) * (h + w) + 1
+    g = np.empty((h, w), dtype=np.int64)
+    for j in range(w):
+        run = big
+        for i in range(h):
+            if fg[i, j]:
+                run = run + 1 if run < big else big
+            else:
+                run = 0
+            g[i, j] = run
+        run = big
+        for i in range(h - 1, -1, -1):
+            if fg[i, j]:
+                run = run + 1 if run < big else big
+            else:
+                run = 0
+            if run < g[i, j]:
+                g[i, j] = run
+    v = np.empty(w, dtype=np.int64)
+    z = np.empty(w + 1, dtype=np.float64)
+    for i in range(h):
+        k = 0
+        v[0] = 0
+        z[0] = -np.inf
+        z[1] = np.inf
+        for q in range(1, w):
+            fq = g[i, q] * g[i, q]
+            while True:
+                p = v[k]
+                fp = g[i, p] * g[i, p]
+                sx = ((fq + q * q) - (fp + p * p)) / (2.0 * (q - p))
+                if sx <= z[k]:
+                    k -= 1
+                    continue
+                k += 1
+                v[k] = q
+                z[k] = sx
+                z[k + 1] = np.inf
+                break
+        k = 0
+        for q in range(w):
+            while z[k + 1] < q:
+                k += 1
+            p = v[k]
+            if g[i, p] >= big:
+                out[i, q] = np.inf
+            else:
+                out[i, q] = np.sqrt(float((q - p) * (q - p) + g[i, p] * g[i, p]))
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def cp_radial(x, view, valid, bins, out):  # pragma: no cover - compiled
+    # x (M, H, W) float64; view, valid (M, H, W) bool; out (M, 3 * bins)
+    # (features.cp_radial.radial_planes): per plane a distance transform, the first pixel
+    # farthest from the edge, Dijkstra over 8-neighbour steps, then the sums of every bin.
+    m_planes, h, w = x.shape
+    fg = np.empty((h, w), dtype=np.bool_)
+    d_edge = np.empty((h, w), dtype=np.float64)
+    dist = np.empty((h, w), dtype=np.float64)
+    s2 = np.sqrt(2.0)
+    hist = np.zeros(bins + 1)
+    num = np.zeros(bins + 1)
+    wsum = np.zeros((bins + 1, 8))
+    wcnt = np.zeros((bins + 1, 8))
+    for m in range(m_planes):
+        any_bg = False
+        n_obj = 0
+        for i in range(h):
+            for j in range(w):
+                bg = valid[m, i, j] and not view[m, i, j]
+                fg[i, j] = not bg
+                if bg:
+                    any_bg = True
+                if view[m, i, j]:
+                    n_obj += 1
+        if n_obj == 0:
+            for k in range(out.shape[1]):
+                out[m, k] = np.nan
+            continue
+        _edt_plane(fg, d_edge)
+        far = float(4 * (h + w))
+        best = -1.0
+        ci = 0
+        cj = 0
+        for i in range(h):
+            for j in range(w):
+                if not any_bg:
+                    d_edge[i, j] = far
+                if view[m, i, j] and d_edge[i, j] > best:
+                    best = d_edge[i, j]
+                    ci = i
+                    cj = j
+                dist[i, j] = np.inf
+        dist[ci, cj] = 0.0
+        heap = [(0.0, ci * w + cj)]
+        while len(heap) > 0:
+            d, idx = heapq.heappop(heap)
+            i = idx // w
+            j = idx % w
+            if d > dist[i, j]:
+                continue
+            for di in range(-1, 2):
+                for dj in range(-1, 2):
+                    if di == 0 and dj == 0:
+                        continue
+                    a = i + di
+                    b = j + dj
+                    if a < 0 or a >= h or b < 0 or b >= w or not view[m, a, b]:
+                        continue
+                    nd = d + (s2 if di != 0 and dj != 0 else 1.0)
+                    if nd < dist[a, b]:
+                        dist[a, b] = nd
+                        heapq.heappush(heap, (nd, a * w + b))
+        hist[:] = 0.0
+        num[:] = 0.0
+        wsum[:, :] = 0.0
+        wcnt[:, :] = 0.0
+        for i in range(h):
+            for j in range(w):
+                if not view[m, i, j] or not np.isfinite(dist[i, j]):
+                    continue
+                nd = dist[i, j] / (dist[i, j] + d_edge[i, j] + 0.001)
+                b = int(nd * bins)
+                if b > bins:
+                    b = bins
+                v = x[m, i, j]
+                hist[b] += v
+                num[b] += 1.0
+                wedge = (1 if i > ci else 0) + (2 if j > cj else 0) + (4 if abs(i - ci) > abs(j - cj) else 0)
+                wsum[b, wedge] += v
+                wcnt[b, wedge] += 1.0
+        htot = 0.0
+        ntot = 0.0
+        for b in range(bins + 1):
+            htot += hist[b]
+            ntot += num[b]
+        eps = np.finfo(np.float64).eps
+        for b in range(bins):
+            frac = hist[b] / htot if htot != 0 else (np.nan if hist[b] == 0 else np.inf)
+            out[m, b] = frac
+            out[m, bins + b] = frac / (num[b] / ntot + eps)
+            k = 0
+            mu = 0.0
+            for q in range(8):
+                if wcnt[b, q] > 0:
+                    k += 1
+                    mu += wsum[b, q] / wcnt[b, q]
+            if k == 0:
+                out[m, 2 * bins + b] = 0.0
+                continue
+            mu /= k
+            var = 0.0
+            for q in range(8):
+                if wcnt[b, q] > 0:
+                    dd = wsum[b, q] / wcnt[b, q] - mu
+                    var += dd * dd
+            sd = np.sqrt(var / k)
+            out[m, 2 * bins + b] = sd / mu if mu != 0 else (np.nan if sd == 0 else np.inf)

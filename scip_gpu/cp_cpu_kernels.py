@@ -60,3 +60,14 @@ def pair_colocalization(x, view, pairs) -> np.ndarray:
     _nb().cp_colocalization(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(view), pa, pb,
                             float(THRESHOLD), out)
     return out
+
+
+@register("cp_radial.planes", "cpu")
+def radial_planes(x, view, valid) -> np.ndarray:
+    """Compiled ``features.cp_radial.radial_planes``: Dijkstra's algorithm per plane."""
+    from .features.cp_radial import BINS
+
+    out = np.empty((x.shape[0], 3 * BINS), dtype=np.float64)
+    _nb().cp_radial(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(view),
+                    np.ascontiguousarray(valid), BINS, out)
+    return out
