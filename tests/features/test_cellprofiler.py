@@ -276,6 +276,12 @@ def test_preset_columns_and_descriptions():
     n_tex = ((var.family == "cp_texture") & (var["mask"] == "li")).sum()
     assert n_tex == 2 * 2 * 4 * 13  # channels x scales x directions x features
     assert not [c for c in var.index if c.startswith("feat_raw")]  # the preset has no raw set
+    from scip_gpu.config import validate
+    from scip_gpu.errors import ConfigError
+
+    cfg.features.cellprofiler.texture_levels = 1
+    with pytest.raises(ConfigError, match="texture_levels"):
+        validate(cfg)
 
 
 def test_preset_run_writes_cellprofiler_names(tmp_path):
