@@ -86,6 +86,12 @@ class FeatureFamily(str, Enum):
     texture = "texture"
     bbox = "bbox"
     regions = "regions"
+    # CellProfiler's per-object measurements (``conf/features/cellprofiler.yaml``)
+    cp_sizeshape = "cp_sizeshape"
+    cp_intensity = "cp_intensity"
+    cp_texture = "cp_texture"
+    cp_radial = "cp_radial"
+    cp_colocalization = "cp_colocalization"
 
 
 class ExportFormat(str, Enum):
@@ -243,6 +249,14 @@ class MasksConfig:
 
 
 @dataclass
+class CellProfilerConfig:
+    """Options of the CellProfiler families (``features=cellprofiler``); CellProfiler's defaults."""
+
+    texture_scales: List[int] = field(default_factory=lambda: [3])  # GLCM distances (pixels)
+    texture_levels: int = 256  # gray levels of the GLCM (CellProfiler 3+: 256; 2: 8)
+
+
+@dataclass
 class FeaturesConfig:
     preset: str = "scip"
     families: List[FeatureFamily] = field(
@@ -258,6 +272,7 @@ class FeaturesConfig:
     # strings: OmegaConf cannot add keys whose values are lists of enums (omegaconf#1090-like)
     per_mask: Dict[str, List[str]] = field(default_factory=dict)
     raw: bool = True  # the 11 statistics of each unmasked channel (feat_raw_*)
+    cellprofiler: CellProfilerConfig = field(default_factory=CellProfilerConfig)
 
 
 @dataclass
@@ -439,6 +454,13 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
             raise ConfigError(
                 f"features.per_mask: {key!r} is not a configured mask (masks: {names or 'none'})"
             )
+    cp = cfg.features.cellprofiler
+    if not 2 <= cp.texture_levels <= 256:
+        raise ConfigError(f"features.cellprofiler.texture_levels: {cp.texture_levels} is not between 2 "
+                          "and 256 (CellProfiler's range)")
+    if not cp.texture_scales or min(cp.texture_scales) < 1:
+        raise ConfigError(f"features.cellprofiler.texture_scales: {list(cp.texture_scales)} must be one or "
+                          "more distances of at least 1 pixel")
     seg = cfg.segmentation
     fmt = getattr(ds.format, "value", ds.format)
     fields = is_fields_format(fmt)
