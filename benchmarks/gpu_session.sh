@@ -11,7 +11,10 @@
 #   pytest: pytest -m gpu (every CUDA kernel and stage against the CPU path on the device);
 #   fields: the fields-of-view command line with device=cuda vs device=cpu;
 #   nvrtc:  one batch in a fresh process compiling the module with NVRTC (other GPUs' case);
-#   profile: cycles per plane of each phase of the mask and intensity kernels (-DSG_PROFILE).
+#   profile: cycles per plane of each phase of the mask and intensity kernels (-DSG_PROFILE);
+#   scaling: bench_scaling.py, the command line (device=cuda cluster=local_cuda, 12-channel 64x64
+#           cells from an uncompressed dense zarr): objects/s and peak host/GPU memory against
+#           the number of objects (10^3..10^5), then against partitions in flight per GPU (1, 2).
 #   Default: first bench pytest fields nvrtc, in this order.
 #   Results (gpu-<device>-<N>.json/.md, gpu-fields-equality.json) and the log (session.log) go to
 #   $OUT when set (the device tool's output folder), else benchmarks/results/session/.
@@ -52,6 +55,11 @@ case "${1:-}" in
         nvrtc) step 60 env CUPY_CACHE_DIR="$(mktemp -d)" SCIP_GPU_PREBUILT=0 python3 benchmarks/bench_gpu.py \
                  --first-batch ;;
         profile) step 90 python3 benchmarks/profile_kernels.py --out "$OUTDIR" ;;
+        scaling) step 240 python3 benchmarks/bench_scaling.py objects -n 1000 10000 100000 --device cuda \
+                   --cluster local_cuda --dataset zarr --channels 12 --timeout 100 --out "$OUTDIR"
+                 step 150 python3 benchmarks/bench_scaling.py workers -w 1 2 -n 50000 --device cuda \
+                   --cluster local_cuda --dataset zarr --channels 12 --knob threads_per_worker --timeout 70 \
+                   --out "$OUTDIR" ;;
         *) echo "unknown step $s" ;;
       esac
     done
