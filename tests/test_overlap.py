@@ -218,7 +218,7 @@ def test_two_workers_write_the_rows_of_one(tmp_path):
     partitions over both and writes exactly the rows of an in-process run."""
     from scip_gpu.pipeline import run
 
-    args = [*SMALL, "dataset.n_objects=40", "partition_size=5", "progress=false"]
+    args = [*SMALL, "masks=none", "dataset.n_objects=40", "partition_size=5", "progress=false"]
     one, _ = to_config(_compose([*args, "cluster=sync", "cluster.threads_per_worker=1", f"output={tmp_path / 'one'}"]))
     two, _ = to_config(_compose([*args, "cluster=local", "cluster.n_workers=2", "device=cpu",
                                  f"output={tmp_path / 'two'}"]))
