@@ -18,8 +18,9 @@ run) are sampled every 0.2 s. The run's own per-worker rates and device-busy sha
         --dataset zarr --channels 12 --knob threads_per_worker
 
 ``--dataset zarr`` writes an uncompressed dense (N, C, 64, 64) uint16 store per N under
-``benchmarks/.work`` (1024 IFC-like cells, repeated), so the loader is not the demo's Python
-generator; ``--dataset demo`` generates cells in the workers (the CPU demo).
+``benchmarks/.work/scaling-stores`` (1024 IFC-like cells, repeated; kept for the next run: 98 kB
+per 12-channel cell), so the loader is not the demo's Python generator; ``--dataset demo``
+generates cells in the workers (the CPU demo).
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def dense_store(n: int, channels: int, work: Path) -> Path:
 
     from datasets import ifc_like_cells
 
+    work.mkdir(parents=True, exist_ok=True)
     path = work / f"dense-{channels}ch-{n}.zarr"
     if (path / "zarr.json").is_file() or (path / ".zarray").is_file():
         return path
@@ -115,7 +117,7 @@ def run_point(args, n: int, workers: int | None, work: Path) -> dict:
     if args.dataset == "demo":
         data = ["+dataset=demo", f"dataset.n_objects={n}", f"dataset.n_channels={args.channels}"]
     else:
-        data = ["+dataset=zarr", f"dataset.path={dense_store(n, args.channels, work)}"]
+        data = ["+dataset=zarr", f"dataset.path={dense_store(n, args.channels, WORK / 'scaling-stores')}"]
     cmd = [sys.executable, "-m", "scip_gpu", *data, f"features={args.features}", f"device={args.device}",
            f"cluster={args.cluster}", f"output={out}", "progress=false", *args.extra]
     if workers is not None:

@@ -14,7 +14,8 @@
 #   profile: cycles per plane of each phase of the mask and intensity kernels (-DSG_PROFILE);
 #   scaling: bench_scaling.py, the command line (device=cuda cluster=local_cuda, 12-channel 64x64
 #           cells from an uncompressed dense zarr): objects/s and peak host/GPU memory against
-#           the number of objects (10^3..10^5), then against partitions in flight per GPU (1, 2).
+#           the number of objects (10^3..5x10^4), then against partitions in flight per GPU
+#           (1, 2); not in the default steps (up to 6.5 minutes: run it alone).
 #   Default: first bench pytest fields nvrtc, in this order.
 #   Results (gpu-<device>-<N>.json/.md, gpu-fields-equality.json) and the log (session.log) go to
 #   $OUT when set (the device tool's output folder), else benchmarks/results/session/.
@@ -55,7 +56,7 @@ case "${1:-}" in
         nvrtc) step 60 env CUPY_CACHE_DIR="$(mktemp -d)" SCIP_GPU_PREBUILT=0 python3 benchmarks/bench_gpu.py \
                  --first-batch ;;
         profile) step 90 python3 benchmarks/profile_kernels.py --out "$OUTDIR" ;;
-        scaling) step 240 python3 benchmarks/bench_scaling.py objects -n 1000 10000 100000 --device cuda \
+        scaling) step 240 python3 benchmarks/bench_scaling.py objects -n 1000 10000 50000 --device cuda \
                    --cluster local_cuda --dataset zarr --channels 12 --timeout 100 --out "$OUTDIR"
                  step 150 python3 benchmarks/bench_scaling.py workers -w 1 2 -n 50000 --device cuda \
                    --cluster local_cuda --dataset zarr --channels 12 --knob threads_per_worker --timeout 70 \
