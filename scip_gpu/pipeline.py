@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import export
 from .backend import device_module, is_gpu, select_device
-from .batch import assemble, group_by_shape, profile_dtype
+from .batch import _host_buffer, assemble, group_by_shape, profile_dtype
 from .cluster import executor
 from .config import Config, validate
 from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError,
@@ -317,8 +317,12 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
             log.info("partition %d: batch_size %d (automatic, from free device memory)", part, batch_size)
         groups = group_by_shape(shapes, margin=plan.margin, multiple=cfg.pad_multiple, batch_size=batch_size,
                                 dtypes=[img.dtype for _, img in good])  # one pixel type per batch
-        for shape, members in groups:
-            run_group([good[m][0] for m in members], [good[m][1] for m in members], shape)
+        batches = [([good[m][0] for m in members], [good[m][1] for m in members], shape) for shape, members in groups]
+        if is_gpu(xp) and not cfg.profile_stages:
+            _run_batches_overlapped(batches, xp, plan, index, values, run_group)
+        else:
+            for positions, imgs, shape in batches:
+                run_group(positions, imgs, shape)
         device_seconds = time.perf_counter() - t_dev  # (profile_batch ends with the copy back: synchronised)
     del good, shapes  # the images: no longer needed while the part is written
     for pos, cause in check_values(values, plan.columns).items():  # never an ok row with infinite features
@@ -334,6 +338,46 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
         return result(), values
     _write_partition(Path(folder), part, rows, schema, values, errors.values())
     return result()
+
+
+def _run_batches_overlapped(batches, xp, plan: Plan, index, values: np.ndarray, run_group) -> None:
+    """The batches of a partition on a GPU, with the host's assembly of batch k+1 (and the
+    launches of its kernels) while the device runs batch k, and each feature table copied back
+    asynchronously into pinned host memory. A batch that fails in any way (out of memory while
+    it is set up, an error when its copy completes) runs again through ``run_group``, which
+    splits it and reports each object's error as when batches run one after the other."""
+    pending = None  # (positions, images, shape, event, pinned table, batch, device table)
+
+    def finish(p) -> None:
+        if p is None:
+            return
+        positions, imgs, shape, done, host = p[:5]
+        try:
+            done.synchronize()  # the only wait for the device: batch k+1 is queued behind it
+            values[positions] = host
+        except Exception:  # noqa: BLE001 - run again, split, one error per object
+            free_device_memory(xp)
+            run_group(positions, imgs, shape)
+
+    for positions, imgs, shape in batches:
+        try:
+            batch = assemble(imgs, index[positions], shape, xp)
+            table = profile_batch(batch, plan, to_host=False)
+            host = _host_buffer((batch.n, plan.n_features), np.float64, xp, zero=False)
+            table.get(out=host, blocking=False)
+            done = xp.cuda.Event()
+            done.record()
+            current = (positions, imgs, shape, done, host, batch, table)
+        except Exception:  # noqa: BLE001 - this batch again, synchronously (after the one before it)
+            batch = table = None  # (its device buffers)
+            finish(pending)
+            pending = None
+            free_device_memory(xp)
+            run_group(positions, imgs, shape)
+            continue
+        finish(pending)
+        pending = current
+    finish(pending)
 
 
 def worker_stats(results, since: float = 0.0) -> dict[str, dict]:

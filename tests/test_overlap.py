@@ -233,3 +233,45 @@ def test_two_workers_write_the_rows_of_one(tmp_path):
     workers = json.loads((tmp_path / "two" / "provenance.json").read_text())["workers"]
     assert len(workers) == 2 and sum(w["partitions"] for w in workers.values()) == 8
     assert all(w["partitions"] >= 1 and w["objects_per_s"] > 0 for w in workers.values())
+
+
+def test_batches_on_a_gpu_overlap_and_failed_ones_run_again(tmp_path, monkeypatch):
+    """device=cuda (the NumPy-backed stand-in for CuPy): batches queued behind each other with
+    asynchronous copies back give the CPU path's values; a batch failing when it is set up (a bad
+    object) or when its copy completes runs again, split, one error per object."""
+    import anndata  # noqa: F401  (before the fake: it probes for cupyx.scipy.sparse)
+
+    from . import fake_cupy
+
+    cfg, src, objs, plan = _setup(10, ["masks=none", "batch_size=3"])
+    from scip_gpu.export import arrow_schema
+
+    schema = arrow_schema(objs[[c for c in objs.columns if c.startswith("meta_")]], plan.columns)
+    _, ref = pipeline.process_partition((0, objs), source=src, plan=plan, folder=None, schema=schema, device="cpu")
+    cupy = fake_cupy.install(monkeypatch)
+    monkeypatch.setenv("SCIP_GPU_KERNELS", "0")
+    real_profile = pipeline.profile_batch
+    calls = {"batches": 0, "synced": 0}
+
+    def poisoned(batch, plan, timer=NO_TIMER, **kw):
+        calls["batches"] += 1
+        if 5 in np.asarray(batch.index).tolist():
+            raise ValueError("object 5 breaks the maths")
+        return real_profile(batch, plan, timer, **kw)
+
+    class FlakyEvent(type(cupy.cuda.Event())):
+        def synchronize(self):
+            calls["synced"] += 1
+            if calls["synced"] == 2:  # the second batch's copy fails once
+                raise RuntimeError("simulated failure of a queued batch")
+            return super().synchronize()
+
+    monkeypatch.setattr(pipeline, "profile_batch", poisoned)
+    monkeypatch.setattr(cupy.cuda, "Event", FlakyEvent)
+    res, values = pipeline.process_partition((0, objs), source=src, plan=plan, folder=None, schema=schema,
+                                             device="cuda")
+    assert [e["meta_index"] for e in res.errors] == [5] and "object 5 breaks the maths" in res.errors[0]["error"]
+    assert np.isnan(values[5]).all()
+    keep = [i for i in range(10) if i != 5]
+    np.testing.assert_allclose(values[keep], ref[keep], rtol=1e-9, atol=1e-9)
+    assert calls["synced"] >= 3 and calls["batches"] > 4  # overlapped, and re-run after both failures
