@@ -207,7 +207,8 @@ def loader_threads(cluster_cfg, device: str) -> int:
 
 
 def _load_checked(source, rows: pd.DataFrame, n_ch: int, min_side: int) -> list:
-    """Loaded and validated images of ``rows`` (in order); an exception in place of a bad object."""
+    """Loaded and validated images of ``rows`` (in order); (exception, stage) in place of a bad
+    object (the stage: the exception's own, else "load" or "validate")."""
     try:
         loaded = source.load(rows)
     except Exception:  # a loader bug must not lose the objects: retried object by object
@@ -220,14 +221,13 @@ def _load_checked(source, rows: pd.DataFrame, n_ch: int, min_side: int) -> list:
     out = []
     for pos, item in enumerate(loaded):
         if isinstance(item, Exception):
-            out.append(item)
+            out.append((item, getattr(item, "stage", "load")))
             continue
         try:
             name = lambda pos=pos: source.describe(rows.iloc[pos])  # noqa: E731 (only for a message)
             out.append(check_image(item, n_ch, min_side, name))
         except Exception as exc:  # any failure to validate one object is that object's error
-            exc.stage = getattr(exc, "stage", "validate")
-            out.append(exc)
+            out.append((exc, getattr(exc, "stage", "validate")))
     return out
 
 
@@ -274,8 +274,8 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
     good: list[tuple[int, np.ndarray]] = []
     for pos, item in enumerate(load_partition(source, rows, n_ch, plan.min_side,
                                               loader_threads(cfg.cluster, device))):
-        if isinstance(item, Exception):
-            fail(pos, item, "load")
+        if isinstance(item, tuple):
+            fail(pos, *item)
         else:
             good.append((pos, item))
 
@@ -324,7 +324,7 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
             for positions, imgs, shape in batches:
                 run_group(positions, imgs, shape)
         device_seconds = time.perf_counter() - t_dev  # (profile_batch ends with the copy back: synchronised)
-    del good, shapes  # the images: no longer needed while the part is written
+    del good, shapes, batches  # the images: no longer needed while the part is written
     for pos, cause in check_values(values, plan.columns).items():  # never an ok row with infinite features
         values[pos] = np.nan
         fail(pos, ObjectError(f"{source.describe(rows.iloc[pos])}: {cause}", "features"), "features")
