@@ -82,7 +82,7 @@ class ClusterType(str, Enum):
     slurm = "slurm"  # dask-jobqueue SLURMCluster (batch jobs)
     pbs = "pbs"  # dask-jobqueue PBSCluster
     address = "address"  # an existing Dask scheduler
-    sync = "sync"  # no cluster: partitions run one after the other in this process (debugging)
+    sync = "sync"  # no cluster: partitions run in this process (threads_per_worker at a time; debugging)
 
 
 class Device(str, Enum):
