@@ -275,3 +275,28 @@ def test_batches_on_a_gpu_overlap_and_failed_ones_run_again(tmp_path, monkeypatc
     keep = [i for i in range(10) if i != 5]
     np.testing.assert_allclose(values[keep], ref[keep], rtol=1e-9, atol=1e-9)
     assert calls["synced"] >= 3 and calls["batches"] > 4  # overlapped, and re-run after both failures
+
+
+def test_local_cuda_workers_declare_one_gpu_unit_per_partition_in_flight(monkeypatch):
+    """dask-cuda (a stand-in module here): one worker per visible GPU, threads_per_worker
+    partitions in flight, each task holding one unit of the GPU resource."""
+    import sys
+    import types
+
+    made = {}
+
+    class LocalCUDACluster:
+        def __init__(self, **kwargs):
+            made.update(kwargs)
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=LocalCUDACluster))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    cfg, _ = to_config(_compose(["+dataset=demo", "cluster=local_cuda"]))
+    assert cfg.cluster.threads_per_worker == 2 and cfg.cluster.loader_threads is None
+    cluster._start_cluster("local_cuda", cfg.cluster, "cuda")
+    assert made["resources"] == {cluster.GPU_RESOURCE: 2} and made["threads_per_worker"] == 2
+    assert made["n_workers"] is None and made["CUDA_VISIBLE_DEVICES"] is None  # dask-cuda: one per visible GPU
+    assert n_local_workers(cfg.cluster) == 2
+    assert pipeline.loader_threads(cfg.cluster, "cuda") == min(8, len(__import__("os").sched_getaffinity(0)))
+    assert pipeline.loader_threads(cfg.cluster, "cpu") == 1
+    assert pipeline.loader_threads(replace(cfg.cluster, loader_threads=3), "cpu") == 3
