@@ -16,10 +16,14 @@
 #   fields: the fields-of-view command line with device=cuda vs device=cpu;
 #   nvrtc:  one batch in a fresh process compiling the module with NVRTC (other GPUs' case);
 #   profile: cycles per plane of each phase of the mask and intensity kernels (-DSG_PROFILE);
+#   scaling: bench_scaling.py, the command line (device=cuda cluster=local_cuda, 12-channel 64x64
+#           cells from an uncompressed dense zarr): objects/s and peak host/GPU memory against
+#           the number of objects (10^3..5x10^4), then against partitions in flight per GPU
+#           (1, 2); not in the default steps (up to 6.5 minutes: run it alone).
 #   profile_legacy: the same with the legacy kernels (results in legacy/): with profile, the
 #           cycles of each phase before and after.
 #   Default: first bench legacy pytest, in this order (timeouts 40 + 180 + 130 + 120 s).
-#   Also: fields nvrtc profile profile_legacy (name them: bash gpu_session.sh run 65536 profile ...).
+#   Also: fields nvrtc profile profile_legacy scaling (name them: bash gpu_session.sh run 65536 profile ...).
 #   Results (gpu-<device>-<N>.json/.md, gpu-fields-equality.json) and the log (session.log) go to
 #   $OUT when set (the device tool's output folder), else benchmarks/results/session/.
 #   Total under 8 minutes.
@@ -64,6 +68,11 @@ case "${1:-}" in
         profile) step 90 python3 benchmarks/profile_kernels.py --out "$OUTDIR" ;;
         profile_legacy) step 90 env SCIP_GPU_DEFINES="$LEGACY" python3 benchmarks/profile_kernels.py \
                           --out "$OUTDIR/legacy" ;;
+        scaling) step 240 python3 benchmarks/bench_scaling.py objects -n 1000 10000 50000 --device cuda \
+                   --cluster local_cuda --dataset zarr --channels 12 --timeout 100 --out "$OUTDIR"
+                 step 150 python3 benchmarks/bench_scaling.py workers -w 1 2 -n 50000 --device cuda \
+                   --cluster local_cuda --dataset zarr --channels 12 --knob threads_per_worker --timeout 70 \
+                   --out "$OUTDIR" ;;
         *) echo "unknown step $s" ;;
       esac
     done

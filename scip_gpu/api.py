@@ -154,7 +154,10 @@ def infer_dataset(path: str | Path) -> str:
     if (p / ".zattrs").is_file() or (p / "zarr.json").is_file():  # a zarr group: OME-Zarr?
         from .io.ome_zarr import ome_attrs, open_group
 
-        ome, _ = ome_attrs(open_group(p))
+        try:
+            ome, _ = ome_attrs(open_group(p))
+        except InputError:  # an array, not a group
+            ome = {}
         if any(k in ome for k in ("plate", "multiscales", "bioformats2raw.layout")):
             return "ome_zarr"  # fields of view (an image of per-object crops: dataset='ome_zarr_objects')
     if low.endswith(".zarr"):

@@ -111,7 +111,7 @@ class ClusterType(str, Enum):
     slurm = "slurm"  # dask-jobqueue SLURMCluster (batch jobs)
     pbs = "pbs"  # dask-jobqueue PBSCluster
     address = "address"  # an existing Dask scheduler
-    sync = "sync"  # no cluster: partitions run one after the other in this process (debugging)
+    sync = "sync"  # no cluster: partitions run in this process (threads_per_worker at a time; debugging)
 
 
 class Device(str, Enum):
@@ -287,7 +287,12 @@ class ExportConfig:
 class ClusterConfig:
     type: ClusterType = ClusterType.local
     n_workers: Optional[int] = None  # null: number of cores
+    # partitions in flight per worker process (sync: in this process); with more than one, their
+    # reading and writing overlap the one partition that holds the device (one at a time)
     threads_per_worker: int = 1
+    # threads reading and decoding one partition's objects (null: on a GPU up to 8, the process's
+    # cores; on a CPU 1, as the CPU path runs one worker process per core)
+    loader_threads: Optional[int] = None
     memory_limit: str = "auto"
     dashboard_address: Optional[str] = None  # e.g. ":8787" (needs bokeh)
     # distributed's statistical profiler in every worker (the dashboard's Profile page): it

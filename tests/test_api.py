@@ -161,5 +161,7 @@ def test_ome_zarr_paths_are_recognised(tmp_path, version):
     assert infer_dataset(path) == "ome_zarr"
     import zarr
 
-    zarr.open_array(str(tmp_path / "dense.zarr"), mode="w", shape=(2, 1, 8, 8), dtype="u2", zarr_format=2)
-    assert infer_dataset(tmp_path / "dense.zarr") == "zarr"
+    for fmt in (2, 3):
+        a = zarr.open_array(str(tmp_path / f"dense{fmt}.zarr"), mode="w", shape=(2, 1, 8, 8), dtype="u2", zarr_format=fmt)
+        a.attrs["note"] = "attributes do not make an array a group"
+        assert infer_dataset(tmp_path / f"dense{fmt}.zarr") == "zarr"
