@@ -419,6 +419,7 @@ def main(argv=None) -> int:
         "git_revision": ((REPO / "REVISION").read_text().strip() if (REPO / "REVISION").exists() else
                          subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                         cwd=REPO).stdout.strip() or None),
+        "defines": os.environ.get("SCIP_GPU_DEFINES", ""),  # kernel variant (empty: the default kernels)
         "dataset": {"objects": args.n, "unique_cells": args.unique, "channels": args.channels, "size": [64, 64],
                     "dtype": "uint16", "masks": ["li", "otsu"], "preset": "scip", "columns": plan.n_features},
         "gpu": {"objects_per_s": rate, "seconds": secs, "batch_size": args.batch_size,
@@ -437,7 +438,8 @@ def main(argv=None) -> int:
     base.with_suffix(".json").write_text(json.dumps(result, indent=2))
     lines = [f"# GPU benchmark on {device_name}", "",
              f"{result['date']}, host {result['host']['name']} ({result['host']['cores']} cores), "
-             f"git {result['git_revision']}, CuPy {cupy.__version__}", "",
+             f"git {result['git_revision']}, CuPy {cupy.__version__}, kernel defines: "
+             f"{result['defines'] or '(none: the default kernels)'}", "",
              f"- dataset: {args.n} IFC-like cells ({args.unique} distinct, tiled), {args.channels} channels, "
              f"64x64 uint16, li + otsu, scip preset ({plan.n_features} columns)",
              f"- GPU: **{rate:,.0f} objects/s** from host memory (batch {args.batch_size}; host assembly overlapped), "

@@ -8,11 +8,22 @@
 #   first:  one batch in a fresh process with an empty kernel cache (prebuilt sm_90 binary);
 #   bench:  bench_gpu.py: equality with the CPU path, objects/s (N objects, default 65536), time
 #           per stage against the floor, peak memory, the CPU path on the same host;
+#   legacy: the same benchmark (smaller equality and CPU samples) with the previous median,
+#           sort and labelling compiled in (SCIP_GPU_DEFINES="$LEGACY", NVRTC; LEGACY defaults to
+#           "SG_LEGACY_MEDIAN SG_LEGACY_SORT SG_LEGACY_LABEL", set it to time one change alone),
+#           results in legacy/: the A/B of the default kernels against the ones they replaced;
 #   pytest: pytest -m gpu (every CUDA kernel and stage against the CPU path on the device);
 #   fields: the fields-of-view command line with device=cuda vs device=cpu;
 #   nvrtc:  one batch in a fresh process compiling the module with NVRTC (other GPUs' case);
-#   profile: cycles per plane of each phase of the mask and intensity kernels (-DSG_PROFILE).
-#   Default: first bench pytest fields nvrtc, in this order.
+#   profile: cycles per plane of each phase of the mask and intensity kernels (-DSG_PROFILE);
+#   scaling: bench_scaling.py, the command line (device=cuda cluster=local_cuda, 12-channel 64x64
+#           cells from an uncompressed dense zarr): objects/s and peak host/GPU memory against
+#           the number of objects (10^3..5x10^4), then against partitions in flight per GPU
+#           (1, 2); not in the default steps (up to 6.5 minutes: run it alone).
+#   profile_legacy: the same with the legacy kernels (results in legacy/): with profile, the
+#           cycles of each phase before and after.
+#   Default: first bench legacy pytest, in this order (timeouts 40 + 180 + 130 + 120 s).
+#   Also: fields nvrtc profile profile_legacy scaling (name them: bash gpu_session.sh run 65536 profile ...).
 #   Results (gpu-<device>-<N>.json/.md, gpu-fields-equality.json) and the log (session.log) go to
 #   $OUT when set (the device tool's output folder), else benchmarks/results/session/.
 #   Total under 8 minutes.
@@ -26,7 +37,8 @@ case "${1:-}" in
   run)
     N=${2:-65536}
     STEPS=${*:3}
-    STEPS=${STEPS:-first bench pytest fields nvrtc}
+    STEPS=${STEPS:-first bench legacy pytest}
+    LEGACY=${LEGACY:-SG_LEGACY_MEDIAN SG_LEGACY_SORT SG_LEGACY_LABEL}
     OUTDIR=${OUT:-benchmarks/results/session}
     mkdir -p "$OUTDIR"
     exec > >(tee -a "$OUTDIR/session.log") 2>&1
@@ -44,19 +56,28 @@ case "${1:-}" in
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
     for s in $STEPS; do
       case $s in
-        first) step 60 env CUPY_CACHE_DIR="$(mktemp -d)" python3 benchmarks/bench_gpu.py --first-batch ;;
-        bench) step 210 python3 benchmarks/bench_gpu.py -n "$N" --out "$OUTDIR" ;;
-        pytest) step 150 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="-ra" tests/kernels \
+        first) step 40 env CUPY_CACHE_DIR="$(mktemp -d)" python3 benchmarks/bench_gpu.py --first-batch ;;
+        bench) step 180 python3 benchmarks/bench_gpu.py -n "$N" --out "$OUTDIR" ;;
+        legacy) step 130 env SCIP_GPU_DEFINES="$LEGACY" python3 benchmarks/bench_gpu.py -n "$N" \
+                  --equality-objects 64 --ragged 60 --cpu-objects 256 --out "$OUTDIR/legacy" ;;
+        pytest) step 120 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="-ra" tests/kernels \
                   tests/test_dispatch.py ;;
         fields) step 100 python3 benchmarks/bench_gpu.py --fields-only --out "$OUTDIR" ;;
         nvrtc) step 60 env CUPY_CACHE_DIR="$(mktemp -d)" SCIP_GPU_PREBUILT=0 python3 benchmarks/bench_gpu.py \
                  --first-batch ;;
         profile) step 90 python3 benchmarks/profile_kernels.py --out "$OUTDIR" ;;
+        profile_legacy) step 90 env SCIP_GPU_DEFINES="$LEGACY" python3 benchmarks/profile_kernels.py \
+                          --out "$OUTDIR/legacy" ;;
+        scaling) step 240 python3 benchmarks/bench_scaling.py objects -n 1000 10000 50000 --device cuda \
+                   --cluster local_cuda --dataset zarr --channels 12 --timeout 100 --out "$OUTDIR"
+                 step 150 python3 benchmarks/bench_scaling.py workers -w 1 2 -n 50000 --device cuda \
+                   --cluster local_cuda --dataset zarr --channels 12 --knob threads_per_worker --timeout 70 \
+                   --out "$OUTDIR" ;;
         *) echo "unknown step $s" ;;
       esac
     done
     ls -la "$OUTDIR"
     ;;
   *)
-    sed -n '2,19p' "$0"; exit 2 ;;
+    sed -n '2,25p' "$0"; exit 2 ;;
 esac

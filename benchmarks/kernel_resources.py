@@ -43,9 +43,10 @@ def parse(report: str) -> dict:
         m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
         if m:
             out[name].update(stack=int(m[1]), spill_stores=int(m[2]), spill_loads=int(m[3]))
-        m = re.search(r"Used (\d+) registers.*?(\d+) bytes smem", line)
-        if m:
-            out[name].update(registers=int(m[1]), static_smem=int(m[2]))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:  # (no "bytes smem" when a kernel has no static shared memory)
+            smem = re.search(r"(\d+) bytes smem", line)
+            out[name].update(registers=int(m[1]), static_smem=int(smem[1]) if smem else 0)
     return out
 
 

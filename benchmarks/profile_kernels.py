@@ -1,6 +1,6 @@
 """Where the time of a plane goes inside the mask and intensity kernels (GPU needed).
 
-Compiles the kernel module with ``-DSG_PROFILE`` (NVRTC; phase marks in kernels/masks.cu and
+Compiles the kernel module with ``-DSG_PROFILE`` and whatever ``SCIP_GPU_DEFINES`` already names (NVRTC; phase marks in kernels/masks.cu and
 kernels/intensity.cu: thread 0 of every block adds each phase's clock64() cycles, each phase
 ended by a barrier) and profiles one batch of IFC-like cells. Prints, per kernel and phase,
 the mean cycles per plane (the latency of one block), and the plane count.
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ["SCIP_GPU_DEFINES"] = "SG_PROFILE"
+# SG_PROFILE beside any variant already chosen (gpu_session.sh profile_legacy)
+os.environ["SCIP_GPU_DEFINES"] = " ".join(["SG_PROFILE", *os.environ.get("SCIP_GPU_DEFINES", "").split()])
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))

@@ -182,6 +182,113 @@ __device__ void sg_bitonic_sort(K* keys, int n) {
     }
 }
 
+// Exclusive prefix sum over the block of one int per thread (thread order); *total gets the
+// sum (every thread must call it). Two levels of 16: threads 0..15 scan 16 values each, thread 0
+// scans their 16 sums: 3 barriers and ~32 dependent steps, instead of a 256-step serial scan.
+__device__ int sg_block_exclusive_sum(int v, int* total) {
+    static_assert(SG_THREADS == 256, "two levels of 16");
+    __shared__ int val[SG_THREADS];
+    __shared__ int grp[17];
+    const int t = threadIdx.x;
+    val[t] = v;
+    __syncthreads();
+    if (t < 16) {
+        int acc = 0;
+        for (int k = 0; k < 16; ++k) {
+            const int x = val[16 * t + k];
+            val[16 * t + k] = acc;
+            acc += x;
+        }
+        grp[t + 1] = acc;
+    }
+    __syncthreads();
+    if (t == 0) {
+        grp[0] = 0;
+        for (int k = 1; k <= 16; ++k) grp[k] += grp[k - 1];
+    }
+    __syncthreads();
+    const int r = val[t] + grp[t >> 4];
+    *total = grp[16];
+    __syncthreads();
+    return r;
+}
+
+#define SG_RADIX_BITS 4
+#define SG_RADIX_DIGITS (1 << SG_RADIX_BITS)
+// counter (digit d, thread t) lives at SG_RADIX_AT(d * SG_THREADS + t): one int of padding per
+// 32, so that the scan's reads of 16 consecutive counters per thread hit different banks
+#define SG_RADIX_AT(i) ((i) + ((i) >> 5))
+// ints of scratch sg_radix_sort_u16_keys needs beside its second key buffer
+#define SG_RADIX_COUNTS SG_RADIX_AT(SG_RADIX_DIGITS * SG_THREADS)
+
+// Stable ascending sort of keys[0..n) (n < 65536) by their upper 16 bits, whose values lie in
+// [vmin, vmax]: least-significant-digit radix sort of (key >> 16) - vmin, 4 bits per pass,
+// only as many passes as vmax - vmin has digits (0 when all values are equal: already in
+// order). Keys of the form value << 16 | pixel index, starting in index order, end ordered by
+// (value, index): the order a bitonic sort of the whole keys gives (the keys are distinct).
+//
+// A pass is a block counting sort: thread t counts the digits of its chunk of consecutive
+// keys in its own counters (digit, t) (no atomics; chunks of an odd length, so that a warp's
+// loads of its 32 chunks' k-th keys hit 32 different banks), one exclusive scan
+// of the 16 x 256 counters in (digit, thread) order gives every (digit, thread) its first
+// output slot, and each thread scatters its chunk in order (so the pass is stable). Per
+// 4096-key plane and pass, per thread: 16 counter clears, 17 key loads + 17 counter
+// read-modify-writes, 16 + 32 accesses to scan, 17 key loads + counter updates + 17 stores:
+// ~180 shared accesses and 6 barriers; a 12-bit range takes 3 passes (~550 accesses, 18
+// barriers; ~140 k per plane) where the bitonic sort of 4096 keys takes 78 stages of 8
+// compare-exchanges per thread (~1,900 accesses, 78 barriers; ~490 k per plane). Counts only:
+// not yet timed on a GPU.
+//
+// alt: n keys of scratch, counts: SG_RADIX_COUNTS ints. The result is in keys (after an odd
+// number of passes it is copied back from alt: 2 accesses per key).
+__device__ void sg_radix_sort_u16_keys(unsigned int* keys, unsigned int* alt, int* counts, int n,
+                                                 int vmin, int vmax) {
+    const int t = threadIdx.x;
+    const int cs = ((n + SG_THREADS - 1) / SG_THREADS) | 1;
+    const int a = sg_min(t * cs, n), b = sg_min(a + cs, n);
+    const int range = vmax - vmin;
+    unsigned int* src = keys;
+    unsigned int* dst = alt;
+    #pragma unroll 1
+    for (int shift = 0; shift < 16 && (range >> shift) > 0; shift += SG_RADIX_BITS) {
+        #pragma unroll 1
+        for (int d = 0; d < SG_RADIX_DIGITS; ++d) counts[SG_RADIX_AT(d * SG_THREADS + t)] = 0;
+        for (int k = a; k < b; ++k) {
+            const int d = ((int)(src[k] >> 16) - vmin) >> shift & (SG_RADIX_DIGITS - 1);
+            counts[SG_RADIX_AT(d * SG_THREADS + t)] += 1;
+        }
+        __syncthreads();
+        // exclusive scan of the counters in (digit, thread) order: thread t takes the 16
+        // consecutive ones [16 t, 16 t + 16)
+        int sum = 0;
+        #pragma unroll 1
+        for (int k = 0; k < SG_RADIX_DIGITS; ++k) sum += counts[SG_RADIX_AT(SG_RADIX_DIGITS * t + k)];
+        int total;
+        int base = sg_block_exclusive_sum(sum, &total);
+        #pragma unroll 1
+        for (int k = 0; k < SG_RADIX_DIGITS; ++k) {
+            int* c = counts + SG_RADIX_AT(SG_RADIX_DIGITS * t + k);
+            const int x = *c;
+            *c = base;
+            base += x;
+        }
+        __syncthreads();
+        for (int k = a; k < b; ++k) {
+            const unsigned int key = src[k];
+            const int d = ((int)(key >> 16) - vmin) >> shift & (SG_RADIX_DIGITS - 1);
+            dst[counts[SG_RADIX_AT(d * SG_THREADS + t)]++] = key;
+        }
+        __syncthreads();
+        unsigned int* tmp = src;
+        src = dst;
+        dst = tmp;
+    }
+    if (src != keys) {
+        for (int k = t; k < n; k += SG_THREADS) keys[k] = src[k];
+        __syncthreads();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Connected components: lock-free union-find over a plane (Playne & Hawick's scheme). After
 // `sg_label`, parent[i] is the root of pixel i's component, the component's first pixel in
@@ -238,6 +345,8 @@ __device__ void sg_label(const unsigned char* fg, unsigned char value, int h, in
         }
     }
     __syncthreads();
+#ifdef SG_LEGACY_LABEL
+    // every pixel unites with each of its neighbours above (up to 3 unions, 6 finds, per pixel)
     for (int i = threadIdx.x; i < n; i += SG_THREADS) {
         if (fg[i] != value) continue;
         const int r = i / w, c = i - r * w;
@@ -254,6 +363,58 @@ __device__ void sg_label(const unsigned char* fg, unsigned char value, int h, in
     for (int i = threadIdx.x; i < n; i += SG_THREADS)
         if (vp[i] >= 0) parent[i] = sg_find(vp, i);
     __syncthreads();
+#else
+    // One union per pair of touching runs (run R = columns [a, b] of row r, run R' = [a', b'] of
+    // row r - 1), made at one pixel of R chosen by where R' starts:
+    //   a' <  a  (8-conn.: a' <= a - 1 and R' reaches a - 1): at R's start a, with a - 1 above;
+    //   a' == a (or a' < a, 4-conn.): at a, with a above (a - 1 above is background);
+    //   a < a' <= b: at column a', where R' starts (above: set, above-left: background);
+    //   a' == b + 1 (8-conn. only): at R's end b, with b + 1 above (b above is background).
+    // The cases are exclusive and cover every R' touching R, so the unions performed connect
+    // exactly the runs the per-pixel unions connected (pixels of a run share their run start as
+    // parent from the start), and sg_union is the same lock-free operation: the components, and
+    // their roots (the smallest index of each, as atomicMin links a larger root under a smaller
+    // one), are the same whatever the threads' order. Only redundant unions are skipped: a
+    // blob's run pairs instead of its pixels (64x64 masks: ~1-2 unions per run instead of up to
+    // 3 per pixel).
+    for (int i = threadIdx.x; i < n; i += SG_THREADS) {
+        if (fg[i] != value) continue;
+        const int r = i / w, c = i - r * w;
+        if (r == 0) continue;
+        const bool left = c > 0 && fg[i - 1] == value;  // i continues a run
+        const bool up = fg[i - w] == value;
+        const bool up_left = c > 0 && fg[i - w - 1] == value;
+        if (!left) {  // i = a, R's start
+            if (eight && up_left) sg_union(parent, i, i - w - 1);
+            else if (up) sg_union(parent, i, i - w);
+        } else if (up && !up_left) {  // a run above starts at c, inside R
+            sg_union(parent, i, i - w);
+        }
+        if (eight && c + 1 < w && fg[i + 1] != value && !up && fg[i - w + 1] == value)
+            sg_union(parent, i, i - w + 1);  // i = b, R's end; a run above starts at b + 1
+    }
+    __syncthreads();
+    // Flattening in two steps, each race-free: (1) every run start s (parent[s] == s or a root
+    // reached by finds) stores its root; a find only reads, and every store writes a tree's
+    // root into an entry of that tree, so a find overlapping a store still ends at the root;
+    // (2) after the barrier, every other pixel (its parent its run start since the first pass:
+    // a non-start pixel is never a root, so no union changed it) copies its run start's root.
+    // Step 2 reads only run-start entries, final since the barrier, and writes only non-start
+    // entries, which no thread reads in step 2. Finds walk from run starts only.
+    volatile int* vp = parent;
+    for (int i = threadIdx.x; i < n; i += SG_THREADS) {
+        if (fg[i] != value) continue;
+        const int c = i % w;
+        if (c == 0 || fg[i - 1] != value) parent[i] = sg_find(vp, i);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += SG_THREADS) {
+        if (fg[i] != value) continue;
+        const int c = i % w;
+        if (c > 0 && fg[i - 1] == value) parent[i] = parent[parent[i]];
+    }
+    __syncthreads();
+#endif
 }
 
 // remove_small_holes(hole_area) then remove_small_objects(min_size) of the h x w mask `m`

@@ -7,7 +7,9 @@
 // erosion_rows), so the values are bit-identical up to the last bit of pow():
 //
 // 1. the plane's pixels are sorted once (keys value << 16 | pixel index: a stable order, as
-//    the CPU's radix sort);
+//    the CPU's radix sort), by a block radix sort of the values (sg_radix_sort_u16_keys), or,
+//    compiled with -DSG_LEGACY_SORT, by a bitonic sort of the keys padded to a power of two
+//    (the same order: the keys are distinct);
 // 2. views (mode 0): the channel's mask, its inner rim (mask XOR erosion by disk(edge_width)),
 //    the combined mask and its rim; (mode 1, the raw set): the whole plane;
 // 3. each view's members are compacted in sorted order (one block scan for all views, four
@@ -97,9 +99,11 @@ __device__ void int_sorted_stats(const unsigned short* v, int n, double total, d
     o[10] = zero ? sg_nan() : m4 / (m2 * m2) - 3.0;
 }
 
-// Workspace for H x W planes: keys (next_pow2(H W) u32), four view masks (H W bytes each),
-// members (4 x H W u16; the erosion's run lengths live there first); mode 1 (the raw set): keys
-// and one H W u16 members array.
+// Workspace for H x W planes: keys (H W u32; next_pow2(H W) for the legacy bitonic sort), four
+// view masks (H W bytes each), members (4 x H W u16; the erosion's run lengths live there
+// first, then the radix sort's second key buffer and counters: at least 4 H W bytes rounded to
+// 16 + 4 SG_RADIX_COUNTS); mode 1 (the raw set): keys and one members array (H W u16, at least
+// the radix sort's scratch).
 extern "C" __global__ void
 intensity_views(const void* pixels, const int dtype, const int C, const int H, const int W,
                 const long long* __restrict__ extents, const int M, const int mode,
@@ -110,9 +114,20 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
                 unsigned char* scratch, const long long ws_bytes) {
     const int cap = H * W, np2 = sg_next_pow2(cap);
     SgArena arena(sg_workspace(scratch, ws_bytes));
+#ifdef SG_LEGACY_SORT
     unsigned int* keys = arena.take<unsigned int>(np2);
     unsigned char* views = arena.take<unsigned char>(mode == 0 ? 4 * (i64)cap : 0);
     unsigned short* members = arena.take<unsigned short>((mode == 0 ? 4 : 1) * (i64)cap);
+#else
+    unsigned int* keys = arena.take<unsigned int>(cap);
+    unsigned char* views = arena.take<unsigned char>(mode == 0 ? 4 * (i64)cap : 0);
+    const i64 alt_bytes = (4 * (i64)cap + 15) / 16 * 16;
+    unsigned short* members = arena.take<unsigned short>(
+        sg_max64((mode == 0 ? 4 : 1) * (i64)cap, (alt_bytes + 4 * (i64)SG_RADIX_COUNTS + 1) / 2));
+    unsigned int* alt = reinterpret_cast<unsigned int*>(members);  // free while sorting
+    int* radix_counts = reinterpret_cast<int*>(reinterpret_cast<unsigned char*>(members) + alt_bytes);
+    (void)np2;
+#endif
     __shared__ int half[64];
     __shared__ int count[4];
     __shared__ double total[4];
@@ -140,6 +155,7 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
                                     : (const void*)((const unsigned short*)pixels + (i64)m * cap);
         SG_PROF_START();
         // 1. sort the plane: keys value << 16 | index (ties in pixel order, as a stable sort)
+#ifdef SG_LEGACY_SORT
         const int n2 = sg_next_pow2(n);
         for (int p = threadIdx.x; p < n2; p += SG_THREADS) {
             unsigned int key = 0xFFFFFFFFu;
@@ -149,6 +165,18 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
             }
             keys[p] = key;
         }
+#else
+        i64 vmin = 65535, vmax = 0;
+        for (int p = threadIdx.x; p < n; p += SG_THREADS) {
+            const int i = p / w, j = p - i * w;
+            const int v = sg_load_int(px, (i64)i * W + j, dtype);
+            keys[p] = ((unsigned int)v << 16) | (unsigned int)p;
+            vmin = sg_min64(vmin, v);
+            vmax = sg_max64(vmax, v);
+        }
+        vmin = sg_block_min_i64(vmin);
+        vmax = sg_block_max_i64(vmax);
+#endif
         // 2. the views, as h x w planes (row stride w)
         if (mode == 0) {
             const unsigned char* mk = mask + (i64)m * cap;
@@ -169,7 +197,13 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
         }
         __syncthreads();
         SG_PROF_MARK(2, 0);
+#ifdef SG_LEGACY_SORT
         sg_bitonic_sort(keys, n2);
+        const unsigned int* sorted = keys;
+#else
+        sg_radix_sort_u16_keys(keys, alt, radix_counts, n, (int)vmin, (int)vmax);
+        const unsigned int* sorted = keys;  // (members, holding alt, is written next)
+#endif
         SG_PROF_MARK(2, 1);
         // 3. compact each view's members in sorted order: one scan of 4 packed 16-bit counters
         {
@@ -180,7 +214,7 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
             u64 s = 0;
             i64 tot[4] = {0, 0, 0, 0};  // the views' sums of (integer) values: exact in any order
             for (int k = a; k < b; ++k) {
-                const unsigned int key = keys[k];
+                const unsigned int key = sorted[k];
                 const int idx = (int)(key & 0xFFFFu);
                 const i64 value = (i64)(key >> 16);
                 for (int v = 0; v < nv; ++v) {
@@ -197,7 +231,7 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
             __syncthreads();
             s = part[t];
             for (int k = a; k < b; ++k) {
-                const unsigned int key = keys[k];
+                const unsigned int key = sorted[k];
                 const int idx = (int)(key & 0xFFFFu);
                 const unsigned short value = (unsigned short)(key >> 16);
                 for (int v = 0; v < nv; ++v) {

@@ -182,9 +182,39 @@ mask_li(const void* pixels, const int dtype, const int C, const int H, const int
 #define SG_OTSU_SCAN (2 * SG_OTSU_BINS + 3 * SG_THREADS + 2)  // int64 scratch of sg_otsu_threshold
 
 // skimage.filters.rank.median(x, disk(r)) of an h x w uint16 plane whose values are below
-// SG_OTSU_BINS: Huang's sliding histogram, one thread per row (as the numba
-// median_disk_planes; the median is the element of rank pop // 2 of the in-plane
-// neighbourhood). hist: per-thread histograms, `hist_bytes` bytes in all.
+// SG_OTSU_BINS (the median is the element of rank pop // 2 of the in-plane neighbourhood, as
+// the numba median_disk_planes; any algorithm finding that element gives the same plane).
+//
+// Two implementations, chosen at compile time (-DSG_LEGACY_MEDIAN selects the first, so that
+// one GPU session can time both; SCIP_GPU_DEFINES, scip_gpu.gpu_kernels):
+//
+// - legacy: Huang's sliding 514-bin histogram, one thread per row (as the numba kernel). A
+//   64x64 plane keeps 64 of the 256 threads busy (64 x 514 B of histograms), each walking a
+//   dependent chain of ~5,700 shared-memory accesses per row: clearing 514 bytes, 46 window
+//   increments (3 accesses each), the first median's walk up from bin 0 (~250 steps), then per
+//   pixel 22 histogram updates (pixel load + read-modify-write) and the median's walk (~10).
+// - default: a two-level search with every thread of the block. Work items are column strips
+//   (column j, a run of consecutive rows; 64x64: 64 columns x 4 strips of 16 rows = 256 items,
+//   one per thread); each slides a COARSE histogram down its strip (33 bins of 16 values,
+//   8-bit counters, four per 32-bit word: 9 words = 36 B per thread, 9 KiB per block, laid out
+//   word-major / thread-minor so that every access of a warp hits 32 different banks), walks
+//   the coarse median (the bin holding rank pop // 2, usually 0-2 steps), then re-reads the
+//   81-pixel window once and counts the values inside that bin in 16 8-bit counters held in
+//   two registers, which give the exact median. Per output pixel (interior, r = 5): 22 pixel
+//   loads + 22 word read-modify-writes for the slide, ~2 word loads for the walk, 81
+//   independent pixel loads (~5 ALU each) for the fine count, <= 16 register steps; per strip
+//   9 stores + 81 x 3 accesses to start. 64x64 plane: ~2,600 shared accesses per thread on
+//   256 threads (~660 k per plane, of which ~1,300 per thread form a dependent chain, the
+//   fine loads being independent) against ~5,700 dependent ones per thread on 64 threads
+//   (~365 k per plane) for the legacy form: more work in all, on 4x the threads, with a chain
+//   4x shorter; warps read consecutive columns of the plane, so the pixel loads are
+//   conflict-free too. Counts only: not yet timed on a GPU.
+//   Counter widths: a window holds at most (2r + 1)^2 pixels, 121 for r <= 5 and < 256 for
+//   r <= 7, so 8-bit counters cannot overflow (the kernel calls r = 5).
+//
+// hist: `hist_bytes` bytes of scratch (SG_MEDIAN_HIST_BYTES(h) suffices for all threads).
+#ifdef SG_LEGACY_MEDIAN
+#define SG_MEDIAN_HIST_BYTES(h) ((i64)SG_OTSU_BINS * ((h) < SG_THREADS ? (h) : SG_THREADS))
 __device__ void sg_median_disk(const unsigned short* x, unsigned short* out, int h, int w, int r,
                                unsigned char* hist, i64 hist_bytes) {
     __shared__ int half[32];
@@ -252,6 +282,119 @@ __device__ void sg_median_disk(const unsigned short* x, unsigned short* out, int
     }
     __syncthreads();
 }
+#else
+#define SG_MED_NCB ((SG_OTSU_BINS + 15) / 16)  // coarse bins of 16 values: 33
+#define SG_MED_WORDS ((SG_MED_NCB + 3) / 4)     // 8-bit counters, four per word: 9 words
+#define SG_MEDIAN_HIST_BYTES(h) ((i64)SG_MED_WORDS * 4 * SG_THREADS)
+
+// count of coarse bin b of the lane whose first word is hw (words SG_THREADS apart)
+__device__ __forceinline__ int sg_med_count(const unsigned int* hw, int lanes, int b) {
+    return (int)((hw[(b >> 2) * lanes] >> (8 * (b & 3))) & 0xFFu);
+}
+
+__device__ __forceinline__ void sg_med_add(unsigned int* hw, int lanes, int b, int d) {
+    // d = +1 or -1; a counter never leaves 0..255, so no borrow or carry reaches its neighbour
+    const unsigned int one = 1u << (8 * (b & 3));
+    hw[(b >> 2) * lanes] += d > 0 ? one : 0u - one;
+}
+
+__device__ void sg_median_disk(const unsigned short* x, unsigned short* out, int h, int w, int r,
+                               unsigned char* hist, i64 hist_bytes) {
+    __shared__ int half[32];
+    if (threadIdx.x < 2 * r + 1) {
+        const int dy = (int)threadIdx.x - r;
+        int a = 0;
+        while ((a + 1) * (a + 1) + dy * dy <= r * r) ++a;
+        half[threadIdx.x] = a;  // (the disk is symmetric: also the half-height of column dy)
+    }
+    __syncthreads();
+    const int lanes = (int)sg_min64((i64)SG_THREADS, hist_bytes / (4 * SG_MED_WORDS));
+    // items: (strip s, column j), item s * w + j; strips of `sh` rows, as many as fill the lanes
+    const int strips = sg_max(1, sg_min(h, lanes / sg_max(w, 1)));
+    const int sh = (h + strips - 1) / strips;
+    const int items = ((h + sh - 1) / sh) * w;
+    const int t = threadIdx.x;
+    if (t < lanes) {
+        unsigned int* hw = reinterpret_cast<unsigned int*>(hist) + t;
+        for (int q = t; q < items; q += lanes) {
+            const int s = q / w, j = q - s * w;
+            const int i0 = s * sh, i1 = sg_min(h, i0 + sh);
+            for (int b = 0; b < SG_MED_WORDS; ++b) hw[b * lanes] = 0;
+            // window at (i0, j); `below`: its pixels in coarse bins below cmed
+            const int cstart = x[i0 * w + j] >> 4;
+            int pop = 0, below = 0;
+            for (int dx = -r; dx <= r; ++dx) {
+                const int jj = j + dx;
+                if (jj < 0 || jj >= w) continue;
+                const int a = half[dx + r];
+                const int ra = sg_max(0, i0 - a), rb = sg_min(h - 1, i0 + a);
+                for (int rr = ra; rr <= rb; ++rr) {
+                    const int cb = x[rr * w + jj] >> 4;
+                    sg_med_add(hw, lanes, cb, 1);
+                    below += cb < cstart;
+                }
+                pop += rb - ra + 1;
+            }
+            int cmed = cstart;
+            for (int i = i0; i < i1; ++i) {
+                if (i > i0) {  // slide down one row: each column's top pixel leaves, a new bottom one enters
+                    for (int dx = -r; dx <= r; ++dx) {
+                        const int jj = j + dx;
+                        if (jj < 0 || jj >= w) continue;
+                        const int a = half[dx + r];
+                        const int ro = i - 1 - a, ri = i + a;
+                        if (ro >= 0) {
+                            const int cb = x[ro * w + jj] >> 4;
+                            sg_med_add(hw, lanes, cb, -1);
+                            below -= cb < cmed;
+                            --pop;
+                        }
+                        if (ri < h) {
+                            const int cb = x[ri * w + jj] >> 4;
+                            sg_med_add(hw, lanes, cb, 1);
+                            below += cb < cmed;
+                            ++pop;
+                        }
+                    }
+                }
+                // the coarse bin of rank k: below <= k < below + count(cmed)
+                const int k = pop / 2;
+                while (below > k) {
+                    --cmed;
+                    below -= sg_med_count(hw, lanes, cmed);
+                }
+                for (int c = sg_med_count(hw, lanes, cmed); below + c <= k; c = sg_med_count(hw, lanes, cmed)) {
+                    below += c;
+                    ++cmed;
+                }
+                // the exact value: count the window's values inside bin cmed (16 8-bit counters)
+                u64 lo8 = 0, hi8 = 0;
+                for (int dx = -r; dx <= r; ++dx) {
+                    const int jj = j + dx;
+                    if (jj < 0 || jj >= w) continue;
+                    const int a = half[dx + r];
+                    const int ra = sg_max(0, i - a), rb = sg_min(h - 1, i + a);
+                    for (int rr = ra; rr <= rb; ++rr) {
+                        const int v = x[rr * w + jj];
+                        if ((v >> 4) == cmed) {
+                            const int f = v & 15;
+                            if (f < 8) lo8 += 1ull << (8 * f); else hi8 += 1ull << (8 * (f - 8));
+                        }
+                    }
+                }
+                int rem = k - below, f = 0;
+                for (;; ++f) {
+                    const int c = (int)(((f < 8 ? lo8 >> (8 * f) : hi8 >> (8 * (f - 8)))) & 0xFFu);
+                    if (rem < c) break;
+                    rem -= c;
+                }
+                out[i * w + j] = (unsigned short)(cmed * 16 + f);
+            }
+        }
+    }
+    __syncthreads();
+}
+#endif
 
 // skimage.filters.threshold_otsu from the histogram of a plane's integer values (one bin per
 // value, SG_OTSU_BINS bins), with the arithmetic of the numba otsu_int_rows: the weights and
@@ -336,8 +479,69 @@ __device__ void sg_otsu_threshold(const int* hist, i64* scan, double* thr) {
     __syncthreads();
 }
 
-// Workspace of mask_otsu: R1, R2 (max(H W, 1798, 514 min(H, 256) / 8) doubles each), m8 (H W);
-// the labelling's parent and count arrays live in R1 at the end.
+// ops.median_disk of (M, H, W) uint8 (dtype 0) or uint16 (dtype 1) planes whose values are below
+// SG_OTSU_BINS and radius r <= 7, each over its extent (the otsu kernel's median, as a stage of
+// its own: the tests run it on edge-case extents in both variants). out: (M, H, W) uint16, 0
+// outside the extents. Workspace: the plane and its median (H W u16 each), the histograms.
+extern "C" __global__ void
+median_disk_planes(const void* pixels, const int dtype, const int H, const int W,
+                   const long long* __restrict__ extents, const int M, const int r,
+                   unsigned short* __restrict__ out, unsigned char* scratch, const long long ws_bytes) {
+    const int cap = H * W;
+    SgArena arena(sg_workspace(scratch, ws_bytes));
+    unsigned short* A = arena.take<unsigned short>(cap);
+    unsigned short* B = arena.take<unsigned short>(cap);
+    unsigned char* hist = arena.take<unsigned char>(SG_MEDIAN_HIST_BYTES(H));
+    for (int m = blockIdx.x; m < M; m += gridDim.x) {
+        const int h = (int)extents[2 * m], w = (int)extents[2 * m + 1];
+        const void* px = dtype == 0 ? (const void*)((const unsigned char*)pixels + (i64)m * cap)
+                                    : (const void*)((const unsigned short*)pixels + (i64)m * cap);
+        for (int p = threadIdx.x; p < h * w; p += SG_THREADS) {
+            const int i = p / w, j = p - i * w;
+            A[p] = (unsigned short)sg_load_int(px, (i64)i * W + j, dtype);
+        }
+        __syncthreads();
+        sg_median_disk(A, B, h, w, r, hist, SG_MEDIAN_HIST_BYTES(H));
+        for (int p = threadIdx.x; p < cap; p += SG_THREADS) {
+            const int i = p / W, j = p - i * W;
+            out[(i64)m * cap + p] = (i < h && j < w) ? B[i * w + j] : (unsigned short)0;
+        }
+        __syncthreads();
+    }
+}
+
+// The block labelling (sg_label) of (M, H, W) uint8 planes over their extents: out[m, i, j] =
+// raster index (i * w + j, w the extent's width) of the root of the pixel's component (its
+// first pixel), -1 for background and outside the extent; 8-connected when eight != 0, else
+// 4-connected (what the masks' fill/clean, border rule and the shape kernel label with; the
+// tests compare it with scipy.ndimage.label). Workspace: the plane and its parents.
+extern "C" __global__ void
+label_planes(const unsigned char* __restrict__ planes, const int H, const int W,
+             const long long* __restrict__ extents, const int M, const int eight,
+             int* __restrict__ out, unsigned char* scratch, const long long ws_bytes) {
+    const int cap = H * W;
+    SgArena arena(sg_workspace(scratch, ws_bytes));
+    unsigned char* fg = arena.take<unsigned char>(cap);
+    int* parent = arena.take<int>(cap);
+    for (int m = blockIdx.x; m < M; m += gridDim.x) {
+        const int h = (int)extents[2 * m], w = (int)extents[2 * m + 1];
+        for (int p = threadIdx.x; p < h * w; p += SG_THREADS) {
+            const int i = p / w, j = p - i * w;
+            fg[p] = planes[(i64)m * cap + (i64)i * W + j] != 0;
+        }
+        __syncthreads();
+        sg_label(fg, 1, h, w, eight != 0, parent);
+        for (int p = threadIdx.x; p < cap; p += SG_THREADS) {
+            const int i = p / W, j = p - i * W;
+            out[(i64)m * cap + p] = (i < h && j < w) ? parent[i * w + j] : -1;
+        }
+        __syncthreads();
+    }
+}
+
+// Workspace of mask_otsu: R1, R2 (max(H W, 1798, SG_MEDIAN_HIST_BYTES(H) / 8) doubles each: 514
+// min(H, 256) bytes for the legacy median, 9216 for the default one), m8 (H W); the labelling's
+// parent and count arrays live in R1 at the end.
 extern "C" __global__ void
 mask_otsu(const void* pixels, const int dtype, const int C, const int H, const int W,
           const long long* __restrict__ extents, const int M,
@@ -345,9 +549,8 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
           const int remove_border, unsigned char* __restrict__ mask, long long* __restrict__ regions,
           unsigned char* scratch, const long long ws_bytes) {
     const int cap = H * W;
-    // room for one median histogram per row (one round of row threads), and at least 128 doubles
-    const int hist_rows = H < SG_THREADS ? H : SG_THREADS;
-    const int rcap = sg_max(sg_max(cap, SG_OTSU_SCAN), (SG_OTSU_BINS * hist_rows + 7) / 8);
+    // room for the median's histograms (every lane in one round) and Otsu's scan
+    const int rcap = sg_max(sg_max(cap, SG_OTSU_SCAN), (int)((SG_MEDIAN_HIST_BYTES(H) + 7) / 8));
     SgArena arena(sg_workspace(scratch, ws_bytes));
     double* R1 = arena.take<double>(rcap);
     double* R2 = arena.take<double>(rcap);

@@ -7,20 +7,31 @@ from __future__ import annotations
 import numpy as np
 
 from .dispatch import register
-from .gpu_kernels import _dtype_code, _round16, launch, next_pow2, workspace
+from .gpu_kernels import _dtype_code, _round16, defined, launch, next_pow2, workspace
 
 #: statistics per view and views per channel (scip_gpu.stats.STATISTICS, intensity.VIEWS)
 N_STAT = 11
 N_VIEWS = 8
 
 
+#: ints of counters of the block radix sort (SG_RADIX_COUNTS: 16 digits x 256 threads, one int
+#: of padding per 32)
+RADIX_COUNTS = 16 * 256 + 16 * 256 // 32
+
+
 @workspace("intensity_views")
 def _ws(h: int, w: int, mode: int = 0) -> int:
-    """Keys, then (mode 0) four view masks and four members arrays, (mode 1) one members array."""
+    """Keys, then (mode 0) four view masks and four members arrays, (mode 1) one members array;
+    the members hold the radix sort's scratch first (kernels/intensity.cu)."""
     cap = h * w
-    if mode == 1:
-        return _round16(4 * next_pow2(cap)) + _round16(2 * cap)
-    return _round16(4 * next_pow2(cap)) + _round16(4 * cap) + _round16(8 * cap)
+    members = 2 * cap * (1 if mode == 1 else 4)
+    if defined("SG_LEGACY_SORT"):
+        keys = 4 * next_pow2(cap)
+    else:
+        keys = 4 * cap
+        members = max(members, _round16(4 * cap) + 4 * RADIX_COUNTS)
+    views = 0 if mode == 1 else _round16(4 * cap)
+    return _round16(keys) + views + _round16(members)
 
 
 def _accepts(batch, mr, ctx) -> bool:

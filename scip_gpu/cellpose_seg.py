@@ -109,21 +109,12 @@ def _looks_like_path(model: str | os.PathLike) -> bool:
     return any(s in model for s in seps) or model.startswith("~")
 
 
-def _how_to_get(name: str, dest: Path | None = None) -> str:
-    """How to get the weights ``name``, to put at ``dest`` (None: in a model folder)."""
+def _how_to_get(name: str, dest: str) -> str:
+    """How to get the weights ``name`` to ``dest``, in one line."""
     if name in BUILTIN_MODELS:
-        get = (f"Download them on a machine with internet access, e.g.\n"
-               f"    curl -L -o {dest or name} {CELLPOSE_MODEL_URL}{name}\n")
-    else:
-        get = (f"{name!r} is not one of cellpose 4's built-in models "
-               f"({', '.join(BUILTIN_MODELS)}); if it is a model you trained, find its weights "
-               "file.\n")
-    if dest is not None:
-        return get + "Or give the path of the file where it is."
-    env = os.environ.get(MODELS_PATH_ENV, "").strip()
-    target = f"${MODELS_PATH_ENV} ({env})" if env else f"a folder named by ${MODELS_PATH_ENV}"
-    return (get + f"Then put the file, named {name!r}, in {target} or in "
-            f"{CELLPOSE_MODEL_DIR}, or give its full path as the model.")
+        return f"download {CELLPOSE_MODEL_URL}{name} to {dest}"
+    return (f"{name!r} is not one of cellpose 4's built-in models ({', '.join(BUILTIN_MODELS)}): "
+            f"put the weights file of your model at {dest}")
 
 
 def resolve_model(model: str | os.PathLike) -> Path:
@@ -132,8 +123,8 @@ def resolve_model(model: str | os.PathLike) -> Path:
     Raises
     ------
     ModelNotFoundError
-        When no such file is on disk; the message says how to get the weights and where to put
-        them. Nothing is downloaded.
+        When no such file is on disk; the message (one line) names the path(s) looked at, says
+        where to get the weights and where to put them. Nothing is downloaded.
     """
     if not isinstance(model, (str, os.PathLike)) or not str(model).strip():
         raise ConfigError(f"cellpose model: expected a weights path or a model name, got {model!r}")
@@ -144,19 +135,21 @@ def resolve_model(model: str | os.PathLike) -> Path:
         if path.is_dir():
             raise ConfigError(f"cellpose model: {path} is a folder, not a weights file")
         raise ModelNotFoundError(
-            f"cellpose model: the weights file {path} does not exist. "
-            f"scip_gpu never downloads weights.\n{_how_to_get(path.name, path)}")
+            f"cellpose model: the weights file {path} does not exist (scip_gpu never downloads weights: "
+            f"{_how_to_get(path.name, str(path))})")
     searched = model_dirs()
     for folder in searched:
         candidate = folder / str(model)
         if candidate.is_file():
             return candidate.resolve()
-    where = ", ".join(str(d) for d in searched)
     env_set = bool(os.environ.get(MODELS_PATH_ENV, "").strip())
-    env_note = "" if env_set else f" (${MODELS_PATH_ENV} is not set)"
+    where = " or ".join(str(d / str(model)) + (f" (${MODELS_PATH_ENV})" if env_set and i == 0 else "")
+                        for i, d in enumerate(searched))
+    env_note = "" if env_set else f"; ${MODELS_PATH_ENV} is not set"
     raise ModelNotFoundError(
-        f"cellpose model {str(model)!r} not found in {where}{env_note}. "
-        f"scip_gpu never downloads weights.\n{_how_to_get(str(model))}")
+        f"cellpose model {str(model)!r}: no weights file at {where}{env_note} (scip_gpu never downloads "
+        f"weights: {_how_to_get(str(model), str(searched[0] / str(model)))}, or give the file's path as "
+        "the model)")
 
 
 # --------------------------------------------------------------------------------------------

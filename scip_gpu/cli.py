@@ -12,6 +12,7 @@ stderr, never a traceback; a traceback means a bug in scip_gpu.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from omegaconf import DictConfig, OmegaConf
@@ -137,8 +138,109 @@ def _os_error(exc: OSError) -> str:
 INTERRUPTED = 130
 
 
-def main() -> None:
+#: Hydra's own options that take a value (the value is not an override)
+_HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                      "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def _split_args(args: list[str]) -> tuple[list[str], list[int]]:
+    """The positions of the overrides among the command-line arguments (not Hydra's flags)."""
+    positions, skip = [], False
+    for i, a in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if a in _HYDRA_VALUE_FLAGS:
+            skip = True
+        elif a == "--info" or a == "-i":
+            skip = i + 1 < len(args) and args[i + 1] in ("all", "config", "defaults", "defaults-tree", "plugins",
+                                                          "searchpath")
+        elif not a.startswith("-"):
+            positions.append(i)
+    return args, positions
+
+
+def help_text() -> str:
+    """``python -m scip_gpu --help``: what it does, the datasets, the main keys, examples."""
+    from . import __version__
+    from .overrides import group_options
+
+    datasets = []
+    for name in group_options("dataset"):
+        lines = [ln[1:].strip() for ln in (conf_dir() / "dataset" / f"{name}.yaml").read_text().splitlines()
+                 if ln.startswith("#") and "@package" not in ln]
+        first = re.split(r"\. (?=[A-Z])", lines[0])[0].rstrip(".,") if lines else ""
+        first = first if len(first) <= 72 else first[:first.rfind(" ", 0, 70)] + " ..."
+        datasets.append(f"  +dataset={name:<15} {first}")
+    groups = "\n".join(f"  {g:<13} {', '.join(group_options(g))}" for g in
+                       ("masks", "features", "export", "cluster", "projection", "illumination", "segmentation"))
+    return f"""scip_gpu {__version__}: morphological profiling of image-cytometry data (imaging flow cytometry
+cells, fields of view) on a GPU or CPUs. Every object becomes a row of SCIP's features (intensity,
+shape, texture per channel and mask), written as Parquet and AnnData into a new output folder.
+
+usage: python -m scip_gpu [+dataset=NAME] [key=value ...]     (or: scip-gpu ...)
+       python -m scip_gpu warmup          compile the numba CPU kernels ahead (first run otherwise ~15 s slower)
+       python -m scip_gpu --version | --help | --cfg job [overrides] (print the composed configuration)
+
+Without +dataset the bundled demo (300 synthetic cells) is profiled.
+
+datasets (conf/dataset/; give dataset.path=...):
+{chr(10).join(datasets)}
+
+groups (group=option; conf/<group>/):
+{groups}
+
+main keys:
+  dataset.path, dataset.channels, dataset.channel_names, dataset.regex   input and channels
+  output=FOLDER     a new folder (default outputs/<dataset>-<time>); an existing non-empty one is refused
+  device=auto|cpu|cuda   cluster.n_workers=N   partition_size=N   batch_size=N
+  strict=true (exit 1 if any object failed)   resume=true output=FOLDER (finish an interrupted run)
+  cluster.dashboard_address=:8787 (Dask dashboard; pip install 'scip_gpu[dashboard]')
+
+examples:
+  python -m scip_gpu
+  python -m scip_gpu dataset.n_objects=50 cluster=sync output=/tmp/demo50
+  python -m scip_gpu +dataset=scip_zarr dataset.path=/data/run1.zarr 'dataset.channels=[0,1,5]' \\
+      'dataset.channel_names=[BF,DAPI,SSC]'
+  python -m scip_gpu +dataset=tiff dataset.path=/data/tiffs \\
+      "dataset.regex='(?P<id>\\d+)_Ch(?P<channel>\\d+)\\.tif'"
+  python -m scip_gpu +dataset=demo features=intensity 'features.per_mask={{otsu: [shape, regions]}}'
+
+Quote values with brackets, braces, commas or backslashes for the shell, and a regex once more
+for Hydra ("key='...'"). Exit status: 0 ok, 1 objects failed (strict) or none profiled, 2 bad
+configuration or input (nothing written), 3 partitions could not run (resume=true), 130 Ctrl-C.
+Documentation: README.md; Hydra's own options: --hydra-help.
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m scip_gpu``: the project's own --help, --version and ``warmup``; overrides are
+    checked (one line for the common mistakes, exit 2) before Hydra composes them."""
     import hydra
+
+    from .overrides import prepare
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["warmup"]:
+        from .warmup import main as warmup_main
+
+        sys.exit(warmup_main(args[1:]))
+    if "--version" in args or "-V" in args:
+        from . import __version__
+
+        print(f"scip_gpu {__version__}")
+        sys.exit(0)
+    if "--help" in args or "-h" in args:
+        print(help_text(), end="")
+        sys.exit(0)
+    args, positions = _split_args(args)
+    try:
+        prepared = prepare([args[i] for i in positions])
+    except ScipGpuError as exc:
+        print(f"scip_gpu: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    flags = [a for i, a in enumerate(args) if i not in positions]
+    sys.argv = [sys.argv[0], *flags, *prepared]
 
     register_configs()
     status = {"code": 0}

@@ -64,17 +64,46 @@ def dask_setup(worker) -> None:  # noqa: ARG001 - Dask preload hook, run in ever
 
 
 class SyncExecutor:
-    """Runs tasks one after the other in this process."""
+    """Runs tasks in this process: one after the other, or ``threads`` at a time (then a task's
+    host stages overlap another's device stage, see ``pipeline.device_lock``). At most
+    ``threads`` tasks are in flight, so memory does not grow with the number of tasks; results
+    come as tasks finish."""
 
-    description = "in-process (sync)"
+    def __init__(self, threads: int = 1):
+        self.threads = max(1, int(threads or 1))
+        self.description = "in-process (sync)" + (f", {self.threads} partitions in flight" if self.threads > 1 else "")
 
     def map_unordered(self, fn: Callable, items: Iterable, names: Iterable[str], priority: int = 0,
                       **shared) -> Iterator:
-        for item in items:
-            try:
-                yield item, fn(item, **shared), None
-            except Exception as exc:  # reported per partition by the caller
-                yield item, None, exc
+        if self.threads == 1:
+            for item in items:
+                try:
+                    yield item, fn(item, **shared), None
+                except Exception as exc:  # reported per partition by the caller
+                    yield item, None, exc
+            return
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        todo = iter(items)
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="scip_gpu-partition")
+        running: dict = {}
+        try:
+            while True:
+                for item in todo:  # top up to `threads` tasks in flight
+                    running[pool.submit(fn, item, **shared)] = item
+                    if len(running) >= self.threads:
+                        break
+                if not running:
+                    return
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    item = running.pop(fut)
+                    exc = fut.exception()
+                    yield item, (fut.result() if exc is None else None), exc
+        finally:  # an error or Ctrl-C in the caller: nothing new starts; the tasks running finish
+            for fut in running:
+                fut.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 #: Resource that GPU workers declare and GPU tasks require (mixed CPU/GPU clusters).
@@ -403,6 +432,31 @@ def _dask_settings(cluster_cfg, kind: str) -> dict:
     return settings
 
 
+#: cluster types whose Dask scheduler (and so its dashboard) scip_gpu starts in this process
+_OWN_SCHEDULER = ("local", "local_cuda", "slurm", "pbs")
+
+
+def check_dashboard(cluster_cfg) -> None:
+    """``cluster.dashboard_address`` asks for the Dask dashboard, which needs bokeh: without it,
+    ``ConfigError`` before anything is written (distributed itself would only warn, and the run
+    go on without the dashboard that was asked for)."""
+    import importlib.util
+
+    address = getattr(cluster_cfg, "dashboard_address", None)
+    kind = getattr(cluster_cfg.type, "value", cluster_cfg.type)
+    if not address:
+        return
+    if kind not in _OWN_SCHEDULER:
+        log.warning("cluster.dashboard_address=%s is ignored with cluster=%s (%s)", address, kind,
+                    "no Dask cluster runs" if kind == "sync" else "the scheduler at cluster.address serves its own")
+        return
+    if importlib.util.find_spec("bokeh") is None:
+        from .errors import ConfigError
+
+        raise ConfigError(f"cluster.dashboard_address={address}: the Dask dashboard needs bokeh, which is not installed: "
+                          "pip install 'scip_gpu[dashboard]' (or leave cluster.dashboard_address unset)")
+
+
 @contextmanager
 def executor(cluster_cfg, device: str = "cpu"):
     """Start the configured cluster (closed on exit) and yield an executor, once a worker is
@@ -412,13 +466,16 @@ def executor(cluster_cfg, device: str = "cpu"):
     """
     kind = getattr(cluster_cfg.type, "value", cluster_cfg.type)
     if kind == "sync":
-        yield SyncExecutor()
+        yield SyncExecutor(getattr(cluster_cfg, "threads_per_worker", 1))
         return
     import dask
     from distributed import Client
 
     from .errors import RunIncomplete
 
+    # every partition task holds one unit of GPU; a worker scip_gpu starts for device=cuda
+    # declares one per thread, so its threads run that many partitions at once, of which one
+    # holds the device at a time (pipeline.device_lock) while the others read and write
     resources = {GPU_RESOURCE: 1} if device == "cuda" else None
     settings = _dask_settings(cluster_cfg, kind)
     allowed = getattr(cluster_cfg, "allowed_failures", None)
@@ -462,6 +519,46 @@ def _ended(cluster, kind: str) -> Callable[[], str | None]:
                 "and none is left to run the rest")
 
     return check
+
+
+def visible_gpus(cluster_cfg) -> list[str]:
+    """The GPUs a ``local_cuda`` cluster uses, one worker each: ``cluster.cuda_visible_devices``,
+    else the environment's ``CUDA_VISIBLE_DEVICES``, else every GPU the driver counts (CUDA
+    ordinals or UUIDs, as CUDA_VISIBLE_DEVICES spells them)."""
+    given = getattr(cluster_cfg, "cuda_visible_devices", None) or os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None and str(given).strip() != "":
+        return [d.strip() for d in str(given).split(",") if d.strip()]
+    return [str(i) for i in range(gpu_count())]
+
+
+def gpu_count() -> int:
+    """GPUs the CUDA driver sees (0 without CUDA). Asks the driver through NVML (dask-cuda's
+    dependency) or CuPy, whichever is installed; never initialises CUDA in this process."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no NVML: no GPU we could start workers on
+        return 0
+
+
+def n_local_workers(cluster_cfg) -> int:
+    """Worker processes a cluster of this process's own runs: ``n_workers``, else one per
+    visible GPU (``local_cuda``), one per core (``local``), one (``sync``)."""
+    kind = getattr(cluster_cfg.type, "value", cluster_cfg.type)
+    if kind == "sync":
+        return 1
+    if cluster_cfg.n_workers:
+        return int(cluster_cfg.n_workers)
+    if kind == "local_cuda":
+        return max(1, len(visible_gpus(cluster_cfg)))
+    if kind in ("slurm", "pbs"):
+        return max(1, cluster_cfg.jobs * (cluster_cfg.processes or 1))
+    return os.cpu_count() or 1
 
 
 def make_jobqueue_cluster(kind: str, cfg):
@@ -527,18 +624,21 @@ def _start_cluster(kind: str, cfg, device: str):
             from .errors import ConfigError
 
             raise ConfigError("cluster=local_cuda needs dask-cuda: pip install 'scip_gpu[gpu]'") from exc
-        log.info("starting a dask-cuda LocalCUDACluster (one worker per GPU%s)",
-                 f", CUDA_VISIBLE_DEVICES={cfg.cuda_visible_devices}" if cfg.cuda_visible_devices else "")
-        # LocalCUDACluster declares no resources by itself: declare the GPU resource explicitly
+        visible = visible_gpus(cfg)
+        log.info("starting a dask-cuda LocalCUDACluster: %s worker(s), one per visible GPU (%s), %d partitions in "
+                 "flight each", cfg.n_workers or len(visible) or "?", ",".join(visible) or "CUDA_VISIBLE_DEVICES unset",
+                 cfg.threads_per_worker)
+        # LocalCUDACluster declares no resources by itself: declare the GPU resource explicitly,
+        # one unit per thread (partitions in flight; one holds the device at a time)
         return LocalCUDACluster(
             n_workers=cfg.n_workers,
-            CUDA_VISIBLE_DEVICES=cfg.cuda_visible_devices,
+            CUDA_VISIBLE_DEVICES=cfg.cuda_visible_devices,  # (null: dask-cuda reads the environment's)
             threads_per_worker=cfg.threads_per_worker,
             memory_limit=cfg.memory_limit,
             rmm_pool_size=cfg.rmm_pool_size,
             dashboard_address=cfg.dashboard_address,
             silence_logs=_SILENCE,
-            resources={GPU_RESOURCE: 1},
+            resources={GPU_RESOURCE: max(1, cfg.threads_per_worker)},
         )
     from distributed import LocalCluster
 
@@ -546,7 +646,7 @@ def _start_cluster(kind: str, cfg, device: str):
     log.info("starting a local Dask cluster: %d worker process(es) x %d thread(s)", n, cfg.threads_per_worker)
     extra = {}
     if device == "cuda":  # GPU work on a plain local cluster: each worker may use the GPU
-        extra["resources"] = {GPU_RESOURCE: 1}
+        extra["resources"] = {GPU_RESOURCE: max(1, cfg.threads_per_worker)}
     return LocalCluster(
         n_workers=n,
         threads_per_worker=cfg.threads_per_worker,

@@ -25,6 +25,17 @@ class DatasetFormat(str, Enum):
     multipage_tiff = "multipage_tiff"  # one file per object, channels as pages
     ome_tiff = "ome_tiff"  # one OME-TIFF per object, axes read from its metadata
     fields_tiff = "fields_tiff"  # fields of view: one TIFF per channel (and z plane) per field
+    ome_zarr = "ome_zarr"  # fields of view: OME-Zarr plates (every field of every well) or images
+    ome_zarr_objects = "ome_zarr_objects"  # OME-Zarr images of per-object crops (N, C, Y, X)
+    arrays = "arrays"  # in-memory images given to scip_gpu.profile (not available on the command line)
+
+
+#: dataset formats whose images are fields of view (segmented into objects)
+FIELD_FORMATS = ("fields_tiff", "ome_zarr")
+
+
+def is_fields_format(fmt) -> bool:
+    return getattr(fmt, "value", fmt) in FIELD_FORMATS
 
 
 class ProjectionMethod(str, Enum):
@@ -50,6 +61,12 @@ class CellsMode(str, Enum):
     none = "none"  # the nuclei are the objects
 
 
+class ThresholdMethod(str, Enum):
+    triangle = "triangle"  # Zack's triangle: the foot of the background peak (keeps dim nuclei)
+    li = "li"  # Li's minimum cross-entropy
+    otsu = "otsu"  # Otsu's between-class variance
+
+
 class MaskMethod(str, Enum):
     li = "li"
     otsu = "otsu"
@@ -69,11 +86,23 @@ class FeatureFamily(str, Enum):
     texture = "texture"
     bbox = "bbox"
     regions = "regions"
+    # CellProfiler's per-object measurements (``conf/features/cellprofiler.yaml``)
+    cp_sizeshape = "cp_sizeshape"
+    cp_intensity = "cp_intensity"
+    cp_texture = "cp_texture"
+    cp_radial = "cp_radial"
+    cp_colocalization = "cp_colocalization"
 
 
 class ExportFormat(str, Enum):
     parquet = "parquet"
-    anndata = "anndata"
+    anndata = "anndata"  # features.h5ad
+    anndata_zarr = "anndata_zarr"  # features.zarr (AnnData's zarr store)
+
+
+class LabelsFormat(str, Enum):
+    ome_zarr = "ome_zarr"  # labels/<field>.ome.zarr: OME-Zarr (NGFF 0.4) label images, napari label layers
+    ome_tiff = "ome_tiff"  # labels/<field>.ome.tif: one plane per compartment
 
 
 class ClusterType(str, Enum):
@@ -82,7 +111,7 @@ class ClusterType(str, Enum):
     slurm = "slurm"  # dask-jobqueue SLURMCluster (batch jobs)
     pbs = "pbs"  # dask-jobqueue PBSCluster
     address = "address"  # an existing Dask scheduler
-    sync = "sync"  # no cluster: partitions run one after the other in this process (debugging)
+    sync = "sync"  # no cluster: partitions run in this process (threads_per_worker at a time; debugging)
 
 
 class Device(str, Enum):
@@ -107,7 +136,7 @@ class DatasetConfig:
     name: str = "dataset"
     format: DatasetFormat = MISSING
     path: Optional[str] = None
-    # zarr/multipage/OME: channel indices into each image; tiff: channel keys as matched by the
+    # zarr/multipage/OME: channel indices into each image (OME-Zarr: indices or omero labels); tiff: channel keys as matched by the
     # regex's `channel` group. null: all channels.
     channels: Optional[List[Any]] = None
     channel_names: Optional[List[str]] = None
@@ -116,6 +145,8 @@ class DatasetConfig:
     regex: Optional[str] = None
     glob: str = "*.tif*"
     metadata: List[MetadataJoin] = field(default_factory=list)
+    # OME-Zarr only: the resolution level read (0 = full resolution, the multiscales' first dataset)
+    level: int = 0
     # demo only
     n_objects: int = 300
     n_channels: int = 3
@@ -156,15 +187,26 @@ class SegmentationConfig:
     cell_channel: Optional[int] = None
     cells: CellsMode = CellsMode.expand
     expand_distance: int = 10
-    min_distance: int = 7  # watershed: minimum distance between nucleus centres (pixels)
-    smoothing: float = 1.0  # watershed: Gaussian sigma before thresholding
-    min_size: int = 30  # objects with fewer pixels are dropped
+    # watershed nuclei (segmentation.watershed_nuclei). Lengths and areas in pixels of the field;
+    # null: derived per field from the typical nucleus radius r (SCALE_RULES), logged per field
+    radius: Optional[float] = None  # typical nucleus radius r; null: estimated per field
+    smoothing: Optional[float] = None  # Gaussian sigma before thresholding; null: r/8
+    threshold_method: ThresholdMethod = ThresholdMethod.triangle  # global threshold
+    threshold: Optional[float] = None  # fixed global threshold (image as float); null: threshold_method's
+    block_size: Optional[int] = None  # local-threshold window (odd); 0: no local threshold; null: 4r+1
+    min_distance: Optional[int] = None  # minimum distance between nucleus centres; null: 0.6r
+    distance_smoothing: Optional[float] = None  # Gaussian sigma on the distance map; null: r/6
+    max_hole_size: Optional[int] = None  # holes up to this area are filled; 0: none; null: pi r^2
+    # objects with fewer pixels are dropped; null: pi (0.4r)^2 for the watershed, none beyond
+    # Cellpose's own (15 px) for cellpose (conf/segmentation/cellpose.yaml sets 30)
+    min_size: Optional[int] = None
     min_overlap: float = 0.1  # child-to-parent assignment (SCIP's rule)
     # channel name -> compartment (nucleus, cell, cytoplasm) whose mask the channel is measured
     # in; channels not listed: the nucleus channel -> nucleus, the others -> cell
     compartments: Dict[str, str] = field(default_factory=dict)
     cellpose: CellposeConfig = field(default_factory=CellposeConfig)
     export_labels: bool = True  # label images per field under <output>/labels/
+    labels_format: LabelsFormat = LabelsFormat.ome_zarr
     fields_per_partition: int = 4
 
 
@@ -182,14 +224,36 @@ class MaskFilterConfig:
     settings: Dict[str, Any] = field(default_factory=dict)
 
 
+def _scip_masks() -> list:
+    """SCIP's usual pair of masks (``conf/masks/scip.yaml``): li (smooth 1.0) and otsu."""
+    return [MaskMethodConfig(MaskMethod.li, "li", {"smooth": 1.0}), MaskMethodConfig(MaskMethod.otsu, "otsu")]
+
+
+# Every default below is the command line's default (the options ``conf/config.yaml`` chooses:
+# masks=scip, features=scip, export=default, cluster=local, no projection, illumination or
+# segmentation), so that a Config built in Python profiles what ``python -m scip_gpu`` profiles
+# (tests/test_config.py compares them).
+
+
 @dataclass
 class MasksConfig:
-    methods: List[MaskMethodConfig] = field(default_factory=list)
+    methods: List[MaskMethodConfig] = field(default_factory=_scip_masks)
     filters: List[MaskFilterConfig] = field(default_factory=list)
     combined_indices: Optional[List[int]] = None  # channels whose masks form the combined mask
     main_channel_index: int = 0  # no region left here: the object's features are NaN
     remove_border_regions: bool = True
     edge_width: int = 6  # radius of the disk that erodes a mask into its edge rim
+    # column prefix of the masks given with in-memory images (scip_gpu.profile(images, masks=...),
+    # which sets it); their columns come before the methods'. null: none
+    given: Optional[str] = None
+
+
+@dataclass
+class CellProfilerConfig:
+    """Options of the CellProfiler families (``features=cellprofiler``); CellProfiler's defaults."""
+
+    texture_scales: List[int] = field(default_factory=lambda: [3])  # GLCM distances (pixels)
+    texture_levels: int = 256  # gray levels of the GLCM (CellProfiler 3+: 256; 2: 8)
 
 
 @dataclass
@@ -204,8 +268,11 @@ class FeaturesConfig:
             FeatureFamily.regions,
         ]
     )
-    per_mask: Dict[str, List[FeatureFamily]] = field(default_factory=dict)
+    # mask name -> families for that mask (names as in `families`; checked by validate). Plain
+    # strings: OmegaConf cannot add keys whose values are lists of enums (omegaconf#1090-like)
+    per_mask: Dict[str, List[str]] = field(default_factory=dict)
     raw: bool = True  # the 11 statistics of each unmasked channel (feat_raw_*)
+    cellprofiler: CellProfilerConfig = field(default_factory=CellProfilerConfig)
 
 
 @dataclass
@@ -227,7 +294,12 @@ class ExportConfig:
 class ClusterConfig:
     type: ClusterType = ClusterType.local
     n_workers: Optional[int] = None  # null: number of cores
+    # partitions in flight per worker process (sync: in this process); with more than one, their
+    # reading and writing overlap the one partition that holds the device (one at a time)
     threads_per_worker: int = 1
+    # threads reading and decoding one partition's objects (null: on a GPU up to 8, the process's
+    # cores; on a CPU 1, as the CPU path runs one worker process per core)
+    loader_threads: Optional[int] = None
     memory_limit: str = "auto"
     dashboard_address: Optional[str] = None  # e.g. ":8787" (needs bokeh)
     # distributed's statistical profiler in every worker (the dashboard's Profile page): it
@@ -291,9 +363,33 @@ class Config:
 def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
+    node = OmegaConf.structured(Config)
+    _open_mappings(node)
     cs = ConfigStore.instance()
-    cs.store(name="scip_gpu_schema", node=Config)
+    cs.store(name="scip_gpu_schema", node=node)
+
+
+def _open_mappings(node) -> None:
+    """Let the free-form mappings of the schema (``Dict[...]`` fields such as
+    ``segmentation.compartments`` or ``features.per_mask``) take keys the schema cannot know.
+
+    Hydra merges a dictionary override (``segmentation.compartments={DAPI: nucleus}``) into the
+    existing node, and the composed configuration is in struct mode, which refuses new keys
+    ("not in struct") unless the node itself says otherwise. The dataclass fields stay closed: a
+    misspelt key still fails.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    for key in node.keys():
+        child = node._get_node(key)
+        if not isinstance(child, DictConfig) or child._is_none() or child._is_missing():
+            continue
+        if child._metadata.object_type in (None, dict):  # a Dict[...] field, not a dataclass
+            OmegaConf.set_struct(child, False)
+        else:
+            _open_mappings(child)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,6 +398,23 @@ def register_configs() -> None:
 
 def mask_names(cfg: Config) -> list[str]:
     return [m.name or m.method.value for m in cfg.masks.methods]
+
+
+def _check_watershed(seg) -> None:
+    """The watershed's scale parameters: null (derived from the nucleus radius) or in range."""
+    def bad(key, why):
+        raise ConfigError(f"segmentation.{key}={getattr(seg, key)}: {why} (null: derived from the nucleus radius)")
+
+    if seg.radius is not None and not seg.radius > 0:
+        bad("radius", "must be positive (pixels)")
+    for key in ("smoothing", "distance_smoothing", "min_size", "max_hole_size"):
+        if getattr(seg, key) is not None and getattr(seg, key) < 0:
+            bad(key, "must not be negative")
+    if seg.min_distance is not None and seg.min_distance < 1:
+        bad("min_distance", "must be at least 1 pixel")
+    b = seg.block_size
+    if b is not None and b != 0 and (b < 3 or b % 2 == 0):
+        bad("block_size", "must be an odd number of pixels, at least 3, or 0 for no local threshold")
 
 
 def validate(cfg: Config, n_channels: int | None = None) -> None:
@@ -313,7 +426,7 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
     n_channels : int, optional
         Number of selected channels, when known, to check channel indices against.
     """
-    from .masks import check_method_kwargs
+    from .masks import check_filter, check_method_kwargs
 
     ds = cfg.dataset
     if ds.channels is not None and len(ds.channels) == 0:
@@ -330,7 +443,7 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise ConfigError(f"{key}: must be at least 1, got {getattr(cfg, key)}")
 
-    names = mask_names(cfg)
+    names = mask_names(cfg) + ([cfg.masks.given] if cfg.masks.given else [])
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(
@@ -341,26 +454,44 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
         raise ConfigError("masks.methods: the name 'raw' is reserved for the unmasked features")
     for i, m in enumerate(cfg.masks.methods):
         check_method_kwargs(m.method.value, dict(m.kwargs), where=f"masks.methods[{i}]")
-    for key in cfg.features.per_mask:
+    for i, f in enumerate(cfg.masks.filters):  # (a misspelt setting would otherwise fail every object)
+        check_filter(f.method.value, dict(f.settings), where=f"masks.filters[{i}]")
+    known_families = [f.value for f in FeatureFamily]
+    for key, fams in cfg.features.per_mask.items():
+        bad = [f for f in fams if getattr(f, "value", f) not in known_families]
+        if bad:
+            raise ConfigError(f"features.per_mask.{key}: unknown feature famil{'ies' if len(bad) > 1 else 'y'} "
+                              f"{bad} (choose from {known_families})")
         if key not in names and key != cfg.segmentation.name:
             raise ConfigError(
                 f"features.per_mask: {key!r} is not a configured mask (masks: {names or 'none'})"
             )
+    cp = cfg.features.cellprofiler
+    if not 2 <= cp.texture_levels <= 256:
+        raise ConfigError(f"features.cellprofiler.texture_levels: {cp.texture_levels} is not between 2 "
+                          "and 256 (CellProfiler's range)")
+    if not cp.texture_scales or min(cp.texture_scales) < 1:
+        raise ConfigError(f"features.cellprofiler.texture_scales: {list(cp.texture_scales)} must be one or "
+                          "more distances of at least 1 pixel")
     seg = cfg.segmentation
-    fields = getattr(ds.format, "value", ds.format) == "fields_tiff"
+    fmt = getattr(ds.format, "value", ds.format)
+    fields = is_fields_format(fmt)
     if fields and seg.method is None:
-        raise ConfigError("dataset.format=fields_tiff needs a segmentation: set segmentation=watershed "
+        raise ConfigError(f"dataset.format={fmt} needs a segmentation: set segmentation=watershed "
                           "or segmentation=cellpose")
     if seg.method is not None and not fields:
         raise ConfigError(f"segmentation.method={seg.method.value}: segmentation applies to fields of view "
-                          "(dataset.format=fields_tiff); this dataset holds single objects")
+                          "(dataset.format=fields_tiff or ome_zarr); this dataset holds single objects")
     if not fields and (cfg.illumination.method is not None or cfg.projection.method is not None):
-        raise ConfigError("projection and illumination apply to fields of view (dataset.format=fields_tiff); "
-                          "this dataset holds single objects")
+        raise ConfigError("projection and illumination apply to fields of view (dataset.format=fields_tiff or "
+                          "ome_zarr); this dataset holds single objects")
+    if ds.level < 0:
+        raise ConfigError(f"dataset.level: must be 0 (full resolution) or more, got {ds.level}")
     for ch, comp in seg.compartments.items():
         if comp not in ("nucleus", "cell", "cytoplasm"):
             raise ConfigError(f"segmentation.compartments.{ch}: unknown compartment {comp!r} "
                               "(choose nucleus, cell or cytoplasm)")
+    _check_watershed(seg)
     if seg.method is not None and seg.cells.value in ("watershed", "cellpose") and seg.cell_channel is None:
         raise ConfigError(f"segmentation.cells={seg.cells.value} needs segmentation.cell_channel")
     if cfg.illumination.downscale < 1 or cfg.illumination.median_filter_size < 1:
@@ -369,7 +500,7 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
         if join.path is not None and not join.keys:
             raise ConfigError(f"dataset.metadata[{j}].keys: give the key columns to join on")
     if cfg.export.formats == []:
-        raise ConfigError("export.formats: choose at least one of parquet, anndata")
+        raise ConfigError("export.formats: choose at least one of parquet, anndata, anndata_zarr")
     if not 0.0 <= cfg.export.max_nan_share <= 1.0:
         raise ConfigError(f"export.max_nan_share: needs a share between 0 and 1, got {cfg.export.max_nan_share}")
 

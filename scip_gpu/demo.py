@@ -96,6 +96,9 @@ class DemoSource(Source):
             return [int(i) for i in self.cfg.channels]
         return list(range(self.cfg.n_channels))
 
+    def channel_count(self, objects):
+        return self.cfg.n_channels
+
     def channel_names(self, objects):
         if self.cfg.channel_names is not None:
             return list(self.cfg.channel_names)

@@ -116,7 +116,7 @@ def register(name: str, backend: str, *, accepts=None):
 def _load_implementations() -> None:
     """Import the modules that register cpu and cuda implementations (cheap: neither imports
     numba nor CuPy at import time)."""
-    from . import cpu_kernels, gpu_kernels  # noqa: F401
+    from . import cp_cpu_kernels, cpu_kernels, gpu_kernels  # noqa: F401
 
 
 def kernels_enabled() -> bool:

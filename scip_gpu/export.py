@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
 from dataclasses import asdict
 from typing import Sequence
@@ -201,11 +202,10 @@ def read_obs(parts: Sequence[Path], columns: Sequence[str]) -> pd.DataFrame:
                      ignore_index=True)
 
 
-def write_anndata(parts: Sequence[Path], path: Path, columns: Sequence[Column], meta_columns: Sequence[str],
-                  uns: dict | None = None) -> None:
-    """Write the AnnData file from the Parquet parts (X streamed, float32)."""
+def _anndata_without_x(parts: Sequence[Path], columns: Sequence[Column], meta_columns: Sequence[str],
+                       uns: dict | None):
+    """The AnnData of the Parquet parts without X (obs, var, uns) and the feature column names."""
     import anndata as ad
-    import h5py
     import pyarrow.parquet as pq
 
     feat = [c for c in columns if c.kind == "feat"]
@@ -218,29 +218,47 @@ def write_anndata(parts: Sequence[Path], path: Path, columns: Sequence[Column], 
     else:
         obs.index = obs.index.astype(str)
     obs.index.name = None
-    for col in obs.columns:  # h5ad stores object columns as strings only
+    for col in obs.columns:  # h5ad and zarr store object columns as strings only
         if obs[col].dtype == object:
             obs[col] = obs[col].astype(str)
     var = var_table(feat) if feat else pd.DataFrame(index=pd.Index([], dtype=str))
-    adata = ad.AnnData(obs=obs, var=var, uns=uns or {})
-    names = [c.name for c in feat]
+    return ad.AnnData(obs=obs, var=var, uns=uns or {}), [c.name for c in feat]
+
+
+def _x_blocks(parts: Sequence[Path], names: Sequence[str]):
+    """X, one partition at a time (float32 blocks straight from Arrow, no DataFrame)."""
+    import pyarrow.parquet as pq
+
+    for p in parts:
+        table = pq.read_table(p, columns=list(names))
+        block = np.empty((table.num_rows, len(names)), dtype=np.float32)
+        for j, col in enumerate(table.columns):
+            block[:, j] = col.to_numpy()
+        yield block
+
+
+def _x_chunk_rows(n: int, k: int) -> int:
+    return max(1, min(n, 2**20 // max(k, 1)))
+
+
+def write_anndata(parts: Sequence[Path], path: Path, columns: Sequence[Column], meta_columns: Sequence[str],
+                  uns: dict | None = None) -> None:
+    """Write the AnnData file from the Parquet parts (X streamed, float32)."""
+    import h5py
+
+    adata, names = _anndata_without_x(parts, columns, meta_columns, uns)
     with _replacing(path) as tmp:  # a temporary file of this process, renamed when complete
         adata.write_h5ad(tmp)
         with h5py.File(tmp, "a") as f:
             if "X" in f:
                 del f["X"]
-            n, k = len(obs), len(names)
-            chunk_rows = max(1, min(n, 2**20 // max(k, 1)))
+            n, k = adata.n_obs, len(names)
             x = f.create_dataset("X", shape=(n, k), dtype="float32",
-                                 chunks=(chunk_rows, k) if n and k else None)
+                                 chunks=(_x_chunk_rows(n, k), k) if n and k else None)
             x.attrs["encoding-type"] = "array"
             x.attrs["encoding-version"] = "0.2.0"
             row = 0
-            for p in parts:  # one partition in memory at a time
-                table = pq.read_table(p, columns=names)
-                block = np.empty((table.num_rows, k), dtype=np.float32)
-                for j, col in enumerate(table.columns):  # straight from Arrow, no DataFrame
-                    block[:, j] = col.to_numpy()
+            for block in _x_blocks(parts, names):  # one partition in memory at a time
                 x[row:row + len(block)] = block
                 row += len(block)
 
@@ -321,6 +339,54 @@ def write_analysis_ready(parts: Sequence[Path], path: Path, columns: Sequence[Co
                     x[:, j:j + b.shape[1]] = b.astype(np.float32)
                 j += b.shape[1]
     return info
+
+
+def write_anndata_zarr(parts: Sequence[Path], path: Path, columns: Sequence[Column], meta_columns: Sequence[str],
+                       uns: dict | None = None) -> None:
+    """Write the AnnData as a zarr (v3) store (``anndata.read_zarr`` reads it), X streamed,
+    float32, the same content as ``write_anndata``'s .h5ad."""
+    import anndata as ad
+    import zarr
+
+    adata, names = _anndata_without_x(parts, columns, meta_columns, uns)
+    with replacing_dir(path) as tmp, warnings.catch_warnings():
+        # anndata consolidates the metadata (as it reads fastest), which zarr notes is outside the v3 spec
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        # zarr v3 (anndata's next default); no sharding: X is written one row block at a time
+        settings = {"zarr_write_format": 3, "auto_shard_zarr_v3": False}
+        with ad.settings.override(**{k: v for k, v in settings.items() if hasattr(ad.settings, k)}):
+            adata.write_zarr(tmp)
+        group = zarr.open_group(str(tmp), mode="a", use_consolidated=False)
+        n, k = adata.n_obs, len(names)
+        x = group.create_array("X", shape=(n, k), dtype="float32",
+                               chunks=(max(_x_chunk_rows(n, k), 1), max(k, 1)))
+        x.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        row = 0
+        for block in _x_blocks(parts, names):
+            x[row:row + len(block)] = block
+            row += len(block)
+        zarr.consolidate_metadata(str(tmp))  # again, now with X
+
+
+@contextlib.contextmanager
+def replacing_dir(final: Path):
+    """``with replacing_dir(final) as tmp``: write the folder ``tmp`` (a zarr store); on success it
+    takes the place of ``final`` (this run's own earlier copy, on resume, is removed), on any
+    failure it is removed and ``final`` is left as it was."""
+    import shutil
+
+    final = Path(final)
+    tmp = temp_path(final)
+    try:
+        yield tmp
+        if final.exists():
+            old = temp_path(final)
+            os.replace(final, old)
+            shutil.rmtree(old)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_text(path: Path, text: str) -> None:

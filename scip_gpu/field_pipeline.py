@@ -48,7 +48,29 @@ def object_meta_frame(field_meta: pd.DataFrame) -> pd.DataFrame:
 # Segmentation
 
 
-def segment(images: list, seg, channel_names) -> list[dict]:
+def watershed_fields(images: list, seg, names: list[str] | None = None) -> list:
+    """``watershed_nuclei`` of the nucleus channel of every field with the configured
+    parameters (None: derived from the nucleus radius estimated per field); the radius and the
+    parameters used are logged per field."""
+    from . import segmentation as S
+
+    names = names or [f"field {i}" for i in range(len(images))]
+    nuclei = []
+    for img, name in zip(images, names):
+        labels, p = S.watershed_nuclei(
+            img[seg.nucleus_channel], radius=seg.radius, smoothing=seg.smoothing,
+            threshold=seg.threshold, threshold_method=seg.threshold_method.value, block_size=seg.block_size,
+            min_distance=seg.min_distance, distance_smoothing=seg.distance_smoothing, min_size=seg.min_size,
+            max_hole_size=seg.max_hole_size, return_parameters=True)
+        r = p.pop("radius")
+        log.info("%s: nucleus radius %s px (%s) -> %s; %d nuclei", name,
+                 "n/a" if r is None else f"{r:.1f}", "given" if seg.radius is not None else "estimated",
+                 ", ".join(f"{k} {v}" for k, v in p.items()), int(labels.max()))
+        nuclei.append(labels)
+    return nuclei
+
+
+def segment(images: list, seg, channel_names, names: list[str] | None = None) -> list[dict]:
     """Label images per field: ``{"nucleus": ..., "cell": ...}`` with agreeing labels."""
     from . import segmentation as S
 
@@ -56,15 +78,14 @@ def segment(images: list, seg, channel_names) -> list[dict]:
     cells = seg.cells.value
     nc, cc = seg.nucleus_channel, seg.cell_channel
     if method == "watershed":
-        nuclei = [S.watershed_nuclei(img[nc], smoothing=seg.smoothing, min_distance=seg.min_distance,
-                                     min_size=seg.min_size) for img in images]
+        nuclei = watershed_fields(images, seg, names)
     else:
         from .cellpose_seg import load_model, segment_fields
 
         model = load_model(seg.cellpose.nucleus_model or seg.cellpose.model)
         nuclei = segment_fields(model, [img[nc] for img in images], diameter=seg.cellpose.diameter,
                                 flow_threshold=seg.cellpose.flow_threshold, batch_size=seg.cellpose.batch_size)
-        nuclei = [S.remove_small_labels(n, seg.min_size) for n in nuclei]
+        nuclei = [S.remove_small_labels(n, seg.min_size or 0) for n in nuclei]
     out = []
     for i, (img, nuc) in enumerate(zip(images, nuclei)):
         if cells == "expand":
@@ -77,12 +98,49 @@ def segment(images: list, seg, channel_names) -> list[dict]:
             model = load_model(seg.cellpose.model)
             cell = segment_fields(model, [img[cc]], diameter=seg.cellpose.diameter,
                                   flow_threshold=seg.cellpose.flow_threshold)[0]
-            cell = S.remove_small_labels(cell, seg.min_size)
+            cell = S.remove_small_labels(cell, seg.min_size or 0)
             nuc = S.assign_children(cell, nuc, seg.min_overlap)  # SCIP's child-to-parent rule
         else:
             cell = nuc
         out.append({"nucleus": nuc, "cell": cell})
     return out
+
+
+def check_segmentation(cfg, channel_names) -> None:
+    """Fail at start-up, in one line naming the key, when the segmentation cannot run as
+    configured: ``segmentation.compartments`` naming a channel the dataset does not have; Cellpose
+    without cellpose installed, or without its weights on disk (nothing is downloaded; the
+    message names the paths looked at). The Cellpose checks are skipped for ``cluster=address``,
+    whose workers may see other files and packages than this machine (there a missing model is
+    an error of every field)."""
+    from .errors import ConfigError
+
+    seg = cfg.segmentation
+    unknown = [ch for ch in seg.compartments if ch not in channel_names]
+    if unknown:
+        raise ConfigError(f"segmentation.compartments: no channel named {unknown[0]!r} (the channels are "
+                          f"{list(channel_names)}; dataset.channel_names names them)")
+    if seg.method is None or seg.method.value != "cellpose":
+        return
+    if getattr(cfg.cluster.type, "value", cfg.cluster.type) == "address":
+        return
+    import importlib.util
+
+    from .cellpose_seg import resolve_model
+
+    if importlib.util.find_spec("cellpose") is None:  # (not imported here: it imports torch)
+        raise ConfigError("segmentation=cellpose needs cellpose 4 and PyTorch, which are not installed: "
+                          "pip install 'scip_gpu[cellpose]' (install torch first)")
+    keys = []  # the models segment() loads: nuclei, and cells with cells=cellpose
+    if seg.cellpose.nucleus_model:
+        keys.append(("segmentation.cellpose.nucleus_model", seg.cellpose.nucleus_model))
+    if not seg.cellpose.nucleus_model or seg.cells.value == "cellpose":
+        keys.append(("segmentation.cellpose.model", seg.cellpose.model))
+    for key, model in keys:
+        try:
+            resolve_model(model)
+        except ConfigError as exc:  # ModelNotFoundError, or a folder given as the weights
+            raise type(exc)(f"{key}={model}: {exc}") from None
 
 
 def segmentation_masks(masks: list, bboxes: np.ndarray, shape, xp, name: str) -> MaskResult:
@@ -148,7 +206,7 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
     if images:
         try:
             with timer("segmentation"):
-                labels_all = segment(images, seg, plan.channel_names)
+                labels_all = segment(images, seg, plan.channel_names, [source.describe(r) for r in field_rows])
         except Exception as exc:  # e.g. Cellpose weights missing: every field of the partition fails
             for row in field_rows:
                 errors.append({"meta_index": int(row["meta_field_index"]), "object": source.describe(row),
@@ -162,8 +220,8 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
 
             labels["cytoplasm"] = subtract(labels["cell"], labels["nucleus"])
         if labels_dir is not None:
-            export_labels(Path(labels_dir), row["meta_field"], labels)
-        objs = field_objects(img, labels, compartments, min_size=seg.min_size)
+            export_labels(Path(labels_dir), row["meta_field"], labels, seg.labels_format)
+        objs = field_objects(img, labels, compartments, min_size=seg.min_size or 0)
         field_meta = {k: row[k] for k in row.index if k.startswith("meta_")}
         for px, m, meta in zip(objs.pixels, objs.masks, objs.meta):
             crops.append(px)
@@ -388,51 +446,32 @@ def _recover_fields(ex, task, exc: Exception, *, folder: Path, name: str, source
                     corrections, labels_dir):
     """A partition of fields whose task failed as a whole: as ``pipeline.recover_partition``, one
     field per task (a field whose task kills its workers is a field error naming the cause)."""
-    from .cluster import WorkerKilled
-    from .errors import disk_full
-    from .pipeline import KILLED_WITHOUT_SURVIVOR
+    from .pipeline import run_one_by_one, unrecoverable
 
     part, rows = task
-    if disk_full(exc):
-        raise exc
-    if not isinstance(exc, WorkerKilled):
-        log.error("partition %d could not be run: %s", part, describe_exception(exc), exc_info=exc)
-        return describe_exception(exc)
+    cause = unrecoverable(part, exc, len(rows), "field")
+    if cause is not None:
+        return cause
     t0 = time.perf_counter()
-    log.warning("partition %d: %s; running its %d field(s) one per task to find the one(s) to blame",
-                part, exc, len(rows))
     tables: dict[int, pd.DataFrame] = {}
     errors: list[dict] = []
-    n = n_ok = survived = killed = 0
+    n = n_ok = 0
     singles = [(part, rows.iloc[i:i + 1]) for i in range(len(rows))]
     names = [f"{name}-field-{int(m)}" for m in rows["meta_field_index"]]
     results = ex.map_unordered(process_fields, singles, names, priority=1, folder=None, source=source, plan=plan,
                                schema=schema, device=device, corrections=corrections, labels_dir=labels_dir)
-    try:
-        for single, res, err in results:
-            row = single[1].iloc[0]
-            what = source.describe(row)
-            if err is None:
-                one, tab = res
-                tables[int(row["meta_field_index"])] = tab
-                errors += one.errors
-                n, n_ok, survived = n + one.n, n_ok + one.n_ok, survived + 1
-            elif disk_full(err):
-                raise err
-            elif isinstance(err, WorkerKilled):
-                killed += 1
-                log.error("%s: %s", what, err)
-                errors.append({"meta_index": int(row["meta_field_index"]), "object": what, "stage": "field",
-                               "error": f"{what}: {err}"})
-                if killed >= KILLED_WITHOUT_SURVIVOR and not survived:
-                    cause = f"the workers died on {killed} of its fields and on none came back ({err})"
-                    log.error("partition %d could not be run: %s", part, cause)
-                    return cause
-            else:
-                log.error("partition %d could not be run: %s: %s", part, what, describe_exception(err), exc_info=err)
-                return f"{what}: {describe_exception(err)}"
-    finally:
-        results.close()
+
+    def came_back(row, res) -> None:
+        nonlocal n, n_ok
+        one, tab = res
+        tables[int(row["meta_field_index"])] = tab
+        errors.extend(one.errors)
+        n, n_ok = n + one.n, n_ok + one.n_ok
+
+    killed, cause = run_one_by_one(results, part=part, source=source, index="meta_field_index", stage="field",
+                                   unit="fields", errors=errors, came_back=came_back)
+    if cause is not None:
+        return cause
     parts = [tables[k] for k in sorted(tables)]
     table = (pd.concat(parts, ignore_index=True) if parts
              else pd.DataFrame({c: pd.Series(dtype=object) for c in schema.names}))

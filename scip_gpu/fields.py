@@ -298,8 +298,12 @@ def field_objects(img, labels: dict, compartments: list[str], *, min_size: int) 
     return FieldObjects(pixels, masks, meta)
 
 
-def export_labels(folder: Path, field: str, labels: dict) -> Path:
-    """Write a field's label images as an OME-TIFF (one plane per compartment) for napari."""
+def export_labels(folder: Path, field: str, labels: dict, fmt: str = "ome_zarr") -> Path:
+    """Write a field's label images for napari: an OME-Zarr label group (``ome_zarr``, default)
+    or an OME-TIFF with one plane per compartment (``ome_tiff``)."""
+    fmt = getattr(fmt, "value", fmt)
+    if fmt == "ome_zarr":
+        return export_labels_zarr(folder, field, labels)
     import tifffile
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -310,4 +314,42 @@ def export_labels(folder: Path, field: str, labels: dict) -> Path:
     tifffile.imwrite(tmp, stack, ome=True, photometric="minisblack",
                      metadata={"axes": "CYX", "Channel": {"Name": names}})
     os.replace(tmp, path)
+    return path
+
+
+#: NGFF version of the label images written (0.4, zarr v2: the version napari-ome-zarr and most
+#: readers open)
+LABELS_NGFF_VERSION = "0.4"
+
+
+def export_labels_zarr(folder: Path, field: str, labels: dict, *, chunk: int = 1024) -> Path:
+    """Write a field's label images as OME-Zarr labels (NGFF 0.4): ``<folder>/<field>.ome.zarr``
+    is a labels group (attribute ``labels``: the compartments) holding one label image per
+    compartment (``nucleus``, ``cell``, ``cytoplasm``): a (y, x) uint32 single-scale
+    ``multiscales`` image with ``image-label`` metadata, which napari opens as a label layer."""
+    import zarr
+
+    from .export import replacing_dir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [k for k in COMPARTMENTS if k in labels]
+    path = folder / f"{safe_name(field)}.ome.zarr"
+    with replacing_dir(path) as tmp:  # this process's own temporary folder, renamed when complete
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+        root.attrs.update({"labels": names})
+        for name in names:
+            lab = np.ascontiguousarray(asnumpy(labels[name]).astype(np.uint32))
+            g = root.create_group(name)
+            g.attrs.update({
+                "multiscales": [{
+                    "version": LABELS_NGFF_VERSION, "name": name,
+                    "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+                    "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}]}],
+                }],
+                "image-label": {"version": LABELS_NGFF_VERSION},
+            })
+            arr = g.create_array("0", shape=lab.shape, dtype=lab.dtype,
+                                 chunks=tuple(min(chunk, s) or 1 for s in lab.shape),
+                                 chunk_key_encoding={"name": "v2", "separator": "/"})  # as NGFF 0.4 asks
+            arr[...] = lab
     return path

@@ -120,14 +120,34 @@ def build_prebuilt(archs=PREBUILT_ARCHS, nvcc: str | None = None) -> list[Path]:
     return out
 
 
+#: compile-time variants kept for A/B timing on a GPU (SCIP_GPU_DEFINES="SG_LEGACY_MEDIAN
+#: SG_LEGACY_SORT SG_LEGACY_LABEL" compiles the previous implementations; the host sizes
+#: workspaces to match)
+LEGACY_DEFINES = ("SG_LEGACY_MEDIAN", "SG_LEGACY_SORT", "SG_LEGACY_LABEL")
+
+
+def defines() -> tuple[str, ...]:
+    """Extra preprocessor names the module is compiled with (``SCIP_GPU_DEFINES``, spaces
+    between names: ``SG_PROFILE``, ``SG_LEGACY_MEDIAN``, ``SG_LEGACY_SORT``); any of them
+    compiles the module with NVRTC instead of loading the prebuilt binary."""
+    import os
+
+    return tuple(d for d in os.environ.get("SCIP_GPU_DEFINES", "").split() if d)
+
+
+def defined(name: str) -> bool:
+    """Whether the module is compiled with ``-D<name>`` (workspace sizes depend on it)."""
+    return name in defines()
+
+
 @functools.cache
-def _compiled(device_id: int):
+def _compiled(device_id: int, defs: tuple = ()):
     import cupy
 
     import os
 
     arch = f"sm_{cupy.cuda.Device(device_id).compute_capability}"
-    defines = tuple(f"-D{d}" for d in os.environ.get("SCIP_GPU_DEFINES", "").split() if d)  # e.g. SG_PROFILE
+    defines = tuple(f"-D{d}" for d in defs)  # e.g. SG_PROFILE
     if not defines and os.environ.get("SCIP_GPU_PREBUILT", "1") != "0" and prebuilt_current(arch):
         return cupy.RawModule(path=str(prebuilt_path(arch)))
     return cupy.RawModule(code=module_source(), options=OPTIONS + defines)
@@ -139,7 +159,7 @@ def module():
         return _module_override
     import cupy
 
-    return _compiled(cupy.cuda.Device().id)
+    return _compiled(cupy.cuda.Device().id, defines())
 
 
 def kernel(source: str, name: str | None = None):
@@ -212,7 +232,9 @@ def _ws_mask_li(h: int, w: int) -> int:
 @workspace("mask_otsu")
 def _ws_mask_otsu(h: int, w: int) -> int:
     cap = h * w
-    rcap = max(cap, 2 * 514 + 3 * THREADS + 2, -(-514 * min(h, THREADS) // 8))  # see mask_otsu
+    # the median's histograms (SG_MEDIAN_HIST_BYTES): one 514-byte histogram per row for the
+    # legacy sliding histogram, 9 words per thread for the default two-level search
+    rcap = max(cap, 2 * 514 + 3 * THREADS + 2, -(-_median_hist_bytes(h) // 8))  # see mask_otsu
     return 2 * _round16(8 * rcap) + _round16(cap)
 
 
@@ -332,6 +354,37 @@ def _li_weights(sigmas: tuple):
 
     return (device_constant(("li-weights", sigmas), lambda: build()[0]),
             device_constant(("li-radii", sigmas), lambda: build()[1]))
+
+
+def _median_hist_bytes(h: int) -> int:
+    """SG_MEDIAN_HIST_BYTES(h) of kernels/masks.cu."""
+    return 514 * min(h, THREADS) if defined("SG_LEGACY_MEDIAN") else 9 * 4 * THREADS
+
+
+@workspace("median_disk_planes")
+def _ws_median_disk(h: int, w: int) -> int:
+    return 2 * _round16(2 * h * w) + _round16(_median_hist_bytes(h))
+
+
+@register("ops.median_disk", "cuda", accepts=lambda x, extents, radius: x.dtype == np.uint8 and 0 <= radius <= 7)
+def median_disk(x, extents, radius: int):
+    """``ops.median_disk`` of uint8 planes (``median_disk_planes``: the otsu kernel's median,
+    which needs values below 514 and radius <= 7: a uint16 plane's maximum is not known on the
+    host without a synchronisation, so uint16 planes take the reference)."""
+    import cupy
+
+    px = cupy.ascontiguousarray(x)
+    m, h, w = px.shape
+    out = cupy.empty((m, h, w), dtype=cupy.uint16)
+    args = (px, np.int32(_dtype_code(px.dtype)), np.int32(h), np.int32(w),
+            cupy.ascontiguousarray(extents, dtype=cupy.int64), np.int32(m), np.int32(radius), out)
+    launch("median_disk_planes", m, args, workspace=workspace_bytes("median_disk_planes", h, w))
+    return out.astype(x.dtype)
+
+
+@workspace("label_planes")
+def _ws_label_planes(h: int, w: int) -> int:
+    return _round16(h * w) + _round16(4 * h * w)
 
 
 def _accepts_combine(batch, mask, regions, passed, main_channel_index, combined_indices) -> bool:

@@ -7,10 +7,13 @@ fused task that a worker runs per partition of objects.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
+import threading
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,8 +22,8 @@ import pandas as pd
 
 from . import export
 from .backend import device_module, is_gpu, select_device
-from .batch import assemble, group_by_shape, profile_dtype
-from .cluster import executor
+from .batch import _host_buffer, assemble, group_by_shape, profile_dtype
+from .cluster import check_dashboard, executor
 from .config import Config, validate
 from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError,
                      describe_exception, disk_full)
@@ -39,6 +42,11 @@ class PartitionResult:
     seconds: float = 0.0
     stage_seconds: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    #: where it ran (Dask worker address, or host:pid), when it started (epoch seconds) and the
+    #: wall time its device stage (assemble, masks, features, copy back) held the device
+    worker: str = ""
+    started: float = 0.0
+    device_seconds: float = 0.0
 
 
 def free_device_memory(xp) -> None:
@@ -154,14 +162,112 @@ def check_image(img, n_channels: int, min_side: int, name) -> np.ndarray:
     return img
 
 
+def check_given_mask(mask, img: np.ndarray, name: str) -> None:
+    """A mask given with an image (``source.load_masks``): (C, H, W) bool of the image's size."""
+    if isinstance(mask, Exception):
+        raise mask
+    if mask.shape != img.shape:
+        raise ObjectError(f"{name}: its mask has shape {mask.shape[-2:]}, the image {img.shape[1:]} (the masks "
+                          "given must have the images' sizes)", "validate")
+
+
+#: One device stage at a time per process and device. Partitions in flight in one process (the
+#: threads of a Dask worker, ``cluster.threads_per_worker``; the in-process executor's
+#: ``cluster.threads_per_worker``) overlap their host stages (reading, decoding, validating,
+#: writing Parquet) with the one partition that holds the device.
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+_DEVICE_LOCKS_GUARD = threading.Lock()
+
+
+def device_lock(device: str) -> threading.Lock:
+    """The lock that serialises the device stage of the partitions running in this process."""
+    with _DEVICE_LOCKS_GUARD:
+        return _DEVICE_LOCKS.setdefault(device, threading.Lock())
+
+
+def worker_name() -> str:
+    """This process as the run's summary names it: the Dask worker's address, else host:pid."""
+    if "distributed" in sys.modules:  # (a Dask worker has imported it; never imported for this)
+        try:
+            return str(sys.modules["distributed"].get_worker().address)
+        except Exception:  # noqa: BLE001 - not in a Dask worker (sync executor, recovery on the driver)
+            pass
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+#: objects per load call when a partition is read by several threads
+LOAD_CHUNK_MIN = 32
+
+
+def loader_threads(cluster_cfg, device: str) -> int:
+    """Threads that read and decode one partition's objects (``cluster.loader_threads``; null:
+    on a GPU the process's cores up to 8, as the other cores would wait for the device anyway;
+    on a CPU one, as the CPU path's parallelism is one worker process per core)."""
+    n = getattr(cluster_cfg, "loader_threads", None)
+    if n:
+        return max(1, int(n))
+    if device != "cuda":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def _load_checked(source, rows: pd.DataFrame, n_ch: int, min_side: int) -> list:
+    """Loaded and validated images of ``rows`` (in order); (exception, stage) in place of a bad
+    object (the stage: the exception's own, else "load" or "validate")."""
+    try:
+        loaded = source.load(rows)
+    except Exception:  # a loader bug must not lose the objects: retried object by object
+        loaded = []
+        for pos in range(len(rows)):
+            try:
+                loaded += source.load(rows.iloc[pos:pos + 1])
+            except Exception as exc:  # noqa: BLE001 - this object's error only
+                loaded.append(exc)
+    out = []
+    for pos, item in enumerate(loaded):
+        if isinstance(item, Exception):
+            out.append((item, getattr(item, "stage", "load")))
+            continue
+        try:
+            name = lambda pos=pos: source.describe(rows.iloc[pos])  # noqa: E731 (only for a message)
+            out.append(check_image(item, n_ch, min_side, name))
+        except Exception as exc:  # any failure to validate one object is that object's error
+            out.append((exc, getattr(exc, "stage", "validate")))
+    return out
+
+
+def load_partition(source, rows: pd.DataFrame, n_ch: int, min_side: int, threads: int = 1) -> list:
+    """``_load_checked`` for a partition, by ``threads`` threads over contiguous chunks of rows
+    (decoders, file reads and NumPy release the GIL). Same images and errors as one call."""
+    n = len(rows)
+    threads = max(1, min(threads, n // LOAD_CHUNK_MIN))
+    if threads <= 1:
+        return _load_checked(source, rows, n_ch, min_side)
+    bounds = np.linspace(0, n, threads + 1).astype(int)
+    with ThreadPoolExecutor(threads, thread_name_prefix="scip_gpu-load") as pool:
+        chunks = pool.map(lambda ab: _load_checked(source, rows.iloc[ab[0]:ab[1]], n_ch, min_side),
+                          zip(bounds[:-1], bounds[1:]))
+        return [item for chunk in chunks for item in chunk]
+
+
 def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, folder: str, schema,
                       device: str) -> PartitionResult:
     """Load, mask and profile one partition of objects and write its Parquet file.
+
+    Three stages: reading and validating the objects (host, ``loader_threads`` threads), the
+    device stage (batches assembled, masked, profiled, copied back; one partition at a time per
+    process: ``device_lock``), writing the part (host). Partitions in flight in the same process
+    overlap their host stages with another's device stage.
 
     With ``folder=None`` nothing is written: returns (result, feature values) for the driver to
     write (``recover_partition``).
     """
     t0 = time.perf_counter()
+    started = time.time()
     part, rows = task
     cfg = plan.cfg
     xp = device_module(device)
@@ -174,25 +280,34 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
         errors[pos] = {"meta_index": int(row["meta_index"]), "object": source.describe(row),
                        "stage": getattr(exc, "stage", stage), "error": msg}
 
-    try:
-        loaded = source.load(rows)
-    except Exception:  # a loader bug must not lose the partition: retried object by object
-        loaded = []
-        for pos in range(len(rows)):
-            try:
-                loaded += source.load(rows.iloc[pos:pos + 1])
-            except Exception as exc:  # noqa: BLE001 - this object's error only
-                loaded.append(exc)
+    given_name = cfg.masks.given  # masks given with the images (scip_gpu.profile(images, masks=...))
+    given = source.load_masks(rows) if given_name else None
     good: list[tuple[int, np.ndarray]] = []
-    for pos, item in enumerate(loaded):
-        if isinstance(item, Exception):
-            fail(pos, item, "load")
+    for pos, item in enumerate(load_partition(source, rows, n_ch, plan.min_side,
+                                              loader_threads(cfg.cluster, device))):
+        if isinstance(item, tuple):
+            fail(pos, *item)
             continue
-        try:
-            name = lambda pos=pos: source.describe(rows.iloc[pos])  # noqa: E731 (only for a message)
-            good.append((pos, check_image(item, n_ch, plan.min_side, name)))
-        except Exception as exc:  # any failure to validate one object is that object's error
-            fail(pos, exc, "validate")
+        if given is not None:
+            try:
+                check_given_mask(given[pos], item, source.describe(rows.iloc[pos]))
+            except Exception as exc:  # noqa: BLE001 - this object's error only
+                fail(pos, exc, "validate")
+                continue
+        good.append((pos, item))
+
+    def given_for(positions: list[int], shape, batch) -> dict:
+        """``profile_batch``'s ``given``: the given masks of a batch, padded as its images ({}
+        without given masks)."""
+        if given is None:
+            return {}
+        from .masks import given_masks
+
+        host = np.zeros((len(positions), n_ch, *shape), dtype=bool)
+        for k, p in enumerate(positions):
+            m = given[p]
+            host[k, :, :m.shape[1], :m.shape[2]] = m
+        return {"given": [given_masks(batch, xp.asarray(host), given_name, cfg.masks)]}
 
     values = np.full((len(rows), plan.n_features), np.nan)
     index = rows["meta_index"].to_numpy()
@@ -203,13 +318,14 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
         try:
             with timer("transfer"):
                 batch = assemble(imgs, index[positions], shape, xp)
-            values[positions] = profile_batch(batch, plan, timer)
+            values[positions] = profile_batch(batch, plan, timer, **given_for(positions, shape, batch))
         except Exception as exc:
             del exc  # release device buffers held by the traceback before retrying
             free_device_memory(xp)
             if len(positions) == 1:
                 try:  # once more alone, to report the actual cause
-                    values[positions] = profile_batch(assemble(imgs, index[positions], shape, xp), plan)
+                    batch = assemble(imgs, index[positions], shape, xp)
+                    values[positions] = profile_batch(batch, plan, **given_for(positions, shape, batch))
                 except Exception as exc2:
                     fail(positions[0], exc2, "features")
                 return
@@ -222,25 +338,103 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
             run_group(positions[half:], imgs[half:], shape)
 
     shapes = [img.shape[1:] for _, img in good]
-    batch_size = cfg.batch_size or auto_batch_size(
-        xp, n_ch, tuple(int(v) + plan.margin for v in np.max(shapes, axis=0)) if shapes else (1, 1), plan.n_features,
-        max((profile_dtype(img.dtype).itemsize for _, img in good), default=2))
-    if not cfg.batch_size and shapes and is_gpu(xp):
-        log.info("partition %d: batch_size %d (automatic, from free device memory)", part, batch_size)
-    groups = group_by_shape(shapes, margin=plan.margin, multiple=cfg.pad_multiple, batch_size=batch_size,
-                            dtypes=[img.dtype for _, img in good])  # one pixel type per batch
-    for shape, members in groups:
-        run_group([good[m][0] for m in members], [good[m][1] for m in members], shape)
+    device_seconds = 0.0
+    with device_lock(device):
+        t_dev = time.perf_counter()
+        batch_size = cfg.batch_size or auto_batch_size(
+            xp, n_ch, tuple(int(v) + plan.margin for v in np.max(shapes, axis=0)) if shapes else (1, 1),
+            plan.n_features, max((profile_dtype(img.dtype).itemsize for _, img in good), default=2))
+        if not cfg.batch_size and shapes and is_gpu(xp):
+            log.info("partition %d: batch_size %d (automatic, from free device memory)", part, batch_size)
+        groups = group_by_shape(shapes, margin=plan.margin, multiple=cfg.pad_multiple, batch_size=batch_size,
+                                dtypes=[img.dtype for _, img in good])  # one pixel type per batch
+        batches = [([good[m][0] for m in members], [good[m][1] for m in members], shape) for shape, members in groups]
+        if is_gpu(xp) and not cfg.profile_stages:
+            _run_batches_overlapped(batches, xp, plan, index, values, run_group, given_for)
+        else:
+            for positions, imgs, shape in batches:
+                run_group(positions, imgs, shape)
+        device_seconds = time.perf_counter() - t_dev  # (profile_batch ends with the copy back: synchronised)
+    del good, shapes, batches  # the images: no longer needed while the part is written
     for pos, cause in check_values(values, plan.columns).items():  # never an ok row with infinite features
         values[pos] = np.nan
         fail(pos, ObjectError(f"{source.describe(rows.iloc[pos])}: {cause}", "features"), "features")
 
-    if folder is None:  # objects of a partition the driver recovers (recover_partition): it writes the part
+    def result() -> PartitionResult:
         return PartitionResult(part, len(rows), len(rows) - len(errors), list(errors.values()),
-                               time.perf_counter() - t0, timer.seconds, notes), values
+                               time.perf_counter() - t0, timer.seconds, notes, worker_name(), started,
+                               device_seconds)
+
+    if folder is None:  # objects of a partition the driver recovers (recover_partition): it writes the part
+        return result(), values
     _write_partition(Path(folder), part, rows, schema, values, errors.values())
-    return PartitionResult(part, len(rows), len(rows) - len(errors), list(errors.values()),
-                           time.perf_counter() - t0, timer.seconds, notes)
+    return result()
+
+
+def _run_batches_overlapped(batches, xp, plan: Plan, index, values: np.ndarray, run_group, given_for) -> None:
+    """The batches of a partition on a GPU, with the host's assembly of batch k+1 (and the
+    launches of its kernels) while the device runs batch k, and each feature table copied back
+    asynchronously into pinned host memory. A batch that fails in any way (out of memory while
+    it is set up, an error when its copy completes) runs again through ``run_group``, which
+    splits it and reports each object's error as when batches run one after the other."""
+    pending = None  # (positions, images, shape, event, pinned table, batch, device table)
+
+    def finish(p) -> None:
+        if p is None:
+            return
+        positions, imgs, shape, done, host = p[:5]
+        try:
+            done.synchronize()  # the only wait for the device: batch k+1 is queued behind it
+            values[positions] = host
+        except Exception:  # noqa: BLE001 - run again, split, one error per object
+            free_device_memory(xp)
+            run_group(positions, imgs, shape)
+
+    for positions, imgs, shape in batches:
+        try:
+            batch = assemble(imgs, index[positions], shape, xp)
+            table = profile_batch(batch, plan, to_host=False, **given_for(positions, shape, batch))
+            host = _host_buffer((batch.n, plan.n_features), np.float64, xp, zero=False)
+            table.get(out=host, blocking=False)
+            done = xp.cuda.Event()
+            done.record()
+            current = (positions, imgs, shape, done, host, batch, table)
+        except Exception:  # noqa: BLE001 - this batch again, synchronously (after the one before it)
+            batch = table = None  # (its device buffers)
+            finish(pending)
+            pending = None
+            free_device_memory(xp)
+            run_group(positions, imgs, shape)
+            continue
+        finish(pending)
+        pending = current
+    finish(pending)
+
+
+def worker_stats(results, since: float = 0.0) -> dict[str, dict]:
+    """Per worker (process): partitions, objects, objects/s and the share of its time the device
+    stage was busy, over the partitions it ran in this run (started at or after ``since``, epoch
+    seconds). Its time is from its first partition's start to its last one's end."""
+    by: dict[str, dict] = {}
+    for r in results:
+        if not r.worker or r.started < since:  # (recovered object by object; or an earlier run's)
+            continue
+        w = by.setdefault(r.worker, {"partitions": 0, "objects": 0, "device_seconds": 0.0,
+                                     "first": r.started, "last": r.started})
+        w["partitions"] += 1
+        w["objects"] += r.n
+        w["device_seconds"] += r.device_seconds
+        w["first"] = min(w["first"], r.started)
+        w["last"] = max(w["last"], r.started + r.seconds)
+    out = {}
+    for name in sorted(by):
+        w = by[name]
+        span = max(w["last"] - w["first"], 1e-9)
+        out[name] = {"partitions": w["partitions"], "objects": w["objects"], "seconds": round(span, 3),
+                     "objects_per_s": round(w["objects"] / span, 2),
+                     "device_seconds": round(w["device_seconds"], 3),
+                     "device_busy": round(min(w["device_seconds"] / span, 1.0), 4)}
+    return out
 
 
 def _write_partition(folder: Path, part: int, rows: pd.DataFrame, schema, values: np.ndarray, errors) -> None:
@@ -256,6 +450,65 @@ def _write_partition(folder: Path, part: int, rows: pd.DataFrame, schema, values
 KILLED_WITHOUT_SURVIVOR = 3
 
 
+def unrecoverable(part: int, exc: Exception, n: int, unit: str) -> str | None:
+    """Why a partition (of ``n`` items, ``unit`` "object" or "field") whose task failed as a
+    whole cannot be run again item by item in this run (the cause, logged), or None when its
+    task killed its workers (``WorkerKilled``): only then is the failure blamed on its items, and
+    they are run one per task. A full disk is raised."""
+    from .cluster import WorkerKilled
+    from .errors import disk_full
+
+    if disk_full(exc):
+        raise exc
+    if isinstance(exc, WorkerKilled):
+        log.warning("partition %d: %s; running its %d %s(s) one per task to find the one(s) to blame",
+                    part, exc, n, unit)
+        return None
+    log.error("partition %d could not be run: %s", part, describe_exception(exc), exc_info=exc)
+    return describe_exception(exc)
+
+
+def run_one_by_one(results, *, part: int, source, index: str, stage: str, unit: str, errors: list,
+                   came_back) -> tuple[int, str | None]:
+    """Drain the results of a partition run again one item (object or field) per task.
+
+    ``came_back(row, result)`` takes each item that came back. An item whose task killed its
+    workers is an error (``stage``, keyed by the row's ``index`` column) naming the cause,
+    appended to ``errors``. Returns ``(items that killed their workers, cause)``; the cause is
+    None when every item was accounted for, else why the partition cannot be finished in this
+    run: ``KILLED_WITHOUT_SURVIVOR`` items killed their workers before any came back (the
+    workers die whatever they run), or an item's task failed otherwise. A full disk is raised.
+    """
+    from .cluster import WorkerKilled
+    from .errors import disk_full
+
+    survived = killed = 0
+    try:
+        for single, res, err in results:
+            row = single[1].iloc[0]
+            what = source.describe(row)
+            if err is None:
+                came_back(row, res)
+                survived += 1
+            elif disk_full(err):
+                raise err
+            elif isinstance(err, WorkerKilled):
+                killed += 1
+                log.error("%s: %s", what, err)
+                errors.append({"meta_index": int(row[index]), "object": what, "stage": stage,
+                               "error": f"{what}: {err}"})
+                if killed >= KILLED_WITHOUT_SURVIVOR and not survived:
+                    cause = f"the workers died on {killed} of its {unit} and on none came back ({err})"
+                    log.error("partition %d could not be run: %s", part, cause)
+                    return killed, cause
+            else:
+                log.error("partition %d could not be run: %s: %s", part, what, describe_exception(err), exc_info=err)
+                return killed, f"{what}: {describe_exception(err)}"
+    finally:
+        getattr(results, "close", lambda: None)()
+    return killed, None
+
+
 def recover_partition(ex, task, exc: Exception, *, source, plan: Plan, folder: Path, schema, device: str,
                       name: str):
     """A partition whose task failed as a whole: its PartitionResult (part written), or the cause
@@ -268,23 +521,16 @@ def recover_partition(ex, task, exc: Exception, *, source, plan: Plan, folder: P
     the partition for ``resume=true``: it is never marked done with objects it did not profile.
     A full disk stops the run.
     """
-    from .cluster import WorkerKilled
-    from .errors import disk_full
-
     part, rows = task
-    if disk_full(exc):
-        raise exc
-    if not isinstance(exc, WorkerKilled):
-        log.error("partition %d could not be run: %s", part, describe_exception(exc), exc_info=exc)
-        return describe_exception(exc)
+    cause = unrecoverable(part, exc, len(rows), "object")
+    if cause is not None:
+        return cause
     t0 = time.perf_counter()
-    log.warning("partition %d: %s; running its %d object(s) one per task to find the one(s) to blame",
-                part, exc, len(rows))
     position = {int(m): i for i, m in enumerate(rows["meta_index"])}
     values = np.full((len(rows), plan.n_features), np.nan)
     errors: list[dict] = []
     stage_seconds: dict = {}
-    seconds, survived, killed = 0.0, 0, 0
+    seconds = 0.0
     singles = [(part, rows.iloc[i:i + 1]) for i in range(len(rows))]
     names = [f"{name}-object-{int(m)}" for m in rows["meta_index"]]
     if len(rows) == 1:  # the partition was that object alone: it is to blame already
@@ -292,34 +538,20 @@ def recover_partition(ex, task, exc: Exception, *, source, plan: Plan, folder: P
     else:
         results = ex.map_unordered(process_partition, singles, names, priority=1, source=source, plan=plan,
                                    folder=None, schema=None, device=device)
-    try:
-        for single, res, err in results:
-            row = single[1].iloc[0]
-            what = source.describe(row)
-            if err is None:
-                one, vals = res
-                values[position[int(row["meta_index"])]] = vals[0]
-                errors += one.errors
-                seconds += one.seconds
-                for k, v in one.stage_seconds.items():
-                    stage_seconds[k] = stage_seconds.get(k, 0.0) + v
-                survived += 1
-            elif disk_full(err):
-                raise err
-            elif isinstance(err, WorkerKilled):
-                killed += 1
-                log.error("%s: %s", what, err)
-                errors.append({"meta_index": int(row["meta_index"]), "object": what, "stage": "worker",
-                               "error": f"{what}: {err}"})
-                if killed >= KILLED_WITHOUT_SURVIVOR and not survived:
-                    cause = f"the workers died on {killed} of its objects and on none came back ({err})"
-                    log.error("partition %d could not be run: %s", part, cause)
-                    return cause
-            else:
-                log.error("partition %d could not be run: %s: %s", part, what, describe_exception(err), exc_info=err)
-                return f"{what}: {describe_exception(err)}"
-    finally:
-        getattr(results, "close", lambda: None)()
+
+    def came_back(row, res) -> None:
+        nonlocal seconds
+        one, vals = res
+        values[position[int(row["meta_index"])]] = vals[0]
+        errors.extend(one.errors)
+        seconds += one.seconds
+        for k, v in one.stage_seconds.items():
+            stage_seconds[k] = stage_seconds.get(k, 0.0) + v
+
+    killed, cause = run_one_by_one(results, part=part, source=source, index="meta_index", stage="worker",
+                                   unit="objects", errors=errors, came_back=came_back)
+    if cause is not None:
+        return cause
     _write_partition(folder, part, rows, schema, values, errors)
     n_bad = len({int(e["meta_index"]) for e in errors})
     note = (f"partition {part}: recovered object by object after {exc}" if not killed else
@@ -420,19 +652,91 @@ def _log_to_file(path: Path, level: str) -> logging.Handler:
     return h
 
 
-def auto_partition_size(cfg: Config, n: int) -> int:
-    """``partition_size`` when not set: about four tasks per worker, between 64 and 4096 objects
-    (and at least one GPU batch)."""
+#: on a GPU: a partition holds at most this many automatic batches, and its pixels and feature
+#: table in host memory take at most this many bytes per partition in flight
+GPU_PARTITION_BATCHES = 4
+GPU_PARTITION_HOST_BUDGET = 2 * 2**30
+
+
+def auto_partition_size(cfg: Config, n: int, sample=None, device_free: int | None = None) -> int:
+    """``partition_size`` when not set.
+
+    On a CPU: about four tasks per worker, between 64 and 4096 objects. On a GPU
+    (``device=cuda``): whole batches of the size ``auto_batch_size`` gives for the objects'
+    size (``sample``: one loaded (C, H, W) object, or None) and the device's free memory
+    (``device_free`` bytes, or None: the largest batch), about four partitions per GPU, at most
+    ``GPU_PARTITION_BATCHES`` batches and ``GPU_PARTITION_HOST_BUDGET`` bytes of host memory per
+    partition in flight (``cluster.threads_per_worker`` per worker).
+    """
     if cfg.partition_size:
         return cfg.partition_size
-    import os
+    from .cluster import n_local_workers
 
-    kind = getattr(cfg.cluster.type, "value", cfg.cluster.type)
-    workers = 1 if kind == "sync" else (cfg.cluster.n_workers or (cfg.cluster.jobs * (cfg.cluster.processes or 1)
-                                                                   if kind in ("slurm", "pbs") else os.cpu_count()) or 1)
+    workers = n_local_workers(cfg.cluster)
     size = -(-n // (4 * workers))
-    low = 64 if getattr(cfg.device, "value", cfg.device) != "cuda" else max(64, cfg.batch_size or GPU_BATCH_MAX)
-    return int(min(max(size, low), 4096))
+    if getattr(cfg.device, "value", cfg.device) != "cuda":
+        return int(min(max(size, 64), 4096))
+    plan = build_plan(cfg, [f"c{i}" for i in range(sample.shape[0])]) if sample is not None else None
+    n_features = plan.n_features if plan is not None else 0
+    if cfg.batch_size:
+        batch = cfg.batch_size
+    elif sample is None or device_free is None:
+        batch = GPU_BATCH_MAX
+    else:
+        batch = auto_batch_size(_FreeMemory(device_free), sample.shape[0],
+                                tuple(int(v) + plan.margin for v in sample.shape[1:]), n_features,
+                                profile_dtype(sample.dtype).itemsize)
+    cap = GPU_PARTITION_BATCHES * batch
+    if sample is not None:
+        per_object = sample.nbytes + 8 * n_features  # its pixels and its row of the feature table
+        in_flight = max(1, cfg.cluster.threads_per_worker)
+        cap = min(cap, max(batch, GPU_PARTITION_HOST_BUDGET // (in_flight * per_object) // batch * batch))
+    return int(max(64, min(max(size, batch), cap)))  # (cap >= batch)
+
+
+class _FreeMemory:
+    """A stand-in array module for ``auto_batch_size``: a device with ``free`` bytes free."""
+
+    def __init__(self, free: int):
+        self.free = int(free)
+        self.cuda = self
+        self.runtime = self
+        self.__name__ = "cupy"
+
+    def memGetInfo(self):  # noqa: N802 - CuPy's name
+        return self.free, self.free
+
+
+def device_free_memory(cluster_cfg) -> int | None:
+    """Free memory of the first GPU the workers use, in bytes, from NVML (no CUDA context is
+    created in the driver); None when NVML is not available."""
+    from .cluster import visible_gpus
+
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            first = (visible_gpus(cluster_cfg) or ["0"])[0]
+            handle = (pynvml.nvmlDeviceGetHandleByIndex(int(first)) if first.isdigit()
+                      else pynvml.nvmlDeviceGetHandleByUUID(first))
+            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no NVML, or a GPU it cannot name: the largest batch
+        return None
+
+
+def sample_object(source, table: pd.DataFrame, tries: int = 8):
+    """One loaded object of the table (the first that loads), for sizes; None when none does."""
+    for pos in range(min(tries, len(table))):
+        try:
+            img = source.load(table.iloc[pos:pos + 1])[0]
+        except Exception:  # noqa: BLE001 - only a size estimate
+            continue
+        if not isinstance(img, Exception) and getattr(img, "ndim", 0) == 3:
+            return np.asarray(img)
+    return None
 
 
 def n_measured(plan: Plan) -> int:
@@ -572,8 +876,32 @@ def _open_output(cfg: Config, table, n_partitions: int, resolved_yaml: str | Non
     return OutputFolder(out, lock, {}, new["runs"])
 
 
-def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
+def check_channels(cfg: Config, source, table: pd.DataFrame) -> None:
+    """``dataset.channels`` and ``dataset.channel_names`` against the data, before anything is
+    written (else every object would fail on its own, after a full pass): ``ConfigError``."""
+    from .errors import ConfigError
+
+    ds = cfg.dataset
+    n = source.channel_count(table)
+    if ds.channels is not None and n:
+        bad = [c for c in ds.channels if str(c).lstrip("-").isdigit() and not -n <= int(c) < n]
+        if bad:
+            raise ConfigError(f"dataset.channels={list(ds.channels)}: channel {bad[0]} is not in the data: "
+                              f"{'the' if len(table) == 1 else 'most'} objects of dataset {ds.name!r} have {n} "
+                              f"channel(s) (indices 0..{n - 1})")
+    if ds.channel_names is not None:
+        selected = source.selected_channels(table)
+        if len(ds.channel_names) != len(selected):
+            raise ConfigError(f"dataset.channel_names has {len(ds.channel_names)} name(s) for the {len(selected)} "
+                              f"channel(s) profiled ({selected}); give one name per channel (or set "
+                              "dataset.channels to choose the channels)")
+
+
+def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummary:
     """Run the pipeline for a validated configuration object.
+
+    ``source``: the object source (``scip_gpu.io.Source``); by default the one ``cfg.dataset``
+    describes (``make_source``). ``scip_gpu.profile`` gives its in-memory arrays this way.
 
     Raises
     ------
@@ -588,7 +916,7 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
 
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    source = make_source(cfg.dataset)
+    source = make_source(cfg.dataset) if source is None else source
     table = source.objects()
     is_fields = getattr(source, "fields", False)
     unit = "fields" if is_fields else "objects"
@@ -596,15 +924,21 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
         raise InputError(f"dataset {cfg.dataset.name!r}: no {unit} found at {cfg.dataset.path!r}")
     table = join_metadata(table, cfg.dataset.metadata)
     table.insert(0, "meta_field_index" if is_fields else "meta_index", np.arange(len(table), dtype=np.int64))
+    check_channels(cfg, source, table)
     channel_names = source.channel_names(table)
     validate(cfg, len(channel_names))
+    if is_fields:
+        field_pipeline.check_segmentation(cfg, channel_names)
     plan = build_plan(cfg, channel_names)
+    check_dashboard(cfg.cluster)
     device = select_device(getattr(cfg.device, "value", cfg.device))
 
     if not is_fields:
-        from dataclasses import replace
-
-        cfg = replace(cfg, partition_size=_resumed_partition_size(cfg) or auto_partition_size(cfg, len(table)))
+        size = _resumed_partition_size(cfg)
+        if size is None and not cfg.partition_size and device == "cuda":  # from the objects' and the GPU's size
+            size = auto_partition_size(replace(cfg, device="cuda"), len(table), sample_object(source, table),
+                                       device_free_memory(cfg.cluster))
+        cfg = replace(cfg, partition_size=size or auto_partition_size(cfg, len(table)))
     size = max(1, cfg.segmentation.fields_per_partition) if is_fields else cfg.partition_size
     opened = _open_output(cfg, table, -(-len(table) // size), resolved_yaml, started.isoformat(timespec="seconds"))
     out, done = opened.path, opened.done
@@ -639,8 +973,11 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
         if done and not is_fields:
             progress.update(sum(d["n"] for d in done.values()))
         extra: dict = {}
-        with executor(cfg.cluster, device) as ex:
-            if "anndata" in [getattr(f, "value", f) for f in cfg.export.formats]:
+        cluster_cfg = cfg.cluster
+        if is_fields and getattr(cluster_cfg.type, "value", cluster_cfg.type) == "sync":
+            cluster_cfg = replace(cluster_cfg, threads_per_worker=1)  # fields: one after the other
+        with executor(cluster_cfg, device) as ex:
+            if {"anndata", "anndata_zarr"} & {getattr(f, "value", f) for f in cfg.export.formats}:
                 export.preload_anndata()  # imported while the partitions run, not after them
             kwargs = dict(cfg=cfg, source=source, plan=plan, folder=folder, schema=schema, device=device,
                           progress=progress, out=out, done=done)
@@ -683,6 +1020,14 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
             "resumes": max(len(opened.runs) - 1, 0),
             **extra,
         }
+        workers = worker_stats(results, since=started.timestamp())
+        if workers:
+            provenance["workers"] = workers
+            what = "GPU" if device == "cuda" else "profile stage"
+            for name, w in workers.items():
+                log.info("worker %s: %d %s in %d partition(s), %.1f s, %.1f %s/s; %s busy %.0f%% of its time", name,
+                         w["objects"], unit, w["partitions"], w["seconds"], w["objects_per_s"], unit, what,
+                         100 * w["device_busy"])
         if cfg.profile_stages:
             stages: dict[str, float] = {}
             for r in results:
@@ -690,15 +1035,16 @@ def run(cfg: Config, resolved_yaml: str | None = None) -> RunSummary:
                     stages[k] = stages.get(k, 0.0) + v
             provenance["stage_seconds"] = {k: round(v, 4) for k, v in sorted(stages.items())}
             log.info("time per stage (summed over workers): %s", provenance["stage_seconds"])
+        formats = [getattr(f, "value", f) for f in cfg.export.formats]
+        uns = {"scip_gpu": {k: v for k, v in provenance.items() if isinstance(v, (str, int, float))}}
         if "anndata" in formats:
-            export.write_anndata(parts, out / f"{cfg.export.filename}.h5ad", plan.columns, meta_cols,
-                                 uns={"scip_gpu": {k: v for k, v in provenance.items()
-                                                   if isinstance(v, (str, int, float))}})
+            export.write_anndata(parts, out / f"{cfg.export.filename}.h5ad", plan.columns, meta_cols, uns=uns)
+        if "anndata_zarr" in formats:
+            export.write_anndata_zarr(parts, out / f"{cfg.export.filename}.zarr", plan.columns, meta_cols, uns=uns)
         if cfg.export.analysis_ready:
             name = f"{cfg.export.filename}.analysis.h5ad"
             provenance["analysis_ready"] = export.write_analysis_ready(
-                parts, out / name, plan.columns, meta_cols, max_nan_share=cfg.export.max_nan_share,
-                uns={"scip_gpu": {k: v for k, v in provenance.items() if isinstance(v, (str, int, float))}})
+                parts, out / name, plan.columns, meta_cols, max_nan_share=cfg.export.max_nan_share, uns=uns)
             log.info("%s: %s", name, provenance["analysis_ready"])
         if cfg.export.report:
             from .report import write_report

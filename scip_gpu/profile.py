@@ -84,6 +84,8 @@ class FeatureContext:
     """
 
     edge_width: int = 6
+    #: ``features.cellprofiler`` options (``CellProfilerConfig``) of the CellProfiler families
+    cellprofiler: object = None
     out: object = field(default=None, repr=False, compare=False)
 
 
@@ -129,12 +131,17 @@ def build_plan(cfg: Config, channel_names: list[str]) -> Plan:
     Column order follows SCIP: for each mask method in configuration order its regions, bbox,
     shape, intensity and texture columns, then the raw (unmasked) intensity columns.
     """
-    plan = Plan(cfg, list(channel_names), context=FeatureContext(cfg.masks.edge_width))
+    plan = Plan(cfg, list(channel_names),
+                context=FeatureContext(cfg.masks.edge_width, cfg.features.cellprofiler))
     margin = cfg.masks.edge_width
     side = 1
 
     def add(name, fam):
-        cols = FAMILIES[fam].columns(name, channel_names)
+        family = FAMILIES[fam]
+        if family.options:
+            cols = family.columns(name, channel_names, options=cfg.features.cellprofiler)
+        else:
+            cols = family.columns(name, channel_names)
         plan.spans[(name, fam)] = (len(plan.columns), len(plan.columns) + len(cols))
         plan.columns += cols
 
@@ -143,6 +150,10 @@ def build_plan(cfg: Config, channel_names: list[str]) -> Plan:
         plan.families[name] = families_for(cfg, name)
         for fam in plan.families[name]:
             add(name, fam)
+    if cfg.masks.given:  # masks given with in-memory images (scip_gpu.profile)
+        plan.families[cfg.masks.given] = families_for(cfg, cfg.masks.given)
+        for fam in plan.families[cfg.masks.given]:
+            add(cfg.masks.given, fam)
     for m, name in zip(cfg.masks.methods, mask_names(cfg)):
         plan.families[name] = families_for(cfg, name)
         for fam in plan.families[name]:

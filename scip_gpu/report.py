@@ -196,11 +196,36 @@ def montage_png(examples, labels: Sequence[str], channel_names: Sequence[str], z
     return _png(fig)
 
 
-def fields_png(source, table: pd.DataFrame, cfg, labels_dir: Path, channel_names) -> bytes | None:
-    """Label outlines (nucleus, cell) over the first fields whose label images exist."""
+def read_field_labels(labels_dir: Path, stem: str):
+    """A field's label images written by the run ((K, H, W), compartment names), from its
+    OME-Zarr labels group (the default) or its OME-TIFF (``segmentation.labels_format=ome_tiff``);
+    None when neither exists."""
     import re
 
+    zpath = labels_dir / f"{stem}.ome.zarr"
+    if zpath.is_dir():
+        import zarr
+
+        root = zarr.open_group(str(zpath), mode="r")
+        names = list(root.attrs.get("labels", []))
+        if not names:
+            return None
+        return np.stack([np.asarray(root[k]["0"]) for k in names]), names
+    path = labels_dir / f"{stem}.ome.tif"
+    if not path.is_file():
+        return None
     import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        labels = tf.asarray()
+        xml = tf.ome_metadata or ""
+    labels = labels.reshape(-1, *labels.shape[-2:])
+    names = re.findall(r'<Channel [^>]*Name="([^"]+)"', xml) or [f"labels {k}" for k in range(len(labels))]
+    return labels, names
+
+
+def fields_png(source, table: pd.DataFrame, cfg, labels_dir: Path, channel_names) -> bytes | None:
+    """Label outlines (nucleus, cell) over the first fields whose label images exist."""
     from matplotlib.figure import Figure
     from skimage.segmentation import find_boundaries
 
@@ -208,13 +233,10 @@ def fields_png(source, table: pd.DataFrame, cfg, labels_dir: Path, channel_names
 
     shown = []
     for _, row in table.iterrows():
-        path = labels_dir / f"{safe_name(row['meta_field'])}.ome.tif"
-        if not path.is_file():
+        found = read_field_labels(labels_dir, safe_name(row["meta_field"]))
+        if found is None:
             continue
-        with tifffile.TiffFile(path) as tf:
-            labels = tf.asarray()
-            xml = tf.ome_metadata or ""
-        names = re.findall(r'<Channel [^>]*Name="([^"]+)"', xml) or [f"labels {k}" for k in range(len(labels))]
+        labels, names = found
         try:
             img = source.load_field(row)
         except Exception:  # noqa: BLE001 - an unreadable field is shown by the others

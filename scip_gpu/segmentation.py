@@ -14,8 +14,12 @@ The code is written against the array namespace of its input (``backend.array_mo
 step                      GPU (CuPy / cuCIM input)
 ========================  =====================================================================
 Gaussian smoothing        yes, ``cupyx.scipy.ndimage.gaussian_filter``
-global threshold          yes, ``cucim.skimage.filters.threshold_li`` / ``threshold_otsu``
+scale estimate            yes: ``ndimage.label``, ``distance_transform_edt``, ``ndimage.maximum``
+                          per component, ``bincount`` of areas; the weighted median of the
+                          per-component radii is taken on the host (one number per component)
+global threshold          yes, ``cucim.skimage.filters.threshold_triangle`` / ``_li`` / ``_otsu``
 local threshold           yes, ``cucim.skimage.filters.threshold_local``
+hole filling              yes, ``ndimage.label`` of the background, a ``bincount`` and a lookup
 distance transform        yes, ``cupyx.scipy.ndimage.distance_transform_edt``
 marker detection          yes, ``cucim.skimage.feature.peak_local_max`` and ``ndimage.label``
 Sobel gradient            yes, ``cucim.skimage.filters.sobel``
@@ -42,6 +46,8 @@ from .backend import array_module, asnumpy, is_gpu, ndimage, skimage_module
 from .ops import as_float
 
 __all__ = [
+    "estimate_nucleus_radius",
+    "nuclei_parameters",
     "watershed_nuclei",
     "expand_cells",
     "seeded_watershed",
@@ -52,21 +58,50 @@ __all__ = [
     "relabel",
 ]
 
-# Defaults of ``watershed_nuclei``, chosen once on the DSB2018 image of the tests
-# (tests/data/dsb2018: 125 nuclei of about 12 px radius, F1 0.918 at IoU 0.5) from the middle
-# of a plateau: smoothing 0.5-1.5, distance_smoothing 1-2, min_distance 6-9 and block_size
-# 41-61 all give F1 0.90-0.93 there. Scale min_distance, block_size and min_size with the
-# nucleus size for other magnifications.
-NUCLEI_DEFAULTS: dict[str, Any] = {
-    "smoothing": 1.0,
-    "threshold_method": "li",
-    "block_size": 51,
-    "min_distance": 7,
-    "distance_smoothing": 2.0,
-    "min_size": 30,
+# Parameters of ``watershed_nuclei`` that follow the size of the nuclei, as multiples of the
+# typical nucleus radius r (pixels), estimated per field by ``estimate_nucleus_radius`` unless
+# given. Each is a length (or an area) of the object, so the segmentation of a field imaged at
+# twice the magnification is the same segmentation at twice the size:
+# - smoothing r/8: the Gaussian removes pixel noise and fine chromatin texture, far below the
+#   nucleus size;
+# - block_size 4r+1 (odd): the local-threshold window spans a nucleus and its surroundings, so a
+#   pixel is compared with the background next to its own nucleus;
+# - max_hole_size pi r^2: holes in the foreground up to a nucleus in area (nucleoli, dark
+#   chromatin) are filled; a nucleus is a filled object, and holes would split it;
+# - min_distance 0.6r: two nuclei, even touching, have centres at least about 2r apart; distance
+#   peaks closer than that (rough borders, elongated nuclei) belong to one nucleus;
+# - distance_smoothing r/6: smooths away the ridges a rough border leaves in the distance map;
+# - min_size pi (0.4r)^2: objects under a sixth of the typical nucleus area are specks, debris or
+#   fragments (a nucleus of 0.4r radius is kept).
+# How they were set: block_size, min_distance and distance_smoothing are the former fixed
+# defaults (51, 7 and 2 px, from the middle of a plateau of F1 0.90-0.93 on the DSB2018 image of
+# the tests, r about 12 px) divided by that radius. Smoothing (r/12 -> r/8), hole filling, the
+# triangle threshold and min_size (r/4 -> 0.4r) were then chosen once, for all images together,
+# on the four labelled images of benchmarks/bench_segmentation.py (one value for all of them, no
+# per-image setting; the F1 of each alternative is in the docstring of that script). Every
+# alternative tried stayed within 0.05 F1 on DSB2018; the changes mattered on the others
+# (textured CHO nuclei with nucleoli, dim HeLa nuclei).
+SCALE_RULES: dict[str, float] = {
+    "smoothing": 1 / 8,
+    "block_size": 4.0,
+    "min_distance": 0.6,
+    "distance_smoothing": 1 / 6,
+    "min_size": 0.4,  # radius of the smallest kept disc, as a fraction of r
+    "max_hole_size": 1.0,  # radius of the largest filled hole, as a fraction of r
 }
 
-THRESHOLD_METHODS = ("li", "otsu")
+# Parameters of ``watershed_nuclei`` that do not depend on the scale.
+NUCLEI_DEFAULTS: dict[str, Any] = {
+    "threshold_method": "triangle",
+    "threshold": None,
+}
+
+# Radius used when a field has no foreground to estimate it from (nothing is segmented then).
+_FALLBACK_RADIUS = 12.0
+# Scale-free estimation: Otsu's threshold of the image smoothed by this sigma (pixels).
+_ESTIMATE_SMOOTHING = 1.0
+
+THRESHOLD_METHODS = ("li", "otsu", "triangle")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,6 +162,22 @@ def _foreground(smoothed, threshold: float | None, method: str = "otsu", block_s
     return fg
 
 
+def _fill_holes(fg, max_size: float | None = None):
+    """``fg`` with its holes (background components not touching the image border) of at most
+    ``max_size`` pixels filled; all holes when None (``ndimage.binary_fill_holes``)."""
+    xp = array_module(fg)
+    ndi = ndimage(xp)
+    holes, n = ndi.label(~fg)
+    if int(n) == 0:  # host sync
+        return fg
+    size = xp.bincount(holes.ravel(), minlength=int(n) + 1)
+    fill = size <= (max_size if max_size is not None else fg.size)
+    border = xp.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])
+    fill[border] = False
+    fill[0] = False
+    return fg | fill[holes]
+
+
 def _watershed_host(surface, markers, mask):
     """``skimage.segmentation.watershed`` on the host: cuCIM has none (device -> host -> device)."""
     from skimage.segmentation import watershed
@@ -139,61 +190,160 @@ def _watershed_host(surface, markers, mask):
 # nuclei and cells
 
 
+def estimate_nucleus_radius(image) -> float | None:
+    """Typical radius (pixels) of the bright objects of a field, or None when it has none.
+
+    The image is smoothed by a Gaussian of sigma 1 px and split by Otsu's threshold; in every
+    connected component of the foreground the largest value of the Euclidean distance transform
+    is the radius of the largest disc inside it. The result is the median of these radii over
+    components weighted by their area, so specks (tiny area) barely count and a clump of
+    touching nuclei still gives the radius of one nucleus (the disc fits one nucleus, not the
+    clump). For an ellipse the radius is half its minor axis.
+
+    Parameters
+    ----------
+    image : (H, W) ndarray
+
+    Returns
+    -------
+    float or None
+    """
+    xp = array_module(image)
+    if image.ndim != 2:
+        raise ValueError(f"estimate_nucleus_radius expects a 2-D image, got shape {image.shape}")
+    ndi = ndimage(xp)
+    smoothed = _smooth(image, _ESTIMATE_SMOOTHING)
+    fg = _fill_holes(_foreground(smoothed, None, "otsu"))  # nucleoli, dark chromatin
+    components, n = ndi.label(fg)
+    n = int(n)  # host sync on the GPU
+    if n == 0:
+        return None
+    distance = ndi.distance_transform_edt(fg)
+    index = xp.arange(1, n + 1)
+    radius = _to_host(xp.asarray(ndi.maximum(distance, components, index)))  # n numbers -> host
+    area = _to_host(xp.bincount(components.ravel(), minlength=n + 1)[1:]).astype(np.float64)
+    order = np.argsort(radius, kind="stable")
+    cum = np.cumsum(area[order])
+    return float(radius[order][np.searchsorted(cum, 0.5 * cum[-1])])
+
+
+def nuclei_parameters(radius: float, **given) -> dict[str, Any]:
+    """``watershed_nuclei``'s scale parameters for nuclei of ``radius`` pixels (``SCALE_RULES``);
+    values in ``given`` that are not None are kept as they are.
+
+    Returns
+    -------
+    dict
+        ``smoothing`` (Gaussian sigma, px), ``block_size`` (odd local-threshold window, px),
+        ``min_distance`` (px), ``distance_smoothing`` (Gaussian sigma, px), ``min_size`` and
+        ``max_hole_size`` (areas, px).
+    """
+    r = float(radius)
+    k = SCALE_RULES
+    out = {
+        "smoothing": round(k["smoothing"] * r, 2),
+        "block_size": 2 * int(round(k["block_size"] * r / 2)) + 1,
+        "min_distance": max(1, int(round(k["min_distance"] * r))),
+        "distance_smoothing": round(k["distance_smoothing"] * r, 2),
+        "min_size": int(round(np.pi * (k["min_size"] * r) ** 2)),
+        "max_hole_size": int(round(np.pi * (k["max_hole_size"] * r) ** 2)),
+    }
+    unknown = set(given) - set(out)
+    if unknown:
+        raise TypeError(f"nuclei_parameters got unknown parameters {sorted(unknown)}")
+    out.update({name: value for name, value in given.items() if value is not None})
+    return out
+
+
 def watershed_nuclei(
     image,
     *,
-    smoothing: float = NUCLEI_DEFAULTS["smoothing"],
-    threshold: float | None = None,
+    radius: float | None = None,
+    smoothing: float | None = None,
+    threshold: float | None = NUCLEI_DEFAULTS["threshold"],
     threshold_method: str = NUCLEI_DEFAULTS["threshold_method"],
-    block_size: int | None = NUCLEI_DEFAULTS["block_size"],
-    min_distance: int = NUCLEI_DEFAULTS["min_distance"],
-    distance_smoothing: float = NUCLEI_DEFAULTS["distance_smoothing"],
-    min_size: int = NUCLEI_DEFAULTS["min_size"],
+    block_size: int | None = None,
+    min_distance: int | None = None,
+    distance_smoothing: float | None = None,
+    min_size: int | None = None,
+    max_hole_size: int | None = None,
+    return_parameters: bool = False,
 ):
-    """Nuclei of one field of view by a distance-transform watershed.
+    """Nuclei of one field of view by a distance-transform watershed, at the field's own scale.
 
     Steps:
 
-    1. Gaussian smoothing (``smoothing``, in pixels) of the image as float
+    0. The typical nucleus radius ``r`` (pixels) is ``radius`` or, when None, estimated from
+       the field (``estimate_nucleus_radius``). Every scale parameter left None is derived from
+       it (``nuclei_parameters``, ratios in ``SCALE_RULES``); a given value is used as is.
+    1. Gaussian smoothing (``smoothing``, sigma in pixels; default r/12) of the image as float
        (``skimage.img_as_float`` scaling).
     2. Foreground: pixels above a global threshold (``threshold``, in those float units, or
        ``threshold_method``'s: Li's minimum cross-entropy or Otsu's) and above their local
-       Gaussian-weighted mean over ``block_size`` pixels (``threshold_local``; None skips it).
-       The local test separates touching nuclei and keeps dim nuclei whole, which one global
-       threshold cannot do in a field where nuclei differ several-fold in brightness.
-    3. Euclidean distance transform of the foreground, smoothed by ``distance_smoothing`` so
-       that rough borders do not split a nucleus.
-    4. Markers at ``peak_local_max`` of the distance, at least ``min_distance`` apart and
-       inside the foreground (``labels=`` its components); adjacent peaks merged.
+       Gaussian-weighted mean over a ``block_size`` pixel window (``threshold_local``; default
+       4r+1, odd; 0 skips the local test). The local test separates touching nuclei and keeps
+       dim nuclei whole, which one global threshold cannot do in a field where nuclei differ
+       several-fold in brightness. Holes of up to ``max_hole_size`` pixels (default pi r^2,
+       the area of a nucleus; 0 keeps them) are filled: nucleoli and dark chromatin.
+    3. Euclidean distance transform of the foreground, smoothed by ``distance_smoothing``
+       (sigma in pixels; default r/6) so that rough borders do not split a nucleus.
+    4. Markers at ``peak_local_max`` of the distance, at least ``min_distance`` pixels apart
+       (default 0.6r) and inside the foreground (``labels=`` its components); adjacent peaks
+       merged.
     5. ``watershed(-distance, markers, mask=foreground)``, on the host.
-    6. Objects under ``min_size`` pixels dropped; labels made sequential.
+    6. Objects under ``min_size`` pixels (default the area of a disc of radius 0.4r) dropped;
+       labels made sequential.
 
     This is SCIP's ``watershed_dapi`` with these changes: a Gaussian instead of its non-local
     means denoising (it runs on the GPU), the local threshold, Li's global threshold by
-    default (Otsu's, pulled up by bright nuclei, cuts dim ones short), and flooding restricted
-    to the foreground (SCIP floods the whole image, so background joins the nearest nucleus).
-    On the DSB2018 test image (F1 at IoU 0.5): 0.92 with the defaults, 0.84 with Otsu's
-    threshold, 0.70 (Li) and 0.72 (Otsu) without the local test.
+    default (Otsu's, pulled up by bright nuclei, cuts dim ones short), flooding restricted to
+    the foreground (SCIP floods the whole image, so background joins the nearest nucleus), and
+    parameters that follow the nucleus size instead of fixed pixel counts.
 
     Parameters
     ----------
     image : (H, W) ndarray
         Nuclear (DAPI) channel.
-    smoothing, threshold, threshold_method, block_size, min_distance, distance_smoothing, min_size
-        See above; the defaults (``NUCLEI_DEFAULTS``) suit nuclei of about 8-16 px radius.
+    radius, smoothing, threshold, threshold_method, block_size, max_hole_size, min_distance
+        See above (lengths and areas in pixels).
+    distance_smoothing, min_size
+        See above.
+    return_parameters : bool
+        Also return the parameters used, with ``radius`` (None when the field has no
+        foreground and nothing is segmented).
 
     Returns
     -------
     labels : (H, W) int32 ndarray
+    parameters : dict, only with ``return_parameters``
     """
     xp = array_module(image)
     if image.ndim != 2:
         raise ValueError(f"watershed_nuclei expects a 2-D image, got shape {image.shape}")
+    if threshold is None and threshold_method not in THRESHOLD_METHODS:
+        raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {threshold_method!r}")
+    if radius is not None and not radius > 0:
+        raise ValueError(f"radius must be positive (pixels), got {radius!r}")
+    estimated = radius if radius is not None else estimate_nucleus_radius(image)
+    params = nuclei_parameters(estimated if estimated is not None else _FALLBACK_RADIUS,
+                               smoothing=smoothing, block_size=block_size, min_distance=min_distance,
+                               distance_smoothing=distance_smoothing, min_size=min_size,
+                               max_hole_size=max_hole_size)
+    params["radius"] = estimated
+    labels = _watershed_nuclei(image, threshold, threshold_method, **{k: v for k, v in params.items() if k != "radius"})
+    return (labels, params) if return_parameters else labels
+
+
+def _watershed_nuclei(image, threshold, threshold_method, *, smoothing, block_size, min_distance,
+                      distance_smoothing, min_size, max_hole_size):
+    xp = array_module(image)
     ndi = ndimage(xp)
     smoothed = _smooth(image, smoothing)
     fg = _foreground(smoothed, threshold, threshold_method, block_size)
     if not bool(fg.any()):  # host sync
         return xp.zeros(image.shape, dtype=xp.int32)
+    if max_hole_size:
+        fg = _fill_holes(fg, max_hole_size)
     distance = ndi.distance_transform_edt(fg)
     if distance_smoothing and distance_smoothing > 0:
         distance = ndi.gaussian_filter(distance, distance_smoothing) * fg
@@ -205,7 +355,7 @@ def watershed_nuclei(
     peak_mask[tuple(peaks.T)] = True
     markers, _ = ndi.label(peak_mask, structure=np.ones((3, 3), dtype=bool))
     labels = _watershed_host(-distance, markers, fg)
-    return relabel(remove_small_labels(labels, min_size))
+    return relabel(remove_small_labels(labels, int(min_size)))
 
 
 def expand_cells(nuclei, distance: float):

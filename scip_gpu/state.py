@@ -222,11 +222,16 @@ def remove_leftovers(out: Path) -> int:
     """Remove the temporary files (``.*.tmp``, anywhere in the run folder) that interrupted
     processes left; never a finished result. Call only while holding the folder's lock (then no
     live run of this folder writes any)."""
+    import shutil
+
     n = 0
     if out.is_dir():
-        for p in out.rglob(".*.tmp"):
+        for p in sorted(out.rglob(".*.tmp")):
             if p.is_file():
                 p.unlink(missing_ok=True)
+                n += 1
+            elif p.is_dir():  # a zarr store being written (labels, features.zarr)
+                shutil.rmtree(p, ignore_errors=True)
                 n += 1
     return n
 

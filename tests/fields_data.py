@@ -49,7 +49,7 @@ def vignetting(shape, strength):
     return 1.0 - strength * (((yy - h / 2) / h) ** 2 + ((xx - w / 2) / w) ** 2)
 
 
-def write_bbbc021_replica(root: Path, shape=(160, 192)):
+def write_bbbc021_replica(root: Path, shape=(160, 192), n_cells: int = 8, wells=WELLS, sites=SITES):
     """Write plates/wells/sites in BBBC021's naming and the two metadata CSVs.
 
     Returns the number of cells per field (all fields have the same).
@@ -62,9 +62,9 @@ def write_bbbc021_replica(root: Path, shape=(160, 192)):
         folder = root / plate
         folder.mkdir(exist_ok=True)
         gain = vignetting(shape, 0.6 + 0.2 * p)  # each plate its own illumination
-        for well in WELLS:
-            for site in SITES:
-                img, _ = make_field(seed, shape, gain=gain)
+        for well in wells:
+            for site in sites:
+                img, _ = make_field(seed, shape, n_cells=n_cells, gain=gain)
                 seed += 1
                 names = {}
                 for ch, plane in zip((1, 2, 4), img):
@@ -77,4 +77,17 @@ def write_bbbc021_replica(root: Path, shape=(160, 192)):
     (root / "BBBC021_v1_image.csv").write_text("\n".join(image_rows) + "\n")
     moa = ["compound,concentration,moa"] + [f"{c},{k},{m}" for (c, k), m in MOA.items()]
     (root / "BBBC021_v1_moa.csv").write_text("\n".join(moa) + "\n")
-    return 8
+    return n_cells
+
+
+def write_fields(root: Path, n_fields: int = 2, shape=(72, 96), n_cells: int = 2) -> list[np.ndarray]:
+    """Tiny fields in ``conf/dataset/fields_tiff.yaml``'s default naming (``B02_s<site>_w<channel>.tif``,
+    channels 1, 2, 4: DAPI, tubulin, actin). Returns the (3, H, W) fields in site order."""
+    root.mkdir(parents=True, exist_ok=True)
+    fields = []
+    for site in range(1, n_fields + 1):
+        img, _ = make_field(100 + site, shape, n_cells=n_cells)
+        for ch, plane in zip((1, 2, 4), img):
+            tifffile.imwrite(root / f"B02_s{site}_w{ch}.tif", plane)
+        fields.append(img)
+    return fields

@@ -402,3 +402,38 @@ def test_gpu_as_cupy(tiny_weights, fields):
     for lab, ref in zip(labels, host):
         assert isinstance(lab, cupy.ndarray) and lab.dtype == cupy.int32 and lab.shape == (64, 64)
         np.testing.assert_array_equal(cupy.asnumpy(lab), ref)
+
+
+# --------------------------------------------------------------------------------------------
+# the pipeline: missing weights or cellpose stop a run at start-up, in one line
+
+
+@pytest.mark.parametrize("missing", ["weights", "cellpose"])
+def test_run_without_weights_or_cellpose_stops_in_one_line(missing, model_dirs, tmp_path, monkeypatch, capsys):
+    from scip_gpu.cli import task
+
+    from . import fake_cellpose
+    from .fields_data import write_fields
+    from .test_config import _compose
+
+    local, _ = model_dirs
+    write_fields(tmp_path / "plate1", n_fields=1)
+    if missing == "weights":
+        fake_cellpose.install(monkeypatch)  # installed, but no weights file
+    else:
+        (local / "cpsam").write_bytes(b"weights")
+        monkeypatch.setitem(sys.modules, "cellpose", None)  # as if not installed
+    out = tmp_path / "out"
+    code = task(_compose(["+dataset=fields_tiff", f"dataset.path={tmp_path / 'plate1'}", "segmentation=cellpose",
+                          "cluster=sync", f"output={out}"]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not out.exists()
+    if missing == "weights":
+        assert err == [f"scip_gpu: error: segmentation.cellpose.model=cpsam: cellpose model 'cpsam': no weights file "
+                       f"at {local / 'cpsam'} ($CELLPOSE_LOCAL_MODELS_PATH) or {Path.home() / '.cellpose/models/cpsam'} "
+                       "(scip_gpu never downloads weights: download "
+                       f"https://huggingface.co/mouseland/cellpose-sam/resolve/main/cpsam to {local / 'cpsam'}, "
+                       "or give the file's path as the model)"]
+    else:
+        assert err == ["scip_gpu: error: segmentation=cellpose needs cellpose 4 and PyTorch, which are not installed: "
+                       "pip install 'scip_gpu[cellpose]' (install torch first)"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
@@ -84,6 +86,36 @@ def test_validate_catches_inconsistencies():
         validate(cfg)
 
 
+def test_watershed_parameters_from_the_command_line():
+    fields = ["+dataset=fields_tiff", "dataset.path=x", "segmentation=watershed"]
+    cfg, _ = to_config(_compose(fields))
+    validate(cfg)
+    seg = cfg.segmentation
+    assert seg.radius is None and seg.block_size is None and seg.threshold_method.value == "triangle"
+    # the README's example (segmentation.radius=20 segmentation.min_distance=8) and every other key
+    given = ["segmentation.radius=20", "segmentation.smoothing=1.2", "segmentation.threshold_method=li",
+             "segmentation.threshold=0.1", "segmentation.block_size=31", "segmentation.min_distance=8",
+             "segmentation.distance_smoothing=1.5", "segmentation.max_hole_size=0", "segmentation.min_size=20"]
+    cfg, _ = to_config(_compose(fields + given))
+    validate(cfg)
+    keys = ("radius", "smoothing", "threshold", "block_size", "min_distance", "distance_smoothing",
+            "max_hole_size", "min_size")
+    got = {k: getattr(cfg.segmentation, k) for k in keys}
+    assert got == {"radius": 20.0, "smoothing": 1.2, "threshold": 0.1, "block_size": 31, "min_distance": 8,
+                   "distance_smoothing": 1.5, "max_hole_size": 0, "min_size": 20}
+    assert cfg.segmentation.threshold_method.value == "li"
+    for key, value, match in [("block_size", 30, "block_size=30: must be an odd"),
+                              ("radius", 0.0, "radius=0.0: must be positive"),
+                              ("min_distance", 0, "min_distance=0: must be at least 1"),
+                              ("smoothing", -1.0, "smoothing=-1.0: must not be negative")]:
+        bad = copy.deepcopy(cfg)
+        setattr(bad.segmentation, key, value)
+        with pytest.raises(ConfigError, match=match):
+            validate(bad)
+    with pytest.raises(ConfigCompositionException, match="threshold_method=mean"):
+        _compose(fields + ["segmentation.threshold_method=mean"])
+
+
 def test_force_added_unknown_key_is_refused():
     with pytest.raises(ConfigError, match=r"unknown configuration key\(s\): masks.methods.0.smoth"):
         to_config(_compose(["+masks.methods.0.smoth=2"]))
@@ -99,4 +131,55 @@ def test_field_options_need_a_fields_dataset():
         validate(cfg)
     cfg, _ = to_config(_compose(["projection=max"]))
     with pytest.raises(ConfigError, match="apply to fields of view"):
+        validate(cfg)
+
+
+def test_mapping_override_without_plus():
+    """A plain dictionary override adds keys to a free-form mapping (Hydra merges it into the
+    node; struct mode would refuse the new keys); misspelt keys around it still fail."""
+    cfg, _ = to_config(_compose(["+dataset=fields_tiff", "dataset.path=x", "segmentation=watershed",
+                                 "segmentation.compartments={DAPI: nucleus, Tubulin: cytoplasm}"]))
+    assert cfg.segmentation.compartments == {"DAPI": "nucleus", "Tubulin": "cytoplasm"}
+    # a dataset's own mapping: the override replaces the channels it names, keeps the others
+    cfg, _ = to_config(_compose(["+dataset=bbbc021", "dataset.path=x", "segmentation.compartments={Tubulin: cytoplasm}"]))
+    assert cfg.segmentation.compartments == {"DAPI": "nucleus", "Tubulin": "cytoplasm", "Actin": "cell"}
+    with pytest.raises(ConfigCompositionException, match="compartmentz"):
+        _compose(["+dataset=bbbc021", "dataset.path=x", "segmentation.compartmentz={DAPI: nucleus}"])
+    with pytest.raises(ConfigCompositionException, match="nucleus_chanel"):
+        _compose(["+dataset=bbbc021", "dataset.path=x", "segmentation.nucleus_chanel=1"])
+
+
+@pytest.mark.parametrize("dataset", ["fields_tiff", "bbbc021"])
+def test_fields_profile_the_compartments_by_default(dataset):
+    """Segmented fields: each channel in its compartment, no per-cell li/otsu masks unless asked."""
+    base = [f"+dataset={dataset}", "dataset.path=x", "segmentation=watershed"]
+    cfg, _ = to_config(_compose(base))
+    assert cfg.masks.methods == []
+    for choice, want in (("masks=scip", ["li", "otsu"]), ("masks=li", ["li"])):
+        cfg, _ = to_config(_compose([*base, choice]))
+        assert [m.method.value for m in cfg.masks.methods] == want, choice
+    cfg, _ = to_config(_compose(["+dataset=tiff", "dataset.path=x"]))  # single objects: SCIP's pair
+    assert [m.method.value for m in cfg.masks.methods] == ["li", "otsu"]
+
+
+def test_python_config_has_the_command_line_defaults():
+    """A Config built in Python profiles what `python -m scip_gpu` profiles (masks li + otsu,
+    every family, the raw set, ...): every default of the dataclasses equals the composed one."""
+    from dataclasses import asdict
+
+    from scip_gpu.config import DatasetConfig, DatasetFormat, MaskMethod
+
+    composed, _ = to_config(_compose([]))
+    python = Config(dataset=DatasetConfig(name="demo", format=DatasetFormat.demo, channel_names=["BF", "DNA", "SPOT"]))
+    assert asdict(python) == asdict(composed)
+    assert [(m.method, m.name, m.kwargs) for m in python.masks.methods] == \
+        [(MaskMethod.li, "li", {"smooth": 1.0}), (MaskMethod.otsu, "otsu", {})]
+
+
+def test_per_mask_and_filter_settings_are_checked():
+    cfg, _ = to_config(_compose(["++features.per_mask={otsu: [shape, colour]}"]))
+    with pytest.raises(ConfigError, match=r"features.per_mask.otsu: unknown feature family \['colour'\]"):
+        validate(cfg)
+    cfg, _ = to_config(_compose(["masks.filters=[{method: std, settings: {treshold: 50}}]"]))
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['treshold'\] for filter 'std'.*did you mean 'threshold'"):
         validate(cfg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -104,13 +106,19 @@ def test_bbbc021_illumination_and_labels(bbbc021):
     assert c.shape == (3, 160, 192) and c.dtype == np.float32
     # the vignetting shows in the correction image: brighter centre than corners
     assert c[0, 80, 96] > c[0, 5, 5]
-    labels = sorted((out / "labels").glob("*.ome.tif"))
+    import zarr
+
+    labels = sorted((out / "labels").glob("*.ome.zarr"))  # OME-Zarr label images (the default)
     assert len(labels) == 8
-    with tifffile.TiffFile(labels[0]) as tf:
-        lab = tf.series[0].asarray()
-        assert tf.series[0].axes.endswith("YX") and lab.shape[-2:] == (160, 192)
-    assert lab.shape[0] == 2 and 7 <= lab[1].max() <= 9  # nucleus and cell planes
+    root = zarr.open_group(str(labels[0]), mode="r")
+    assert root.attrs["labels"] == ["nucleus", "cell"]
+    lab = np.stack([np.asarray(root[k]["0"]) for k in root.attrs["labels"]])
+    assert lab.shape[-2:] == (160, 192)
+    assert lab.shape[0] == 2 and 7 <= lab[1].max() <= 9  # nucleus and cell
     assert ((lab[0] > 0) <= (lab[1] > 0)).all()  # every nucleus inside its cell
+    # the nucleus radius estimated per field and the parameters derived from it are logged
+    radii = re.findall(r"nucleus radius ([0-9.]+) px \(estimated\) -> smoothing", (out / "run.log").read_text())
+    assert len(radii) == 8 and all(5 < float(r) < 9 for r in radii), radii  # discs of 6-8 px
     import anndata as ad
 
     a = ad.read_h5ad(out / "features.h5ad")
@@ -131,7 +139,8 @@ def test_cytoplasm_compartment(bbbc021, tmp_path):
     root, ref_out, _ = bbbc021
     res = run_cli("+dataset=bbbc021", f"dataset.path={root}", "illumination.median_filter_size=5",
                   "segmentation.compartments={DAPI: nucleus, Tubulin: cytoplasm, Actin: cell}",
-                  "features.families=[intensity,shape]", "cluster=sync", f"output={tmp_path / 'cyto'}", cwd=tmp_path)
+                  "features.families=[intensity,shape]", "segmentation.labels_format=ome_tiff", "cluster=sync",
+                  f"output={tmp_path / 'cyto'}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     with tifffile.TiffFile(next((tmp_path / "cyto" / "labels").glob("*.ome.tif"))) as tf:
         lab = tf.series[0].asarray()
@@ -166,3 +175,48 @@ def test_bbbc021_qc_report_shows_label_outlines(bbbc021):
     assert red.sum() > 200 and cyan.sum() > 200
     groups = re.search(r'<section id="groups">(.*?)</section>', text, re.S).group(1)
     assert "meta_plate" in groups  # grouped by the first field metadata with few values
+
+
+@pytest.mark.slow
+def test_illumination_on_a_local_cluster_equals_sync(tmp_path, capsys):
+    """illumination=jones_2006 on a real LocalCluster (a worker process; one task per field, so
+    the driver adds the partial sums of two tasks): the same correction image and the same values,
+    bit for bit, as cluster=sync. (Client.submit once refused the shared argument ``key``.)"""
+    from scip_gpu.cli import task
+
+    from .fields_data import write_fields
+    from .test_config import _compose
+
+    fields = write_fields(tmp_path / "plate1", n_fields=2)
+    args = ["+dataset=fields_tiff", f"dataset.path={tmp_path / 'plate1'}", "segmentation=watershed",
+            "illumination=jones_2006", "illumination.key=well", "illumination.median_filter_size=5",
+            "segmentation.fields_per_partition=1", "features.families=[intensity]", "export.formats=[parquet]"]
+    for cluster in ("cluster=sync", "cluster=local"):
+        out = tmp_path / cluster.split("=")[1]
+        assert task(_compose([*args, cluster, "cluster.n_workers=1", f"output={out}"])) == 0, capsys.readouterr().err
+    assert "Dask cluster with 1 worker(s)" in (tmp_path / "local" / "run.log").read_text()
+    sync, local = (tifffile.imread(tmp_path / c / "illumination" / "B02.tif") for c in ("sync", "local"))
+    np.testing.assert_array_equal(local, sync)
+    np.testing.assert_array_equal(sync, finish_illumination(np.sum(fields, axis=0, dtype=np.float64), 2,
+                                                            median_filter_size=5, downscale=1))
+    keys = ["meta_field", "meta_label"]
+    want = pd.read_parquet(tmp_path / "sync" / "features.parquet").sort_values(keys).reset_index(drop=True)
+    got = pd.read_parquet(tmp_path / "local" / "features.parquet").sort_values(keys).reset_index(drop=True)
+    assert len(want) >= 3 and (want["meta_status"] == "ok").all()
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_compartments_must_name_channels():
+    """A channel name in segmentation.compartments that the dataset does not have would be
+    ignored: it stops the run at start-up, naming it and the channels."""
+    from scip_gpu.cli import to_config
+    from scip_gpu.errors import ConfigError
+    from scip_gpu.field_pipeline import check_segmentation
+
+    from .test_config import _compose
+
+    cfg, _ = to_config(_compose(["+dataset=fields_tiff", "dataset.path=x", "segmentation=watershed",
+                                 "segmentation.compartments={Tubulin: cytoplasm}"]))
+    with pytest.raises(ConfigError, match=r"no channel named 'Tubulin' \(the channels are \['1', '2', '4'\]"):
+        check_segmentation(cfg, ["1", "2", "4"])
+    check_segmentation(cfg, ["DAPI", "Tubulin", "Actin"])

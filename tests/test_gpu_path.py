@@ -43,10 +43,10 @@ def test_profile_batch_on_the_gpu_path_equals_cpu(cupy, monkeypatch, kernels):
         _reference_kernels(monkeypatch, cupy)
     cfg, _ = to_config(_compose(["+dataset=demo", "features=scip"]))
     plan = build_plan(cfg, ["BF", "DNA", "SPOT"])
-    cells = [make_cell(i, min_size=40, max_size=56)[0] for i in range(12)]
+    cells = [make_cell(i, min_size=40, max_size=56)[0] for i in range(6)]
     shape = (72, 72)
-    cpu = profile_batch(assemble(cells, np.arange(12), shape, np), plan)
-    batch = assemble(cells, np.arange(12), shape, cupy)
+    cpu = profile_batch(assemble(cells, np.arange(6), shape, np), plan)
+    batch = assemble(cells, np.arange(6), shape, cupy)
     assert isinstance(batch.pixels, fake_cupy.ndarray)
     gpu = profile_batch(batch, plan)
     assert type(gpu) is np.ndarray  # one copy back to the host
@@ -62,10 +62,10 @@ def test_cli_run_with_device_cuda_equals_cpu(cupy, monkeypatch, tmp_path):
     _reference_kernels(monkeypatch, cupy)
     out = {}
     for device in ("cpu", "cuda"):
-        cfg, yaml = to_config(_compose(["+dataset=demo", "dataset.n_objects=20", "features=scip", "cluster=sync",
+        cfg, yaml = to_config(_compose(["+dataset=demo", "dataset.n_objects=8", "features=scip", "cluster=sync",
                                         f"device={device}", f"output={tmp_path / device}", "progress=false"]))
         summary = run(cfg, yaml)
-        assert summary.n_ok == 20
+        assert summary.n_ok == 8
         out[device] = pd.read_parquet(tmp_path / device / "features.parquet")
     import json
 
@@ -101,7 +101,7 @@ def test_unpadded_batch_on_the_gpu_path_equals_cpu(cupy, monkeypatch):
     _reference_kernels(monkeypatch, cupy)
     cfg, _ = to_config(_compose(["+dataset=demo", "features=scip"]))
     plan = build_plan(cfg, ["BF", "DNA", "SPOT"])
-    cells = same_size_cells()
+    cells = same_size_cells(6)
     idx = np.arange(len(cells))
     cpu = profile_batch(assemble(cells, idx, (64, 64), np), plan)
     gpu = profile_batch(assemble(cells, idx, cells[0].shape[1:], cupy), plan)
@@ -156,3 +156,19 @@ def test_twelve_channel_cells_on_the_gpu_path_equal_cpu_bit_for_bit(cupy, monkey
     gpu = profile_batch(assemble(cells, idx, (64, 64), cupy), plan)
     assert cpu.shape == (2, 5154 + 2 * 13)  # measured columns + the empty flags (12 channels + combined) per mask
     np.testing.assert_array_equal(gpu, cpu)
+
+
+def test_watershed_nuclei_on_the_gpu_path_equals_cpu(cupy):
+    """One implementation: the scale estimate and the watershed take the array namespace of
+    their input; only the flooding and a few numbers per field go through the host."""
+    from scip_gpu.segmentation import estimate_nucleus_radius, watershed_nuclei
+
+    from .test_segmentation import disc_grid
+
+    img, n = disc_grid(5, noise=100.0)
+    cpu, p_cpu = watershed_nuclei(img, return_parameters=True)
+    gpu, p_gpu = watershed_nuclei(cupy.asarray(img), return_parameters=True)
+    assert isinstance(gpu, fake_cupy.ndarray) and gpu.dtype == np.int32
+    np.testing.assert_array_equal(gpu.get(), cpu)
+    assert p_gpu == p_cpu and cpu.max() == n
+    assert estimate_nucleus_radius(cupy.asarray(img)) == p_cpu["radius"]

@@ -79,3 +79,76 @@ def test_auto_partition_size():
     assert auto_partition_size(cfg, 100_000) == 4096  # at most 4096
     assert auto_partition_size(cfg, 10_000) == 1250
     assert auto_partition_size(replace(cfg, partition_size=7), 10_000) == 7
+
+
+# ---------------------------------------------------------------------------------------------
+# A partition run again one item per task (objects: recover_partition; fields: _recover_fields)
+
+
+class _Results:
+    """What an executor's map_unordered yields for the items of a partition run one per task."""
+
+    def __init__(self, outcomes):
+        self.outcomes, self.closed = outcomes, False
+
+    def __iter__(self):
+        return iter(self.outcomes)
+
+    def close(self):
+        self.closed = True
+
+
+class _Source:
+    def describe(self, row):
+        return f"field {row['meta_field']}"
+
+
+def _single(i):
+    return 7, pd.DataFrame({"meta_field_index": [i], "meta_field": [f"B02_{i}"]})
+
+
+def _drain(outcomes):
+    from scip_gpu.pipeline import run_one_by_one
+
+    got, errors = [], []
+    results = _Results(outcomes)
+    killed, cause = run_one_by_one(results, part=7, source=_Source(), index="meta_field_index", stage="field",
+                                   unit="fields", errors=errors,
+                                   came_back=lambda row, res: got.append((int(row["meta_field_index"]), res)))
+    assert results.closed
+    return killed, cause, got, errors
+
+
+def test_one_by_one_blames_only_the_items_that_kill_their_workers():
+    from scip_gpu.cluster import WorkerKilled
+
+    killed, cause, got, errors = _drain([(_single(0), "r0", None), (_single(1), None, WorkerKilled("worker killed")),
+                                         (_single(2), "r2", None)])
+    assert (killed, cause, got) == (1, None, [(0, "r0"), (2, "r2")])
+    assert errors == [{"meta_index": 1, "object": "field B02_1", "stage": "field",
+                       "error": "field B02_1: worker killed"}]
+    # three deaths before any item came back: the workers die whatever they run, no item is blamed
+    dead = [(_single(i), None, WorkerKilled("worker killed")) for i in range(4)]
+    killed, cause, got, errors = _drain(dead)
+    assert killed == 3 and got == [] and len(errors) == 3
+    assert cause == "the workers died on 3 of its fields and on none came back (worker killed)"
+    # once an item came back, deaths are blamed on their items
+    killed, cause, got, errors = _drain([(_single(9), "r9", None), *dead])
+    assert (killed, cause, len(got), len(errors)) == (4, None, 1, 4)
+
+
+def test_one_by_one_stops_on_another_failure_and_on_a_full_disk():
+    import errno
+
+    killed, cause, got, errors = _drain([(_single(0), None, ValueError("bad tile")), (_single(1), "r1", None)])
+    assert cause == "field B02_0: ValueError: bad tile" and got == [] and errors == []
+    with pytest.raises(OSError, match="No space"):
+        _drain([(_single(0), None, OSError(errno.ENOSPC, "No space left on device"))])
+
+
+def test_a_partition_that_did_not_kill_its_workers_is_left_for_resume():
+    from scip_gpu.cluster import ClusterFailure, WorkerKilled
+    from scip_gpu.pipeline import unrecoverable
+
+    assert unrecoverable(3, ClusterFailure("lost 3 times"), 4, "field") == "ClusterFailure: lost 3 times"
+    assert unrecoverable(3, WorkerKilled("worker killed"), 4, "field") is None

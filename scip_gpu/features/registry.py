@@ -29,6 +29,9 @@ class Column:
     channel: str | None = None
     params: str = ""
     dtype: str = "float64"
+    #: CellProfiler's name of the measurement (``cellprofiler`` preset), e.g.
+    #: ``Texture_Contrast_DNA_3_00_256``; empty for SCIP's families
+    measurement: str = ""
 
 
 def column_name(kind: str, mask: str | None, key: str) -> str:
@@ -56,12 +59,16 @@ class Family:
     compute: Callable
     masked: bool = True
     description: str = ""
+    #: whether ``columns`` takes the ``features.cellprofiler`` options (keyword ``options``)
+    options: bool = False
 
 
 FAMILIES: dict[str, Family] = {}
 
 #: SCIP's column order of the families within one mask.
-FAMILY_ORDER = ("regions", "bbox", "shape", "intensity", "texture")
+FAMILY_ORDER = ("regions", "bbox", "shape", "intensity", "texture",
+                # CellProfiler's families (the ``cellprofiler`` preset), CellProfiler's order
+                "cp_sizeshape", "cp_intensity", "cp_texture", "cp_radial", "cp_colocalization")
 
 
 def register(family: Family) -> Family:

@@ -50,6 +50,11 @@ class Source:
     def selected_channels(self, objects: pd.DataFrame) -> list:
         raise NotImplementedError  # pragma: no cover
 
+    def channel_count(self, objects: pd.DataFrame) -> int | None:
+        """The number of channels most objects have (indexed by ``dataset.channels``), or None
+        where channels are keys (per-channel TIFF, fields) or the count is unknown."""
+        return getattr(self, "_n_channels", None)
+
     def load(self, rows: pd.DataFrame) -> list:
         """Images (C, H, W) for the rows, or an ``ObjectError`` in place of a bad object."""
         raise NotImplementedError  # pragma: no cover

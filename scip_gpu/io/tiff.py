@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError, ObjectError
+from ..errors import ConfigError, InputError, ObjectError
 from .base import (Source, expand_paths, integer_channels, log, missing_file_message, most_common, named_groups,
                    object_error, regex_groups, select_channels)
 
@@ -182,9 +182,10 @@ def group_channel_files(cfg, *, fmt: str, needs: str, what: str) -> tuple[pd.Dat
     grouped = [(key if isinstance(key, tuple) else (key,), grp)
                for key, grp in table.groupby(keys, sort=False, dropna=False)]
     if cfg.channels is not None:
-        if not any(str(c) in present for c in cfg.channels):
-            raise InputError(f"dataset.channels {list(cfg.channels)}: no file has these channel keys; "
-                             f"the regex found channels {present}")
+        missing = [str(c) for c in cfg.channels if str(c) not in present]
+        if missing:  # (caught before anything is written, not once per object)
+            raise ConfigError(f"dataset.channels {list(cfg.channels)}: no file has the channel key(s) {missing}; "
+                              f"the regex found channels {present}")
         channel_keys = [str(c) for c in cfg.channels]
     else:  # the channel set most objects have; an object with another one is an error
         sets = [tuple(sorted(grp["channel"].unique(), key=_natural_key)) for _, grp in grouped]
@@ -290,7 +291,15 @@ class FileSource(Source):
         self._n_channels = self._channel_count(list(objects["meta_path"])) if len(objects) else 0
         return list(range(self._n_channels))
 
-    def _channel_count(self, paths: list[str]) -> int:
+    def channel_count(self, objects) -> int | None:
+        if getattr(self, "_n_channels", None) is None and len(objects):
+            try:
+                self._n_channels = self._channel_count(list(objects["meta_path"]), log_it=False)
+            except InputError:  # no file readable: each is an error of its own
+                return None
+        return getattr(self, "_n_channels", None)
+
+    def _channel_count(self, paths: list[str], log_it: bool = True) -> int:
         """The channel count most files have (read from the headers of up to ``CHANNEL_PROBES``
         files spread over the list); a file with another count is then an object error."""
         n = len(paths)
@@ -305,7 +314,7 @@ class FileSource(Source):
         if not counts:
             raise InputError(f"cannot tell the number of channels: none of the {len(picks)} file(s) read can be "
                              f"used (e.g. {first_error}). Set dataset.channels")
-        return most_common(counts, what="readable file", describe=lambda c: f"{c} channel(s)")
+        return most_common(counts, what="readable file", describe=lambda c: f"{c} channel(s)", log_it=log_it)
 
     def load(self, rows: pd.DataFrame) -> list:
         out = []

@@ -86,7 +86,11 @@ def check_filter(method: str, settings: dict, where: str) -> dict:
     fn, opts = FILTERS[method]
     unknown = sorted(set(settings) - set(opts))
     if unknown:
-        raise ConfigError(f"{where}.settings: unknown option(s) {unknown} for filter {method!r}")
+        import difflib
+
+        near = difflib.get_close_matches(unknown[0], list(opts), n=1)
+        raise ConfigError(f"{where}.settings: unknown option(s) {unknown} for filter {method!r} (it accepts: "
+                          f"{sorted(opts) or 'no options'}){f'; did you mean {near[0]!r}?' if near else ''}")
     out = {k: settings.get(k, v) for k, v in opts.items()}
     missing = [k for k, v in out.items() if v is None]
     if missing:
@@ -192,6 +196,25 @@ def channel_masks(batch: Batch, method: str, kwargs: dict, passed, remove_border
         labels, nl = ops.label(flat, 2)
         regions = ops.count_per_plane(labels, nl)
     return flat.reshape(n, c, h, w), regions.reshape(n, c)
+
+
+def given_masks(batch: Batch, masks, name: str, masks_cfg) -> MaskResult:
+    """The MaskResult of masks given with the images (``scip_gpu.profile(images, masks=...)``).
+
+    ``masks``: (N, C, H, W) bool, padded as the batch. Regions are the 8-connected components of
+    each channel's mask (no border rule: the masks are the user's); the main-channel rule, the
+    combined mask, bounding box and background levels are those of the mask methods (``combine``).
+    """
+    xp = batch.xp
+    n, c, h, w = batch.pixels.shape
+    mask = xp.asarray(masks, dtype=bool) & batch.valid()[:, None]
+    flat, _ = planes(mask, batch.extents)
+    labels, nl = ops.label(flat, 2)
+    regions = ops.count_per_plane(labels, nl).reshape(n, c)
+    passed = xp.ones((n, c), dtype=bool)
+    mask, combined, bbox, background, combined_background, usable = combine(
+        batch, mask, regions, passed, masks_cfg.main_channel_index, masks_cfg.combined_indices)
+    return MaskResult(name, mask, combined, regions, bbox, background, combined_background, usable)
 
 
 def _combine_examples(rng):

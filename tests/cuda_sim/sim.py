@@ -128,11 +128,13 @@ class SimKernel:
             raise RuntimeError(f"cuda_sim: kernel {self.name} not found")
 
 
-def sim_module(**kwargs) -> SimModule:
-    """The emulated module of ``scip_gpu.gpu_kernels.module_source()``."""
+def sim_module(defines=(), **kwargs) -> SimModule:
+    """The emulated module of ``scip_gpu.gpu_kernels.module_source()``, compiled with
+    ``#define NAME 1`` for every name in ``defines`` (as ``SCIP_GPU_DEFINES`` on a GPU)."""
     from scip_gpu import gpu_kernels
 
-    return SimModule(gpu_kernels.module_source(), gpu_kernels.kernel_names(), **kwargs)
+    head = "".join(f"#define {d} 1\n" for d in defines)
+    return SimModule(head + gpu_kernels.module_source(), gpu_kernels.kernel_names(), **kwargs)
 
 
 _shared: dict = {}

@@ -149,3 +149,15 @@ def test_ome_tiff_with_z_stack_is_an_object_error(tmp_path):
     tifffile.imwrite(tmp_path / "z.ome.tif", np.zeros((2, 4, 8, 8), np.uint16), metadata={"axes": "CZYX"})
     _, _, loaded = _load_all(DatasetConfig(format=DatasetFormat.ome_tiff, path=str(tmp_path), channels=[0]))
     assert isinstance(loaded[0], ObjectError) and "'Z' has 4 planes" in str(loaded[0])
+
+
+def test_channel_keys_not_in_the_data_stop_before_any_object(tmp_path):
+    """A dataset.channels key no file has is a configuration error (not one error per object)."""
+    from scip_gpu.errors import ConfigError
+
+    _write_channel_tiffs(tmp_path, n=1)
+    cfg = DatasetConfig(format=DatasetFormat.tiff, path=str(tmp_path), channels=["1", "7"],
+                        regex=r"(?P<well>[A-Z]\d+)_(?P<id>\d+)_Ch(?P<channel>\d+)\.tif$")
+    with pytest.raises(ConfigError, match=r"no file has the channel key\(s\) \['7'\]; the regex found channels "
+                                          r"\['1', '2', '4'\]"):
+        make_source(cfg).objects()

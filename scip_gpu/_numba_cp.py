@@ -1,0 +1,615 @@
+"""The numba kernels of the CellProfiler families (imported only when one is first used).
+
+Module-level functions so that numba's on-disk cache (``cache=True``) finds them in every worker
+process; ``cp_cpu_kernels`` holds their NumPy-facing wrappers. One plane at a time, no
+per-pixel Python.
+"""
+
+import heapq
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _cp_quantile(s, n, frac):  # pragma: no cover - compiled
+    pos = n * frac
+    lo = int(np.floor(pos))
+    if lo > n - 1:
+        lo = n - 1
+    hi = lo + 1
+    if hi > n - 1:
+        hi = n - 1
+    f = pos - lo
+    return s[lo] * (1.0 - f) + s[hi] * f
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def cp_plane_intensity(x, view, edge, out):  # pragma: no cover - compiled
+    # x (M, H, W) float64; view, edge (M, H, W) bool; out (M, 19) float64 (see
+    # features.cp_intensity.plane_intensity for the order). Sums in raster order.
+    m_planes, h, w = x.shape
+    buf = np.empty(h * w, dtype=np.float64)
+    dev = np.empty(h * w, dtype=np.float64)
+    for m in range(m_planes):
+        n = 0
+        s = 0.0
+        mn = np.inf
+        mx = -np.inf
+        amax = -1
+        sr = 0.0
+        sc = 0.0
+        wr = 0.0
+        wc = 0.0
+        ne = 0
+        es = 0.0
+        emn = np.inf
+        emx = -np.inf
+        for i in range(h):
+            for j in range(w):
+                if view[m, i, j]:
+                    v = x[m, i, j]
+                    buf[n] = v
+                    n += 1
+                    s += v
+                    if v < mn:
+                        mn = v
+                    if v > mx:
+                        mx = v
+                        amax = i * w + j
+                    sr += i
+                    sc += j
+                    wr += v * i
+                    wc += v * j
+                if edge[m, i, j]:
+                    v = x[m, i, j]
+                    ne += 1
+                    es += v
+                    if v < emn:
+                        emn = v
+                    if v > emx:
+                        emx = v
+        if n == 0:
+            for k in range(out.shape[1]):
+                out[m, k] = np.nan
+            continue
+        mean = s / n
+        var = 0.0
+        for k in range(n):
+            d = buf[k] - mean
+            var += d * d
+        var /= n
+        if ne > 0:
+            emean = es / ne
+            evar = 0.0
+            for i in range(h):
+                for j in range(w):
+                    if edge[m, i, j]:
+                        d = x[m, i, j] - emean
+                        evar += d * d
+            evar /= ne
+            out[m, 5] = es
+            out[m, 6] = emean
+            out[m, 7] = np.sqrt(evar)
+            out[m, 8] = emn
+            out[m, 9] = emx
+        else:
+            for k in range(5, 10):
+                out[m, k] = np.nan
+        srt = np.sort(buf[:n])
+        med = _cp_quantile(srt, n, 0.5)
+        for k in range(n):
+            dev[k] = abs(buf[k] - med)
+        dsrt = np.sort(dev[:n])
+        cy = sr / n
+        cx = sc / n
+        if s != 0:
+            my = wr / s
+            mxx = wc / s
+        else:
+            my = np.nan
+            mxx = np.nan
+        out[m, 0] = s
+        out[m, 1] = mean
+        out[m, 2] = np.sqrt(var)
+        out[m, 3] = mn
+        out[m, 4] = mx
+        out[m, 10] = np.sqrt((my - cy) ** 2 + (mxx - cx) ** 2)
+        out[m, 11] = _cp_quantile(srt, n, 0.25)
+        out[m, 12] = med
+        out[m, 13] = _cp_quantile(dsrt, n, 0.5)
+        out[m, 14] = _cp_quantile(srt, n, 0.75)
+        out[m, 15] = mxx
+        out[m, 16] = my
+        out[m, 17] = amax % w
+        out[m, 18] = amax // w
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def cp_plane_radii(padded, labels, out):  # pragma: no cover - compiled
+    # padded (M, H, W) bool with a background frame; labels (M, H, W) int32, one label per
+    # plane; out (3, nl + 1): max, mean, median of the exact Euclidean distance to the nearest
+    # background pixel over each label's pixels (column pass, then Felzenszwalb's lower
+    # envelope along rows).
+    m_planes, h, w = padded.shape
+    big = (h + w) * (h + w)
+    g = np.empty((h, w), dtype=np.int64)
+    d2 = np.empty(w, dtype=np.int64)
+    v = np.empty(w, dtype=np.int64)
+    z = np.empty(w + 1, dtype=np.float64)
+    vals = np.empty(h * w, dtype=np.float64)
+    for m in range(m_planes):
+        lab = 0
+        for j in range(w):
+            run = big
+            for i in range(h):
+                if padded[m, i, j]:
+                    run = run + 1 if run < big else big
+                else:
+                    run = 0
+                g[i, j] = run
+            run = big
+            for i in range(h - 1, -1, -1):
+                if padded[m, i, j]:
+                    run = run + 1 if run < big else big
+                else:
+                    run = 0
+                if run < g[i, j]:
+                    g[i, j] = run
+        n = 0
+        for i in range(h):
+            # lower envelope of the parabolas (x - q)^2 + g[i, q]^2
+            k = 0
+            v[0] = 0
+            z[0] = -np.inf
+            z[1] = np.inf
+            for q in range(1, w):
+                fq = g[i, q] * g[i, q]
+                while True:
+                    p = v[k]
+                    fp = g[i, p] * g[i, p]
+                    sx = ((fq + q * q) - (fp + p * p)) / (2.0 * (q - p))
+                    if sx <= z[k] and k > 0:
+                        k -= 1
+                        continue
+                    if sx <= z[k]:
+                        # k == 0: replace the first parabola
+                        v[0] = q
+                        z[0] = -np.inf
+                        z[1] = np.inf
+                        break
+                    k += 1
+                    v[k] = q
+                    z[k] = sx
+                    z[k + 1] = np.inf
+                    break
+            k = 0
+            for q in range(w):
+                while z[k + 1] < q:
+                    k += 1
+                p = v[k]
+                d2[q] = (q - p) * (q - p) + g[i, p] * g[i, p]
+            for q in range(w):
+                if labels[m, i, q] > 0:
+                    lab = labels[m, i, q]
+                    vals[n] = np.sqrt(float(d2[q]))
+                    n += 1
+        if n == 0:
+            continue
+        srt = np.sort(vals[:n])
+        tot = 0.0
+        for k in range(n):
+            tot += vals[k]
+        out[0, lab] = srt[n - 1]
+        out[1, lab] = tot / n
+        out[2, lab] = (srt[(n - 1) // 2] + srt[n // 2]) / 2
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _entropy_term(p):  # pragma: no cover - compiled
+    if p > 0:
+        return -p * np.log2(p)
+    return 0.0
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def cp_haralick(q, scale, levels, out):  # pragma: no cover - compiled
+    # q (M, H, W) int32 gray levels, 0 outside the object; out (M, 4, 13) float64. Per plane and
+    # direction: dense symmetric counts over levels 1..maxv-1, then mahotas' 13 features
+    # (features.cp_texture.haralick_planes). NaN for a plane with a direction without pairs.
+    m_planes, h, w = q.shape
+    dys = (0, 1, 1, 1)
+    dxs = (1, 1, 0, -1)
+    C = np.zeros((levels, levels), dtype=np.float64)
+    px = np.zeros(levels, dtype=np.float64)
+    py = np.zeros(levels, dtype=np.float64)
+    pp = np.zeros(2 * levels, dtype=np.float64)
+    pm = np.zeros(levels, dtype=np.float64)
+    for m in range(m_planes):
+        top = 0
+        for i in range(h):
+            for j in range(w):
+                if q[m, i, j] > top:
+                    top = q[m, i, j]
+        maxv = top + 1
+        bad = False
+        for d in range(4):
+            dy = dys[d] * scale
+            dx = dxs[d] * scale
+            for a in range(maxv):
+                for b in range(maxv):
+                    C[a, b] = 0.0
+            total = 0.0
+            for i in range(max(0, -dy), min(h, h - dy)):
+                for j in range(max(0, -dx), min(w, w - dx)):
+                    a = q[m, i, j]
+                    b = q[m, i + dy, j + dx]
+                    if a > 0 and b > 0:
+                        C[a, b] += 1.0
+                        C[b, a] += 1.0
+                        total += 2.0
+            if total == 0:
+                bad = True
+                break
+            for k in range(maxv):
+                px[k] = 0.0
+                py[k] = 0.0
+                pm[k] = 0.0
+            for k in range(2 * maxv):
+                pp[k] = 0.0
+            asm = 0.0
+            idm = 0.0
+            sij = 0.0
+            ent = 0.0
+            for a in range(1, maxv):
+                for b in range(1, maxv):
+                    c = C[a, b]
+                    if c == 0:
+                        continue
+                    p = c / total
+                    px[b] += p
+                    py[a] += p
+                    pp[a + b] += p
+                    pm[abs(a - b)] += p
+                    asm += p * p
+                    idm += p / (1.0 + (a - b) * (a - b))
+                    sij += a * b * p
+                    ent += _entropy_term(p)
+            ux = 0.0
+            uy = 0.0
+            vx = 0.0
+            vy = 0.0
+            hx = 0.0
+            hy = 0.0
+            for k in range(maxv):
+                ux += px[k] * k
+                uy += py[k] * k
+                vx += px[k] * k * k
+                vy += py[k] * k * k
+                hx += _entropy_term(px[k])
+                hy += _entropy_term(py[k])
+            vx -= ux * ux
+            vy -= uy * uy
+            sx = np.sqrt(vx)
+            sy = np.sqrt(vy)
+            contrast = 0.0
+            dsq = 0.0
+            dsum = 0.0
+            dent = 0.0
+            for k in range(maxv):
+                contrast += k * k * pm[k]
+                dsq += pm[k] * pm[k]
+                dsum += pm[k]
+                dent += _entropy_term(pm[k])
+            savg = 0.0
+            ssq = 0.0
+            sent = 0.0
+            for k in range(2 * maxv):
+                savg += k * pp[k]
+                ssq += k * k * pp[k]
+                sent += _entropy_term(pp[k])
+            hxy1 = 0.0
+            for a in range(1, maxv):
+                for b in range(1, maxv):
+                    c = C[a, b]
+                    if c == 0:
+                        continue
+                    p = c / total
+                    lx = np.log2(px[a]) if px[a] > 0 else 0.0
+                    ly = np.log2(py[b]) if py[b] > 0 else 0.0
+                    hxy1 -= p * (lx + ly)
+            if sx == 0 or sy == 0:
+                corr = 1.0
+            else:
+                corr = (sij - ux * uy) / sx / sy
+            hmax = max(hx, hy)
+            im1 = ent - hxy1 if hmax == 0 else (ent - hxy1) / hmax
+            im2 = np.sqrt(max(0.0, 1.0 - np.exp(-2.0 * (hx + hy - ent))))
+            o = out[m, d]
+            o[0] = asm
+            o[1] = contrast
+            o[2] = corr
+            o[3] = vx
+            o[4] = idm
+            o[5] = savg
+            o[6] = ssq - savg * savg
+            o[7] = sent
+            o[8] = ent
+            o[9] = dsq / maxv - (dsum / maxv) ** 2
+            o[10] = dent
+            o[11] = im1
+            o[12] = im2
+        if bad:
+            for d in range(4):
+                for k in range(13):
+                    out[m, d, k] = np.nan
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def cp_colocalization(x, view, pa, pb, thr_pct, out):  # pragma: no cover - compiled
+    # x (N, C, P) float64; view (N, P) bool; pairs (pa[q], pb[q]); out (N, Q, 9) float64
+    # (features.cp_colocalization.pair_colocalization): the object's pixels gathered once per
+    # channel, dense ranks from one argsort per channel, then the sums of every pair.
+    n, c, p = x.shape
+    nq = pa.shape[0]
+    vals = np.empty((c, p), dtype=np.float64)
+    ranks = np.empty((c, p), dtype=np.int64)
+    top = np.empty(c, dtype=np.float64)
+    for i in range(n):
+        k = 0
+        for j in range(p):
+            if view[i, j]:
+                for ch in range(c):
+                    vals[ch, k] = x[i, ch, j]
+                k += 1
+        if k == 0:
+            for q in range(nq):
+                for f in range(9):
+                    out[i, q, f] = np.nan
+            continue
+        for ch in range(c):
+            order = np.argsort(vals[ch, :k], kind="mergesort")
+            r = 0
+            ranks[ch, order[0]] = 0
+            top[ch] = vals[ch, order[k - 1]]
+            for t in range(1, k):
+                if vals[ch, order[t]] != vals[ch, order[t - 1]]:
+                    r += 1
+                ranks[ch, order[t]] = r
+        for q in range(nq):
+            a = pa[q]
+            b = pb[q]
+            ma = 0.0
+            mb = 0.0
+            for t in range(k):
+                ma += vals[a, t]
+                mb += vals[b, t]
+            ma /= k
+            mb /= k
+            sab = 0.0
+            saa = 0.0
+            sbb = 0.0
+            ta = thr_pct / 100 * top[a]
+            tb = thr_pct / 100 * top[b]
+            ra_max = 0
+            rb_max = 0
+            for t in range(k):
+                da = vals[a, t] - ma
+                db = vals[b, t] - mb
+                sab += da * db
+                saa += da * da
+                sbb += db * db
+                if ranks[a, t] > ra_max:
+                    ra_max = ranks[a, t]
+                if ranks[b, t] > rb_max:
+                    rb_max = ranks[b, t]
+            big_r = max(ra_max, rb_max) + 1
+            fpsq = 0.0
+            spsq = 0.0
+            prod = 0.0
+            tot_a = 0.0
+            tot_b = 0.0
+            sum_a = 0.0
+            sum_b = 0.0
+            rw_a = 0.0
+            rw_b = 0.0
+            anyb = False
+            for t in range(k):
+                va = vals[a, t]
+                vb = vals[b, t]
+                above_a = va >= ta
+                above_b = vb >= tb
+                if above_a:
+                    tot_a += va
+                if above_b:
+                    tot_b += vb
+                if above_a and above_b:
+                    anyb = True
+                    fpsq += va * va
+                    spsq += vb * vb
+                    prod += va * vb
+                    sum_a += va
+                    sum_b += vb
+                    wgt = (big_r - abs(ranks[a, t] - ranks[b, t])) / float(big_r)
+                    rw_a += va * wgt
+                    rw_b += vb * wgt
+            o = out[i, q]
+            o[0] = sab / np.sqrt(saa * sbb) if saa * sbb > 0 else np.nan
+            o[1] = sab / saa if saa > 0 else np.nan
+            if anyb:
+                pd = np.sqrt(fpsq * spsq)
+                o[2] = prod / pd if pd > 0 else np.nan
+                o[3] = prod / fpsq if fpsq > 0 else np.nan
+                o[4] = prod / spsq if spsq > 0 else np.nan
+                o[5] = sum_a / tot_a if tot_a != 0 else np.nan
+                o[6] = sum_b / tot_b if tot_b != 0 else np.nan
+                o[7] = rw_a / tot_a if tot_a != 0 else np.nan
+                o[8] = rw_b / tot_b if tot_b != 0 else np.nan
+            else:
+                for f in range(2, 9):
+                    o[f] = 0.0
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _edt_plane(fg, out):  # pragma: no cover - compiled
+    # exact Euclidean distance of every pixel to the nearest False pixel of fg (H, W); pixels
+    # beyond the plane do not count; a plane without any False pixel gets `inf`
+    h, w = fg.shape
+    big = (h + w) * (h + w) + 1
+    g = np.empty((h, w), dtype=np.int64)
+    for j in range(w):
+        run = big
+        for i in range(h):
+            if fg[i, j]:
+                run = run + 1 if run < big else big
+            else:
+                run = 0
+            g[i, j] = run
+        run = big
+        for i in range(h - 1, -1, -1):
+            if fg[i, j]:
+                run = run + 1 if run < big else big
+            else:
+                run = 0
+            if run < g[i, j]:
+                g[i, j] = run
+    v = np.empty(w, dtype=np.int64)
+    z = np.empty(w + 1, dtype=np.float64)
+    for i in range(h):
+        k = 0
+        v[0] = 0
+        z[0] = -np.inf
+        z[1] = np.inf
+        for q in range(1, w):
+            fq = g[i, q] * g[i, q]
+            while True:
+                p = v[k]
+                fp = g[i, p] * g[i, p]
+                sx = ((fq + q * q) - (fp + p * p)) / (2.0 * (q - p))
+                if sx <= z[k]:
+                    k -= 1
+                    continue
+                k += 1
+                v[k] = q
+                z[k] = sx
+                z[k + 1] = np.inf
+                break
+        k = 0
+        for q in range(w):
+            while z[k + 1] < q:
+                k += 1
+            p = v[k]
+            if g[i, p] >= big:
+                out[i, q] = np.inf
+            else:
+                out[i, q] = np.sqrt(float((q - p) * (q - p) + g[i, p] * g[i, p]))
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def cp_radial(x, view, valid, bins, out):  # pragma: no cover - compiled
+    # x (M, H, W) float64; view, valid (M, H, W) bool; out (M, 3 * bins)
+    # (features.cp_radial.radial_planes): per plane a distance transform, the first pixel
+    # farthest from the edge, Dijkstra over 8-neighbour steps, then the sums of every bin.
+    m_planes, h, w = x.shape
+    fg = np.empty((h, w), dtype=np.bool_)
+    d_edge = np.empty((h, w), dtype=np.float64)
+    dist = np.empty((h, w), dtype=np.float64)
+    s2 = np.sqrt(2.0)
+    hist = np.zeros(bins + 1)
+    num = np.zeros(bins + 1)
+    wsum = np.zeros((bins + 1, 8))
+    wcnt = np.zeros((bins + 1, 8))
+    for m in range(m_planes):
+        any_bg = False
+        n_obj = 0
+        for i in range(h):
+            for j in range(w):
+                bg = valid[m, i, j] and not view[m, i, j]
+                fg[i, j] = not bg
+                if bg:
+                    any_bg = True
+                if view[m, i, j]:
+                    n_obj += 1
+        if n_obj == 0:
+            for k in range(out.shape[1]):
+                out[m, k] = np.nan
+            continue
+        _edt_plane(fg, d_edge)
+        far = float(4 * (h + w))
+        best = -1.0
+        ci = 0
+        cj = 0
+        for i in range(h):
+            for j in range(w):
+                if not any_bg:
+                    d_edge[i, j] = far
+                if view[m, i, j] and d_edge[i, j] > best:
+                    best = d_edge[i, j]
+                    ci = i
+                    cj = j
+                dist[i, j] = np.inf
+        dist[ci, cj] = 0.0
+        heap = [(0.0, ci * w + cj)]
+        while len(heap) > 0:
+            d, idx = heapq.heappop(heap)
+            i = idx // w
+            j = idx % w
+            if d > dist[i, j]:
+                continue
+            for di in range(-1, 2):
+                for dj in range(-1, 2):
+                    if di == 0 and dj == 0:
+                        continue
+                    a = i + di
+                    b = j + dj
+                    if a < 0 or a >= h or b < 0 or b >= w or not view[m, a, b]:
+                        continue
+                    nd = d + (s2 if di != 0 and dj != 0 else 1.0)
+                    if nd < dist[a, b]:
+                        dist[a, b] = nd
+                        heapq.heappush(heap, (nd, a * w + b))
+        hist[:] = 0.0
+        num[:] = 0.0
+        wsum[:, :] = 0.0
+        wcnt[:, :] = 0.0
+        for i in range(h):
+            for j in range(w):
+                if not view[m, i, j] or not np.isfinite(dist[i, j]):
+                    continue
+                nd = dist[i, j] / (dist[i, j] + d_edge[i, j] + 0.001)
+                b = int(nd * bins)
+                if b > bins:
+                    b = bins
+                v = x[m, i, j]
+                hist[b] += v
+                num[b] += 1.0
+                wedge = (1 if i > ci else 0) + (2 if j > cj else 0) + (4 if abs(i - ci) > abs(j - cj) else 0)
+                wsum[b, wedge] += v
+                wcnt[b, wedge] += 1.0
+        htot = 0.0
+        ntot = 0.0
+        for b in range(bins + 1):
+            htot += hist[b]
+            ntot += num[b]
+        eps = np.finfo(np.float64).eps
+        for b in range(bins):
+            frac = hist[b] / htot if htot != 0 else (np.nan if hist[b] == 0 else np.inf)
+            out[m, b] = frac
+            out[m, bins + b] = frac / (num[b] / ntot + eps)
+            k = 0
+            mu = 0.0
+            for q in range(8):
+                if wcnt[b, q] > 0:
+                    k += 1
+                    mu += wsum[b, q] / wcnt[b, q]
+            if k == 0:
+                out[m, 2 * bins + b] = 0.0
+                continue
+            mu /= k
+            var = 0.0
+            for q in range(8):
+                if wcnt[b, q] > 0:
+                    dd = wsum[b, q] / wcnt[b, q] - mu
+                    var += dd * dd
+            sd = np.sqrt(var / k)
+            out[m, 2 * bins + b] = sd / mu if mu != 0 else (np.nan if sd == 0 else np.inf)

@@ -1,0 +1,73 @@
+"""Compiled CPU implementations (numba) of the CellProfiler families' stages.
+
+Registered beside the array-namespace references (``scip_gpu.dispatch``); ``dispatch`` runs
+them for NumPy inputs when numba is installed. The kernels live in ``_numba_cp`` (imported on
+first use, cached on disk). Importing this module imports neither numba nor the stages.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .dispatch import register
+
+
+def _nb():
+    from . import _numba_cp
+
+    return _numba_cp
+
+
+@register("cp_intensity.planes", "cpu")
+def plane_intensity(x, view, edge) -> np.ndarray:
+    """Compiled ``features.cp_intensity.plane_intensity``: one pass and one sort per plane."""
+    out = np.empty((x.shape[0], 19), dtype=np.float64)
+    _nb().cp_plane_intensity(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(view),
+                             np.ascontiguousarray(edge), out)
+    return out
+
+
+@register("cp_sizeshape.radii", "cpu")
+def radii(padded, labels, nl: int) -> np.ndarray:
+    """Compiled ``features.cp_sizeshape.radii``: an exact distance transform per plane."""
+    out = np.zeros((3, nl + 1), dtype=np.float64)
+    _nb().cp_plane_radii(np.ascontiguousarray(padded), np.ascontiguousarray(labels), out)
+    return out
+
+
+def _levels_fit(q, scale: int, levels: int) -> bool:
+    return q.dtype.kind in "iu" and levels <= 256
+
+
+@register("cp_texture.haralick", "cpu", accepts=_levels_fit)
+def haralick(q, scale: int, levels: int) -> np.ndarray:
+    """Compiled ``features.cp_texture.haralick_planes``: dense counts per plane and direction."""
+    out = np.empty((q.shape[0], 4, 13), dtype=np.float64)
+    _nb().cp_haralick(np.ascontiguousarray(q, dtype=np.int32), int(scale), int(levels), out)
+    return out
+
+
+@register("cp_colocalization.pairs", "cpu")
+def pair_colocalization(x, view, pairs) -> np.ndarray:
+    """Compiled ``features.cp_colocalization.pair_colocalization``: per object, its pixels
+    gathered once, one argsort per channel for the ranks."""
+    from .features.cp_colocalization import FEATURES, THRESHOLD
+
+    n = x.shape[0]
+    pa = np.array([a for a, _ in pairs], dtype=np.int64)
+    pb = np.array([b for _, b in pairs], dtype=np.int64)
+    out = np.empty((n, len(pairs), len(FEATURES)), dtype=np.float64)
+    _nb().cp_colocalization(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(view), pa, pb,
+                            float(THRESHOLD), out)
+    return out
+
+
+@register("cp_radial.planes", "cpu")
+def radial_planes(x, view, valid) -> np.ndarray:
+    """Compiled ``features.cp_radial.radial_planes``: Dijkstra's algorithm per plane."""
+    from .features.cp_radial import BINS
+
+    out = np.empty((x.shape[0], 3 * BINS), dtype=np.float64)
+    _nb().cp_radial(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(view),
+                    np.ascontiguousarray(valid), BINS, out)
+    return out

@@ -1,0 +1,145 @@
+"""Reading dense zarr chunks straight into device memory with kvikio (GPUDirect Storage, or
+kvikio's own POSIX reads into device buffers), where the store allows it.
+
+A chunk can be read as it is into a device array only when its bytes on disk are the array's
+values: an uncompressed, unfiltered, C-ordered chunk of a fixed-size little-endian number type,
+in a store on the local file system. ``device_read_plan`` decides, from the store's metadata
+alone, whether that holds and why not; everything else reads through the host (zarr and its
+codecs), the fallback. kvikio and CuPy are imported only when a read is made.
+
+``SCIP_GPU_KVIKIO=0`` in the environment turns device reads off.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ENV = "SCIP_GPU_KVIKIO"
+
+
+@dataclass(frozen=True)
+class DenseLayout:
+    """Where the chunks of a dense zarr array are and what their bytes hold."""
+
+    path: str
+    shape: tuple
+    chunks: tuple
+    dtype: str  # NumPy dtype string, little-endian
+    fill_value: float
+    zarr_format: int
+    separator: str  # between chunk indices in a chunk's key
+    prefix: str  # before the chunk indices ("" for v2; "c/" or "" for v3)
+
+    def chunk_path(self, index: tuple) -> Path:
+        return Path(self.path) / (self.prefix + self.separator.join(str(i) for i in index))
+
+
+def _v2_layout(path: Path, meta: dict) -> tuple[DenseLayout | None, str]:
+    if meta.get("compressor") is not None:
+        return None, f"its chunks are compressed ({meta['compressor'].get('id', meta['compressor'])})"
+    if meta.get("filters"):
+        return None, f"its chunks are filtered ({[f.get('id') for f in meta['filters']]})"
+    if meta.get("order", "C") != "C":
+        return None, "its chunks are in Fortran order"
+    dt = np.dtype(meta["dtype"]) if not isinstance(meta["dtype"], list) else None
+    if dt is None or dt.kind not in "uif" or dt.hasobject:
+        return None, f"its values are not plain numbers ({meta['dtype']})"
+    if dt.byteorder == ">" and dt.itemsize > 1:
+        return None, "its values are big-endian"
+    return DenseLayout(str(path), tuple(meta["shape"]), tuple(meta["chunks"]), dt.newbyteorder("<").str,
+                       meta.get("fill_value") or 0, 2, meta.get("dimension_separator", "."), ""), ""
+
+
+def _v3_layout(path: Path, meta: dict) -> tuple[DenseLayout | None, str]:
+    codecs = meta.get("codecs") or []
+    names = [c.get("name") for c in codecs]
+    if names != ["bytes"]:
+        return None, f"its chunks go through the codecs {names}, not the plain bytes codec alone"
+    endian = (codecs[0].get("configuration") or {}).get("endian", "little")
+    dt = np.dtype(meta["data_type"]) if isinstance(meta.get("data_type"), str) else None
+    if dt is None or dt.kind not in "uif":
+        return None, f"its values are not plain numbers ({meta.get('data_type')})"
+    if endian != "little" and dt.itemsize > 1:
+        return None, "its values are big-endian"
+    grid = meta.get("chunk_grid", {})
+    if grid.get("name") != "regular":
+        return None, f"its chunk grid is {grid.get('name')!r}, not regular"
+    enc = meta.get("chunk_key_encoding", {"name": "default"})
+    sep = (enc.get("configuration") or {}).get("separator", "/" if enc.get("name") == "default" else ".")
+    prefix = "c" + sep if enc.get("name") == "default" else ""
+    return DenseLayout(str(path), tuple(meta["shape"]), tuple(grid["configuration"]["chunk_shape"]),
+                       dt.newbyteorder("<").str, meta.get("fill_value") or 0, 3, sep, prefix), ""
+
+
+def dense_layout(path) -> tuple[DenseLayout | None, str]:
+    """The layout of a dense zarr array whose chunks can be read into device memory as they are,
+    or (None, why not), from its metadata file (``.zarray`` or ``zarr.json``)."""
+    p = Path(str(path))
+    if "://" in str(path) or not p.is_dir():
+        return None, "it is not a folder on the local file system"
+    try:
+        if (p / "zarr.json").is_file():
+            meta = json.loads((p / "zarr.json").read_text())
+            if meta.get("node_type") != "array":
+                return None, "it is not an array"
+            return _v3_layout(p, meta)
+        if (p / ".zarray").is_file():
+            return _v2_layout(p, json.loads((p / ".zarray").read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"its metadata cannot be read ({type(exc).__name__}: {exc})"
+    return None, "it has no zarr array metadata"
+
+
+def kvikio_available() -> bool:
+    """Whether kvikio can be imported (without importing it)."""
+    return importlib.util.find_spec("kvikio") is not None
+
+
+def device_read_plan(path, device: str) -> tuple[DenseLayout | None, str]:
+    """(layout, "") when the store's chunks are read straight into device memory with kvikio;
+    (None, why not) when they are read through the host."""
+    if device != "cuda":
+        return None, "the device is not a GPU"
+    if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None, f"{ENV}=0"
+    if not kvikio_available():
+        return None, "kvikio is not installed (pip install kvikio-cu13)"
+    return dense_layout(path)
+
+
+def read_rows(layout: DenseLayout, lo: int, hi: int, *, xp=None, kvikio=None):
+    """Objects ``lo:hi`` (along the first axis) of the array as one device array, read chunk by
+    chunk with kvikio into device buffers (missing chunks: the fill value). Chunks must span the
+    other axes whole (as ``(k, C, H, W)`` chunks do).
+
+    ``xp``/``kvikio``: the array module and kvikio (default: CuPy and kvikio, imported here).
+    """
+    if xp is None:
+        import cupy as xp  # noqa: PLC0415 - only when a device read is made
+    if kvikio is None:
+        import kvikio  # noqa: PLC0415
+    if tuple(layout.chunks[1:]) != tuple(layout.shape[1:]):
+        raise ValueError(f"{layout.path}: chunks {layout.chunks} do not span the image axes {layout.shape[1:]}")
+    step = layout.chunks[0]
+    dtype = np.dtype(layout.dtype)
+    out = xp.empty((hi - lo, *layout.shape[1:]), dtype=dtype)
+    for k in range(lo // step, -(-hi // step)):
+        first, last = k * step, (k + 1) * step  # the chunk's rows
+        a, b = max(lo, first), min(hi, last)
+        path = layout.chunk_path((k,) + (0,) * (len(layout.shape) - 1))
+        if not path.is_file():
+            out[a - lo:b - lo] = layout.fill_value
+            continue
+        buf = xp.empty((step, *layout.shape[1:]), dtype=dtype)  # zarr stores whole edge chunks
+        with kvikio.CuFile(str(path), "r") as f:
+            n = f.read(buf)
+        if n != buf.nbytes:
+            raise OSError(f"{path}: read {n} of {buf.nbytes} bytes (a truncated chunk)")
+        out[a - lo:b - lo] = buf[a - first:b - first]
+    return out

@@ -1,0 +1,33 @@
+"""The cellprofiler preset on the device=cuda path (its array-namespace code, no CUDA kernels
+yet), run on the CPU through the NumPy-backed stand-in for CuPy (tests/fake_cupy.py): the same
+values as the CPU path (numba kernels), no implicit device->host conversion."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scip_gpu.batch import assemble
+from scip_gpu.demo import make_cell
+from scip_gpu.profile import build_plan, profile_batch
+
+from .test_config import _compose
+from .test_gpu_path import cupy  # noqa: F401  (fixture)
+
+
+def test_cellprofiler_preset_on_the_gpu_path_equals_cpu(cupy, monkeypatch):  # noqa: F811
+    from scip_gpu.cli import to_config
+
+    from . import fake_cupy
+
+    monkeypatch.setenv("SCIP_GPU_KERNELS", "0")
+    cfg, _ = to_config(_compose(["+dataset=demo", "features=cellprofiler", "masks=li"]))
+    plan = build_plan(cfg, ["BF", "DNA", "SPOT"])
+    cells = [make_cell(i, min_size=30, max_size=40)[0] for i in range(5)]
+    cpu = profile_batch(assemble(cells, np.arange(5), (48, 48), np), plan)
+    batch = assemble(cells, np.arange(5), (48, 48), cupy)
+    assert isinstance(batch.pixels, fake_cupy.ndarray)
+    gpu = profile_batch(batch, plan)
+    np.testing.assert_array_equal(np.isnan(gpu), np.isnan(cpu))
+    ok = ~np.isnan(cpu)
+    assert ok.mean() > 0.5
+    np.testing.assert_allclose(gpu[ok], cpu[ok], rtol=1e-9, atol=1e-9)
