@@ -149,7 +149,9 @@ def write_columns(path: Path, columns: Sequence[Column], schema=None) -> None:
         d = asdict(c)
         d["nan_reason"] = nan_reason(c)
         rows.append(d)
-    order = ["name", "kind", "family", "feature", "mask", "view", "channel", "params", "dtype", "nan_reason"]
+    order = ["name", "kind", "family", "feature", "mask", "view", "channel", "params", "dtype"]
+    extra = [k for c in columns for k in asdict(c) if k not in order]  # e.g. CellProfiler's measurement name
+    order += list(dict.fromkeys(extra)) + ["nan_reason"]
     with _replacing(Path(path)) as tmp:
         pd.DataFrame(rows).reindex(columns=order).to_csv(tmp, index=False)
 

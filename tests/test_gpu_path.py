@@ -43,10 +43,10 @@ def test_profile_batch_on_the_gpu_path_equals_cpu(cupy, monkeypatch, kernels):
         _reference_kernels(monkeypatch, cupy)
     cfg, _ = to_config(_compose(["+dataset=demo", "features=scip"]))
     plan = build_plan(cfg, ["BF", "DNA", "SPOT"])
-    cells = [make_cell(i, min_size=40, max_size=56)[0] for i in range(6)]
+    cells = [make_cell(i, min_size=40, max_size=56)[0] for i in range(3)]
     shape = (72, 72)
-    cpu = profile_batch(assemble(cells, np.arange(6), shape, np), plan)
-    batch = assemble(cells, np.arange(6), shape, cupy)
+    cpu = profile_batch(assemble(cells, np.arange(3), shape, np), plan)
+    batch = assemble(cells, np.arange(3), shape, cupy)
     assert isinstance(batch.pixels, fake_cupy.ndarray)
     gpu = profile_batch(batch, plan)
     assert type(gpu) is np.ndarray  # one copy back to the host
@@ -62,10 +62,10 @@ def test_cli_run_with_device_cuda_equals_cpu(cupy, monkeypatch, tmp_path):
     _reference_kernels(monkeypatch, cupy)
     out = {}
     for device in ("cpu", "cuda"):
-        cfg, yaml = to_config(_compose(["+dataset=demo", "dataset.n_objects=8", "features=scip", "cluster=sync",
+        cfg, yaml = to_config(_compose(["+dataset=demo", "dataset.n_objects=4", "features=scip", "cluster=sync",
                                         f"device={device}", f"output={tmp_path / device}", "progress=false"]))
         summary = run(cfg, yaml)
-        assert summary.n_ok == 8
+        assert summary.n_ok == 4
         out[device] = pd.read_parquet(tmp_path / device / "features.parquet")
     import json
 
@@ -105,7 +105,7 @@ def test_unpadded_batch_on_the_gpu_path_equals_cpu(cupy, monkeypatch):
     _reference_kernels(monkeypatch, cupy)
     cfg, _ = to_config(_compose(["+dataset=demo", "features=scip"]))
     plan = build_plan(cfg, ["BF", "DNA", "SPOT"])
-    cells = same_size_cells(6)
+    cells = same_size_cells(3)
     idx = np.arange(len(cells))
     cpu = profile_batch(assemble(cells, idx, (64, 64), np), plan)
     gpu = profile_batch(assemble(cells, idx, cells[0].shape[1:], cupy), plan)
@@ -125,10 +125,10 @@ def test_batch_on_the_gpu_never_synchronises(cupy, monkeypatch, shape):
     cfg, _ = to_config(_compose(["+dataset=demo", "features=scip", "masks=scip"]))
     plan = build_plan(cfg, ["BF", "DNA", "SPOT"])
     if shape is None:  # ragged cells, padded
-        cells = [make_cell(i, min_size=30, max_size=46)[0] for i in range(5)]
+        cells = [make_cell(i, min_size=30, max_size=46)[0] for i in range(2)]
         shape = (56, 56)
     else:
-        cells = [make_cell(i, min_size=64, max_size=64)[0][:, :64, :64] for i in range(3)]
+        cells = [make_cell(i, min_size=64, max_size=64)[0][:, :64, :64] for i in range(2)]
     idx = np.arange(len(cells))
     profile_batch(assemble(cells, idx, shape, cupy), plan)  # first batch: constant tables go to the device
     fake_cupy.SYNCS.clear()
@@ -151,14 +151,14 @@ def test_twelve_channel_cells_on_the_gpu_path_equal_cpu_bit_for_bit(cupy, monkey
     cfg, _ = to_config(_compose(["+dataset=demo", "dataset.n_channels=12", "features=scip", "masks=scip"]))
     plan = build_plan(cfg, [f"ch{i}" for i in range(12)])
     cells = []
-    for i in range(2):
+    for i in range(1):
         img = make_cell(i, n_channels=12, min_size=60, max_size=68)[0]
         img = np.pad(img, ((0, 0), (0, max(0, 64 - img.shape[1])), (0, max(0, 64 - img.shape[2]))), mode="reflect")
         cells.append(np.ascontiguousarray(img[:, :64, :64]))
     idx = np.arange(len(cells))
     cpu = profile_batch(assemble(cells, idx, (64, 64), np), plan)
     gpu = profile_batch(assemble(cells, idx, (64, 64), cupy), plan)
-    assert cpu.shape == (2, 5154 + 2 * 13)  # measured columns + the empty flags (12 channels + combined) per mask
+    assert cpu.shape == (1, 5154 + 2 * 13)  # measured columns + the empty flags (12 channels + combined) per mask
     np.testing.assert_array_equal(gpu, cpu)
 
 

@@ -107,7 +107,10 @@ def test_full_disk_is_one_line_exit_2_and_resume_finishes(tmp_path, monkeypatch,
     assert f"output={out} resume=true" in line
     assert "run stopped: no space left on device" in (out / "run.log").read_text()
     done = len(list((out / "checkpoints").glob("part-*.json")))
-    assert done == (2 if where == "part" else 6)
+    if where == "part":  # two partitions in flight (sync: threads_per_worker=2): the other one written
+        assert 1 <= done <= 2  # may not have been collected when the run stopped; resume redoes it
+    else:
+        assert done == 6
 
     monkeypatch.setattr(export, "write_part" if where == "part" else "write_errors", real)
     assert cli.task(compose(*DEMO, "cluster=sync", f"output={out}", "resume=true")) == 0

@@ -100,7 +100,8 @@ def test_an_object_that_kills_every_worker_is_named_and_the_rest_profiled(tmp_pa
     df = read_parquet(out / "features.parquet")
     assert len(df) == N
     good = df["meta_index"] != 5
-    pd.testing.assert_frame_equal(df[good], reference[good])
+    flags = {c: reference[c].dtype for c in reference.columns if "_empty_" in c}  # (null in the error row)
+    pd.testing.assert_frame_equal(df[good].astype(flags), reference[good])
     assert df.loc[~good, "meta_status"].tolist() == ["error"]
     assert df.loc[~good, [c for c in df if c.startswith("feat_")]].isna().all(axis=None)
 

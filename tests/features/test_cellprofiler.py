@@ -303,8 +303,9 @@ def test_preset_run_writes_cellprofiler_names(tmp_path):
                                             "masks=li", "cluster=sync", f"output={out}"])
     cfg, yaml = to_config(raw)
     run(cfg, yaml)
-    cols = {c["name"]: c for c in read_columns(next((out / "features.parquet").glob("*.parquet")))}
-    assert cols["feat_li_Intensity_MedianIntensity_DNA"]["measurement"] == "Intensity_MedianIntensity_DNA"
+    cols = read_columns(next((out / "features.parquet").glob("*.parquet")))  # the part names the column file
+    assert cols.loc["feat_li_Intensity_MedianIntensity_DNA", "measurement"] == "Intensity_MedianIntensity_DNA"
+    assert cols.loc["feat_li_Texture_Contrast_DNA_3_00_256", "family"] == "cp_texture"
     a = ad.read_h5ad(out / "features.h5ad")
     assert a.var.loc["feat_li_Texture_InfoMeas2_SPOT_3_01_256", "measurement"] == "Texture_InfoMeas2_SPOT_3_01_256"
     assert set(a.var.family) == {"cp_sizeshape", "cp_intensity", "cp_texture", "cp_radial",
