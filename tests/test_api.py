@@ -91,6 +91,7 @@ def test_mistakes_raise_one_clear_error(call, error, needle):
     assert needle in str(exc.value) and "\n" not in str(exc.value)
 
 
+@pytest.mark.slow
 def test_local_cluster_does_not_rerun_the_calling_script(tmp_path):
     """A script without a __main__ guard: worker processes do not run it again."""
     marker = tmp_path / "ran.txt"

@@ -64,6 +64,7 @@ def test_existing_output_is_never_overwritten(tmp_path):
     assert [p.name for p in out.iterdir()] == ["precious.txt"]
 
 
+@pytest.mark.slow
 def test_default_output_folders_are_new(tmp_path):
     for _ in range(2):
         res = run_cli("+dataset=demo", "dataset.n_objects=3", *FAST, cwd=tmp_path)
@@ -86,6 +87,7 @@ def test_bad_configuration_fails_at_start(tmp_path, args, needle):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_local_dask_cluster(tmp_path):
     out = tmp_path / "run"
     res = run_cli("+dataset=demo", "dataset.n_objects=30", "features=intensity", "cluster=local",

@@ -55,6 +55,7 @@ def test_profile_batch_on_the_gpu_path_equals_cpu(cupy, monkeypatch, kernels):
     np.testing.assert_allclose(gpu[ok], cpu[ok], rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_cli_run_with_device_cuda_equals_cpu(cupy, monkeypatch, tmp_path):
     from scip_gpu.cli import to_config
     from scip_gpu.pipeline import run
@@ -114,7 +115,7 @@ def test_unpadded_batch_on_the_gpu_path_equals_cpu(cupy, monkeypatch):
     np.testing.assert_allclose(gpu[ok], cpu[ok], rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("shape", [(64, 64), None])
+@pytest.mark.parametrize("shape", [pytest.param((64, 64), marks=pytest.mark.slow), None])
 def test_batch_on_the_gpu_never_synchronises(cupy, monkeypatch, shape):
     """Assembling a batch and profiling it with the CUDA kernels neither reads a device value
     on the host, nor copies from pageable host memory (which waits for the stream), nor copies

@@ -236,6 +236,7 @@ def test_temporary_names_are_per_process_and_call(tmp_path):
     assert a != b and a.name.startswith(f".features.h5ad.{os.getpid()}.") and a.name.endswith(".tmp")
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_first_configuration_and_records_each_resume(tmp_path):
     out = tmp_path / "run"
     first = run_cli(*SMALL, f"output={out}", cwd=tmp_path)

@@ -51,15 +51,25 @@ def build(source: str, names: tuple[str, ...]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     lib = folder / f"kernels-{digest}.so"
     if not lib.exists():
-        src = folder / f"kernels-{digest}.cpp"
-        src.write_text(text)
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        res = subprocess.run([gxx, "-std=c++20", "-O2", "-g", "-ffp-contract=off", "-fPIC", "-shared", "-pthread",
-                              "-Wno-unused-result", str(src), "-o", str(tmp)], capture_output=True, text=True)
-        if res.returncode != 0:
-            raise RuntimeError(f"cuda_sim: g++ failed:\n{res.stderr[-6000:]}")
-        tmp.replace(lib)
+        import fcntl
+
+        with open(folder / f"kernels-{digest}.lock", "w") as lock:  # test processes compile it once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not lib.exists():
+                _compile(gxx, text, folder, digest, lib)
     return lib
+
+
+def _compile(gxx: str, text: str, folder: Path, digest: str, lib: Path) -> None:
+    """g++ the driver source into ``lib`` (a temporary name of this process, then renamed)."""
+    src = folder / f"kernels-{digest}.cpp"
+    src.write_text(text)
+    tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+    res = subprocess.run([gxx, "-std=c++20", "-O2", "-g", "-ffp-contract=off", "-fPIC", "-shared", "-pthread",
+                          "-Wno-unused-result", str(src), "-o", str(tmp)], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"cuda_sim: g++ failed:\n{res.stderr[-6000:]}")
+    tmp.replace(lib)
 
 
 class SimLimits:

@@ -24,6 +24,7 @@ def _compile(tmp_path, arch: str, *flags: str):
                            *flags, str(src)], capture_output=True, text=True, cwd=tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 def test_module_compiles_to_ptx_for_sm80(tmp_path):
     res = _compile(tmp_path, "sm_80", "-ptx", "-o", str(tmp_path / "m.ptx"))
