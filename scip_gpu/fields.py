@@ -35,7 +35,7 @@ import pandas as pd
 from .backend import array_module, asnumpy, ndimage
 from .errors import InputError, ObjectError
 from .export import temp_path
-from .io.base import object_error
+from .io.base import load_each, object_error
 from .io.tiff import ChannelTiffSource, _read, _to_cyx, check_extra_channels, group_channel_files
 
 COMPARTMENTS = ("nucleus", "cell", "cytoplasm")
@@ -93,13 +93,7 @@ class FieldSource(ChannelTiffSource):
         return np.stack(planes)
 
     def load(self, rows):  # pragma: no cover - fields are loaded one at a time by process_fields
-        out = []
-        for _, row in rows.iterrows():
-            try:
-                out.append(self.load_field(row))
-            except ObjectError as exc:
-                out.append(exc)
-        return out
+        return load_each(self.load_field, rows)
 
 
 # ---------------------------------------------------------------------------------------------

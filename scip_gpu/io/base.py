@@ -99,6 +99,18 @@ def missing_file_message(path) -> str:
     return f"{path}: file not found (was it removed during the run?)"
 
 
+def load_each(load_one, rows) -> list:
+    """``load_one(row)`` for every row, an ``ObjectError`` in the place of a row that failed
+    (sources of fields of view, which ``process_fields`` loads one at a time)."""
+    out = []
+    for _, row in rows.iterrows():
+        try:
+            out.append(load_one(row))
+        except ObjectError as exc:
+            out.append(exc)
+    return out
+
+
 def object_error(exc: BaseException, name: str | Callable[[], str]) -> ObjectError:
     """Any exception raised while loading one object, as that object's ``ObjectError``: an
     ``ObjectError`` as it is, any other with the object's name and the exception's type and message.

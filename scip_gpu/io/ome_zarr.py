@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, InputError, ObjectError
-from .base import (Source, check_some_usable, expand_paths, most_common, nullable_ints, object_error,
+from .base import (Source, check_some_usable, expand_paths, load_each, most_common, nullable_ints, object_error,
                    regex_groups, row_error, store_rows)
 
 
@@ -398,13 +398,7 @@ class OmeZarrFieldSource(_OmeZarrSource):
             raise object_error(exc, lambda: f"{self.describe(row)} ({row.get('meta_path')})") from None
 
     def load(self, rows):  # pragma: no cover - fields are loaded one at a time by process_fields
-        out = []
-        for _, row in rows.iterrows():
-            try:
-                out.append(self.load_field(row))
-            except ObjectError as exc:
-                out.append(exc)
-        return out
+        return load_each(self.load_field, rows)
 
 
 # ---------------------------------------------------------------------------------------------
