@@ -132,67 +132,17 @@ def cp_plane_radii(padded, labels, out):  # pragma: no cover - compiled
     # background pixel over each label's pixels (column pass, then Felzenszwalb's lower
     # envelope along rows).
     m_planes, h, w = padded.shape
-    big = (h + w) * (h + w)
-    g = np.empty((h, w), dtype=np.int64)
-    d2 = np.empty(w, dtype=np.int64)
-    v = np.empty(w, dtype=np.int64)
-    z = np.empty(w + 1, dtype=np.float64)
+    dist = np.empty((h, w), dtype=np.float64)
     vals = np.empty(h * w, dtype=np.float64)
     for m in range(m_planes):
+        _edt_plane(padded[m], dist)  # the frame is background: every distance is finite
         lab = 0
-        for j in range(w):
-            run = big
-            for i in range(h):
-                if padded[m, i, j]:
-                    run = run + 1 if run < big else big
-                else:
-                    run = 0
-                g[i, j] = run
-            run = big
-            for i in range(h - 1, -1, -1):
-                if padded[m, i, j]:
-                    run = run + 1 if run < big else big
-                else:
-                    run = 0
-                if run < g[i, j]:
-                    g[i, j] = run
         n = 0
         for i in range(h):
-            # lower envelope of the parabolas (x - q)^2 + g[i, q]^2
-            k = 0
-            v[0] = 0
-            z[0] = -np.inf
-            z[1] = np.inf
-            for q in range(1, w):
-                fq = g[i, q] * g[i, q]
-                while True:
-                    p = v[k]
-                    fp = g[i, p] * g[i, p]
-                    sx = ((fq + q * q) - (fp + p * p)) / (2.0 * (q - p))
-                    if sx <= z[k] and k > 0:
-                        k -= 1
-                        continue
-                    if sx <= z[k]:
-                        # k == 0: replace the first parabola
-                        v[0] = q
-                        z[0] = -np.inf
-                        z[1] = np.inf
-                        break
-                    k += 1
-                    v[k] = q
-                    z[k] = sx
-                    z[k + 1] = np.inf
-                    break
-            k = 0
-            for q in range(w):
-                while z[k + 1] < q:
-                    k += 1
-                p = v[k]
-                d2[q] = (q - p) * (q - p) + g[i, p] * g[i, p]
             for q in range(w):
                 if labels[m, i, q] > 0:
                     lab = labels[m, i, q]
-                    vals[n] = np.sqrt(float(d2[q]))
+                    vals[n] = dist[i, q]
                     n += 1
         if n == 0:
             continue
