@@ -5,8 +5,6 @@ process; ``cp_cpu_kernels`` holds their NumPy-facing wrappers. One plane at a ti
 per-pixel Python.
 """
 
-import heapq
-
 import numpy as np
 from numba import njit
 
@@ -135,14 +133,24 @@ def cp_plane_radii(padded, labels, out):  # pragma: no cover - compiled
     dist = np.empty((h, w), dtype=np.float64)
     vals = np.empty(h * w, dtype=np.float64)
     for m in range(m_planes):
-        _edt_plane(padded[m], dist)  # the frame is background: every distance is finite
+        # the plane cut to the foreground's bounding box and a one-pixel ring of background
+        # (every distance is that of the whole plane: see cp_radial)
+        r0, r1, c0, c1, n = _plane_bbox(padded[m])
+        if n == 0:
+            continue
+        r0 = max(r0 - 1, 0)
+        c0 = max(c0 - 1, 0)
+        r1 = min(r1 + 1, h)
+        c1 = min(c1 + 1, w)
+        de = dist[: r1 - r0, : c1 - c0]
+        _edt_plane(padded[m, r0:r1, c0:c1], de)  # the ring is background: every distance is finite
         lab = 0
         n = 0
-        for i in range(h):
-            for q in range(w):
-                if labels[m, i, q] > 0:
-                    lab = labels[m, i, q]
-                    vals[n] = dist[i, q]
+        for i in range(r1 - r0):
+            for q in range(c1 - c0):
+                if labels[m, r0 + i, c0 + q] > 0:
+                    lab = labels[m, r0 + i, c0 + q]
+                    vals[n] = de[i, q]
                     n += 1
         if n == 0:
             continue
@@ -456,54 +464,134 @@ def _edt_plane(fg, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
+def _heap_push(keys, vals, size, key, val):  # pragma: no cover - compiled
+    # binary min-heap on (keys, vals)[:size]; returns the new size
+    i = size
+    while i > 0:
+        parent = (i - 1) >> 1
+        if keys[parent] <= key:
+            break
+        keys[i] = keys[parent]
+        vals[i] = vals[parent]
+        i = parent
+    keys[i] = key
+    vals[i] = val
+    return size + 1
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _heap_pop(keys, vals, size):  # pragma: no cover - compiled
+    # removes the root of the heap (read keys[0], vals[0] first); returns the new size
+    size -= 1
+    key = keys[size]
+    val = vals[size]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= size:
+            break
+        if c + 1 < size and keys[c + 1] < keys[c]:
+            c += 1
+        if keys[c] >= key:
+            break
+        keys[i] = keys[c]
+        vals[i] = vals[c]
+        i = c
+    keys[i] = key
+    vals[i] = val
+    return size
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _plane_bbox(view):  # pragma: no cover - compiled
+    # bounding rows/cols [r0, r1), [c0, c1) of the True pixels of view (H, W) and their count
+    h, w = view.shape
+    r0 = h
+    r1 = 0
+    c0 = w
+    c1 = 0
+    n = 0
+    for i in range(h):
+        row = 0
+        for j in range(w):
+            if view[i, j]:
+                row += 1
+                if j < c0:
+                    c0 = j
+                if j >= c1:
+                    c1 = j + 1
+        if row:
+            n += row
+            if i < r0:
+                r0 = i
+            r1 = i + 1
+    return r0, r1, c0, c1, n
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
 def cp_radial(x, view, valid, bins, out):  # pragma: no cover - compiled
     # x (M, H, W) float64; view, valid (M, H, W) bool; out (M, 3 * bins)
     # (features.cp_radial.radial_planes): per plane a distance transform, the first pixel
     # farthest from the edge, Dijkstra over 8-neighbour steps, then the sums of every bin.
+    # Each plane is cut to the object's bounding box and a one-pixel ring: every pixel of
+    # the ring inside the image is background, and it is at least as close to any object
+    # pixel as any background pixel beyond it (clamping a point to the box moves it closer),
+    # so the distances to the edge are those of the whole plane.
     m_planes, h, w = x.shape
     fg = np.empty((h, w), dtype=np.bool_)
     d_edge = np.empty((h, w), dtype=np.float64)
     dist = np.empty((h, w), dtype=np.float64)
+    hkeys = np.empty(8 * h * w + 1, dtype=np.float64)
+    hvals = np.empty(8 * h * w + 1, dtype=np.int64)
     s2 = np.sqrt(2.0)
     hist = np.zeros(bins + 1)
     num = np.zeros(bins + 1)
     wsum = np.zeros((bins + 1, 8))
     wcnt = np.zeros((bins + 1, 8))
     for m in range(m_planes):
-        any_bg = False
-        n_obj = 0
-        for i in range(h):
-            for j in range(w):
-                bg = valid[m, i, j] and not view[m, i, j]
-                fg[i, j] = not bg
-                if bg:
-                    any_bg = True
-                if view[m, i, j]:
-                    n_obj += 1
+        vm = view[m]
+        r0, r1, c0, c1, n_obj = _plane_bbox(vm)
         if n_obj == 0:
             for k in range(out.shape[1]):
                 out[m, k] = np.nan
             continue
-        _edt_plane(fg, d_edge)
+        r0 = max(r0 - 1, 0)
+        c0 = max(c0 - 1, 0)
+        r1 = min(r1 + 1, h)
+        c1 = min(c1 + 1, w)
+        hh = r1 - r0
+        ww = c1 - c0
+        any_bg = False
+        for i in range(hh):
+            for j in range(ww):
+                bg = valid[m, r0 + i, c0 + j] and not vm[r0 + i, c0 + j]
+                fg[i, j] = not bg
+                if bg:
+                    any_bg = True
+        fgc = fg[:hh, :ww]
+        de = d_edge[:hh, :ww]
+        _edt_plane(fgc, de)
         far = float(4 * (h + w))
         best = -1.0
         ci = 0
         cj = 0
-        for i in range(h):
-            for j in range(w):
+        for i in range(hh):
+            for j in range(ww):
                 if not any_bg:
-                    d_edge[i, j] = far
-                if view[m, i, j] and d_edge[i, j] > best:
-                    best = d_edge[i, j]
+                    de[i, j] = far
+                if vm[r0 + i, c0 + j] and de[i, j] > best:
+                    best = de[i, j]
                     ci = i
                     cj = j
                 dist[i, j] = np.inf
         dist[ci, cj] = 0.0
-        heap = [(0.0, ci * w + cj)]
-        while len(heap) > 0:
-            d, idx = heapq.heappop(heap)
-            i = idx // w
-            j = idx % w
+        size = _heap_push(hkeys, hvals, 0, 0.0, ci * ww + cj)
+        while size > 0:
+            d = hkeys[0]
+            idx = hvals[0]
+            size = _heap_pop(hkeys, hvals, size)
+            i = idx // ww
+            j = idx % ww
             if d > dist[i, j]:
                 continue
             for di in range(-1, 2):
@@ -512,25 +600,25 @@ def cp_radial(x, view, valid, bins, out):  # pragma: no cover - compiled
                         continue
                     a = i + di
                     b = j + dj
-                    if a < 0 or a >= h or b < 0 or b >= w or not view[m, a, b]:
+                    if a < 0 or a >= hh or b < 0 or b >= ww or not vm[r0 + a, c0 + b]:
                         continue
                     nd = d + (s2 if di != 0 and dj != 0 else 1.0)
                     if nd < dist[a, b]:
                         dist[a, b] = nd
-                        heapq.heappush(heap, (nd, a * w + b))
+                        size = _heap_push(hkeys, hvals, size, nd, a * ww + b)
         hist[:] = 0.0
         num[:] = 0.0
         wsum[:, :] = 0.0
         wcnt[:, :] = 0.0
-        for i in range(h):
-            for j in range(w):
-                if not view[m, i, j] or not np.isfinite(dist[i, j]):
+        for i in range(hh):
+            for j in range(ww):
+                if not vm[r0 + i, c0 + j] or not np.isfinite(dist[i, j]):
                     continue
-                nd = dist[i, j] / (dist[i, j] + d_edge[i, j] + 0.001)
+                nd = dist[i, j] / (dist[i, j] + de[i, j] + 0.001)
                 b = int(nd * bins)
                 if b > bins:
                     b = bins
-                v = x[m, i, j]
+                v = x[m, r0 + i, c0 + j]
                 hist[b] += v
                 num[b] += 1.0
                 wedge = (1 if i > ci else 0) + (2 if j > cj else 0) + (4 if abs(i - ci) > abs(j - cj) else 0)

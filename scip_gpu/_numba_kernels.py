@@ -1022,3 +1022,71 @@ def lower_hull_flags(x, offset, length, flags):  # pragma: no cover - compiled
             sp += 1
         for k in range(sp):
             flags[o + stack[k]] = True
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def filled_area(labels, holed, out):  # pragma: no cover - compiled
+    # labels (M, H, W) int32 (each label in one plane); holed (nl + 1,) bool; out (nl + 1,)
+    # float64 holding each label's area, replaced for the holed ones by the area of the label
+    # with its holes filled: the pixels of its bounding box that no 8-connected path of
+    # other pixels joins to the box's border (scipy.ndimage.binary_fill_holes of the bbox
+    # image with a 3x3 structure, as scikit-image's area_filled).
+    m_planes, h, w = labels.shape
+    nl = holed.shape[0] - 1
+    r0 = np.full(nl + 1, h, dtype=np.int64)
+    r1 = np.zeros(nl + 1, dtype=np.int64)
+    c0 = np.full(nl + 1, w, dtype=np.int64)
+    c1 = np.zeros(nl + 1, dtype=np.int64)
+    plane = np.zeros(nl + 1, dtype=np.int64)
+    for m in range(m_planes):
+        for i in range(h):
+            for j in range(w):
+                lab = labels[m, i, j]
+                if lab > 0 and holed[lab]:
+                    plane[lab] = m
+                    if i < r0[lab]:
+                        r0[lab] = i
+                    if i >= r1[lab]:
+                        r1[lab] = i + 1
+                    if j < c0[lab]:
+                        c0[lab] = j
+                    if j >= c1[lab]:
+                        c1[lab] = j + 1
+    seen = np.zeros(h * w, dtype=np.bool_)
+    stack = np.empty(h * w, dtype=np.int64)
+    for lab in range(1, nl + 1):
+        if not holed[lab] or r1[lab] == 0:
+            continue
+        m = plane[lab]
+        a0 = r0[lab]
+        b0 = c0[lab]
+        hh = r1[lab] - a0
+        ww = c1[lab] - b0
+        seen[: hh * ww] = False
+        sp = 0
+        reached = 0
+        for i in range(hh):
+            for j in range(ww):
+                if (i == 0 or i == hh - 1 or j == 0 or j == ww - 1) and labels[m, a0 + i, b0 + j] != lab:
+                    seen[i * ww + j] = True
+                    stack[sp] = i * ww + j
+                    sp += 1
+                    reached += 1
+        while sp > 0:
+            sp -= 1
+            k = stack[sp]
+            i = k // ww
+            j = k % ww
+            for di in range(-1, 2):
+                a = i + di
+                if a < 0 or a >= hh:
+                    continue
+                for dj in range(-1, 2):
+                    b = j + dj
+                    if b < 0 or b >= ww or seen[a * ww + b] or labels[m, a0 + a, b0 + b] == lab:
+                        continue
+                    seen[a * ww + b] = True
+                    stack[sp] = a * ww + b
+                    sp += 1
+                    reached += 1
+        out[lab] = float(hh * ww - reached)

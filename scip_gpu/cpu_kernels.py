@@ -379,3 +379,12 @@ def lower_hull(x, offset, length) -> np.ndarray:
     flags = np.zeros(x.shape[0], dtype=bool)
     _nb().lower_hull_flags(_i64(x), _i64(offset), _i64(length), flags)
     return flags
+
+
+@register("shape.filled_area", "cpu")
+def filled_area(padded, labels, owner, area, holed) -> np.ndarray:
+    """Compiled ``features.shape.filled_area``: each holed label's bounding box filled from its
+    border (scikit-image's way), one stack-based flood per label."""
+    out = np.array(area, dtype=np.float64, copy=True)
+    _nb().filled_area(np.ascontiguousarray(labels, dtype=np.int32), np.ascontiguousarray(holed, dtype=bool), out)
+    return out

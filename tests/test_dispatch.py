@@ -25,7 +25,7 @@ EXPECTED = {
     "texture.masked_range", "texture.glcm_props", "texture.sobel_view_statistics", "texture.block",
     "intensity.view_statistics", "intensity.block", "intensity.raw",
     "shape.geometry", "shape.raw_moments", "shape.central_moments", "shape.pattern_props",
-    "shape.lower_hull", "shape.block",
+    "shape.lower_hull", "shape.filled_area", "shape.block",
     "cp_sizeshape.block", "cp_sizeshape.radii", "cp_intensity.block", "cp_intensity.planes",
     "cp_texture.block", "cp_texture.haralick", "cp_colocalization.block",
     "cp_colocalization.pairs", "cp_radial.block", "cp_radial.planes",

@@ -133,11 +133,9 @@ def sizeshape_features(masks):
     _hull_features(geo, props, empty_rows, max(labels.shape[1:]))
     _radius_features(padded, labels, nl, props)
     # filled area: every object may have holes (the shortcut of ``shape`` needs components)
-    legacy = xp.zeros((nl + 1, len(_sh.PROPS)), dtype=xp.float64)
-    legacy[:, _sh._COL["area"]] = props[:, _F["Area"]]
-    legacy[:, _sh._COL["euler_number"]] = 0.0
-    legacy[0, _sh._COL["euler_number"]] = 1.0
-    props[:, _F["FilledArea"]] = _sh._filled_area(padded, labels, geo.plane, legacy)
+    holed = xp.ones(nl + 1, dtype=bool)
+    holed[0] = False
+    props[:, _F["FilledArea"]] = _sh.filled_area(padded, labels, geo.plane, props[:, _F["Area"]], holed)
     rows = xp.flatnonzero(has)
     out[rows] = props[1:]
     return out

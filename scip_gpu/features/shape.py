@@ -199,7 +199,9 @@ def shape_features(masks):
     _moment_props(geo, props)
     _pattern_props(padded, labels, nl, props)
     _hull_props(geo, props)
-    props[:, _COL["filled_area"]] = _filled_area(padded, labels, geo.plane, props)
+    holed = props[:, _COL["euler_number"]] < 1
+    holed[0] = False
+    props[:, _COL["filled_area"]] = filled_area(padded, labels, geo.plane, props[:, _COL["area"]], holed)
     return _mean_per_plane(props, geo.plane, m)
 
 
@@ -905,8 +907,23 @@ def _below(xp, cond):
     return xp.flatnonzero(full)
 
 
-def _filled_area(padded, labels, owner, props):
+def _filled_examples(rng):
+    for padded, labels, nl in _labelled_examples(rng):
+        geo = _geometry(labels, nl)
+        area = np.bincount(labels.ravel(), minlength=nl + 1).astype(np.float64)
+        area[0] = 0.0
+        for holed in (np.ones(nl + 1, dtype=bool), rng.random(nl + 1) < 0.5):
+            holed = holed.copy()
+            holed[0] = False
+            yield (padded, labels, geo.plane, area, holed), {}
+
+
+@stage("shape.filled_area", examples=_filled_examples)
+def filled_area(padded, labels, owner, area, holed):
     """Area of each label with its holes filled, as ``regionprops(...).area_filled``.
+
+    ``area`` (nl + 1,) are the labels' areas, ``holed`` (nl + 1,) bool the labels that may have
+    holes (the others keep their area); ``owner`` (nl + 1,) the plane of each label.
 
     scikit-image fills a region's holes with ``ndi.binary_fill_holes(image, ones((3, 3)))``
     on its bbox image: every pixel not 8-connected to the bbox border through non-region pixels
@@ -917,14 +934,13 @@ def _filled_area(padded, labels, owner, props):
     lies above all of its descendants). A label's filled area is its area plus the sizes of all
     its descendants, summed one nesting level per pass.
 
-    Only planes with a label whose Euler number is below 1 (an 8-connected component with a
-    4-connected hole) can have holes; the others are skipped.
+    Only planes with a label in ``holed`` are looked at (for 8-connected components: an Euler
+    number below 1, a 4-connected hole). The ``cpu`` implementation fills each holed label's
+    bounding box from its border instead (scikit-image's way).
     """
     xp = array_module(padded)
-    nl = props.shape[0] - 1
-    area = props[:, _COL["area"]].copy()
-    holed = props[:, _COL["euler_number"]] < 1
-    holed[0] = False
+    nl = area.shape[0] - 1
+    area = area.copy()
     planes = xp.unique(owner[holed])
     if planes.size == 0:  # host sync; nothing has holes
         return area
