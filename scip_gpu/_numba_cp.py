@@ -96,9 +96,21 @@ def cp_plane_intensity(x, view, edge, out):  # pragma: no cover - compiled
                 out[m, k] = np.nan
         srt = np.sort(buf[:n])
         med = _cp_quantile(srt, n, 0.5)
-        for k in range(n):
-            dev[k] = abs(buf[k] - med)
-        dsrt = np.sort(dev[:n])
+        # the deviations |v - med| in ascending order, as far as their median needs: a merge
+        # of the values below the median (walked down) and those above it (walked up)
+        up = 0
+        while up < n and srt[up] <= med:
+            up += 1
+        down = up - 1
+        need = min(int(np.floor(n * 0.5)) + 2, n)
+        for k in range(need):
+            if down >= 0 and (up >= n or med - srt[down] <= srt[up] - med):
+                dev[k] = med - srt[down]
+                down -= 1
+            else:
+                dev[k] = srt[up] - med
+                up += 1
+        dsrt = dev
         cy = sr / n
         cx = sc / n
         if s != 0:
@@ -651,3 +663,38 @@ def cp_radial(x, view, valid, bins, out):  # pragma: no cover - compiled
                     var += dd * dd
             sd = np.sqrt(var / k)
             out[m, 2 * bins + b] = sd / mu if mu != 0 else (np.nan if sd == 0 else np.inf)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def cp_feret(vr, vc, nv, fmin, fmax):  # pragma: no cover - compiled
+    # vr, vc (L, V) vertex tables in polygon order, nv (L,) vertex counts; the arithmetic of
+    # features.cp_sizeshape.feret_from_vertices, without its (L, V, V) temporaries
+    nl1 = vr.shape[0]
+    for lab in range(nl1):
+        k = nv[lab]
+        best = 0.0
+        for a in range(k):
+            for b in range(k):
+                dr = vr[lab, a] - vr[lab, b]
+                dc = vc[lab, a] - vc[lab, b]
+                d2 = dr * dr + dc * dc
+                if d2 > best:
+                    best = d2
+        fmax[lab] = np.sqrt(best)
+        wmin = np.inf
+        for i in range(k):
+            nxt = i + 1 if i + 1 < k else 0
+            er = vr[lab, nxt] - vr[lab, i]
+            ec = vc[lab, nxt] - vc[lab, i]
+            elen = np.sqrt(er * er + ec * ec)
+            if not elen > 0:
+                continue
+            cmax = 0.0
+            for v in range(k):
+                cross = abs(er * (vc[lab, v] - vc[lab, i]) - ec * (vr[lab, v] - vr[lab, i]))
+                if cross > cmax:
+                    cmax = cross
+            width = cmax / elen
+            if width < wmin:
+                wmin = width
+        fmin[lab] = 0.0 if np.isinf(wmin) else wmin

@@ -71,3 +71,14 @@ def radial_planes(x, view, valid) -> np.ndarray:
     _nb().cp_radial(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(view),
                     np.ascontiguousarray(valid), BINS, out)
     return out
+
+
+@register("cp_sizeshape.feret", "cpu")
+def feret_from_vertices(vr, vc, nv, budget: int = 1 << 22):
+    """Compiled ``features.cp_sizeshape.feret_from_vertices``: two loops per polygon."""
+    nl1 = vr.shape[0]
+    fmin = np.zeros(nl1, dtype=np.float64)
+    fmax = np.zeros(nl1, dtype=np.float64)
+    _nb().cp_feret(np.ascontiguousarray(vr, dtype=np.float64), np.ascontiguousarray(vc, dtype=np.float64),
+                   np.ascontiguousarray(nv, dtype=np.int64), fmin, fmax)
+    return fmin, fmax

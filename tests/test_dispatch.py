@@ -26,7 +26,7 @@ EXPECTED = {
     "intensity.view_statistics", "intensity.block", "intensity.raw",
     "shape.geometry", "shape.raw_moments", "shape.central_moments", "shape.pattern_props",
     "shape.lower_hull", "shape.filled_area", "shape.block",
-    "cp_sizeshape.block", "cp_sizeshape.radii", "cp_intensity.block", "cp_intensity.planes",
+    "cp_sizeshape.block", "cp_sizeshape.radii", "cp_sizeshape.feret", "cp_intensity.block", "cp_intensity.planes",
     "cp_texture.block", "cp_texture.haralick", "cp_colocalization.block",
     "cp_colocalization.pairs", "cp_radial.block", "cp_radial.planes",
 }

@@ -299,6 +299,40 @@ def centre_hull_feret(geo, empty_rows, side: int, budget: int = 1 << 22):
     fill = xp.arange(v_max)[None, :] >= nv[:, None]  # unused slots repeat the first vertex
     vr = xp.where(fill, vr[:, :1], vr)
     vc = xp.where(fill, vc[:, :1], vc)
+    return feret_from_vertices(vr, vc, nv, budget)
+
+
+def _feret_examples(rng):
+    """Vertex tables of convex polygons (scipy's hulls of random points), with labels of no,
+    one and two vertices and unused slots repeating the first vertex."""
+    from scipy.spatial import ConvexHull
+
+    polys = [np.zeros((0, 2)), np.array([[3.0, 4.0]]), np.array([[0.0, 0.0], [5.0, 2.0]])]
+    for _ in range(9):
+        pts = rng.integers(0, 30, size=(int(rng.integers(3, 40)), 2)).astype(np.float64)
+        try:
+            polys.append(pts[ConvexHull(pts).vertices])
+        except Exception:  # collinear points
+            continue
+    v_max = max(len(p) for p in polys)
+    vr = np.zeros((len(polys), v_max))
+    vc = np.zeros((len(polys), v_max))
+    nv = np.array([len(p) for p in polys], dtype=np.int64)
+    for i, p in enumerate(polys):
+        if len(p):
+            vr[i, : len(p)], vc[i, : len(p)] = p[:, 0], p[:, 1]
+            vr[i, len(p):], vc[i, len(p):] = p[0, 0], p[0, 1]
+    yield (vr, vc, nv), {}
+
+
+@stage("cp_sizeshape.feret", examples=_feret_examples)
+def feret_from_vertices(vr, vc, nv, budget: int = 1 << 22):
+    """(min, max) Feret diameter of convex polygons given as (L, V) vertex tables in polygon
+    order (``nv`` real vertices per row, the unused slots repeating the first one): the maximum
+    the largest vertex distance, the minimum the smallest, over the edges, of the largest
+    vertex distance from the edge's line."""
+    xp = array_module(vr)
+    nl1, v_max = vr.shape
     fmax = xp.zeros(nl1, dtype=xp.float64)
     fmin = xp.zeros(nl1, dtype=xp.float64)
     step = max(1, budget // (v_max * v_max))
