@@ -49,6 +49,12 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 
+#: feature preset -> the overrides of its plan (``--preset``); the cellprofiler preset runs on li
+#: masks only (its families on li and otsu would double the columns without new kernels)
+PRESETS = {"scip": ("features=scip", "masks=scip"), "cellprofiler": ("features=cellprofiler", "masks=li")}
+PRESET = "scip"
+
+
 def make_plan(n_channels: int, batch_size: int, device: str, extra=()):
     from hydra import compose, initialize_config_dir
 
@@ -61,8 +67,8 @@ def make_plan(n_channels: int, batch_size: int, device: str, extra=()):
     names = [f"ch{i}" for i in range(n_channels)]
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=["+dataset=demo", f"dataset.n_channels={n_channels}",
-                                           f"batch_size={batch_size}", f"device={device}", "features=scip",
-                                           "masks=scip", *extra])
+                                           f"batch_size={batch_size}", f"device={device}", *PRESETS[PRESET],
+                                           *extra])
     config, _ = to_config(cfg)
     return build_plan(config, names)
 
@@ -329,10 +335,14 @@ def main(argv=None) -> int:
     p.add_argument("--ragged", type=int, default=300, help="ragged 3-channel cells compared with the CPU")
     p.add_argument("--reference-objects", type=int, default=0, help="objects through SCIP_GPU_KERNELS=0")
     p.add_argument("--first-batch", action="store_true", help="only time one batch in this process")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="scip",
+                   help="feature preset (default scip: li + otsu masks; cellprofiler: li masks)")
     p.add_argument("--fields-only", action="store_true",
                    help="only the fields-of-view equality run (command line, device=cuda vs cpu)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args(argv)
+    global PRESET
+    PRESET = args.preset
     if args.first_batch:
         return first_batch(256, args.channels)
     if args.fields_only:
@@ -388,7 +398,7 @@ def main(argv=None) -> int:
     print(f"GPU: {rate:,.0f} objects/s ({secs:.2f} s for {args.n}), peak memory used {peak_used / 2**30:.2f} GiB "
           f"(pool {peak_total / 2**30:.2f} GiB)", flush=True)
     per_stage, n_stage = stage_times(cells, plan, args.batch_size, args.stage_batches)
-    floor = floor_per_object(plan, args.channels, bw_dev, bw_h2d)
+    floor = floor_per_object(plan, args.channels, bw_dev, bw_h2d) if PRESET == "scip" else {}
     print("time per object by stage (us):", {k: round(v * 1e6, 2) for k, v in per_stage.items()}, flush=True)
     print(f"copy bandwidth: device {bw_dev / 1e12:.2f} TB/s, host->device {bw_h2d / 1e9:.1f} GB/s", flush=True)
 
@@ -421,7 +431,8 @@ def main(argv=None) -> int:
                                         cwd=REPO).stdout.strip() or None),
         "defines": os.environ.get("SCIP_GPU_DEFINES", ""),  # kernel variant (empty: the default kernels)
         "dataset": {"objects": args.n, "unique_cells": args.unique, "channels": args.channels, "size": [64, 64],
-                    "dtype": "uint16", "masks": ["li", "otsu"], "preset": "scip", "columns": plan.n_features},
+                    "dtype": "uint16", "masks": ["li", "otsu"] if PRESET == "scip" else ["li"], "preset": PRESET,
+                    "columns": plan.n_features},
         "gpu": {"objects_per_s": rate, "seconds": secs, "batch_size": args.batch_size,
                 "peak_used_gib": peak_used / 2**30, "peak_pool_gib": peak_total / 2**30,
                 "stage_seconds_per_object": per_stage, "stage_objects": n_stage},
@@ -434,14 +445,14 @@ def main(argv=None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "".join(ch if ch.isalnum() else "-" for ch in device_name).strip("-").lower()
-    base = args.out / f"gpu-{tag}-{args.n}"
+    base = args.out / (f"gpu-{tag}-{args.n}" if PRESET == "scip" else f"gpu-{PRESET}-{tag}-{args.n}")
     base.with_suffix(".json").write_text(json.dumps(result, indent=2))
     lines = [f"# GPU benchmark on {device_name}", "",
              f"{result['date']}, host {result['host']['name']} ({result['host']['cores']} cores), "
              f"git {result['git_revision']}, CuPy {cupy.__version__}, kernel defines: "
              f"{result['defines'] or '(none: the default kernels)'}", "",
              f"- dataset: {args.n} IFC-like cells ({args.unique} distinct, tiled), {args.channels} channels, "
-             f"64x64 uint16, li + otsu, scip preset ({plan.n_features} columns)",
+             f"64x64 uint16, {'li + otsu' if PRESET == 'scip' else 'li'}, {PRESET} preset ({plan.n_features} columns)",
              f"- GPU: **{rate:,.0f} objects/s** from host memory (batch {args.batch_size}; host assembly overlapped), "
              f"peak memory used {peak_used / 2**30:.2f} GiB (CuPy pool {peak_total / 2**30:.2f} GiB)",
              f"- CPU on the same host ({args.cpu_workers} processes, numba): {cpu_rate:,.0f} objects/s; "

@@ -20,10 +20,13 @@
 #           cells from an uncompressed dense zarr): objects/s and peak host/GPU memory against
 #           the number of objects (10^3..5x10^4), then against partitions in flight per GPU
 #           (1, 2); not in the default steps (up to 6.5 minutes: run it alone).
+#   cellprofiler: bench_gpu.py --preset cellprofiler (li masks): equality of every cellprofiler
+#           column with the CPU path (12-channel and ragged 3-channel cells), objects/s against the
+#           CPU path of the same host (results gpu-cellprofiler-<device>-<N>.json/.md);
 #   profile_legacy: the same with the legacy kernels (results in legacy/): with profile, the
 #           cycles of each phase before and after.
 #   Default: first bench legacy pytest, in this order (timeouts 40 + 180 + 130 + 120 s).
-#   Also: fields nvrtc profile profile_legacy scaling (name them: bash gpu_session.sh run 65536 profile ...).
+#   Also: cellprofiler fields nvrtc profile profile_legacy scaling (name them: bash gpu_session.sh run 65536 profile ...).
 #   Results (gpu-<device>-<N>.json/.md, gpu-fields-equality.json) and the log (session.log) go to
 #   $OUT when set (the device tool's output folder), else benchmarks/results/session/.
 #   Total under 8 minutes.
@@ -62,6 +65,8 @@ case "${1:-}" in
                   --equality-objects 64 --ragged 60 --cpu-objects 256 --out "$OUTDIR/legacy" ;;
         pytest) step 120 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="-ra" tests/kernels \
                   tests/test_dispatch.py ;;
+        cellprofiler) step 200 python3 benchmarks/bench_gpu.py --preset cellprofiler -n 4096 --unique 512 \
+                        --batch-size 1024 --equality-objects 32 --ragged 40 --cpu-objects 128 --out "$OUTDIR" ;;
         fields) step 100 python3 benchmarks/bench_gpu.py --fields-only --out "$OUTDIR" ;;
         nvrtc) step 60 env CUPY_CACHE_DIR="$(mktemp -d)" SCIP_GPU_PREBUILT=0 python3 benchmarks/bench_gpu.py \
                  --first-batch ;;
