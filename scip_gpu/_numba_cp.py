@@ -338,7 +338,7 @@ def cp_colocalization(x, view, pa, pb, thr_pct, out):  # pragma: no cover - comp
                     out[i, q, f] = np.nan
             continue
         for ch in range(c):
-            order = np.argsort(vals[ch, :k], kind="mergesort")
+            order = np.argsort(vals[ch, :k])  # dense ranks: the order among equal values does not matter
             r = 0
             ranks[ch, order[0]] = 0
             top[ch] = vals[ch, order[k - 1]]

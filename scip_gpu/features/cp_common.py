@@ -52,6 +52,7 @@ def cp_image(pixels):
     [0.0, 1.0]
     """
     xp = array_namespace(pixels)
+    out = pixels.astype(xp.float64)
     if np.dtype(pixels.dtype).kind in "iu":
-        return pixels.astype(xp.float64) / float(np.iinfo(np.dtype(pixels.dtype)).max)
-    return pixels.astype(xp.float64)
+        out /= float(np.iinfo(np.dtype(pixels.dtype)).max)  # in place: no second temporary
+    return out

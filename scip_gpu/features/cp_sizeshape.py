@@ -117,13 +117,13 @@ def sizeshape_features(masks):
     xp = array_module(masks)
     m = masks.shape[0]
     out = xp.full((m, len(FEATURES)), xp.nan)
-    padded = xp.pad(masks.astype(bool), ((0, 0), (1, 1), (1, 1)))
+    padded = xp.pad(masks.astype(bool, copy=False), ((0, 0), (1, 1), (1, 1)))
     has = padded.any(axis=(1, 2))
     ids = xp.cumsum(has) * has  # label of each plane: its rank among the non-empty ones
     nl = int(ids.max()) if m else 0  # host sync: number of objects
     if nl == 0:
         return out
-    labels = (padded * ids[:, None, None]).astype(xp.int32)
+    labels = padded * ids.astype(xp.int32)[:, None, None]  # int32, no int64 temporary
     geo = _sh._geometry(labels, nl)
     empty_rows = _fill_empty_rows(geo, labels.shape)
     props = xp.zeros((nl + 1, len(FEATURES)), dtype=xp.float64)
