@@ -19,8 +19,23 @@ def run_cli(*args, cwd):
                           timeout=600)
 
 
+def start_cli(*args, cwd):
+    """``python -m scip_gpu ARGS`` started in the background (stdout and stderr piped)."""
+    return subprocess.Popen([sys.executable, "-m", "scip_gpu", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
 def read_parquet(folder):
     return pd.read_parquet(folder).sort_values("meta_index").reset_index(drop=True)
+
+
+def reference_run(tmp_path_factory, args) -> pd.DataFrame:
+    """The rows of an undisturbed ``cluster=sync`` run of ``args`` (the reference of the fault,
+    resume and lock tests)."""
+    tmp = tmp_path_factory.mktemp("ref")
+    res = run_cli(*args, "cluster=sync", f"output={tmp / 'ref'}", cwd=tmp)
+    assert res.returncode == 0, res.stderr
+    return read_parquet(tmp / "ref" / "features.parquet")
 
 
 def test_demo_end_to_end_outputs(tmp_path):

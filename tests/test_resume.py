@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
 
-from .test_cli import read_parquet, run_cli
+from .test_cli import read_parquet, reference_run, run_cli, start_cli
 
 DEMO = ["+dataset=demo", "dataset.n_objects=80", "dataset.min_size=40", "dataset.max_size=48",
         "partition_size=4"]
-
-
-def _start(*args, cwd):
-    return subprocess.Popen([sys.executable, "-m", "scip_gpu", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_summaries(folder, n, proc, timeout=120):
@@ -35,17 +28,14 @@ def _wait_for_summaries(folder, n, proc, timeout=120):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ref")
-    res = run_cli(*DEMO, "cluster=sync", f"output={tmp / 'ref'}", cwd=tmp)
-    assert res.returncode == 0, res.stderr
-    return read_parquet(tmp / "ref" / "features.parquet")
+    return reference_run(tmp_path_factory, DEMO)
 
 
 @pytest.mark.slow
 def test_killed_driver_then_resume_gives_the_same_output(tmp_path, reference):
     out = tmp_path / "run"
     parts = out / "features.parquet"
-    proc = _start(*DEMO, "cluster=sync", f"output={out}", cwd=tmp_path)
+    proc = start_cli(*DEMO, "cluster=sync", f"output={out}", cwd=tmp_path)
     marks = out / "checkpoints"
     _wait_for_summaries(marks, 2, proc)
     proc.send_signal(signal.SIGKILL)
@@ -100,7 +90,7 @@ def test_resume_refuses_a_foreign_folder(tmp_path):
 def test_killed_worker_loses_no_row(tmp_path, reference):
     psutil = pytest.importorskip("psutil")
     out = tmp_path / "run"
-    proc = _start(*DEMO, "cluster=local", "cluster.n_workers=2", f"output={out}", cwd=tmp_path)
+    proc = start_cli(*DEMO, "cluster=local", "cluster.n_workers=2", f"output={out}", cwd=tmp_path)
     _wait_for_summaries(out / "checkpoints", 1, proc)
     workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
                if "multiprocessing" in " ".join(p.cmdline()) and "resource_tracker" not in " ".join(p.cmdline())]

@@ -30,18 +30,13 @@ from scip_gpu import export, pipeline, state
 from scip_gpu.cli import to_config
 from scip_gpu.errors import OutputError, ScipGpuError
 
-from .test_cli import read_parquet, run_cli
+from .test_cli import read_parquet, run_cli, start_cli
 from .test_config import _compose
 
 DEMO = ["+dataset=demo", "dataset.n_objects=40", "dataset.min_size=40", "dataset.max_size=48", "partition_size=4",
         "cluster=sync"]
 SMALL = ["+dataset=demo", "dataset.n_objects=8", "dataset.min_size=40", "dataset.max_size=44",
          "features=intensity", "partition_size=4", "cluster=sync"]
-
-
-def _start(*args, cwd):
-    return subprocess.Popen([sys.executable, "-m", "scip_gpu", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for(predicate, proc, what, timeout=120):
@@ -70,7 +65,7 @@ def _run(args, tmp_path):
 def test_a_second_process_is_refused_while_the_first_runs(tmp_path):
     out = tmp_path / "run"
     parts = out / "features.parquet"
-    first = _start(*DEMO, f"output={out}", cwd=tmp_path)
+    first = start_cli(*DEMO, f"output={out}", cwd=tmp_path)
     try:
         _wait_for(lambda: len(list((out / "checkpoints").glob("part-*.json"))) >= 1, first, "its first partition")
         lock = state.read_lock(out / state.LOCK_FILE)
@@ -111,7 +106,7 @@ def test_a_second_process_is_refused_while_the_first_runs(tmp_path):
 
 def test_ctrl_c_releases_the_lock(tmp_path):
     out = tmp_path / "run"
-    proc = _start(*DEMO, f"output={out}", cwd=tmp_path)
+    proc = start_cli(*DEMO, f"output={out}", cwd=tmp_path)
     try:
         _wait_for(lambda: len(list((out / "checkpoints").glob("part-*.json"))) >= 1, proc, "a partition")
         proc.send_signal(signal.SIGINT)

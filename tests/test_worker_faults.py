@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from .conftest import ROOT
-from .test_cli import read_parquet, run_cli
+from .test_cli import read_parquet, reference_run, run_cli
 
 DEMO = ["+dataset=demo", "dataset.n_objects=24", "dataset.min_size=40", "dataset.max_size=48", "partition_size=4",
         "features=intensity"]
@@ -37,10 +37,7 @@ def run_faulty(*args, cwd, plan: dict, timeout=300):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ref")
-    res = run_cli(*DEMO, "cluster=sync", f"output={tmp / 'ref'}", cwd=tmp)
-    assert res.returncode == 0, res.stderr
-    return read_parquet(tmp / "ref" / "features.parquet")
+    return reference_run(tmp_path_factory, DEMO)
 
 
 def assert_complete(out, reference):
