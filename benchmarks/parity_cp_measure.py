@@ -26,6 +26,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -42,6 +43,7 @@ from scip_gpu import ops  # noqa: E402
 from scip_gpu.batch import assemble  # noqa: E402
 from scip_gpu.config import MaskMethod, MaskMethodConfig, MasksConfig  # noqa: E402
 from scip_gpu.features.cp_intensity import INTENSITY, LOCATION  # noqa: E402
+from scip_gpu.features.cp_colocalization import COSTES  # noqa: E402
 from scip_gpu.features.cp_colocalization import FEATURES as COLOC  # noqa: E402
 from scip_gpu.features.cp_colocalization import channel_pairs, compute_colocalization  # noqa: E402
 from scip_gpu.features.cp_intensity import compute_intensity  # noqa: E402
@@ -162,6 +164,8 @@ def cp_measure_values(batch, mr, texture_rows):
 
     coloc_fns = (mc.get_correlation_pearson, mc.get_correlation_manders_fold, mc.get_correlation_rwc,
                  mc.get_correlation_overlap)
+    # Costes' grid: the pixel type's maximum (CellProfiler's default "Faster" search)
+    costes_scale = int(np.iinfo(batch.pixels.dtype).max) if batch.pixels.dtype.kind in "iu" else 65535
     tex_set = set(int(r) for r in texture_rows)
     for i in range(n):
         if not mr.usable[i]:
@@ -201,6 +205,10 @@ def cp_measure_values(batch, mr, texture_rows):
                         r = {}
                         for fn in coloc_fns:
                             r.update(fn(xa, xb, cm_.astype(np.int32)))
+                        with warnings.catch_warnings():  # it warns where Costes is undefined (NaN)
+                            warnings.simplefilter("ignore", RuntimeWarning)
+                            r.update(mc.get_correlation_costes(xa, xb, cm_.astype(np.int32),
+                                                               scale_max=costes_scale))
                         t["Correlation"] += time.perf_counter() - t0
                         coloc[i, q] = {kk: float(v[0]) for kk, v in r.items()}
             if i in tex_set:
@@ -264,9 +272,9 @@ def compare(dataset, batch, mr, ss, it, tx, co, ra, texture_rows, ref, worst):
     for (i, k), vals in inten.items():
         for j, name in enumerate(names):
             worst.add(name, vals[name], float(it[i, k * per + j]), f"{dataset} #{i} channel {k}")
-    nco = len(COLOC)
+    nco = len(COLOC) + len(COSTES)
     for (i, q), vals in coloc.items():
-        for j, (feat, way) in enumerate(COLOC):
+        for j, (feat, way) in enumerate(COLOC + COSTES):
             key = (f"Correlation_{_COLOC_NAMES[feat]}" if feat in _COLOC_NAMES
                    else f"Correlation_{feat}_{1 if way == 'AB' else 2}")
             worst.add(f"Correlation_{feat}" + ("" if feat in _COLOC_NAMES else f"_{way}"), vals[key],
