@@ -184,3 +184,21 @@ def test_no_neighbour_columns_without_segmentation():
     cfg.masks.methods = [MaskMethodConfig(MaskMethod.li, "li", {})]
     plan = build_plan(cfg, ["DNA", "BF"])
     assert plan.columns and not [c for c in plan.columns if c.family == "cp_neighbors"]
+
+
+def test_neighbour_options_are_checked():
+    from hydra import compose, initialize_config_dir
+
+    from scip_gpu._resources import conf_dir
+    from scip_gpu.cli import to_config
+    from scip_gpu.config import register_configs, validate
+    from scip_gpu.errors import ConfigError
+
+    register_configs()
+    for key, value in (("neighbors_method", "touching"), ("neighbors_distance", 0)):
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            raw = compose("config", overrides=["+dataset=demo", "features=cellprofiler",
+                                                f"features.cellprofiler.{key}={value}"])
+        with pytest.raises(ConfigError, match=key):
+            cfg, _ = to_config(raw)
+            validate(cfg)
