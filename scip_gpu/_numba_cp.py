@@ -623,7 +623,7 @@ def _costes_one(fa, fb, k, scale, max_iter):  # pragma: no cover - compiled
     for t in range(k):
         va = fa[t]
         vb = fb[t]
-        if not (np.isfinite(va) and np.isfinite(vb)):
+        if not (np.isfinite(va) and np.isfinite(vb)) or va < 0 or va > 1 or vb < 0 or vb > 1:
             return np.nan, np.nan
         if va > 0 or vb > 0:
             nnz += 1

@@ -28,7 +28,9 @@ uint16 65535); float pixels are taken as 16-bit data (``FLOAT_SCALE``). C1 = A's
 pixels above both thresholds over A's intensity at or above its threshold (C2 the same for B).
 Costes is NaN where cp_measure's is undefined (it warns there): fewer than 3 pixels, fewer than
 3 non-zero ones, a constant channel among them, a degenerate regression, no candidate with a
-defined non-negative background correlation, or no intensity above a threshold.
+defined non-negative background correlation, or no intensity above a threshold; and where a
+pixel of the object lies outside [0, 1] (float images not on CellProfiler's scale, e.g.
+illumination-corrected fields), which cp_measure refuses.
 
 Array path: every (object, pair) at once with masked sums, and one sort per (object, channel)
 for the ranks; no per-object loop; NumPy and CuPy alike. The ``cpu`` implementation (numba)
@@ -264,7 +266,8 @@ def costes_pairs(x, view, pairs, scale: int):
     out = []
     for pa, pb in pairs:
         fi, si = x[:, pa], x[:, pb]
-        finite = (xp.isfinite(fi) & xp.isfinite(si)) | ~view
+        # finite and on CellProfiler's [0, 1] scale (cp_measure refuses other pixels)
+        finite = (xp.isfinite(fi) & xp.isfinite(si) & (fi >= 0) & (fi <= 1) & (si >= 0) & (si <= 1)) | ~view
         nz = view & ((fi > 0) | (si > 0))
         nnz = nz.sum(axis=1)
         k = xp.maximum(nnz, 2).astype(xp.float64)

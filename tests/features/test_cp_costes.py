@@ -63,14 +63,15 @@ def test_costes_against_the_definition(kernel_path):
 def test_costes_undefined_cases(kernel_path):
     rng = np.random.default_rng(8)
     fi, si = _example(rng)
-    x = np.stack([np.stack([fi, si])] * 4)
-    view = np.ones((4, fi.size), bool)
+    x = np.stack([np.stack([fi, si])] * 5)
+    view = np.ones((5, fi.size), bool)
     view[0, 2:] = False  # 2 pixels
     x[1, 1] = 0.4  # constant B
     x[2, 1] = 1 - x[2, 0]  # perfectly anti-correlated
+    x[3] *= 300  # not on the [0, 1] scale
     got = costes_pairs(x, view, [(0, 1)], 100)
-    assert np.isnan(got[:3]).all()
-    assert np.isfinite(got[3]).all()
+    assert np.isnan(got[:4]).all()
+    assert np.isfinite(got[4]).all()
 
 
 def test_costes_scale_of_pixel_types():
