@@ -202,3 +202,20 @@ def test_neighbour_options_are_checked():
         with pytest.raises(ConfigError, match=key):
             cfg, _ = to_config(raw)
             validate(cfg)
+
+
+def test_rows_of_a_field():
+    """Rows take their label's values per compartment; a label missing from a compartment (a
+    cell without nucleus) is NaN there."""
+    from scip_gpu.features.cp_neighbors import rows_of_field
+
+    cell = np.zeros((20, 30), np.int32)
+    cell[2:8, 2:8], cell[2:8, 8:14], cell[12:18, 20:26] = 3, 4, 8
+    nuc = np.where(np.isin(cell, [3, 8]), cell, 0)
+    got = rows_of_field({"nucleus": nuc, "cell": cell}, [8, 4, 3], ["nucleus", "cell", "cell"], None)
+    assert got.shape == (3, 14)
+    _, vn = field_neighbors(nuc, "expand")
+    _, vc = field_neighbors(cell, "expand")
+    np.testing.assert_array_equal(got[:, :7], np.stack([vn[1], np.full(7, np.nan), vn[0]]))
+    np.testing.assert_array_equal(got[:, 7:], vc[[2, 1, 0]])
+    assert rows_of_field({"cell": np.zeros((5, 5), int)}, [1], ["cell"], None).shape == (1, 7)

@@ -267,9 +267,10 @@ def rows_of_field(labels: dict, object_labels, compartments, options) -> np.ndar
     out = np.full((len(object_labels), len(FEATURES) * len(comps)), np.nan)
     for k, comp in enumerate(comps):
         ids, vals = field_neighbors(np.asarray(labels[comp]), method, distance)
-        pos = np.searchsorted(ids, object_labels)
-        found = (pos < len(ids)) & (ids[np.minimum(pos, max(len(ids) - 1, 0))] == object_labels) if len(ids) \
-            else np.zeros(len(object_labels), bool)
+        if not len(ids):
+            continue
+        pos = np.minimum(np.searchsorted(ids, object_labels), len(ids) - 1)
+        found = ids[pos] == object_labels
         out[found, k * len(FEATURES):(k + 1) * len(FEATURES)] = vals[pos[found]]
     return out
 
