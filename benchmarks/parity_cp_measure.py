@@ -17,6 +17,9 @@ Needs the ``parity`` extra (``pip install 'scip_gpu[parity]'``: cp-measure, whic
 centrosome and mahotas). Usage::
 
     python benchmarks/parity_cp_measure.py [--demo 170] [--texture-objects 40] [--shared ../shared/data]
+
+Neighbours (``cp_neighbors``) need a field's label image: they are compared on the DSB2018
+field's ground-truth labels (``neighbors_parity``), in their own timing table.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -42,6 +46,7 @@ from scip_gpu import ops  # noqa: E402
 from scip_gpu.batch import assemble  # noqa: E402
 from scip_gpu.config import MaskMethod, MaskMethodConfig, MasksConfig  # noqa: E402
 from scip_gpu.features.cp_intensity import INTENSITY, LOCATION  # noqa: E402
+from scip_gpu.features.cp_colocalization import COSTES  # noqa: E402
 from scip_gpu.features.cp_colocalization import FEATURES as COLOC  # noqa: E402
 from scip_gpu.features.cp_colocalization import channel_pairs, compute_colocalization  # noqa: E402
 from scip_gpu.features.cp_intensity import compute_intensity  # noqa: E402
@@ -162,6 +167,8 @@ def cp_measure_values(batch, mr, texture_rows):
 
     coloc_fns = (mc.get_correlation_pearson, mc.get_correlation_manders_fold, mc.get_correlation_rwc,
                  mc.get_correlation_overlap)
+    # Costes' grid: the pixel type's maximum (CellProfiler's default "Faster" search)
+    costes_scale = int(np.iinfo(batch.pixels.dtype).max) if batch.pixels.dtype.kind in "iu" else 65535
     tex_set = set(int(r) for r in texture_rows)
     for i in range(n):
         if not mr.usable[i]:
@@ -201,6 +208,10 @@ def cp_measure_values(batch, mr, texture_rows):
                         r = {}
                         for fn in coloc_fns:
                             r.update(fn(xa, xb, cm_.astype(np.int32)))
+                        with warnings.catch_warnings():  # it warns where Costes is undefined (NaN)
+                            warnings.simplefilter("ignore", RuntimeWarning)
+                            r.update(mc.get_correlation_costes(xa, xb, cm_.astype(np.int32),
+                                                               scale_max=costes_scale))
                         t["Correlation"] += time.perf_counter() - t0
                         coloc[i, q] = {kk: float(v[0]) for kk, v in r.items()}
             if i in tex_set:
@@ -209,6 +220,58 @@ def cp_measure_values(batch, mr, texture_rows):
                 t["Texture"] += time.perf_counter() - t0
                 tex[i, k] = {kk: float(v[0]) for kk, v in r.items()}
     return shape, inten, tex, coloc, radial, t
+
+
+def neighbors_parity(worst):
+    """MeasureObjectNeighbors on the DSB2018 field's ground-truth label image (relabelled
+    1..N, as cp_measure needs): every method against cp_measure, timed. cp_measure reports the
+    object itself as the first closest (its sort includes the object), so its second closest is
+    our first; its "Expand until adjacent" keeps the unexpanded labels as neighbours and takes
+    the centres of the expanded ones (CellProfiler takes neighbours on the expanded labels and
+    centres of the objects), so Expand is compared with cp_measure's Adjacent on the expanded
+    labels (count, percent touching) and on the labels as segmented (distances, angle, numbers).
+    Returns {method: (objects, our seconds, cp_measure's seconds)}."""
+    folder = SHARED / "nuclei-dsb2018"
+    if not folder.exists():
+        return {}
+    import tifffile
+    from cp_measure.multimask import measureobjectneighbors as mn
+    from skimage.segmentation import relabel_sequential
+
+    from scip_gpu.features.cp_neighbors import FEATURES as NB, expand_labels, field_neighbors, scale_name
+
+    lab = relabel_sequential(tifffile.imread(folder / "mask2d.tif").astype(np.int32))[0]
+
+    def cp(labels, method, d=5):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            r = mn.measureobjectneighbors(labels, labels, method, d)
+        return {k.split("_")[1]: np.asarray(v, float) for k, v in r.items()}
+
+    field_neighbors(lab, "within", 5)  # warm
+    times = {}
+    for method, cpm, d in (("within", mn.D_WITHIN, 5), ("adjacent", mn.D_ADJACENT, 1), ("expand", mn.D_EXPAND, 1)):
+        t0 = time.perf_counter()
+        ids, v = field_neighbors(lab, method, d)
+        t_ours = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        own = cp(lab, cpm, d)
+        t_cp = time.perf_counter() - t0
+        times[method] = (len(ids), t_ours, t_cp)
+        if method == "expand":
+            grown, plain = cp(expand_labels(lab), mn.D_ADJACENT), cp(lab, mn.D_ADJACENT)
+            ref = {**plain, "NumberOfNeighbors": grown["NumberOfNeighbors"],
+                   "PercentTouching": grown["PercentTouching"]}
+        else:
+            ref = own
+        scale = scale_name(method, d)
+        for j, f in enumerate(NB):
+            if f == "SecondClosestObjectNumber":
+                continue  # cp_measure's third closest is not reported
+            key = "SecondClosestObjectNumber" if f == "FirstClosestObjectNumber" else f
+            for i in range(len(ids)):
+                worst.add(f"Neighbors_{f}_{scale}", float(ref[key][i]), float(v[i, j]), f"dsb2018 field object {i + 1}")
+    return times
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,9 +327,9 @@ def compare(dataset, batch, mr, ss, it, tx, co, ra, texture_rows, ref, worst):
     for (i, k), vals in inten.items():
         for j, name in enumerate(names):
             worst.add(name, vals[name], float(it[i, k * per + j]), f"{dataset} #{i} channel {k}")
-    nco = len(COLOC)
+    nco = len(COLOC) + len(COSTES)
     for (i, q), vals in coloc.items():
-        for j, (feat, way) in enumerate(COLOC):
+        for j, (feat, way) in enumerate(COLOC + COSTES):
             key = (f"Correlation_{_COLOC_NAMES[feat]}" if feat in _COLOC_NAMES
                    else f"Correlation_{feat}_{1 if way == 'AB' else 2}")
             worst.add(f"Correlation_{feat}" + ("" if feat in _COLOC_NAMES else f"_{way}"), vals[key],
@@ -329,14 +392,15 @@ def main(argv=None):
             timing["ours"][fam] = timing["ours"].get(fam, 0.0) + t_ours[fam] * scale
             timing["cp"][fam] = timing["cp"].get(fam, 0.0) + t_cp[fam] * scale
         print(f"{name}: {n} objects", flush=True)
-    write_report(args, worst, timing, counts)
+    neighbors = neighbors_parity(worst)
+    write_report(args, worst, timing, counts, neighbors)
 
 
 def _machine() -> str:
     return platform.node().split(".")[0] or "machine"
 
 
-def write_report(args, worst, timing, counts):
+def write_report(args, worst, timing, counts, neighbors=None):
     out = Path(args.out) if args.out else BENCH / "results" / f"parity-cp_measure-{_machine()}.md"
     import cp_measure
 
@@ -373,6 +437,12 @@ def write_report(args, worst, timing, counts):
         if a > 0 and b > 0:
             lines.append(f"| {fam} | {a:.2f} | {b:.2f} | {n_obj / a:.0f} | {n_obj / b:.1f} | {b / a:.0f}x |")
     lines.append(f"| **all five** | {to:.2f} | {tc:.2f} | {n_obj / to:.0f} | {n_obj / tc:.1f} | {tc / to:.0f}x |")
+    if neighbors:
+        lines += ["", "Neighbors (MeasureObjectNeighbors) on the whole DSB2018 field's label image (ground "
+                  "truth), per method; both on the CPU, one thread:", "",
+                  "| method | objects | scip_gpu (s) | cp_measure (s) | ratio |", "|---|---|---|---|---|"]
+        for method, (n, a, b) in neighbors.items():
+            lines.append(f"| {method} | {n} | {a:.3f} | {b:.3f} | {b / a:.0f}x |")
     lines += ["", "## Values: largest relative difference per measurement", "",
               "Relative difference `|a - b| / max(|a|, |b|)` (NaN on both sides: equal; NaN or inf on one "
               "side only: inf); the values shown are those of the largest one. Differences above 1e-4 "

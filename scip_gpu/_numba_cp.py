@@ -698,3 +698,165 @@ def cp_feret(vr, vc, nv, fmin, fmax):  # pragma: no cover - compiled
             if width < wmin:
                 wmin = width
         fmin[lab] = 0.0 if np.isinf(wmin) else wmin
+
+
+def _costes_r(fa, fb, k, tf, ts):  # pragma: no cover - compiled
+    # Pearson's r of the pixels where fa < tf or fb < ts (the background of thresholds tf, ts);
+    # NaN with fewer than 3 of them or a constant channel among them (scipy's pearsonr)
+    m = 0
+    sa = 0.0
+    sb = 0.0
+    mna = np.inf
+    mxa = -np.inf
+    mnb = np.inf
+    mxb = -np.inf
+    for t in range(k):
+        va = fa[t]
+        vb = fb[t]
+        if va < tf or vb < ts:
+            m += 1
+            sa += va
+            sb += vb
+            mna = min(mna, va)
+            mxa = max(mxa, va)
+            mnb = min(mnb, vb)
+            mxb = max(mxb, vb)
+    if m < 3 or mxa - mna == 0 or mxb - mnb == 0:
+        return np.nan
+    ma = sa / m
+    mb = sb / m
+    sab = 0.0
+    saa = 0.0
+    sbb = 0.0
+    for t in range(k):
+        va = fa[t]
+        vb = fb[t]
+        if va < tf or vb < ts:
+            da = va - ma
+            db = vb - mb
+            sab += da * db
+            saa += da * da
+            sbb += db * db
+    return sab / np.sqrt(saa * sbb)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _costes_one(fa, fb, k, scale, max_iter):  # pragma: no cover - compiled
+    # CellProfiler's "Faster" Costes (cp_measure's bisection_costes and _costes_pair) of one
+    # object's k pixels: (C1, C2), NaN where undefined
+    if k < 3:
+        return np.nan, np.nan
+    nnz = 0
+    sx = 0.0
+    sy = 0.0
+    sz = 0.0
+    mnx = np.inf
+    mxx = -np.inf
+    mny = np.inf
+    mxy = -np.inf
+    for t in range(k):
+        va = fa[t]
+        vb = fb[t]
+        if not (np.isfinite(va) and np.isfinite(vb)) or va < 0 or va > 1 or vb < 0 or vb > 1:
+            return np.nan, np.nan
+        if va > 0 or vb > 0:
+            nnz += 1
+            sx += va
+            sy += vb
+            sz += va + vb
+            mnx = min(mnx, va)
+            mxx = max(mxx, va)
+            mny = min(mny, vb)
+            mxy = max(mxy, vb)
+    if nnz < 3 or mxx - mnx == 0 or mxy - mny == 0:
+        return np.nan, np.nan
+    xmean = sx / nnz
+    ymean = sy / nnz
+    zmean = sz / nnz
+    vx = 0.0
+    vy = 0.0
+    vz = 0.0
+    for t in range(k):
+        va = fa[t]
+        vb = fb[t]
+        if va > 0 or vb > 0:
+            vx += (va - xmean) ** 2
+            vy += (vb - ymean) ** 2
+            vz += ((va + vb) - zmean) ** 2
+    xvar = vx / (nnz - 1)
+    yvar = vy / (nnz - 1)
+    zvar = vz / (nnz - 1)
+    covar = 0.5 * (zvar - (xvar + yvar))
+    denom = 2 * covar
+    num = (yvar - xvar) + np.sqrt((yvar - xvar) * (yvar - xvar) + 4 * (covar * covar))
+    if abs(covar) <= 8 * np.finfo(np.float64).eps * max(xvar, yvar):
+        return np.nan, np.nan
+    a = num / denom
+    b = ymean - a * xmean
+    if not (np.isfinite(a) and np.isfinite(b)):
+        return np.nan, np.nan
+    left = 1.0
+    right = float(scale)
+    mid = ((right - left) // (6 / 5)) + left
+    lastmid = 0.0
+    valid = np.nan
+    it = 0
+    while lastmid != mid:
+        it += 1
+        if it > max_iter:
+            return np.nan, np.nan
+        tf = mid / scale
+        ts = (a * tf) + b
+        r = _costes_r(fa, fb, k, tf, ts)
+        if not np.isfinite(r) or r < 0:
+            left = mid - 1
+        else:
+            right = mid + 1
+            valid = mid
+        lastmid = mid
+        divisor = 6 / 5 if right - left > 6 else 2.0
+        mid = ((right - left) // divisor) + left
+    if not np.isfinite(valid):
+        return np.nan, np.nan
+    tf = (valid - 1) / scale
+    ts = (a * tf) + b
+    if not np.isfinite(_costes_r(fa, fb, k, tf, ts)):
+        return np.nan, np.nan
+    tot_a = 0.0
+    tot_b = 0.0
+    sum_a = 0.0
+    sum_b = 0.0
+    for t in range(k):
+        va = fa[t]
+        vb = fb[t]
+        if va >= tf:
+            tot_a += va
+        if vb >= ts:
+            tot_b += vb
+        if va > tf and vb > ts:
+            sum_a += va
+            sum_b += vb
+    if tot_a <= 0 or tot_b <= 0:
+        return np.nan, np.nan
+    return sum_a / tot_a, sum_b / tot_b
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def cp_costes(x, view, pa, pb, scale, max_iter, out):  # pragma: no cover - compiled
+    # x (N, C, P) float64; view (N, P) bool; pairs (pa[q], pb[q]); out (N, Q, 2) float64
+    # (features.cp_colocalization.costes_pairs): the object's pixels gathered once, then
+    # CellProfiler's bisection per pair
+    n, c, p = x.shape
+    nq = pa.shape[0]
+    vals = np.empty((c, p), dtype=np.float64)
+    for i in range(n):
+        k = 0
+        for j in range(p):
+            if view[i, j]:
+                for ch in range(c):
+                    vals[ch, k] = x[i, ch, j]
+                k += 1
+        for q in range(nq):
+            c1, c2 = _costes_one(vals[pa[q]], vals[pb[q]], k, scale, max_iter)
+            out[i, q, 0] = c1
+            out[i, q, 1] = c2

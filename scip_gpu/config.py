@@ -92,6 +92,7 @@ class FeatureFamily(str, Enum):
     cp_texture = "cp_texture"
     cp_radial = "cp_radial"
     cp_colocalization = "cp_colocalization"
+    cp_neighbors = "cp_neighbors"  # segmented fields of view only
 
 
 class ExportFormat(str, Enum):
@@ -254,6 +255,10 @@ class CellProfilerConfig:
 
     texture_scales: List[int] = field(default_factory=lambda: [3])  # GLCM distances (pixels)
     texture_levels: int = 256  # gray levels of the GLCM (CellProfiler 3+: 256; 2: 8)
+    # MeasureObjectNeighbors (fields of view): expand (until adjacent; CellProfiler's default),
+    # within (neighbors_distance pixels) or adjacent
+    neighbors_method: str = "expand"
+    neighbors_distance: int = 5
 
 
 @dataclass
@@ -470,6 +475,12 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
     if not 2 <= cp.texture_levels <= 256:
         raise ConfigError(f"features.cellprofiler.texture_levels: {cp.texture_levels} is not between 2 "
                           "and 256 (CellProfiler's range)")
+    if cp.neighbors_method not in ("expand", "within", "adjacent"):
+        raise ConfigError(f"features.cellprofiler.neighbors_method: {cp.neighbors_method!r} is not one of "
+                          "expand, within, adjacent")
+    if cp.neighbors_distance < 1:
+        raise ConfigError(f"features.cellprofiler.neighbors_distance: {cp.neighbors_distance} must be at least "
+                          "1 pixel")
     if not cp.texture_scales or min(cp.texture_scales) < 1:
         raise ConfigError(f"features.cellprofiler.texture_scales: {list(cp.texture_scales)} must be one or "
                           "more distances of at least 1 pixel")

@@ -82,3 +82,18 @@ def feret_from_vertices(vr, vc, nv, budget: int = 1 << 22):
     _nb().cp_feret(np.ascontiguousarray(vr, dtype=np.float64), np.ascontiguousarray(vc, dtype=np.float64),
                    np.ascontiguousarray(nv, dtype=np.int64), fmin, fmax)
     return fmin, fmax
+
+
+@register("cp_colocalization.costes", "cpu")
+def costes_pairs(x, view, pairs, scale: int) -> np.ndarray:
+    """Compiled ``features.cp_colocalization.costes_pairs``: per object, its pixels gathered
+    once, CellProfiler's bisection one candidate at a time."""
+    from .features.cp_colocalization import COSTES_MAX_ITER
+
+    n = x.shape[0]
+    pa = np.array([a for a, _ in pairs], dtype=np.int64)
+    pb = np.array([b for _, b in pairs], dtype=np.int64)
+    out = np.empty((n, len(pairs), 2), dtype=np.float64)
+    _nb().cp_costes(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(view), pa, pb,
+                    float(scale), int(COSTES_MAX_ITER), out)
+    return out

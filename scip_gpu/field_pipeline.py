@@ -156,6 +156,15 @@ def segmentation_masks(masks: list, bboxes: np.ndarray, shape, xp, name: str) ->
                       xp.asarray(bboxes, dtype=xp.float64), zeros, zeros.copy(), xp.ones(n, dtype=bool))
 
 
+def field_neighbor_rows(labels: dict, object_labels, compartments, options) -> np.ndarray:
+    """CellProfiler's neighbour columns (``cp_neighbors``) of a field's objects, from its label
+    images (host copies; computed on the CPU on every device)."""
+    from .features.cp_neighbors import rows_of_field
+
+    host = {k: asnumpy(v) for k, v in labels.items()}
+    return rows_of_field(host, object_labels, compartments, options)
+
+
 # ---------------------------------------------------------------------------------------------
 # Pass 2: one partition of fields
 
@@ -214,6 +223,10 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
             images, field_rows = [], []
 
     crops, masks, bboxes, metas = [], [], [], []
+    name = segmentation_mask_name(cfg)
+    # CellProfiler's neighbours (cp_neighbors) need the whole field's label images
+    n_start, n_stop = plan.spans.get((name, "cp_neighbors"), (0, 0))
+    neighbors = []
     for img, labels, row in zip(images, labels_all, field_rows):
         if "cytoplasm" in compartments:  # cell minus nucleus, exported with the other labels
             from .segmentation import subtract
@@ -222,6 +235,16 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
         if labels_dir is not None:
             export_labels(Path(labels_dir), row["meta_field"], labels, seg.labels_format)
         objs = field_objects(img, labels, compartments, min_size=seg.min_size or 0)
+        if n_stop > n_start:
+            try:
+                with timer("cp_neighbors"):
+                    neighbors.append(field_neighbor_rows(labels, [m["meta_label"] for m in objs.meta],
+                                                         compartments, cfg.features.cellprofiler))
+            except Exception as exc:  # the field's neighbour columns stay NaN, its objects are profiled
+                neighbors.append(np.full((len(objs.meta), n_stop - n_start), np.nan))
+                errors.append({"meta_index": int(row["meta_field_index"]), "object": source.describe(row),
+                               "stage": "cp_neighbors",
+                               "error": f"{source.describe(row)}: neighbours not measured: {describe_exception(exc)}"})
         field_meta = {k: row[k] for k in row.index if k.startswith("meta_")}
         for px, m, meta in zip(objs.pixels, objs.masks, objs.meta):
             crops.append(px)
@@ -232,7 +255,6 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
         del img
     values = np.full((len(crops), plan.n_features), np.nan)
     status = np.array(["ok"] * len(crops), dtype=object)
-    name = segmentation_mask_name(cfg)
 
     def describe(i: int) -> str:
         return f"field {metas[i]['meta_field']} label {metas[i]['meta_label']}"
@@ -270,6 +292,9 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
                             dtypes=[crops[i].dtype for i in good])  # one pixel type per batch
     for shape, members in groups:
         run_group([good[m] for m in members], shape)
+    if neighbors:  # the rows profiled: their neighbours (error rows stay NaN)
+        ok = status == "ok"
+        values[ok, n_start:n_stop] = np.concatenate(neighbors)[ok]
     for i, cause in check_values(values, plan.columns).items():  # never an ok row with infinite features
         values[i] = np.nan
         status[i] = "error"

@@ -138,7 +138,14 @@ def build_plan(cfg: Config, channel_names: list[str]) -> Plan:
 
     def add(name, fam):
         family = FAMILIES[fam]
-        if family.options:
+        if family.per_field:  # the segmentation's mask of a fields dataset only
+            comps = []
+            if cfg.segmentation.method is not None and name == segmentation_mask_name(cfg):
+                from .fields import channel_compartments
+
+                comps = channel_compartments(cfg.segmentation, channel_names)
+            cols = family.columns(name, channel_names, options=cfg.features.cellprofiler, compartments=comps)
+        elif family.options:
             cols = family.columns(name, channel_names, options=cfg.features.cellprofiler)
         else:
             cols = family.columns(name, channel_names)
@@ -185,6 +192,9 @@ def profile_batch(batch: Batch, plan: Plan, timer: StageTimer = NO_TIMER, given=
     def family(name, fam, mr):
         a, b = plan.spans[(name, fam)]
         out = table[:, a:b]
+        if FAMILIES[fam].per_field:  # filled by the fields pipeline (field_pipeline.process_fields)
+            out[...] = xp.nan
+            return
         with timer(fam):
             res = FAMILIES[fam].compute(batch, mr, replace(plan.context, out=out))
             if res is not out:

@@ -28,7 +28,7 @@ EXPECTED = {
     "shape.lower_hull", "shape.filled_area", "shape.block",
     "cp_sizeshape.block", "cp_sizeshape.radii", "cp_sizeshape.feret", "cp_intensity.block", "cp_intensity.planes",
     "cp_texture.block", "cp_texture.haralick", "cp_colocalization.block",
-    "cp_colocalization.pairs", "cp_radial.block", "cp_radial.planes",
+    "cp_colocalization.pairs", "cp_colocalization.costes", "cp_radial.block", "cp_radial.planes",
 }
 
 from .conftest import cuda_backend

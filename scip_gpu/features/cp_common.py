@@ -38,6 +38,8 @@ def cp_column(family: str, mask: str | None, module: str, feature: str, channel:
     key = f"{module}_{feature}_{ch}" + (f"_{suffix}" if suffix else "")
     if module == "AreaShape":
         measurement = f"AreaShape_{feature}"
+    elif module == "Neighbors":  # CellProfiler names the objects apart from the measurement
+        measurement = f"Neighbors_{feature}" + (f"_{suffix}" if suffix else "")
     else:
         measurement = f"{module}_{feature}_{ch}" + (f"_{suffix}" if suffix else "")
     return Column(column_name("feat", mask, key), "feat", family, feature, mask, view, channel,

@@ -61,6 +61,9 @@ class Family:
     description: str = ""
     #: whether ``columns`` takes the ``features.cellprofiler`` options (keyword ``options``)
     options: bool = False
+    #: computed per field of view from the field's label images by the fields pipeline, not per
+    #: batch (``columns`` takes the keyword ``compartments``; none without a segmentation)
+    per_field: bool = False
 
 
 FAMILIES: dict[str, Family] = {}
@@ -68,7 +71,8 @@ FAMILIES: dict[str, Family] = {}
 #: SCIP's column order of the families within one mask.
 FAMILY_ORDER = ("regions", "bbox", "shape", "intensity", "texture",
                 # CellProfiler's families (the ``cellprofiler`` preset), CellProfiler's order
-                "cp_sizeshape", "cp_intensity", "cp_texture", "cp_radial", "cp_colocalization")
+                "cp_sizeshape", "cp_intensity", "cp_texture", "cp_radial", "cp_colocalization",
+                "cp_neighbors")
 
 
 def register(family: Family) -> Family:
@@ -96,6 +100,8 @@ def nan_reason(c: Column) -> str:
     if c.family == "raw":
         return ("skewness, kurtosis: the channel is constant" if c.feature in ("skewness", "kurtosis")
                 else "only in error rows")
+    if c.family == "cp_neighbors":
+        return FAMILY_NAN_REASONS["cp_neighbors"]
     reason = f"the combined mask is empty ({comb})" if combined else f"the channel's mask is empty ({flag})"
     if c.family == "intensity":
         if c.view is not None and "bgcorr" in c.view and combined:
@@ -122,6 +128,9 @@ FAMILY_NAN_REASONS = {
                 "Sobel statistics: no pixel of the view with all 8 neighbours inside it (mask thinner than "
                 "3 pixels); GLCM correlation: constant quantised view"),
     "raw": "skewness, kurtosis: a constant channel",
+    "cp_neighbors": ("the object has no pixel in the compartment's label image (a cell without nucleus), or "
+                     "its field's neighbours could not be measured (errors.csv); closest objects, distances: "
+                     "fewer than 2 objects in the field (second closest and angle: fewer than 3)"),
 }
 
 
