@@ -700,6 +700,7 @@ def cp_feret(vr, vc, nv, fmin, fmax):  # pragma: no cover - compiled
         fmin[lab] = 0.0 if np.isinf(wmin) else wmin
 
 
+@njit(cache=True, nogil=True, boundscheck=False)
 def _costes_r(fa, fb, k, tf, ts):  # pragma: no cover - compiled
     # Pearson's r of the pixels where fa < tf or fb < ts (the background of thresholds tf, ts);
     # NaN with fewer than 3 of them or a constant channel among them (scipy's pearsonr)
