@@ -33,12 +33,12 @@ operator), and every step's mean is one weighted sum.
 Array path: all planes at once on padded grids (each plane's sizes and scales its own), the
 morphology with ``ndimage.grey_erosion/grey_dilation`` over the batch, the reconstruction by
 geodesic dilation of all planes until nothing changes. The ``cpu`` implementation (numba) runs
-the same per plane, the reconstruction by raster and anti-raster scans until stable.
+the same per plane, the reconstruction by raster and anti-raster scans until stable; the
+``cuda`` implementation (``kernels/granularity.cu``) repeats the numba kernel with one thread
+block per plane (the reconstruction by row and column sweeps), bit for bit.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -97,8 +97,8 @@ def grid_geometry(extents, subsample_size: float, image_sample_size: float) -> d
 
     Returns a dict of (M,) NumPy arrays: ``h, w`` (the object's image), ``nh, nw`` (the
     resampled grid), ``bh, bw`` (the background grid's sample counts), ``ok`` (at least 2 rows
-    and columns after resampling); and the scales ``down`` (``1 / s`` as a divisor),
-    ``back_up_r/c`` (background grid to resampled grid) and ``up_r/c`` (resampled grid to the
+    and columns after resampling); and the scales ``back_up_r/c`` (background grid to resampled
+    grid) and ``up_r/c`` (resampled grid to the
     object's image). Planes that are not ``ok`` get harmless sizes (their values are NaN).
     """
     e = np.asarray(asnumpy(extents)).astype(np.int64).reshape(-1, 2)
@@ -116,8 +116,8 @@ def grid_geometry(extents, subsample_size: float, image_sample_size: float) -> d
     nw = np.where(ok, nw, 2)
     if t < 1:
         bhf, bwf = nh * t, nw * t  # float, as CellProfiler keeps it
-        bh = np.array([math.ceil(v) for v in bhf], dtype=np.int64)  # numpy.mgrid's sample count
-        bw = np.array([math.ceil(v) for v in bwf], dtype=np.int64)
+        bh = np.ceil(bhf).astype(np.int64)  # numpy.mgrid's sample count for a float stop
+        bw = np.ceil(bwf).astype(np.int64)
         back_up_r = (bhf - 1) / (nh - 1)
         back_up_c = (bwf - 1) / (nw - 1)
     else:
