@@ -5,8 +5,11 @@ Objects: the bundled demo cells (li masks), the shared real IFC cells
 (``../shared/data/scip-ifc-10cells.zarr``, li masks) and the nuclei of the shared DSB2018 field
 (``../shared/data/nuclei-dsb2018``, ground-truth labels, one crop per nucleus), when present.
 For every object, every plane the preset measures (combined and channel masks for AreaShape;
-each channel in its own mask for Intensity and Texture) is given to cp_measure as a one-label
-image of the object's extent, the pixels as CellProfiler loads them (``uint16 / 65535``).
+each channel in its own mask for Intensity, Texture, RadialDistribution and Granularity) is given
+to cp_measure as a one-label image of the object's extent, the pixels as CellProfiler loads them
+(``uint16 / 65535``). Granularity values of objects whose background grid has an axis of 2 samples
+(20-35 pixel extents at CellProfiler's defaults) are listed apart: there cp_measure's background
+opening reads memory outside its array (SciPy's ``reflect`` mode; README, cellprofiler preset).
 
 Writes ``benchmarks/results/parity-cp_measure-<machine>.md``: per measurement the largest
 relative difference ``|a - b| / max(|a|, |b|)`` over all planes (differences below 1e-9 in
@@ -49,6 +52,8 @@ from scip_gpu.features.cp_intensity import INTENSITY, LOCATION  # noqa: E402
 from scip_gpu.features.cp_colocalization import COSTES  # noqa: E402
 from scip_gpu.features.cp_colocalization import FEATURES as COLOC  # noqa: E402
 from scip_gpu.features.cp_colocalization import channel_pairs, compute_colocalization  # noqa: E402
+from scip_gpu.features.cp_granularity import DEFAULTS as GRAN  # noqa: E402
+from scip_gpu.features.cp_granularity import compute_granularity, grid_geometry  # noqa: E402
 from scip_gpu.features.cp_intensity import compute_intensity  # noqa: E402
 from scip_gpu.features.cp_radial import BINS, MEASURES, compute_radial  # noqa: E402
 from scip_gpu.features.cp_sizeshape import FEATURES, compute_sizeshape  # noqa: E402
@@ -130,7 +135,7 @@ def given_masks(batch, masks):
 
 
 def ours(batch, mr, ctx, texture_rows):
-    """Our three families (timed) and the planes they measure."""
+    """Our families (timed) and the planes they measure."""
     t = {}
     t0 = time.perf_counter()
     ss = compute_sizeshape(batch, mr, ctx)
@@ -151,7 +156,10 @@ def ours(batch, mr, ctx, texture_rows):
     t0 = time.perf_counter()
     ra = compute_radial(batch, mr, ctx)
     t["RadialDistribution"] = time.perf_counter() - t0
-    return ss, it, tx, co, ra, t
+    t0 = time.perf_counter()
+    gr = compute_granularity(batch, mr, ctx)
+    t["Granularity"] = time.perf_counter() - t0
+    return ss, it, tx, co, ra, gr, t
 
 
 def cp_measure_values(batch, mr, texture_rows):
@@ -161,8 +169,9 @@ def cp_measure_values(batch, mr, texture_rows):
     core = get_core_measurements()
     n, c = batch.pixels.shape[:2]
     shape, inten, tex = {}, {}, {}
-    t = {"AreaShape": 0.0, "Intensity": 0.0, "Texture": 0.0, "Correlation": 0.0, "RadialDistribution": 0.0}
-    coloc, radial = {}, {}
+    t = {"AreaShape": 0.0, "Intensity": 0.0, "Texture": 0.0, "Correlation": 0.0, "RadialDistribution": 0.0,
+         "Granularity": 0.0}
+    coloc, radial, gran = {}, {}, {}
     from cp_measure.core import measurecolocalization as mc
 
     coloc_fns = (mc.get_correlation_pearson, mc.get_correlation_manders_fold, mc.get_correlation_rwc,
@@ -198,6 +207,14 @@ def cp_measure_values(batch, mr, texture_rows):
                 r = core["radial_distribution"](lab, x)
             t["RadialDistribution"] += time.perf_counter() - t0
             radial[i, k] = {kk: float(v[0]) for kk, v in r.items()}
+            t0 = time.perf_counter()
+            r = core["granularity"](lab, x)
+            t["Granularity"] += time.perf_counter() - t0
+            gran[i, k] = {kk: float(v[0]) for kk, v in r.items()}
+            if scipy_reads_outside((h, w)):  # untimed: the same with a border mode that stays inside
+                with _nearest_morphology():
+                    r = core["granularity"](lab, x)
+                gran[i, k, "nearest"] = {kk: float(v[0]) for kk, v in r.items()}
             if k == 0:  # every pair of channels, in the combined mask
                 cm_ = mr.combined[i, :h, :w]
                 if cm_.any():
@@ -219,7 +236,24 @@ def cp_measure_values(batch, mr, texture_rows):
                 r = core["texture"](lab, x, scale=3, gray_levels=256)
                 t["Texture"] += time.perf_counter() - t0
                 tex[i, k] = {kk: float(v[0]) for kk, v in r.items()}
-    return shape, inten, tex, coloc, radial, t
+    return shape, inten, tex, coloc, radial, gran, t
+
+
+class _nearest_morphology:
+    """scikit-image's grey erosion and dilation with SciPy's ``nearest`` border mode (equal to
+    ``reflect`` for a disk wherever ``reflect`` stays inside the array) while in the block."""
+
+    def __enter__(self):
+        import skimage.morphology as skm
+
+        self.saved = skm.erosion, skm.dilation
+        skm.erosion = lambda image, footprint=None, _f=self.saved[0]: _f(image, footprint, mode="nearest")
+        skm.dilation = lambda image, footprint=None, _f=self.saved[1]: _f(image, footprint, mode="nearest")
+
+    def __exit__(self, *exc):
+        import skimage.morphology as skm
+
+        skm.erosion, skm.dilation = self.saved
 
 
 def neighbors_parity(worst):
@@ -307,8 +341,29 @@ class Worst:
 _COLOC_NAMES = {"Correlation": "Pearson", "Slope": "Slope", "Overlap": "Overlap"}
 
 
-def compare(dataset, batch, mr, ss, it, tx, co, ra, texture_rows, ref, worst):
-    shape, inten, tex, coloc, radial = ref
+def scipy_reads_outside(extent, element_size: int = GRAN[2]) -> bool:
+    """Whether CellProfiler's background opening of an image of this extent (defaults) has an
+    axis of 2 samples that its disk reaches 4 times over: SciPy's ``reflect`` mode then reads
+    the value stored before the array (README, cellprofiler preset), so cp_measure's value is
+    not defined by the image."""
+    g = grid_geometry(np.asarray([extent]), GRAN[0], GRAN[1])
+    return any(2 <= int(g[k][0]) and 4 * int(g[k][0]) <= element_size for k in ("bh", "bw"))
+
+
+def compare(dataset, batch, mr, ss, it, tx, co, ra, gr, texture_rows, ref, worst):
+    shape, inten, tex, coloc, radial, gran = ref
+    ng = GRAN[3]
+    for key, vals in gran.items():
+        i, k = key[:2]
+        if len(key) == 3:
+            name = "Granularity_1..16 (2-sample background grid; cp_measure with mode nearest)"
+        elif scipy_reads_outside(tuple(int(v) for v in batch.extents[i])):
+            name = "Granularity_1..16 (2-sample background grid)"
+        else:
+            name = None
+        for s in range(1, ng + 1):
+            worst.add(name or f"Granularity_{s}", vals[f"Granularity_{s}"], float(gr[i, k * ng + s - 1]),
+                      f"{dataset} #{i} channel {k} step {s}")
     nr = len(MEASURES) * BINS
     for (i, k), vals in radial.items():
         for j, meas in enumerate(MEASURES):
@@ -383,9 +438,9 @@ def main(argv=None):
         n = batch.n
         texture_rows = np.arange(min(n, args.texture_objects))
         ours(batch, mr, ctx, texture_rows)  # warm: compiled kernels for these shapes and dtypes
-        ss, it, tx, co, ra, t_ours = ours(batch, mr, ctx, texture_rows)
+        ss, it, tx, co, ra, gr, t_ours = ours(batch, mr, ctx, texture_rows)
         *ref, t_cp = cp_measure_values(batch, mr, texture_rows)
-        compare(name, batch, mr, ss, it, tx, co, ra, texture_rows, ref, worst)
+        compare(name, batch, mr, ss, it, tx, co, ra, gr, texture_rows, ref, worst)
         counts[name] = (n, int(np.asarray(mr.usable).sum()), len(texture_rows), batch.n_channels)
         for fam in t_ours:
             scale = n / len(texture_rows) if fam == "Texture" else 1.0
@@ -431,12 +486,12 @@ def write_report(args, worst, timing, counts, neighbors=None):
         "|---|---|---|---|---|---|",
     ]
     to = tc = 0.0
-    for fam in ("AreaShape", "Intensity", "Texture", "Correlation", "RadialDistribution"):
+    for fam in ("AreaShape", "Intensity", "Texture", "Correlation", "RadialDistribution", "Granularity"):
         a, b = timing["ours"].get(fam, 0.0), timing["cp"].get(fam, 0.0)
         to, tc = to + a, tc + b
         if a > 0 and b > 0:
             lines.append(f"| {fam} | {a:.2f} | {b:.2f} | {n_obj / a:.0f} | {n_obj / b:.1f} | {b / a:.0f}x |")
-    lines.append(f"| **all five** | {to:.2f} | {tc:.2f} | {n_obj / to:.0f} | {n_obj / tc:.1f} | {tc / to:.0f}x |")
+    lines.append(f"| **all families** | {to:.2f} | {tc:.2f} | {n_obj / to:.0f} | {n_obj / tc:.1f} | {tc / to:.0f}x |")
     if neighbors:
         lines += ["", "Neighbors (MeasureObjectNeighbors) on the whole DSB2018 field's label image (ground "
                   "truth), per method; both on the CPU, one thread:", "",
@@ -446,7 +501,9 @@ def write_report(args, worst, timing, counts, neighbors=None):
     lines += ["", "## Values: largest relative difference per measurement", "",
               "Relative difference `|a - b| / max(|a|, |b|)` (NaN on both sides: equal; NaN or inf on one "
               "side only: inf); the values shown are those of the largest one. Differences above 1e-4 "
-              "are explained in README.md (Feature families, cellprofiler preset).", "",
+              "are explained in README.md (Feature families, cellprofiler preset). "
+              "`Granularity_k (2-sample background grid)`: objects on which cp_measure's background "
+              "opening reads memory outside its array (SciPy's `reflect` mode), listed apart.", "",
               "| measurement | compared | max rel. diff | max abs. diff | where | cp_measure | scip_gpu |",
               "|---|---|---|---|---|---|---|"]
     for name in sorted(worst.d):

@@ -861,3 +861,185 @@ def cp_costes(x, view, pa, pb, scale, max_iter, out):  # pragma: no cover - comp
             c1, c2 = _costes_one(vals[pa[q]], vals[pb[q]], k, scale, max_iter)
             out[i, q, 0] = c1
             out[i, q, 1] = c2
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _gran_interp(img, n0, n1, r, c):  # pragma: no cover - compiled
+    # scipy.ndimage.map_coordinates(order=1, mode="constant") of img[:n0, :n1] at (r, c); the
+    # same operations as features.cp_granularity._bilinear
+    if r < 0 or r > n0 - 1 or c < 0 or c > n1 - 1:
+        return 0.0
+    lr = np.floor(r)
+    lc = np.floor(c)
+    fr = r - lr
+    fc = c - lc
+    r0 = int(lr)
+    c0 = int(lc)
+    r1 = min(r0 + 1, n0 - 1)
+    c1 = min(c0 + 1, n1 - 1)
+    top = img[r0, c0] * (1.0 - fc) + img[r0, c1] * fc
+    bottom = img[r1, c0] * (1.0 - fc) + img[r1, c1] * fc
+    return top * (1.0 - fr) + bottom * fr
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _gran_minmax(src, dst, n0, n1, dy, dx, minimum):  # pragma: no cover - compiled
+    # grey erosion (minimum) or dilation of src[:n0, :n1] with the footprint offsets (dy, dx),
+    # pixels beyond the grid left out
+    for i in range(n0):
+        for j in range(n1):
+            best = np.inf if minimum else -np.inf
+            for k in range(dy.shape[0]):
+                ii = i + dy[k]
+                jj = j + dx[k]
+                if ii < 0 or ii >= n0 or jj < 0 or jj >= n1:
+                    continue
+                v = src[ii, jj]
+                if minimum:
+                    if v < best:
+                        best = v
+                elif v > best:
+                    best = v
+            dst[i, j] = best
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _gran_reconstruct(rec, mask, n0, n1):  # pragma: no cover - compiled
+    # reconstruction by dilation (4-neighbours) of rec under mask, in place: raster and
+    # anti-raster scans until a pair of scans changes nothing
+    changed = True
+    while changed:
+        changed = False
+        for i in range(n0):
+            for j in range(n1):
+                v = rec[i, j]
+                if i > 0 and rec[i - 1, j] > v:
+                    v = rec[i - 1, j]
+                if j > 0 and rec[i, j - 1] > v:
+                    v = rec[i, j - 1]
+                if v > mask[i, j]:
+                    v = mask[i, j]
+                if v != rec[i, j]:
+                    rec[i, j] = v
+                    changed = True
+        for i in range(n0 - 1, -1, -1):
+            for j in range(n1 - 1, -1, -1):
+                v = rec[i, j]
+                if i < n0 - 1 and rec[i + 1, j] > v:
+                    v = rec[i + 1, j]
+                if j < n1 - 1 and rec[i, j + 1] > v:
+                    v = rec[i, j + 1]
+                if v > mask[i, j]:
+                    v = mask[i, j]
+                if v != rec[i, j]:
+                    rec[i, j] = v
+                    changed = True
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def cp_granularity(x, view, sizes, scales, ok, s, t, dy, dx, out):  # pragma: no cover - compiled
+    # x (M, H, W) float64; view (M, H, W) bool; sizes (M, 6) int64: h, w, nh, nw, bh, bw;
+    # scales (M, 4) float64: back_up_r, back_up_c, up_r, up_c (features.cp_granularity.
+    # grid_geometry); dy, dx: the background disk's offsets; out (M, L) float64
+    m_planes = x.shape[0]
+    length = out.shape[1]
+    p = max(1, sizes[:, 2].max())
+    q = max(1, sizes[:, 3].max())
+    bp = max(1, sizes[:, 4].max())
+    bq = max(1, sizes[:, 5].max())
+    sub = np.empty((p, q))
+    pix = np.empty((p, q))
+    ero = np.empty((p, q))
+    tmp = np.empty((p, q))
+    rec = np.empty((p, q))
+    wts = np.empty((p, q))
+    back = np.empty((bp, bq))
+    back2 = np.empty((bp, bq))
+    cy = np.array([-1, 0, 0, 0, 1], dtype=np.int64)
+    cx = np.array([0, -1, 0, 1, 0], dtype=np.int64)
+    eps = np.finfo(np.float64).eps
+    for m in range(m_planes):
+        h, w, nh, nw, bh, bw = sizes[m, 0], sizes[m, 1], sizes[m, 2], sizes[m, 3], sizes[m, 4], sizes[m, 5]
+        cnt = 0
+        total = 0.0
+        for i in range(h):
+            for j in range(w):
+                if view[m, i, j]:
+                    cnt += 1
+                    total += x[m, i, j]
+        if cnt == 0 or not ok[m]:
+            for k in range(length):
+                out[m, k] = np.nan
+            continue
+        # 1. resample
+        xm = x[m]
+        for a in range(nh):
+            for b in range(nw):
+                if s < 1:
+                    sub[a, b] = _gran_interp(xm, h, w, a / s, b / s)
+                else:
+                    sub[a, b] = xm[a, b]
+        # 2. background
+        if t < 1:
+            for a in range(bh):
+                for b in range(bw):
+                    back[a, b] = _gran_interp(sub, nh, nw, a / t, b / t)
+            _gran_minmax(back, back2, bh, bw, dy, dx, True)
+            _gran_minmax(back2, back, bh, bw, dy, dx, False)
+            for a in range(nh):
+                for b in range(nw):
+                    v = sub[a, b] - _gran_interp(back, bh, bw, a * scales[m, 0], b * scales[m, 1])
+                    pix[a, b] = 0.0 if v < 0 else v
+        else:
+            _gran_minmax(sub, tmp, nh, nw, dy, dx, True)
+            _gran_minmax(tmp, ero, nh, nw, dy, dx, False)
+            for a in range(nh):
+                for b in range(nw):
+                    v = sub[a, b] - ero[a, b]
+                    pix[a, b] = 0.0 if v < 0 else v
+        # 3. the object's weights on the resampled grid
+        for a in range(nh):
+            for b in range(nw):
+                wts[a, b] = 0.0
+        for i in range(h):
+            r = i * scales[m, 2]
+            if r < 0 or r > nh - 1:
+                continue
+            lr = np.floor(r)
+            fr = r - lr
+            r0 = int(lr)
+            r1 = min(r0 + 1, nh - 1)
+            for j in range(w):
+                if not view[m, i, j]:
+                    continue
+                c = j * scales[m, 3]
+                if c < 0 or c > nw - 1:
+                    continue
+                lc = np.floor(c)
+                fc = c - lc
+                c0 = int(lc)
+                c1 = min(c0 + 1, nw - 1)
+                wts[r0, c0] += (1 - fr) * (1 - fc)
+                wts[r0, c1] += (1 - fr) * fc
+                wts[r1, c0] += fr * (1 - fc)
+                wts[r1, c1] += fr * fc
+        # 4. the spectrum
+        current = total / cnt
+        start = max(current, eps)
+        for a in range(nh):
+            for b in range(nw):
+                ero[a, b] = pix[a, b]
+        for k in range(length):
+            _gran_minmax(ero, tmp, nh, nw, cy, cx, True)
+            for a in range(nh):
+                for b in range(nw):
+                    ero[a, b] = tmp[a, b]
+                    rec[a, b] = tmp[a, b]
+            _gran_reconstruct(rec, pix, nh, nw)
+            acc = 0.0
+            for a in range(nh):
+                for b in range(nw):
+                    acc += wts[a, b] * rec[a, b]
+            new = acc / cnt
+            out[m, k] = (current - new) * 100.0 / start
+            current = new

@@ -92,6 +92,7 @@ class FeatureFamily(str, Enum):
     cp_texture = "cp_texture"
     cp_radial = "cp_radial"
     cp_colocalization = "cp_colocalization"
+    cp_granularity = "cp_granularity"
     cp_neighbors = "cp_neighbors"  # segmented fields of view only
 
 
@@ -255,6 +256,13 @@ class CellProfilerConfig:
 
     texture_scales: List[int] = field(default_factory=lambda: [3])  # GLCM distances (pixels)
     texture_levels: int = 256  # gray levels of the GLCM (CellProfiler 3+: 256; 2: 8)
+    # MeasureGranularity: subsampling factor for granularity measurements and for background
+    # reduction (both in (0, 1]), radius of the background's structuring element (pixels, after
+    # subsampling), range of the granular spectrum (number of steps)
+    granularity_subsample_size: float = 0.25
+    granularity_image_sample_size: float = 0.25
+    granularity_element_size: int = 10
+    granularity_spectrum_length: int = 16
     # MeasureObjectNeighbors (fields of view): expand (until adjacent; CellProfiler's default),
     # within (neighbors_distance pixels) or adjacent
     neighbors_method: str = "expand"
@@ -484,6 +492,14 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
     if not cp.texture_scales or min(cp.texture_scales) < 1:
         raise ConfigError(f"features.cellprofiler.texture_scales: {list(cp.texture_scales)} must be one or "
                           "more distances of at least 1 pixel")
+    for key in ("granularity_subsample_size", "granularity_image_sample_size"):
+        v = getattr(cp, key)
+        if not 0 < v <= 1:
+            raise ConfigError(f"features.cellprofiler.{key}: {v} is not in (0, 1] (CellProfiler's range)")
+    for key in ("granularity_element_size", "granularity_spectrum_length"):
+        v = getattr(cp, key)
+        if v < 1:
+            raise ConfigError(f"features.cellprofiler.{key}: {v} must be at least 1 (CellProfiler's range)")
     seg = cfg.segmentation
     fmt = getattr(ds.format, "value", ds.format)
     fields = is_fields_format(fmt)

@@ -97,3 +97,24 @@ def costes_pairs(x, view, pairs, scale: int) -> np.ndarray:
     _nb().cp_costes(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(view), pa, pb,
                     float(scale), int(COSTES_MAX_ITER), out)
     return out
+
+
+@register("cp_granularity.planes", "cpu")
+def granularity_planes(x, view, extents, subsample_size: float = 0.25, image_sample_size: float = 0.25,
+                       element_size: int = 10, spectrum_length: int = 16) -> np.ndarray:
+    """Compiled ``features.cp_granularity.granularity_planes``: per plane, the reconstruction by
+    raster scans."""
+    from .features.cp_granularity import disk, grid_geometry
+
+    g = grid_geometry(extents, subsample_size, image_sample_size)
+    sizes = np.stack([g[k] for k in ("h", "w", "nh", "nw", "bh", "bw")], axis=1).astype(np.int64)
+    scales = np.stack([np.asarray(g[k], dtype=np.float64) for k in ("back_up_r", "back_up_c", "up_r", "up_c")],
+                      axis=1)
+    dy, dx = np.nonzero(disk(element_size))
+    r = int(element_size)
+    out = np.empty((x.shape[0], int(spectrum_length)), dtype=np.float64)
+    _nb().cp_granularity(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(view),
+                         np.ascontiguousarray(sizes), np.ascontiguousarray(scales), np.ascontiguousarray(g["ok"]),
+                         float(subsample_size), float(image_sample_size), (dy - r).astype(np.int64),
+                         (dx - r).astype(np.int64), out)
+    return out

@@ -29,6 +29,7 @@ EXPECTED = {
     "cp_sizeshape.block", "cp_sizeshape.radii", "cp_sizeshape.feret", "cp_intensity.block", "cp_intensity.planes",
     "cp_texture.block", "cp_texture.haralick", "cp_colocalization.block",
     "cp_colocalization.pairs", "cp_colocalization.costes", "cp_radial.block", "cp_radial.planes",
+    "cp_granularity.block", "cp_granularity.planes",
 }
 
 from .conftest import cuda_backend
