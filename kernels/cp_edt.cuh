@@ -1,0 +1,80 @@
+// Exact Euclidean distance transform of one plane, shared by the CellProfiler kernels
+// (cp_sizeshape.cu: radii, cp_radial.cu: distance to the edge).
+//
+// The twin of `_edt_plane` in scip_gpu/_numba_cp.py, operation for operation: a column pass
+// (one thread per column: the distance along the column to the nearest background pixel, by a
+// forward and a backward run, capped at `big`), then Felzenszwalb and Huttenlocher's lower
+// envelope of parabolas along every row (one thread per row, its own envelope arrays v, z).
+// The squared distances are integers (kept as such: `d2`), so the transform is exact; the only
+// floating-point step, the abscissa of two parabolas' intersection, is computed and compared
+// as the numba kernel does, so both pick the same parabola for every pixel.
+
+#ifndef CP_EDT_CUH
+#define CP_EDT_CUH
+
+// marks "no background pixel in reach" (numba: inf) in d2
+#define CPE_INF_D2 0x7fffffff
+
+// fg: h x w plane (row stride w), nonzero = foreground (distance wanted), 0 = background.
+// g, v: h * w ints; z: h * (w + 1) doubles (per-row envelope arrays); d2 (out): h * w ints,
+// the squared distance of every pixel to the nearest background pixel, CPE_INF_D2 where there
+// is none. Every thread of the block must call it; it ends with a barrier.
+__device__ void cpe_edt_sq(const unsigned char* fg, int h, int w, int* g, int* v, double* z, int* d2) {
+    const int big = (h + w) * (h + w) + 1;
+    for (int j = threadIdx.x; j < w; j += SG_THREADS) {
+        int run = big;
+        for (int i = 0; i < h; ++i) {
+            if (fg[(i64)i * w + j]) run = run < big ? run + 1 : big;
+            else run = 0;
+            g[(i64)i * w + j] = run;
+        }
+        run = big;
+        for (int i = h - 1; i >= 0; --i) {
+            if (fg[(i64)i * w + j]) run = run < big ? run + 1 : big;
+            else run = 0;
+            if (run < g[(i64)i * w + j]) g[(i64)i * w + j] = run;
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < h; i += SG_THREADS) {
+        const int* gi = g + (i64)i * w;
+        int* vi = v + (i64)i * w;
+        double* zi = z + (i64)i * (w + 1);
+        int k = 0;
+        vi[0] = 0;
+        zi[0] = -sg_inf();
+        zi[1] = sg_inf();
+        for (int q = 1; q < w; ++q) {
+            const i64 fq = (i64)gi[q] * gi[q];
+            while (true) {
+                const int p = vi[k];
+                const i64 fp = (i64)gi[p] * gi[p];
+                const double sx = (double)((fq + (i64)q * q) - (fp + (i64)p * p)) / (2.0 * (double)(q - p));
+                if (sx <= zi[k]) {
+                    k -= 1;
+                    continue;
+                }
+                k += 1;
+                vi[k] = q;
+                zi[k] = sx;
+                zi[k + 1] = sg_inf();
+                break;
+            }
+        }
+        k = 0;
+        int* di = d2 + (i64)i * w;
+        for (int q = 0; q < w; ++q) {
+            while (zi[k + 1] < (double)q) k += 1;
+            const int p = vi[k];
+            di[q] = gi[p] >= big ? CPE_INF_D2 : (q - p) * (q - p) + gi[p] * gi[p];
+        }
+    }
+    __syncthreads();
+}
+
+// The distance of a squared distance, as the numba kernel computes it: sqrt(float(d2)).
+__device__ __forceinline__ double cpe_dist(int d2) {
+    return d2 == CPE_INF_D2 ? sg_inf() : sqrt((double)d2);
+}
+
+#endif

@@ -1,0 +1,84 @@
+// CellProfiler's Maximum/Mean/MedianRadius (stage cp_sizeshape.radii): the twin of
+// `cp_plane_radii` in scip_gpu/_numba_cp.py.
+//
+// One block per padded plane (grid-stride loop): the exact distance transform of the plane
+// (cp_edt.cuh, squared distances as integers), then over the plane's labelled pixels
+// - the count, the last labelled pixel in raster order (whose label the plane's values go to,
+//   as in the numba kernel) and the largest squared distance: block reductions;
+// - the median: the numba kernel sorts the distances and averages the elements (n - 1) / 2 and
+//   n / 2. Here the squared distances (integers, ordered as their square roots) are not sorted:
+//   the element of rank (n - 1) / 2 is the smallest value v with at least (n - 1) / 2 + 1
+//   values <= v (a binary search over [0, max], one block count per step), and the element of
+//   rank n / 2 is v again or the next larger value present (one block minimum). The same two
+//   elements, so the same double;
+// - the mean: the distances summed in raster order by one thread (the numba kernel's order, so
+//   the sum is bit-identical), divided by the count.
+
+// padded: (M, h, w) uint8 planes (0 = background); labels: (M, h, w) int32 (> 0: the pixels
+// measured; one label per plane); out: (3, nl + 1) float64, rows maximum / mean / median,
+// written at the plane's label (left as they are for planes without labelled pixels).
+extern "C" __global__ void
+cp_radii(const unsigned char* __restrict__ padded, const int* __restrict__ labels, int M, int h, int w, int nl,
+         double* __restrict__ out, unsigned char* scratch, i64 ws_bytes) {
+    const int n = h * w;
+    const int t = threadIdx.x;
+    SgArena ar(sg_workspace(scratch, ws_bytes));
+    int* g = ar.take<int>(n);
+    int* v = ar.take<int>(n);
+    double* z = ar.take<double>((i64)h * (w + 1));
+    int* d2 = ar.take<int>(n);
+    const i64 stride = (i64)nl + 1;
+    for (int m = blockIdx.x; m < M; m += gridDim.x) {
+        const unsigned char* fg = padded + (i64)m * n;
+        const int* lb = labels + (i64)m * n;
+        cpe_edt_sq(fg, h, w, g, v, z, d2);
+        // the labelled pixels' squared distances; -1 for the others
+        i64 cnt = 0, last = -1, top = -1;
+        for (int p = t; p < n; p += SG_THREADS) {
+            if (lb[p] > 0) {
+                cnt += 1;
+                last = p;
+                top = sg_max64(top, (i64)d2[p]);
+            } else {
+                d2[p] = -1;
+            }
+        }
+        cnt = sg_block_sum_i64(cnt);
+        last = sg_block_max_i64(last);
+        top = sg_block_max_i64(top);
+        if (cnt == 0) continue;  // (every thread: a block-wide value)
+        const i64 k1 = (cnt - 1) / 2, k2 = cnt / 2;
+        i64 lo = 0, hi = top, c_hi = cnt;  // count of values <= hi
+        while (lo < hi) {
+            const i64 mid = lo + (hi - lo) / 2;
+            i64 c = 0;
+            for (int p = t; p < n; p += SG_THREADS) c += (d2[p] >= 0 && d2[p] <= mid) ? 1 : 0;
+            c = sg_block_sum_i64(c);
+            if (c >= k1 + 1) {
+                hi = mid;
+                c_hi = c;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        const i64 v1 = lo;
+        i64 v2 = v1;
+        if (c_hi < k2 + 1) {
+            i64 nxt = 0x7fffffffffffffffLL;
+            for (int p = t; p < n; p += SG_THREADS)
+                if (d2[p] > v1) nxt = sg_min64(nxt, (i64)d2[p]);
+            v2 = sg_block_min_i64(nxt);
+        }
+        if (t == 0) {
+            double tot = 0.0;
+            for (int p = 0; p < n; ++p)
+                if (d2[p] >= 0) tot += cpe_dist(d2[p]);
+            const int lab = lb[last];
+            out[lab] = cpe_dist((int)top);
+            out[stride + lab] = tot / (double)cnt;
+            out[2 * stride + lab] = (cpe_dist((int)v1) + cpe_dist((int)v2)) / 2.0;
+        }
+        // (no barrier: the next plane's transform writes d2 only after a barrier thread 0
+        // reaches when it is done here)
+    }
+}
