@@ -4,13 +4,13 @@
 // One block per padded plane (grid-stride loop): the exact distance transform of the plane
 // (cp_edt.cuh, squared distances as integers), then over the plane's labelled pixels
 // - the count, the last labelled pixel in raster order (whose label the plane's values go to,
-//   as in the numba kernel) and the largest squared distance: block reductions;
+//   as in the numba kernel) and the largest squared distance: shared atomics;
 // - the median: the numba kernel sorts the distances and averages the elements (n - 1) / 2 and
 //   n / 2. Here the squared distances (integers, ordered as their square roots) are not sorted:
 //   the element of rank (n - 1) / 2 is the smallest value v with at least (n - 1) / 2 + 1
-//   values <= v (a binary search over [0, max], one block count per step), and the element of
-//   rank n / 2 is v again or the next larger value present (one block minimum). The same two
-//   elements, so the same double;
+//   values <= v (a binary search over [0, max], one block count and one barrier per step), and
+//   the element of rank n / 2 is v again or the next larger value present (one block
+//   minimum). The same two elements, so the same double;
 // - the mean: the distances summed in raster order by one thread (the numba kernel's order, so
 //   the sum is bit-identical), divided by the count.
 
@@ -25,35 +25,55 @@ cp_radii(const unsigned char* __restrict__ padded, const int* __restrict__ label
     SgArena ar(sg_workspace(scratch, ws_bytes));
     int* g = ar.take<int>(n);
     int* v = ar.take<int>(n);
-    double* z = ar.take<double>((i64)h * (w + 1));
     int* d2 = ar.take<int>(n);
     const i64 stride = (i64)nl + 1;
+    // block counts through shared atomics: a counter per call, rotating over 3 so that one
+    // barrier a call suffices (the slot cleared in call k was last read before barrier k - 1)
+    __shared__ int agg[3], cnt3[3];
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
         const unsigned char* fg = padded + (i64)m * n;
         const int* lb = labels + (i64)m * n;
-        cpe_edt_sq(fg, h, w, g, v, z, d2);
+        if (t == 0) {
+            agg[0] = 0;
+            agg[1] = -1;
+            agg[2] = -1;
+        }
+        if (t < 3) cnt3[t] = 0;
+        cpe_edt_sq(fg, h, w, g, v, d2);  // (its barriers publish agg and cnt3)
         // the labelled pixels' squared distances; -1 for the others
-        i64 cnt = 0, last = -1, top = -1;
+        int cnt = 0, last = -1, top = -1;
         for (int p = t; p < n; p += SG_THREADS) {
             if (lb[p] > 0) {
                 cnt += 1;
                 last = p;
-                top = sg_max64(top, (i64)d2[p]);
+                top = sg_max(top, d2[p]);
             } else {
                 d2[p] = -1;
             }
         }
-        cnt = sg_block_sum_i64(cnt);
-        last = sg_block_max_i64(last);
-        top = sg_block_max_i64(top);
-        if (cnt == 0) continue;  // (every thread: a block-wide value)
-        const i64 k1 = (cnt - 1) / 2, k2 = cnt / 2;
-        i64 lo = 0, hi = top, c_hi = cnt;  // count of values <= hi
-        while (lo < hi) {
-            const i64 mid = lo + (hi - lo) / 2;
-            i64 c = 0;
+        if (cnt) {
+            atomicAdd(&agg[0], cnt);
+            atomicMax(&agg[1], last);
+            atomicMax(&agg[2], top);
+        }
+        __syncthreads();
+        cnt = agg[0];
+        last = agg[1];
+        top = agg[2];
+        if (cnt == 0) {  // (every thread: a block-wide value)
+            __syncthreads();
+            continue;
+        }
+        const int k1 = (cnt - 1) / 2, k2 = cnt / 2;
+        int lo = 0, hi = top, c_hi = cnt;  // c_hi: the count of values <= hi
+        for (int call = 0; lo < hi; ++call) {
+            const int mid = lo + (hi - lo) / 2;
+            int c = 0;
             for (int p = t; p < n; p += SG_THREADS) c += (d2[p] >= 0 && d2[p] <= mid) ? 1 : 0;
-            c = sg_block_sum_i64(c);
+            if (c) atomicAdd(&cnt3[call % 3], c);
+            if (t == 0) cnt3[(call + 1) % 3] = 0;
+            __syncthreads();
+            c = cnt3[call % 3];
             if (c >= k1 + 1) {
                 hi = mid;
                 c_hi = c;
@@ -61,24 +81,23 @@ cp_radii(const unsigned char* __restrict__ padded, const int* __restrict__ label
                 lo = mid + 1;
             }
         }
-        const i64 v1 = lo;
-        i64 v2 = v1;
+        const int v1 = lo;
+        int v2 = v1;
         if (c_hi < k2 + 1) {
             i64 nxt = 0x7fffffffffffffffLL;
             for (int p = t; p < n; p += SG_THREADS)
                 if (d2[p] > v1) nxt = sg_min64(nxt, (i64)d2[p]);
-            v2 = sg_block_min_i64(nxt);
+            v2 = (int)sg_block_min_i64(nxt);
         }
         if (t == 0) {
             double tot = 0.0;
             for (int p = 0; p < n; ++p)
                 if (d2[p] >= 0) tot += cpe_dist(d2[p]);
             const int lab = lb[last];
-            out[lab] = cpe_dist((int)top);
+            out[lab] = cpe_dist(top);
             out[stride + lab] = tot / (double)cnt;
-            out[2 * stride + lab] = (cpe_dist((int)v1) + cpe_dist((int)v2)) / 2.0;
+            out[2 * stride + lab] = (cpe_dist(v1) + cpe_dist(v2)) / 2.0;
         }
-        // (no barrier: the next plane's transform writes d2 only after a barrier thread 0
-        // reaches when it is done here)
+        __syncthreads();  // (agg, cnt3 and the workspace are reset for the next plane)
     }
 }

@@ -503,8 +503,8 @@ from . import _gpu_intensity, _gpu_shape, _gpu_texture  # noqa: E402,F401
 
 
 def _ws_edt(h: int, w: int) -> int:
-    """cpe_edt_sq's g, v (ints) and z (a row of w + 1 doubles per row)."""
-    return 2 * _round16(4 * h * w) + _round16(8 * h * (w + 1))
+    """cpe_edt_sq's g and v (ints)."""
+    return 2 * _round16(4 * h * w)
 
 
 @workspace("cp_radii")
@@ -514,9 +514,9 @@ def _ws_cp_radii(h: int, w: int) -> int:
 
 @workspace("cp_radial")
 def _ws_cp_radial(h: int, w: int) -> int:
-    # object, foreground / bin keys, squared distances; the transform's arrays (the geodesic
-    # distance's two buffers of doubles reuse them)
-    return 2 * _round16(h * w) + _round16(4 * h * w) + _ws_edt(h, w)
+    # object, foreground / bin keys, squared distances; the transform's g and v, then the
+    # geodesic distance's two buffers of doubles in the same place
+    return 2 * _round16(h * w) + _round16(4 * h * w) + _round16(16 * h * w)
 
 
 def _edt_fits(h: int, w: int) -> bool:

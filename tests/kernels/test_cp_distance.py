@@ -153,9 +153,12 @@ def test_radial_kernel_geodesic_paths(device):
 
 
 def test_cp_distance_kernels_global_workspace(sim_small_shared):
-    """Planes whose workspace exceeds the (emulated) shared memory: the global-memory slices."""
-    masks = np.zeros((3, 40, 44), bool)
-    masks[:, 7:21, 13:26] = _planes()[4:7]
+    """Planes whose workspace exceeds the (emulated) shared memory: the global-memory slices,
+    on a grid capped below the plane count (blocks run several planes, empty ones among them)."""
+    planes = _planes()
+    masks = np.zeros((11, 40, 44), bool)
+    for k in range(len(masks)):
+        masks[k, 7:21, 13:26] = planes[k % len(planes)]
     x, view, valid = _radial_inputs(masks)
     assert gpu_kernels.workspace_bytes("cp_radial", 40, 44) > 16 * 1024
     got = gpu_kernels.cp_radial_planes(sim_small_shared.asarray(x), sim_small_shared.asarray(view),
@@ -165,7 +168,7 @@ def test_cp_distance_kernels_global_workspace(sim_small_shared):
     got = gpu_kernels.cp_radii(sim_small_shared.asarray(padded), sim_small_shared.asarray(labels), nl).get()
     np.testing.assert_array_equal(got, cp_cpu_kernels.radii(padded, labels, nl))
     launches = gpu_kernels.module().launches
-    assert {name for name, _, _, shared in launches if shared == 0} >= {"cp_radial", "cp_radii"}
+    assert {name for name, grid, _, shared in launches if shared == 0 and grid < len(masks)} >= {"cp_radial", "cp_radii"}
 
 
 def _dijkstra(view, seed):
@@ -210,3 +213,23 @@ def test_relaxation_fixed_point_is_dijkstra_bit_for_bit():
     block = np.ones((4, 4), bool)
     got = geodesic_from(block[None], np.array([0]))[0, 3, 2]
     assert got == min((0.0 + 1.0 + s2) + s2, (0.0 + s2 + s2) + 1.0) == _dijkstra(block, (0, 0))[3, 2]
+
+
+def test_family_stages_dispatch_to_the_kernels(device):
+    """On device arrays the stages run the kernels (the rest of the family its array path):
+    the radius columns and the radial values equal the CPU path's exactly."""
+    from scip_gpu.features.cp_radial import radial_planes
+    from scip_gpu.features.cp_sizeshape import FEATURES, sizeshape_features
+
+    masks = _planes()
+    want = sizeshape_features(masks)
+    got = sizeshape_features(device.asarray(masks)).get()
+    cols = [FEATURES.index(f) for f in ("MaximumRadius", "MeanRadius", "MedianRadius")]
+    np.testing.assert_array_equal(got[:, cols], want[:, cols])
+    assert np.isnan(got[0]).all() and np.isfinite(got[1:, cols]).all()
+    x, view, valid = _radial_inputs(masks)
+    np.testing.assert_array_equal(radial_planes(device.asarray(x), device.asarray(view), device.asarray(valid)).get(),
+                                  radial_planes(x, view, valid))
+    launches = getattr(gpu_kernels.module(), "launches", None)
+    if launches is not None:  # the emulation records its launches
+        assert {"cp_radii", "cp_radial"} <= {name for name, *_ in launches}
