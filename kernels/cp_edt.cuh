@@ -32,7 +32,16 @@ __device__ __forceinline__ double cpe_meet(const int* g, int p, int q) {
 // point of the envelope's parabolas v[k - 1] and v[k] (computed when v[k] was pushed, and
 // neither changes while both are on the stack), so it is recomputed here from v by the same
 // operations (the same double) instead of stored: 8 bytes less per pixel of workspace.
-__device__ void cpe_edt_sq(const unsigned char* fg, int h, int w, int* g, int* v, int* d2) {
+//
+// Not inlined on the GPU: its row loop needs the most registers of the kernels that call it, and
+// as a call they count only there (cp_radii: 54 registers instead of 72, cp_radial 92 instead
+// of 110; ptxas -v, sm_90).
+#ifdef CUDA_SIM
+#define CPE_NOINLINE
+#else
+#define CPE_NOINLINE __noinline__
+#endif
+__device__ CPE_NOINLINE void cpe_edt_sq(const unsigned char* fg, int h, int w, int* g, int* v, int* d2) {
     const int big = (h + w) * (h + w) + 1;
     for (int j = threadIdx.x; j < w; j += SG_THREADS) {
         int run = big;

@@ -9,7 +9,7 @@
 //   n / 2. Here the squared distances (integers, ordered as their square roots) are not sorted:
 //   the element of rank (n - 1) / 2 is the smallest value v with at least (n - 1) / 2 + 1
 //   values <= v (a binary search over [0, max], one block count and one barrier per step), and
-//   the element of rank n / 2 is v again or the next larger value present (one block
+//   the element of rank n / 2 is v again or the next larger value present (one shared atomic
 //   minimum). The same two elements, so the same double;
 // - the mean: the distances summed in raster order by one thread (the numba kernel's order, so
 //   the sum is bit-identical), divided by the count.
@@ -29,7 +29,7 @@ cp_radii(const unsigned char* __restrict__ padded, const int* __restrict__ label
     const i64 stride = (i64)nl + 1;
     // block counts through shared atomics: a counter per call, rotating over 3 so that one
     // barrier a call suffices (the slot cleared in call k was last read before barrier k - 1)
-    __shared__ int agg[3], cnt3[3];
+    __shared__ int agg[4], cnt3[3];
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
         const unsigned char* fg = padded + (i64)m * n;
         const int* lb = labels + (i64)m * n;
@@ -37,6 +37,7 @@ cp_radii(const unsigned char* __restrict__ padded, const int* __restrict__ label
             agg[0] = 0;
             agg[1] = -1;
             agg[2] = -1;
+            agg[3] = 0x7fffffff;
         }
         if (t < 3) cnt3[t] = 0;
         cpe_edt_sq(fg, h, w, g, v, d2);  // (its barriers publish agg and cnt3)
@@ -83,11 +84,13 @@ cp_radii(const unsigned char* __restrict__ padded, const int* __restrict__ label
         }
         const int v1 = lo;
         int v2 = v1;
-        if (c_hi < k2 + 1) {
-            i64 nxt = 0x7fffffffffffffffLL;
+        if (c_hi < k2 + 1) {  // (then a larger value exists)
+            int nxt = 0x7fffffff;
             for (int p = t; p < n; p += SG_THREADS)
-                if (d2[p] > v1) nxt = sg_min64(nxt, (i64)d2[p]);
-            v2 = (int)sg_block_min_i64(nxt);
+                if (d2[p] > v1) nxt = sg_min(nxt, d2[p]);
+            if (nxt != 0x7fffffff) atomicMin(&agg[3], nxt);
+            __syncthreads();
+            v2 = agg[3];
         }
         if (t == 0) {
             double tot = 0.0;
