@@ -519,9 +519,15 @@ def _ws_cp_radial(h: int, w: int) -> int:
     return 2 * _round16(h * w) + _round16(4 * h * w) + _round16(16 * h * w)
 
 
+#: planes up to this many pixels (as shape_props; larger ones take the reference, whose
+#: global-memory workspaces would otherwise be one plane's worth per resident block)
+CP_MAX_PIXELS = 1 << 16
+
+
 def _edt_fits(h: int, w: int) -> bool:
-    """Squared distances and the transform's cap, (h + w) ** 2 + 1, fit in 32-bit ints."""
-    return h + w <= 46340
+    """Squared distances and the transform's cap, (h + w) ** 2 + 1, fit in 32-bit ints, and the
+    plane is not larger than ``CP_MAX_PIXELS``."""
+    return h + w <= 46340 and h * w <= CP_MAX_PIXELS
 
 
 def _accepts_radii(padded, labels, nl) -> bool:

@@ -233,3 +233,19 @@ def test_family_stages_dispatch_to_the_kernels(device):
     launches = getattr(gpu_kernels.module(), "launches", None)
     if launches is not None:  # the emulation records its launches
         assert {"cp_radii", "cp_radial"} <= {name for name, *_ in launches}
+
+
+def test_cp_distance_kernels_decline_planes_too_large_for_them():
+    from scip_gpu import dispatch
+
+    def radii_args(h, w):
+        return (np.zeros((1, h, w), bool), np.zeros((1, h, w), np.int32), 0)
+
+    def radial_args(h, w):
+        return (np.zeros((1, h, w)), np.zeros((1, h, w), bool), np.zeros((1, h, w), bool))
+
+    radii = dispatch.STAGES["cp_sizeshape.radii"].impls["cuda"]
+    radial = dispatch.STAGES["cp_radial.planes"].impls["cuda"]
+    assert radii.covers(radii_args(256, 256), {}) and radial.covers(radial_args(256, 256), {})
+    assert not radii.covers(radii_args(257, 256), {}) and not radial.covers(radial_args(256, 257), {})
+    assert not radii.covers((np.zeros((1, 8, 8), bool), np.zeros((1, 8, 8), np.int64), 0), {})
