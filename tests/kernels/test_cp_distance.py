@@ -249,3 +249,36 @@ def test_cp_distance_kernels_decline_planes_too_large_for_them():
     assert radii.covers(radii_args(256, 256), {}) and radial.covers(radial_args(256, 256), {})
     assert not radii.covers(radii_args(257, 256), {}) and not radial.covers(radial_args(256, 257), {})
     assert not radii.covers((np.zeros((1, 8, 8), bool), np.zeros((1, 8, 8), np.int64), 0), {})
+
+
+def test_cellprofiler_families_on_the_device_path_equal_cpu(device):
+    """The cp_sizeshape and cp_radial family blocks (what ``profile_batch`` calls per mask) on
+    device arrays of demo cells with li masks: these kernels inside the families, the CPU
+    path's values."""
+    import dataclasses
+
+    from scip_gpu.batch import Batch, assemble
+    from scip_gpu.cli import to_config
+    from scip_gpu.demo import make_cell
+    from scip_gpu.features.cp_radial import compute_radial
+    from scip_gpu.features.cp_sizeshape import compute_sizeshape
+    from scip_gpu.masks import compute_masks
+
+    from ..test_config import _compose
+
+    cfg, _ = to_config(_compose(["+dataset=demo", "masks=li"]))
+    cells = [make_cell(i, min_size=28, max_size=40)[0] for i in range(3)]
+    batch = assemble(cells, np.arange(3), (48, 48), np)
+    mr = compute_masks(batch, cfg.masks.methods[0], cfg.masks, np.ones((3, cells[0].shape[0]), bool))
+    dbatch = Batch(device.asarray(batch.pixels), device.asarray(batch.extents), batch.index)
+    dmr = dataclasses.replace(mr, **{f.name: device.asarray(getattr(mr, f.name))
+                                     for f in dataclasses.fields(mr) if isinstance(getattr(mr, f.name), np.ndarray)})
+    for block in (compute_sizeshape, compute_radial):
+        want = np.asarray(block(batch, mr, None))
+        got = block(dbatch, dmr, None).get()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        assert np.isfinite(want).mean() > 0.5
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    launches = getattr(gpu_kernels.module(), "launches", None)
+    if launches is not None:
+        assert {"cp_radii", "cp_radial"} <= {name for name, *_ in launches}
