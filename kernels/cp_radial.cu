@@ -59,8 +59,8 @@ __device__ __forceinline__ bool cpr_relax(const unsigned char* obj, const double
 
 // FracAtD, MeanFrac and RadialCV of one plane from its bin sums (out: 3 * bins values), in the
 // numba kernel's order of operations (one thread).
-__device__ __forceinline__ void cpr_values(const double* hist, const double* num, const double* wsum, const double* wcnt,
-                                        int bins, double* o) {
+__device__ __forceinline__ void cpr_values(const double* hist, const double* num, const double* wsum,
+                                           const double* wcnt, int bins, double* o) {
     double htot = 0.0, ntot = 0.0;
     for (int b = 0; b <= bins; ++b) {
         htot += hist[b];
@@ -154,7 +154,8 @@ cp_radial(const double* __restrict__ x, const unsigned char* __restrict__ view, 
         unsigned long long key = 0;
         for (int p = t; p < n; p += SG_THREADS)
             if (obj[p]) {
-                const unsigned long long k = ((unsigned long long)(any_bg ? d2[p] : 0) << 32) | (0xffffffffu - (unsigned)p);
+                const unsigned long long k =
+                    ((unsigned long long)(any_bg ? d2[p] : 0) << 32) | (0xffffffffu - (unsigned)p);
                 if (k > key) key = k;
             }
         if (key) atomicMax(&agg_key, key);
@@ -208,7 +209,8 @@ cp_radial(const double* __restrict__ x, const unsigned char* __restrict__ view, 
                 const int i = p / w, j = p - i * w;
                 const int ci = centre[0] / w, cj = centre[0] - ci * w;
                 const int di = i - ci, dj = j - cj;
-                const int wedge = (i > ci ? 1 : 0) + (j > cj ? 2 : 0) + ((di < 0 ? -di : di) > (dj < 0 ? -dj : dj) ? 4 : 0);
+                const int wedge =
+                    (i > ci ? 1 : 0) + (j > cj ? 2 : 0) + ((di < 0 ? -di : di) > (dj < 0 ? -dj : dj) ? 4 : 0);
                 k = (unsigned char)(b * 8 + wedge);
             }
             fg[p] = k;
