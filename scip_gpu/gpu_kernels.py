@@ -41,7 +41,7 @@ from .dispatch import register
 
 #: kernel sources, compiled together in this order (common.cuh first)
 SOURCES = ("common.cuh", "masked_stats.cu", "glcm.cu", "masks.cu", "intensity.cu", "texture.cu", "shape.cu",
-           "granularity.cu")
+           "granularity.cu", "cp_edt.cuh", "cp_sizeshape.cu", "cp_radial.cu")
 #: NVRTC options: no contraction into fused multiply-adds (bit-identical to the CPU kernels)
 OPTIONS = ("--std=c++17", "--fmad=false")
 #: threads per block of every plane kernel (SG_THREADS in common.cuh)
@@ -494,6 +494,90 @@ def glcm_props(values, view, extents, edges, offsets):
 
 # the family kernels register themselves as they are imported
 from . import _gpu_granularity, _gpu_intensity, _gpu_shape, _gpu_texture  # noqa: E402,F401
+
+
+
+# ---------------------------------------------------------------------------------------------
+# CellProfiler families built on the exact distance transform (kernels/cp_edt.cuh,
+# kernels/cp_sizeshape.cu, kernels/cp_radial.cu)
+
+
+def _ws_edt(h: int, w: int) -> int:
+    """cpe_edt_sq's g and v (ints)."""
+    return 2 * _round16(4 * h * w)
+
+
+@workspace("cp_radii")
+def _ws_cp_radii(h: int, w: int) -> int:
+    return _ws_edt(h, w) + _round16(4 * h * w)
+
+
+@workspace("cp_radial")
+def _ws_cp_radial(h: int, w: int) -> int:
+    # object, foreground / bin keys, squared distances; the transform's g and v, then the
+    # geodesic distance's two buffers of doubles in the same place
+    return 2 * _round16(h * w) + _round16(4 * h * w) + _round16(16 * h * w)
+
+
+#: planes up to this many pixels (as shape_props; larger ones take the reference, whose
+#: global-memory workspaces would otherwise be one plane's worth per resident block)
+CP_MAX_PIXELS = 1 << 16
+
+
+def _edt_fits(h: int, w: int) -> bool:
+    """Squared distances and the transform's cap, (h + w) ** 2 + 1, fit in 32-bit ints, and the
+    plane is not larger than ``CP_MAX_PIXELS``."""
+    return h + w <= 46340 and h * w <= CP_MAX_PIXELS
+
+
+def _accepts_radii(padded, labels, nl) -> bool:
+    return (getattr(padded, "ndim", 0) == 3 and labels.shape == padded.shape and labels.dtype == np.int32
+            and _edt_fits(*padded.shape[1:]))
+
+
+@register("cp_sizeshape.radii", "cuda", accepts=_accepts_radii)
+def cp_radii(padded, labels, nl: int):
+    """(3, nl + 1) maximum, mean and median distance to the background over each label's
+    pixels (``cp_radii``: one block per plane, the numba kernel's values bit for bit)."""
+    import cupy
+
+    fg = cupy.ascontiguousarray(padded, dtype=cupy.bool_).view(cupy.uint8)
+    lab = cupy.ascontiguousarray(labels, dtype=cupy.int32)
+    m, h, w = fg.shape
+    out = cupy.zeros((3, int(nl) + 1), dtype=cupy.float64)
+    args = (fg, lab, np.int32(m), np.int32(h), np.int32(w), np.int32(nl), out)
+    launch("cp_radii", m, args, workspace=workspace_bytes("cp_radii", h, w))
+    return out
+
+
+#: bins the radial kernel's shared sums hold (kernels/cp_radial.cu: CPR_MAX_BINS)
+CP_RADIAL_MAX_BINS = 16
+
+
+def _accepts_radial(x, view, valid) -> bool:
+    from .features.cp_radial import BINS
+
+    return (getattr(x, "ndim", 0) == 3 and view.shape == x.shape and valid.shape == x.shape
+            and BINS <= CP_RADIAL_MAX_BINS and _edt_fits(*x.shape[1:]))
+
+
+@register("cp_radial.planes", "cuda", accepts=_accepts_radial)
+def cp_radial_planes(x, view, valid):
+    """FracAtD, MeanFrac and RadialCV of every plane (``cp_radial``: one block per plane; the
+    geodesic distance by relaxation to the fixed point Dijkstra's algorithm finds, so the
+    numba kernel's values bit for bit)."""
+    import cupy
+
+    from .features.cp_radial import BINS
+
+    xs = cupy.ascontiguousarray(x, dtype=cupy.float64)
+    vw = cupy.ascontiguousarray(view, dtype=cupy.bool_).view(cupy.uint8)
+    vl = cupy.ascontiguousarray(valid, dtype=cupy.bool_).view(cupy.uint8)
+    m, h, w = xs.shape
+    out = cupy.empty((m, 3 * BINS), dtype=cupy.float64)
+    args = (xs, vw, vl, np.int32(m), np.int32(h), np.int32(w), np.int32(BINS), out)
+    launch("cp_radial", m, args, workspace=workspace_bytes("cp_radial", h, w))
+    return out
 
 
 if __name__ == "__main__":  # python -m scip_gpu.gpu_kernels build

@@ -22,7 +22,9 @@ An empty object gives NaN. Zernike intensity moments are not computed yet.
 Array path: one 3-D distance transform for all planes, and the geodesic distance by relaxation
 over the 8 neighbours of all planes at once (until nothing changes: as many rounds as the
 longest geodesic path has steps); every sum is a ``bincount``. The ``cpu`` implementation
-(numba) runs a distance transform and Dijkstra's algorithm per plane.
+(numba) runs a distance transform and Dijkstra's algorithm per plane; the ``cuda`` one
+(``kernels/cp_radial.cu``) one thread block per plane, the geodesic distance by relaxation to
+the fixed point, which is Dijkstra's result double for double.
 """
 
 from __future__ import annotations
