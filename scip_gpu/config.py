@@ -92,6 +92,8 @@ class FeatureFamily(str, Enum):
     cp_texture = "cp_texture"
     cp_radial = "cp_radial"
     cp_colocalization = "cp_colocalization"
+    cp_zernike = "cp_zernike"
+    cp_radial_zernike = "cp_radial_zernike"  # empty unless features.cellprofiler.radial_zernikes
 
 
 class ExportFormat(str, Enum):
@@ -254,6 +256,9 @@ class CellProfilerConfig:
 
     texture_scales: List[int] = field(default_factory=lambda: [3])  # GLCM distances (pixels)
     texture_levels: int = 256  # gray levels of the GLCM (CellProfiler 3+: 256; 2: 8)
+    # Zernike intensity moments of MeasureObjectIntensityDistribution (family cp_radial_zernike):
+    # 60 columns per channel, off as in CellProfiler
+    radial_zernikes: bool = False
 
 
 @dataclass

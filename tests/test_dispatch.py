@@ -29,6 +29,7 @@ EXPECTED = {
     "cp_sizeshape.block", "cp_sizeshape.radii", "cp_intensity.block", "cp_intensity.planes",
     "cp_texture.block", "cp_texture.haralick", "cp_colocalization.block",
     "cp_colocalization.pairs", "cp_radial.block", "cp_radial.planes",
+    "cp_zernike.block", "cp_zernike.circles", "cp_zernike.sums", "cp_radial_zernike.block",
 }
 
 from .conftest import cuda_backend

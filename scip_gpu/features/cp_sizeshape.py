@@ -237,15 +237,19 @@ def _hull_features(geo, props, empty_rows, side: int) -> None:
     props[:, _F["MaxFeretDiameter"]] = fmax
 
 
-def centre_hull_feret(geo, empty_rows, side: int, budget: int = 1 << 22):
-    """(min, max) Feret diameter of the convex hull of each label's pixel centres.
+def centre_hull_vertices(geo, empty_rows, side: int):
+    """Vertices of the convex hull of each label's pixel centres, in polygon order.
 
     The hull's left chain is the convex minorant of each row's leftmost column over the rows,
     the right chain the concave majorant of the rightmost (``shape._lower_hull`` on both, all
     labels in lock-step; rows without pixels and a closing point carry a sentinel that the hull
-    pass pops and that is dropped). The vertices, in polygon order, go to an (L, V) table:
-    the maximum diameter is the largest vertex distance, the minimum the smallest, over the
-    hull's edges, of the largest vertex distance from the edge's line (rotating calipers).
+    pass pops and that is dropped). Polygon order: the left chain downwards from the first
+    row's leftmost pixel, then the right chain upwards; collinear points are not vertices.
+
+    Returns
+    -------
+    label, row, col : (P,) int64 ndarrays
+        Sorted by label; each label's vertices in polygon order.
     """
     xp = array_module(geo.left)
     nl1 = geo.roff.shape[0]
@@ -289,7 +293,15 @@ def centre_hull_feret(geo, empty_rows, side: int, budget: int = 1 << 22):
     drop = xp.zeros(label.shape[0], dtype=bool)
     drop[li[same]] = True
     keep = ~drop
-    label, row, col = label[keep], row[keep], col[keep]
+    return label[keep], row[keep], col[keep]
+
+
+def centre_hull_table(geo, empty_rows, side: int):
+    """``centre_hull_vertices`` as an (L, V) table: row and column (float64; unused slots repeat
+    the label's first vertex) and the (L,) vertex counts."""
+    xp = array_module(geo.left)
+    nl1 = geo.roff.shape[0]
+    label, row, col = centre_hull_vertices(geo, empty_rows, side)
     nv = xp.bincount(label, minlength=nl1)
     slot = xp.arange(label.shape[0]) - (xp.cumsum(nv) - nv)[label]
     nv_host = asnumpy(nv)  # host sync: table width
@@ -301,6 +313,20 @@ def centre_hull_feret(geo, empty_rows, side: int, budget: int = 1 << 22):
     fill = xp.arange(v_max)[None, :] >= nv[:, None]  # unused slots repeat the first vertex
     vr = xp.where(fill, vr[:, :1], vr)
     vc = xp.where(fill, vc[:, :1], vc)
+    return vr, vc, nv
+
+
+def centre_hull_feret(geo, empty_rows, side: int, budget: int = 1 << 22):
+    """(min, max) Feret diameter of the convex hull of each label's pixel centres.
+
+    The hull's vertices (``centre_hull_table``): the maximum diameter is the largest vertex
+    distance, the minimum the smallest, over the hull's edges, of the largest vertex distance
+    from the edge's line (rotating calipers).
+    """
+    xp = array_module(geo.left)
+    nl1 = geo.roff.shape[0]
+    vr, vc, nv = centre_hull_table(geo, empty_rows, side)
+    v_max = vr.shape[1]
     fmax = xp.zeros(nl1, dtype=xp.float64)
     fmin = xp.zeros(nl1, dtype=xp.float64)
     step = max(1, budget // (v_max * v_max))
