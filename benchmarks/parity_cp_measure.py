@@ -4,8 +4,9 @@ the same objects: value parity per measurement and objects per second.
 Objects: the bundled demo cells (li masks), the shared real IFC cells
 (``../shared/data/scip-ifc-10cells.zarr``, li masks) and the nuclei of the shared DSB2018 field
 (``../shared/data/nuclei-dsb2018``, ground-truth labels, one crop per nucleus), when present.
-For every object, every plane the preset measures (combined and channel masks for AreaShape;
-each channel in its own mask for Intensity and Texture) is given to cp_measure as a one-label
+For every object, every plane the preset measures (combined and channel masks for AreaShape and
+its Zernike features; each channel in its own mask for Intensity, Texture, RadialDistribution and
+its Zernike moments) is given to cp_measure as a one-label
 image of the object's extent, the pixels as CellProfiler loads them (``uint16 / 65535``).
 
 Writes ``benchmarks/results/parity-cp_measure-<machine>.md``: per measurement the largest
@@ -48,6 +49,7 @@ from scip_gpu.features.cp_intensity import compute_intensity  # noqa: E402
 from scip_gpu.features.cp_radial import BINS, MEASURES, compute_radial  # noqa: E402
 from scip_gpu.features.cp_sizeshape import FEATURES, compute_sizeshape  # noqa: E402
 from scip_gpu.features.cp_texture import HARALICK, compute_texture  # noqa: E402
+from scip_gpu.features.cp_zernike import ZERNIKE_INDEXES, compute_zernike, radial_zernike_block  # noqa: E402
 from scip_gpu.masks import MaskResult, compute_masks  # noqa: E402
 from scip_gpu.profile import FeatureContext  # noqa: E402
 
@@ -146,7 +148,13 @@ def ours(batch, mr, ctx, texture_rows):
     t0 = time.perf_counter()
     ra = compute_radial(batch, mr, ctx)
     t["RadialDistribution"] = time.perf_counter() - t0
-    return ss, it, tx, co, ra, t
+    t0 = time.perf_counter()
+    ze = compute_zernike(batch, mr, ctx)
+    t["AreaShape_Zernike"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rz = radial_zernike_block(batch, mr, ctx)
+    t["RadialDistribution_Zernike"] = time.perf_counter() - t0
+    return ss, it, tx, co, ra, ze, rz, t
 
 
 def cp_measure_values(batch, mr, texture_rows):
@@ -156,8 +164,8 @@ def cp_measure_values(batch, mr, texture_rows):
     core = get_core_measurements()
     n, c = batch.pixels.shape[:2]
     shape, inten, tex = {}, {}, {}
-    t = {"AreaShape": 0.0, "Intensity": 0.0, "Texture": 0.0, "Correlation": 0.0, "RadialDistribution": 0.0}
-    coloc, radial = {}, {}
+    t = {f: 0.0 for f in FAMILIES_TIMED}
+    coloc, radial, zern, rzern = {}, {}, {}, {}
     from cp_measure.core import measurecolocalization as mc
 
     coloc_fns = (mc.get_correlation_pearson, mc.get_correlation_manders_fold, mc.get_correlation_rwc,
@@ -176,6 +184,11 @@ def cp_measure_values(batch, mr, texture_rows):
             r = {**core["sizeshape"](lab, None), **core["feret"](lab, None)}
             t["AreaShape"] += time.perf_counter() - t0
             shape[i, p] = {k: float(v[0]) for k, v in r.items()}
+            t0 = time.perf_counter()
+            with np.errstate(invalid="ignore", divide="ignore"):  # one-pixel objects: 0 / 0
+                r = core["zernike"](lab, None)
+            t["AreaShape_Zernike"] += time.perf_counter() - t0
+            zern[i, p] = {k: float(v[0]) for k, v in r.items()}
         for k in range(c):
             m = mr.mask[i, k, :h, :w]
             if not m.any():
@@ -191,6 +204,11 @@ def cp_measure_values(batch, mr, texture_rows):
                 r = core["radial_distribution"](lab, x)
             t["RadialDistribution"] += time.perf_counter() - t0
             radial[i, k] = {kk: float(v[0]) for kk, v in r.items()}
+            t0 = time.perf_counter()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                r = core["radial_zernikes"](lab, x)
+            t["RadialDistribution_Zernike"] += time.perf_counter() - t0
+            rzern[i, k] = {kk: float(v[0]) for kk, v in r.items()}
             if k == 0:  # every pair of channels, in the combined mask
                 cm_ = mr.combined[i, :h, :w]
                 if cm_.any():
@@ -208,7 +226,7 @@ def cp_measure_values(batch, mr, texture_rows):
                 r = core["texture"](lab, x, scale=3, gray_levels=256)
                 t["Texture"] += time.perf_counter() - t0
                 tex[i, k] = {kk: float(v[0]) for kk, v in r.items()}
-    return shape, inten, tex, coloc, radial, t
+    return shape, inten, tex, coloc, radial, zern, rzern, t
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,8 +249,10 @@ class Worst:
     def __init__(self):
         self.d: dict[str, list] = {}
 
-    def add(self, name, a, b, where):
-        r = _rel(a, b)
+    def add(self, name, a, b, where, floor: float = 0.0):
+        """``floor``: an absolute difference up to it counts as none (values at the rounding level
+        of a sum that vanishes); it still counts for the largest absolute difference."""
+        r = _rel(a, b) if not abs(a - b) <= floor else 0.0
         ab = abs(a - b) if np.isfinite(a) and np.isfinite(b) else (0.0 if r == 0 else np.inf)
         e = self.d.setdefault(name, [0.0, "", a, b, 0, 0.0])
         e[4] += 1
@@ -241,11 +261,41 @@ class Worst:
             e[:4] = [r, where, a, b]
 
 
+#: timed families (rows of the speed table); the Zernike ones are cp_zernike and cp_radial_zernike
+FAMILIES_TIMED = ("AreaShape", "AreaShape_Zernike", "Intensity", "Texture", "Correlation", "RadialDistribution",
+                  "RadialDistribution_Zernike")
+#: a Zernike intensity moment below this share of ZernikeMagnitude_0_0 vanishes: its phase is not compared
+VANISHING = 1e-9
+
 _COLOC_NAMES = {"Correlation": "Pearson", "Slope": "Slope", "Overlap": "Overlap"}
 
 
-def compare(dataset, batch, mr, ss, it, tx, co, ra, texture_rows, ref, worst):
-    shape, inten, tex, coloc, radial = ref
+def _phase_near(a: float, b: float) -> float:
+    """``b`` moved by whole turns next to ``a`` (phases are angles: -pi and pi are one)."""
+    if not (np.isfinite(a) and np.isfinite(b)):
+        return b
+    return a + float(np.angle(np.exp(1j * (b - a))))
+
+
+def compare(dataset, batch, mr, ss, it, tx, co, ra, ze, rz, texture_rows, ref, worst):
+    shape, inten, tex, coloc, radial, zern, rzern = ref
+    nz = len(ZERNIKE_INDEXES)
+    for (i, p), vals in zern.items():
+        floor = VANISHING * abs(vals["Zernike_0_0"])
+        for j, (n, m) in enumerate(ZERNIKE_INDEXES):
+            worst.add(f"AreaShape_Zernike_{n}_{m}", vals[f"Zernike_{n}_{m}"], float(ze[i, p * nz + j]),
+                      f"{dataset} #{i} plane {p}", floor)
+    for (i, k), vals in rzern.items():
+        mag0 = vals["RadialDistribution_ZernikeMagnitude_0_0"]
+        for j, (n, m) in enumerate(ZERNIKE_INDEXES):
+            a = vals[f"RadialDistribution_ZernikeMagnitude_{n}_{m}"]
+            worst.add(f"RadialDistribution_ZernikeMagnitude_{n}_{m}", a,
+                      float(rz[i, k * 2 * nz + j]), f"{dataset} #{i} channel {k}", VANISHING * abs(mag0))
+            if not a > VANISHING * mag0:
+                continue  # the phase of a moment that vanishes (by symmetry) is rounding noise
+            ph = vals[f"RadialDistribution_ZernikePhase_{n}_{m}"]
+            worst.add(f"RadialDistribution_ZernikePhase_{n}_{m}", ph,
+                      _phase_near(ph, float(rz[i, k * 2 * nz + nz + j])), f"{dataset} #{i} channel {k}")
     nr = len(MEASURES) * BINS
     for (i, k), vals in radial.items():
         for j, meas in enumerate(MEASURES):
@@ -320,9 +370,9 @@ def main(argv=None):
         n = batch.n
         texture_rows = np.arange(min(n, args.texture_objects))
         ours(batch, mr, ctx, texture_rows)  # warm: compiled kernels for these shapes and dtypes
-        ss, it, tx, co, ra, t_ours = ours(batch, mr, ctx, texture_rows)
+        ss, it, tx, co, ra, ze, rz, t_ours = ours(batch, mr, ctx, texture_rows)
         *ref, t_cp = cp_measure_values(batch, mr, texture_rows)
-        compare(name, batch, mr, ss, it, tx, co, ra, texture_rows, ref, worst)
+        compare(name, batch, mr, ss, it, tx, co, ra, ze, rz, texture_rows, ref, worst)
         counts[name] = (n, int(np.asarray(mr.usable).sum()), len(texture_rows), batch.n_channels)
         for fam in t_ours:
             scale = n / len(texture_rows) if fam == "Texture" else 1.0
@@ -367,16 +417,22 @@ def write_report(args, worst, timing, counts):
         "|---|---|---|---|---|---|",
     ]
     to = tc = 0.0
-    for fam in ("AreaShape", "Intensity", "Texture", "Correlation", "RadialDistribution"):
+    for fam in FAMILIES_TIMED:
         a, b = timing["ours"].get(fam, 0.0), timing["cp"].get(fam, 0.0)
         to, tc = to + a, tc + b
         if a > 0 and b > 0:
             lines.append(f"| {fam} | {a:.2f} | {b:.2f} | {n_obj / a:.0f} | {n_obj / b:.1f} | {b / a:.0f}x |")
-    lines.append(f"| **all five** | {to:.2f} | {tc:.2f} | {n_obj / to:.0f} | {n_obj / tc:.1f} | {tc / to:.0f}x |")
+    lines.append(f"| **all** | {to:.2f} | {tc:.2f} | {n_obj / to:.0f} | {n_obj / tc:.1f} | {tc / to:.0f}x |")
     lines += ["", "## Values: largest relative difference per measurement", "",
               "Relative difference `|a - b| / max(|a|, |b|)` (NaN on both sides: equal; NaN or inf on one "
               "side only: inf); the values shown are those of the largest one. Differences above 1e-4 "
-              "are explained in README.md (Feature families, cellprofiler preset).", "",
+              "are explained in README.md (Feature families, cellprofiler preset). Zernike phases are "
+              "compared as angles (a difference of a whole turn is none), and only where the moment's "
+              f"magnitude exceeds {VANISHING:g} of ZernikeMagnitude_0_0 (the phase of a moment that "
+              "vanishes by symmetry is that of rounding noise); Zernike magnitudes that differ by at most "
+              f"{VANISHING:g} of the object's Zernike_0_0 (ZernikeMagnitude_0_0) count as equal (moments "
+              "that vanish by symmetry: both sides are rounding noise, about 1e-17; the largest absolute "
+              "difference is still shown).", "",
               "| measurement | compared | max rel. diff | max abs. diff | where | cp_measure | scip_gpu |",
               "|---|---|---|---|---|---|---|"]
     for name in sorted(worst.d):

@@ -725,6 +725,11 @@ def cp_zernike(masks, weights, use_weights, lut, nidx, midx, real, imag, circle,
             mmax = midx[k]
     zr = np.empty(mmax + 1, dtype=np.float64)
     zi = np.empty(mmax + 1, dtype=np.float64)
+    acc_r = np.empty(k_n, dtype=np.float64)
+    acc_i = np.empty(k_n, dtype=np.float64)
+    nterms = np.empty(k_n, dtype=np.int64)
+    for k in range(k_n):
+        nterms[k] = (nidx[k] - midx[k]) // 2 + 1
     for p in range(m_planes):
         nv = _centrosome_hull(masks[p], lower, upper, hi, hj)
         _chrystal(hi, hj, nv, res)
@@ -746,6 +751,9 @@ def cp_zernike(masks, weights, use_weights, lut, nidx, midx, real, imag, circle,
                 real[p, k] = np.nan
                 imag[p, k] = np.nan
             continue
+        for k in range(k_n):
+            acc_r[k] = 0.0
+            acc_i[k] = 0.0
         for i in range(h):
             for j in range(w):
                 if not masks[p, i, j]:
@@ -763,14 +771,17 @@ def cp_zernike(masks, weights, use_weights, lut, nidx, midx, real, imag, circle,
                     zi[q] = zr[q - 1] * xm + zi[q - 1] * ym
                 for k in range(k_n):
                     s = 0.0
-                    for c in range((nidx[k] - midx[k]) // 2 + 1):
+                    for c in range(nterms[k]):
                         s = s * r2
                         s = s + lut[k, c]
                     if use_weights:
                         s = s * wt
                     mm = midx[k]
                     if mm == 0:
-                        real[p, k] += s
+                        acc_r[k] += s
                     else:
-                        real[p, k] += s * zr[mm]
-                        imag[p, k] += s * zi[mm]
+                        acc_r[k] += s * zr[mm]
+                        acc_i[k] += s * zi[mm]
+        for k in range(k_n):
+            real[p, k] = acc_r[k]
+            imag[p, k] = acc_i[k]
