@@ -250,9 +250,9 @@ class Worst:
         self.d: dict[str, list] = {}
 
     def add(self, name, a, b, where, floor: float = 0.0):
-        """``floor``: an absolute difference up to it counts as none (values at the rounding level
-        of a sum that vanishes); it still counts for the largest absolute difference."""
-        r = _rel(a, b) if not abs(a - b) <= floor else 0.0
+        """``floor``: values both at most this large count as equal (the rounding noise of a sum
+        that vanishes); their difference still counts for the largest absolute difference."""
+        r = _rel(a, b) if not max(abs(a), abs(b)) <= floor else 0.0
         ab = abs(a - b) if np.isfinite(a) and np.isfinite(b) else (0.0 if r == 0 else np.inf)
         e = self.d.setdefault(name, [0.0, "", a, b, 0, 0.0])
         e[4] += 1
@@ -429,7 +429,7 @@ def write_report(args, worst, timing, counts):
               "are explained in README.md (Feature families, cellprofiler preset). Zernike phases are "
               "compared as angles (a difference of a whole turn is none), and only where the moment's "
               f"magnitude exceeds {VANISHING:g} of ZernikeMagnitude_0_0 (the phase of a moment that "
-              "vanishes by symmetry is that of rounding noise); Zernike magnitudes that differ by at most "
+              "vanishes by symmetry is that of rounding noise); Zernike magnitudes both at most "
               f"{VANISHING:g} of the object's Zernike_0_0 (ZernikeMagnitude_0_0) count as equal (moments "
               "that vanish by symmetry: both sides are rounding noise, about 1e-17; the largest absolute "
               "difference is still shown).", "",
