@@ -23,8 +23,8 @@ formulas:
 
 Every value comes from the array passes of ``features.shape`` (moments, pattern codes, lock-step
 convex hulls, containment tree for filled area), with each mask labelled as a single label, so
-there is no per-object loop and the same code runs on NumPy and CuPy. Zernike shape moments
-(degree 9, in the minimum enclosing circle) are not computed yet.
+there is no per-object loop and the same code runs on NumPy and CuPy. The Zernike shape
+features (``AreaShape_Zernike_n_m``) are the family ``cp_zernike`` (``features.cp_zernike``).
 
 An empty mask, or an object whose mask is not ``usable``, gives NaN (CellProfiler has no object
 there).
