@@ -104,8 +104,10 @@ __device__ void zn_chrystal(const int* hi, const int* hj, int nv, double* res) {
             if (v == s0 || v == s1) continue;
             const double vs0i = (double)hi[v] - s0i, vs0j = (double)hj[v] - s0j;
             const double vs1i = (double)hi[v] - s1i, vs1j = (double)hj[v] - s1j;
-            const double at_s1 = fabs(acos((s01i * vs1i + s01j * vs1j) / sqrt(n01 * (zn_sq(vs1i) + zn_sq(vs1j)))));
-            const double at_s0 = fabs(acos((-s01i * vs0i + -s01j * vs0j) / sqrt(n01 * (zn_sq(vs0i) + zn_sq(vs0j)))));
+            const double at_s1 =
+                fabs(acos((s01i * vs1i + s01j * vs1j) / sqrt(n01 * (zn_sq(vs1i) + zn_sq(vs1j)))));
+            const double at_s0 =
+                fabs(acos((-s01i * vs0i + -s01j * vs0j) / sqrt(n01 * (zn_sq(vs0i) + zn_sq(vs0j)))));
             const double at_v = pi - at_s1 - at_s0;
             if (at_v < amin) {
                 amin = at_v; pos = v; b0 = at_s0; b1 = at_s1;

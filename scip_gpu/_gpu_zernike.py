@@ -32,8 +32,8 @@ def _tables():
     from .features.cp_zernike import _LUT, ZERNIKE_INDEXES
 
     lut = device_constant(("cp_zernike", "lut"), lambda: np.ascontiguousarray(_LUT, dtype=np.float64))
-    nidx = device_constant(("cp_zernike", "n"), lambda: np.ascontiguousarray(ZERNIKE_INDEXES[:, 0], dtype=np.int32))
-    midx = device_constant(("cp_zernike", "m"), lambda: np.ascontiguousarray(ZERNIKE_INDEXES[:, 1], dtype=np.int32))
+    nidx = device_constant(("cp_zernike", "n"), lambda: ZERNIKE_INDEXES[:, 0].astype(np.int32))
+    midx = device_constant(("cp_zernike", "m"), lambda: ZERNIKE_INDEXES[:, 1].astype(np.int32))
     return lut, nidx, midx
 
 

@@ -30,7 +30,8 @@ def objects():
 
 
 def _radial(n, m, rho):
-    return sum((-1) ** k * factorial(n - k) / (factorial(k) * factorial((n + m) // 2 - k) * factorial((n - m) // 2 - k))
+    return sum((-1) ** k * factorial(n - k)
+               / (factorial(k) * factorial((n + m) // 2 - k) * factorial((n - m) // 2 - k))
                * rho ** (n - 2 * k) for k in range((n - m) // 2 + 1))
 
 
