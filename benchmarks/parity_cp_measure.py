@@ -4,8 +4,9 @@ the same objects: value parity per measurement and objects per second.
 Objects: the bundled demo cells (li masks), the shared real IFC cells
 (``../shared/data/scip-ifc-10cells.zarr``, li masks) and the nuclei of the shared DSB2018 field
 (``../shared/data/nuclei-dsb2018``, ground-truth labels, one crop per nucleus), when present.
-For every object, every plane the preset measures (combined and channel masks for AreaShape;
-each channel in its own mask for Intensity, Texture, RadialDistribution and Granularity) is given
+For every object, every plane the preset measures (combined and channel masks for AreaShape and
+its Zernike features; each channel in its own mask for Intensity, Texture, RadialDistribution, its
+Zernike moments, and Granularity) is given
 to cp_measure as a one-label image of the object's extent, the pixels as CellProfiler loads them
 (``uint16 / 65535``). Granularity values of objects whose background grid has an axis of 2 samples
 (20-35 pixel extents at CellProfiler's defaults) are listed apart: there cp_measure's background
@@ -58,6 +59,7 @@ from scip_gpu.features.cp_intensity import compute_intensity  # noqa: E402
 from scip_gpu.features.cp_radial import BINS, MEASURES, compute_radial  # noqa: E402
 from scip_gpu.features.cp_sizeshape import FEATURES, compute_sizeshape  # noqa: E402
 from scip_gpu.features.cp_texture import HARALICK, compute_texture  # noqa: E402
+from scip_gpu.features.cp_zernike import ZERNIKE_INDEXES, compute_zernike, radial_zernike_block  # noqa: E402
 from scip_gpu.masks import MaskResult, compute_masks  # noqa: E402
 from scip_gpu.profile import FeatureContext  # noqa: E402
 
@@ -159,7 +161,13 @@ def ours(batch, mr, ctx, texture_rows):
     t0 = time.perf_counter()
     gr = compute_granularity(batch, mr, ctx)
     t["Granularity"] = time.perf_counter() - t0
-    return ss, it, tx, co, ra, gr, t
+    t0 = time.perf_counter()
+    ze = compute_zernike(batch, mr, ctx)
+    t["AreaShape_Zernike"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rz = radial_zernike_block(batch, mr, ctx)
+    t["RadialDistribution_Zernike"] = time.perf_counter() - t0
+    return ss, it, tx, co, ra, gr, ze, rz, t
 
 
 def cp_measure_values(batch, mr, texture_rows):
@@ -169,9 +177,8 @@ def cp_measure_values(batch, mr, texture_rows):
     core = get_core_measurements()
     n, c = batch.pixels.shape[:2]
     shape, inten, tex = {}, {}, {}
-    t = {"AreaShape": 0.0, "Intensity": 0.0, "Texture": 0.0, "Correlation": 0.0, "RadialDistribution": 0.0,
-         "Granularity": 0.0}
-    coloc, radial, gran = {}, {}, {}
+    t = {f: 0.0 for f in FAMILIES_TIMED}
+    coloc, radial, gran, zern, rzern = {}, {}, {}, {}, {}
     from cp_measure.core import measurecolocalization as mc
 
     coloc_fns = (mc.get_correlation_pearson, mc.get_correlation_manders_fold, mc.get_correlation_rwc,
@@ -192,6 +199,11 @@ def cp_measure_values(batch, mr, texture_rows):
             r = {**core["sizeshape"](lab, None), **core["feret"](lab, None)}
             t["AreaShape"] += time.perf_counter() - t0
             shape[i, p] = {k: float(v[0]) for k, v in r.items()}
+            t0 = time.perf_counter()
+            with np.errstate(invalid="ignore", divide="ignore"):  # one-pixel objects: 0 / 0
+                r = core["zernike"](lab, None)
+            t["AreaShape_Zernike"] += time.perf_counter() - t0
+            zern[i, p] = {k: float(v[0]) for k, v in r.items()}
         for k in range(c):
             m = mr.mask[i, k, :h, :w]
             if not m.any():
@@ -207,6 +219,11 @@ def cp_measure_values(batch, mr, texture_rows):
                 r = core["radial_distribution"](lab, x)
             t["RadialDistribution"] += time.perf_counter() - t0
             radial[i, k] = {kk: float(v[0]) for kk, v in r.items()}
+            t0 = time.perf_counter()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                r = core["radial_zernikes"](lab, x)
+            t["RadialDistribution_Zernike"] += time.perf_counter() - t0
+            rzern[i, k] = {kk: float(v[0]) for kk, v in r.items()}
             t0 = time.perf_counter()
             r = core["granularity"](lab, x)
             t["Granularity"] += time.perf_counter() - t0
@@ -236,7 +253,7 @@ def cp_measure_values(batch, mr, texture_rows):
                 r = core["texture"](lab, x, scale=3, gray_levels=256)
                 t["Texture"] += time.perf_counter() - t0
                 tex[i, k] = {kk: float(v[0]) for kk, v in r.items()}
-    return shape, inten, tex, coloc, radial, gran, t
+    return shape, inten, tex, coloc, radial, gran, zern, rzern, t
 
 
 class _nearest_morphology:
@@ -328,8 +345,10 @@ class Worst:
     def __init__(self):
         self.d: dict[str, list] = {}
 
-    def add(self, name, a, b, where):
-        r = _rel(a, b)
+    def add(self, name, a, b, where, floor: float = 0.0):
+        """``floor``: values both at most this large count as equal (the rounding noise of a sum
+        that vanishes); their difference still counts for the largest absolute difference."""
+        r = _rel(a, b) if not max(abs(a), abs(b)) <= floor else 0.0
         ab = abs(a - b) if np.isfinite(a) and np.isfinite(b) else (0.0 if r == 0 else np.inf)
         e = self.d.setdefault(name, [0.0, "", a, b, 0, 0.0])
         e[4] += 1
@@ -338,7 +357,20 @@ class Worst:
             e[:4] = [r, where, a, b]
 
 
+#: timed families (rows of the speed table); the Zernike ones are cp_zernike and cp_radial_zernike
+FAMILIES_TIMED = ("AreaShape", "AreaShape_Zernike", "Intensity", "Texture", "Granularity", "Correlation",
+                  "RadialDistribution", "RadialDistribution_Zernike")
+#: a Zernike intensity moment below this share of ZernikeMagnitude_0_0 vanishes: its phase is not compared
+VANISHING = 1e-9
+
 _COLOC_NAMES = {"Correlation": "Pearson", "Slope": "Slope", "Overlap": "Overlap"}
+
+
+def _phase_near(a: float, b: float) -> float:
+    """``b`` moved by whole turns next to ``a`` (phases are angles: -pi and pi are one)."""
+    if not (np.isfinite(a) and np.isfinite(b)):
+        return b
+    return a + float(np.angle(np.exp(1j * (b - a))))
 
 
 def scipy_reads_outside(extent, element_size: int = GRAN[2]) -> bool:
@@ -350,8 +382,25 @@ def scipy_reads_outside(extent, element_size: int = GRAN[2]) -> bool:
     return any(2 <= int(g[k][0]) and 4 * int(g[k][0]) <= element_size for k in ("bh", "bw"))
 
 
-def compare(dataset, batch, mr, ss, it, tx, co, ra, gr, texture_rows, ref, worst):
-    shape, inten, tex, coloc, radial, gran = ref
+def compare(dataset, batch, mr, ss, it, tx, co, ra, gr, ze, rz, texture_rows, ref, worst):
+    shape, inten, tex, coloc, radial, gran, zern, rzern = ref
+    nz = len(ZERNIKE_INDEXES)
+    for (i, p), vals in zern.items():
+        floor = VANISHING * abs(vals["Zernike_0_0"])
+        for j, (n, m) in enumerate(ZERNIKE_INDEXES):
+            worst.add(f"AreaShape_Zernike_{n}_{m}", vals[f"Zernike_{n}_{m}"], float(ze[i, p * nz + j]),
+                      f"{dataset} #{i} plane {p}", floor)
+    for (i, k), vals in rzern.items():
+        mag0 = vals["RadialDistribution_ZernikeMagnitude_0_0"]
+        for j, (n, m) in enumerate(ZERNIKE_INDEXES):
+            a = vals[f"RadialDistribution_ZernikeMagnitude_{n}_{m}"]
+            worst.add(f"RadialDistribution_ZernikeMagnitude_{n}_{m}", a,
+                      float(rz[i, k * 2 * nz + j]), f"{dataset} #{i} channel {k}", VANISHING * abs(mag0))
+            if not a > VANISHING * mag0:
+                continue  # the phase of a moment that vanishes (by symmetry) is rounding noise
+            ph = vals[f"RadialDistribution_ZernikePhase_{n}_{m}"]
+            worst.add(f"RadialDistribution_ZernikePhase_{n}_{m}", ph,
+                      _phase_near(ph, float(rz[i, k * 2 * nz + nz + j])), f"{dataset} #{i} channel {k}")
     ng = GRAN[3]
     for key, vals in gran.items():
         i, k = key[:2]
@@ -438,9 +487,9 @@ def main(argv=None):
         n = batch.n
         texture_rows = np.arange(min(n, args.texture_objects))
         ours(batch, mr, ctx, texture_rows)  # warm: compiled kernels for these shapes and dtypes
-        ss, it, tx, co, ra, gr, t_ours = ours(batch, mr, ctx, texture_rows)
+        ss, it, tx, co, ra, gr, ze, rz, t_ours = ours(batch, mr, ctx, texture_rows)
         *ref, t_cp = cp_measure_values(batch, mr, texture_rows)
-        compare(name, batch, mr, ss, it, tx, co, ra, gr, texture_rows, ref, worst)
+        compare(name, batch, mr, ss, it, tx, co, ra, gr, ze, rz, texture_rows, ref, worst)
         counts[name] = (n, int(np.asarray(mr.usable).sum()), len(texture_rows), batch.n_channels)
         for fam in t_ours:
             scale = n / len(texture_rows) if fam == "Texture" else 1.0
@@ -486,7 +535,7 @@ def write_report(args, worst, timing, counts, neighbors=None):
         "|---|---|---|---|---|---|",
     ]
     to = tc = 0.0
-    for fam in ("AreaShape", "Intensity", "Texture", "Correlation", "RadialDistribution", "Granularity"):
+    for fam in FAMILIES_TIMED:
         a, b = timing["ours"].get(fam, 0.0), timing["cp"].get(fam, 0.0)
         to, tc = to + a, tc + b
         if a > 0 and b > 0:
@@ -503,7 +552,13 @@ def write_report(args, worst, timing, counts, neighbors=None):
               "side only: inf); the values shown are those of the largest one. Differences above 1e-4 "
               "are explained in README.md (Feature families, cellprofiler preset). "
               "`Granularity_k (2-sample background grid)`: objects on which cp_measure's background "
-              "opening reads memory outside its array (SciPy's `reflect` mode), listed apart.", "",
+              "opening reads memory outside its array (SciPy's `reflect` mode), listed apart. Zernike phases are "
+              "compared as angles (a difference of a whole turn is none), and only where the moment's "
+              f"magnitude exceeds {VANISHING:g} of ZernikeMagnitude_0_0 (the phase of a moment that "
+              "vanishes by symmetry is that of rounding noise); Zernike magnitudes both at most "
+              f"{VANISHING:g} of the object's Zernike_0_0 (ZernikeMagnitude_0_0) count as equal (moments "
+              "that vanish by symmetry: both sides are rounding noise, about 1e-17; the largest absolute "
+              "difference is still shown).", "",
               "| measurement | compared | max rel. diff | max abs. diff | where | cp_measure | scip_gpu |",
               "|---|---|---|---|---|---|---|"]
     for name in sorted(worst.d):

@@ -1043,3 +1043,225 @@ def cp_granularity(x, view, sizes, scales, ok, s, t, dy, dx, out):  # pragma: no
             new = acc / cnt
             out[m, k] = (current - new) * 100.0 / start
             current = new
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _hull_convex(ai, aj, bi, bj, ci, cj):  # pragma: no cover - compiled
+    # centrosome's CONVEX: does a -> b -> c turn left (x is j, y is i); a U-turn at the end counts
+    cross = (bj - aj) * (ci - bi) - (cj - bj) * (bi - ai)
+    if cross > 0:
+        return True
+    if cross < 0:
+        return False
+    return bj > aj and bj > cj
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _centrosome_hull(mask, lower, upper, hi, hj):  # pragma: no cover - compiled
+    # centrosome._convex_hull.convex_hull_ijv for one object: the top (min row) envelope over
+    # the columns rightwards, then the bottom (max row) one leftwards; returns the vertex count
+    h, w = mask.shape
+    start = -1
+    end = -1
+    for j in range(w):
+        lower[j] = h + 1
+        upper[j] = -1
+        for i in range(h):
+            if mask[i, j]:
+                if lower[j] > i:
+                    lower[j] = i
+                upper[j] = i
+        if upper[j] >= 0:
+            if start < 0:
+                start = j
+            end = j
+    if start < 0:
+        return 0
+    npix = 0
+    for i in range(h):
+        for j in range(w):
+            if mask[i, j]:
+                npix += 1
+    k = 0
+    for j in range(start, end + 1):
+        if lower[j] < h + 1:
+            while k >= 2 and not _hull_convex(hi[k - 2], hj[k - 2], hi[k - 1], hj[k - 1], lower[j], j):
+                k -= 1
+            hi[k] = lower[j]
+            hj[k] = j
+            k += 1
+    for j in range(end, start, -1):
+        if upper[j] > -1:
+            while k >= 2 and not _hull_convex(hi[k - 2], hj[k - 2], hi[k - 1], hj[k - 1], upper[j], j):
+                k -= 1
+            if npix > k:  # centrosome writes into the pixel list: at most npix entries
+                hi[k] = upper[j]
+                hj[k] = j
+                k += 1
+    while k >= 2 and not _hull_convex(hi[k - 2], hj[k - 2], hi[k - 1], hj[k - 1], upper[start], start):
+        k -= 1
+    if lower[start] != upper[start]:
+        hi[k] = upper[start]
+        hj[k] = start
+        k += 1
+    return k
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _chrystal(hi, hj, nv, res):  # pragma: no cover - compiled
+    # centrosome.cpmorphology.minimum_enclosing_circle for one hull: res = (ci, cj, r), the same
+    # tests and float formulas (features.cp_zernike._chrystal)
+    if nv == 0:
+        res[0] = np.nan
+        res[1] = np.nan
+        res[2] = 0.0
+        return
+    if nv == 1:
+        res[0] = float(hi[0])
+        res[1] = float(hj[0])
+        res[2] = 0.0
+        return
+    if nv == 2:
+        mi = (float(hi[0]) + float(hi[1])) / 2
+        mj = (float(hj[0]) + float(hj[1])) / 2
+        di = mi - hi[0]
+        dj = mj - hj[0]
+        res[0] = mi
+        res[1] = mj
+        res[2] = np.sqrt(di ** 2 + dj ** 2)
+        return
+    half = np.pi / 2
+    s0 = 0
+    s1 = 1
+    while True:
+        s0i = float(hi[s0])
+        s0j = float(hj[s0])
+        s1i = float(hi[s1])
+        s1j = float(hj[s1])
+        s01i = s0i - s1i
+        s01j = s0j - s1j
+        n01 = s01i ** 2 + s01j ** 2
+        amin = np.inf
+        pos = -1
+        b0 = 0.0
+        b1 = 0.0
+        for v in range(nv):
+            if v == s0 or v == s1:
+                continue
+            vs0i = hi[v] - s0i
+            vs0j = hj[v] - s0j
+            vs1i = hi[v] - s1i
+            vs1j = hj[v] - s1j
+            at_s1 = abs(np.arccos((s01i * vs1i + s01j * vs1j) / np.sqrt(n01 * (vs1i ** 2 + vs1j ** 2))))
+            at_s0 = abs(np.arccos((-s01i * vs0i + -s01j * vs0j) / np.sqrt(n01 * (vs0i ** 2 + vs0j ** 2))))
+            at_v = np.pi - at_s1 - at_s0
+            if at_v < amin:
+                amin = at_v
+                pos = v
+                b0 = at_s0
+                b1 = at_s1
+        if amin >= half:
+            res[0] = (s0i + s1i) / 2
+            res[1] = (s0j + s1j) / 2
+            res[2] = np.sqrt((s0i - s1i) ** 2 + (s0j - s1j) ** 2) / 2
+            return
+        if b1 <= half and b0 <= half:
+            y0 = s0i
+            x0 = s0j
+            y1 = s1i
+            x1 = s1j
+            yv = float(hi[pos])
+            xv = float(hj[pos])
+            d = 2 * (x0 * (y1 - yv) + x1 * (yv - y0) + xv * (y0 - y1))
+            q0 = y0 ** 2 + x0 ** 2
+            q1 = y1 ** 2 + x1 ** 2
+            qv = yv ** 2 + xv ** 2
+            cx = (q0 * (y1 - yv) + q1 * (yv - y0) + qv * (y0 - y1)) / d
+            cy = (q0 * (xv - x1) + q1 * (x0 - xv) + qv * (x1 - x0)) / d
+            res[0] = cy
+            res[1] = cx
+            res[2] = np.sqrt((y0 - cy) ** 2 + (x0 - cx) ** 2)
+            return
+        if b0 > half:
+            s0 = pos
+        else:
+            s1 = pos
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def cp_zernike(masks, weights, use_weights, lut, nidx, midx, real, imag, circle, count):  # pragma: no cover - compiled
+    # masks (M, H, W) bool; weights (M, H, W) float64 (read when use_weights); lut (K, L);
+    # nidx, midx (K,) int64; real, imag (M, K); circle (M, 3) = (ci, cj, r); count (M,)
+    m_planes, h, w = masks.shape
+    k_n = nidx.shape[0]
+    lower = np.empty(w, dtype=np.int64)
+    upper = np.empty(w, dtype=np.int64)
+    hi = np.empty(h * w + 2, dtype=np.int64)
+    hj = np.empty(h * w + 2, dtype=np.int64)
+    res = np.empty(3, dtype=np.float64)
+    mmax = 0
+    for k in range(k_n):
+        if midx[k] > mmax:
+            mmax = midx[k]
+    zr = np.empty(mmax + 1, dtype=np.float64)
+    zi = np.empty(mmax + 1, dtype=np.float64)
+    acc_r = np.empty(k_n, dtype=np.float64)
+    acc_i = np.empty(k_n, dtype=np.float64)
+    nterms = np.empty(k_n, dtype=np.int64)
+    for k in range(k_n):
+        nterms[k] = (nidx[k] - midx[k]) // 2 + 1
+    for p in range(m_planes):
+        nv = _centrosome_hull(masks[p], lower, upper, hi, hj)
+        _chrystal(hi, hj, nv, res)
+        circle[p, 0] = res[0]
+        circle[p, 1] = res[1]
+        circle[p, 2] = res[2]
+        cnt = 0
+        for k in range(k_n):
+            real[p, k] = 0.0
+            imag[p, k] = 0.0
+        for i in range(h):
+            for j in range(w):
+                if masks[p, i, j]:
+                    cnt += 1
+        count[p] = cnt
+        r = res[2]
+        if r == 0:
+            for k in range(k_n):
+                real[p, k] = np.nan
+                imag[p, k] = np.nan
+            continue
+        for k in range(k_n):
+            acc_r[k] = 0.0
+            acc_i[k] = 0.0
+        for i in range(h):
+            for j in range(w):
+                if not masks[p, i, j]:
+                    continue
+                ym = (i - res[0]) / r
+                xm = (j - res[1]) / r
+                r2 = xm * xm + ym * ym
+                if r2 > 1:
+                    continue
+                wt = weights[p, i, j] if use_weights else 1.0
+                zr[1] = ym
+                zi[1] = xm
+                for q in range(2, mmax + 1):
+                    zr[q] = zr[q - 1] * ym - zi[q - 1] * xm
+                    zi[q] = zr[q - 1] * xm + zi[q - 1] * ym
+                for k in range(k_n):
+                    s = 0.0
+                    for c in range(nterms[k]):
+                        s = s * r2
+                        s = s + lut[k, c]
+                    if use_weights:
+                        s = s * wt
+                    mm = midx[k]
+                    if mm == 0:
+                        acc_r[k] += s
+                    else:
+                        acc_r[k] += s * zr[mm]
+                        acc_i[k] += s * zi[mm]
+        for k in range(k_n):
+            real[p, k] = acc_r[k]
+            imag[p, k] = acc_i[k]

@@ -94,6 +94,8 @@ class FeatureFamily(str, Enum):
     cp_colocalization = "cp_colocalization"
     cp_granularity = "cp_granularity"
     cp_neighbors = "cp_neighbors"  # segmented fields of view only
+    cp_zernike = "cp_zernike"
+    cp_radial_zernike = "cp_radial_zernike"  # empty unless features.cellprofiler.radial_zernikes
 
 
 class ExportFormat(str, Enum):
@@ -267,6 +269,9 @@ class CellProfilerConfig:
     # within (neighbors_distance pixels) or adjacent
     neighbors_method: str = "expand"
     neighbors_distance: int = 5
+    # Zernike intensity moments of MeasureObjectIntensityDistribution (family cp_radial_zernike):
+    # 60 columns per channel, off as in CellProfiler
+    radial_zernikes: bool = False
 
 
 @dataclass

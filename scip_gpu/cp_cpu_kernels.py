@@ -118,3 +118,35 @@ def granularity_planes(x, view, extents, subsample_size: float = 0.25, image_sam
                          float(subsample_size), float(image_sample_size), (dy - r).astype(np.int64),
                          (dx - r).astype(np.int64), out)
     return out
+
+
+@register("cp_zernike.circles", "cpu")
+def enclosing_circles(masks):
+    """Compiled ``features.cp_zernike.enclosing_circles``: centrosome's hull and Chrystal's
+    algorithm per plane."""
+    centre, radius, *_ = _zernike(masks, None)
+    return centre, radius
+
+
+@register("cp_zernike.sums", "cpu")
+def zernike_sums(masks, weights=None):
+    """Compiled ``features.cp_zernike.zernike_sums``: per plane the hull, the circle and one
+    pass over the pixels."""
+    _, radius, real, imag, count = _zernike(masks, weights)
+    return real, imag, radius, count
+
+
+def _zernike(masks, weights):
+    from .features.cp_zernike import _LUT, ZERNIKE_INDEXES
+
+    m = masks.shape[0]
+    k = len(ZERNIKE_INDEXES)
+    real = np.empty((m, k), dtype=np.float64)
+    imag = np.empty((m, k), dtype=np.float64)
+    circle = np.empty((m, 3), dtype=np.float64)
+    count = np.empty(m, dtype=np.float64)
+    mk = np.ascontiguousarray(masks, dtype=bool)
+    w = (np.zeros((1, 1, 1)) if weights is None else np.ascontiguousarray(weights, dtype=np.float64))
+    _nb().cp_zernike(mk, w, weights is not None, _LUT, np.ascontiguousarray(ZERNIKE_INDEXES[:, 0]),
+                     np.ascontiguousarray(ZERNIKE_INDEXES[:, 1]), real, imag, circle, count)
+    return np.ascontiguousarray(circle[:, :2]), circle[:, 2].copy(), real, imag, count

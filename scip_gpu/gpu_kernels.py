@@ -41,7 +41,7 @@ from .dispatch import register
 
 #: kernel sources, compiled together in this order (common.cuh first)
 SOURCES = ("common.cuh", "masked_stats.cu", "glcm.cu", "masks.cu", "intensity.cu", "texture.cu", "shape.cu",
-           "granularity.cu", "cp_edt.cuh", "cp_sizeshape.cu", "cp_radial.cu")
+           "granularity.cu", "cp_edt.cuh", "cp_sizeshape.cu", "cp_radial.cu", "zernike.cu")
 #: NVRTC options: no contraction into fused multiply-adds (bit-identical to the CPU kernels)
 OPTIONS = ("--std=c++17", "--fmad=false")
 #: threads per block of every plane kernel (SG_THREADS in common.cuh)
@@ -493,7 +493,7 @@ def glcm_props(values, view, extents, edges, offsets):
 
 
 # the family kernels register themselves as they are imported
-from . import _gpu_granularity, _gpu_intensity, _gpu_shape, _gpu_texture  # noqa: E402,F401
+from . import _gpu_granularity, _gpu_intensity, _gpu_shape, _gpu_texture, _gpu_zernike  # noqa: E402,F401
 
 
 

@@ -30,6 +30,7 @@ EXPECTED = {
     "cp_texture.block", "cp_texture.haralick", "cp_colocalization.block",
     "cp_colocalization.pairs", "cp_colocalization.costes", "cp_radial.block", "cp_radial.planes",
     "cp_granularity.block", "cp_granularity.planes",
+    "cp_zernike.block", "cp_zernike.circles", "cp_zernike.sums", "cp_radial_zernike.block",
 }
 
 from .conftest import cuda_backend

@@ -1,6 +1,7 @@
 """The cellprofiler preset on the device=cuda path (its array-namespace code, no CUDA kernels
 yet), run on the CPU through the NumPy-backed stand-in for CuPy (tests/fake_cupy.py): the same
-values as the CPU path (numba kernels), no implicit device->host conversion."""
+values as the CPU path (numba kernels), no implicit device->host conversion (the optional
+Zernike intensity moments on)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ def test_cellprofiler_preset_on_the_gpu_path_equals_cpu(cupy, monkeypatch):  # n
     from . import fake_cupy
 
     monkeypatch.setenv("SCIP_GPU_KERNELS", "0")
-    cfg, _ = to_config(_compose(["+dataset=demo", "features=cellprofiler", "masks=li"]))
+    cfg, _ = to_config(_compose(["+dataset=demo", "features=cellprofiler", "masks=li",
+                                 "features.cellprofiler.radial_zernikes=true"]))
     plan = build_plan(cfg, ["BF", "DNA", "SPOT"])
     cells = [make_cell(i, min_size=30, max_size=40)[0] for i in range(5)]
     cpu = profile_batch(assemble(cells, np.arange(5), (48, 48), np), plan)

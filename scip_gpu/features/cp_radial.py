@@ -17,7 +17,8 @@ For every object and channel ``c`` the object is channel ``c``'s own mask, as in
    (population) of the mean intensities of the bin's pixels in 8 wedges around the centre
    (0 for a bin without pixels).
 
-An empty object gives NaN. Zernike intensity moments are not computed yet.
+An empty object gives NaN. The Zernike intensity moments (``RadialDistribution_Zernike*``) are
+the family ``cp_radial_zernike`` (``features.cp_zernike``).
 
 Array path: one 3-D distance transform for all planes, and the geodesic distance by relaxation
 over the 8 neighbours of all planes at once (until nothing changes: as many rounds as the

@@ -23,8 +23,8 @@ formulas:
 
 Every value comes from the array passes of ``features.shape`` (moments, pattern codes, lock-step
 convex hulls, containment tree for filled area), with each mask labelled as a single label, so
-there is no per-object loop and the same code runs on NumPy and CuPy. Zernike shape moments
-(degree 9, in the minimum enclosing circle) are not computed yet.
+there is no per-object loop and the same code runs on NumPy and CuPy. The Zernike shape
+features (``AreaShape_Zernike_n_m``) are the family ``cp_zernike`` (``features.cp_zernike``).
 
 An empty mask, or an object whose mask is not ``usable``, gives NaN (CellProfiler has no object
 there).
@@ -235,15 +235,19 @@ def _hull_features(geo, props, empty_rows, side: int) -> None:
     props[:, _F["MaxFeretDiameter"]] = fmax
 
 
-def centre_hull_feret(geo, empty_rows, side: int, budget: int = 1 << 22):
-    """(min, max) Feret diameter of the convex hull of each label's pixel centres.
+def centre_hull_vertices(geo, empty_rows, side: int):
+    """Vertices of the convex hull of each label's pixel centres, in polygon order.
 
     The hull's left chain is the convex minorant of each row's leftmost column over the rows,
     the right chain the concave majorant of the rightmost (``shape._lower_hull`` on both, all
     labels in lock-step; rows without pixels and a closing point carry a sentinel that the hull
-    pass pops and that is dropped). The vertices, in polygon order, go to an (L, V) table:
-    the maximum diameter is the largest vertex distance, the minimum the smallest, over the
-    hull's edges, of the largest vertex distance from the edge's line (rotating calipers).
+    pass pops and that is dropped). Polygon order: the left chain downwards from the first
+    row's leftmost pixel, then the right chain upwards; collinear points are not vertices.
+
+    Returns
+    -------
+    label, row, col : (P,) int64 ndarrays
+        Sorted by label; each label's vertices in polygon order.
     """
     xp = array_module(geo.left)
     nl1 = geo.roff.shape[0]
@@ -287,7 +291,15 @@ def centre_hull_feret(geo, empty_rows, side: int, budget: int = 1 << 22):
     drop = xp.zeros(label.shape[0], dtype=bool)
     drop[li[same]] = True
     keep = ~drop
-    label, row, col = label[keep], row[keep], col[keep]
+    return label[keep], row[keep], col[keep]
+
+
+def centre_hull_table(geo, empty_rows, side: int):
+    """``centre_hull_vertices`` as an (L, V) table: row and column (float64; unused slots repeat
+    the label's first vertex) and the (L,) vertex counts."""
+    xp = array_module(geo.left)
+    nl1 = geo.roff.shape[0]
+    label, row, col = centre_hull_vertices(geo, empty_rows, side)
     nv = xp.bincount(label, minlength=nl1)
     slot = xp.arange(label.shape[0]) - (xp.cumsum(nv) - nv)[label]
     nv_host = asnumpy(nv)  # host sync: table width
@@ -299,6 +311,13 @@ def centre_hull_feret(geo, empty_rows, side: int, budget: int = 1 << 22):
     fill = xp.arange(v_max)[None, :] >= nv[:, None]  # unused slots repeat the first vertex
     vr = xp.where(fill, vr[:, :1], vr)
     vc = xp.where(fill, vc[:, :1], vc)
+    return vr, vc, nv
+
+
+def centre_hull_feret(geo, empty_rows, side: int, budget: int = 1 << 22):
+    """(min, max) Feret diameter of the convex hull of each label's pixel centres: the hull's
+    vertex table (``centre_hull_table``) measured by ``feret_from_vertices``."""
+    vr, vc, nv = centre_hull_table(geo, empty_rows, side)
     return feret_from_vertices(vr, vc, nv, budget)
 
 

@@ -71,8 +71,8 @@ FAMILIES: dict[str, Family] = {}
 #: SCIP's column order of the families within one mask.
 FAMILY_ORDER = ("regions", "bbox", "shape", "intensity", "texture",
                 # CellProfiler's families (the ``cellprofiler`` preset), CellProfiler's order
-                "cp_sizeshape", "cp_intensity", "cp_texture", "cp_granularity", "cp_radial",
-                "cp_colocalization", "cp_neighbors")
+                "cp_sizeshape", "cp_zernike", "cp_intensity", "cp_texture", "cp_granularity", "cp_radial",
+                "cp_radial_zernike", "cp_colocalization", "cp_neighbors")
 
 
 def register(family: Family) -> Family:

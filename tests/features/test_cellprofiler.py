@@ -308,8 +308,9 @@ def test_preset_run_writes_cellprofiler_names(tmp_path):
     assert cols.loc["feat_li_Texture_Contrast_DNA_3_00_256", "family"] == "cp_texture"
     a = ad.read_h5ad(out / "features.h5ad")
     assert a.var.loc["feat_li_Texture_InfoMeas2_SPOT_3_01_256", "measurement"] == "Texture_InfoMeas2_SPOT_3_01_256"
-    assert set(a.var.family) == {"cp_sizeshape", "cp_intensity", "cp_texture", "cp_granularity",
-                                 "cp_radial", "cp_colocalization"}
+    assert set(a.var.family) == {"cp_sizeshape", "cp_zernike", "cp_intensity", "cp_texture", "cp_granularity",
+                                 "cp_radial", "cp_colocalization"}  # cp_radial_zernike: off by default
+    assert a.var.loc["feat_li_AreaShape_Zernike_3_1_DNA", "measurement"] == "AreaShape_Zernike_3_1"
     assert a.var.loc["feat_li_Correlation_Manders_SPOT_BF", "measurement"] == "Correlation_Manders_SPOT_BF"
     assert np.isfinite(a[:, "feat_li_AreaShape_Area_combined"].X).all()
 
