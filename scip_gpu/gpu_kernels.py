@@ -495,6 +495,11 @@ def glcm_props(values, view, extents, edges, offsets):
 from . import _gpu_intensity, _gpu_shape, _gpu_texture  # noqa: E402,F401
 
 
+# CellProfiler families: intensity, Haralick texture and colocalisation kernels
+SOURCES += ("cp_intensity.cu", "cp_texture.cu", "cp_colocalization.cu")
+from . import _gpu_cp_measure  # noqa: E402,F401
+
+
 if __name__ == "__main__":  # python -m scip_gpu.gpu_kernels build
     if sys.argv[1:] != ["build"]:
         sys.exit("usage: python -m scip_gpu.gpu_kernels build   (needs nvcc)")
