@@ -9,7 +9,7 @@
 // 1. the object's pixels (view) are gathered once per channel in pixel order (one block scan
 //    gives every pixel its place);
 // 2. per channel, the dense rank of every pixel's value (the number of distinct values below
-//    it, as the numba ranks from a sorted order): a block bitonic sort of the values as
+//    it, as the numba ranks from a sorted order): a block merge sort of the values as
 //    order-preserving 64-bit keys (-0 taken as +0, which compare equal), a block scan of the
 //    starts of runs of equal keys, and a binary search of each pixel's key; the channel's
 //    maximum is the last sorted value, its number of distinct values the scan's total;
@@ -21,9 +21,9 @@
 // features.cp_colocalization.FEATURES; NaN for an object without pixels.
 //
 // Workspace for C channels of P pixels: the gathered values (C P doubles), their ranks (C P
-// ints), the sort keys (next_pow2(P) uint64), the dense ranks of the sorted positions (P ints).
-// 3 channels of 64 x 64: 212,992 bytes (global scratch unless the device's shared memory
-// holds it).
+// ints), the sort keys and the sort's scratch (P uint64 each; the dense ranks of the sorted
+// positions go to the one not holding the result). 3 channels of 64 x 64: 212,992 bytes
+// (1 block per H100 multiprocessor; more channels or pixels: global scratch).
 
 extern "C" __global__ void
 cp_colocalization_objects(const double* __restrict__ x, const unsigned char* __restrict__ view, const int C,

@@ -7,19 +7,20 @@
 //
 // 1. the plane (H x W doubles) and its view / edge flags are copied into the workspace; the
 //    view's values go, as order-preserving 64-bit keys, to a key array in any order (a shared
-//    counter hands out the slots), padded to a power of two;
-// 2. a block bitonic sort of the keys (ties are equal keys: the sorted values are those of
-//    numpy.sort);
-// 3. concurrently, one thread per chain, each a sequential pass in raster order as the numba
+//    counter hands out the slots);
+// 2. concurrently, one thread per chain, each a sequential pass in raster order as the numba
 //    loop: (warp 0) count, sum, min, first maximum, then the squared deviations from the mean;
 //    (warp 1) the same over the edge; (warp 2) the row-weighted sums; (warp 3) the
-//    column-weighted sums; (warp 4) the quartiles, the median and the MAD from the sorted
-//    values (the MAD's two order statistics of |x - median| found by a merge of the two sorted
-//    sides of the median, without a second sort);
-// 4. thread 0 writes the 19 values (NaN rows for empty views; NaN edge values without edge).
+//    column-weighted sums;
+// 3. a block merge sort of the keys (cpa_merge_sort: ~9 barriers; ties are equal keys, so the
+//    sorted values are those of numpy.sort), with the values' space as its scratch;
+// 4. thread 0 reads the quartiles and the median off the sorted values, and the MAD's two
+//    order statistics of |x - median| by a merge of the two sorted sides of the median
+//    (no second sort), and writes the 19 values (NaN rows for empty views; NaN edge values
+//    without edge pixels).
 //
 // Workspace for H x W planes (cap = H W): the values (cap doubles), the flags (cap bytes:
-// bit 0 view, bit 1 edge), the keys (next_pow2(cap) uint64). 64 x 64: 69,632 bytes.
+// bit 0 view, bit 1 edge), the keys (cap uint64). 64 x 64: 69,632 bytes.
 
 #define CPI_NOUT 19
 

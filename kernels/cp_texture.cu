@@ -10,36 +10,45 @@
 // The numba kernel fills a dense (levels x levels) matrix; 256 levels need 256 KiB, so here a
 // direction's matrix is kept sparse, as its non-zero entries in the numba loop's order:
 // 1. every pixel pair (p, p + offset) with both levels > 0 gives the keys (a, b) and (b, a)
-//    (a shared counter hands out the slots); a block bitonic sort orders them row-major, and a
-//    run-length pass (one block scan) lists the distinct entries (a, b) with their counts:
-//    the non-zero entries of the symmetric matrix in the order of the numba double loop;
-// 2. the marginals px = py (the matrix is symmetric: column b of px, summed over a ascending,
-//    is row b in column order): one thread per row sums its contiguous entries;
-// 3. the sum and difference distributions pp[a + b] and pm[|a - b|] sum their entries in the
-//    entry order: the entry indices are sorted (stably, as keys bin << 16 | index) by the bin
-//    and one thread per bin sums its run;
-// 4. one thread per sequential chain (warps 0..5): the sums over the entries (ASM, IDM,
+//    (a shared counter hands out the slots); a block merge sort (cpa_merge_sort) orders them
+//    row-major, and a run-length pass (one block scan) lists the distinct entries (a, b) by
+//    the ends of their runs (the counts): the non-zero entries of the symmetric matrix in the
+//    order of the numba double loop;
+// 2. the marginals px = py (the matrix is symmetric: px[b], summed over a ascending, is row
+//    b in column order): one thread per row sums its contiguous entries;
+// 3. the sum and difference distributions pp[a + b] and pm[|a - b|], one thread per bin,
+//    each summing its entries in the numba order (a ascending, then b), found by binary
+//    searches in the rows;
+// 4. one thread per sequential chain (warps 0..4): the sums over the entries (ASM, IDM,
 //    sum of a b p, entropy; HXY1), over the marginals, over pm and over pp; thread 0 writes the
 //    13 values. A plane with a direction without pairs gets NaN in all four directions.
 //
-// Workspace for H x W planes (cap = H W, K = next_pow2(2 cap)): the levels (cap bytes), the
-// keys (K uint32), the entries (K uint16 (a, b), K uint32 run ends). 64 x 64: 61,440 bytes.
+// Workspace for H x W planes (cap = H W): the levels (cap bytes), the keys and the sort's
+// scratch (2 cap uint32 each; after the sort the entries' run ends go to the one not holding
+// the sorted keys, and an entry's (a, b) is read off its run's last key). 64 x 64: 69,632
+// bytes.
 
 #define CPH_L 256   // most gray levels
 #define CPH_NF 13   // features
 
 __device__ __forceinline__ double cph_entropy_term(double p) { return p > 0 ? -p * log2(p) : 0.0; }
 
-// The entry (a, b) of the sorted entry list, or -1: a binary search in row a's entries
+// Entry u of the list: its key a << 8 | b, the last of its run in the sorted keys.
+__device__ __forceinline__ unsigned int cph_ab(const unsigned int* sorted, const unsigned int* eend, int u) {
+    return sorted[eend[u] - 1];
+}
+
+// The entry (a, b) of the entry list, or -1: a binary search in row a's entries
 // [start[a], start[a + 1]).
-__device__ __forceinline__ int cph_find(const unsigned short* eab, const int* start, int a, int b) {
+__device__ __forceinline__ int cph_find(const unsigned int* sorted, const unsigned int* eend, const int* start,
+                                        int a, int b) {
     int lo = start[a], hi = start[a + 1];
     const unsigned int key = ((unsigned int)a << 8) | (unsigned int)b;
     while (lo < hi) {
         const int mid = (lo + hi) >> 1;
-        if (eab[mid] < key) lo = mid + 1; else hi = mid;
+        if (cph_ab(sorted, eend, mid) < key) lo = mid + 1; else hi = mid;
     }
-    return lo < start[a + 1] && eab[lo] == key ? lo : -1;
+    return lo < start[a + 1] && cph_ab(sorted, eend, lo) == key ? lo : -1;
 }
 
 __device__ __forceinline__ double cph_p(const unsigned int* eend, int u, double total) {
@@ -54,8 +63,6 @@ cp_haralick_planes(const int* __restrict__ q, const int H, const int W, const in
     unsigned char* qv = arena.take<unsigned char>(cap);
     unsigned int* keys = arena.take<unsigned int>(2 * (i64)cap);
     unsigned int* alt = arena.take<unsigned int>(2 * (i64)cap);
-    unsigned short* eab = arena.take<unsigned short>(2 * (i64)cap);  // entry (a, b): a << 8 | b
-    unsigned int* eend = arena.take<unsigned int>(2 * (i64)cap);     // its run's end in the sorted keys
     __shared__ double px[CPH_L], lpx[CPH_L], pp[2 * CPH_L], pm[CPH_L];
     __shared__ int start[CPH_L + 1];
     __shared__ int s_top, s_nk[4], s_bad;  // the largest level; pair keys per direction
@@ -106,6 +113,8 @@ cp_haralick_planes(const int* __restrict__ q, const int H, const int W, const in
             }
             const double total = (double)nk;  // the numba total: 2.0 per pair
             const unsigned int* sorted = cpa_merge_sort(keys, alt, nk);
+            // the entries: the end of each run of equal keys, in the buffer the sort left free
+            unsigned int* eend = sorted == keys ? alt : keys;
             int U;
             {
                 const int cs = (nk + SG_THREADS - 1) / SG_THREADS;
@@ -115,7 +124,7 @@ cp_haralick_planes(const int* __restrict__ q, const int H, const int W, const in
                 int cur = sg_block_exclusive_sum(starts, &U) - 1;
                 for (int k = a; k < b; ++k) {
                     const unsigned int e = sorted[k];
-                    if (k == 0 || e != sorted[k - 1]) eab[++cur] = (unsigned short)e;
+                    cur += k == 0 || e != sorted[k - 1];
                     if (k == nk - 1 || e != sorted[k + 1]) eend[cur] = (unsigned int)(k + 1);
                 }
             }
@@ -126,7 +135,7 @@ cp_haralick_planes(const int* __restrict__ q, const int H, const int W, const in
                 int lo = 0, hi = U;
                 while (lo < hi) {
                     const int mid = (lo + hi) >> 1;
-                    if ((eab[mid] >> 8) < k) lo = mid + 1; else hi = mid;
+                    if ((cph_ab(sorted, eend, mid) >> 8) < (unsigned int)k) lo = mid + 1; else hi = mid;
                 }
                 start[k] = lo;
             }
@@ -143,7 +152,7 @@ cp_haralick_planes(const int* __restrict__ q, const int H, const int W, const in
                 double s = 0.0;
                 if (bin < 2 * maxv) {
                     for (int a = sg_max(1, bin - maxv + 1); a <= sg_min(maxv - 1, bin - 1); ++a) {
-                        const int u = cph_find(eab, start, a, bin - a);
+                        const int u = cph_find(sorted, eend, start, a, bin - a);
                         if (u >= 0) s += cph_p(eend, u, total);
                     }
                     pp[bin] = s;
@@ -151,11 +160,11 @@ cp_haralick_planes(const int* __restrict__ q, const int H, const int W, const in
                     const int dd = bin - 2 * maxv;
                     for (int a = 1; a < maxv; ++a) {
                         if (a - dd >= 1) {
-                            const int u = cph_find(eab, start, a, a - dd);
+                            const int u = cph_find(sorted, eend, start, a, a - dd);
                             if (u >= 0) s += cph_p(eend, u, total);
                         }
                         if (dd > 0 && a + dd < maxv) {
-                            const int u = cph_find(eab, start, a, a + dd);
+                            const int u = cph_find(sorted, eend, start, a, a + dd);
                             if (u >= 0) s += cph_p(eend, u, total);
                         }
                     }
@@ -168,7 +177,8 @@ cp_haralick_planes(const int* __restrict__ q, const int H, const int W, const in
                 double asm_ = 0.0, idm = 0.0, sij = 0.0, ent = 0.0;
                 for (int u = 0; u < U; ++u) {
                     const double p = cph_p(eend, u, total);
-                    const int a = eab[u] >> 8, b = eab[u] & 0xFF;
+                    const unsigned int e = cph_ab(sorted, eend, u);
+                    const int a = (int)(e >> 8), b = (int)(e & 0xFF);
                     asm_ += p * p;
                     idm += p / (1.0 + (double)((a - b) * (a - b)));
                     sij += (double)(a * b) * p;
@@ -182,7 +192,8 @@ cp_haralick_planes(const int* __restrict__ q, const int H, const int W, const in
                 double hxy1 = 0.0;
                 for (int u = 0; u < U; ++u) {
                     const double p = cph_p(eend, u, total);
-                    hxy1 -= p * (lpx[eab[u] >> 8] + lpx[eab[u] & 0xFF]);
+                    const unsigned int e = cph_ab(sorted, eend, u);
+                    hxy1 -= p * (lpx[e >> 8] + lpx[e & 0xFF]);
                 }
                 r[4] = hxy1;
             } else if (t == 64) {

@@ -55,11 +55,10 @@ def plane_intensity(x, view, edge):
 
 @workspace("cp_haralick_planes")
 def _ws_haralick(h: int, w: int) -> int:
-    """Levels (bytes), pair keys and the sort's scratch (2 h w uint32 each), entries ((a, b)
-    uint16 and run ends uint32, as many)."""
+    """Levels (bytes), pair keys and the sort's scratch (2 h w uint32 each; the entries' run
+    ends later live in the one not holding the sorted keys)."""
     cap = h * w
-    k = 2 * cap
-    return _round16(cap) + 2 * _round16(4 * k) + _round16(2 * k) + _round16(4 * k)
+    return _round16(cap) + 2 * _round16(8 * cap)
 
 
 def _accepts_haralick(q, scale: int, levels: int) -> bool:
