@@ -1,25 +1,31 @@
-"""The cellprofiler preset on the device=cuda path (its array-namespace code, no CUDA kernels
-yet), run on the CPU through the NumPy-backed stand-in for CuPy (tests/fake_cupy.py): the same
-values as the CPU path (numba kernels), no implicit device->host conversion."""
+"""The cellprofiler preset on the device=cuda path, run on the CPU through the NumPy-backed
+stand-in for CuPy (tests/fake_cupy.py): its array-namespace code (kernels off) and its CUDA
+kernels where a stage has one (kernels on: emulated by tests/cuda_sim); the same values as the
+CPU path (numba kernels), no implicit device->host conversion."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from scip_gpu.batch import assemble
 from scip_gpu.demo import make_cell
 from scip_gpu.profile import build_plan, profile_batch
 
 from .test_config import _compose
-from .test_gpu_path import cupy  # noqa: F401  (fixture)
+from .test_gpu_path import _reference_kernels, cupy  # noqa: F401  (fixture)
 
 
-def test_cellprofiler_preset_on_the_gpu_path_equals_cpu(cupy, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("kernels", ["off", "on"])
+def test_cellprofiler_preset_on_the_gpu_path_equals_cpu(cupy, monkeypatch, kernels):  # noqa: F811
     from scip_gpu.cli import to_config
 
     from . import fake_cupy
 
-    monkeypatch.setenv("SCIP_GPU_KERNELS", "0")
+    if kernels == "off":
+        monkeypatch.setenv("SCIP_GPU_KERNELS", "0")
+    else:
+        _reference_kernels(monkeypatch, cupy)
     cfg, _ = to_config(_compose(["+dataset=demo", "features=cellprofiler", "masks=li"]))
     plan = build_plan(cfg, ["BF", "DNA", "SPOT"])
     cells = [make_cell(i, min_size=30, max_size=40)[0] for i in range(5)]
