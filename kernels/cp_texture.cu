@@ -19,9 +19,9 @@
 // 3. the sum and difference distributions pp[a + b] and pm[|a - b|], one thread per bin,
 //    each summing its entries in the numba order (a ascending, then b), found by binary
 //    searches in the rows;
-// 4. one thread per sequential chain (warps 0..4): the sums over the entries (ASM, IDM,
-//    sum of a b p, entropy; HXY1), over the marginals, over pm and over pp; thread 0 writes the
-//    13 values. A plane with a direction without pairs gets NaN in all four directions.
+// 4. one thread per sequential chain (lane 0 of each warp): the sums over the entries (ASM,
+//    IDM, sum of a b p, entropy, HXY1), over the marginals, over pm and over pp; thread 0
+//    writes the 13 values. A plane with a direction without pairs gets NaN in all four directions.
 //
 // Workspace for H x W planes (cap = H W): the levels (cap bytes), the keys and the sort's
 // scratch (2 cap uint32 each; after the sort the entries' run ends go to the one not holding
@@ -173,21 +173,25 @@ cp_haralick_planes(const int* __restrict__ q, const int H, const int W, const in
             }
             __syncthreads();
             // 4. the sequential chains, one thread each (different warps)
-            if (t == 0) {
-                double asm_ = 0.0, idm = 0.0, sij = 0.0, ent = 0.0;
-                for (int u = 0; u < U; ++u) {
-                    const double p = cph_p(eend, u, total);
-                    const unsigned int e = cph_ab(sorted, eend, u);
-                    const int a = (int)(e >> 8), b = (int)(e & 0xFF);
-                    asm_ += p * p;
-                    idm += p / (1.0 + (double)((a - b) * (a - b)));
-                    sij += (double)(a * b) * p;
-                    ent += cph_entropy_term(p);
+            if (t == 0 || t >= 160) {  // warps 0, 5, 6, 7 (lane 0): ASM, IDM, sum a b p, entropy
+                const int which = t == 0 ? 0 : (t - 128) >> 5;
+                if ((t & 31) == 0) {
+                    double acc = 0.0;
+                    for (int u = 0; u < U; ++u) {
+                        const double p = cph_p(eend, u, total);
+                        if (which == 0) {
+                            acc += p * p;
+                        } else if (which == 3) {
+                            acc += cph_entropy_term(p);
+                        } else {
+                            const unsigned int e = cph_ab(sorted, eend, u);
+                            const int a = (int)(e >> 8), b = (int)(e & 0xFF);
+                            if (which == 1) acc += p / (1.0 + (double)((a - b) * (a - b)));
+                            else acc += (double)(a * b) * p;
+                        }
+                    }
+                    r[which] = acc;
                 }
-                r[0] = asm_;
-                r[1] = idm;
-                r[2] = sij;
-                r[3] = ent;
             } else if (t == 32) {
                 double hxy1 = 0.0;
                 for (int u = 0; u < U; ++u) {

@@ -1,7 +1,7 @@
 """CellProfiler-family kernels (kernels/cp_intensity.cu, cp_texture.cu, cp_colocalization.cu)
-against the CPU path (the numba kernels of scip_gpu._numba_cp): the intensity and
-colocalisation values bit for bit, the Haralick features to the last bits of log2/exp, on
-demo cells and hand-made edge cases; each kernel also with its workspace in global memory."""
+against the CPU path (the numba kernels of scip_gpu._numba_cp): bit for bit (on a GPU the
+Haralick features within 1e-12: CUDA's log2 / exp), on demo cells and hand-made edge cases;
+each kernel also with its workspace in global memory."""
 
 from __future__ import annotations
 
@@ -93,6 +93,11 @@ def _haralick_planes(levels):
 
 
 def _close(got, want, rtol):
+    """Bit for bit in the emulation (the C library's log2 / exp, as numba's); within ``rtol``
+    on a GPU (CUDA's log2 / exp may differ from the C library's in the last bit)."""
+    if hasattr(gpu_kernels.module(), "launches"):  # tests/cuda_sim
+        _exact(got, want)
+        return
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     ok = ~np.isnan(want)
     np.testing.assert_allclose(got[ok], want[ok], rtol=rtol, atol=rtol)
@@ -103,7 +108,7 @@ def test_cp_haralick_kernel_equals_cpu(device, levels, scale):
     q = _haralick_planes(levels)
     want = cp_cpu_kernels.haralick(q, scale, levels)
     got = _gpu_cp_measure.haralick(device.asarray(q), scale, levels).get()
-    # the same sums of the same terms; only log2 / exp may differ in the last bit on a GPU
+    # the same sums of the same terms
     _close(got, want, 1e-12)
     assert np.isnan(got[1]).all() and np.isfinite(got[0]).all()
     # an independent check: the ASM and contrast of plane 0, direction (0, 1), by hand
