@@ -168,3 +168,21 @@ def test_cp_kernels_global_workspace(sim_small_shared):
     launches = [(name, shared) for name, _, _, shared in gpu_kernels.module().launches]
     for name in ("cp_intensity_planes", "cp_haralick_planes", "cp_colocalization_objects"):
         assert (name, 0) in launches
+
+
+def test_cp_kernels_large_planes(device):
+    """96 x 96 planes: threads sort chunks of up to 72 keys before the merge rounds, and the
+    colocalisation workspace (3 x 9216 pixels) exceeds a GPU's shared memory."""
+    rng = np.random.default_rng(5)
+    x = np.round(rng.random((2, 3, 96, 96)) * 3000) / 3000  # ties
+    view = rng.random((2, 96, 96)) < 0.8
+    planes, pv = x[:, 0], np.repeat(view[:, None], 3, axis=1)[:, 0]
+    edge = _edge(pv)
+    _exact(_gpu_cp_measure.plane_intensity(device.asarray(planes), device.asarray(pv), device.asarray(edge)).get(),
+           cp_cpu_kernels.plane_intensity(planes, pv, edge))
+    q = quantise_cp(planes, pv, 256)
+    _close(_gpu_cp_measure.haralick(device.asarray(q), 1, 256).get(), cp_cpu_kernels.haralick(q, 1, 256), 1e-12)
+    xs, vs = x.reshape(2, 3, -1), view.reshape(2, -1)
+    pairs = channel_pairs(3)
+    _exact(_gpu_cp_measure.pair_colocalization(device.asarray(xs), device.asarray(vs), pairs).get(),
+           cp_cpu_kernels.pair_colocalization(xs, vs, pairs))
