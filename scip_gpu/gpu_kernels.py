@@ -580,6 +580,11 @@ def cp_radial_planes(x, view, valid):
     return out
 
 
+# CellProfiler families: intensity, Haralick texture and colocalisation kernels
+SOURCES += ("cp_intensity.cu", "cp_texture.cu", "cp_colocalization.cu")
+from . import _gpu_cp_measure  # noqa: E402,F401
+
+
 if __name__ == "__main__":  # python -m scip_gpu.gpu_kernels build
     if sys.argv[1:] != ["build"]:
         sys.exit("usage: python -m scip_gpu.gpu_kernels build   (needs nvcc)")

@@ -1,34 +1,47 @@
-"""The cellprofiler preset on the device=cuda path (its array-namespace code, no CUDA kernels
-yet), run on the CPU through the NumPy-backed stand-in for CuPy (tests/fake_cupy.py): the same
-values as the CPU path (numba kernels), no implicit device->host conversion (the optional
-Zernike intensity moments on)."""
+"""The cellprofiler preset (the optional Zernike intensity moments on) on the device=cuda path,
+run on the CPU through the NumPy-backed stand-in for CuPy (tests/fake_cupy.py): its
+array-namespace code (kernels off) and its CUDA kernels where a stage has one (kernels on:
+emulated by tests/cuda_sim); the same values as the CPU path (numba kernels), no implicit
+device->host conversion."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from scip_gpu import gpu_kernels
 from scip_gpu.batch import assemble
 from scip_gpu.demo import make_cell
 from scip_gpu.profile import build_plan, profile_batch
 
 from .test_config import _compose
-from .test_gpu_path import cupy  # noqa: F401  (fixture)
+from .test_gpu_path import _reference_kernels, cupy  # noqa: F401  (fixture)
 
 
-def test_cellprofiler_preset_on_the_gpu_path_equals_cpu(cupy, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("kernels", ["off", "on"])
+def test_cellprofiler_preset_on_the_gpu_path_equals_cpu(cupy, monkeypatch, kernels):  # noqa: F811
     from scip_gpu.cli import to_config
 
     from . import fake_cupy
 
-    monkeypatch.setenv("SCIP_GPU_KERNELS", "0")
+    if kernels == "off":
+        monkeypatch.setenv("SCIP_GPU_KERNELS", "0")
+    else:
+        _reference_kernels(monkeypatch, cupy)
     cfg, _ = to_config(_compose(["+dataset=demo", "features=cellprofiler", "masks=li",
                                  "features.cellprofiler.radial_zernikes=true"]))
     plan = build_plan(cfg, ["BF", "DNA", "SPOT"])
-    cells = [make_cell(i, min_size=30, max_size=40)[0] for i in range(5)]
-    cpu = profile_batch(assemble(cells, np.arange(5), (48, 48), np), plan)
-    batch = assemble(cells, np.arange(5), (48, 48), cupy)
+    n = 5 if kernels == "off" else 2  # (the emulated kernels run one block after the other)
+    cells = [make_cell(i, min_size=30, max_size=40)[0] for i in range(n)]
+    cpu = profile_batch(assemble(cells, np.arange(n), (48, 48), np), plan)
+    batch = assemble(cells, np.arange(n), (48, 48), cupy)
     assert isinstance(batch.pixels, fake_cupy.ndarray)
+    before = len(gpu_kernels.module().launches) if kernels == "on" else 0
     gpu = profile_batch(batch, plan)
+    if kernels == "on":  # the stages with a CUDA kernel ran it
+        launched = {name for name, *_ in gpu_kernels.module().launches[before:]}
+        assert {"cp_intensity_planes", "cp_haralick_planes", "cp_colocalization_objects", "cp_radii", "cp_radial",
+                "granularity_planes", "cp_zernike_planes"} <= launched
     np.testing.assert_array_equal(np.isnan(gpu), np.isnan(cpu))
     ok = ~np.isnan(cpu)
     assert ok.mean() > 0.5

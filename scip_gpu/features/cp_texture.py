@@ -113,13 +113,14 @@ def compute_texture(batch, mr, ctx):
 
 
 def _haralick_examples(rng):
-    for (batch, mr, ctx), _ in _block_examples(rng):
+    # scales 1 and 3 with 256 and 8 levels, each combination on two of the family examples
+    # (the CUDA kernel's emulation runs every example: few, to keep the test suite short)
+    for k, ((batch, mr, ctx), _) in enumerate(_block_examples(rng)):
         n, c, h, w = batch.pixels.shape
         view = (mr.mask & batch.valid()[:, None]).reshape(n * c, h, w)
-        for levels in (256, 8):
+        for scale, levels in (((1, 256), (3, 8)) if k % 2 == 0 else ((1, 8), (3, 256))):
             q = quantise_cp(batch.pixels.reshape(n * c, h, w), view, levels)
-            yield (q, 1, levels), {}
-            yield (q, 3, levels), {}
+            yield (q, scale, levels), {}
 
 
 def _compare(ref, got, args, kwargs):
