@@ -1189,6 +1189,37 @@ def _chrystal(hi, hj, nv, res):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
+def _sum4(a, b, n, mul):  # pragma: no cover - compiled
+    # sum of a[:n] (* b[:n] when mul) in four interleaved partial sums, ((s0 + s1) + (s2 + s3))
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    t = 0
+    if mul:
+        while t + 4 <= n:
+            s0 += a[t] * b[t]
+            s1 += a[t + 1] * b[t + 1]
+            s2 += a[t + 2] * b[t + 2]
+            s3 += a[t + 3] * b[t + 3]
+            t += 4
+        while t < n:
+            s0 += a[t] * b[t]
+            t += 1
+    else:
+        while t + 4 <= n:
+            s0 += a[t]
+            s1 += a[t + 1]
+            s2 += a[t + 2]
+            s3 += a[t + 3]
+            t += 4
+        while t < n:
+            s0 += a[t]
+            t += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
 def cp_zernike(masks, weights, use_weights, lut, nidx, midx, real, imag, circle, count):  # pragma: no cover - compiled
     # masks (M, H, W) bool; weights (M, H, W) float64 (read when use_weights); lut (K, L);
     # nidx, midx (K,) int64; real, imag (M, K); circle (M, 3) = (ci, cj, r); count (M,)
@@ -1203,8 +1234,13 @@ def cp_zernike(masks, weights, use_weights, lut, nidx, midx, real, imag, circle,
     for k in range(k_n):
         if midx[k] > mmax:
             mmax = midx[k]
-    zr = np.empty(mmax + 1, dtype=np.float64)
-    zi = np.empty(mmax + 1, dtype=np.float64)
+    zr = np.empty((max(mmax, 1) + 1, h * w), dtype=np.float64)
+    zi = np.empty((max(mmax, 1) + 1, h * w), dtype=np.float64)
+    py = np.empty(h * w, dtype=np.float64)
+    px = np.empty(h * w, dtype=np.float64)
+    pr2 = np.empty(h * w, dtype=np.float64)
+    pw = np.empty(h * w, dtype=np.float64)
+    sv = np.empty(h * w, dtype=np.float64)
     acc_r = np.empty(k_n, dtype=np.float64)
     acc_i = np.empty(k_n, dtype=np.float64)
     nterms = np.empty(k_n, dtype=np.int64)
@@ -1231,9 +1267,9 @@ def cp_zernike(masks, weights, use_weights, lut, nidx, midx, real, imag, circle,
                 real[p, k] = np.nan
                 imag[p, k] = np.nan
             continue
-        for k in range(k_n):
-            acc_r[k] = 0.0
-            acc_i[k] = 0.0
+        # the pixels inside the circle, in raster order, then every polynomial over all of them
+        # (loops over pixels the compiler vectorises; each sum in 4 interleaved partial sums)
+        npx = 0
         for i in range(h):
             for j in range(w):
                 if not masks[p, i, j]:
@@ -1243,25 +1279,37 @@ def cp_zernike(masks, weights, use_weights, lut, nidx, midx, real, imag, circle,
                 r2 = xm * xm + ym * ym
                 if r2 > 1:
                     continue
-                wt = weights[p, i, j] if use_weights else 1.0
-                zr[1] = ym
-                zi[1] = xm
-                for q in range(2, mmax + 1):
-                    zr[q] = zr[q - 1] * ym - zi[q - 1] * xm
-                    zi[q] = zr[q - 1] * xm + zi[q - 1] * ym
-                for k in range(k_n):
-                    s = 0.0
-                    for c in range(nterms[k]):
-                        s = s * r2
-                        s = s + lut[k, c]
-                    if use_weights:
-                        s = s * wt
-                    mm = midx[k]
-                    if mm == 0:
-                        acc_r[k] += s
-                    else:
-                        acc_r[k] += s * zr[mm]
-                        acc_i[k] += s * zi[mm]
+                py[npx] = ym
+                px[npx] = xm
+                pr2[npx] = r2
+                pw[npx] = weights[p, i, j] if use_weights else 1.0
+                npx += 1
+        for t in range(npx):
+            zr[1, t] = py[t]
+            zi[1, t] = px[t]
+        for q in range(2, mmax + 1):
+            for t in range(npx):
+                zr[q, t] = zr[q - 1, t] * py[t] - zi[q - 1, t] * px[t]
+                zi[q, t] = zr[q - 1, t] * px[t] + zi[q - 1, t] * py[t]
+        for k in range(k_n):
+            c0 = lut[k, 0]
+            for t in range(npx):
+                sv[t] = c0
+            for c in range(1, nterms[k]):
+                cc = lut[k, c]
+                for t in range(npx):
+                    v = sv[t] * pr2[t]
+                    sv[t] = v + cc
+            if use_weights:
+                for t in range(npx):
+                    sv[t] = sv[t] * pw[t]
+            mm = midx[k]
+            if mm == 0:
+                acc_r[k] = _sum4(sv, sv, npx, False)
+                acc_i[k] = 0.0
+            else:
+                acc_r[k] = _sum4(sv, zr[mm], npx, True)
+                acc_i[k] = _sum4(sv, zi[mm], npx, True)
         for k in range(k_n):
             real[p, k] = acc_r[k]
             imag[p, k] = acc_i[k]
