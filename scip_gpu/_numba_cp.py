@@ -166,13 +166,24 @@ def cp_plane_radii(padded, labels, out):  # pragma: no cover - compiled
                     n += 1
         if n == 0:
             continue
-        srt = np.sort(vals[:n])
         tot = 0.0
+        top = vals[0]
         for k in range(n):
             tot += vals[k]
-        out[0, lab] = srt[n - 1]
+            if vals[k] > top:
+                top = vals[k]
+        # the two middle values (NumPy's median) by selection rather than a sort
+        part = np.partition(vals[:n], n // 2)
+        hi = part[n // 2]
+        lo = hi
+        if n % 2 == 0:
+            lo = part[0]
+            for k in range(1, n // 2):
+                if part[k] > lo:
+                    lo = part[k]
+        out[0, lab] = top
         out[1, lab] = tot / n
-        out[2, lab] = (srt[(n - 1) // 2] + srt[n // 2]) / 2
+        out[2, lab] = (lo + hi) / 2
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
