@@ -20,10 +20,13 @@
 #           cells from an uncompressed dense zarr): objects/s and peak host/GPU memory against
 #           the number of objects (10^3..5x10^4), then against partitions in flight per GPU
 #           (1, 2); not in the default steps (up to 6.5 minutes: run it alone).
+#   kvikio: the command line on 50,000 such cells read with kvikio straight into GPU memory
+#           (io.kvikio=true) and through the host (io.kvikio=false), results in kvikio-true/ and
+#           kvikio-false/ (the "measure both"; io.kvikio=true stops at start-up unless kvikio reads).
 #   profile_legacy: the same with the legacy kernels (results in legacy/): with profile, the
 #           cycles of each phase before and after.
 #   Default: first bench legacy pytest, in this order (timeouts 40 + 180 + 130 + 120 s).
-#   Also: fields nvrtc profile profile_legacy scaling (name them: bash gpu_session.sh run 65536 profile ...).
+#   Also: fields nvrtc profile profile_legacy scaling kvikio (name them: bash gpu_session.sh run 65536 profile ...).
 #   Results (gpu-<device>-<N>.json/.md, gpu-fields-equality.json) and the log (session.log) go to
 #   $OUT when set (the device tool's output folder), else benchmarks/results/session/.
 #   Total under 8 minutes.
@@ -73,6 +76,10 @@ case "${1:-}" in
                  step 150 python3 benchmarks/bench_scaling.py workers -w 1 2 -n 50000 --device cuda \
                    --cluster local_cuda --dataset zarr --channels 12 --knob threads_per_worker --timeout 70 \
                    --out "$OUTDIR" ;;
+        kvikio) for mode in true false; do
+                  step 110 python3 benchmarks/bench_scaling.py objects -n 50000 --device cuda --cluster local_cuda \
+                    --dataset zarr --channels 12 --timeout 100 --out "$OUTDIR/kvikio-$mode" io.kvikio=$mode
+                done ;;
         *) echo "unknown step $s" ;;
       esac
     done

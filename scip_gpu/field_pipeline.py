@@ -155,8 +155,9 @@ def field_batch(objects: list, where: np.ndarray, positions: list[int], shape, c
 
     positions = np.asarray(positions, dtype=np.int64)
     fields = where[positions, 0]
+    order = np.argsort(fields, kind="stable")  # field by field (sorted positions: already so)
     pieces = []
-    for f in dict.fromkeys(fields.tolist()):  # the fields in order: positions come sorted
+    for f in dict.fromkeys(fields[order].tolist()):
         objs = objects[f]
         which = where[positions[fields == f], 1]
         pieces.append((gather_crops(objs, which, shape, compartments, dtype=profile_dtype(objs.image.dtype)),
@@ -167,6 +168,10 @@ def field_batch(objects: list, where: np.ndarray, positions: list[int], shape, c
     join = (lambda k: pieces[0][0][k]) if len(pieces) == 1 else (lambda k: xp.concatenate([p[0][k] for p in pieces]))
     pixels, extents, mask = join(0), join(1), join(2)
     bbox = np.concatenate([p[1] for p in pieces]).astype(np.float64)
+    if (order != np.arange(len(order))).any():  # back to the order of ``positions``
+        back = np.argsort(order)
+        take = xp.asarray(back) if xp is not np else back
+        pixels, extents, mask, bbox = pixels[take], extents[take], mask[take], bbox[back]
     n, c = mask.shape[:2]
     zeros = xp.zeros((n, c))
     mr = MaskResult(name, mask, mask.any(axis=1), mask.any(axis=(2, 3)).astype(xp.int64),
@@ -270,7 +275,7 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
             export_labels(Path(labels_dir), row["meta_field"], labels, seg.labels_format)
         with _busy(), timer("crops"):
             objs = field_objects(img, labels, compartments, min_size=seg.min_size or 0)
-            stats.append(crop_stats(objs, multiple=cfg.pad_multiple))
+            stats.append(crop_stats(objs, multiple=cfg.pad_multiple))  # device -> host: 3C numbers per object
         objects.append(objs)
         field_meta = {k: row[k] for k in row.index if k.startswith("meta_")}
         for j in range(objs.n):

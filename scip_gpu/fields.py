@@ -306,8 +306,7 @@ def label_boxes(parent, min_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, np.int64), np.zeros((0, 4), np.int64)
     ndi = ndimage(xp)
     index = xp.arange(1, n + 1)
-    rows = xp.broadcast_to(xp.arange(h)[:, None], (h, w))
-    cols = xp.broadcast_to(xp.arange(w)[None, :], (h, w))
+    rows, cols = xp.indices((h, w), dtype=xp.int32)
     sizes = xp.bincount(parent.ravel(), minlength=n + 1)[1:]
     table = xp.stack([index, sizes,
                       xp.asarray(ndi.minimum(rows, parent, index)), xp.asarray(ndi.minimum(cols, parent, index)),
@@ -328,6 +327,9 @@ def field_objects(img, labels: dict, compartments: list[str], *, min_size: int) 
     """
     from .segmentation import subtract
 
+    xp = array_module(img)
+    if is_gpu(xp):  # label images from the host (Cellpose's) join the field on the device, once
+        labels = {k: v if array_module(v) is xp else xp.asarray(v) for k, v in labels.items()}
     labels = dict(labels)
     parent = labels["cell"]
     if "cytoplasm" not in labels and "cytoplasm" in compartments:
@@ -389,7 +391,7 @@ def gather_crops(objs: FieldObjects, which, shape: tuple[int, int], compartments
     return px, extents, masks
 
 
-def crop_stats(objs: FieldObjects, *, multiple: int = 8, chunk: int = 1024) -> np.ndarray:
+def crop_stats(objs: FieldObjects, *, multiple: int = 8, chunk: int = 256) -> np.ndarray:
     """(3, n, C) host array of each crop's largest value, smallest value and count of NaN or
     infinite values per channel (in the field's pixel type), to validate the crops
     (``pipeline.check_image_values``) without copying their pixels to the host: the crops are

@@ -180,6 +180,10 @@ def test_crops_gathered_on_the_device_are_the_host_slices(cupy):
         np.testing.assert_array_equal(masks[k, 0, :h, :w], nucleus[sl] == lab)
         np.testing.assert_array_equal(masks[k, 1, :h, :w], (cell[sl] == lab) & (nucleus[sl] != lab))
         assert not masks[k, :, h:].any() and not masks[k, :, :, w:].any()
+    # label images from the host (Cellpose's) join the field on the device
+    mixed = field_objects(cupy.asarray(img), {"cell": cell, "nucleus": nucleus}, comps, min_size=2)
+    assert all(isinstance(v, fake_cupy.ndarray) for v in mixed.labels.values())
+    np.testing.assert_array_equal(gather_crops(mixed, [0, 1, 2, 3], shape, comps)[2].get(), masks)
     stats = crop_stats(dev, multiple=8)
     np.testing.assert_array_equal(stats, crop_stats(host, multiple=8))
     for k, sl in enumerate(slices[:4]):

@@ -47,7 +47,9 @@ class DenseZarrSource(Source):
 
         self.device_layouts = {}
         how: dict[str, str] = {}
-        for path in dict.fromkeys(p for p in table["meta_path"] if isinstance(p, str)):
+        listed = (~table["_error"].map(lambda e: isinstance(e, str)) if "_error" in table  # (unreadable stores:
+                  else pd.Series(True, index=table.index))                                # their objects' errors)
+        for path in dict.fromkeys(p for p in table.loc[listed, "meta_path"] if isinstance(p, str)):
             if mode is False:
                 layout, why = None, "io.kvikio=false"
             else:

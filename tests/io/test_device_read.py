@@ -208,7 +208,8 @@ def test_device_reads_profile_the_rows_of_the_host_path(tmp_path, monkeypatch, c
 
     on_device = []
     real = batch_module._assemble_on_device
-    monkeypatch.setattr(batch_module, "_assemble_on_device", lambda imgs, *a: on_device.append(len(imgs)) or real(imgs, *a))
+    monkeypatch.setattr(batch_module, "_assemble_on_device",
+                        lambda imgs, *a: on_device.append(len(imgs)) or real(imgs, *a))
     caplog.set_level("INFO", logger="scip_gpu")
     out = {}
     for device in ("cpu", "cuda"):
