@@ -12,7 +12,8 @@
 #           sort and labelling compiled in (SCIP_GPU_DEFINES="$LEGACY", NVRTC; LEGACY defaults to
 #           "SG_LEGACY_MEDIAN SG_LEGACY_SORT SG_LEGACY_LABEL", set it to time one change alone),
 #           results in legacy/: the A/B of the default kernels against the ones they replaced;
-#   pytest: pytest -m gpu (every CUDA kernel and stage against the CPU path on the device);
+#   pytest: pytest -m gpu (every CUDA kernel and stage against the CPU path on the device, the
+#           fields' crops gathered on the device, kvikio reads into device memory);
 #   fields: the fields-of-view command line with device=cuda vs device=cpu;
 #   nvrtc:  one batch in a fresh process compiling the module with NVRTC (other GPUs' case);
 #   profile: cycles per plane of each phase of the mask and intensity kernels (-DSG_PROFILE);
@@ -64,7 +65,7 @@ case "${1:-}" in
         legacy) step 130 env SCIP_GPU_DEFINES="$LEGACY" python3 benchmarks/bench_gpu.py -n "$N" \
                   --equality-objects 64 --ragged 60 --cpu-objects 256 --out "$OUTDIR/legacy" ;;
         pytest) step 120 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="-ra" tests/kernels \
-                  tests/test_dispatch.py ;;
+                  tests/test_dispatch.py tests/test_gpu_path.py tests/io/test_device_read.py ;;
         fields) step 100 python3 benchmarks/bench_gpu.py --fields-only --out "$OUTDIR" ;;
         nvrtc) step 60 env CUPY_CACHE_DIR="$(mktemp -d)" SCIP_GPU_PREBUILT=0 python3 benchmarks/bench_gpu.py \
                  --first-batch ;;

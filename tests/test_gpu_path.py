@@ -141,9 +141,7 @@ def test_fields_with_device_cuda_equal_cpu(cupy, monkeypatch, tmp_path):
     assert sum(size for name, size in copies if name == "crop_stats") == 3 * 3 * n_obj
 
 
-def test_crops_gathered_on_the_device_are_the_host_slices(cupy):
-    """Boxes, crops, compartment masks and validation numbers of a field's objects, gathered on
-    the (fake) device, against plain NumPy slicing of the same field (scipy's find_objects)."""
+def _check_crops_gathered_on_the_device(cupy, device_array):
     from scipy import ndimage as ndi
 
     from scip_gpu.fields import crop_stats, field_objects, gather_crops
@@ -169,7 +167,7 @@ def test_crops_gathered_on_the_device_are_the_host_slices(cupy):
     assert dev.touches_border.tolist() == [False, True, False, False]
     shape = (24, 32)
     px, ext, masks = gather_crops(dev, [0, 1, 2, 3], shape, comps)
-    assert isinstance(px, fake_cupy.ndarray) and px.shape == (4, 2, 24, 32)
+    assert isinstance(px, device_array) and px.shape == (4, 2, 24, 32)
     px, ext, masks = px.get(), ext.get(), masks.get()
     for k, sl in enumerate(slices[:4]):
         h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
@@ -182,7 +180,7 @@ def test_crops_gathered_on_the_device_are_the_host_slices(cupy):
         assert not masks[k, :, h:].any() and not masks[k, :, :, w:].any()
     # label images from the host (Cellpose's) join the field on the device
     mixed = field_objects(cupy.asarray(img), {"cell": cell, "nucleus": nucleus}, comps, min_size=2)
-    assert all(isinstance(v, fake_cupy.ndarray) for v in mixed.labels.values())
+    assert all(isinstance(v, device_array) for v in mixed.labels.values())
     np.testing.assert_array_equal(gather_crops(mixed, [0, 1, 2, 3], shape, comps)[2].get(), masks)
     stats = crop_stats(dev, multiple=8)
     np.testing.assert_array_equal(stats, crop_stats(host, multiple=8))
@@ -191,6 +189,19 @@ def test_crops_gathered_on_the_device_are_the_host_slices(cupy):
         np.testing.assert_array_equal(stats[0, k], crop.max(axis=(1, 2)))
         np.testing.assert_array_equal(stats[1, k], crop.min(axis=(1, 2)))
     assert stats[0, 3].tolist() == stats[1, 3].tolist() == [7, 7] and not stats[2].any()
+
+
+def test_crops_gathered_on_the_device_are_the_host_slices(cupy):
+    """Boxes, crops, compartment masks and validation numbers of a field's objects, gathered on
+    the (fake) device, against plain NumPy slicing of the same field (scipy's find_objects)."""
+    _check_crops_gathered_on_the_device(cupy, fake_cupy.ndarray)
+
+
+@pytest.mark.gpu
+def test_crops_gathered_on_a_gpu_are_the_host_slices():
+    """The same on a real GPU (CuPy, cupyx.scipy.ndimage): ``pytest -m gpu``."""
+    cp = pytest.importorskip("cupy")
+    _check_crops_gathered_on_the_device(cp, cp.ndarray)
 
 
 def test_unpadded_batch_on_the_gpu_path_equals_cpu(cupy, monkeypatch):

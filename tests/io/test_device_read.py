@@ -230,3 +230,20 @@ def test_device_reads_profile_the_rows_of_the_host_path(tmp_path, monkeypatch, c
     # the good objects of both stores (those read through the host are copied to the device once
     # validated): batched on the device
     assert sum(on_device) == 10
+
+
+@pytest.mark.gpu
+def test_kvikio_reads_chunks_into_gpu_memory(tmp_path):
+    """The real thing (``pytest -m gpu`` with kvikio installed): chunks read with kvikio into
+    CuPy arrays are what zarr reads."""
+    cp = pytest.importorskip("cupy")
+    pytest.importorskip("kvikio")
+    imgs = _images()
+    arr = zarr.create_array(str(tmp_path / "g.zarr"), shape=imgs.shape, chunks=(8, 2, 6, 5), dtype="uint16",
+                            compressors=None, zarr_format=2)
+    arr[:] = imgs
+    layout, why = device_read_plan(tmp_path / "g.zarr", "cuda")
+    assert why == ""
+    got = read_rows(layout, 3, 21)
+    assert isinstance(got, cp.ndarray)
+    np.testing.assert_array_equal(got.get(), imgs[3:21])
