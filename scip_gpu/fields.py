@@ -249,8 +249,8 @@ class FieldObjects:
     """The objects of one field: the field and its label images where they were computed (the
     device, with ``device=cuda``), and each object's label and box in the field (host).
 
-    Crops are never cut one by one: ``gather_crops`` takes a batch of them, with their
-    compartment masks, from the field in one indexing operation on the field's device.
+    Crops are taken a batch at a time, with their compartment masks, from the field where it is
+    (``gather_crops``; on a device in one indexing operation).
     """
 
     image: object  # (C, H, W)
@@ -360,8 +360,9 @@ def _crop_index(objs: FieldObjects, which: np.ndarray, shape: tuple[int, int]):
 
 def gather_crops(objs: FieldObjects, which, shape: tuple[int, int], compartments: list[str] | None = None,
                  dtype=None):
-    """Crops ``which`` (positions into ``objs``) of the field, zero-padded to ``shape``, in one
-    indexing operation where the field is (no per-object loop, no host round trip).
+    """Crops ``which`` (positions into ``objs``) of the field, zero-padded to ``shape``: on a
+    device in one indexing operation (no per-object loop, no host round trip), on the host by one
+    slice copy per crop (faster there than fancy indexing; the same values).
 
     Returns
     -------
@@ -375,6 +376,8 @@ def gather_crops(objs: FieldObjects, which, shape: tuple[int, int], compartments
     """
     xp = array_module(objs.image)
     which = np.asarray(which, dtype=np.int64)
+    if not is_gpu(xp):
+        return _slice_crops(objs, which, shape, compartments, dtype)
     rows, cols, valid, extents = _crop_index(objs, which, shape)
     r, c = rows[:, :, None], cols[:, None, :]
     px = xp.moveaxis(objs.image[:, r, c], 0, 1)  # (k, C, H, W)
@@ -389,6 +392,24 @@ def gather_crops(objs: FieldObjects, which, shape: tuple[int, int], compartments
     own = {k: (objs.labels[k][r, c] == lab[:, None, None]) & valid for k in set(compartments)}
     masks = xp.stack([own[k] for k in compartments], axis=1)
     return px, extents, masks
+
+
+def _slice_crops(objs: FieldObjects, which: np.ndarray, shape, compartments, dtype):
+    """``gather_crops`` on the host: one slice copy per crop, about twice as fast there as
+    NumPy's fancy indexing (the same values)."""
+    c = objs.image.shape[0]
+    px = np.zeros((len(which), c, *shape), dtype=dtype or objs.image.dtype)
+    masks = np.zeros((len(which), len(compartments), *shape), dtype=bool) if compartments is not None else None
+    kinds = list(dict.fromkeys(compartments or []))
+    for n, j in enumerate(which):
+        r0, c0, r1, c1 = (int(v) for v in objs.bbox[j])
+        px[n, :, :r1 - r0, :c1 - c0] = objs.image[:, r0:r1, c0:c1]
+        if masks is not None:
+            own = {k: objs.labels[k][r0:r1, c0:c1] == objs.label[j] for k in kinds}
+            for i, k in enumerate(compartments):
+                masks[n, i, :r1 - r0, :c1 - c0] = own[k]
+    extents = objs.extents[which]
+    return (px, extents) if masks is None else (px, extents, masks)
 
 
 def crop_stats(objs: FieldObjects, *, multiple: int = 8, chunk: int = 256) -> np.ndarray:

@@ -169,6 +169,8 @@ def _check_crops_gathered_on_the_device(cupy, device_array):
     px, ext, masks = gather_crops(dev, [0, 1, 2, 3], shape, comps)
     assert isinstance(px, device_array) and px.shape == (4, 2, 24, 32)
     px, ext, masks = px.get(), ext.get(), masks.get()
+    for got, want in zip(gather_crops(host, [0, 1, 2, 3], shape, comps), (px, ext, masks)):  # the host's slices
+        np.testing.assert_array_equal(got, want)
     for k, sl in enumerate(slices[:4]):
         h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
         assert ext[k].tolist() == [h, w]
