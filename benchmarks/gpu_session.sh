@@ -12,7 +12,8 @@
 #           sort and labelling compiled in (SCIP_GPU_DEFINES="$LEGACY", NVRTC; LEGACY defaults to
 #           "SG_LEGACY_MEDIAN SG_LEGACY_SORT SG_LEGACY_LABEL", set it to time one change alone),
 #           results in legacy/: the A/B of the default kernels against the ones they replaced;
-#   pytest: pytest -m gpu (every CUDA kernel and stage against the CPU path on the device);
+#   pytest: pytest -m gpu (every CUDA kernel and stage against the CPU path on the device, the
+#           fields' crops gathered on the device, kvikio reads into device memory);
 #   fields: the fields-of-view command line with device=cuda vs device=cpu;
 #   nvrtc:  one batch in a fresh process compiling the module with NVRTC (other GPUs' case);
 #   profile: cycles per plane of each phase of the mask and intensity kernels (-DSG_PROFILE);
@@ -23,10 +24,13 @@
 #   cellprofiler: bench_gpu.py --preset cellprofiler (li masks): equality of every cellprofiler
 #           column with the CPU path (12-channel and ragged 3-channel cells), objects/s against the
 #           CPU path of the same host (results gpu-cellprofiler-<device>-<N>.json/.md);
+#   kvikio: the command line on 50,000 such cells read with kvikio straight into GPU memory
+#           (io.kvikio=true) and through the host (io.kvikio=false), results in kvikio-true/ and
+#           kvikio-false/ (the issue's "measure both"; io.kvikio=true stops at start-up unless kvikio reads).
 #   profile_legacy: the same with the legacy kernels (results in legacy/): with profile, the
 #           cycles of each phase before and after.
 #   Default: first bench legacy pytest, in this order (timeouts 40 + 180 + 130 + 120 s).
-#   Also: cellprofiler fields nvrtc profile profile_legacy scaling (name them: bash gpu_session.sh run 65536 profile ...).
+#   Also: cellprofiler fields nvrtc profile profile_legacy scaling kvikio (name them: bash gpu_session.sh run 65536 profile ...).
 #   Results (gpu-<device>-<N>.json/.md, gpu-fields-equality.json) and the log (session.log) go to
 #   $OUT when set (the device tool's output folder), else benchmarks/results/session/.
 #   Total under 8 minutes.
@@ -64,7 +68,7 @@ case "${1:-}" in
         legacy) step 130 env SCIP_GPU_DEFINES="$LEGACY" python3 benchmarks/bench_gpu.py -n "$N" \
                   --equality-objects 64 --ragged 60 --cpu-objects 256 --out "$OUTDIR/legacy" ;;
         pytest) step 120 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="-ra" tests/kernels \
-                  tests/test_dispatch.py ;;
+                  tests/test_dispatch.py tests/test_gpu_path.py tests/io/test_device_read.py ;;
         cellprofiler) step 200 python3 benchmarks/bench_gpu.py --preset cellprofiler -n 4096 --unique 512 \
                         --batch-size 1024 --equality-objects 32 --ragged 40 --cpu-objects 128 --out "$OUTDIR" ;;
         fields) step 100 python3 benchmarks/bench_gpu.py --fields-only --out "$OUTDIR" ;;
@@ -78,6 +82,10 @@ case "${1:-}" in
                  step 150 python3 benchmarks/bench_scaling.py workers -w 1 2 -n 50000 --device cuda \
                    --cluster local_cuda --dataset zarr --channels 12 --knob threads_per_worker --timeout 70 \
                    --out "$OUTDIR" ;;
+        kvikio) for mode in true false; do
+                  step 110 python3 benchmarks/bench_scaling.py objects -n 50000 --device cuda --cluster local_cuda \
+                    --dataset zarr --channels 12 --timeout 100 --out "$OUTDIR/kvikio-$mode" io.kvikio=$mode
+                done ;;
         *) echo "unknown step $s" ;;
       esac
     done

@@ -30,6 +30,7 @@ from types import ModuleType
 from typing import Sequence
 
 import numpy as np
+from array_api_compat import is_cupy_array
 
 from .backend import array_module
 
@@ -193,6 +194,8 @@ def assemble(images: Sequence[np.ndarray], index: np.ndarray, shape: tuple[int, 
         raise TypeError(f"a batch must hold one pixel type, got {sorted(str(t) for t in types)}; group the "
                         "objects with group_by_shape(..., dtypes=...)")
     dtype = types.pop()
+    if xp is not np and is_cupy_array(images[0]):  # images already on the device (kvikio reads)
+        return _assemble_on_device(images, index, shape, dtype, xp)
     exact = all(im.shape[1:] == tuple(shape) for im in images)  # no padding to clear
     host = _host_buffer((n, c, *shape), dtype, xp, zero=not exact)
     extents = _host_buffer((n, 2), np.int64, xp, zero=False)
@@ -209,6 +212,31 @@ def assemble(images: Sequence[np.ndarray], index: np.ndarray, shape: tuple[int, 
     ext.set(extents, stream=stream)
     batch = Batch(pixels, ext, np.asarray(index, dtype=np.int64))
     batch.cache["_pinned_host"] = (host, extents)  # keep the staging buffers alive while the copies run
+    return batch
+
+
+def _assemble_on_device(images, index, shape, dtype, xp) -> Batch:
+    """``assemble`` of (C, h, w) images that are on the device: stacked and padded there (one
+    copy per distinct image size), nothing goes through the host but the extents."""
+    n, c = len(images), images[0].shape[0]
+    sizes = {im.shape[1:] for im in images}
+    if sizes == {tuple(shape)}:
+        pixels = xp.stack(images).astype(dtype, copy=False)
+    else:
+        pixels = xp.zeros((n, c, *shape), dtype=dtype)
+        for h, w in sizes:  # objects of one store share their size: one copy per size
+            rows = [i for i, im in enumerate(images) if im.shape[1:] == (h, w)]
+            block = xp.stack([images[i] for i in rows]).astype(dtype, copy=False)
+            if len(rows) == n:
+                pixels[:, :, :h, :w] = block
+            else:
+                pixels[xp.asarray(np.asarray(rows)), :, :h, :w] = block
+    extents = _host_buffer((n, 2), np.int64, xp, zero=False)
+    extents[:] = [im.shape[1:] for im in images]
+    ext = xp.empty(extents.shape, dtype=np.int64)
+    ext.set(extents, stream=xp.cuda.get_current_stream())  # asynchronous: pinned source
+    batch = Batch(pixels, ext, np.asarray(index, dtype=np.int64))
+    batch.cache["_pinned_host"] = (extents,)
     return batch
 
 

@@ -354,6 +354,21 @@ class ClusterConfig:
     allowed_failures: Optional[int] = None
 
 
+#: values of ``io.kvikio``
+KVIKIO_MODES = ("auto", True, False)
+
+
+@dataclass
+class IOConfig:
+    """How objects are read."""
+
+    # device=cuda, dense zarr: read uncompressed chunks of stores on the local file system straight
+    # into device memory with kvikio. auto: where kvikio is installed and the store allows it (else
+    # through the host, logged); true: required (the run stops at start-up, naming the store and
+    # why, when it cannot); false: always through the host
+    kvikio: Any = "auto"
+
+
 @dataclass
 class Config:
     dataset: DatasetConfig = MISSING
@@ -364,6 +379,7 @@ class Config:
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     illumination: IlluminationConfig = field(default_factory=IlluminationConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    io: IOConfig = field(default_factory=IOConfig)
     output: Optional[str] = None  # null: a new folder under output_root
     output_root: str = "outputs"
     device: Device = Device.auto
@@ -412,6 +428,14 @@ def _open_mappings(node) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Checks that a schema cannot express
+
+
+def kvikio_mode(value) -> str | bool | None:
+    """``io.kvikio`` as "auto", True or False (None when it is none of them)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    return {"auto": "auto", "true": True, "false": False}.get(text)
 
 
 def mask_names(cfg: Config) -> list[str]:
@@ -531,6 +555,8 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
     for j, join in enumerate(ds.metadata):
         if join.path is not None and not join.keys:
             raise ConfigError(f"dataset.metadata[{j}].keys: give the key columns to join on")
+    if kvikio_mode(cfg.io.kvikio) is None:
+        raise ConfigError(f"io.kvikio: {cfg.io.kvikio!r} is not one of auto, true, false")
     if cfg.export.formats == []:
         raise ConfigError("export.formats: choose at least one of parquet, anndata, anndata_zarr")
     if not 0.0 <= cfg.export.max_nan_share <= 1.0:

@@ -23,12 +23,13 @@ import pandas as pd
 
 from . import export
 from .backend import asnumpy, device_module
-from .batch import assemble, group_by_shape, profile_dtype
+from .batch import Batch, group_by_shape, profile_dtype
 from .errors import InputError, ObjectError, describe_exception
-from .fields import (channel_compartments, export_labels, field_objects, field_sums, finish_illumination,
-                     load_correction, project, safe_name, write_correction)
+from .fields import (channel_compartments, crop_stats, export_labels, field_objects, field_sums,
+                     finish_illumination, gather_crops, load_correction, project, safe_name, write_correction)
 from .masks import MaskResult
-from .pipeline import PartitionResult, StageTimer, check_image, check_values, free_device_memory
+from .pipeline import (PartitionResult, StageTimer, check_image_type, check_image_values, check_values,
+                       free_device_memory, worker_name)
 from .profile import Plan, auto_batch_size, profile_batch, segmentation_mask_name
 
 log = logging.getLogger("scip_gpu")
@@ -143,17 +144,39 @@ def check_segmentation(cfg, channel_names) -> None:
             raise type(exc)(f"{key}={model}: {exc}") from None
 
 
-def segmentation_masks(masks: list, bboxes: np.ndarray, shape, xp, name: str) -> MaskResult:
-    """MaskResult of a batch of segmented objects (SCIP: zero background, one region)."""
-    n = len(masks)
-    c = masks[0].shape[0]
-    host = np.zeros((n, c, *shape), dtype=bool)
-    for i, m in enumerate(masks):
-        host[i, :, : m.shape[1], : m.shape[2]] = m
-    mask = xp.asarray(host)
+def field_batch(objects: list, where: np.ndarray, positions: list[int], shape, compartments: list[str],
+                name: str) -> tuple[Batch, MaskResult]:
+    """The Batch of objects ``positions`` (of a partition whose object ``i`` is object
+    ``where[i, 1]`` of field ``where[i, 0]``, in field order) and its segmentation MaskResult
+    (SCIP: zero background, one region), gathered from the fields where they are
+    (``fields.gather_crops``, one indexing operation per field; nothing goes through the host
+    but 5 numbers per object: its box and label)."""
+    from .backend import array_module
+
+    positions = np.asarray(positions, dtype=np.int64)
+    fields = where[positions, 0]
+    order = np.argsort(fields, kind="stable")  # field by field (sorted positions: already so)
+    pieces = []
+    for f in dict.fromkeys(fields[order].tolist()):
+        objs = objects[f]
+        which = where[positions[fields == f], 1]
+        pieces.append((gather_crops(objs, which, shape, compartments, dtype=profile_dtype(objs.image.dtype)),
+                       objs.bbox[which]))
+    xp = array_module(pieces[0][0][0])
+    if len({p[0][0].dtype for p in pieces}) > 1:  # as ``assemble``: never promoted
+        raise TypeError("a batch must hold one pixel type")
+    join = (lambda k: pieces[0][0][k]) if len(pieces) == 1 else (lambda k: xp.concatenate([p[0][k] for p in pieces]))
+    pixels, extents, mask = join(0), join(1), join(2)
+    bbox = np.concatenate([p[1] for p in pieces]).astype(np.float64)
+    if (order != np.arange(len(order))).any():  # back to the order of ``positions``
+        back = np.argsort(order)
+        take = xp.asarray(back) if xp is not np else back
+        pixels, extents, mask, bbox = pixels[take], extents[take], mask[take], bbox[back]
+    n, c = mask.shape[:2]
     zeros = xp.zeros((n, c))
-    return MaskResult(name, mask, mask.any(axis=1), mask.any(axis=(2, 3)).astype(xp.int64),
-                      xp.asarray(bboxes, dtype=xp.float64), zeros, zeros.copy(), xp.ones(n, dtype=bool))
+    mr = MaskResult(name, mask, mask.any(axis=1), mask.any(axis=(2, 3)).astype(xp.int64),
+                    xp.asarray(bbox) if xp is not np else bbox, zeros, zeros.copy(), xp.ones(n, dtype=bool))
+    return Batch(pixels, extents, positions), mr
 
 
 def field_neighbor_rows(labels: dict, object_labels, compartments, options) -> np.ndarray:
@@ -171,8 +194,24 @@ def field_neighbor_rows(labels: dict, object_labels, compartments, options) -> n
 
 def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str,
                    corrections: dict | None, labels_dir: str | None) -> PartitionResult:
-    """Load, correct, segment and profile the fields of one partition; write its Parquet file."""
+    """Load, correct, segment and profile the fields of one partition; write its Parquet file.
+
+    With ``device=cuda`` a field goes to the device once, after it is read, and stays there:
+    projection, illumination correction (each group's correction image copied once per
+    partition), segmentation, the objects' boxes, their validation and their batches (crops and
+    compartment masks gathered from the field on the device). What comes back to the host:
+    the feature tables (one copy per batch); the boxes and labels of the objects and 3 numbers
+    per channel per object to validate them (one copy each per field); the label images when
+    they are exported (``segmentation.export_labels``); inside the segmentation, the image,
+    markers and mask of each watershed flood (cuCIM has no watershed) and a few numbers per
+    field (thresholds, the nucleus radius; ``scip_gpu.segmentation``). Cellpose takes its
+    fields as host arrays.
+
+    ``device_seconds`` of the result is the wall time of the device work (everything but
+    reading the fields, writing label images and writing the part).
+    """
     t0 = time.perf_counter()
+    started = time.time()
     part, rows = task
     cfg = plan.cfg
     xp = device_module(device)
@@ -183,6 +222,16 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
     errors: list[dict] = []
     proj = cfg.projection.method.value if cfg.projection.method is not None else None
     key = cfg.illumination.key
+    on_device: dict[str, object] = {}  # correction images, copied once per partition
+    busy = [0.0]
+
+    class _busy:  # wall time of the device work
+        def __enter__(self):
+            self.t = time.perf_counter()
+
+        def __exit__(self, *exc):
+            busy[0] += time.perf_counter() - self.t
+            return False
 
     images, field_rows = [], []
     for _, row in rows.iterrows():
@@ -191,20 +240,23 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
                 img = source.load_field(row)
             if img.shape[0] != n_ch:
                 raise ObjectError(f"{source.describe(row)}: has {img.shape[0]} channels, {n_ch} expected", "load")
-            with timer("project"):
-                img = project(xp.asarray(img), proj)
-            if corrections is not None:
-                group = str(row[f"meta_{key}"]) if key else "all"
-                corr = corrections.get(group)
-                if corr is None:
-                    raise ObjectError(f"{source.describe(row)}: no illumination correction for group {group!r}",
-                                      "illumination")
-                with timer("illumination"):
-                    c = xp.asarray(load_correction(corr))
-                    if c.shape != img.shape:
-                        raise ObjectError(f"{source.describe(row)}: correction image {c.shape} does not match "
-                                          f"the field {img.shape}", "illumination")
-                    img = img.astype(xp.float32) / c
+            with _busy():
+                with timer("project"):
+                    img = project(xp.asarray(img), proj)  # host -> device: the field, once
+                if corrections is not None:
+                    group = str(row[f"meta_{key}"]) if key else "all"
+                    corr = corrections.get(group)
+                    if corr is None:
+                        raise ObjectError(f"{source.describe(row)}: no illumination correction for group {group!r}",
+                                          "illumination")
+                    with timer("illumination"):
+                        if group not in on_device:
+                            on_device[group] = xp.asarray(load_correction(corr))  # host -> device, once
+                        c = on_device[group]
+                        if c.shape != img.shape:
+                            raise ObjectError(f"{source.describe(row)}: correction image {c.shape} does not match "
+                                              f"the field {img.shape}", "illumination")
+                        img = img.astype(xp.float32) / c
             images.append(img)
             field_rows.append(row)
         except ObjectError as exc:
@@ -214,7 +266,7 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
     labels_all = []
     if images:
         try:
-            with timer("segmentation"):
+            with _busy(), timer("segmentation"):
                 labels_all = segment(images, seg, plan.channel_names, [source.describe(r) for r in field_rows])
         except Exception as exc:  # e.g. Cellpose weights missing: every field of the partition fails
             for row in field_rows:
@@ -222,47 +274,50 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
                                "stage": "field", "error": f"segmentation failed: {describe_exception(exc)}"})
             images, field_rows = [], []
 
-    crops, masks, bboxes, metas = [], [], [], []
+    objects, where, metas, stats = [], [], [], []
     name = segmentation_mask_name(cfg)
     # CellProfiler's neighbours (cp_neighbors) need the whole field's label images
     n_start, n_stop = plan.spans.get((name, "cp_neighbors"), (0, 0))
     neighbors = []
-    for img, labels, row in zip(images, labels_all, field_rows):
+    for f, (img, labels, row) in enumerate(zip(images, labels_all, field_rows)):
         if "cytoplasm" in compartments:  # cell minus nucleus, exported with the other labels
             from .segmentation import subtract
 
             labels["cytoplasm"] = subtract(labels["cell"], labels["nucleus"])
-        if labels_dir is not None:
+        if labels_dir is not None:  # device -> host: the label images, written for napari
             export_labels(Path(labels_dir), row["meta_field"], labels, seg.labels_format)
-        objs = field_objects(img, labels, compartments, min_size=seg.min_size or 0)
-        if n_stop > n_start:
+        with _busy(), timer("crops"):
+            objs = field_objects(img, labels, compartments, min_size=seg.min_size or 0)
+            stats.append(crop_stats(objs, multiple=cfg.pad_multiple))  # device -> host: 3C numbers per object
+        objects.append(objs)
+        if n_stop > n_start:  # device -> host: the label images (cp_neighbors only)
             try:
                 with timer("cp_neighbors"):
-                    neighbors.append(field_neighbor_rows(labels, [m["meta_label"] for m in objs.meta],
+                    neighbors.append(field_neighbor_rows(labels, [int(v) for v in objs.label],
                                                          compartments, cfg.features.cellprofiler))
             except Exception as exc:  # the field's neighbour columns stay NaN, its objects are profiled
-                neighbors.append(np.full((len(objs.meta), n_stop - n_start), np.nan))
+                neighbors.append(np.full((objs.n, n_stop - n_start), np.nan))
                 errors.append({"meta_index": int(row["meta_field_index"]), "object": source.describe(row),
                                "stage": "cp_neighbors",
                                "error": f"{source.describe(row)}: neighbours not measured: {describe_exception(exc)}"})
         field_meta = {k: row[k] for k in row.index if k.startswith("meta_")}
-        for px, m, meta in zip(objs.pixels, objs.masks, objs.meta):
-            crops.append(px)
-            masks.append(m)
-            bboxes.append(meta["bbox"])
-            metas.append({**field_meta, "meta_label": meta["meta_label"],
-                          "meta_touches_border": meta["meta_touches_border"]})
-        del img
-    values = np.full((len(crops), plan.n_features), np.nan)
-    status = np.array(["ok"] * len(crops), dtype=object)
+        for j in range(objs.n):
+            where.append((f, j))
+            metas.append({**field_meta, "meta_label": int(objs.label[j]),
+                          "meta_touches_border": bool(objs.touches_border[j])})
+    del images, labels_all
+    where = np.asarray(where, dtype=np.int64).reshape(-1, 2)
+    n_obj = len(metas)
+    values = np.full((n_obj, plan.n_features), np.nan)
+    status = np.array(["ok"] * n_obj, dtype=object)
 
     def describe(i: int) -> str:
         return f"field {metas[i]['meta_field']} label {metas[i]['meta_label']}"
 
     def run_group(pos: list[int], shape) -> None:
         try:
-            batch = assemble([crops[i] for i in pos], np.asarray(pos), shape, xp)
-            mr = segmentation_masks([masks[i] for i in pos], np.asarray([bboxes[i] for i in pos]), shape, xp, name)
+            with timer("transfer"):
+                batch, mr = field_batch(objects, where, pos, shape, compartments, name)
             values[pos] = profile_batch(batch, plan, timer, given=[mr])
         except Exception as exc:
             free_device_memory(xp)
@@ -275,23 +330,34 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
             run_group(pos[:half], shape)
             run_group(pos[half:], shape)
 
-    good = []
-    for i, px in enumerate(crops):
-        try:
-            check_image(px, n_ch, plan.min_side, describe(i))
-            good.append(i)
+    good, shapes, dtypes = [], [], []
+    for i, (f, j) in enumerate(where):
+        objs = objects[f]
+        h, w = (int(v) for v in objs.extents[j])
+        try:  # the checks of check_image, from the crop's largest and smallest values per channel
+            check_image_type((n_ch, h, w), objs.image.dtype, n_ch, describe(i))
+            hi, lo, bad = stats[f][:, j]
+            if bad.any():
+                raise ObjectError(f"{describe(i)}: contains {int(bad.sum())} NaN or infinite pixel value(s)",
+                                  "validate")
+            check_image_values((n_ch, h, w), hi, lo, plan.min_side, describe(i))
         except ObjectError as exc:
             status[i] = "error"
             errors.append({"meta_index": int(metas[i]["meta_field_index"]), "object": describe(i),
                            "stage": "validate", "error": str(exc)})
-    shapes = [crops[i].shape[1:] for i in good]
-    batch_size = cfg.batch_size or auto_batch_size(
-        xp, n_ch, tuple(int(v) + plan.margin for v in np.max(shapes, axis=0)) if shapes else (1, 1), plan.n_features,
-        max((profile_dtype(crops[i].dtype).itemsize for i in good), default=2))
-    groups = group_by_shape(shapes, margin=plan.margin, multiple=cfg.pad_multiple, batch_size=batch_size,
-                            dtypes=[crops[i].dtype for i in good])  # one pixel type per batch
-    for shape, members in groups:
-        run_group([good[m] for m in members], shape)
+            continue
+        good.append(i)
+        shapes.append((h, w))
+        dtypes.append(objs.image.dtype)
+    with _busy():
+        batch_size = cfg.batch_size or auto_batch_size(
+            xp, n_ch, tuple(int(v) + plan.margin for v in np.max(shapes, axis=0)) if shapes else (1, 1),
+            plan.n_features, max((profile_dtype(d).itemsize for d in dtypes), default=2))
+        groups = group_by_shape(shapes, margin=plan.margin, multiple=cfg.pad_multiple, batch_size=batch_size,
+                                dtypes=dtypes)  # one pixel type per batch
+        for shape, members in groups:
+            run_group([good[m] for m in members], shape)
+    del objects
     if neighbors:  # the rows profiled: their neighbours (error rows stay NaN)
         ok = status == "ok"
         values[ok, n_start:n_stop] = np.concatenate(neighbors)[ok]
@@ -307,11 +373,15 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
     table["meta_status"] = status
     table = pd.concat([table, pd.DataFrame(values, columns=[c.name for c in plan.columns])], axis=1)
     n_ok = int((status == "ok").sum())
+
+    def result(notes: list) -> PartitionResult:
+        return PartitionResult(part, n_obj, n_ok, errors, time.perf_counter() - t0, timer.seconds, notes,
+                               worker_name(), started, busy[0])
+
     if folder is None:  # fields of a partition the driver recovers (_recover_fields): it writes the part
-        return PartitionResult(part, len(crops), n_ok, errors, time.perf_counter() - t0, timer.seconds, []), table
+        return result([]), table
     export.write_part(Path(folder), part, table, schema)
-    return PartitionResult(part, len(crops), n_ok, errors, time.perf_counter() - t0, timer.seconds,
-                           [f"partition {part}: {len(rows)} field(s), {len(crops)} object(s)"])
+    return result([f"partition {part}: {len(rows)} field(s), {n_obj} object(s)"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,7 +525,7 @@ def execute(ex, table, *, cfg, source, plan, folder, schema, device, progress, o
         results.append(res)
         for note in res.notes:
             log.info(note)
-        progress.update(len(task[1]))
+        progress.update(len(task[1]), res)
     if unfinished:
         from .pipeline import raise_unfinished
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import export
-from .backend import device_module, is_gpu, select_device
+from .backend import array_module, device_module, is_gpu, select_device
 from .batch import _host_buffer, assemble, group_by_shape, profile_dtype
 from .cluster import check_dashboard, executor
 from .config import Config, validate
@@ -139,27 +139,39 @@ def check_image(img, n_channels: int, min_side: int, name) -> np.ndarray:
     img = np.asarray(img)
     if img.ndim != 3:
         raise ObjectError(f"{name}: expected a (C, H, W) image, got shape {img.shape}", "validate")
-    c, h, w = img.shape
-    if h == 0 or w == 0 or c == 0:
-        raise ObjectError(f"{name}: empty image (shape {img.shape})", "validate")
-    if c != n_channels:
-        raise ObjectError(f"{name}: has {c} channel(s), {n_channels} expected", "validate")
-    if img.dtype.kind not in "uif":
-        raise ObjectError(f"{name}: unsupported pixel type {img.dtype}", "validate")
+    check_image_type(img.shape, img.dtype, n_channels, name)
     if img.dtype.kind == "f" and not np.isfinite(img).all():
         bad = int((~np.isfinite(img)).sum())
         raise ObjectError(f"{name}: contains {bad} NaN or infinite pixel value(s)", "validate")
     hi, lo = img.max(axis=(1, 2)), img.min(axis=(1, 2))  # per channel
+    check_image_values(img.shape, hi, lo, min_side, name)
+    return img
+
+
+def check_image_type(shape: tuple, dtype, n_channels: int, name) -> None:
+    """``check_image``'s checks of a (C, H, W) image's shape and pixel type."""
+    c, h, w = shape
+    if h == 0 or w == 0 or c == 0:
+        raise ObjectError(f"{name}: empty image (shape {tuple(shape)})", "validate")
+    if c != n_channels:
+        raise ObjectError(f"{name}: has {c} channel(s), {n_channels} expected", "validate")
+    if np.dtype(dtype).kind not in "uif":
+        raise ObjectError(f"{name}: unsupported pixel type {dtype}", "validate")
+
+
+def check_image_values(shape: tuple, hi: np.ndarray, lo: np.ndarray, min_side: int, name) -> None:
+    """``check_image``'s checks of a (C, H, W) image of finite values from its largest and smallest
+    value per channel (``hi``, ``lo``: (C,) host arrays of the image's type), so that images on a
+    device are checked from these 2C numbers without copying their pixels to the host."""
+    _, h, w = shape
     if hi.max() == lo.min():
-        raise ObjectError(f"{name}: every pixel has the same value ({img.reshape(-1)[0]}): nothing to measure",
-                          "validate")
-    if img.dtype.kind == "f":
+        raise ObjectError(f"{name}: every pixel has the same value ({hi[0]}): nothing to measure", "validate")
+    if hi.dtype.kind == "f":
         _check_value_range(hi.astype(np.float64), lo.astype(np.float64), h, w, name)
     if min(h, w) < min_side:
         raise ObjectError(
             f"{name}: image {h}x{w} is smaller than the {min_side}x{min_side} footprint of the "
             "configured mask filters", "validate")
-    return img
 
 
 def check_given_mask(mask, img: np.ndarray, name: str) -> None:
@@ -254,6 +266,63 @@ def load_partition(source, rows: pd.DataFrame, n_ch: int, min_side: int, threads
         return [item for chunk in chunks for item in chunk]
 
 
+def image_stats(stack) -> np.ndarray:
+    """(3, N, C) host array of each image's largest value, smallest value and number of NaN or
+    infinite values per channel (in the images' type) of an (N, C, H, W) stack on the device:
+    what ``check_image`` needs, computed where the images are; 3C numbers per image come back."""
+    xp = array_module(stack)
+    hi = stack.max(axis=(2, 3))
+    lo = stack.min(axis=(2, 3))
+    if stack.dtype.kind == "f":
+        bad = (~xp.isfinite(stack)).sum(axis=(2, 3)).astype(stack.dtype)
+    else:
+        bad = xp.zeros_like(hi)
+    out = xp.stack([hi, lo, bad])
+    return out.get() if xp is not np else out  # device -> host: 3C numbers per image
+
+
+def load_partition_device(source, rows: pd.DataFrame, n_ch: int, min_side: int, xp) -> list:
+    """``load_partition`` for a source that reads into device memory (``source.load_device``:
+    dense zarr with kvikio): the images stay on the device and are validated there
+    (``image_stats``: one small copy back per image shape); objects the source read through
+    the host (its fallback) are validated on the host and copied to the device."""
+    try:
+        loaded = source.load_device(rows, xp)
+    except Exception:  # noqa: BLE001 - a loader bug must not lose the objects: the host path
+        return load_partition(source, rows, n_ch, min_side)
+    out: list = [None] * len(loaded)
+    on_device: dict[tuple, list[int]] = {}
+    for pos, item in enumerate(loaded):
+        name = lambda pos=pos: source.describe(rows.iloc[pos])  # noqa: E731 (only for a message)
+        if isinstance(item, Exception):
+            out[pos] = (item, getattr(item, "stage", "load"))
+        elif not is_gpu(array_module(item)):  # read through the host
+            try:
+                out[pos] = xp.asarray(check_image(item, n_ch, min_side, name))
+            except Exception as exc:  # noqa: BLE001 - this object's error only
+                out[pos] = (exc, getattr(exc, "stage", "validate"))
+        else:
+            on_device.setdefault((tuple(item.shape), item.dtype.str), []).append(pos)
+    for (shape, _), members in on_device.items():
+        stats = image_stats(xp.stack([loaded[p] for p in members])) if len(shape) == 3 and min(shape) > 0 else None
+        for k, pos in enumerate(members):
+            img = loaded[pos]
+            try:
+                if img.ndim != 3:
+                    raise ObjectError(f"{source.describe(rows.iloc[pos])}: expected a (C, H, W) image, got shape "
+                                      f"{img.shape}", "validate")
+                name = source.describe(rows.iloc[pos])
+                check_image_type(img.shape, img.dtype, n_ch, name)  # (an empty image stops here)
+                hi, lo, bad = stats[:, k]
+                if bad.any():
+                    raise ObjectError(f"{name}: contains {int(bad.sum())} NaN or infinite pixel value(s)", "validate")
+                check_image_values(img.shape, hi, lo, min_side, name)
+                out[pos] = img
+            except Exception as exc:  # noqa: BLE001 - this object's error only
+                out[pos] = (exc, getattr(exc, "stage", "validate"))
+    return out
+
+
 def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, folder: str, schema,
                       device: str) -> PartitionResult:
     """Load, mask and profile one partition of objects and write its Parquet file.
@@ -283,8 +352,11 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
     given_name = cfg.masks.given  # masks given with the images (scip_gpu.profile(images, masks=...))
     given = source.load_masks(rows) if given_name else None
     good: list[tuple[int, np.ndarray]] = []
-    for pos, item in enumerate(load_partition(source, rows, n_ch, plan.min_side,
-                                              loader_threads(cfg.cluster, device))):
+    if is_gpu(xp) and getattr(source, "device_layouts", None) and not given_name:
+        loaded = load_partition_device(source, rows, n_ch, plan.min_side, xp)  # kvikio: into device memory
+    else:
+        loaded = load_partition(source, rows, n_ch, plan.min_side, loader_threads(cfg.cluster, device))
+    for pos, item in enumerate(loaded):
         if isinstance(item, tuple):
             fail(pos, *item)
             continue
@@ -565,16 +637,41 @@ def recover_partition(ex, task, exc: Exception, *, source, plan: Plan, folder: P
 
 
 class Progress:
-    """Objects done, objects/s and ETA: a live line on a terminal, else a log line every 10 s."""
+    """Objects done, objects/s and ETA: a live line on a terminal, else a log line every 10 s.
 
-    def __init__(self, total: int, enabled: bool = True, unit: str = "objects"):
+    With the partitions' results (``update(n, result)``), the line also shows each worker's
+    objects/s and the share of its time its device stage was busy (``worker_stats`` over the
+    partitions it finished in this run; "GPU busy" with ``device="cuda"``), as the end of the
+    run logs them and ``provenance.json`` records them.
+    """
+
+    #: workers shown on the line (the others are in the log at the end and in provenance.json)
+    MAX_WORKERS = 4
+
+    def __init__(self, total: int, enabled: bool = True, unit: str = "objects", device: str = "cpu"):
         self.total, self.done, self.enabled, self.unit = total, 0, enabled, unit
+        self.device = device
         self.t0 = time.perf_counter()
+        self.since = time.time()  # partitions started before (an earlier run's) do not count
         self.last = 0.0
         self.tty = sys.stderr.isatty()
+        self.results: list = []
 
-    def update(self, n: int) -> None:
+    def workers_text(self) -> str:
+        """``worker: objects/s, GPU busy %`` per worker, from the results so far ("" without)."""
+        stats = worker_stats(self.results, since=self.since)
+        if not stats:
+            return ""
+        what = "GPU busy" if self.device == "cuda" else "profiling"
+        items = [f"{_short_worker(name)} {w['objects_per_s']:.1f} objects/s, {what} {100 * w['device_busy']:.0f}%"
+                 for name, w in list(stats.items())[:self.MAX_WORKERS]]
+        more = len(stats) - self.MAX_WORKERS
+        return "; ".join(items) + (f"; {more} more worker(s)" if more > 0 else "")
+
+    def update(self, n: int, result: PartitionResult | None = None) -> None:
         self.done += n
+        if result is not None:
+            self.results.append(result)
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -583,6 +680,9 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         msg = (f"{self.done}/{self.total} {self.unit} ({100 * self.done / max(self.total, 1):.0f}%), "
                f"{rate:.1f} {self.unit}/s, ETA {eta:.0f} s")
+        workers = self.workers_text()
+        if workers:
+            msg += f" | {workers}"
         if self.tty:
             sys.stderr.write("\r" + msg + " " * 8)
             if self.done >= self.total:
@@ -591,6 +691,11 @@ class Progress:
         elif now - self.last > 10 or self.done >= self.total:
             log.info("progress: %s", msg)
             self.last = now
+
+
+def _short_worker(name: str) -> str:
+    """A worker's name on the progress line: its address without the protocol."""
+    return name.split("://", 1)[-1]
 
 
 def create_output_dir(cfg: Config):
@@ -773,7 +878,7 @@ def _execute_objects(ex, table, *, cfg, source, plan, folder, schema, device, pr
         results.append(res)
         for note in res.notes:
             log.warning(note)
-        progress.update(res.n)
+        progress.update(res.n, res)
     if unfinished:
         raise_unfinished(unfinished, len(tasks), sum(len(t[1]) for t in todo if t[0] in unfinished), "objects")
     return results, len(tasks)
@@ -932,6 +1037,11 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
     plan = build_plan(cfg, channel_names)
     check_dashboard(cfg.cluster)
     device = select_device(getattr(cfg.device, "value", cfg.device))
+    reads = None
+    if device == "cuda" and hasattr(source, "plan_device_reads"):  # dense zarr: kvikio or the host (io.kvikio)
+        from .config import kvikio_mode
+
+        reads = source.plan_device_reads(table, kvikio_mode(cfg.io.kvikio), device)
 
     if not is_fields:
         size = _resumed_partition_size(cfg)
@@ -969,7 +1079,7 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
         if "parquet" in formats:  # the descriptions of the parts' columns, once for the run
             export.write_columns(out / export.columns_file(cfg.export.filename), plan.columns, schema)
         folder = out / f"{cfg.export.filename}.parquet"
-        progress = Progress(len(table), cfg.progress, unit)
+        progress = Progress(len(table), cfg.progress, unit, device)
         if done and not is_fields:
             progress.update(sum(d["n"] for d in done.values()))
         extra: dict = {}
@@ -1016,6 +1126,7 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             "features": sum(c.kind == "feat" for c in plan.columns),
             "channel_names": channel_names,
             "worker_seconds": round(sum(r.seconds for r in results), 3),
+            **({"reads": reads} if reads else {}),  # per store: "kvikio", or "host: why"
             "runs": opened.runs,  # the first run on this folder and each resume
             "resumes": max(len(opened.runs) - 1, 0),
             **extra,

@@ -84,6 +84,11 @@ def test_validate_catches_inconsistencies():
     cfg, _ = to_config(_compose(["+features.per_mask.nope=[shape]"]))
     with pytest.raises(ConfigError, match="'nope' is not a configured mask"):
         validate(cfg)
+    cfg, _ = to_config(_compose(["io.kvikio=maybe"]))
+    with pytest.raises(ConfigError, match="io.kvikio: 'maybe' is not one of auto, true, false"):
+        validate(cfg)
+    for value in ("auto", "true", "false"):
+        validate(to_config(_compose([f"io.kvikio={value}"]))[0])
 
 
 def test_watershed_parameters_from_the_command_line():

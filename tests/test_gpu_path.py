@@ -74,9 +74,40 @@ def test_cli_run_with_device_cuda_equals_cpu(cupy, monkeypatch, tmp_path):
     pd.testing.assert_frame_equal(out["cuda"], out["cpu"], rtol=1e-9, atol=1e-9)
 
 
+def _trace_copies_to_host(monkeypatch) -> list:
+    """Record every copy of a fake device array to the host: (the scip_gpu function asking, size)."""
+    import sys
+
+    copies = []
+    real = fake_cupy.ndarray.get
+
+    def get(self, *args, **kwargs):
+        frame = sys._getframe(1)
+        while frame is not None and ("scip_gpu" not in frame.f_code.co_filename.replace("\\", "/").split("/tests/")[0]
+                                     or frame.f_code.co_name in ("asnumpy", "_to_host")):  # (helpers: their caller)
+            frame = frame.f_back
+        copies.append((frame.f_code.co_name if frame is not None else "?", int(self.size)))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(fake_cupy.ndarray, "get", get)
+    return copies
+
+
+#: where the fields path with device=cuda copies device data to the host (process_fields' docstring)
+FIELD_COPIES = {
+    "_watershed_host",  # the watershed flood (cuCIM has none): its image, markers and mask
+    "estimate_nucleus_radius",  # a few numbers per field (per component)
+    "label_boxes",  # the objects' labels and boxes
+    "crop_stats",  # 3 numbers per channel per object, to validate them
+    "profile_batch",  # the feature table of each batch
+    "export_labels_zarr",  # the label images written (segmentation.export_labels)
+}
+
+
 def test_fields_with_device_cuda_equal_cpu(cupy, monkeypatch, tmp_path):
     """Fields of view (illumination correction, segmentation, crops) with device=cuda: the
-    CPU path's rows and values."""
+    CPU path's rows and values; the fields stay on the device (no implicit conversion: the fake
+    refuses it) and come back only at the documented points, never a field or a crop."""
     from scip_gpu.cli import to_config
     from scip_gpu.pipeline import run
 
@@ -87,6 +118,8 @@ def test_fields_with_device_cuda_equal_cpu(cupy, monkeypatch, tmp_path):
     write_fields(root, n_fields=2, shape=(112, 128), n_cells=5)
     out = {}
     for device in ("cpu", "cuda"):
+        if device == "cuda":
+            copies = _trace_copies_to_host(monkeypatch)
         cfg, yaml = to_config(_compose(["+dataset=fields_tiff", f"dataset.path={root}", "segmentation=watershed",
                                         "illumination=jones_2006", "illumination.key=well",
                                         "illumination.median_filter_size=5",
@@ -95,7 +128,82 @@ def test_fields_with_device_cuda_equal_cpu(cupy, monkeypatch, tmp_path):
         assert run(cfg, yaml).n_ok >= 6
         out[device] = pd.read_parquet(tmp_path / device / "features.parquet").sort_values(
             ["meta_field", "meta_label"]).reset_index(drop=True)
+        import json
+
+        workers = json.loads((tmp_path / device / "provenance.json").read_text())["workers"]
+        (w,) = workers.values()  # objects/s and busy share per worker, as for single-object data
+        assert w["objects"] == len(out[device]) and 0 < w["device_busy"] <= 1
     pd.testing.assert_frame_equal(out["cuda"], out["cpu"], rtol=1e-6, atol=1e-6)
+    assert {name for name, _ in copies} <= FIELD_COPIES, sorted(set(copies))
+    assert max(size for _, size in copies) <= 112 * 128  # a label image, a watershed plane: never a field
+    n_obj = len(out["cuda"])
+    assert sum(name == "label_boxes" for name, _ in copies) == 2  # one copy per field
+    assert sum(size for name, size in copies if name == "crop_stats") == 3 * 3 * n_obj
+
+
+def _check_crops_gathered_on_the_device(cupy, device_array):
+    from scipy import ndimage as ndi
+
+    from scip_gpu.fields import crop_stats, field_objects, gather_crops
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 4000, size=(2, 40, 48)).astype(np.uint16)
+    img[:, 30:34, 40:44] = 7  # object 4: constant
+    cell = np.zeros((40, 48), np.int32)
+    cell[2:10, 3:15] = 1
+    cell[12:30, 0:9] = 2  # touches the left border
+    cell[20:26, 20:47] = 3
+    cell[30:34, 40:44] = 4
+    cell[0, 47] = 5  # one pixel: under min_size
+    nucleus = np.where(cell > 0, cell, 0) * (rng.random(cell.shape) < 0.5)
+    comps = ["nucleus", "cytoplasm"]
+    host = field_objects(img, {"cell": cell, "nucleus": nucleus}, comps, min_size=2)
+    dev = field_objects(cupy.asarray(img), {"cell": cupy.asarray(cell), "nucleus": cupy.asarray(nucleus)}, comps,
+                        min_size=2)
+    slices = ndi.find_objects(cell)
+    assert host.label.tolist() == dev.label.tolist() == [1, 2, 3, 4]
+    want = [(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in slices[:4]]
+    assert host.bbox.tolist() == dev.bbox.tolist() == [list(b) for b in want]
+    assert dev.touches_border.tolist() == [False, True, False, False]
+    shape = (24, 32)
+    px, ext, masks = gather_crops(dev, [0, 1, 2, 3], shape, comps)
+    assert isinstance(px, device_array) and px.shape == (4, 2, 24, 32)
+    px, ext, masks = px.get(), ext.get(), masks.get()
+    for got, want in zip(gather_crops(host, [0, 1, 2, 3], shape, comps), (px, ext, masks)):  # the host's slices
+        np.testing.assert_array_equal(got, want)
+    for k, sl in enumerate(slices[:4]):
+        h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+        assert ext[k].tolist() == [h, w]
+        np.testing.assert_array_equal(px[k, :, :h, :w], img[(slice(None), *sl)])
+        assert not px[k, :, h:].any() and not px[k, :, :, w:].any()
+        lab = k + 1
+        np.testing.assert_array_equal(masks[k, 0, :h, :w], nucleus[sl] == lab)
+        np.testing.assert_array_equal(masks[k, 1, :h, :w], (cell[sl] == lab) & (nucleus[sl] != lab))
+        assert not masks[k, :, h:].any() and not masks[k, :, :, w:].any()
+    # label images from the host (Cellpose's) join the field on the device
+    mixed = field_objects(cupy.asarray(img), {"cell": cell, "nucleus": nucleus}, comps, min_size=2)
+    assert all(isinstance(v, device_array) for v in mixed.labels.values())
+    np.testing.assert_array_equal(gather_crops(mixed, [0, 1, 2, 3], shape, comps)[2].get(), masks)
+    stats = crop_stats(dev, multiple=8)
+    np.testing.assert_array_equal(stats, crop_stats(host, multiple=8))
+    for k, sl in enumerate(slices[:4]):
+        crop = img[(slice(None), *sl)]
+        np.testing.assert_array_equal(stats[0, k], crop.max(axis=(1, 2)))
+        np.testing.assert_array_equal(stats[1, k], crop.min(axis=(1, 2)))
+    assert stats[0, 3].tolist() == stats[1, 3].tolist() == [7, 7] and not stats[2].any()
+
+
+def test_crops_gathered_on_the_device_are_the_host_slices(cupy):
+    """Boxes, crops, compartment masks and validation numbers of a field's objects, gathered on
+    the (fake) device, against plain NumPy slicing of the same field (scipy's find_objects)."""
+    _check_crops_gathered_on_the_device(cupy, fake_cupy.ndarray)
+
+
+@pytest.mark.gpu
+def test_crops_gathered_on_a_gpu_are_the_host_slices():
+    """The same on a real GPU (CuPy, cupyx.scipy.ndimage): ``pytest -m gpu``."""
+    cp = pytest.importorskip("cupy")
+    _check_crops_gathered_on_the_device(cp, cp.ndarray)
 
 
 def test_unpadded_batch_on_the_gpu_path_equals_cpu(cupy, monkeypatch):

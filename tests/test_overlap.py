@@ -212,6 +212,53 @@ def test_worker_stats_rates_and_busy_share():
                            "device_seconds": 0.25, "device_busy": 0.25}}
 
 
+def test_progress_line_shows_each_workers_rate_and_busy_share(caplog, monkeypatch):
+    R = pipeline.PartitionResult
+    progress = pipeline.Progress(400, True, "objects", "cuda")
+    progress.tty = False
+    progress.since = 999.0
+    caplog.set_level("INFO", logger="scip_gpu")
+    progress.update(100, R(0, 100, 100, seconds=2.0, worker="tcp://10.0.0.1:4000", started=1000.0,
+                           device_seconds=1.5))
+    assert "10.0.0.1:4000 50.0 objects/s, GPU busy 75%" in caplog.text  # the first line: logged at once
+    progress.update(300, R(1, 300, 300, seconds=3.0, worker="tcp://10.0.0.2:4000", started=1000.0,
+                           device_seconds=0.3))
+    line = caplog.records[-1].getMessage()  # the last: logged however soon
+    assert line.startswith("progress: 400/400 objects (100%)")
+    assert line.endswith("| 10.0.0.1:4000 50.0 objects/s, GPU busy 75%; 10.0.0.2:4000 100.0 objects/s, GPU busy 10%")
+    cpu = pipeline.Progress(10, True, "objects", "cpu")
+    cpu.since = 0.0
+    cpu.update(1, R(0, 1, 1, seconds=4.0, worker="w", started=1.0, device_seconds=1.0))
+    assert cpu.workers_text() == "w 0.2 objects/s, profiling 25%"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_progress_and_provenance_report_the_workers_busy_share(tmp_path, caplog, threads):
+    """cluster=sync, one partition at a time and two in flight (the threads path): the progress
+    lines and provenance.json report each worker's objects/s and the share of its time in the
+    device stage, measured as the wall time inside it over the worker's time."""
+    import json
+
+    from scip_gpu.pipeline import run
+
+    caplog.set_level("INFO", logger="scip_gpu")
+    cfg, _ = to_config(_compose([*SMALL, "masks=none", "dataset.n_objects=12", "partition_size=3", "cluster=sync",
+                                 f"cluster.threads_per_worker={threads}", "device=cpu", "progress=true",
+                                 "export.formats=[parquet]", "export.report=false", f"output={tmp_path / 'out'}"]))
+    run(cfg)
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    (name, w), = prov["workers"].items()
+    assert w["partitions"] == 4 and w["objects"] == 12
+    assert 0 < w["device_seconds"] <= w["seconds"]
+    d, t = w["device_seconds"], w["seconds"]  # (rounded to ms)
+    assert (d - 5e-4) / (t + 5e-4) - 1e-4 <= w["device_busy"] <= (d + 5e-4) / (t - 5e-4) + 1e-4
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress: ")]
+    assert lines[-1].startswith("progress: 12/12 objects") and f"| {name} " in lines[-1]
+    share = float(lines[-1].rsplit("profiling ", 1)[1].rstrip("%"))
+    assert abs(share - 100 * w["device_busy"]) <= 0.5  # the last line: the whole run's numbers
+    assert f"worker {name}: 12 objects in 4 partition(s)" in caplog.text  # and the end of the run's log
+
+
 @pytest.mark.slow
 def test_two_workers_write_the_rows_of_one(tmp_path):
     """A local cluster of 2 worker processes (the stand-in for 2 GPUs: device=cpu) spreads the

@@ -1,13 +1,20 @@
-"""Dense zarr arrays of shape (N, C, H, W) (or (N, H, W) for one channel)."""
+"""Dense zarr arrays of shape (N, C, H, W) (or (N, H, W) for one channel).
+
+With ``device=cuda`` the stores whose chunks can be read as they are (uncompressed, on the local
+file system: ``io.device_read``) are read with kvikio straight into device memory
+(``plan_device_reads``, ``load_device``); the others, and any store whose device read fails,
+through the host (zarr and its codecs).
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError, ObjectError
+from ..errors import InputError, ObjectError, describe_exception
 from .base import (Source, check_some_usable, expand_paths, integer_channels, most_common, nullable_ints,
                    object_error, regex_groups, row_error, select_channels, store_rows)
 
@@ -21,8 +28,89 @@ def _open(path):
         raise InputError(f"{path}: cannot be opened as a zarr array ({type(exc).__name__}: {exc})") from exc
 
 
+log = logging.getLogger("scip_gpu")
+
+
 class DenseZarrSource(Source):
     kind = "dense zarr"
+    #: store path -> DenseLayout of the stores read into device memory (``plan_device_reads``)
+    device_layouts: dict = {}
+
+    def plan_device_reads(self, table: pd.DataFrame, mode, device: str) -> dict[str, str]:
+        """Choose, per store of ``table``, how its objects are read (``io.kvikio``: "auto", True
+        or False): with kvikio into device memory where ``device_read_plan`` allows it and the
+        chunks hold whole images, else through the host. Logs and returns {store: "kvikio" or
+        "host: why"}; with ``mode=True`` a store that cannot be read with kvikio is a ConfigError
+        naming it and why."""
+        from ..errors import ConfigError
+        from .device_read import device_read_plan
+
+        self.device_layouts = {}
+        how: dict[str, str] = {}
+        listed = (~table["_error"].map(lambda e: isinstance(e, str)) if "_error" in table  # (unreadable stores:
+                  else pd.Series(True, index=table.index))                                # their objects' errors)
+        for path in dict.fromkeys(p for p in table.loc[listed, "meta_path"] if isinstance(p, str)):
+            if mode is False:
+                layout, why = None, "io.kvikio=false"
+            else:
+                layout, why = device_read_plan(path, device)
+                if layout is not None and tuple(layout.chunks[1:]) != tuple(layout.shape[1:]):
+                    layout, why = None, f"its chunks {layout.chunks} do not hold whole images {layout.shape[1:]}"
+            if layout is None and mode is True and device == "cuda":
+                raise ConfigError(f"io.kvikio=true: {path} cannot be read into device memory with kvikio: {why} "
+                                  "(io.kvikio=auto reads it through the host)")
+            if layout is not None:
+                self.device_layouts[path] = layout
+                how[path] = "kvikio"
+            else:
+                how[path] = f"host: {why}"
+            if device == "cuda":
+                log.info("io: %s read %s", path, "with kvikio straight into device memory" if layout is not None
+                         else f"through the host ({why})")
+        return how
+
+    def load_device(self, rows: pd.DataFrame, xp) -> list:
+        """As ``load``, the objects of the stores in ``device_layouts`` as device arrays read
+        with kvikio (one read of the rows' chunks per store); the objects of the other stores,
+        and of a store whose device read fails (logged), as host arrays read by ``load``."""
+        from .device_read import read_rows
+
+        out: list = [None] * len(rows)
+        channels = integer_channels(self.cfg.channels, "zarr")
+        expected = getattr(self, "_n_channels", None)
+        records = rows.to_dict("records")
+        by_store: dict[str, list[int]] = {}
+        host: list[int] = []
+        for p, row in enumerate(records):
+            err = row_error(row)
+            if err is not None:
+                out[p] = err
+            elif row["meta_path"] in self.device_layouts:
+                by_store.setdefault(row["meta_path"], []).append(p)
+            else:
+                host.append(p)
+        for path, pos in by_store.items():
+            idx = [int(records[p]["meta_zarr_idx"]) for p in pos]
+            lo, hi = min(idx), max(idx) + 1
+            try:
+                block = read_rows(self.device_layouts[path], lo, hi, xp=xp)
+            except Exception as exc:  # noqa: BLE001 - the host path reads it (and reports what it cannot)
+                log.warning("io: %s: the read with kvikio failed (%s); reading objects %d..%d through the host",
+                            path, describe_exception(exc), lo, hi - 1)
+                host.extend(pos)
+                continue
+            for p, i in zip(pos, idx):
+                img = block[i - lo]
+                try:
+                    out[p] = select_channels(img[None] if img.ndim == 2 else img, channels,
+                                             self.describe(records[p]), expected)
+                except Exception as exc:  # noqa: BLE001 - whatever fails, it is this object's error
+                    out[p] = object_error(exc, lambda p=p: self.describe(records[p]))
+        if host:
+            host.sort()
+            for p, img in zip(host, self.load(rows.iloc[host])):
+                out[p] = img
+        return out
 
     def objects(self) -> pd.DataFrame:
         rows = store_rows(expand_paths(self.cfg.path, "zarr array"), self._store_rows, "zarr array",

@@ -101,3 +101,149 @@ def test_kvikio_is_not_installed_here_and_not_imported():
 
     assert not device_read.kvikio_available()
     assert "kvikio" not in sys.modules and "cupy" not in sys.modules
+
+
+# ---------------------------------------------------------------------------------------------
+# Wired into the pipeline: io.kvikio chooses, per store, kvikio or the host
+
+
+def _stores(tmp_path):
+    """An uncompressed store, a compressed one and one whose chunks split the images."""
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(1, 4000, size=(6, 2, 24, 24)).astype(np.uint16)
+    paths = {}
+    for name, kw in {"plain": dict(compressors=None, chunks=(4, 2, 24, 24)),
+                     "zstd": dict(chunks=(4, 2, 24, 24)),
+                     "split": dict(compressors=None, chunks=(4, 1, 24, 24))}.items():
+        arr = zarr.create_array(str(tmp_path / f"{name}.zarr"), shape=imgs.shape, dtype="uint16", zarr_format=2, **kw)
+        arr[:] = imgs
+        paths[name] = tmp_path / f"{name}.zarr"
+    return imgs, paths
+
+
+def _source(path):
+    from scip_gpu.cli import to_config
+    from scip_gpu.io import make_source
+
+    from ..test_config import _compose
+
+    cfg, _ = to_config(_compose(["+dataset=zarr", f"dataset.path={path}"]))
+    src = make_source(cfg.dataset)
+    return src, src.objects()
+
+
+def test_io_kvikio_chooses_per_store_and_says_why(tmp_path, monkeypatch, caplog):
+    from scip_gpu.config import kvikio_mode
+    from scip_gpu.errors import ConfigError
+
+    _, paths = _stores(tmp_path)
+    caplog.set_level("INFO", logger="scip_gpu")
+    src, table = _source(str(tmp_path / "*.zarr"))
+    monkeypatch.setattr(device_read, "kvikio_available", lambda: False)
+    how = src.plan_device_reads(table, "auto", "cuda")  # kvikio missing (as here): all through the host
+    assert set(how.values()) == {"host: kvikio is not installed (pip install kvikio-cu13)"}
+    assert src.device_layouts == {}
+    with pytest.raises(ConfigError, match=r"io.kvikio=true: .*plain.zarr cannot be read .* kvikio is not installed"):
+        src.plan_device_reads(table, True, "cuda")
+    monkeypatch.setattr(device_read, "kvikio_available", lambda: True)
+    how = src.plan_device_reads(table, "auto", "cuda")
+    assert how[str(paths["plain"])] == "kvikio" and list(src.device_layouts) == [str(paths["plain"])]
+    assert "compressed (zstd)" in how[str(paths["zstd"])]
+    assert "do not hold whole images" in how[str(paths["split"])]
+    assert f"io: {paths['plain']} read with kvikio straight into device memory" in caplog.text
+    assert f"io: {paths['zstd']} read through the host (its chunks are compressed (zstd))" in caplog.text
+    with pytest.raises(ConfigError, match=r"split.zarr cannot be read into device memory with kvikio: its chunks "
+                                          r"\(4, 1, 24, 24\) do not hold whole images \(2, 24, 24\)"):
+        src.plan_device_reads(table, True, "cuda")
+    assert set(src.plan_device_reads(table, False, "cuda").values()) == {"host: io.kvikio=false"}
+    assert src.device_layouts == {}
+    assert src.plan_device_reads(table, True, "cpu")[str(paths["plain"])] == "host: the device is not a GPU"
+    assert [kvikio_mode(v) for v in ("auto", "true", True, "False", "maybe")] == ["auto", True, True, False, None]
+
+
+@pytest.fixture
+def cupy(monkeypatch):
+    from .. import fake_cupy
+
+    import anndata  # noqa: F401  (imported before the fake: it probes for cupyx.scipy.sparse)
+
+    return fake_cupy.install(monkeypatch)
+
+
+@pytest.mark.parametrize("kvikio_works", [True, False])
+def test_device_reads_profile_the_rows_of_the_host_path(tmp_path, monkeypatch, cupy, caplog, kvikio_works):
+    """device=cuda on dense zarr stores: the uncompressed one read with kvikio into device memory
+    (a stand-in kvikio, fake CuPy), validated there, the others through the host; the rows equal
+    a device=cpu run. A failing kvikio read falls back to the host path (logged), same rows."""
+    import json
+    import sys
+    import types
+
+    import pandas as pd
+
+    from scip_gpu.cli import to_config
+    from scip_gpu.pipeline import run
+
+    from .. import fake_cupy
+    from ..test_config import _compose
+
+    imgs, paths = _stores(tmp_path)
+    imgs[3] = 7  # a blank object: the same validation error on both paths
+    zarr.open_array(str(paths["plain"]), mode="r+")[3] = imgs[3]
+    zarr.open_array(str(paths["zstd"]), mode="r+")[3] = imgs[3]
+    reads = []
+
+    class CuFile(_CuFile):
+        def read(self, buf):
+            reads.append(self.path)
+            if not kvikio_works:
+                raise OSError("cuFile: no GPUDirect Storage here")
+            assert isinstance(buf, fake_cupy.ndarray)  # straight into (fake) device memory
+            return super().read(buf)
+
+    monkeypatch.setitem(sys.modules, "kvikio", types.SimpleNamespace(CuFile=CuFile))
+    monkeypatch.setattr(device_read, "kvikio_available", lambda: True)
+    monkeypatch.setenv("SCIP_GPU_KERNELS", "0")
+    from scip_gpu import batch as batch_module
+
+    on_device = []
+    real = batch_module._assemble_on_device
+    monkeypatch.setattr(batch_module, "_assemble_on_device",
+                        lambda imgs, *a: on_device.append(len(imgs)) or real(imgs, *a))
+    caplog.set_level("INFO", logger="scip_gpu")
+    out = {}
+    for device in ("cpu", "cuda"):
+        cfg, yaml = to_config(_compose([
+            "+dataset=zarr", f"dataset.path='{tmp_path}/[pz]*.zarr'", "masks=none", "features=intensity",
+            "cluster=sync", f"device={device}", f"output={tmp_path / device}", "progress=false",
+            "export.formats=[parquet]", "export.report=false"]))
+        summary = run(cfg, yaml)
+        assert summary.n_objects == 12 and summary.n_errors == 2
+        out[device] = pd.read_parquet(tmp_path / device / "features.parquet")
+    pd.testing.assert_frame_equal(out["cuda"], out["cpu"], check_exact=True)
+    prov = json.loads((tmp_path / "cuda" / "provenance.json").read_text())
+    assert prov["reads"][str(paths["plain"])] == "kvikio" and prov["reads"][str(paths["zstd"])].startswith("host: ")
+    assert reads and all(p.startswith(str(paths["plain"])) for p in reads)
+    errors = pd.read_csv(tmp_path / "cuda" / "errors.csv")
+    assert errors["error"].str.contains(r"\[3\]: every pixel has the same value \(7\)").sum() == 2
+    assert ("the read with kvikio failed" in caplog.text) is not kvikio_works
+    # the good objects of both stores (those read through the host are copied to the device once
+    # validated): batched on the device
+    assert sum(on_device) == 10
+
+
+@pytest.mark.gpu
+def test_kvikio_reads_chunks_into_gpu_memory(tmp_path):
+    """The real thing (``pytest -m gpu`` with kvikio installed): chunks read with kvikio into
+    CuPy arrays are what zarr reads."""
+    cp = pytest.importorskip("cupy")
+    pytest.importorskip("kvikio")
+    imgs = _images()
+    arr = zarr.create_array(str(tmp_path / "g.zarr"), shape=imgs.shape, chunks=(8, 2, 6, 5), dtype="uint16",
+                            compressors=None, zarr_format=2)
+    arr[:] = imgs
+    layout, why = device_read_plan(tmp_path / "g.zarr", "cuda")
+    assert why == ""
+    got = read_rows(layout, 3, 21)
+    assert isinstance(got, cp.ndarray)
+    np.testing.assert_array_equal(got.get(), imgs[3:21])
