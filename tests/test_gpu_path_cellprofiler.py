@@ -46,3 +46,30 @@ def test_cellprofiler_preset_on_the_gpu_path_equals_cpu(cupy, monkeypatch, kerne
     ok = ~np.isnan(cpu)
     assert ok.mean() > 0.5
     np.testing.assert_allclose(gpu[ok], cpu[ok], rtol=1e-9, atol=1e-9)
+
+
+def test_cellprofiler_families_of_fields_on_the_gpu_path_equal_cpu(cupy, monkeypatch, tmp_path):  # noqa: F811
+    """Segmented fields with device=cuda (fields and label images on the device): the
+    CellProfiler intensity and neighbour columns are the CPU path's."""
+    import pandas as pd
+
+    from scip_gpu.cli import to_config
+    from scip_gpu.pipeline import run
+
+    from .fields_data import write_fields
+
+    monkeypatch.setenv("SCIP_GPU_KERNELS", "0")
+    root = tmp_path / "plate1"
+    write_fields(root, n_fields=1, shape=(96, 112), n_cells=5)
+    out = {}
+    for device in ("cpu", "cuda"):
+        cfg, yaml = to_config(_compose(["+dataset=fields_tiff", f"dataset.path={root}", "segmentation=watershed",
+                                        "features=cellprofiler", "features.families=[cp_intensity,cp_neighbors]",
+                                        "cluster=sync", f"device={device}", f"output={tmp_path / device}",
+                                        "progress=false"]))
+        assert run(cfg, yaml).n_ok >= 3
+        out[device] = pd.read_parquet(tmp_path / device / "features.parquet").sort_values(
+            ["meta_field", "meta_label"]).reset_index(drop=True)
+    nb = [c for c in out["cpu"].columns if "_Neighbors_" in c]
+    assert nb and out["cpu"][nb].notna().any().all()
+    pd.testing.assert_frame_equal(out["cuda"], out["cpu"], rtol=1e-9, atol=1e-9)
