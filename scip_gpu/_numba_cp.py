@@ -487,45 +487,6 @@ def _edt_plane(fg, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _heap_push(keys, vals, size, key, val):  # pragma: no cover - compiled
-    # binary min-heap on (keys, vals)[:size]; returns the new size
-    i = size
-    while i > 0:
-        parent = (i - 1) >> 1
-        if keys[parent] <= key:
-            break
-        keys[i] = keys[parent]
-        vals[i] = vals[parent]
-        i = parent
-    keys[i] = key
-    vals[i] = val
-    return size + 1
-
-
-@njit(cache=True, nogil=True, boundscheck=False)
-def _heap_pop(keys, vals, size):  # pragma: no cover - compiled
-    # removes the root of the heap (read keys[0], vals[0] first); returns the new size
-    size -= 1
-    key = keys[size]
-    val = vals[size]
-    i = 0
-    while True:
-        c = 2 * i + 1
-        if c >= size:
-            break
-        if c + 1 < size and keys[c + 1] < keys[c]:
-            c += 1
-        if keys[c] >= key:
-            break
-        keys[i] = keys[c]
-        vals[i] = vals[c]
-        i = c
-    keys[i] = key
-    vals[i] = val
-    return size
-
-
-@njit(cache=True, nogil=True, boundscheck=False)
 def _plane_bbox(view):  # pragma: no cover - compiled
     # bounding rows/cols [r0, r1), [c0, c1) of the True pixels of view (H, W) and their count
     h, w = view.shape
@@ -564,8 +525,13 @@ def cp_radial(x, view, valid, bins, out):  # pragma: no cover - compiled
     fg = np.empty((h, w), dtype=np.bool_)
     d_edge = np.empty((h, w), dtype=np.float64)
     dist = np.empty((h, w), dtype=np.float64)
-    hkeys = np.empty(8 * h * w + 1, dtype=np.float64)
-    hvals = np.empty(8 * h * w + 1, dtype=np.int64)
+    # bucket queue: entries (key, pixel, next entry of the bucket), a pixel entered at most 8
+    # times; bucket floor(d) for d below the longest path, at most 1.5 per pixel
+    ekey = np.empty(8 * h * w + 1, dtype=np.float64)
+    eval_ = np.empty(8 * h * w + 1, dtype=np.int64)
+    enext = np.empty(8 * h * w + 1, dtype=np.int64)
+    nb_max = 2 * h * w + 2
+    head = np.full(nb_max, -1, dtype=np.int64)  # every plane empties the buckets it fills
     s2 = np.sqrt(2.0)
     hist = np.zeros(bins + 1)
     num = np.zeros(bins + 1)
@@ -608,11 +574,25 @@ def cp_radial(x, view, valid, bins, out):  # pragma: no cover - compiled
                     cj = j
                 dist[i, j] = np.inf
         dist[ci, cj] = 0.0
-        size = _heap_push(hkeys, hvals, 0, 0.0, ci * ww + cj)
-        while size > 0:
-            d = hkeys[0]
-            idx = hvals[0]
-            size = _heap_pop(hkeys, hvals, size)
+        # Dijkstra with a bucket queue of width 1: a step is at least 1 long, so no pixel of
+        # bucket floor(d) can shorten another of the same bucket, and the buckets are taken in
+        # order, each in any order (entries made stale by a shorter path are skipped); the
+        # distances are the smallest sums over all paths, whatever the order, as with a heap
+        ekey[0] = 0.0
+        eval_[0] = ci * ww + cj
+        enext[0] = -1
+        head[0] = 0
+        n_e = 1
+        top_b = 0
+        b = 0
+        while b <= top_b:
+            e = head[b]
+            if e < 0:
+                b += 1
+                continue
+            head[b] = enext[e]
+            d = ekey[e]
+            idx = eval_[e]
             i = idx // ww
             j = idx % ww
             if d > dist[i, j]:
@@ -622,13 +602,20 @@ def cp_radial(x, view, valid, bins, out):  # pragma: no cover - compiled
                     if di == 0 and dj == 0:
                         continue
                     a = i + di
-                    b = j + dj
-                    if a < 0 or a >= hh or b < 0 or b >= ww or not vm[r0 + a, c0 + b]:
+                    bb = j + dj
+                    if a < 0 or a >= hh or bb < 0 or bb >= ww or not vm[r0 + a, c0 + bb]:
                         continue
                     nd = d + (s2 if di != 0 and dj != 0 else 1.0)
-                    if nd < dist[a, b]:
-                        dist[a, b] = nd
-                        size = _heap_push(hkeys, hvals, size, nd, a * ww + b)
+                    if nd < dist[a, bb]:
+                        dist[a, bb] = nd
+                        nb_ = int(nd)
+                        ekey[n_e] = nd
+                        eval_[n_e] = a * ww + bb
+                        enext[n_e] = head[nb_]
+                        head[nb_] = n_e
+                        n_e += 1
+                        if nb_ > top_b:
+                            top_b = nb_
         hist[:] = 0.0
         num[:] = 0.0
         wsum[:, :] = 0.0
