@@ -336,6 +336,9 @@ def cp_colocalization(x, view, pa, pb, thr_pct, out):  # pragma: no cover - comp
     vals = np.empty((c, p), dtype=np.float64)
     ranks = np.empty((c, p), dtype=np.int64)
     top = np.empty(c, dtype=np.float64)
+    rmax = np.empty(c, dtype=np.int64)
+    mean = np.empty(c, dtype=np.float64)
+    ssq = np.empty(c, dtype=np.float64)
     for i in range(n):
         k = 0
         for j in range(p):
@@ -357,33 +360,34 @@ def cp_colocalization(x, view, pa, pb, thr_pct, out):  # pragma: no cover - comp
                 if vals[ch, order[t]] != vals[ch, order[t - 1]]:
                     r += 1
                 ranks[ch, order[t]] = r
+            rmax[ch] = r
+            # the channel's mean and sum of squared deviations (the same sums for every pair)
+            mu = 0.0
+            for t in range(k):
+                mu += vals[ch, t]
+            mu /= k
+            sq = 0.0
+            for t in range(k):
+                d = vals[ch, t] - mu
+                sq += d * d
+            mean[ch] = mu
+            ssq[ch] = sq
         for q in range(nq):
             a = pa[q]
             b = pb[q]
-            ma = 0.0
-            mb = 0.0
-            for t in range(k):
-                ma += vals[a, t]
-                mb += vals[b, t]
-            ma /= k
-            mb /= k
+            ma = mean[a]
+            mb = mean[b]
+            saa = ssq[a]
+            sbb = ssq[b]
             sab = 0.0
-            saa = 0.0
-            sbb = 0.0
             ta = thr_pct / 100 * top[a]
             tb = thr_pct / 100 * top[b]
-            ra_max = 0
-            rb_max = 0
             for t in range(k):
                 da = vals[a, t] - ma
                 db = vals[b, t] - mb
                 sab += da * db
-                saa += da * da
-                sbb += db * db
-                if ranks[a, t] > ra_max:
-                    ra_max = ranks[a, t]
-                if ranks[b, t] > rb_max:
-                    rb_max = ranks[b, t]
+            ra_max = rmax[a]
+            rb_max = rmax[b]
             big_r = max(ra_max, rb_max) + 1
             fpsq = 0.0
             spsq = 0.0
