@@ -43,6 +43,7 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from ..dispatch import assert_equivalent, stage
+from ..stage_examples import family_examples as _block_examples
 from .cp_common import cp_image
 from .registry import Column, Family, column_name, register
 
@@ -75,11 +76,6 @@ def colocalization_columns(mask: str | None, channels) -> list[Column]:
                                measurement=key))
     return cols
 
-
-def _block_examples(rng):
-    from ..stage_examples import family_examples
-
-    yield from family_examples(rng)
 
 
 @stage("cp_colocalization.block", examples=_block_examples)

@@ -45,6 +45,7 @@ from array_api_compat import array_namespace
 
 from ..backend import array_module, asnumpy, ndimage
 from ..dispatch import assert_equivalent, stage
+from ..stage_examples import family_examples as _block_examples
 from .cp_common import cp_column, cp_image
 from .registry import Family, register
 
@@ -67,11 +68,6 @@ def granularity_columns(mask: str | None, channels, *, options=None) -> list:
                       params=f"step={k},subsample_size={s:g},image_sample_size={t:g},element_size={e}")
             for ch in channels for k in range(1, length + 1)]
 
-
-def _block_examples(rng):
-    from ..stage_examples import family_examples
-
-    yield from family_examples(rng)
 
 
 @stage("cp_granularity.block", examples=_block_examples)

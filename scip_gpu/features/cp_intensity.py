@@ -32,6 +32,7 @@ from array_api_compat import array_namespace
 
 from .. import ops
 from ..dispatch import assert_equivalent, stage
+from ..stage_examples import family_examples as _block_examples
 from .cp_common import cp_column, cp_image
 from .registry import Family, register
 
@@ -76,11 +77,6 @@ def _compare(ref, got, args, kwargs):
     """Compiled sums run in another order than the array reductions."""
     assert_equivalent(ref, got, rtol=1e-10, atol=1e-9)
 
-
-def _block_examples(rng):
-    from ..stage_examples import family_examples
-
-    yield from family_examples(rng)
 
 
 @stage("cp_intensity.block", examples=_block_examples)

@@ -35,6 +35,7 @@ from array_api_compat import array_namespace
 
 from ..backend import array_module, ndimage
 from ..dispatch import assert_equivalent, stage
+from ..stage_examples import family_examples as _block_examples
 from .cp_common import cp_column, cp_image
 from .registry import Family, register
 
@@ -52,11 +53,6 @@ def radial_columns(mask: str | None, channels) -> list:
                                       suffix=f"{b}of{BINS}", params=f"bin={b},bins={BINS}"))
     return cols
 
-
-def _block_examples(rng):
-    from ..stage_examples import family_examples
-
-    yield from family_examples(rng)
 
 
 @stage("cp_radial.block", examples=_block_examples)

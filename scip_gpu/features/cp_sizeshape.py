@@ -36,6 +36,7 @@ import numpy as np
 
 from ..backend import array_module, asnumpy, ndimage
 from ..dispatch import assert_equivalent, stage
+from ..stage_examples import family_examples as _block_examples
 from . import shape as _sh
 from .cp_common import cp_column
 from .registry import Family, register
@@ -73,11 +74,6 @@ def _compare(ref, got, args, kwargs):
     """Compiled sums run in another order than the array reductions."""
     assert_equivalent(ref, got, rtol=1e-12, atol=1e-12)
 
-
-def _block_examples(rng):
-    from ..stage_examples import family_examples
-
-    yield from family_examples(rng)
 
 
 @stage("cp_sizeshape.block", examples=_block_examples)

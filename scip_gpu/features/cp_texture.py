@@ -35,6 +35,7 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from ..dispatch import assert_equivalent, stage
+from ..stage_examples import family_examples as _block_examples
 from .cp_common import cp_column, cp_image
 from .registry import Family, register
 
@@ -92,11 +93,6 @@ def quantise_cp(pixels, view, levels: int = DEFAULT_LEVELS):
         q = xp.floor(q / 255.0 * (levels - 1))
     return xp.where(view, q, 0).astype(xp.int32)
 
-
-def _block_examples(rng):
-    from ..stage_examples import family_examples
-
-    yield from family_examples(rng)
 
 
 @stage("cp_texture.block", examples=_block_examples)

@@ -41,6 +41,7 @@ import numpy as np
 
 from ..backend import array_module, asnumpy
 from ..dispatch import assert_equivalent, stage
+from ..stage_examples import family_examples as _block_examples
 from . import shape as _sh
 from .cp_common import cp_column, cp_image
 from .registry import Family, register
@@ -107,11 +108,6 @@ def radial_zernike_columns(mask: str | None, channels, *, options=None) -> list:
 # ---------------------------------------------------------------------------------------------
 # Blocks
 
-
-def _block_examples(rng):
-    from ..stage_examples import family_examples
-
-    yield from family_examples(rng)
 
 
 @stage("cp_zernike.block", examples=_block_examples)

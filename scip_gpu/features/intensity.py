@@ -34,6 +34,7 @@ from .. import cpu_kernels, ops
 from ..batch import planes
 from ..dispatch import stage
 from ..stats import STATISTICS, compact_statistics, sort_planes, view_members
+from ..stage_examples import family_examples as _block_examples
 from .registry import Column, Family, column_name, register
 
 VIEWS = (
@@ -140,11 +141,6 @@ def view_statistics(batch, views=None):
     out = [compact_statistics(*view_members(order, sv, view)) for view in views]
     return xp.stack(out, axis=1)
 
-
-def _block_examples(rng):
-    from ..stage_examples import family_examples
-
-    yield from family_examples(rng)
 
 
 @stage("intensity.block", examples=_block_examples)

@@ -56,6 +56,7 @@ from .. import ops
 from ..backend import array_module, asnumpy, is_gpu
 from ..dispatch import stage
 from ..stage_examples import compare_fields
+from ..stage_examples import family_examples as _block_examples
 from .registry import Column, Family, column_name, register
 
 #: SCIP's property names, in column order (``scip/features/shape.py::prop_names``).
@@ -126,11 +127,6 @@ def shape_columns(mask: str | None, channels) -> list[Column]:
                                None if combined else name))
     return cols
 
-
-def _block_examples(rng):
-    from ..stage_examples import family_examples
-
-    yield from family_examples(rng)
 
 
 @stage("shape.block", examples=_block_examples)

@@ -61,6 +61,7 @@ from .. import ops
 from ..backend import array_module, ndimage
 from ..batch import float_planes, refill, valid_mask
 from ..dispatch import stage
+from ..stage_examples import family_examples as _block_examples
 from .registry import Column, Family, column_name, register
 
 #: GLCM pixel-pair distances and angles (radians), as SCIP.
@@ -499,11 +500,6 @@ def texture_planes(values, view, extents, sobel=None):
 # ---------------------------------------------------------------------------------------------
 # Family
 
-
-def _block_examples(rng):
-    from ..stage_examples import family_examples
-
-    yield from family_examples(rng)
 
 
 @stage("texture.block", examples=_block_examples)
