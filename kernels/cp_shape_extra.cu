@@ -153,3 +153,94 @@ cp_filled_area(const int* __restrict__ labels, const i64* __restrict__ owner, co
         if (t == 0) out[lab] = (double)((i64)nb - reached);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// cp_pattern_sums: Euler number, Crofton perimeter and perimeter sums of every label (stage
+// shape.pattern_props, twin of `pattern_sums` in scip_gpu/_numba_kernels.py). One block per
+// padded plane:
+// 1. in parallel: each 2x2 window's code (0 where it is 0 or 15: no contribution) and label
+//    (the largest of its four labels), each pixel's border flag, then each border pixel's
+//    perimeter code 1 + 2 * four + 10 * diag (0 elsewhere);
+// 2. the plane's labels lo..hi (block minimum and maximum) are dealt to the threads; a thread
+//    adds up its label's contributions in raster order, windows for the Euler and Crofton sums,
+//    border pixels for the perimeter: the numba kernel's order of summation for each sum, so the
+//    same doubles. A label without a pixel in the plane is not written (each label lies in one
+//    plane, as ops.label numbers them; the labels are > 0 exactly on the foreground).
+//
+// Workspace: window codes (uint8), window labels (int), border flags (uint8), perimeter codes
+// (uint8), each (h - 1) x (w - 1) or h x w.
+
+// padded: (M, h, w) uint8; labels: (M, h, w) int32; euler_c, crofton_c: (16,) float64;
+// perim_w: (50,) float64; out: (3, nl + 1) float64 zeros, rows Euler / Crofton / perimeter.
+extern "C" __global__ void
+cp_pattern_sums(const unsigned char* __restrict__ padded, const int* __restrict__ labels, int M, int h, int w,
+                int nl, const double* __restrict__ euler_c, const double* __restrict__ crofton_c,
+                const double* __restrict__ perim_w, double* __restrict__ out, unsigned char* scratch, i64 ws_bytes) {
+    const int n = h * w;
+    const int t = threadIdx.x;
+    SgArena ar(sg_workspace(scratch, ws_bytes));
+    unsigned char* wcode = ar.take<unsigned char>(n);
+    int* wlab = ar.take<int>(n);
+    unsigned char* border = ar.take<unsigned char>(n);
+    unsigned char* pcode = ar.take<unsigned char>(n);
+    const i64 stride = (i64)nl + 1;
+    for (int m = blockIdx.x; m < M; m += gridDim.x) {
+        const unsigned char* x = padded + (i64)m * n;
+        const int* lb = labels + (i64)m * n;
+        int lo = 0x7fffffff, hi = 0;
+        for (int p = t; p < n; p += SG_THREADS) {
+            const int i = p / w, j = p - i * w;
+            const int l = lb[p];
+            if (l > 0) {
+                lo = sg_min(lo, l);
+                hi = sg_max(hi, l);
+            }
+            // window with top-left pixel (i, j)
+            int code = 0, v = 0;
+            if (i + 1 < h && j + 1 < w) {
+                code = x[p + w + 1] + 2 * x[p + 1] + 4 * x[p + w] + 8 * x[p];
+                v = sg_max(sg_max(l, lb[p + 1]), sg_max(lb[p + w], lb[p + w + 1]));
+            }
+            wcode[p] = (code == 15) ? 0 : (unsigned char)code;
+            wlab[p] = v;
+            border[p] = (i > 0 && i + 1 < h && j > 0 && j + 1 < w && x[p]
+                         && !(x[p - w] && x[p + w] && x[p - 1] && x[p + 1])) ? 1 : 0;
+        }
+        lo = (int)sg_block_min_i64(lo);  // (the reductions end with barriers: border is complete)
+        hi = (int)sg_block_max_i64(hi);
+        for (int p = t; p < n; p += SG_THREADS) {
+            unsigned char c = 0;
+            if (border[p]) {
+                const int four = border[p - w] + border[p + w] + border[p - 1] + border[p + 1];
+                const int diag = border[p - w - 1] + border[p - w + 1] + border[p + w - 1] + border[p + w + 1];
+                c = (unsigned char)(1 + 2 * four + 10 * diag);
+            }
+            pcode[p] = c;
+        }
+        __syncthreads();
+        if (hi > 0) {
+            for (int v = lo + t; v <= hi; v += SG_THREADS) {
+                double e = 0.0, cr = 0.0, pe = 0.0;
+                bool present = false;
+                for (int p = 0; p < n; ++p) {
+                    const int c = wcode[p];
+                    if (c != 0 && wlab[p] == v) {
+                        e += euler_c[c];
+                        cr += crofton_c[c];
+                    }
+                }
+                for (int p = 0; p < n; ++p) {
+                    if (lb[p] != v) continue;
+                    present = true;
+                    if (pcode[p]) pe += perim_w[pcode[p]];
+                }
+                if (present) {
+                    out[v] = e;
+                    out[stride + v] = cr;
+                    out[2 * stride + v] = pe;
+                }
+            }
+        }
+        __syncthreads();  // (the workspace is rewritten for the next plane)
+    }
+}

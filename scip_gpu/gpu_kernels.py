@@ -641,6 +641,37 @@ def cp_filled_area(padded, labels, owner, area, holed):
     return out
 
 
+@workspace("cp_pattern_sums")
+def _ws_cp_pattern_sums(h: int, w: int) -> int:
+    return 3 * _round16(h * w) + _round16(4 * h * w)
+
+
+def _accepts_pattern(padded, labels, nl) -> bool:
+    return (getattr(padded, "ndim", 0) == 3 and labels.shape == padded.shape and labels.dtype == np.int32
+            and padded.shape[1] * padded.shape[2] <= CP_MAX_PIXELS)
+
+
+@register("shape.pattern_props", "cuda", accepts=_accepts_pattern)
+def cp_pattern_props(padded, labels, nl: int):
+    """(3, nl + 1) Euler number, Crofton perimeter and perimeter of every label
+    (``cp_pattern_sums``: one block per plane, each label's sums in the numba kernel's raster
+    order, so the same doubles)."""
+    import cupy
+
+    from .features.shape import CROFTON_COEFS_4, EULER_COEFS_8, PERIMETER_WEIGHTS
+
+    fg = cupy.ascontiguousarray(padded, dtype=cupy.bool_).view(cupy.uint8)
+    lab = cupy.ascontiguousarray(labels, dtype=cupy.int32)
+    m, h, w = fg.shape
+    out = cupy.zeros((3, int(nl) + 1), dtype=cupy.float64)
+    args = (fg, lab, np.int32(m), np.int32(h), np.int32(w), np.int32(nl),
+            device_constant("euler-coefs-8", lambda: EULER_COEFS_8),
+            device_constant("crofton-coefs-4", lambda: CROFTON_COEFS_4),
+            device_constant("perimeter-weights", lambda: PERIMETER_WEIGHTS), out)
+    launch("cp_pattern_sums", m, args, workspace=workspace_bytes("cp_pattern_sums", h, w))
+    return out
+
+
 if __name__ == "__main__":  # python -m scip_gpu.gpu_kernels build
     if sys.argv[1:] != ["build"]:
         sys.exit("usage: python -m scip_gpu.gpu_kernels build   (needs nvcc)")

@@ -169,3 +169,46 @@ def test_filled_area_kernel_global_workspace(sim_small_shared):
     got = gpu_kernels.cp_filled_area(*(sim_small_shared.asarray(a) for a in args)).get()
     np.testing.assert_array_equal(got, want)
     assert (got > args[3]).any()  # some labels have holes
+
+
+# ---------------------------------------------------------------------------------------------
+# shape.pattern_props
+
+
+def _skimage_patterns(labels, nl):
+    from skimage.measure import regionprops
+
+    out = np.zeros((3, nl + 1))
+    for plane in labels:
+        for r in regionprops(plane):
+            out[:, r.label] = r.euler_number, r.perimeter_crofton, r.perimeter
+    return out
+
+
+def test_pattern_kernel_equals_numba_and_skimage(device):
+    """Labels with holes and nested labels, and a plane of 400 one-pixel labels (more labels
+    in a plane than a block has threads)."""
+    padded, _, _ = _holed_planes(h=40, w=40)
+    stack = np.concatenate([padded, np.zeros((1, 42, 42), bool)])
+    stack[-1, 1:41:2, 1:41:2] = True
+    labels, nl = ops.label(stack, 2)
+    labels = labels.astype(np.int32)
+    assert nl > 400
+    want = cpu_kernels.pattern_props(stack, labels, nl)
+    got = gpu_kernels.cp_pattern_props(device.asarray(stack), device.asarray(labels), nl).get()
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, _skimage_patterns(labels, nl), rtol=1e-12, atol=1e-12)
+    # the ring in a ring holds a dot: its outer ring has Euler number 0, the one-pixel labels 1
+    dots = np.unique(labels[-1][labels[-1] > 0])
+    assert got[0, labels[1, 1, 1]] == 0.0 and len(dots) == 400 and (got[0, dots] == 1.0).all()
+
+
+def test_pattern_kernel_global_workspace(sim_small_shared):
+    rng = np.random.default_rng(4)
+    padded = np.pad(rng.random((2, 70, 66)) < 0.6, ((0, 0), (1, 1), (1, 1)))
+    labels, nl = ops.label(padded, 2)
+    labels = labels.astype(np.int32)
+    assert gpu_kernels.workspace_bytes("cp_pattern_sums", 72, 68) > 16 * 1024
+    want = cpu_kernels.pattern_props(padded, labels, nl)
+    got = gpu_kernels.cp_pattern_props(sim_small_shared.asarray(padded), sim_small_shared.asarray(labels), nl).get()
+    np.testing.assert_array_equal(got, want)
