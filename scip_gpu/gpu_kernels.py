@@ -585,6 +585,93 @@ SOURCES += ("cp_intensity.cu", "cp_texture.cu", "cp_colocalization.cu")
 from . import _gpu_cp_measure  # noqa: E402,F401
 
 
+# ---------------------------------------------------------------------------------------------
+# AreaShape stages without a plane kernel of their own (kernels/cp_shape_extra.cu)
+
+SOURCES += ("cp_shape_extra.cu",)
+
+
+def _accepts_feret(vr, vc, nv, budget: int = 1 << 22) -> bool:
+    return getattr(vr, "ndim", 0) == 2 and vc.shape == vr.shape and nv.shape == vr.shape[:1]
+
+
+@register("cp_sizeshape.feret", "cuda", accepts=_accepts_feret)
+def cp_feret(vr, vc, nv, budget: int = 1 << 22):
+    """(min, max) Feret diameter of every polygon of the (L, V) vertex tables (``cp_feret``:
+    32 threads per polygon, the numba kernel's values bit for bit; ``budget`` is the
+    reference's memory bound, not needed here)."""
+    import cupy
+
+    r = cupy.ascontiguousarray(vr, dtype=cupy.float64)
+    c = cupy.ascontiguousarray(vc, dtype=cupy.float64)
+    k = cupy.ascontiguousarray(nv, dtype=cupy.int64)
+    nl1, v_max = r.shape
+    fmin = cupy.zeros(nl1, dtype=cupy.float64)
+    fmax = cupy.zeros(nl1, dtype=cupy.float64)
+    groups = -(-nl1 // (THREADS // 32))
+    launch("cp_feret", groups, (r, c, k, np.int32(nl1), np.int32(v_max), fmin, fmax))
+    return fmin, fmax
+
+
+@workspace("cp_filled_area")
+def _ws_cp_filled_area(h: int, w: int) -> int:
+    return 2 * _round16(h * w) + _round16(4 * h * w)
+
+
+def _accepts_filled(padded, labels, owner, area, holed) -> bool:
+    return (getattr(labels, "ndim", 0) == 3 and labels.dtype == np.int32
+            and labels.shape[1] * labels.shape[2] <= CP_MAX_PIXELS)
+
+
+@register("shape.filled_area", "cuda", accepts=_accepts_filled)
+def cp_filled_area(padded, labels, owner, area, holed):
+    """Area of each label with its holes filled (``cp_filled_area``: one block per holed label,
+    the other pixels of its bounding box labelled 8-connected, those joined to the box's border
+    not counted: the numba kernel's flood, the same integers)."""
+    import cupy
+
+    lab = cupy.ascontiguousarray(labels, dtype=cupy.int32)
+    m, h, w = lab.shape
+    out = cupy.array(area, dtype=cupy.float64, copy=True)
+    nl = int(out.shape[0]) - 1
+    args = (lab, cupy.ascontiguousarray(owner, dtype=cupy.int64),
+            cupy.ascontiguousarray(holed, dtype=cupy.bool_).view(cupy.uint8),
+            np.int32(m), np.int32(h), np.int32(w), np.int32(nl), out)
+    launch("cp_filled_area", nl, args, workspace=workspace_bytes("cp_filled_area", h, w))
+    return out
+
+
+@workspace("cp_pattern_sums")
+def _ws_cp_pattern_sums(h: int, w: int) -> int:
+    return 3 * _round16(h * w) + _round16(4 * h * w)
+
+
+def _accepts_pattern(padded, labels, nl) -> bool:
+    return (getattr(padded, "ndim", 0) == 3 and labels.shape == padded.shape and labels.dtype == np.int32
+            and padded.shape[1] * padded.shape[2] <= CP_MAX_PIXELS)
+
+
+@register("shape.pattern_props", "cuda", accepts=_accepts_pattern)
+def cp_pattern_props(padded, labels, nl: int):
+    """(3, nl + 1) Euler number, Crofton perimeter and perimeter of every label
+    (``cp_pattern_sums``: one block per plane, each label's sums in the numba kernel's raster
+    order, so the same doubles)."""
+    import cupy
+
+    from .features.shape import CROFTON_COEFS_4, EULER_COEFS_8, PERIMETER_WEIGHTS
+
+    fg = cupy.ascontiguousarray(padded, dtype=cupy.bool_).view(cupy.uint8)
+    lab = cupy.ascontiguousarray(labels, dtype=cupy.int32)
+    m, h, w = fg.shape
+    out = cupy.zeros((3, int(nl) + 1), dtype=cupy.float64)
+    args = (fg, lab, np.int32(m), np.int32(h), np.int32(w), np.int32(nl),
+            device_constant("euler-coefs-8", lambda: EULER_COEFS_8),
+            device_constant("crofton-coefs-4", lambda: CROFTON_COEFS_4),
+            device_constant("perimeter-weights", lambda: PERIMETER_WEIGHTS), out)
+    launch("cp_pattern_sums", m, args, workspace=workspace_bytes("cp_pattern_sums", h, w))
+    return out
+
+
 if __name__ == "__main__":  # python -m scip_gpu.gpu_kernels build
     if sys.argv[1:] != ["build"]:
         sys.exit("usage: python -m scip_gpu.gpu_kernels build   (needs nvcc)")
