@@ -9,19 +9,26 @@
 //
 // 1. the object's pixels (view) are gathered once per channel in pixel order (one block scan
 //    gives every pixel its place), as cp_colocalization_objects does;
-// 2. one thread per pair (pairs spread over the warps) runs _costes_one over the gathered
-//    pixels: the finiteness / range check, the orthogonal regression over the non-zero pixels,
-//    the bisection (each candidate threshold's below-threshold Pearson r from two sequential
-//    passes in raster order, as the numba kernel sums), and C1 / C2.
+// 2. up to 256 pairs at a time, a group of gs = 256 / pairs threads per pair (3 pairs: 85);
+//    the group's first thread runs the orthogonal regression over the non-zero pixels;
+// 3. the bisection, speculatively: the search is a binary tree of candidates (after a bad
+//    candidate, one without a defined non-negative background correlation, the window's left
+//    end moves up, else its right end moves down), so the 2^d - 1 candidates it can reach in
+//    its next d steps (d = 6 for 85 threads) are judged at once, one thread each (replaying
+//    its node's path from the root with _costes_one's arithmetic); then the group's first
+//    thread follows the verdicts d steps down: d steps of the search per round instead of 1;
+// 4. the group's first thread checks the final background correlation and sums C1, C2.
 //
-// Every sum runs in the numba kernel's raster order on the pair's one thread: bit-identical
-// values rather than a block reduction (whose tree order numba would have to emulate); the
-// parallelism is over objects (blocks) and pairs (threads).
+// Every sum (a candidate's background Pearson r: two passes over the pixels) runs in the numba
+// kernel's raster order on one thread, so the values are the CPU path's bit for bit; the
+// parallelism is over objects (blocks), pairs (groups) and the candidates of d steps (threads).
+// The candidates' passes read the same pixel at the same time in every thread (broadcasts).
 //
 // Output (N, Q, 2): per object and pair (C1, C2); NaN where cp_measure's Costes is undefined.
 //
 // Workspace for C channels of P pixels: the gathered values (C P doubles). 3 channels of
-// 64 x 64: 98,304 bytes (more channels or pixels: global scratch).
+// 64 x 64: 98,304 bytes (more channels or pixels: global scratch); static shared memory for
+// the groups' states (256 of each).
 
 // Python's float floor division a // b (CPython's float_floor_div, numba's real_divmod).
 __device__ __forceinline__ double cpc_floordiv(double vx, double wx) {
@@ -76,9 +83,10 @@ __device__ double cpc_costes_r(const double* fa, const double* fb, int k, double
     return sab / sqrt(saa * sbb);
 }
 
-// (C1, C2) of one pair of one object's k pixels (_costes_one); false where undefined.
-__device__ bool cpc_costes_one(const double* fa, const double* fb, int k, double scale, int max_iter,
-                               double* c1, double* c2) {
+// The orthogonal regression B = a A + b over the non-zero pixels (_costes_one up to the
+// bisection); false where Costes is undefined (fewer than 3 pixels or non-zero pixels, a pixel
+// off [0, 1], a constant channel, a degenerate or non-finite regression).
+__device__ bool cpc_regression(const double* fa, const double* fb, int k, double* a_out, double* b_out) {
     if (k < 3) return false;
     int nnz = 0;
     double sx = 0.0, sy = 0.0, sz = 0.0;
@@ -118,26 +126,30 @@ __device__ bool cpc_costes_one(const double* fa, const double* fb, int k, double
     const double a = num / denom;
     const double b = ymean - a * xmean;
     if (!(isfinite(a) && isfinite(b))) return false;
-    const double step = 6.0 / 5.0;
-    double left = 1.0, right = scale;
-    double mid = cpc_floordiv(right - left, step) + left;
-    double lastmid = 0.0, valid = sg_nan();
-    int it = 0;
-    while (lastmid != mid) {
-        if (++it > max_iter) return false;
-        const double tf = mid / scale;
-        const double ts = (a * tf) + b;
-        const double r = cpc_costes_r(fa, fb, k, tf, ts);
-        if (!isfinite(r) || r < 0) {
-            left = mid - 1.0;
-        } else {
-            right = mid + 1.0;
-            valid = mid;
-        }
-        lastmid = mid;
-        const double divisor = right - left > 6.0 ? step : 2.0;
-        mid = cpc_floordiv(right - left, divisor) + left;
+    *a_out = a;
+    *b_out = b;
+    return true;
+}
+
+// One step of the bisection after the candidate mid was judged (bad: no defined non-negative
+// background correlation), as _costes_one's loop body.
+__device__ __forceinline__ void cpc_step(bool bad, double& left, double& right, double& mid, double& lastmid,
+                                         double& valid) {
+    if (bad) {
+        left = mid - 1.0;
+    } else {
+        right = mid + 1.0;
+        valid = mid;
     }
+    lastmid = mid;
+    const double divisor = right - left > 6.0 ? 6.0 / 5.0 : 2.0;
+    mid = cpc_floordiv(right - left, divisor) + left;
+}
+
+// C1, C2 at the thresholds below the bisection's result (_costes_one's end); false where
+// undefined.
+__device__ bool cpc_manders(const double* fa, const double* fb, int k, double scale, double a, double b,
+                            double valid, double* c1, double* c2) {
     if (!isfinite(valid)) return false;
     const double tf = (valid - 1.0) / scale;
     const double ts = (a * tf) + b;
@@ -158,6 +170,11 @@ __device__ bool cpc_costes_one(const double* fa, const double* fb, int k, double
     return true;
 }
 
+// Group states of the speculative bisection (one group of threads per pair)
+#define CPC_RUNNING 0
+#define CPC_DONE 1
+#define CPC_FAILED 2
+
 extern "C" __global__ void
 cp_costes_objects(const double* __restrict__ x, const unsigned char* __restrict__ view, const int C, const int P,
                   const int N, const int* __restrict__ pa, const int* __restrict__ pb, const int Q,
@@ -165,6 +182,13 @@ cp_costes_objects(const double* __restrict__ x, const unsigned char* __restrict_
                   const long long ws_bytes) {
     SgArena arena(sg_workspace(scratch, ws_bytes));
     double* vals = arena.take<double>((i64)C * P);
+    // per group (pair): the regression and the bisection's state at the root of its tree
+    __shared__ double s_a[SG_THREADS], s_b[SG_THREADS], s_left[SG_THREADS], s_right[SG_THREADS];
+    __shared__ double s_mid[SG_THREADS], s_last[SG_THREADS], s_valid[SG_THREADS];
+    __shared__ int s_it[SG_THREADS];
+    __shared__ unsigned char s_state[SG_THREADS];
+    // per thread: its node's verdict (1: bad candidate)
+    __shared__ unsigned char s_bad[SG_THREADS];
     const int t = threadIdx.x;
     const int cs = (P + SG_THREADS - 1) / SG_THREADS;
     const int a0 = sg_min(t * cs, P), b0 = sg_min(a0 + cs, P);
@@ -181,17 +205,113 @@ cp_costes_objects(const double* __restrict__ x, const unsigned char* __restrict_
             ++pos;
         }
         __syncthreads();
-        // 2. one thread per pair: pairs 0..7 on lane 0 of warps 0..7, then lane 1, ...
         double* o = out + (i64)i * Q * 2;
-        for (int qq = (t & 31) * 8 + (t >> 5); qq < Q; qq += SG_THREADS) {
-            double c1 = sg_nan(), c2 = sg_nan();
-            if (!cpc_costes_one(vals + (i64)pa[qq] * P, vals + (i64)pb[qq] * P, k, scale, max_iter, &c1, &c2)) {
-                c1 = sg_nan();
-                c2 = sg_nan();
+        // 2. up to 256 pairs at a time, a group of gs threads per pair; thread j of a group
+        //    judges node j + 1 of the bisection's next d steps (heap order: node n's children
+        //    2n after a bad candidate, 2n + 1 after a good one), all 2^d - 1 candidates the
+        //    search can reach in d steps at once
+        for (int q0 = 0; q0 < Q; q0 += SG_THREADS) {
+            const int G = sg_min(Q - q0, SG_THREADS);
+            const int gs = SG_THREADS / G;
+            int d = 1;
+            while ((2 << d) - 1 <= gs) ++d;  // the largest d with 2^d - 1 <= gs
+            const int g = t / gs, j = t - g * gs;
+            const bool member = g < G && j < (1 << d) - 1;
+            const double* fa = vals;
+            const double* fb = vals;
+            if (g < G) {
+                fa = vals + (i64)pa[q0 + g] * P;
+                fb = vals + (i64)pb[q0 + g] * P;
             }
-            o[(i64)qq * 2] = c1;
-            o[(i64)qq * 2 + 1] = c2;
+            // the regression, on the group's first thread
+            if (member && j == 0) {
+                double a = 0.0, b = 0.0;
+                const bool ok = cpc_regression(fa, fb, k, &a, &b);
+                s_a[g] = a;
+                s_b[g] = b;
+                s_left[g] = 1.0;
+                s_right[g] = scale;
+                s_mid[g] = cpc_floordiv(scale - 1.0, 6.0 / 5.0) + 1.0;
+                s_last[g] = 0.0;
+                s_valid[g] = sg_nan();
+                s_it[g] = 0;
+                s_state[g] = ok ? CPC_RUNNING : CPC_FAILED;
+            }
+            __syncthreads();
+            bool any = true;
+            while (any) {
+                // every member judges its node's candidate, reached by replaying the decisions
+                // of the node's path from the root
+                if (member && s_state[g] == CPC_RUNNING) {
+                    double left = s_left[g], right = s_right[g], mid = s_mid[g], lastmid = s_last[g];
+                    double valid = s_valid[g];
+                    int it = s_it[g];
+                    const int node = j + 1;
+                    int depth = 0;
+                    while ((node >> (depth + 1)) != 0) ++depth;
+                    bool reachable = true;
+                    for (int l = depth - 1; l >= 0 && reachable; --l) {
+                        if (lastmid == mid || ++it > max_iter) {
+                            reachable = false;
+                            break;
+                        }
+                        cpc_step(((node >> l) & 1) == 0, left, right, mid, lastmid, valid);
+                    }
+                    bool bad = true;
+                    if (reachable && lastmid != mid && it + 1 <= max_iter) {
+                        const double tf = mid / scale;
+                        const double ts = (s_a[g] * tf) + s_b[g];
+                        const double r = cpc_costes_r(fa, fb, k, tf, ts);
+                        bad = !isfinite(r) || r < 0;
+                    }
+                    s_bad[t] = bad;
+                }
+                __syncthreads();
+                // the group's first thread follows the verdicts d steps down its tree
+                if (member && j == 0 && s_state[g] == CPC_RUNNING) {
+                    double left = s_left[g], right = s_right[g], mid = s_mid[g], lastmid = s_last[g];
+                    double valid = s_valid[g];
+                    int it = s_it[g];
+                    unsigned char state = CPC_RUNNING;
+                    int node = 1;
+                    for (int l = 0; l < d; ++l) {
+                        if (lastmid == mid) {
+                            state = CPC_DONE;
+                            break;
+                        }
+                        if (++it > max_iter) {  // cp_measure: "bisection did not converge"
+                            state = CPC_FAILED;
+                            break;
+                        }
+                        const bool bad = s_bad[g * gs + node - 1] != 0;
+                        cpc_step(bad, left, right, mid, lastmid, valid);
+                        node = 2 * node + (bad ? 0 : 1);
+                    }
+                    if (state == CPC_RUNNING && lastmid == mid) state = CPC_DONE;
+                    s_left[g] = left;
+                    s_right[g] = right;
+                    s_mid[g] = mid;
+                    s_last[g] = lastmid;
+                    s_valid[g] = valid;
+                    s_it[g] = it;
+                    s_state[g] = state;
+                }
+                __syncthreads();
+                any = false;
+                for (int h = 0; h < G; ++h) any = any || s_state[h] == CPC_RUNNING;
+            }
+            // C1, C2 on the group's first thread
+            if (member && j == 0) {
+                double c1 = sg_nan(), c2 = sg_nan();
+                if (s_state[g] != CPC_DONE ||
+                    !cpc_manders(fa, fb, k, scale, s_a[g], s_b[g], s_valid[g], &c1, &c2)) {
+                    c1 = sg_nan();
+                    c2 = sg_nan();
+                }
+                o[(i64)(q0 + g) * 2] = c1;
+                o[(i64)(q0 + g) * 2 + 1] = c2;
+            }
+            __syncthreads();
         }
-        __syncthreads();
     }
 }

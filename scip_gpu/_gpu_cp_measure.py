@@ -139,8 +139,9 @@ def _accepts_costes(x, view, pairs, scale: int) -> bool:
 def costes_pairs(x, view, pairs, scale: int):
     """(N, len(pairs), 2) Costes' C1, C2 of every object and channel pair, CellProfiler's
     ``Faster`` bisection (``cp_costes_objects``; ``features.cp_colocalization.costes_pairs``):
-    one thread per pair runs the numba kernel's sequential sums, so the values are the CPU
-    path's bit for bit."""
+    a group of threads per pair judges the candidates of several bisection steps at once, each
+    thread with the numba kernel's sequential sums, so the values are the CPU path's bit for
+    bit."""
     import cupy
 
     from .features.cp_colocalization import COSTES_MAX_ITER

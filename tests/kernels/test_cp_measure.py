@@ -194,6 +194,32 @@ def test_cp_costes_kernel_equals_cpu(device, scale):
         np.testing.assert_allclose(got[3, 0], _costes_by_scan(x[3, 0, :100], x[3, 1, :100], 100), rtol=1e-12)
 
 
+def test_cp_costes_kernel_many_pairs_and_iteration_bound(device, monkeypatch):
+    """24 channels (276 pairs: a first round of 256 pairs with one thread each, then 20 pairs
+    with trees of 7 candidates); then the bisection's iteration bound cut short, so that some
+    searches end undefined ("did not converge") at different rounds."""
+    from scip_gpu.features import cp_colocalization
+
+    rng = np.random.default_rng(11)
+    base = rng.random((2, 1, 40))
+    x = np.round(np.clip(base + 0.4 * rng.random((2, 24, 40)), 0, 1) * 100) / 100
+    view = rng.random((2, 40)) < 0.9
+    pairs = channel_pairs(24)
+    assert len(pairs) == 276
+    want = cp_cpu_kernels.costes_pairs(x, view, pairs, 100)
+    got = _gpu_cp_measure.costes_pairs(device.asarray(x), device.asarray(view), pairs, 100).get()
+    _exact(got, want)
+    assert np.isfinite(got).mean() > 0.5
+    x, view = _costes_objects()
+    pairs = channel_pairs(3)
+    full = cp_cpu_kernels.costes_pairs(x, view, pairs, 65535)
+    monkeypatch.setattr(cp_colocalization, "COSTES_MAX_ITER", 20)
+    want = cp_cpu_kernels.costes_pairs(x, view, pairs, 65535)
+    got = _gpu_cp_measure.costes_pairs(device.asarray(x), device.asarray(view), pairs, 65535).get()
+    _exact(got, want)
+    assert np.isnan(got).sum() > np.isnan(full).sum()  # the bound ended some searches
+
+
 # ---------------------------------------------------------------------------------------------
 # global-memory workspaces
 
