@@ -1,9 +1,10 @@
-"""CUDA implementations of three stages of the CellProfiler families, registered with
+"""CUDA implementations of four stages of the CellProfiler families, registered with
 scip_gpu.dispatch beside their array-namespace references and numba kernels:
 
 * ``cp_intensity.planes`` (kernels/cp_intensity.cu, ``cp_intensity_planes``),
 * ``cp_texture.haralick`` (kernels/cp_texture.cu, ``cp_haralick_planes``),
-* ``cp_colocalization.pairs`` (kernels/cp_colocalization.cu, ``cp_colocalization_objects``).
+* ``cp_colocalization.pairs`` (kernels/cp_colocalization.cu, ``cp_colocalization_objects``),
+* ``cp_colocalization.costes`` (kernels/cp_costes.cu, ``cp_costes_objects``; appended at the end).
 
 One thread block per plane (per object for colocalisation), the plane in a per-block workspace
 (dynamic shared memory, or a slice of a global scratch buffer when it does not fit:
@@ -114,4 +115,48 @@ def pair_colocalization(x, view, pairs):
             cupy.ascontiguousarray(view, dtype=cupy.bool_).view(cupy.uint8),
             np.int32(c), np.int32(p), np.int32(n), pa, pb, np.int32(q), np.float64(THRESHOLD), out)
     launch("cp_colocalization_objects", n, args, workspace=_ws_colocalization(c, p))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# cp_colocalization.costes (kernels/cp_costes.cu)
+
+
+def _ws_costes(c: int, p: int) -> int:
+    """Gathered values (C P doubles)."""
+    return _round16(8 * c * p)
+
+
+# the workspace of 3 channels (benchmarks/kernel_resources.py: planes of h x w pixels)
+workspace("cp_costes_objects")(lambda h, w: _ws_costes(3, h * w))
+
+
+def _accepts_costes(x, view, pairs, scale: int) -> bool:
+    return x.ndim == 3 and view.ndim == 2 and float(scale) >= 1
+
+
+@register("cp_colocalization.costes", "cuda", accepts=_accepts_costes)
+def costes_pairs(x, view, pairs, scale: int):
+    """(N, len(pairs), 2) Costes' C1, C2 of every object and channel pair, CellProfiler's
+    ``Faster`` bisection (``cp_costes_objects``; ``features.cp_colocalization.costes_pairs``):
+    a group of threads per pair judges the candidates of several bisection steps at once, each
+    thread with the numba kernel's sequential sums, so the values are the CPU path's bit for
+    bit."""
+    import cupy
+
+    from .features.cp_colocalization import COSTES_MAX_ITER
+
+    n, c, p = x.shape
+    q = len(pairs)
+    out = cupy.empty((n, q, 2), dtype=cupy.float64)
+    if q == 0 or n == 0:
+        return out
+    key = tuple((int(a), int(b)) for a, b in pairs)
+    pa = device_constant(("cp-pairs-a", key), lambda: np.array([a for a, _ in key], dtype=np.int32))
+    pb = device_constant(("cp-pairs-b", key), lambda: np.array([b for _, b in key], dtype=np.int32))
+    args = (cupy.ascontiguousarray(x, dtype=cupy.float64),
+            cupy.ascontiguousarray(view, dtype=cupy.bool_).view(cupy.uint8),
+            np.int32(c), np.int32(p), np.int32(n), pa, pb, np.int32(q), np.float64(float(scale)),
+            np.int32(COSTES_MAX_ITER), out)
+    launch("cp_costes_objects", n, args, workspace=_ws_costes(c, p))
     return out

@@ -581,7 +581,7 @@ def cp_radial_planes(x, view, valid):
 
 
 # CellProfiler families: intensity, Haralick texture and colocalisation kernels
-SOURCES += ("cp_intensity.cu", "cp_texture.cu", "cp_colocalization.cu")
+SOURCES += ("cp_intensity.cu", "cp_texture.cu", "cp_colocalization.cu", "cp_costes.cu")
 from . import _gpu_cp_measure  # noqa: E402,F401
 
 

@@ -40,8 +40,8 @@ def test_cellprofiler_preset_on_the_gpu_path_equals_cpu(cupy, monkeypatch, kerne
     gpu = profile_batch(batch, plan)
     if kernels == "on":  # the stages with a CUDA kernel ran it
         launched = {name for name, *_ in gpu_kernels.module().launches[before:]}
-        assert {"cp_intensity_planes", "cp_haralick_planes", "cp_colocalization_objects", "cp_radii", "cp_radial",
-                "granularity_planes", "cp_zernike_planes", "cp_feret", "cp_filled_area",
+        assert {"cp_intensity_planes", "cp_haralick_planes", "cp_colocalization_objects", "cp_costes_objects",
+                "cp_radii", "cp_radial", "granularity_planes", "cp_zernike_planes", "cp_feret", "cp_filled_area",
                 "cp_pattern_sums"} <= launched
     np.testing.assert_array_equal(np.isnan(gpu), np.isnan(cpu))
     ok = ~np.isnan(cpu)

@@ -1,5 +1,5 @@
-"""CellProfiler-family kernels (kernels/cp_intensity.cu, cp_texture.cu, cp_colocalization.cu)
-against the CPU path (the numba kernels of scip_gpu._numba_cp): bit for bit (on a GPU the
+"""CellProfiler-family kernels (kernels/cp_intensity.cu, cp_texture.cu, cp_colocalization.cu,
+cp_costes.cu) against the CPU path (the numba kernels of scip_gpu._numba_cp): bit for bit (on a GPU the
 Haralick features within 1e-12: CUDA's log2 / exp), on demo cells and hand-made edge cases;
 each kernel also with its workspace in global memory."""
 
@@ -8,11 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scip_gpu import _gpu_cp_measure, cp_cpu_kernels, gpu_kernels
+from scip_gpu import _gpu_cp_measure, cp_cpu_kernels, dispatch, gpu_kernels
 from scip_gpu.demo import make_cell
 from scip_gpu.features.cp_colocalization import channel_pairs
 from scip_gpu.features.cp_common import cp_image
 from scip_gpu.features.cp_texture import quantise_cp
+
+from ..features.test_cp_costes import _costes_by_scan, _example
 
 pytest.importorskip("numba")
 
@@ -150,6 +152,75 @@ def test_cp_colocalization_kernel_equals_cpu(device):
 
 
 # ---------------------------------------------------------------------------------------------
+# cp_colocalization.costes
+
+
+def _costes_objects():
+    """Demo cells on the uint16 grid, and on a coarse grid (the bisection's whole course);
+    undefined cases: empty, 2 pixels, a constant channel, anti-correlated channels, a pixel
+    off the [0, 1] scale; and the definition's example (one sign change of the background's r)."""
+    x, view = _coloc_objects()
+    x, view = x[:3].copy(), view[:3].copy()
+    x[2, 2] = 1 - x[2, 0]  # channels 0 and 2 anti-correlated
+    rng = np.random.default_rng(7)
+    fi, si = _example(rng)  # 100 pixels on the grid 1/100
+    n, p = x.shape[0] + 3, x.shape[2]
+    xs = np.zeros((n, 3, p))
+    vs = np.zeros((n, p), bool)
+    xs[:3], vs[:3] = x, view
+    xs[3, 0, :100], xs[3, 1, :100] = fi, si
+    xs[3, 2, :100] = np.round(np.clip(si + rng.normal(0, 0.03, 100), 0, 1) * 100) / 100
+    vs[3, :100] = True
+    xs[4], vs[4] = xs[3], vs[3]
+    vs[4, 2:] = False  # 2 pixels
+    xs[5], vs[5] = xs[3], vs[3]
+    xs[5, 1, 50] = 1.5  # off CellProfiler's scale: no Costes of pairs with channel 1
+    return xs, vs
+
+
+@pytest.mark.parametrize("scale", [100, 65535])
+def test_cp_costes_kernel_equals_cpu(device, scale):
+    x, view = _costes_objects()
+    pairs = channel_pairs(3)
+    want = cp_cpu_kernels.costes_pairs(x, view, pairs, scale)
+    got = _gpu_cp_measure.costes_pairs(device.asarray(x), device.asarray(view), pairs, scale).get()
+    _exact(got, want)
+    assert np.isnan(got[1]).all() and np.isnan(got[4]).all() and np.isnan(got[5, [0, 2]]).all()
+    assert np.isnan(got[2, 1]).all() and np.isfinite(got[3, 0]).all() and np.isfinite(got[5, 1]).all()
+    # independent checks: the array path, and the definition by a scan of every candidate
+    ref = dispatch.STAGES["cp_colocalization.costes"].impls["reference"].fn(x, view, pairs, scale)
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+    if scale == 100:
+        np.testing.assert_allclose(got[3, 0], _costes_by_scan(x[3, 0, :100], x[3, 1, :100], 100), rtol=1e-12)
+
+
+def test_cp_costes_kernel_many_pairs_and_iteration_bound(device, monkeypatch):
+    """24 channels (276 pairs: a first round of 256 pairs with one thread each, then 20 pairs
+    with trees of 7 candidates); then the bisection's iteration bound cut short, so that some
+    searches end undefined ("did not converge") at different rounds."""
+    from scip_gpu.features import cp_colocalization
+
+    rng = np.random.default_rng(11)
+    base = rng.random((2, 1, 40))
+    x = np.round(np.clip(base + 0.4 * rng.random((2, 24, 40)), 0, 1) * 100) / 100
+    view = rng.random((2, 40)) < 0.9
+    pairs = channel_pairs(24)
+    assert len(pairs) == 276
+    want = cp_cpu_kernels.costes_pairs(x, view, pairs, 100)
+    got = _gpu_cp_measure.costes_pairs(device.asarray(x), device.asarray(view), pairs, 100).get()
+    _exact(got, want)
+    assert np.isfinite(got).mean() > 0.5
+    x, view = _costes_objects()
+    pairs = channel_pairs(3)
+    full = cp_cpu_kernels.costes_pairs(x, view, pairs, 65535)
+    monkeypatch.setattr(cp_colocalization, "COSTES_MAX_ITER", 20)
+    want = cp_cpu_kernels.costes_pairs(x, view, pairs, 65535)
+    got = _gpu_cp_measure.costes_pairs(device.asarray(x), device.asarray(view), pairs, 65535).get()
+    _exact(got, want)
+    assert np.isnan(got).sum() > np.isnan(full).sum()  # the bound ended some searches
+
+
+# ---------------------------------------------------------------------------------------------
 # global-memory workspaces
 
 
@@ -165,8 +236,11 @@ def test_cp_kernels_global_workspace(sim_small_shared):
     pairs = channel_pairs(3)
     _exact(_gpu_cp_measure.pair_colocalization(cp.asarray(x), cp.asarray(view), pairs).get(),
            cp_cpu_kernels.pair_colocalization(x, view, pairs))
+    x, view = _costes_objects()
+    _exact(_gpu_cp_measure.costes_pairs(cp.asarray(x), cp.asarray(view), pairs, 100).get(),
+           cp_cpu_kernels.costes_pairs(x, view, pairs, 100))
     launches = [(name, shared) for name, _, _, shared in gpu_kernels.module().launches]
-    for name in ("cp_intensity_planes", "cp_haralick_planes", "cp_colocalization_objects"):
+    for name in ("cp_intensity_planes", "cp_haralick_planes", "cp_colocalization_objects", "cp_costes_objects"):
         assert (name, 0) in launches
 
 
