@@ -46,8 +46,6 @@ def _polygons(seed=3):
 
 
 def test_feret_kernel_equals_numba_and_centrosome(device):
-    from centrosome.cpmorphology import feret_diameter
-
     vr, vc, nv = _polygons()
     want = cp_cpu_kernels.feret_from_vertices(vr, vc, nv)
     got = gpu_kernels.cp_feret(device.asarray(vr), device.asarray(vc), device.asarray(nv))
@@ -58,7 +56,12 @@ def test_feret_kernel_equals_numba_and_centrosome(device):
     assert got[0][:3].tolist() == [0.0, 0.0, 0.0]
     assert got[1][:3].tolist() == [0.0, 0.0, np.sqrt(29.0)]
     assert (got[0][-1], got[1][-1]) == (3.0, 5.0)
-    # centrosome's diameters of the polygons with at least three vertices
+    # centrosome's diameters of the polygons with at least three vertices (where it is installed:
+    # the parity extra)
+    try:
+        from centrosome.cpmorphology import feret_diameter
+    except ImportError:
+        return
     rows = np.flatnonzero(nv >= 3)
     chulls = np.concatenate([np.stack([np.full(nv[i], j + 1), vr[i, : nv[i]], vc[i, : nv[i]]], axis=1)
                              for j, i in enumerate(rows)])
