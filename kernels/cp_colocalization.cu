@@ -25,6 +25,25 @@
 // positions go to the one not holding the result). 3 channels of 64 x 64: 212,992 bytes
 // (1 block per H100 multiprocessor; more channels or pixels: global scratch).
 
+// Gathers object i's pixels (view != 0), raster order, into vals (C rows of P): each thread
+// its chunk [a0, b0) of the plane, placed by a block-wide exclusive sum. Returns their count
+// (every thread). Shared by the colocalisation and Costes kernels.
+__device__ int cpa_gather_object(const double* __restrict__ x, const unsigned char* __restrict__ view,
+                                 const int i, const int C, const int P, const int a0, const int b0,
+                                 double* vals) {
+    const unsigned char* vw = view + (i64)i * P;
+    int cnt = 0;
+    for (int p = a0; p < b0; ++p) cnt += vw[p] != 0;
+    int k;
+    int pos = sg_block_exclusive_sum(cnt, &k);
+    for (int p = a0; p < b0; ++p) {
+        if (!vw[p]) continue;
+        for (int ch = 0; ch < C; ++ch) vals[(i64)ch * P + pos] = x[((i64)i * C + ch) * P + p];
+        ++pos;
+    }
+    return k;
+}
+
 extern "C" __global__ void
 cp_colocalization_objects(const double* __restrict__ x, const unsigned char* __restrict__ view, const int C,
                           const int P, const int N, const int* __restrict__ pa, const int* __restrict__ pb,
@@ -43,16 +62,7 @@ cp_colocalization_objects(const double* __restrict__ x, const unsigned char* __r
     const int a0 = sg_min(t * cs, P), b0 = sg_min(a0 + cs, P);
     for (int i = blockIdx.x; i < N; i += gridDim.x) {
         // 1. gather the object's pixels
-        const unsigned char* vw = view + (i64)i * P;
-        int cnt = 0;
-        for (int p = a0; p < b0; ++p) cnt += vw[p] != 0;
-        int k;
-        int pos = sg_block_exclusive_sum(cnt, &k);
-        for (int p = a0; p < b0; ++p) {
-            if (!vw[p]) continue;
-            for (int ch = 0; ch < C; ++ch) vals[(i64)ch * P + pos] = x[((i64)i * C + ch) * P + p];
-            ++pos;
-        }
+        const int k = cpa_gather_object(x, view, i, C, P, a0, b0, vals);
         double* o = out + (i64)i * Q * 9;
         if (k == 0) {
             for (int f = t; f < Q * 9; f += SG_THREADS) o[f] = sg_nan();

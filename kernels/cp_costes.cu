@@ -194,16 +194,7 @@ cp_costes_objects(const double* __restrict__ x, const unsigned char* __restrict_
     const int a0 = sg_min(t * cs, P), b0 = sg_min(a0 + cs, P);
     for (int i = blockIdx.x; i < N; i += gridDim.x) {
         // 1. gather the object's pixels
-        const unsigned char* vw = view + (i64)i * P;
-        int cnt = 0;
-        for (int p = a0; p < b0; ++p) cnt += vw[p] != 0;
-        int k;
-        int pos = sg_block_exclusive_sum(cnt, &k);
-        for (int p = a0; p < b0; ++p) {
-            if (!vw[p]) continue;
-            for (int ch = 0; ch < C; ++ch) vals[(i64)ch * P + pos] = x[((i64)i * C + ch) * P + p];
-            ++pos;
-        }
+        const int k = cpa_gather_object(x, view, i, C, P, a0, b0, vals);
         __syncthreads();
         double* o = out + (i64)i * Q * 2;
         // 2. up to 256 pairs at a time, a group of gs threads per pair; thread j of a group

@@ -329,7 +329,13 @@ def _feret_examples(rng):
             polys.append(pts[ConvexHull(pts).vertices])
         except Exception:  # collinear points
             continue
-    v_max = max(len(p) for p in polys)
+    yield vertex_table(polys), {}
+
+
+def vertex_table(polys):
+    """(vr, vc, nv) tables of polygons given as (V_i, 2) (row, column) vertex arrays in polygon
+    order, as ``centre_hull_table`` makes them: unused slots repeat the first vertex."""
+    v_max = max(max(len(p) for p in polys), 1)
     vr = np.zeros((len(polys), v_max))
     vc = np.zeros((len(polys), v_max))
     nv = np.array([len(p) for p in polys], dtype=np.int64)
@@ -337,7 +343,7 @@ def _feret_examples(rng):
         if len(p):
             vr[i, : len(p)], vc[i, : len(p)] = p[:, 0], p[:, 1]
             vr[i, len(p):], vc[i, len(p):] = p[0, 0], p[0, 1]
-    yield (vr, vc, nv), {}
+    return vr, vc, nv
 
 
 @stage("cp_sizeshape.feret", examples=_feret_examples)

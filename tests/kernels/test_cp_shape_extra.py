@@ -11,6 +11,7 @@ from scipy.spatial import ConvexHull
 
 from scip_gpu import cp_cpu_kernels, cpu_kernels, gpu_kernels, ops
 from scip_gpu.features import shape
+from scip_gpu.features.cp_sizeshape import vertex_table
 
 
 @pytest.fixture(autouse=True)
@@ -34,15 +35,7 @@ def _polygons(seed=3):
     ang = np.linspace(0, 2 * np.pi, 40, endpoint=False)
     polys.append(np.stack([30 * np.sin(ang) + 31.3, 17 * np.cos(ang) + 20.1], axis=1))
     polys.append(np.array([[0.0, 0.0], [0.0, 4.0], [3.0, 4.0], [3.0, 0.0]]))  # a 3 x 4 rectangle
-    v_max = max(len(p) for p in polys)
-    vr = np.zeros((len(polys), v_max))
-    vc = np.zeros((len(polys), v_max))
-    nv = np.array([len(p) for p in polys], dtype=np.int64)
-    for i, p in enumerate(polys):
-        if len(p):
-            vr[i, : len(p)], vc[i, : len(p)] = p[:, 0], p[:, 1]
-            vr[i, len(p):], vc[i, len(p):] = p[0, 0], p[0, 1]
-    return vr, vc, nv
+    return vertex_table(polys)
 
 
 def test_feret_kernel_equals_numba_and_centrosome(device):
