@@ -65,7 +65,7 @@ def _compile(gxx: str, text: str, folder: Path, digest: str, lib: Path) -> None:
     src = folder / f"kernels-{digest}.cpp"
     src.write_text(text)
     tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-    res = subprocess.run([gxx, "-std=c++20", "-O2", "-g", "-ffp-contract=off", "-fPIC", "-shared", "-pthread",
+    res = subprocess.run([gxx, "-std=c++20", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-pthread",
                           "-Wno-unused-result", str(src), "-o", str(tmp)], capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"cuda_sim: g++ failed:\n{res.stderr[-6000:]}")
