@@ -5,8 +5,9 @@ once per argument type, and kept in numba's on-disk cache (``cache=True``): the 
 installation spends about 15 s compiling (on 2 cores), every later run only loads them. This
 command pays that cost ahead, e.g. in a Docker image's build (``docker/Dockerfile``): it profiles
 a few synthetic cells of every common pixel type (uint8, uint16, float32; fixed-size and
-ragged batches), with every mask method and feature family, in this process, writing nothing
-but numba's cache.
+ragged batches), with every mask method and feature family of the default ``scip`` preset and
+of the ``cellprofiler`` preset (its optional Zernike intensity moments included), in this
+process, writing nothing but numba's cache.
 
 numba's cache is specific to the CPU it was compiled on: on another type of CPU the kernels are
 compiled again on first use (and cached there when the installation is writable).
@@ -37,7 +38,8 @@ def _cells(dtype: str) -> list[np.ndarray]:
 def warmup(dtypes=DTYPES) -> dict[str, float]:
     """Compile (or load from numba's cache) the kernels for the default configuration with
     every mask method; returns the seconds spent per pixel type."""
-    from .config import Config, DatasetConfig, DatasetFormat, MaskMethod, MaskMethodConfig, MasksConfig
+    from .config import (CellProfilerConfig, Config, DatasetConfig, DatasetFormat, FeatureFamily, FeaturesConfig,
+                         MaskMethod, MaskMethodConfig, MasksConfig)
     from .profile import build_plan
     from .batch import assemble, group_by_shape
     from .profile import profile_batch
@@ -47,17 +49,26 @@ def warmup(dtypes=DTYPES) -> dict[str, float]:
                                  MaskMethodConfig(MaskMethod.spot, "spot", {"spotsize": 3}),
                                  MaskMethodConfig(MaskMethod.circle, "circle")])
     cfg = Config(dataset=DatasetConfig(name="warmup", format=DatasetFormat.demo), masks=masks)
-    plan = build_plan(cfg, ["BF", "DNA", "SPOT"])
+    # the cellprofiler preset on li masks (its families do not depend on the mask method)
+    cp_families = [FeatureFamily(f) for f in ("bbox", "regions", "cp_sizeshape", "cp_zernike", "cp_intensity",
+                                              "cp_texture", "cp_granularity", "cp_radial", "cp_radial_zernike",
+                                              "cp_colocalization")]
+    cp_cfg = Config(dataset=DatasetConfig(name="warmup", format=DatasetFormat.demo),
+                    masks=MasksConfig(methods=[masks.methods[0]]),
+                    features=FeaturesConfig(preset="cellprofiler", families=cp_families, raw=False,
+                                            cellprofiler=CellProfilerConfig(radial_zernikes=True)))
+    plans = [build_plan(c, ["BF", "DNA", "SPOT"]) for c in (cfg, cp_cfg)]
     seconds = {}
     for dtype in dtypes:
         t0 = time.perf_counter()
         imgs = _cells(dtype)
-        groups = group_by_shape([im.shape[1:] for im in imgs], margin=plan.margin, multiple=cfg.pad_multiple,
+        groups = group_by_shape([im.shape[1:] for im in imgs], margin=max(p.margin for p in plans), multiple=cfg.pad_multiple,
                                 batch_size=256, dtypes=[im.dtype for im in imgs])
-        for shape, members in groups:
-            batch = assemble([imgs[m] for m in members], np.asarray(members), shape, np)
-            values = profile_batch(batch, plan)
-            assert values.shape == (len(members), plan.n_features)
+        for plan in plans:
+            for shape, members in groups:
+                batch = assemble([imgs[m] for m in members], np.asarray(members), shape, np)
+                values = profile_batch(batch, plan)
+                assert values.shape == (len(members), plan.n_features)
         seconds[dtype] = time.perf_counter() - t0
     return seconds
 
