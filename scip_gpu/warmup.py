@@ -62,8 +62,8 @@ def warmup(dtypes=DTYPES) -> dict[str, float]:
     for dtype in dtypes:
         t0 = time.perf_counter()
         imgs = _cells(dtype)
-        groups = group_by_shape([im.shape[1:] for im in imgs], margin=max(p.margin for p in plans), multiple=cfg.pad_multiple,
-                                batch_size=256, dtypes=[im.dtype for im in imgs])
+        groups = group_by_shape([im.shape[1:] for im in imgs], margin=max(p.margin for p in plans),
+                                multiple=cfg.pad_multiple, batch_size=256, dtypes=[im.dtype for im in imgs])
         for plan in plans:
             for shape, members in groups:
                 batch = assemble([imgs[m] for m in members], np.asarray(members), shape, np)
