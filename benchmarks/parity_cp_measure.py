@@ -136,37 +136,29 @@ def given_masks(batch, masks):
 # Both tools
 
 
+def _timed(t: dict, name: str, fn, *args):
+    """``fn(*args)``, its wall time added to ``t[name]``."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    t[name] = t.get(name, 0.0) + time.perf_counter() - t0
+    return out
+
+
 def ours(batch, mr, ctx, texture_rows):
     """Our families (timed) and the planes they measure."""
     t = {}
-    t0 = time.perf_counter()
-    ss = compute_sizeshape(batch, mr, ctx)
-    t["AreaShape"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    it = compute_intensity(batch, mr, ctx)
-    t["Intensity"] = time.perf_counter() - t0
     sub = batch.take(texture_rows)
     sub_mr = MaskResult(mr.name, mr.mask[texture_rows], mr.combined[texture_rows], mr.regions[texture_rows],
                         mr.bbox[texture_rows], mr.background[texture_rows],
                         mr.combined_background[texture_rows], mr.usable[texture_rows])
-    t0 = time.perf_counter()
-    tx = compute_texture(sub, sub_mr, ctx)
-    t["Texture"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    co = compute_colocalization(batch, mr, ctx)
-    t["Correlation"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ra = compute_radial(batch, mr, ctx)
-    t["RadialDistribution"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    gr = compute_granularity(batch, mr, ctx)
-    t["Granularity"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ze = compute_zernike(batch, mr, ctx)
-    t["AreaShape_Zernike"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rz = radial_zernike_block(batch, mr, ctx)
-    t["RadialDistribution_Zernike"] = time.perf_counter() - t0
+    ss = _timed(t, "AreaShape", compute_sizeshape, batch, mr, ctx)
+    it = _timed(t, "Intensity", compute_intensity, batch, mr, ctx)
+    tx = _timed(t, "Texture", compute_texture, sub, sub_mr, ctx)
+    co = _timed(t, "Correlation", compute_colocalization, batch, mr, ctx)
+    ra = _timed(t, "RadialDistribution", compute_radial, batch, mr, ctx)
+    gr = _timed(t, "Granularity", compute_granularity, batch, mr, ctx)
+    ze = _timed(t, "AreaShape_Zernike", compute_zernike, batch, mr, ctx)
+    rz = _timed(t, "RadialDistribution_Zernike", radial_zernike_block, batch, mr, ctx)
     return ss, it, tx, co, ra, gr, ze, rz, t
 
 

@@ -108,14 +108,20 @@ def pair_colocalization(x, view, pairs):
     out = cupy.empty((n, q, N_COLOC), dtype=cupy.float64)
     if q == 0 or n == 0:
         return out
-    key = tuple((int(a), int(b)) for a, b in pairs)
-    pa = device_constant(("cp-pairs-a", key), lambda: np.array([a for a, _ in key], dtype=np.int32))
-    pb = device_constant(("cp-pairs-b", key), lambda: np.array([b for _, b in key], dtype=np.int32))
+    pa, pb = _pair_indices(pairs)
     args = (cupy.ascontiguousarray(x, dtype=cupy.float64),
             cupy.ascontiguousarray(view, dtype=cupy.bool_).view(cupy.uint8),
             np.int32(c), np.int32(p), np.int32(n), pa, pb, np.int32(q), np.float64(THRESHOLD), out)
     launch("cp_colocalization_objects", n, args, workspace=_ws_colocalization(c, p))
     return out
+
+
+def _pair_indices(pairs):
+    """The pairs' first and second channels as int32 device arrays (cached per pair list)."""
+    key = tuple((int(a), int(b)) for a, b in pairs)
+    pa = device_constant(("cp-pairs-a", key), lambda: np.array([a for a, _ in key], dtype=np.int32))
+    pb = device_constant(("cp-pairs-b", key), lambda: np.array([b for _, b in key], dtype=np.int32))
+    return pa, pb
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,9 +157,7 @@ def costes_pairs(x, view, pairs, scale: int):
     out = cupy.empty((n, q, 2), dtype=cupy.float64)
     if q == 0 or n == 0:
         return out
-    key = tuple((int(a), int(b)) for a, b in pairs)
-    pa = device_constant(("cp-pairs-a", key), lambda: np.array([a for a, _ in key], dtype=np.int32))
-    pb = device_constant(("cp-pairs-b", key), lambda: np.array([b for _, b in key], dtype=np.int32))
+    pa, pb = _pair_indices(pairs)
     args = (cupy.ascontiguousarray(x, dtype=cupy.float64),
             cupy.ascontiguousarray(view, dtype=cupy.bool_).view(cupy.uint8),
             np.int32(c), np.int32(p), np.int32(n), pa, pb, np.int32(q), np.float64(float(scale)),

@@ -361,16 +361,15 @@ def test_colocalization_against_cp_measure(objects):
             np.testing.assert_allclose(f[k, 0, j], ref[key][0], rtol=1e-10, err_msg=key)
 
 
-def _radial_by_hand(x, m, bins=4):
-    """CellProfiler's radial distribution of one object, written out: SciPy's distance
-    transform, Dijkstra over 8-neighbour steps from the first pixel farthest from the edge."""
+def geodesic_distance(view, seed):
+    """Dijkstra's algorithm over 8-neighbour steps of length 1 and sqrt(2) inside ``view``, from
+    ``seed`` (a heap, written out; infinite where not connected)."""
     import heapq
 
-    d_edge = ndi.distance_transform_edt(m)
-    centre = np.unravel_index(np.argmax(np.where(m, d_edge, -1)), m.shape)
-    dist = np.full(m.shape, np.inf)
-    dist[centre] = 0.0
-    heap = [(0.0, centre)]
+    h, w = view.shape
+    dist = np.full((h, w), np.inf)
+    dist[seed] = 0.0
+    heap = [(0.0, tuple(seed))]
     while heap:
         d, (i, j) = heapq.heappop(heap)
         if d > dist[i, j]:
@@ -378,11 +377,20 @@ def _radial_by_hand(x, m, bins=4):
         for di in (-1, 0, 1):
             for dj in (-1, 0, 1):
                 a, b = i + di, j + dj
-                if (di or dj) and 0 <= a < m.shape[0] and 0 <= b < m.shape[1] and m[a, b]:
-                    nd = d + np.hypot(di, dj)
+                if (di or dj) and 0 <= a < h and 0 <= b < w and view[a, b]:
+                    nd = d + (np.sqrt(2.0) if di and dj else 1.0)
                     if nd < dist[a, b]:
                         dist[a, b] = nd
                         heapq.heappush(heap, (nd, (a, b)))
+    return dist
+
+
+def _radial_by_hand(x, m, bins=4):
+    """CellProfiler's radial distribution of one object, written out: SciPy's distance
+    transform, Dijkstra over 8-neighbour steps from the first pixel farthest from the edge."""
+    d_edge = ndi.distance_transform_edt(m)
+    centre = np.unravel_index(np.argmax(np.where(m, d_edge, -1)), m.shape)
+    dist = geodesic_distance(m, centre)
     good = m & np.isfinite(dist)
     nd = np.where(good, dist, 0) / (np.where(good, dist, 0) + d_edge + 0.001)
     binned = np.minimum((nd * bins).astype(int), bins)

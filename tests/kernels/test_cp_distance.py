@@ -12,6 +12,8 @@ from scipy import ndimage as ndi
 from scip_gpu import cp_cpu_kernels, cpu_kernels, gpu_kernels
 from scip_gpu.features.cp_radial import BINS
 
+from ..features.test_cellprofiler import geodesic_distance
+
 
 @pytest.fixture(autouse=True)
 def _numba():
@@ -172,29 +174,6 @@ def test_cp_distance_kernels_global_workspace(sim_small_shared):
     assert global_runs >= {"cp_radial", "cp_radii"}
 
 
-def _dijkstra(view, seed):
-    """Dijkstra's algorithm as the numba kernel runs it (8-neighbour steps 1 and sqrt(2))."""
-    import heapq
-
-    h, w = view.shape
-    dist = np.full((h, w), np.inf)
-    dist[seed] = 0.0
-    heap = [(0.0, seed)]
-    while heap:
-        d, (i, j) = heapq.heappop(heap)
-        if d > dist[i, j]:
-            continue
-        for di in (-1, 0, 1):
-            for dj in (-1, 0, 1):
-                a, b = i + di, j + dj
-                if (di or dj) and 0 <= a < h and 0 <= b < w and view[a, b]:
-                    nd = d + (np.sqrt(2.0) if di and dj else 1.0)
-                    if nd < dist[a, b]:
-                        dist[a, b] = nd
-                        heapq.heappush(heap, (nd, (a, b)))
-    return dist
-
-
 def test_relaxation_fixed_point_is_dijkstra_bit_for_bit():
     """What the kernel's geodesic step relies on: relaxation until nothing changes (the array
     path's ``geodesic_from``, the kernel's rounds) ends on Dijkstra's doubles exactly, although
@@ -206,14 +185,14 @@ def test_relaxation_fixed_point_is_dijkstra_bit_for_bit():
     seeds = np.array([int(np.flatnonzero(v)[len(np.flatnonzero(v)) // 2]) for v in view])
     relaxed = geodesic_from(view, seeds)
     for v, s, r in zip(view, seeds, relaxed):
-        np.testing.assert_array_equal(r, _dijkstra(v, divmod(int(s), v.shape[1])))
+        np.testing.assert_array_equal(r, geodesic_distance(v, divmod(int(s), v.shape[1])))
     # the order matters: one straight and two diagonal steps sum to two different doubles
     s2 = np.sqrt(2.0)
     assert (0.0 + 1.0 + s2) + s2 != (0.0 + s2 + s2) + 1.0
     # a pixel reached along both orders gets the smaller (a 4 x 4 block: (0, 0) -> (3, 2))
     block = np.ones((4, 4), bool)
     got = geodesic_from(block[None], np.array([0]))[0, 3, 2]
-    assert got == min((0.0 + 1.0 + s2) + s2, (0.0 + s2 + s2) + 1.0) == _dijkstra(block, (0, 0))[3, 2]
+    assert got == min((0.0 + 1.0 + s2) + s2, (0.0 + s2 + s2) + 1.0) == geodesic_distance(block, (0, 0))[3, 2]
 
 
 def test_family_stages_dispatch_to_the_kernels(device):
