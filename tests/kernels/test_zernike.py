@@ -18,7 +18,11 @@ def _planes(shape):
     speckle = rng.random(shape) < 0.2
     one = np.zeros(shape, bool)
     one[3, 4] = True
-    return np.stack([blob, speckle, one, np.zeros(shape, bool), blob & ~speckle])
+    edge = np.zeros(shape, bool)
+    edge[0, :] = True  # a line along the top border
+    # blob, speckle, one pixel, empty, a full plane (every pixel equal, every border touched), a
+    # border line, a speckled blob
+    return np.stack([blob, speckle, one, np.zeros(shape, bool), np.ones(shape, bool), edge, blob & ~speckle])
 
 
 def _compare(masks, device, exact_circle=True):
