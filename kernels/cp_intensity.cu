@@ -46,24 +46,14 @@ __device__ double cpa_quantile(const u64* s, int n, double frac) {
     return cpa_value(s[lo]) * (1.0 - f) + cpa_value(s[hi]) * f;
 }
 
-// k-th smallest (0-based) of |v - c| over the ascending values v (keys s[0..n)), split =
-// #(v <= c): the merge of c - v[split - 1], c - v[split - 2], ... and v[split] - c, ... (each
-// ascending; c - v is exactly |v - c| for v <= c).
+struct CpaValues {  // the values of sorted keys
+    const u64* s;
+    __device__ double operator()(int i) const { return cpa_value(s[i]); }
+};
+
+// k-th smallest (0-based) of |v - c| over the ascending values v of keys s[0..n)
 __device__ double cpa_kth_deviation(const u64* s, int n, int split, double c, int k) {
-    const int t = k + 1;
-    int lo = t - (n - split) > 0 ? t - (n - split) : 0;
-    int hi = t < split ? t : split;
-    while (lo < hi) {
-        const int mid = (lo + hi) / 2;
-        const int j = t - mid;
-        const double a_mid = c - cpa_value(s[split - 1 - mid]);
-        const double b_j1 = cpa_value(s[split + j - 1]) - c;
-        if (mid < split && j > 0 && b_j1 > a_mid) lo = mid + 1; else hi = mid;
-    }
-    const int j = t - lo;
-    const double left = lo > 0 ? c - cpa_value(s[split - lo]) : -sg_inf();
-    const double right = j > 0 ? cpa_value(s[split + j - 1]) - c : -sg_inf();
-    return left > right ? left : right;
+    return sg_kth_vshape(CpaValues{s}, n, split, c, k);
 }
 
 // Ascending sort of keys[0..n) with few barriers (block merge sort): every thread sorts its

@@ -37,22 +37,34 @@ __device__ __forceinline__ double int_quantile(const unsigned short* v, int n, d
     return int_lerp((double)v[lo], (double)v[hi], virt - (double)lo);
 }
 
-// k-th smallest (0-based) of |v - c| over the ascending v[0..n); split = #(v <= c)
-__device__ double int_kth_vshape(const unsigned short* v, int n, int split, double c, int k) {
+// k-th smallest (0-based) of |v - c| over ascending values v(0..n) (``get(i)`` as a double);
+// split = #(v <= c): the merge of c - v(split - 1), c - v(split - 2), ... and v(split) - c, ...
+// (each ascending; c - v is exactly |v - c| for v <= c), found by a binary search.
+template <class Get>
+__device__ double sg_kth_vshape(const Get& get, int n, int split, double c, int k) {
     const int t = k + 1;
     int lo = t - (n - split) > 0 ? t - (n - split) : 0;
     int hi = t < split ? t : split;
     while (lo < hi) {
         const int mid = (lo + hi) / 2;
         const int j = t - mid;
-        const double a_mid = c - (double)v[split - 1 - mid];
-        const double b_j1 = (double)v[split + j - 1] - c;
+        const double a_mid = c - get(split - 1 - mid);
+        const double b_j1 = get(split + j - 1) - c;
         if (mid < split && j > 0 && b_j1 > a_mid) lo = mid + 1; else hi = mid;
     }
     const int j = t - lo;
-    const double left = lo > 0 ? c - (double)v[split - lo] : -sg_inf();
-    const double right = j > 0 ? (double)v[split + j - 1] - c : -sg_inf();
+    const double left = lo > 0 ? c - get(split - lo) : -sg_inf();
+    const double right = j > 0 ? get(split + j - 1) - c : -sg_inf();
     return left > right ? left : right;
+}
+
+struct IntValues {  // uint16 values as doubles
+    const unsigned short* v;
+    __device__ double operator()(int i) const { return (double)v[i]; }
+};
+
+__device__ double int_kth_vshape(const unsigned short* v, int n, int split, double c, int k) {
+    return sg_kth_vshape(IntValues{v}, n, split, c, k);
 }
 
 // The 11 statistics of the ascending v[0..n), as the numba sorted_stats (one thread); `total`,
