@@ -2,8 +2,8 @@
 floor, peak GPU memory, equality with the CPU path, and the CPU path on the same host.
 
 Dataset: IFC-like 64x64 uint16 cells with 12 channels (``scip_gpu.demo.make_cell``), masks
-li + otsu, the ``scip`` feature preset (5154 columns). Generating cells is slow in Python, so
-``--unique`` distinct cells are generated and tiled to ``-n`` objects.
+li + otsu, the ``scip`` feature preset (5180 columns; 5154 in the H100 runs of gpu-h100-runs.md).
+Generating cells is slow in Python, so ``--unique`` distinct cells are generated and tiled to ``-n`` objects.
 
     python benchmarks/bench_gpu.py -n 65536 --unique 2048 --out benchmarks/results
     python benchmarks/bench_gpu.py --first-batch     # one fresh-process batch (compilation included)
