@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dispatch import register
-from .gpu_kernels import _dtype_code, _round16, launch, limits, workspace
+from .gpu_kernels import _dtype_code, _round16, launch, shared_capacity, workspace
 
 #: values per view and views per channel (texture.N_VIEW, texture.VIEWS)
 N_VIEW = 28
@@ -60,6 +60,6 @@ def texture_block(batch, mr, ctx):
     ws = _ws(h, w)
     # the kernel variant for the workspace launch() gives: dynamic shared memory when it fits
     # (the variant that addresses it as shared memory), else global scratch slices
-    name = "texture_planes" if ws <= limits().max_shared else "texture_planes_global"
+    name = "texture_planes" if ws <= shared_capacity("texture_planes") else "texture_planes_global"
     launch(name, n * c, args, workspace=ws)
     return out

@@ -173,8 +173,12 @@ def kernel(source: str, name: str | None = None):
 class Limits:
     """What a launch needs to know of the device."""
 
-    max_shared: int  # dynamic shared memory a block may opt in to (bytes)
+    max_shared: int  # dynamic shared memory a block may opt in to (bytes), at most
     sm_count: int
+    #: shared memory a block may opt in to in all, static and dynamic (the device's
+    #: ``MaxSharedMemoryPerBlockOptin``); a kernel's dynamic share is this minus its static
+    #: shared memory (``shared_capacity``)
+    optin: int | None = None
 
 
 @functools.cache
@@ -182,9 +186,21 @@ def _device_limits(device_id: int) -> Limits:
     import cupy
 
     attrs = cupy.cuda.Device(device_id).attributes
-    # static shared memory of the kernels (reduction buffers: a few KiB) comes out of the same
-    # budget: keep 8 KiB for it
-    return Limits(int(attrs["MaxSharedMemoryPerBlockOptin"]) - 8192, int(attrs["MultiProcessorCount"]))
+    optin = int(attrs["MaxSharedMemoryPerBlockOptin"])
+    # most kernels' static shared memory (reduction buffers) is a few KiB: 8 KiB is kept for it
+    # in ``max_shared``; ``shared_capacity`` subtracts each kernel's actual static size
+    return Limits(optin - 8192, int(attrs["MultiProcessorCount"]), optin)
+
+
+def shared_capacity(name: str) -> int:
+    """Bytes of dynamic shared memory kernel ``name`` can be launched with: the device's opt-in
+    limit less the kernel's static shared memory (CUDA refuses more: the sum may not exceed
+    ``MaxSharedMemoryPerBlockOptin``), and at most ``Limits.max_shared``."""
+    lim = limits()
+    if lim.optin is None:
+        return lim.max_shared
+    static = int(getattr(module().get_function(name), "shared_size_bytes", 0) or 0)
+    return max(0, min(lim.max_shared, lim.optin - static))
 
 
 def limits() -> Limits:
@@ -244,7 +260,7 @@ def launch(name: str, n_items: int, args: tuple, *, workspace: int = 0) -> None:
 
     ``args`` are the kernel's arguments up to, not including, its trailing
     ``(scratch, ws_bytes)`` pair when ``workspace`` > 0: the workspace then lives in dynamic
-    shared memory when it fits (``Limits.max_shared``), else in a global scratch buffer of one
+    shared memory when it fits (``shared_capacity``), else in a global scratch buffer of one
     slice per block (the grid is capped so that it stays small).
     """
     import cupy
@@ -255,7 +271,7 @@ def launch(name: str, n_items: int, args: tuple, *, workspace: int = 0) -> None:
     lim = limits()
     shared = 0
     if workspace:
-        if workspace <= lim.max_shared:
+        if workspace <= shared_capacity(name):
             grid = min(n_items, 1 << 20)
             shared = workspace
             scratch, ws = cupy.empty(1, dtype=cupy.uint8), 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -73,9 +74,20 @@ def _compile(gxx: str, text: str, folder: Path, digest: str, lib: Path) -> None:
 
 
 class SimLimits:
-    def __init__(self, max_shared: int, sm_count: int):
+    def __init__(self, max_shared: int, sm_count: int, optin: int | None = None):
         self.max_shared = max_shared
         self.sm_count = sm_count
+        self.optin = optin
+
+
+def _static_shared() -> dict:
+    """Each kernel's static shared memory as nvcc reports it for sm_90
+    (benchmarks/results/kernel-resources-sm_90.json; absent kernels: 8 KiB)."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "kernel-resources-sm_90.json"
+    try:
+        return {k: int(v["static_smem"]) for k, v in json.loads(path.read_text())["kernels"].items()}
+    except (OSError, ValueError, KeyError):
+        return {}
 
 
 class SimModule:
@@ -88,15 +100,22 @@ class SimModule:
         global-memory workspace variant.
     sm_count : int
         Multiprocessors reported to the launch logic (caps the grid of the global variant).
+    optin : int
+        Shared memory a block may opt in to, static and dynamic together (a Hopper GPU's
+        ``MaxSharedMemoryPerBlockOptin`` by default; ``max_shared`` + 8 KiB when ``max_shared``
+        is given): a launch whose dynamic shared memory plus the kernel's static shared memory
+        (nvcc's sm_90 figure) exceeds it fails, as on a GPU.
     """
 
-    def __init__(self, source: str, names, *, max_shared: int = 227 * 1024 - 8192, sm_count: int = 2):
+    def __init__(self, source: str, names, *, max_shared: int = 227 * 1024 - 8192, sm_count: int = 2,
+                 optin: int | None = None):
         self.lib = ctypes.CDLL(str(build(source, tuple(names))))
         self.lib.sim_launch.restype = ctypes.c_int
         self.lib.sim_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_size_t,
                                         ctypes.POINTER(ctypes.c_void_p)]
         self.names = set(names)
-        self.limits = SimLimits(max_shared, sm_count)
+        self.limits = SimLimits(max_shared, sm_count, max_shared + 8192 if optin is None else optin)
+        self.static_shared = _static_shared()
         self.launches: list[tuple[str, int, int, int]] = []
 
     def get_function(self, name: str) -> "SimKernel":
@@ -109,9 +128,22 @@ class SimKernel:
     def __init__(self, module: SimModule, name: str):
         self.module = module
         self.name = name
-        # as on a GPU: 48 KiB minus the kernel's static shared memory (taken as 8 KiB here)
-        # until the launcher opts in to more
-        self.max_dynamic_shared_size_bytes = 48 * 1024 - 8192
+        #: static shared memory (as CuPy's ``Function.shared_size_bytes``)
+        self.shared_size_bytes = module.static_shared.get(name, 8192)
+        # as on a GPU: 48 KiB minus the kernel's static shared memory until the launcher opts in
+        # to more, and never beyond the opt-in limit less the static shared memory
+        self._max_dynamic = 48 * 1024 - self.shared_size_bytes
+
+    @property
+    def max_dynamic_shared_size_bytes(self) -> int:
+        return self._max_dynamic
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, value: int) -> None:
+        if value + self.shared_size_bytes > self.module.limits.optin:
+            raise RuntimeError(f"{self.name}: {value} bytes of dynamic shared memory with {self.shared_size_bytes} "
+                               f"static exceed the opt-in limit {self.module.limits.optin}: CUDA_ERROR_INVALID_VALUE")
+        self._max_dynamic = value
 
     def __call__(self, grid, block, args, shared_mem: int = 0):
         (gx,) = tuple(grid)

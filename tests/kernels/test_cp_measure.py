@@ -260,3 +260,33 @@ def test_cp_kernels_large_planes(device):
     pairs = channel_pairs(3)
     _exact(_gpu_cp_measure.pair_colocalization(device.asarray(xs), device.asarray(vs), pairs).get(),
            cp_cpu_kernels.pair_colocalization(xs, vs, pairs))
+
+
+def test_launch_leaves_room_for_a_kernels_static_shared_memory(sim_module, monkeypatch):
+    """CUDA refuses a launch whose dynamic plus static shared memory exceeds the device's opt-in
+    limit. cp_costes_objects has ~17 KiB of static shared memory (more than the 8 KiB kept for
+    it in ``Limits.max_shared``): a workspace within ``max_shared`` but not within the opt-in
+    limit less the static memory must take the global-memory variant, and equal the CPU path."""
+    import copy
+
+    from .. import fake_cupy
+    from ..cuda_sim import sim
+
+    static = sim_module.get_function("cp_costes_objects").shared_size_bytes
+    assert static > 8192  # nvcc's figure for sm_90 (kernel-resources-sm_90.json)
+    mod = copy.copy(sim_module)
+    mod.launches = []
+    mod.limits = sim.SimLimits(max_shared=64 * 1024, sm_count=2, optin=72 * 1024)
+    cupy = fake_cupy.install(monkeypatch)
+    monkeypatch.setattr(gpu_kernels, "_module_override", mod)
+    rng = np.random.default_rng(5)
+    p = 2500  # 3 channels of doubles: 60,000 bytes of workspace
+    ws = gpu_kernels.workspace_bytes("cp_costes_objects", 50, 50)
+    assert 72 * 1024 - static < ws <= 64 * 1024
+    assert gpu_kernels.shared_capacity("cp_costes_objects") == 72 * 1024 - static
+    x = np.round(np.clip(rng.random((1, 1, p)) + 0.3 * rng.random((2, 3, p)), 0, 1) * 100) / 100
+    view = rng.random((2, p)) < 0.8
+    pairs = channel_pairs(3)
+    got = _gpu_cp_measure.costes_pairs(cupy.asarray(x), cupy.asarray(view), pairs, 100).get()
+    _exact(got, cp_cpu_kernels.costes_pairs(x, view, pairs, 100))
+    assert [s for name, _, _, s in mod.launches if name == "cp_costes_objects"] == [0]  # global variant
