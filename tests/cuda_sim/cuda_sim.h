@@ -20,6 +20,7 @@
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 struct sim_dim3 { unsigned x = 1, y = 1, z = 1; };
@@ -112,4 +113,22 @@ void sim_call_impl(void (*f)(A...), void** params, std::index_sequence<I...>) {
 template <class... A>
 void sim_call(void (*f)(A...), void** params) {
     sim_call_impl(f, params, std::index_sequence_for<A...>{});
+}
+
+// The kernel's parameter list, for the launcher to check its arguments against (CuPy packs each
+// argument by its own size: a 4-byte integer passed for an 8-byte parameter shifts every later
+// parameter on a GPU, while a pointer to the value here would still read it right): one letter
+// and one size digit per parameter, 'p' pointer, 'f' floating point, 'i' integer.
+template <class T> constexpr char sim_kind() {
+    return std::is_pointer_v<T> ? 'p' : (std::is_floating_point_v<T> ? 'f' : 'i');
+}
+template <class... A>
+int sim_signature_of(void (*)(A...), char* out, int cap) {
+    int k = 0;
+    auto put = [&](char kind, int size) {
+        if (k + 2 < cap) { out[k++] = kind; out[k++] = char('0' + size); }
+    };
+    (put(sim_kind<std::remove_cv_t<std::remove_reference_t<A>>>(), int(sizeof(std::remove_reference_t<A>))), ...);
+    out[k] = 0;
+    return k;
 }

@@ -12,6 +12,7 @@ logic run unchanged on the CPU.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -35,9 +36,12 @@ def _driver_source(source: str, names: list[str]) -> str:
         f'    if (!std::strcmp(name, "{n}")) {{ sim_run(grid, block, shared, [&] {{ sim_call({n}, params); }}); return 0; }}'
         for n in names
     )
+    sigs = "\n".join(f'    if (!std::strcmp(name, "{n}")) return sim_signature_of({n}, out, cap);' for n in names)
     return (f'#include "{HERE / "cuda_sim.h"}"\n{source}\n'
             'extern "C" int sim_launch(const char* name, unsigned grid, unsigned block, size_t shared, void** params) {\n'
-            f"{cases}\n    return -1;\n}}\n")
+            f"{cases}\n    return -1;\n}}\n"
+            'extern "C" int sim_signature(const char* name, char* out, int cap) {\n'
+            f"{sigs}\n    return -1;\n}}\n")
 
 
 @cache
@@ -113,6 +117,8 @@ class SimModule:
         self.lib.sim_launch.restype = ctypes.c_int
         self.lib.sim_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_size_t,
                                         ctypes.POINTER(ctypes.c_void_p)]
+        self.lib.sim_signature.restype = ctypes.c_int
+        self.lib.sim_signature.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
         self.names = set(names)
         self.limits = SimLimits(max_shared, sm_count, max_shared + 8192 if optin is None else optin)
         self.static_shared = _static_shared()
@@ -122,6 +128,15 @@ class SimModule:
         if name not in self.names:
             raise KeyError(f"no kernel {name!r} in the module")
         return SimKernel(self, name)
+
+    @functools.cache
+    def signature(self, name: str) -> tuple[tuple[str, int], ...]:
+        """The kernel's parameters: (kind, bytes) each, kind 'p' (pointer), 'f' or 'i'."""
+        buf = ctypes.create_string_buffer(512)
+        if self.lib.sim_signature(name.encode(), buf, 512) < 0:
+            raise KeyError(f"no kernel {name!r} in the module")
+        code = buf.value.decode()
+        return tuple((code[k], int(code[k + 1])) for k in range(0, len(code), 2))
 
 
 class SimKernel:
@@ -153,6 +168,7 @@ class SimKernel:
                                f"(limit {self.max_dynamic_shared_size_bytes}): CUDA_ERROR_INVALID_VALUE")
         if shared_mem > self.module.limits.max_shared:
             raise RuntimeError(f"{self.name}: {shared_mem} bytes of shared memory exceed the device's limit")
+        self._check_arguments(args)
         keep = []
         params = (ctypes.c_void_p * max(len(args), 1))()
         for i, a in enumerate(args):
@@ -168,6 +184,27 @@ class SimKernel:
         rc = self.module.lib.sim_launch(self.name.encode(), gx, bx, shared_mem, params)
         if rc != 0:
             raise RuntimeError(f"cuda_sim: kernel {self.name} not found")
+
+
+    def _check_arguments(self, args) -> None:
+        """Arguments as CuPy would pass them to this kernel's parameters: as many; an array for
+        each pointer; a NumPy scalar of the parameter's kind and size for each value (CuPy packs
+        a scalar by its own size, so a mismatch shifts the later parameters on a GPU)."""
+        sig = self.module.signature(self.name)
+        if len(args) != len(sig):
+            raise TypeError(f"{self.name}: {len(args)} arguments for {len(sig)} parameters")
+        for i, (a, (kind, size)) in enumerate(zip(args, sig)):
+            if kind == "p":
+                if not isinstance(a, np.ndarray):
+                    raise TypeError(f"{self.name}: argument {i} must be an array (pointer parameter), got {type(a)}")
+                continue
+            if not isinstance(a, np.generic):
+                raise TypeError(f"{self.name}: argument {i} must be a NumPy scalar, got {type(a)}")
+            got = "f" if a.dtype.kind == "f" else "i"
+            if got != kind or a.dtype.itemsize != size:
+                raise TypeError(f"{self.name}: argument {i} is {a.dtype} ({a.dtype.itemsize} bytes), the parameter "
+                                f"is a{'' if kind == 'i' else ' floating-point'} {size}-byte "
+                                f"{'integer' if kind == 'i' else 'value'}")
 
 
 def sim_module(defines=(), **kwargs) -> SimModule:

@@ -98,3 +98,19 @@ def test_prebuilt_binary_matches_the_sources(arch):
     ``python -m scip_gpu.gpu_kernels build`` after editing kernels/."""
     assert gpu_kernels.prebuilt_current(arch), f"kernels/prebuilt/module.{arch}.cubin is stale or missing"
 
+
+
+def test_emulated_launch_checks_arguments_like_a_gpu(sim_module):
+    """CuPy packs each scalar argument by its own size: an np.int64 for an `int` parameter
+    would shift every later parameter on a GPU. The emulation refuses what a GPU would
+    misread (and the wrappers' launches all pass it: the kernel tests)."""
+    fn = sim_module.get_function("masked_statistics")
+    assert sim_module.signature("masked_statistics") == (("p", 8), ("p", 8), ("p", 8), ("i", 4), ("p", 8))
+    values, out = np.zeros(4), np.zeros(16)
+    starts, counts = np.array([0], np.int64), np.array([4], np.int64)
+    with pytest.raises(TypeError, match="argument 3 is int64"):
+        fn((1,), (256,), (values, starts, counts, np.int64(1), out))
+    with pytest.raises(TypeError, match="4 arguments for 5 parameters"):
+        fn((1,), (256,), (values, starts, counts, np.int32(1)))
+    with pytest.raises(TypeError, match="argument 0 must be an array"):
+        fn((1,), (256,), (np.float64(0), starts, counts, np.int32(1), out))
