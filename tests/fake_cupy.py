@@ -6,13 +6,19 @@ Arrays are a NumPy subclass that, like CuPy arrays, refuses implicit conversion 
 ``cupy`` / ``cupyx.scipy.ndimage`` / ``cucim.skimage.*`` modules returns such arrays. It checks
 the GPU path's control flow (dispatch on the array type, host<->device copies, pinned buffers,
 kernel wrappers, memory pools), not CuPy's numerics: that needs a GPU (``pytest -m gpu``).
+Only what the real CuPy (the GPU machines' version) has is there: the public names of ``cupy``
+and ``cupyx.scipy.ndimage``, the keywords of CuPy's Python-defined functions and the methods of
+``cupy.ndarray`` (``tests/data/cupy_api.json``, written by ``tests/cupy_api_dump.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import json
 import sys
 import types
+from pathlib import Path
 
 import collections
 
@@ -111,17 +117,53 @@ def _wrapped(f):
     return call
 
 
-def _module(name: str, target) -> types.ModuleType:
+@functools.cache
+def cupy_api() -> dict:
+    """The real CuPy's public names and keyword parameters (tests/data/cupy_api.json, written by
+    tests/cupy_api_dump.py from the CuPy version of the GPU machines)."""
+    return json.loads((Path(__file__).resolve().parent / "data" / "cupy_api.json").read_text())
+
+
+def _checked(f, qualname: str):
+    """``f`` refusing keywords that CuPy's function of that name does not take."""
+    allowed = cupy_api()["keywords"].get(qualname)
+    if allowed is None:
+        return f
+
+    def call(*args, **kwargs):
+        bad = sorted(set(kwargs) - set(allowed))
+        if bad:
+            raise TypeError(f"fake CuPy: {qualname}() of CuPy {cupy_api()['cupy_version']} takes no keyword "
+                            f"{', '.join(bad)}")
+        return f(*args, **kwargs)
+
+    call.__name__ = getattr(f, "__name__", "f")
+    return call
+
+
+def _module(name: str, target, api: str | None = None) -> types.ModuleType:
+    """A module whose functions are ``target``'s on fake arrays; with ``api`` (a key of
+    ``cupy_api()``), only the names and keywords the real CuPy module has."""
     mod = types.ModuleType(name)
+    names = set(cupy_api()[api]) if api else None
 
     def __getattr__(attr):
+        if names is not None and attr not in names:
+            raise AttributeError(f"fake CuPy: {name}.{attr} does not exist in CuPy {cupy_api()['cupy_version']}")
         obj = getattr(target, attr)
         if callable(obj) and not isinstance(obj, type):
-            return _wrapped(obj)
+            return _checked(_wrapped(obj), f"{name}.{attr}")
         return obj
 
     mod.__getattr__ = __getattr__
     return mod
+
+
+def _missing_method(name: str):
+    def fail(self):
+        raise AttributeError(f"fake CuPy: cupy.ndarray has no attribute {name!r} in CuPy {cupy_api()['cupy_version']}")
+
+    return property(fail)
 
 
 class _Pool:
@@ -157,8 +199,11 @@ class _Event:
 
 def install(monkeypatch) -> types.ModuleType:
     """Put the fake modules in ``sys.modules`` (undone by ``monkeypatch``)."""
-    cupy = _module("cupy", np)
+    cupy = _module("cupy", np, "cupy")
     cupy.ndarray = ndarray
+    for attr in sorted(n for n in dir(np.ndarray) if not n.startswith("_")):
+        if attr not in cupy_api()["ndarray"] and attr not in ndarray.__dict__:
+            monkeypatch.setattr(ndarray, attr, _missing_method(attr), raising=False)
     def asarray(a, dtype=None):
         if not isinstance(a, ndarray) and isinstance(a, np.ndarray) and not _pinned(a):
             SYNCS["pageable"] += 1
@@ -194,7 +239,7 @@ def install(monkeypatch) -> types.ModuleType:
     cupyx.scatter_max = scatter("maximum")
     cupyx.scatter_add = scatter("add")
     cupyx_scipy = types.ModuleType("cupyx.scipy")
-    ndi = _module("cupyx.scipy.ndimage", importlib.import_module("scipy.ndimage"))
+    ndi = _module("cupyx.scipy.ndimage", importlib.import_module("scipy.ndimage"), "cupyx.scipy.ndimage")
     cupyx.scipy = cupyx_scipy
     cupyx_scipy.ndimage = ndi
     mods = {"cupy": cupy, "cupyx": cupyx, "cupyx.scipy": cupyx_scipy, "cupyx.scipy.ndimage": ndi}

@@ -285,3 +285,23 @@ def test_watershed_nuclei_on_the_gpu_path_equals_cpu(cupy):
     np.testing.assert_array_equal(gpu.get(), cpu)
     assert p_gpu == p_cpu and cpu.max() == n
     assert estimate_nucleus_radius(cupy.asarray(img)) == p_cpu["radius"]
+
+
+def test_fake_cupy_has_only_what_cupy_has(monkeypatch):
+    """The stand-in refuses NumPy names, keywords and array methods that CuPy 14 lacks (the API
+    list tests/data/cupy_api.json comes from the real CuPy), so the device path cannot use them
+    unnoticed; what CuPy has works."""
+    cupy = fake_cupy.install(monkeypatch)
+    x = cupy.asarray(np.array([3, 1, 2, 1]))
+    with pytest.raises(AttributeError, match="cupy.errstate does not exist"):
+        cupy.errstate  # noqa: B018
+    with pytest.raises(AttributeError, match="cupy.nanquantile does not exist"):
+        cupy.nanquantile(x, 0.5)
+    with pytest.raises(TypeError, match="cupy.unique.*takes no keyword sorted"):
+        cupy.unique(x, sorted=True)
+    with pytest.raises(AttributeError, match="no attribute 'resize'"):
+        x.resize(8)
+    u, inv = cupy.unique(x, return_inverse=True)
+    np.testing.assert_array_equal(u.get(), [1, 2, 3])
+    np.testing.assert_array_equal(inv.get(), [2, 0, 1, 0])
+    assert int(cupy.partition(x, 1)[1]) == 1
