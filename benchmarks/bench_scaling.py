@@ -46,6 +46,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -226,7 +227,8 @@ def _decode_span(span: tuple[int, int]) -> tuple[int, int, int]:
     return len(ok), sum(int(im.nbytes) for im in ok), len(imgs) - len(ok)
 
 
-def decode_rate(path: Path, processes: int | None = None, chunks_per_span: int = 4) -> dict:
+def decode_rate(path: Path, processes: int | None = None, chunks_per_span: int = 4,
+                start_method: str = "spawn") -> dict:
     """Objects/s the host's cores read and decode a ragged zarr store at, with scip_gpu's own
     reader (``RaggedZarrSource.load``: chunk file read, blosc, vlen-array, reshape), nothing else.
 
@@ -237,7 +239,7 @@ def decode_rate(path: Path, processes: int | None = None, chunks_per_span: int =
     import multiprocessing as mp
 
     processes = processes or usable_cores()
-    ctx = mp.get_context("spawn")  # no fork of this process's threads (the memory samplers)
+    ctx = mp.get_context(start_method)  # spawn: no fork of this process's threads (the memory samplers)
     meta = json.loads((Path(path) / ".zarray").read_text())
     n, span = meta["shape"][0], chunks_per_span * meta["chunks"][0]
     spans = [(lo, min(lo + span, n)) for lo in range(0, n, span)]
@@ -390,36 +392,46 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("extra", nargs="*", help="further overrides for every run (e.g. partition_size=512)")
-    args = ap.parse_args(argv)
+    # intermixed: overrides may follow the options (gpu_session.sh's `... --out DIR io.kvikio=true`)
+    args = ap.parse_intermixed_args(argv)
     work = WORK / f"scaling-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
-    points = []
-    warm = None
-    try:
-        if args.warmup:
-            warm = warmup(args, work)
-        if args.experiment == "objects":
-            for n in args.objects:
-                points.append(run_point(args, n, None, work))
-        else:
-            for w in args.workers:
-                points.append(run_point(args, args.objects[-1], w, work))
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
     knob = "threads_per_worker" if args.cluster == "sync" else args.knob
     result = {"experiment": args.experiment, "knob": knob if args.experiment == "workers" else None,
               "device": args.device, "cluster": args.cluster, "dataset": args.dataset,
               "channels": args.channels, "features": args.features, "extra": args.extra, "note": args.note,
-              "tag": args.tag, "warmup": warm, "usable_cores": usable_cores(),
-              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine_description(), "points": points}
+              "tag": args.tag, "warmup": None, "usable_cores": usable_cores(),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine_description(), "points": []}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"scaling-{args.experiment}-{args.device}" + (f"-{args.tag}" if args.tag else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
+
+    def save():  # after every point: a run stopped from outside keeps the points it finished
+        (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
+
+    # a step timeout (SIGTERM) ends the run in flight (run_measured kills its process group) and
+    # records it as "killed" instead of losing the file
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    todo = ([(n, None) for n in args.objects] if args.experiment == "objects"
+            else [(args.objects[-1], w) for w in args.workers])
+    try:
+        if args.warmup:
+            result["warmup"] = warmup(args, work)
+        for n, w in todo:
+            try:
+                result["points"].append(run_point(args, n, w, work))
+            except SystemExit:
+                result["points"].append({"n_objects": n, "workers": w, "rc": "killed", "wall_s": None,
+                                         "objects_per_s": None})
+                raise
+            finally:
+                save()
+    finally:
+        save()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     plot(result, args.out / f"{stem}.png")
     print(f"wrote {args.out / stem}.json and .png")
-    return 0 if all(p["rc"] == 0 for p in points) else 1
-
+    return 0 if all(p["rc"] == 0 for p in result["points"]) else 1
 
 if __name__ == "__main__":
     sys.exit(main())
