@@ -61,6 +61,8 @@ from _common import WORK, machine_description, run_measured  # noqa: E402
 BASE_CELLS = 1024   # distinct cells in a store (repeated to N)
 RAGGED_CHUNK = 256  # objects per chunk of the ragged stores (SCIP's writer's default)
 STORES = WORK / "scaling-stores"  # stores and base cells, kept for the next run
+WRITTEN: dict[str, float] = {}    # store name -> seconds its writing took in this run (base cells included)
+_IN_FLIGHT: dict = {}             # the point being measured (its decode rate survives a SIGTERM)
 
 
 class GpuMemory:
@@ -173,6 +175,7 @@ def dense_store(n: int, channels: int, work: Path) -> Path:
     path = work / f"dense-{channels}ch-{n}.zarr"
     if (path / "zarr.json").is_file() or (path / ".zarray").is_file():
         return path
+    t0 = time.perf_counter()
     base = base_cells(channels, work, min(n, BASE_CELLS))
     tmp = _fresh(path)
     arr = zarr.create_array(str(tmp), shape=(n, channels, 64, 64), chunks=(256, channels, 64, 64),
@@ -181,6 +184,7 @@ def dense_store(n: int, channels: int, work: Path) -> Path:
         hi = min(n, lo + 8192)
         arr[lo:hi] = base[np.arange(lo, hi) % len(base)]
     os.replace(tmp, path)  # a store is complete or absent (an interrupted write is not reused)
+    WRITTEN[path.name] = round(time.perf_counter() - t0, 2)
     return path
 
 
@@ -195,11 +199,13 @@ def ragged_store(n: int, channels: int, work: Path) -> Path:
     path = work / f"ragged-{channels}ch-{n}.zarr"
     if (path / ".zarray").is_file():
         return path
+    t0 = time.perf_counter()
     base = base_cells(channels, work, min(n, BASE_CELLS))
     tmp = _fresh(path)
     write_ragged_zarr(tmp, (base[i % len(base)] for i in range(n)),
                       object_numbers=range(1000, 1000 + n), chunk_size=RAGGED_CHUNK)
     os.replace(tmp, path)
+    WRITTEN[path.name] = round(time.perf_counter() - t0, 2)
     return path
 
 
@@ -302,6 +308,7 @@ def run_point(args, n: int, workers: int | None, work: Path) -> dict:
     decode = None
     if args.dataset == "ragged" and not args.no_decode:
         decode = decode_rate(ragged_store(n, args.channels, STORES), args.decode_processes)
+        _IN_FLIGHT["decode"] = decode
         print(json.dumps({"decode": decode}), flush=True)
     with GpuMemory() as gpu:
         res = run_measured(cmd, cwd=work, log=work / f"run-{n}-{workers}.log", timeout=args.timeout)
@@ -417,13 +424,15 @@ def main(argv=None) -> int:
         if args.warmup:
             result["warmup"] = warmup(args, work)
         for n, w in todo:
+            _IN_FLIGHT.clear()
             try:
                 result["points"].append(run_point(args, n, w, work))
             except SystemExit:
                 result["points"].append({"n_objects": n, "workers": w, "rc": "killed", "wall_s": None,
-                                         "objects_per_s": None})
+                                         "objects_per_s": None, **_IN_FLIGHT})
                 raise
             finally:
+                result["stores_written_s"] = dict(WRITTEN)
                 save()
     finally:
         save()
