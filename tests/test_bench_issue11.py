@@ -72,8 +72,10 @@ def test_issue11_verdicts(tmp_path):
     _scaling(tmp_path, "kvikio.json", device="cuda", dataset="zarr", cluster="local_cuda",
              points=[_point(200_000, 10.0)], extra=["io.kvikio=true"])
     # CPU peers: 16 workers on 16 cores (8192 in 32.768 s: 250/s), and 4 workers (not one per core)
+    # (16 workers at 20 objects/s each while profiling: 320/s, 7.168 s of start-up and export)
+    cpu = _point(8192, 32.768, per_worker={f"w{i}": {"objects_per_s": 20.0, "device_busy": 0.9} for i in range(16)})
     _scaling(tmp_path, "scaling-objects-cpu-issue11-cpu-peer.json", device="cpu", dataset="zarr", cluster="local",
-             points=[_point(8192, 32.768)], extra=["cluster.n_workers=16"])
+             points=[cpu], extra=["cluster.n_workers=16"])
     _scaling(tmp_path, "four.json", device="cpu", dataset="zarr", cluster="local",
              points=[_point(8192, 8.192)], extra=["cluster.n_workers=4"])
     # ragged: 50,000 in 20 s (2,500/s) against a decode rate of 3,125/s, GPU busy 40 %
@@ -88,6 +90,9 @@ def test_issue11_verdicts(tmp_path):
     dense, batch, ragged = rows
     assert dense["measured"] == 4000.0 and dense["peer"] == 250.0
     assert dense["ratio"] == pytest.approx(16.0) and dense["verdict"] == "met"
+    # projected to 100,000 objects: 100000 / (7.168 + 100000 / 320) = 312.8 objects/s, ratio 12.79
+    assert summary.projected_rate(cpu, 100_000) == pytest.approx((100_000 / (7.168 + 312.5), 320.0, 7.168))
+    assert any("would give 312.8 objects/s, ratio 12.79" in n for n in dense["notes"])
     assert batch["ratio"] == pytest.approx(4000 / 12000) and batch["verdict"] == "not met"
     assert ragged["ratio"] == pytest.approx(0.8) and ragged["verdict"] == "not met"
     assert "the host bounds it (the GPU waits)" in ragged["notes"]
