@@ -63,15 +63,17 @@ def fit_to(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def ifc_like_cells(n: int, n_channels: int = 3, *, size: tuple[int, int] = (64, 64), seed: int = 0,
-                   min_size: int | None = None, max_size: int | None = None) -> Iterator[np.ndarray]:
+                   min_size: int | None = None, max_size: int | None = None,
+                   start: int = 0) -> Iterator[np.ndarray]:
     """IFC-like uint16 cells of exactly ``size``: make_cell at ``min_size..max_size`` (default
-    size-4..size+4 of the smaller side), centre-cropped or reflect-padded to ``size``."""
+    size-4..size+4 of the smaller side), centre-cropped or reflect-padded to ``size``; cells
+    ``start .. start + n - 1`` (each is deterministic per index and seed)."""
     from scip_gpu.demo import make_cell
 
     s = min(size)
     lo = s - 4 if min_size is None else min_size
     hi = s + 4 if max_size is None else max_size
-    for i in range(n):
+    for i in range(start, start + n):
         img, _ = make_cell(i, seed=seed, n_channels=n_channels, min_size=lo, max_size=hi)
         yield fit_to(img, size)
 
