@@ -8,7 +8,8 @@ the GPU path's control flow (dispatch on the array type, host<->device copies, p
 kernel wrappers, memory pools), not CuPy's numerics: that needs a GPU (``pytest -m gpu``).
 Only what the real CuPy (the GPU machines' version) has is there: the public names of ``cupy``
 and ``cupyx.scipy.ndimage``, the keywords of CuPy's Python-defined functions and the methods of
-``cupy.ndarray`` (``tests/data/cupy_api.json``, written by ``tests/cupy_api_dump.py``).
+``cupy.ndarray`` (``tests/data/cupy_api.json``, written by ``tests/cupy_api_dump.py``), and
+the functions and keywords of cuCIM's ``skimage`` (``tests/data/cucim_api.json``).
 """
 
 from __future__ import annotations
@@ -124,35 +125,43 @@ def cupy_api() -> dict:
     return json.loads((Path(__file__).resolve().parent / "data" / "cupy_api.json").read_text())
 
 
-def _checked(f, qualname: str):
-    """``f`` refusing keywords that CuPy's function of that name does not take."""
-    allowed = cupy_api()["keywords"].get(qualname)
+@functools.cache
+def cucim_api() -> dict:
+    """The real cuCIM's ``skimage`` functions and keyword parameters (tests/data/cucim_api.json,
+    written by tests/cucim_api_dump.py from the wheel the GPU machines get)."""
+    return json.loads((Path(__file__).resolve().parent / "data" / "cucim_api.json").read_text())
+
+
+def _checked(f, qualname: str, keywords: dict, lib: str):
+    """``f`` refusing keywords that the real function of that name does not take."""
+    allowed = keywords.get(qualname)
     if allowed is None:
         return f
 
     def call(*args, **kwargs):
         bad = sorted(set(kwargs) - set(allowed))
         if bad:
-            raise TypeError(f"fake CuPy: {qualname}() of CuPy {cupy_api()['cupy_version']} takes no keyword "
-                            f"{', '.join(bad)}")
+            raise TypeError(f"fake CuPy: {qualname}() of {lib} takes no keyword {', '.join(bad)}")
         return f(*args, **kwargs)
 
     call.__name__ = getattr(f, "__name__", "f")
     return call
 
 
-def _module(name: str, target, api: str | None = None) -> types.ModuleType:
-    """A module whose functions are ``target``'s on fake arrays; with ``api`` (a key of
-    ``cupy_api()``), only the names and keywords the real CuPy module has."""
+def _module(name: str, target, names=None, keywords=None, lib: str = "") -> types.ModuleType:
+    """A module whose functions are ``target``'s on fake arrays; with ``names`` (and
+    ``keywords``: qualified name -> parameter names), only the names and keywords the real
+    module (``lib``) has."""
     mod = types.ModuleType(name)
-    names = set(cupy_api()[api]) if api else None
+    names = None if names is None else set(names)
+    keywords = keywords or {}
 
     def __getattr__(attr):
         if names is not None and attr not in names:
-            raise AttributeError(f"fake CuPy: {name}.{attr} does not exist in CuPy {cupy_api()['cupy_version']}")
+            raise AttributeError(f"fake CuPy: {name}.{attr} does not exist in {lib}")
         obj = getattr(target, attr)
         if callable(obj) and not isinstance(obj, type):
-            return _checked(_wrapped(obj), f"{name}.{attr}")
+            return _checked(_wrapped(obj), f"{name}.{attr}", keywords, lib)
         return obj
 
     mod.__getattr__ = __getattr__
@@ -161,7 +170,8 @@ def _module(name: str, target, api: str | None = None) -> types.ModuleType:
 
 def _missing_method(name: str):
     def fail(self):
-        raise AttributeError(f"fake CuPy: cupy.ndarray has no attribute {name!r} in CuPy {cupy_api()['cupy_version']}")
+        raise AttributeError(f"fake CuPy: cupy.ndarray has no attribute {name!r} in CuPy "
+                             f"{cupy_api()['cupy_version']}")
 
     return property(fail)
 
@@ -199,7 +209,9 @@ class _Event:
 
 def install(monkeypatch) -> types.ModuleType:
     """Put the fake modules in ``sys.modules`` (undone by ``monkeypatch``)."""
-    cupy = _module("cupy", np, "cupy")
+    api = cupy_api()
+    lib = f"CuPy {api['cupy_version']}"
+    cupy = _module("cupy", np, api["cupy"], api["keywords"], lib)
     cupy.ndarray = ndarray
     for attr in sorted(n for n in dir(np.ndarray) if not n.startswith("_")):
         if attr not in cupy_api()["ndarray"] and attr not in ndarray.__dict__:
@@ -239,7 +251,8 @@ def install(monkeypatch) -> types.ModuleType:
     cupyx.scatter_max = scatter("maximum")
     cupyx.scatter_add = scatter("add")
     cupyx_scipy = types.ModuleType("cupyx.scipy")
-    ndi = _module("cupyx.scipy.ndimage", importlib.import_module("scipy.ndimage"), "cupyx.scipy.ndimage")
+    ndi = _module("cupyx.scipy.ndimage", importlib.import_module("scipy.ndimage"), api["cupyx.scipy.ndimage"],
+                  api["keywords"], lib)
     cupyx.scipy = cupyx_scipy
     cupyx_scipy.ndimage = ndi
     mods = {"cupy": cupy, "cupyx": cupyx, "cupyx.scipy": cupyx_scipy, "cupyx.scipy.ndimage": ndi}
@@ -248,7 +261,8 @@ def install(monkeypatch) -> types.ModuleType:
     cucim.skimage = cucim_sk
     mods.update({"cucim": cucim, "cucim.skimage": cucim_sk})
     for sub in ("filters", "feature", "segmentation", "transform", "measure", "morphology", "util"):
-        m = _module(f"cucim.skimage.{sub}", importlib.import_module(f"skimage.{sub}"))
+        m = _module(f"cucim.skimage.{sub}", importlib.import_module(f"skimage.{sub}"), cucim_api()["modules"][sub],
+                    cucim_api()["keywords"], f"cuCIM {cucim_api()['cucim_version']}")
         setattr(cucim_sk, sub, m)
         mods[f"cucim.skimage.{sub}"] = m
     for k, v in mods.items():

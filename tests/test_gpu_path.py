@@ -297,10 +297,16 @@ def test_fake_cupy_has_only_what_cupy_has(monkeypatch):
         cupy.errstate  # noqa: B018
     with pytest.raises(AttributeError, match="cupy.nanquantile does not exist"):
         cupy.nanquantile(x, 0.5)
-    with pytest.raises(TypeError, match="cupy.unique.*takes no keyword sorted"):
+    with pytest.raises(TypeError, match="cupy.unique.*CuPy 14.2.0 takes no keyword sorted"):
         cupy.unique(x, sorted=True)
     with pytest.raises(AttributeError, match="no attribute 'resize'"):
         x.resize(8)
+    import sys
+
+    seg = sys.modules["cucim.skimage.segmentation"]
+    with pytest.raises(AttributeError, match="segmentation.watershed does not exist in cuCIM"):
+        seg.watershed  # noqa: B018
+    np.testing.assert_array_equal(seg.expand_labels(cupy.asarray(np.array([[1, 0, 0]])), distance=1).get(), [[1, 1, 0]])
     u, inv = cupy.unique(x, return_inverse=True)
     np.testing.assert_array_equal(u.get(), [1, 2, 3])
     np.testing.assert_array_equal(inv.get(), [2, 0, 1, 0])
