@@ -119,8 +119,19 @@ void sim_call(void (*f)(A...), void** params) {
 // argument by its own size: a 4-byte integer passed for an 8-byte parameter shifts every later
 // parameter on a GPU, while a pointer to the value here would still read it right): one letter
 // and one size digit per parameter, 'p' pointer, 'f' floating point, 'i' integer.
+// A pointer's digit is the alignment its pointee needs (a GPU faults on a misaligned load;
+// x86 does not).
 template <class T> constexpr char sim_kind() {
     return std::is_pointer_v<T> ? 'p' : (std::is_floating_point_v<T> ? 'f' : 'i');
+}
+template <class T> constexpr int sim_digit() {
+    if constexpr (std::is_pointer_v<T>) {
+        using P = std::remove_cv_t<std::remove_pointer_t<T>>;
+        if constexpr (std::is_void_v<P>) return 1;
+        else return int(alignof(P));
+    } else {
+        return int(sizeof(T));
+    }
 }
 template <class... A>
 int sim_signature_of(void (*)(A...), char* out, int cap) {
@@ -128,7 +139,8 @@ int sim_signature_of(void (*)(A...), char* out, int cap) {
     auto put = [&](char kind, int size) {
         if (k + 2 < cap) { out[k++] = kind; out[k++] = char('0' + size); }
     };
-    (put(sim_kind<std::remove_cv_t<std::remove_reference_t<A>>>(), int(sizeof(std::remove_reference_t<A>))), ...);
+    (put(sim_kind<std::remove_cv_t<std::remove_reference_t<A>>>(),
+         sim_digit<std::remove_cv_t<std::remove_reference_t<A>>>()), ...);
     out[k] = 0;
     return k;
 }

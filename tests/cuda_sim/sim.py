@@ -131,7 +131,8 @@ class SimModule:
 
     @functools.cache
     def signature(self, name: str) -> tuple[tuple[str, int], ...]:
-        """The kernel's parameters: (kind, bytes) each, kind 'p' (pointer), 'f' or 'i'."""
+        """The kernel's parameters: (kind, bytes) each, kind 'p' (pointer; bytes: the alignment
+        of its pointee), 'f' or 'i'."""
         buf = ctypes.create_string_buffer(512)
         if self.lib.sim_signature(name.encode(), buf, 512) < 0:
             raise KeyError(f"no kernel {name!r} in the module")
@@ -197,6 +198,9 @@ class SimKernel:
             if kind == "p":
                 if not isinstance(a, np.ndarray):
                     raise TypeError(f"{self.name}: argument {i} must be an array (pointer parameter), got {type(a)}")
+                if a.__array_interface__["data"][0] % size:
+                    raise TypeError(f"{self.name}: argument {i} is not aligned to the {size} bytes its pointee needs "
+                                    "(a misaligned address on a GPU)")
                 continue
             if not isinstance(a, np.generic):
                 raise TypeError(f"{self.name}: argument {i} must be a NumPy scalar, got {type(a)}")

@@ -106,6 +106,7 @@ def test_emulated_launch_checks_arguments_like_a_gpu(sim_module):
     misread (and the wrappers' launches all pass it: the kernel tests)."""
     fn = sim_module.get_function("masked_statistics")
     assert sim_module.signature("masked_statistics") == (("p", 8), ("p", 8), ("p", 8), ("i", 4), ("p", 8))
+    assert sim_module.signature("label_planes")[:2] == (("p", 1), ("i", 4))  # unsigned char*, int
     values, out = np.zeros(4), np.zeros(16)
     starts, counts = np.array([0], np.int64), np.array([4], np.int64)
     with pytest.raises(TypeError, match="argument 3 is int64"):
@@ -114,3 +115,5 @@ def test_emulated_launch_checks_arguments_like_a_gpu(sim_module):
         fn((1,), (256,), (values, starts, counts, np.int32(1)))
     with pytest.raises(TypeError, match="argument 0 must be an array"):
         fn((1,), (256,), (np.float64(0), starts, counts, np.int32(1), out))
+    with pytest.raises(TypeError, match="argument 0 is not aligned to the 8 bytes"):
+        fn((1,), (256,), (np.zeros(40, np.uint8)[1:33].view(np.float64), starts, counts, np.int32(1), out))
