@@ -132,6 +132,43 @@ __device__ int cps_polygon(const short* lt, const short* lx, int nl, const short
     return k;
 }
 
+// This thread's part of the Feret diameters of the polygon (pr, pc) of k vertices (cp_feret's
+// operations): the largest squared vertex distance over its vertices a = t, t + SG_THREADS, ...
+// and the smallest width over its edges.
+struct CpsFeret {
+    double best, wmin;
+};
+
+__device__ SHP_NOINLINE CpsFeret cps_feret_part(const short* pr, const short* pc, int k) {
+    const int t = threadIdx.x;
+    double best = 0.0, wmin = sg_inf();
+    for (int a = t; a < k; a += SG_THREADS) {
+        const double ra = pr[a], ca = pc[a];
+        for (int b = 0; b < k; ++b) {
+            const double dr = ra - (double)pr[b];
+            const double dc = ca - (double)pc[b];
+            const double d2 = dr * dr + dc * dc;
+            if (d2 > best) best = d2;
+        }
+    }
+    for (int i = t; i < k; i += SG_THREADS) {
+        const int nxt = i + 1 < k ? i + 1 : 0;
+        const double ri = pr[i], cc = pc[i];
+        const double er = (double)pr[nxt] - ri;
+        const double ec = (double)pc[nxt] - cc;
+        const double elen = sqrt(er * er + ec * ec);
+        if (!(elen > 0)) continue;
+        double cmax = 0.0;
+        for (int v = 0; v < k; ++v) {
+            const double cross = fabs(er * ((double)pc[v] - cc) - ec * ((double)pr[v] - ri));
+            if (cross > cmax) cmax = cross;
+        }
+        const double width = cmax / elen;
+        if (width < wmin) wmin = width;
+    }
+    return {best, wmin};
+}
+
 // The values that follow from the moments, written to row `o` (thread 0; not inlined, as the
 // property functions of shape.cu, so that the kernel's phases keep their register budget).
 __device__ SHP_NOINLINE void cps_moment_values(const double* sl, double* o) {
@@ -295,7 +332,7 @@ cp_sizeshape_planes(const unsigned char* __restrict__ padded, const unsigned cha
             continue;
         }
         // 2. pattern bitmasks; holes: the background's 8-connected components
-        shp_patterns(X);
+        shp_patterns(X, fg, n, w, h, words);
         sg_label(X.fg, 0, h, w, true, X.lab);  // (starts after the bitmasks' barrier-free writes; ends with a barrier)
         int* lab = X.lab;
         i64 holes = 0;
@@ -356,33 +393,8 @@ cp_sizeshape_planes(const unsigned char* __restrict__ padded, const unsigned cha
         // 6. central moments (thread 0) | Feret diameters (every thread: cp_feret's operations)
         if (t == 0) shp_moments(X, 0, true);
         const int k = s_nv[2];
-        const short* pr = s_poly;
-        const short* pc = s_poly + 2 * rcap + 2;
-        double best = 0.0, wmin = sg_inf();
-        for (int a = t; a < k; a += SG_THREADS) {
-            const double ra = pr[a], ca = pc[a];
-            for (int b = 0; b < k; ++b) {
-                const double dr = ra - (double)pr[b];
-                const double dc = ca - (double)pc[b];
-                const double d2 = dr * dr + dc * dc;
-                if (d2 > best) best = d2;
-            }
-        }
-        for (int i = t; i < k; i += SG_THREADS) {
-            const int nxt = i + 1 < k ? i + 1 : 0;
-            const double ri = pr[i], cc = pc[i];
-            const double er = (double)pr[nxt] - ri;
-            const double ec = (double)pc[nxt] - cc;
-            const double elen = sqrt(er * er + ec * ec);
-            if (!(elen > 0)) continue;
-            double cmax = 0.0;
-            for (int v = 0; v < k; ++v) {
-                const double cross = fabs(er * ((double)pc[v] - cc) - ec * ((double)pr[v] - ri));
-                if (cross > cmax) cmax = cross;
-            }
-            const double width = cmax / elen;
-            if (width < wmin) wmin = width;
-        }
+        const CpsFeret fe = cps_feret_part(s_poly, s_poly + 2 * rcap + 2, k);
+        double best = fe.best, wmin = fe.wmin;
         best = sg_block_max(best);  // (the reductions end with barriers: the moments are done)
         wmin = sg_block_min(wmin);
         // 7. the values

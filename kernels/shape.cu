@@ -381,9 +381,8 @@ __device__ void shp_load(volatile ShpCtx& X, const unsigned char* src, int W) {
 
 // The window and border bitmasks of the padded plane X.fg (cleared before), the plane's Euler
 // number added into X.E (shared by shape_props and cp_sizeshape_planes)
-__device__ void shp_patterns(volatile ShpCtx& X) {
-    const unsigned char* fg = X.fg;
-    const int n = X.n, wp = X.wp, hp = X.hp, words = X.words;
+__device__ __forceinline__ void shp_patterns(volatile ShpCtx& X, const unsigned char* fg, int n, int wp, int hp,
+                                             int words) {
     const int t = threadIdx.x;
     u64* wmask = X.wmask;
     u64* bmask = X.bmask;
@@ -412,8 +411,9 @@ __device__ void shp_patterns(volatile ShpCtx& X) {
 //    -2 - number first), the window and border bitmasks and the plane's Euler number
 __device__ void shp_number(volatile ShpCtx& X) {
     int* lab = X.lab;
+    const unsigned char* fg = X.fg;
     int* rootpix = X.rootpix;
-    const int n = X.n;
+    const int n = X.n, wp = X.wp, hp = X.hp, words = X.words;
     const int t = threadIdx.x;
     const int per = (n + SG_THREADS - 1) / SG_THREADS;
     const int a0 = sg_min(t * per, n), a1 = sg_min(a0 + per, n);
@@ -428,7 +428,7 @@ __device__ void shp_number(volatile ShpCtx& X) {
             ++next;
         }
     if (t == 0) X.K = K;
-    shp_patterns(X);
+    shp_patterns(X, fg, n, wp, hp, words);
     __syncthreads();
     for (int i = a0; i < a1; ++i) {
         const int v = lab[i];
