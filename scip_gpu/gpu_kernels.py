@@ -681,6 +681,8 @@ SOURCES += ("cp_sizeshape_block.cu",)
 #: planes (padded) up to this many pixels a side: the kernel's row ends and hull stacks are
 #: shorts (and the row ends of empty rows, 4 (side + 4), doubled, must stay below 2 ** 15)
 CP_SIZESHAPE_MAX_SIDE = 4000
+#: values per plane (CPS_NF of the kernel: ``len(features.cp_sizeshape.FEATURES)``)
+CP_SIZESHAPE_NF = 80
 
 
 @workspace("cp_sizeshape_planes")
@@ -689,7 +691,7 @@ def _ws_cp_sizeshape_planes(h: int, w: int) -> int:
 
     n, words = h * w, (w + 63) // 64
     return (_round16(4 * n) + _round16(n) + 2 * _round16(8 * h * words) + _round16(_chunk_bytes(h))
-            + _round16(2 * 4 * h) + _round16(2 * 2 * (2 * h + 2)) + _round16(8 * 80))
+            + _round16(2 * 4 * h) + _round16(2 * 2 * (2 * h + 2)) + _round16(8 * CP_SIZESHAPE_NF))
 
 
 def _accepts_sizeshape(batch, mr, ctx) -> bool:
@@ -703,10 +705,12 @@ def _accepts_sizeshape(batch, mr, ctx) -> bool:
 @register("cp_sizeshape.block", "cuda", accepts=_accepts_sizeshape)
 def cp_sizeshape_block(batch, mr, ctx):
     """(N, (C + 1) * 80) ``AreaShape`` values of one mask, each plane one object, columns as
-    ``sizeshape_columns``: ``cp_sizeshape_pad`` (padded planes and their labels, plane index + 1),
-    ``cp_radii`` (Maximum/Mean/MedianRadius), then ``cp_sizeshape_planes`` (everything else, with
-    the device functions of ``shape_props``); three launches, no host synchronisation. NaN rows
-    for empty planes and objects not ``usable``."""
+    ``sizeshape_columns`` (written into ``ctx.out`` when it is given): ``cp_sizeshape_pad``
+    (padded planes and their labels, plane index + 1), ``cp_radii`` (Maximum/Mean/MedianRadius),
+    then ``cp_sizeshape_planes`` (everything else, with the device functions of ``shape_props``);
+    three launches, no host synchronisation. NaN rows for empty planes and objects not
+    ``usable``. Planes above ``CP_MAX_PIXELS`` (padded) or ``CP_SIZESHAPE_MAX_SIDE`` a side take
+    the reference; those whose workspace exceeds the shared memory run on global memory."""
     import cupy
 
     from ._gpu_shape import _device_tables
@@ -719,7 +723,9 @@ def cp_sizeshape_block(batch, mr, ctx):
     extents = cupy.ascontiguousarray(batch.extents, dtype=cupy.int64)
     m, hp, wp = n * (c + 1), h + 2, w + 2
     nf = len(FEATURES)
-    out = cupy.empty((n, (c + 1) * nf), dtype=cupy.float64)
+    out = getattr(ctx, "out", None)  # the batch table's columns, when given
+    if out is None or out.shape != (n, (c + 1) * nf) or out.dtype != np.float64 or out.strides[1] != 8:
+        out = cupy.empty((n, (c + 1) * nf), dtype=cupy.float64)
     padded = cupy.empty((m, hp, wp), dtype=cupy.uint8)
     labels = cupy.empty((m, hp, wp), dtype=cupy.int32)
     launch("cp_sizeshape_pad", m, (mask, combined, extents, np.int32(n), np.int32(c), np.int32(h), np.int32(w),

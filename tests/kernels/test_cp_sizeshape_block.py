@@ -23,8 +23,13 @@ def _run(device, batch, mr):
     dbatch = Batch(device.asarray(batch.pixels), device.asarray(batch.extents), batch.index)
     dmr = SimpleNamespace(mask=device.asarray(mr.mask), combined=device.asarray(mr.combined),
                           usable=device.asarray(mr.usable))
-    got = gpu_kernels.cp_sizeshape_block(dbatch, dmr, None).get()
     n, c = mr.mask.shape[:2]
+    table = device.zeros((n, 2 + (c + 1) * len(FEATURES)))  # the batch table: the kernel writes its columns
+    cols = table[:, 2:]
+    res = gpu_kernels.cp_sizeshape_block(dbatch, dmr, SimpleNamespace(out=cols))
+    assert res is cols
+    got = table[:, 2:].get()
+    assert (table[:, :2].get() == 0).all()
     assert got.shape == want.shape == (n, (c + 1) * len(FEATURES))
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     ok = ~np.isnan(want)
@@ -48,7 +53,7 @@ def test_kernel_equals_reference_on_edge_cases(device):
     got = _run(device, batch, mr)
     rows = got.reshape(-1, len(FEATURES))
     one, full, pieces, ring, frame, hline, vline, diag, two, empty = rows[:10]
-    assert len(FEATURES) == 80  # CPS_NF of the kernel
+    assert len(FEATURES) == gpu_kernels.CP_SIZESHAPE_NF  # CPS_NF of the kernel
     # hand values
     assert one[F["Area"]] == 1 and one[F["MaxFeretDiameter"]] == 0 and np.isnan(one[F["FormFactor"]])
     assert full[F["Area"]] == full[F["ConvexArea"]] == full[F["FilledArea"]] == h * w
