@@ -86,7 +86,9 @@ def _sizeshape_examples(rng):
 
 @stage("cp_sizeshape.block", examples=_sizeshape_examples)
 def compute_sizeshape(batch, mr, ctx):
-    """(N, (C + 1) * 88) ``AreaShape`` values of one mask, columns as ``sizeshape_columns``."""
+    """(N, (C + 1) * 80) ``AreaShape`` values of one mask, columns as ``sizeshape_columns``.
+
+    On a GPU: ``gpu_kernels.cp_sizeshape_block`` (kernels/cp_sizeshape_block.cu)."""
     xp = batch.xp
     n, c, h, w = mr.mask.shape
     planes = xp.concatenate([mr.combined[:, None], mr.mask], axis=1)
