@@ -4,7 +4,8 @@
 //
 // Two kernels, one block per plane each, and the radii kernel of cp_sizeshape.cu between them:
 //   cp_sizeshape_pad: the padded planes (one pixel of background frame, the pixels outside the
-//     object's extent cleared) and their labels (plane index + 1 on the foreground) for cp_radii;
+//     object's extent cleared), read by cp_radii (with plane_labels: label m + 1 for plane m) and
+//     cp_sizeshape_planes;
 //   cp_sizeshape_planes: the other 77 values of each plane with the device functions of
 //     shape.cu, the plane's foreground taken as component 0 of a one-component plane:
 //     - the pattern bitmasks (shp_patterns), Euler number and Crofton perimeter (shp_crofton),
@@ -65,12 +66,12 @@
 #define CPS_INERTIA 74
 #define CPS_EIG 78
 
-// padded: (M, h + 2, w + 2) uint8 and labels: (M, h + 2, w + 2) int32 from mask (N, C, H, W),
-// combined (N, H, W) and extents (N, 2); plane m = object * (C + 1) + k, k = 0 the combined mask.
+// padded: (M, H + 2, W + 2) uint8 from mask (N, C, H, W), combined (N, H, W) and extents (N, 2);
+// plane m = object * (C + 1) + k, k = 0 the combined mask.
 extern "C" __global__ void
 cp_sizeshape_pad(const unsigned char* __restrict__ mask, const unsigned char* __restrict__ combined,
                  const long long* __restrict__ extents, int N, int C, int H, int W,
-                 unsigned char* __restrict__ padded, int* __restrict__ labels) {
+                 unsigned char* __restrict__ padded) {
     const int hp = H + 2, wp = W + 2, n = hp * wp, P = C + 1;
     for (int m = blockIdx.x; m < N * P; m += gridDim.x) {
         const int obj = m / P, k = m - obj * P;
@@ -80,7 +81,6 @@ cp_sizeshape_pad(const unsigned char* __restrict__ mask, const unsigned char* __
             const int r = p / wp - 1, c = p % wp - 1;
             const bool on = r >= 0 && c >= 0 && r < eh && c < ew && src[r * W + c] != 0;
             padded[(i64)m * n + p] = on ? 1 : 0;
-            labels[(i64)m * n + p] = on ? m + 1 : 0;
         }
     }
 }

@@ -545,7 +545,7 @@ def cp_radii(padded, labels, nl: int):
     lab = cupy.ascontiguousarray(labels, dtype=cupy.int32)
     m, h, w = fg.shape
     out = cupy.zeros((3, int(nl) + 1), dtype=cupy.float64)
-    args = (fg, lab, np.int32(m), np.int32(h), np.int32(w), np.int32(nl), out)
+    args = (fg, lab, np.int32(0), np.int32(m), np.int32(h), np.int32(w), np.int32(nl), out)
     launch("cp_radii", m, args, workspace=workspace_bytes("cp_radii", h, w))
     return out
 
@@ -706,7 +706,7 @@ def _accepts_sizeshape(batch, mr, ctx) -> bool:
 def cp_sizeshape_block(batch, mr, ctx):
     """(N, (C + 1) * 80) ``AreaShape`` values of one mask, each plane one object, columns as
     ``sizeshape_columns`` (written into ``ctx.out`` when it is given): ``cp_sizeshape_pad``
-    (padded planes and their labels, plane index + 1), ``cp_radii`` (Maximum/Mean/MedianRadius),
+    (padded planes), ``cp_radii`` (Maximum/Mean/MedianRadius, label m + 1 for plane m),
     then ``cp_sizeshape_planes`` (everything else, with the device functions of ``shape_props``);
     three launches, no host synchronisation. NaN rows for empty planes and objects not
     ``usable``. Planes above ``CP_MAX_PIXELS`` (padded) or ``CP_SIZESHAPE_MAX_SIDE`` a side take
@@ -727,10 +727,13 @@ def cp_sizeshape_block(batch, mr, ctx):
     if out is None or out.shape != (n, (c + 1) * nf) or out.dtype != np.float64 or out.strides[1] != 8:
         out = cupy.empty((n, (c + 1) * nf), dtype=cupy.float64)
     padded = cupy.empty((m, hp, wp), dtype=cupy.uint8)
-    labels = cupy.empty((m, hp, wp), dtype=cupy.int32)
     launch("cp_sizeshape_pad", m, (mask, combined, extents, np.int32(n), np.int32(c), np.int32(h), np.int32(w),
-                                   padded, labels))
-    radii = cp_radii(padded.view(cupy.bool_), labels, m)
+                                   padded))
+    # radii of every plane's foreground, label m + 1 (no label image: plane_labels = 1)
+    radii = cupy.zeros((3, m + 1), dtype=cupy.float64)
+    no_labels = device_constant("int32-zero", lambda: np.zeros(1, dtype=np.int32))
+    launch("cp_radii", m, (padded, no_labels, np.int32(1), np.int32(m), np.int32(hp),
+                           np.int32(wp), np.int32(m), radii), workspace=workspace_bytes("cp_radii", hp, wp))
     coefs, pow25, pow4 = _device_tables(cupy, h * w)
     args = (padded, usable, np.int32(n), np.int32(c + 1), np.int32(hp), np.int32(wp), coefs, pow25, pow4, radii,
             out, np.int64(out.strides[0] // 8))
