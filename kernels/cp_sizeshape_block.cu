@@ -333,7 +333,9 @@ cp_sizeshape_planes(const unsigned char* __restrict__ padded, const unsigned cha
         }
         // 2. pattern bitmasks; holes: the background's 8-connected components
         shp_patterns(X, fg, n, w, h, words);
-        sg_label(X.fg, 0, h, w, true, X.lab);  // (starts after the bitmasks' barrier-free writes; ends with a barrier)
+        // (sg_label writes only X.lab, which shp_patterns does not touch; its last barrier also
+        // completes the bitmasks)
+        sg_label(X.fg, 0, h, w, true, X.lab);
         int* lab = X.lab;
         i64 holes = 0;
         for (int i = t; i < n; i += SG_THREADS) holes += lab[i] > 0;  // the frame's root is pixel 0
