@@ -32,6 +32,7 @@ SM_THREADS = 2048
 def parse(report: str) -> dict:
     out = {}
     name = None
+    props_of = None  # the function of the last "Function properties for ..." line
     for line in report.splitlines():
         m = re.search(r"Compiling entry function '(\w+)'", line)
         if m:
@@ -40,9 +41,17 @@ def parse(report: str) -> dict:
             continue
         if name is None:
             continue
+        m = re.search(r"Function properties for (\w+)", line)
+        if m:
+            props_of = m.group(1)
+            continue
         m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
         if m:
-            out[name].update(stack=int(m[1]), spill_stores=int(m[2]), spill_loads=int(m[3]))
+            entry = props_of == name  # (not a device function called from the entry)
+            old = out[name]
+            out[name].update(stack=int(m[1]) if entry else old.get("stack", 0),
+                             spill_stores=old.get("spill_stores", 0) + int(m[2]),
+                             spill_loads=old.get("spill_loads", 0) + int(m[3]))
         m = re.search(r"Used (\d+) registers", line)
         if m:  # (no "bytes smem" when a kernel has no static shared memory)
             smem = re.search(r"(\d+) bytes smem", line)

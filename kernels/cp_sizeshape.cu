@@ -15,11 +15,13 @@
 //   the sum is bit-identical), divided by the count.
 
 // padded: (M, h, w) uint8 planes (0 = background); labels: (M, h, w) int32 (> 0: the pixels
-// measured; one label per plane); out: (3, nl + 1) float64, rows maximum / mean / median,
-// written at the plane's label (left as they are for planes without labelled pixels).
+// measured; one label per plane), or, with `plane_labels`, not read: every foreground pixel of
+// plane m measured, with label m + 1 (cp_sizeshape.block: no label image); out: (3, nl + 1)
+// float64, rows maximum / mean / median, written at the plane's label (left as they are for
+// planes without labelled pixels).
 extern "C" __global__ void
-cp_radii(const unsigned char* __restrict__ padded, const int* __restrict__ labels, int M, int h, int w, int nl,
-         double* __restrict__ out, unsigned char* scratch, i64 ws_bytes) {
+cp_radii(const unsigned char* __restrict__ padded, const int* __restrict__ labels, int plane_labels, int M, int h,
+         int w, int nl, double* __restrict__ out, unsigned char* scratch, i64 ws_bytes) {
     const int n = h * w;
     const int t = threadIdx.x;
     SgArena ar(sg_workspace(scratch, ws_bytes));
@@ -32,7 +34,7 @@ cp_radii(const unsigned char* __restrict__ padded, const int* __restrict__ label
     __shared__ int agg[4], cnt3[3];
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
         const unsigned char* fg = padded + (i64)m * n;
-        const int* lb = labels + (i64)m * n;
+        const int* lb = plane_labels ? nullptr : labels + (i64)m * n;
         if (t == 0) {
             agg[0] = 0;
             agg[1] = -1;
@@ -44,7 +46,7 @@ cp_radii(const unsigned char* __restrict__ padded, const int* __restrict__ label
         // the labelled pixels' squared distances; -1 for the others
         int cnt = 0, last = -1, top = -1;
         for (int p = t; p < n; p += SG_THREADS) {
-            if (lb[p] > 0) {
+            if (lb ? lb[p] > 0 : fg[p] != 0) {
                 cnt += 1;
                 last = p;
                 top = sg_max(top, d2[p]);
@@ -96,7 +98,7 @@ cp_radii(const unsigned char* __restrict__ padded, const int* __restrict__ label
             double tot = 0.0;
             for (int p = 0; p < n; ++p)
                 if (d2[p] >= 0) tot += cpe_dist(d2[p]);
-            const int lab = lb[last];
+            const int lab = lb ? lb[last] : m + 1;
             out[lab] = cpe_dist(top);
             out[stride + lab] = tot / (double)cnt;
             out[2 * stride + lab] = (cpe_dist(v1) + cpe_dist(v2)) / 2.0;

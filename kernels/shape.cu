@@ -379,27 +379,11 @@ __device__ void shp_load(volatile ShpCtx& X, const unsigned char* src, int W) {
     }
 }
 
-// 2. component numbers in raster order of the roots (each thread a run of pixels; roots get
-//    -2 - number first), the window and border bitmasks and the plane's Euler number
-__device__ void shp_number(volatile ShpCtx& X) {
-    int* lab = X.lab;
-    const unsigned char* fg = X.fg;
-    int* rootpix = X.rootpix;
-    const int n = X.n, wp = X.wp, hp = X.hp, words = X.words;
+// The window and border bitmasks of the padded plane X.fg (cleared before), the plane's Euler
+// number added into X.E (shared by shape_props and cp_sizeshape_planes)
+__device__ __forceinline__ void shp_patterns(volatile ShpCtx& X, const unsigned char* fg, int n, int wp, int hp,
+                                             int words) {
     const int t = threadIdx.x;
-    const int per = (n + SG_THREADS - 1) / SG_THREADS;
-    const int a0 = sg_min(t * per, n), a1 = sg_min(a0 + per, n);
-    int roots = 0;
-    for (int i = a0; i < a1; ++i) roots += lab[i] == i;
-    int K;
-    int next = shp_scan(roots, &K);
-    for (int i = a0; i < a1; ++i)
-        if (lab[i] == i) {
-            rootpix[next] = i;
-            lab[i] = -2 - next;
-            ++next;
-        }
-    if (t == 0) X.K = K;
     u64* wmask = X.wmask;
     u64* bmask = X.bmask;
     const double* euler_c = X.coefs;
@@ -421,6 +405,30 @@ __device__ void shp_number(volatile ShpCtx& X) {
         atomicOr(&bmask[i * words + (j >> 6)], 1ULL << (j & 63));
     }
     if (e) atomicAdd((int*)&X.E, e);
+}
+
+// 2. component numbers in raster order of the roots (each thread a run of pixels; roots get
+//    -2 - number first), the window and border bitmasks and the plane's Euler number
+__device__ void shp_number(volatile ShpCtx& X) {
+    int* lab = X.lab;
+    const unsigned char* fg = X.fg;
+    int* rootpix = X.rootpix;
+    const int n = X.n, wp = X.wp, hp = X.hp, words = X.words;
+    const int t = threadIdx.x;
+    const int per = (n + SG_THREADS - 1) / SG_THREADS;
+    const int a0 = sg_min(t * per, n), a1 = sg_min(a0 + per, n);
+    int roots = 0;
+    for (int i = a0; i < a1; ++i) roots += lab[i] == i;
+    int K;
+    int next = shp_scan(roots, &K);
+    for (int i = a0; i < a1; ++i)
+        if (lab[i] == i) {
+            rootpix[next] = i;
+            lab[i] = -2 - next;
+            ++next;
+        }
+    if (t == 0) X.K = K;
+    shp_patterns(X, fg, n, wp, hp, words);
     __syncthreads();
     for (int i = a0; i < a1; ++i) {
         const int v = lab[i];

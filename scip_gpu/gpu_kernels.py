@@ -561,7 +561,7 @@ def cp_radii(padded, labels, nl: int):
     lab = cupy.ascontiguousarray(labels, dtype=cupy.int32)
     m, h, w = fg.shape
     out = cupy.zeros((3, int(nl) + 1), dtype=cupy.float64)
-    args = (fg, lab, np.int32(m), np.int32(h), np.int32(w), np.int32(nl), out)
+    args = (fg, lab, np.int32(0), np.int32(m), np.int32(h), np.int32(w), np.int32(nl), out)
     launch("cp_radii", m, args, workspace=workspace_bytes("cp_radii", h, w))
     return out
 
@@ -685,6 +685,75 @@ def cp_pattern_props(padded, labels, nl: int):
             device_constant("crofton-coefs-4", lambda: CROFTON_COEFS_4),
             device_constant("perimeter-weights", lambda: PERIMETER_WEIGHTS), out)
     launch("cp_pattern_sums", m, args, workspace=workspace_bytes("cp_pattern_sums", h, w))
+    return out
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The AreaShape block: every plane one object (kernels/cp_sizeshape_block.cu)
+
+SOURCES += ("cp_sizeshape_block.cu",)
+
+#: planes (padded) up to this many pixels a side: the kernel's row ends and hull stacks are
+#: shorts (and the row ends of empty rows, 4 (side + 4), doubled, must stay below 2 ** 15)
+CP_SIZESHAPE_MAX_SIDE = 4000
+#: values per plane (CPS_NF of the kernel: ``len(features.cp_sizeshape.FEATURES)``)
+CP_SIZESHAPE_NF = 80
+
+
+@workspace("cp_sizeshape_planes")
+def _ws_cp_sizeshape_planes(h: int, w: int) -> int:
+    from ._gpu_shape import _chunk_bytes
+
+    n, words = h * w, (w + 63) // 64
+    return (_round16(4 * n) + _round16(n) + 2 * _round16(8 * h * words) + _round16(_chunk_bytes(h))
+            + _round16(2 * 4 * h) + _round16(2 * 2 * (2 * h + 2)) + _round16(8 * CP_SIZESHAPE_NF))
+
+
+def _accepts_sizeshape(batch, mr, ctx) -> bool:
+    shape = getattr(mr.mask, "shape", ())
+    if len(shape) != 4:
+        return False
+    hp, wp = shape[2] + 2, shape[3] + 2
+    return _edt_fits(hp, wp) and max(hp, wp) <= CP_SIZESHAPE_MAX_SIDE
+
+
+@register("cp_sizeshape.block", "cuda", accepts=_accepts_sizeshape)
+def cp_sizeshape_block(batch, mr, ctx):
+    """(N, (C + 1) * 80) ``AreaShape`` values of one mask, each plane one object, columns as
+    ``sizeshape_columns`` (written into ``ctx.out`` when it is given): ``cp_sizeshape_pad``
+    (padded planes), ``cp_radii`` (Maximum/Mean/MedianRadius, label m + 1 for plane m),
+    then ``cp_sizeshape_planes`` (everything else, with the device functions of ``shape_props``);
+    three launches, no host synchronisation. NaN rows for empty planes and objects not
+    ``usable``. Planes above ``CP_MAX_PIXELS`` (padded) or ``CP_SIZESHAPE_MAX_SIDE`` a side take
+    the reference; those whose workspace exceeds the shared memory run on global memory."""
+    import cupy
+
+    from ._gpu_shape import _device_tables
+    from .features.cp_sizeshape import FEATURES
+
+    mask = cupy.ascontiguousarray(mr.mask).view(cupy.uint8)
+    n, c, h, w = mask.shape
+    combined = cupy.ascontiguousarray(mr.combined).view(cupy.uint8)
+    usable = cupy.ascontiguousarray(cupy.asarray(mr.usable).astype(cupy.uint8))
+    extents = cupy.ascontiguousarray(batch.extents, dtype=cupy.int64)
+    m, hp, wp = n * (c + 1), h + 2, w + 2
+    nf = len(FEATURES)
+    out = getattr(ctx, "out", None)  # the batch table's columns, when given
+    if out is None or out.shape != (n, (c + 1) * nf) or out.dtype != np.float64 or out.strides[1] != 8:
+        out = cupy.empty((n, (c + 1) * nf), dtype=cupy.float64)
+    padded = cupy.empty((m, hp, wp), dtype=cupy.uint8)
+    launch("cp_sizeshape_pad", m, (mask, combined, extents, np.int32(n), np.int32(c), np.int32(h), np.int32(w),
+                                   padded))
+    # radii of every plane's foreground, label m + 1 (no label image: plane_labels = 1)
+    radii = cupy.zeros((3, m + 1), dtype=cupy.float64)
+    no_labels = device_constant("int32-zero", lambda: np.zeros(1, dtype=np.int32))
+    launch("cp_radii", m, (padded, no_labels, np.int32(1), np.int32(m), np.int32(hp),
+                           np.int32(wp), np.int32(m), radii), workspace=workspace_bytes("cp_radii", hp, wp))
+    coefs, pow25, pow4 = _device_tables(cupy, h * w)
+    args = (padded, usable, np.int32(n), np.int32(c + 1), np.int32(hp), np.int32(wp), coefs, pow25, pow4, radii,
+            out, np.int64(out.strides[0] // 8))
+    launch("cp_sizeshape_planes", m, args, workspace=workspace_bytes("cp_sizeshape_planes", hp, wp))
     return out
 
 

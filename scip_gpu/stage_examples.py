@@ -145,6 +145,82 @@ def family_examples(rng: np.random.Generator, *, masked: bool = True):
             yield (batch, mr, ctx), {}
 
 
+def hand_planes(shape) -> list:
+    """(H, W) bool planes (H, W >= 12) of the cases a one-object-per-plane kernel gets wrong
+    first: pieces with rows of their bounding box between them that hold no pixel, a ring around
+    a dot beside a second ring (three pieces, two holes), a frame touching every border (one
+    hole), a row line, a column line, a diagonal (collinear pixel centres), two far pixels."""
+    h, w = shape
+    planes = [np.zeros(shape, dtype=bool) for _ in range(8)]
+    pieces, ring, frame, hline, vline, diag, two = planes[:7]
+    pieces[1:3, 1:4] = True
+    pieces[7, 9] = True
+    pieces[9:11, 2:6] = True
+    ring[2:9, 2:9] = True
+    ring[3:8, 3:8] = False
+    ring[5, 5] = True
+    ring[h - 4:h - 1, w - 5:w - 2] = True
+    ring[h - 3, w - 4] = False
+    frame[[0, -1], :] = True
+    frame[:, [0, -1]] = True
+    hline[4, 2:w - 2] = True
+    vline[1:h - 1, 6] = True
+    for k in range(min(h, w) - 4):
+        diag[2 + k, 1 + k] = True
+    two[0, 0] = two[h - 1, 5] = True
+    return planes[:7]
+
+
+def mask_batch(planes, channels: int, extents=None, usable=None):
+    """(batch, mask result, context) of objects made of consecutive groups of ``channels + 1``
+    planes (the combined mask first; the last group filled up with empty planes); the objects'
+    extents are given or the planes' full shape. Masks of one-object-per-plane families."""
+    from .batch import Batch
+    from .masks import MaskResult
+    from .profile import FeatureContext
+
+    per = channels + 1
+    planes = list(planes)
+    h, w = planes[0].shape
+    planes += [np.zeros((h, w), dtype=bool)] * (-len(planes) % per)
+    stack = np.stack(planes).reshape(-1, per, h, w)
+    n = stack.shape[0]
+    ext = np.full((n, 2), (h, w), dtype=np.int64) if extents is None else np.asarray(extents, dtype=np.int64)
+    ok = np.ones(n, dtype=bool) if usable is None else np.asarray(usable, dtype=bool)
+    inside_ = inside(ext, (h, w))
+    stack = stack & inside_[:, None]
+    stack[~ok] = False
+    batch = Batch(np.zeros((n, channels, h, w), dtype=np.uint16), ext, np.arange(n))
+    nan = np.full((n, channels), np.nan)
+    mr = MaskResult("li", stack[:, 1:], stack[:, 0], np.ones((n, channels), dtype=np.int64),
+                    np.full((n, 4), np.nan), nan, nan, ok)
+    return batch, mr, FeatureContext(edge_width=3)
+
+
+def plane_examples(rng: np.random.Generator):
+    """(batch, mask result, context) arguments of the one-object-per-plane families: the
+    ``masks`` cases (empty, one pixel, full, ring, speckle, 1xW / Hx1 / 1x1 extents) and
+    ``hand_planes`` on 14 x 19 planes with an object not usable and one cut by its extent;
+    1 x 13 and 13 x 1 planes (a full line and a line in pieces); 96 x 96 planes."""
+    mk, ext = masks(rng, 12)
+    planes = list(mk) + hand_planes(SHAPE)
+    n = -(-len(planes) // 3)
+    e = np.full((n, 2), SHAPE, dtype=np.int64)
+    e[1] = (SHAPE[0] - 3, SHAPE[1] - 5)
+    usable = np.ones(n, dtype=bool)
+    usable[2] = False
+    yield mask_batch(planes, 2, e, usable), {}
+    for shape in ((1, 13), (13, 1)):
+        line = np.ones(shape, dtype=bool)
+        split = line.copy()
+        split.flat[[0, 5, 6, 10]] = False
+        yield mask_batch([line, split, line & False], 2), {}
+    yy, xx = np.mgrid[:96, :96]
+    blob = ((yy - 45) / 30.0) ** 2 + ((xx - 50) / 38.0) ** 2 <= 1
+    speckle = rng.random((96, 96)) < 0.3
+    yield mask_batch([blob, blob & ~speckle, np.ones((96, 96), dtype=bool), *hand_planes((96, 96))[:3]], 2), {}
+
+
 # ---------------------------------------------------------------------------------------------
 # Comparisons
 

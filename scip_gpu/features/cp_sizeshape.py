@@ -76,9 +76,19 @@ def _compare(ref, got, args, kwargs):
 
 
 
-@stage("cp_sizeshape.block", examples=_block_examples)
+def _sizeshape_examples(rng):
+    """The families' examples, and planes of the edge cases (``stage_examples.plane_examples``)."""
+    from ..stage_examples import plane_examples
+
+    yield from _block_examples(rng)
+    yield from plane_examples(rng)
+
+
+@stage("cp_sizeshape.block", examples=_sizeshape_examples)
 def compute_sizeshape(batch, mr, ctx):
-    """(N, (C + 1) * 88) ``AreaShape`` values of one mask, columns as ``sizeshape_columns``."""
+    """(N, (C + 1) * 80) ``AreaShape`` values of one mask, columns as ``sizeshape_columns``.
+
+    On a GPU: ``gpu_kernels.cp_sizeshape_block`` (kernels/cp_sizeshape_block.cu)."""
     xp = batch.xp
     n, c, h, w = mr.mask.shape
     planes = xp.concatenate([mr.combined[:, None], mr.mask], axis=1)
