@@ -22,6 +22,8 @@ SLOT = 60
 _NCI, _NCD, _NRS = 12, 4, 5
 #: padded planes up to this many pixels (labels pack a pixel index in 16 bits)
 MAX_PADDED_PIXELS = 1 << 16
+#: longest side the kernel takes (doubled padded columns stay below the shorts' sentinel 32000)
+MAX_SIDE = 4000
 #: component numbers fit in 15 bits
 MAX_COMPONENTS = 1 << 15
 
@@ -80,7 +82,10 @@ def _accepts_shape(batch, mr, ctx) -> bool:
     if len(shape) != 4:
         return False
     _, _, h, w = shape
-    return (h + 2) * (w + 2) <= MAX_PADDED_PIXELS and _max_components(h, w) < MAX_COMPONENTS
+    # row ends, doubled columns and the hull's sentinel (32000) are shorts: sides of at most
+    # MAX_SIDE pixels (a 2 x 20000 plane fits MAX_PADDED_PIXELS but not the shorts)
+    return ((h + 2) * (w + 2) <= MAX_PADDED_PIXELS and max(h, w) <= MAX_SIDE
+            and _max_components(h, w) < MAX_COMPONENTS)
 
 
 @register("shape.block", "cuda", accepts=_accepts_shape)

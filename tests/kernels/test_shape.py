@@ -211,3 +211,6 @@ def test_shape_kernel_declines_planes_too_large_for_it():
     assert _accepts_shape(None, mr(64, 64), None)
     assert _accepts_shape(None, mr(254, 254), None)
     assert not _accepts_shape(None, mr(255, 255), None)  # padded planes over 65536 pixels
+    assert _accepts_shape(None, mr(2, 4000), None)
+    # few pixels but a side longer than the kernel's short columns allow
+    assert not _accepts_shape(None, mr(2, 20000), None) and not _accepts_shape(None, mr(20000, 1), None)
