@@ -27,6 +27,7 @@ the CPU emulation of ``tests/cuda_sim``, and on a real GPU with ``pytest -m gpu`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass, field
@@ -125,11 +126,27 @@ def kernels_enabled() -> bool:
     return os.environ.get("SCIP_GPU_KERNELS", "1") != "0"
 
 
+def _on_device(a, depth: int = 0) -> bool:
+    """Whether ``a`` is a CuPy array or holds one: a field of a dataclass (a ``Batch``, a
+    ``MaskResult``, a shape ``_Geometry``) or an item of a tuple or list, one level down."""
+    if is_cupy_array(a):
+        return True
+    if depth > 0:
+        return False
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        return any(_on_device(getattr(a, f.name, None), 1) for f in dataclasses.fields(a))
+    if isinstance(a, (tuple, list)):
+        return any(_on_device(v, 1) for v in a)
+    return False
+
+
 def backend_of(args: tuple, kwargs: dict) -> str:
-    """'cuda' when any argument is a CuPy array (or an object, such as a ``Batch``, whose
-    ``pixels`` are), else 'cpu'."""
+    """'cuda' when any argument is a CuPy array or holds one (``_on_device``), else 'cpu'.
+
+    A stage whose arguments are a dataclass of device arrays (e.g. the shape geometry) runs
+    on the device: the numba kernel of its ``cpu`` implementation cannot take CuPy arrays."""
     for a in (*args, *kwargs.values()):
-        if is_cupy_array(a) or is_cupy_array(getattr(a, "pixels", None)):
+        if _on_device(a):
             return "cuda"
     return "cpu"
 

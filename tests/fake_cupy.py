@@ -79,9 +79,11 @@ class ndarray(np.ndarray):
         return self.view(np.ndarray).item(*args)
 
     def __array_function__(self, func, types_, args, kwargs):
+        _refuse_host(func.__name__, args)
         return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        _refuse_host(ufunc.__name__, inputs)
         if "out" in kwargs:
             kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, ndarray) else o for o in kwargs["out"])
         res = getattr(ufunc, method)(*_unwrap(inputs), **kwargs)
@@ -103,6 +105,8 @@ def _unwrap(x):
 def _wrap(x):
     if isinstance(x, np.ndarray) and not isinstance(x, ndarray):
         return x.view(ndarray)
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a named tuple (e.g. unique_counts')
+        return type(x)(*(_wrap(v) for v in x))
     if isinstance(x, tuple):
         return tuple(_wrap(v) for v in x)
     if isinstance(x, list):
@@ -110,8 +114,30 @@ def _wrap(x):
     return x
 
 
-def _wrapped(f):
+def _host_arrays(x) -> bool:
+    """Whether ``x`` holds a NumPy (host) array of one or more dimensions."""
+    if isinstance(x, np.ndarray):
+        return not isinstance(x, ndarray) and x.ndim > 0
+    if isinstance(x, (tuple, list)):
+        return any(_host_arrays(v) for v in x)
+    return False
+
+
+def _refuse_host(name: str, args) -> None:
+    """CuPy's functions and operators refuse NumPy arrays (no implicit host-to-device copy:
+    ``TypeError: Unsupported type <class 'numpy.ndarray'>``); so does the stand-in."""
+    if any(_host_arrays(a) for a in args):
+        raise TypeError(f"fake CuPy: {name}() got a NumPy array among CuPy arrays (CuPy: Unsupported type "
+                        "<class 'numpy.ndarray'>); copy it to the device first")
+
+
+def _wrapped(f, check_host: bool = False, first_only: bool = False):
+    """``f`` on fake arrays; ``check_host``: refusing NumPy arrays among its positional
+    arguments as CuPy does (``first_only``: only the first, the image of an ndimage/cuCIM
+    function, whose other arguments such as footprints may be host arrays)."""
     def call(*args, **kwargs):
+        if check_host:
+            _refuse_host(getattr(f, "__name__", "f"), args[:1] if first_only else args)
         return _wrap(f(*_unwrap(args), **_unwrap(kwargs)))
 
     call.__name__ = getattr(f, "__name__", "f")
@@ -148,6 +174,11 @@ def _checked(f, qualname: str, keywords: dict, lib: str):
     return call
 
 
+#: CuPy functions that take host data
+_FROM_HOST = {"array", "asarray", "asanyarray", "asnumpy", "get_array_module", "copyto", "isscalar", "ndim", "shape",
+              "size", "result_type", "can_cast", "dtype", "iinfo", "finfo", "issubdtype", "from_dlpack"}
+
+
 def _module(name: str, target, names=None, keywords=None, lib: str = "") -> types.ModuleType:
     """A module whose functions are ``target``'s on fake arrays; with ``names`` (and
     ``keywords``: qualified name -> parameter names), only the names and keywords the real
@@ -161,7 +192,8 @@ def _module(name: str, target, names=None, keywords=None, lib: str = "") -> type
             raise AttributeError(f"fake CuPy: {name}.{attr} does not exist in {lib}")
         obj = getattr(target, attr)
         if callable(obj) and not isinstance(obj, type):
-            return _checked(_wrapped(obj), f"{name}.{attr}", keywords, lib)
+            check = names is not None and attr not in _FROM_HOST
+            return _checked(_wrapped(obj, check, first_only=name != "cupy"), f"{name}.{attr}", keywords, lib)
         return obj
 
     mod.__getattr__ = __getattr__
@@ -222,7 +254,12 @@ def install(monkeypatch) -> types.ModuleType:
         return np.array(_unwrap(a), dtype=dtype).view(ndarray)
 
     cupy.asarray = asarray
-    cupy.ascontiguousarray = lambda a, dtype=None: np.ascontiguousarray(_unwrap(a), dtype=dtype).view(ndarray)
+    def ascontiguousarray(a, dtype=None):  # CuPy's takes a cupy.ndarray only
+        if not isinstance(a, ndarray):
+            raise TypeError(f"fake CuPy: ascontiguousarray() takes a CuPy array, got {type(a).__name__}")
+        return np.ascontiguousarray(_unwrap(a), dtype=dtype).view(ndarray)
+
+    cupy.ascontiguousarray = ascontiguousarray
     cupy.get_default_memory_pool = lambda: _Pool()
     cupy.get_default_pinned_memory_pool = lambda: _Pool()
     cupy.cuda = types.SimpleNamespace(
@@ -267,4 +304,32 @@ def install(monkeypatch) -> types.ModuleType:
         mods[f"cucim.skimage.{sub}"] = m
     for k, v in mods.items():
         monkeypatch.setitem(sys.modules, k, v)
+    _compat_namespace(monkeypatch)
     return cupy
+
+
+def _compat_namespace(monkeypatch) -> None:
+    """``array_api_compat.array_namespace`` of a fake array: array_api_compat's NumPy functions
+    on fake arrays, refusing host arrays among them as CuPy's namespace does (by default it
+    would take the fake array, a NumPy subclass, for a NumPy array, and code built on it would
+    mix host and device arrays unnoticed)."""
+    from array_api_compat import numpy as compat_numpy
+    from array_api_compat.common import _helpers
+
+    ns = types.ModuleType("array_api_compat.cupy (fake)")
+
+    def __getattr__(attr):
+        obj = getattr(compat_numpy, attr)
+        if callable(obj) and not isinstance(obj, type):
+            return _wrapped(obj, check_host=attr not in _FROM_HOST)
+        return obj
+
+    ns.__getattr__ = __getattr__
+    original = _helpers._cls_to_namespace
+
+    def cls_to_namespace(cls, api_version, use_compat):
+        if isinstance(cls, type) and issubclass(cls, ndarray):
+            return ns, None
+        return original(cls, api_version, use_compat)
+
+    monkeypatch.setattr(_helpers, "_cls_to_namespace", cls_to_namespace)

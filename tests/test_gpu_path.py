@@ -311,3 +311,24 @@ def test_fake_cupy_has_only_what_cupy_has(monkeypatch):
     np.testing.assert_array_equal(u.get(), [1, 2, 3])
     np.testing.assert_array_equal(inv.get(), [2, 0, 1, 0])
     assert int(cupy.partition(x, 1)[1]) == 1
+
+
+def test_stages_on_a_dataclass_of_device_arrays_run_on_the_device(monkeypatch):
+    """A stage whose arguments hold device arrays inside a dataclass (the shape geometry of
+    ``shape.raw_moments``) is dispatched as a device stage: its numba ``cpu`` kernel cannot
+    take CuPy arrays (before, it was chosen, and the reference shape path failed on a GPU)."""
+    from scip_gpu import dispatch
+    from scip_gpu.features import shape as S
+
+    cupy = fake_cupy.install(monkeypatch)
+    labels = np.zeros((1, 6, 6), np.int32)
+    labels[0, 1:4, 1:3] = 1
+    labels[0, 4, 4] = 2
+    geo = S._geometry(cupy.asarray(labels), 2)
+    assert dispatch.backend_of((geo, 2), {}) == "cuda"
+    assert dispatch.backend_of((S._geometry(labels, 2), 2), {}) == "cpu"
+    assert dispatch.backend_of(([cupy.asarray(labels)],), {}) == "cuda"
+    raw = S._raw_moments(geo, 2)
+    assert isinstance(raw, cupy.ndarray)
+    np.testing.assert_array_equal(raw.get()[1:, 0, 0], [6, 1])  # areas, by hand
+    np.testing.assert_array_equal(raw.get()[1:, 1, 0], [0 + 1 + 2 + 0 + 1 + 2, 0])  # row sums inside each box
