@@ -52,7 +52,17 @@
 #           on a GPU host; each store's writing seconds go into the JSON, "stores_written_s");
 #           with the wheels' install it fits the default BUDGET. A second session reuses the stores
 #           only on the same warm machine (benchmarks/.work is not in $OUT).
+#   issue10 = first bench legacy (40 + 180 + 130 s): the batch path's objects/s, memory, first
+#           batch and equality, and the A/B of the rewritten kernels.
+#   issue15 = pytest cellprofiler (120 + 200 s): every CUDA kernel (the CellProfiler ones
+#           included) against the CPU path on the device, and the cellprofiler preset's equality
+#           and objects/s.
 #   Default: first bench legacy pytest, in this order (timeouts 40 + 180 + 130 + 120 s).
+#   A session's 15 device-minutes (start-up ~0.5-2 min, 10 min per call at most), in order of
+#   value: run 65536 first bench pytest cellprofiler (issues 10 and 15 in one call, timeout_s
+#   600; timeouts sum to 540 s, but the steps usually end well before theirs, and the budget
+#   skips cellprofiler rather than overrun), then with what is left: run 65536 legacy; the
+#   issue11 set in a session of its own.
 #   Also: cellprofiler fields nvrtc profile profile_legacy scaling kvikio, issue11 and its steps
 #   (name them: bash gpu_session.sh run 65536 issue11, or run 65536 profile ...).
 #   WHEELS=0 skips the wheels' install (a dry run on a machine whose python3 has the packages);
@@ -74,6 +84,8 @@ case "${1:-}" in
     STEPS=${*:3}
     STEPS=${STEPS:-first bench legacy pytest}
     STEPS=${STEPS//issue11/dense11 cpu_peer ragged11 batch summary}
+    STEPS=${STEPS//issue10/first bench legacy}
+    STEPS=${STEPS//issue15/pytest cellprofiler}
     BUDGET=${BUDGET:-470}
     DENSE_N=${DENSE_N:-10000 100000}
     CPU_N=${CPU_N:-8192}
