@@ -188,7 +188,7 @@ def _module(name: str, target, names=None, keywords=None, lib: str = "") -> type
     keywords = keywords or {}
 
     def __getattr__(attr):
-        if names is not None and attr not in names:
+        if names is not None and attr not in names and not attr.startswith("_"):
             raise AttributeError(f"fake CuPy: {name}.{attr} does not exist in {lib}")
         obj = getattr(target, attr)
         if callable(obj) and not isinstance(obj, type):
