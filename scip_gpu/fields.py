@@ -152,6 +152,12 @@ def join_metadata(table: pd.DataFrame, joins, *, where: str = "dataset.metadata"
 # Projection and illumination correction
 
 
+def field_files(row) -> list | None:
+    """The files of a field's row, one list per channel (per-channel TIFF fields), else None."""
+    files = row.get("_files") if hasattr(row, "get") else None
+    return list(files) if isinstance(files, (list, tuple)) else None
+
+
 def project(img, method: str | None):
     """Project a (C, Z, H, W) stack over Z (``min``, ``mean``, ``max``, ``median``).
 
@@ -168,6 +174,27 @@ def project(img, method: str | None):
     if method == "median":
         return xp.median(img.astype(xp.float64), axis=1)
     return getattr(xp, method)(img, axis=1)
+
+
+def check_field_values(img, name: str, channel_names, files=None) -> None:
+    """ObjectError when a (float) field has NaN or infinite pixels, naming per channel how many
+    and, when given (``files``: one list per channel), the channel's files: such a field can be
+    neither segmented nor summed into an illumination correction. One count per channel comes
+    back from a device."""
+    if np.dtype(img.dtype).kind != "f":
+        return
+    xp = array_module(img)
+    bad = np.asarray(asnumpy(xp.count_nonzero(~xp.isfinite(img), axis=tuple(range(1, img.ndim)))))
+    if not bad.any():
+        return
+    where = []
+    for c, n in enumerate(bad.tolist()):
+        if n:
+            ch = channel_names[c] if c < len(channel_names) else c
+            src = f" in {', '.join(map(str, files[c]))}" if files is not None and c < len(files) and files[c] else ""
+            where.append(f"{n} in channel {ch!r}{src}")
+    raise ObjectError(f"{name}: contains {int(bad.sum())} NaN or infinite pixel value(s) ({'; '.join(where)}); "
+                      "such a field can be neither segmented nor profiled", "validate")
 
 
 def finish_illumination(total, count: int, *, median_filter_size: int, downscale: int):
@@ -223,7 +250,10 @@ def field_sums(task, *, source, projection: str | None, key: str | None) -> dict
     errors = []
     for _, row in rows.iterrows():
         try:
-            img = project(source.load_field(row), projection).astype(np.float64)
+            img = project(source.load_field(row), projection)
+            check_field_values(img, source.describe(row), [str(c) for c in range(img.shape[0])],
+                               field_files(row))
+            img = img.astype(np.float64)
         except ObjectError as exc:
             errors.append(str(exc))
             continue

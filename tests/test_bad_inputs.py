@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -126,3 +127,68 @@ def test_odd_files_do_not_decide_for_the_good_ones(tmp_path):
     assert "has 2 channel(s) where most objects have 3" in errors[str(src / "a_two_channels.tif")]
     assert "broken symbolic link" in errors[str(src / "link.tif")]
     assert "one Y and one X axis" in errors[str(src / "unexpected_axes.tif")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fields of view: a bad field fails alone, whatever partition it shares
+
+
+def _run_fields(tmp_path, *overrides):
+    from scip_gpu import pipeline
+    from scip_gpu.cli import to_config
+
+    from .test_config import _compose
+
+    out = tmp_path / "out"
+    cfg, _ = to_config(_compose(["+dataset=fields_tiff", f"dataset.path={tmp_path / 'fields'}",
+                                 "segmentation=watershed", "features=intensity", "cluster=sync", "progress=false",
+                                 "segmentation.fields_per_partition=4", f"output={out}", *overrides]))
+    summary = pipeline.run(cfg)
+    df = pd.read_parquet(out / "features.parquet")
+    errors = pd.read_csv(out / "errors.csv")
+    return summary, df, errors
+
+
+def test_a_field_with_nan_pixels_fails_alone(tmp_path):
+    # three good fields and one float field with NaN pixels in one partition (and one
+    # illumination group): the NaN field is named with its file and cause; the others are
+    # profiled with a finite correction image
+    import tifffile
+
+    from .fields_data import write_fields
+
+    fields = write_fields(tmp_path / "fields", n_fields=4, n_cells=2)
+    bad = fields[2][0].astype(np.float32)
+    bad[5, 7] = np.nan
+    bad[9, 3] = np.inf
+    tifffile.imwrite(tmp_path / "fields" / "B02_s3_w1.tif", bad)
+    summary, df, errors = _run_fields(tmp_path, "illumination=jones_2006")
+    assert summary.n_ok == len(df) == 6  # two cells in each good field
+    assert set(df["meta_field"]) == {"B02_1", "B02_2", "B02_4"} and (df["meta_status"] == "ok").all()
+    assert df["feat_mean_1"].notna().all()
+    assert len(errors) == 1 and errors["object"].iloc[0] == "field B02_3"
+    msg = errors["error"].iloc[0]
+    assert "2 NaN or infinite pixel value(s)" in msg and str(tmp_path / "fields" / "B02_s3_w1.tif") in msg
+    corr = tifffile.imread(tmp_path / "out" / "illumination" / "all.tif")
+    assert np.isfinite(corr).all()
+
+
+def test_a_field_whose_segmentation_fails_fails_alone(tmp_path, monkeypatch):
+    # a field the segmentation raises on (whatever the cause) among good ones in one partition
+    from scip_gpu import segmentation
+
+    from .fields_data import write_fields
+
+    fields = write_fields(tmp_path / "fields", n_fields=3, n_cells=2)
+    doomed = float(fields[1][0].max())
+    real = segmentation.watershed_nuclei
+
+    def watershed(img, **kwargs):
+        if float(img.max()) == doomed:
+            raise RuntimeError("segmentation bug")
+        return real(img, **kwargs)
+
+    monkeypatch.setattr(segmentation, "watershed_nuclei", watershed)
+    summary, df, errors = _run_fields(tmp_path)
+    assert set(df["meta_field"]) == {"B02_1", "B02_3"} and len(df) == 4 and (df["meta_status"] == "ok").all()
+    assert errors["error"].tolist() == ["field B02_2: segmentation failed: RuntimeError: segmentation bug"]
