@@ -252,7 +252,8 @@ def compose(source, overrides: tuple[str, ...] = (), options: Mapping[str, Any] 
             OmegaConf.set_struct(cfg, False)  # free-form mappings (per_mask, kwargs) take new keys
             cfg = OmegaConf.merge(cfg, merges)
     except OmegaConfBaseException as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from None
+        key = getattr(exc, "full_key", None)
+        raise ConfigError((f"{key}: " if key else "") + str(exc).splitlines()[0]) from None
     except Exception as exc:  # Hydra's composition errors (an unknown option...)
         if type(exc).__module__.startswith("hydra"):
             raise ConfigError(" ".join(str(exc).split())) from None

@@ -19,6 +19,12 @@ from scip_gpu.overrides import all_keys, prepare
     ("dataset=demo", "write +dataset=demo"),
     ("+masks=li", "write masks=li without '+'"),
     ("masks=lii", "choose from circle, li, none, scip; they are in conf/masks/); did you mean li?"),
+    ("batch_size=abc", "batch_size=abc: expected a whole number"),
+    ("strict=maybe", "strict=maybe: expected true or false"),
+    ("device=gpu", "device=gpu: not a valid value (choose from auto, cpu, cuda)"),
+    ("masks.methods.0.method=lii", "masks.methods.0.method=lii: not a valid value (choose from li, otsu, spot, "
+     "circle); did you mean masks.methods.0.method=li?"),
+    ("dataset.n_objects=1.5", "dataset.n_objects=1.5: expected a whole number"),
     (r"dataset.regex=(?P<id>\d+)_Ch(?P<channel>\d+)\.tif",
      r"""quote the value inside the shell's quotes, e.g. "dataset.regex='(?P<id>\d+)_Ch(?P<channel>\d+)\.tif'" """[:-1]),
 ])
@@ -37,6 +43,13 @@ def test_overrides_that_hydra_cannot_merge_are_passed_on_as_force_adds():
     assert prepare(["dataset.n_objects=4"]) == ["+dataset=demo", "dataset.n_objects=4"]  # the default dataset
 
 
+@pytest.mark.parametrize("override", ["batch_size=null", "batch_size=12", "device=cuda", "strict=true",
+                                      "dataset.channels=[0,2]", "dataset.channel_names=[a,b,c]",
+                                      "output=${oc.env:HOME}/run", "masks.methods.0.method=otsu"])
+def test_valid_values_pass(override):
+    assert prepare([override])[-1].endswith(override)
+
+
 def test_schema_keys_are_listed():
     keys = all_keys()
     assert {"dataset.n_objects", "masks.methods.0.kwargs", "cluster.dashboard_address", "output"} <= set(keys)
@@ -44,6 +57,7 @@ def test_schema_keys_are_listed():
 
 @pytest.mark.parametrize("argv,needle", [
     (["dataset.n_objcts=3"], "scip_gpu: error: unknown configuration key 'dataset.n_objcts'"),
+    (["batch_size=abc"], "scip_gpu: error: batch_size=abc: expected a whole number"),
     (["+dataset=tiff", "dataset.path=x", r"dataset.regex=(?P<id>\d+)_Ch(?P<channel>\d+)\.tif"], "must be quoted"),
 ])
 def test_command_line_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
