@@ -1137,7 +1137,7 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             what = "GPU" if device == "cuda" else "profile stage"
             for name, w in workers.items():
                 log.info("worker %s: %d %s in %d partition(s), %.1f s, %.1f %s/s; %s busy %.0f%% of its time", name,
-                         w["objects"], unit, w["partitions"], w["seconds"], w["objects_per_s"], unit, what,
+                         w["objects"], "objects", w["partitions"], w["seconds"], w["objects_per_s"], "objects", what,
                          100 * w["device_busy"])
         if cfg.profile_stages:
             stages: dict[str, float] = {}

@@ -149,7 +149,7 @@ def _run_fields(tmp_path, *overrides):
     return summary, df, errors
 
 
-def test_a_field_with_nan_pixels_fails_alone(tmp_path):
+def test_a_field_with_nan_pixels_fails_alone(tmp_path, caplog):
     # three good fields and one float field with NaN pixels in one partition (and one
     # illumination group): the NaN field is named with its file and cause; the others are
     # profiled with a finite correction image
@@ -157,6 +157,7 @@ def test_a_field_with_nan_pixels_fails_alone(tmp_path):
 
     from .fields_data import write_fields
 
+    caplog.set_level("INFO", logger="scip_gpu")
     fields = write_fields(tmp_path / "fields", n_fields=4, n_cells=2)
     bad = fields[2][0].astype(np.float32)
     bad[5, 7] = np.nan
@@ -171,6 +172,7 @@ def test_a_field_with_nan_pixels_fails_alone(tmp_path):
     assert "2 NaN or infinite pixel value(s)" in msg and str(tmp_path / "fields" / "B02_s3_w1.tif") in msg
     corr = tifffile.imread(tmp_path / "out" / "illumination" / "all.tif")
     assert np.isfinite(corr).all()
+    assert ": 6 objects in 1 partition(s)" in caplog.text  # the worker's line counts objects, not fields
 
 
 def test_a_field_whose_segmentation_fails_fails_alone(tmp_path, monkeypatch):
