@@ -532,6 +532,12 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
     seg = cfg.segmentation
     fmt = getattr(ds.format, "value", ds.format)
     fields = is_fields_format(fmt)
+    if fmt == "demo":
+        if ds.n_channels < 1:
+            raise ConfigError(f"dataset.n_channels: must be at least 1, got {ds.n_channels}")
+        if not 0 <= ds.min_size <= ds.max_size:
+            raise ConfigError(f"dataset.min_size={ds.min_size}, dataset.max_size={ds.max_size}: the demo cells' "
+                              "sides are drawn between them: give 0 <= min_size <= max_size")
     if fields and seg.method is None:
         raise ConfigError(f"dataset.format={fmt} needs a segmentation: set segmentation=watershed "
                           "or segmentation=cellpose")

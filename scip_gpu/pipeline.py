@@ -1021,6 +1021,7 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
 
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
+    validate(cfg)  # what needs no data first (the channel indices once the data is listed)
     source = make_source(cfg.dataset) if source is None else source
     table = source.objects()
     is_fields = getattr(source, "fields", False)

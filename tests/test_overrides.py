@@ -58,6 +58,8 @@ def test_schema_keys_are_listed():
 @pytest.mark.parametrize("argv,needle", [
     (["dataset.n_objcts=3"], "scip_gpu: error: unknown configuration key 'dataset.n_objcts'"),
     (["batch_size=abc"], "scip_gpu: error: batch_size=abc: expected a whole number"),
+    (["dataset.min_size=100", "dataset.max_size=10"], "give 0 <= min_size <= max_size"),
+    (["dataset.n_channels=0"], "dataset.n_channels: must be at least 1"),
     (["+dataset=tiff", "dataset.path=x", r"dataset.regex=(?P<id>\d+)_Ch(?P<channel>\d+)\.tif"], "must be quoted"),
 ])
 def test_command_line_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
