@@ -68,7 +68,11 @@ class ArraySource(Source):
                                                          if len(images.shape) == 3 else ""))
             shapes = [tuple(int(v) for v in images.shape[1:])] * int(images.shape[0])
         else:
-            images = list(images)
+            try:
+                images = list(images)
+            except TypeError:
+                raise InputError(f"in-memory images: expected an (N, C, H, W) array or a list of (C, H, W) arrays, "
+                                 f"got {type(images).__name__}") from None
             bad = [i for i, a in enumerate(images) if not _is_array(a) or len(a.shape) != 3]
             if bad:
                 a = images[bad[0]]

@@ -83,6 +83,7 @@ def test_dataset_config_name_overrides_and_existing_output(tmp_path):
     (lambda: scip_gpu.profile(_cells(2), batch_size="abc"), ConfigError, "batch_size: Value 'abc'"),
     (lambda: scip_gpu.profile(_cells(2), "batch_size=abc"), ConfigError, "batch_size=abc: expected a whole number"),
     (lambda: scip_gpu.profile(np.zeros((2, 30, 30), np.uint16)), InputError, "images[:, None]"),
+    (lambda: scip_gpu.profile(5), InputError, "a list of (C, H, W) arrays, got int"),
     (lambda: scip_gpu.profile(_cells(2), channel_names=["a", "b"]), ConfigError, "2 name(s) for the 3 channel(s)"),
     (lambda: scip_gpu.profile(_cells(2), dataset_options={"channels": [0, 4]}), ConfigError,
      "channel 4 is not in the data"),
