@@ -459,6 +459,30 @@ def _check_watershed(seg) -> None:
         bad("block_size", "must be an odd number of pixels, at least 3, or 0 for no local threshold")
 
 
+#: meta columns (without ``meta_``) that scip_gpu itself writes, for every dataset and for fields
+#: of view: a regex group or a joined CSV column of that name would replace them
+RESERVED_META = ("index", "status", "path", "zarr_idx", "object_number")
+RESERVED_FIELD_META = ("field_index", "field", "label", "touches_border")
+
+
+def reserved_meta(name: str, fields: bool) -> bool:
+    """Whether ``meta_<name>`` is one of scip_gpu's own columns (``fields``: of a fields dataset)."""
+    return name in RESERVED_META or fields and (name in RESERVED_FIELD_META or name.startswith("bbox_"))
+
+
+def _check_regex_groups(regex: str | None, fields: bool) -> None:
+    import re
+
+    try:
+        groups = list(re.compile(regex).groupindex) if regex else []
+    except re.error:
+        return  # (reported, with the cause, where the regex is used)
+    clash = [g for g in groups if reserved_meta(g, fields)]
+    if clash:
+        raise ConfigError(f"dataset.regex: the named group(s) {clash} would replace scip_gpu's own column(s) "
+                          f"{['meta_' + g for g in clash]}; give them other names (e.g. (?P<{clash[0]}_name>...))")
+
+
 def validate(cfg: Config, n_channels: int | None = None) -> None:
     """Raise ``ConfigError`` naming the key when the configuration is inconsistent.
 
@@ -532,6 +556,7 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
     seg = cfg.segmentation
     fmt = getattr(ds.format, "value", ds.format)
     fields = is_fields_format(fmt)
+    _check_regex_groups(ds.regex, fields)
     if fmt == "demo":
         if ds.n_channels < 1:
             raise ConfigError(f"dataset.n_channels: must be at least 1, got {ds.n_channels}")

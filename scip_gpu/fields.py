@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .backend import array_module, asnumpy, is_gpu, ndimage
+from .config import reserved_meta
 from .errors import InputError, ObjectError
 from .export import temp_path
 from .io.base import load_each, object_error
@@ -141,9 +142,11 @@ def join_metadata(table: pd.DataFrame, joins, *, where: str = "dataset.metadata"
         left = table.copy()
         for k in keys:
             left[k] = left[k].astype(str)
-        clash = [c for c in sub.columns if c in table.columns and c not in keys]
+        clash = [c for c in sub.columns if c in table.columns and c not in keys
+                 or c not in keys and reserved_meta(c[len("meta_"):], fields="meta_field" in table.columns)]
         if clash:
-            raise InputError(f"{where}[{j}].columns: {clash} already exist in the table")
+            raise InputError(f"{where}[{j}].columns: {clash} already exist in the table (or are scip_gpu's own); "
+                             f"map them to other names ({where}[{j}].columns: {{CSV column: new name}})")
         table = left.merge(sub, on=keys, how="left")
     return table
 

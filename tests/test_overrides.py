@@ -60,6 +60,10 @@ def test_schema_keys_are_listed():
     (["batch_size=abc"], "scip_gpu: error: batch_size=abc: expected a whole number"),
     (["dataset.min_size=100", "dataset.max_size=10"], "give 0 <= min_size <= max_size"),
     (["dataset.n_channels=0"], "dataset.n_channels: must be at least 1"),
+    (["+dataset=multipage_tiff", "dataset.path=x", r"dataset.regex='(?P<status>[a-z]+)_\d'"],
+     "dataset.regex: the named group(s) ['status'] would replace scip_gpu's own column(s) ['meta_status']"),
+    (["+dataset=fields_tiff", "dataset.path=x", "segmentation=watershed",
+      r"dataset.regex='(?P<well>\w+)_(?P<label>\d)_w(?P<channel>\d)'"], "['meta_label']"),
     (["+dataset=tiff", "dataset.path=x", r"dataset.regex=(?P<id>\d+)_Ch(?P<channel>\d+)\.tif"], "must be quoted"),
 ])
 def test_command_line_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
