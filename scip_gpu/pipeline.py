@@ -1179,9 +1179,10 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
         return summary
     except RunIncomplete as exc:  # what finished is kept; resume runs the rest
         raise _to_file(handler, RunIncomplete(f"{exc}. {_resume_hint(out)}")) from exc
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # (h5py: RuntimeError when HDF5 cannot flush a full disk)
         if disk_full(exc):
-            raise _to_file(handler, OutputError(f"no space left on device ({exc}). {_resume_hint(out)}")) from exc
+            raise _to_file(handler, OutputError(f"no space left on device ({' '.join(str(exc).split())}). "
+                                                f"{_resume_hint(out)}")) from exc
         raise
     except KeyboardInterrupt:
         raise _to_file(handler, RunInterrupted(f"interrupted. {_resume_hint(out)}")) from None
