@@ -453,17 +453,22 @@ def illumination_corrections(ex, table, *, cfg, source, out: Path, channel_names
         for res in results:
             for msg in res["errors"]:
                 log.warning("illumination: %s (left out of the mean)", msg)
-            for grp, (total, count) in res["sums"].items():
-                if grp in sums:
-                    if sums[grp][0].shape != total.shape:
-                        raise InputError(f"illumination group {grp!r}: fields differ in shape")
-                    sums[grp][0] += total
-                    sums[grp][1] += count
+            for (grp, shape), (total, count) in res["sums"].items():
+                by_shape = sums.setdefault(grp, {})
+                if shape in by_shape:
+                    by_shape[shape][0] += total
+                    by_shape[shape][1] += count
                 else:
-                    sums[grp] = [total, count]
+                    by_shape[shape] = [total, count]
         remaining[g] -= 1
         if remaining[g] == 0 and g in sums:  # the group is complete: finish it, free its sum
-            total, count = sums.pop(g)
+            by_shape = sums.pop(g)  # the shape most fields have (ties: the larger shape)
+            shape = max(by_shape, key=lambda k: (by_shape[k][1], k))
+            total, count = by_shape.pop(shape)
+            if by_shape:
+                log.warning("illumination: group %r: %d field(s) of shape %s left out of its mean, which is "
+                            "of the %d field(s) of shape %s (they are reported as errors)", g,
+                            sum(c for _, c in by_shape.values()), " and ".join(map(str, by_shape)), count, shape)
             image = asnumpy(finish_illumination(total, count, median_filter_size=ill.median_filter_size,
                                                 downscale=ill.downscale))
             paths[g] = str(write_correction(target, g, image, channel_names))

@@ -247,9 +247,11 @@ def safe_name(s: str) -> str:
 
 
 def field_sums(task, *, source, projection: str | None, key: str | None) -> dict:
-    """Partial pixel sums per illumination group over a partition of fields (worker task)."""
+    """Partial pixel sums over a partition of fields (worker task): ``{"sums": {(group, shape):
+    [sum, count]}, "errors": [...]}``, kept apart per field shape (the driver averages the shape
+    most fields of a group have; a field of another shape is not summed into it)."""
     _, rows = task
-    sums: dict[str, list] = {}
+    sums: dict[tuple, list] = {}
     errors = []
     for _, row in rows.iterrows():
         try:
@@ -261,15 +263,12 @@ def field_sums(task, *, source, projection: str | None, key: str | None) -> dict
             errors.append(str(exc))
             continue
         group = str(row[f"meta_{key}"]) if key else "all"
-        if group in sums:
-            if sums[group][0].shape != img.shape:
-                errors.append(f"{source.describe(row)}: shape {img.shape} differs from the other fields of "
-                              f"illumination group {group!r} {sums[group][0].shape}")
-                continue
-            sums[group][0] += img
-            sums[group][1] += 1
+        k = (group, tuple(int(v) for v in img.shape))
+        if k in sums:
+            sums[k][0] += img
+            sums[k][1] += 1
         else:
-            sums[group] = [img, 1]
+            sums[k] = [img, 1]
     return {"sums": sums, "errors": errors}
 
 

@@ -194,3 +194,23 @@ def test_a_field_whose_segmentation_fails_fails_alone(tmp_path, monkeypatch):
     summary, df, errors = _run_fields(tmp_path)
     assert set(df["meta_field"]) == {"B02_1", "B02_3"} and len(df) == 4 and (df["meta_status"] == "ok").all()
     assert errors["error"].tolist() == ["field B02_2: segmentation failed: RuntimeError: segmentation bug"]
+
+
+def test_a_field_of_another_size_is_left_out_of_the_illumination_mean(tmp_path):
+    # the odd field comes first in its own partition: the mean is of the shape most fields have,
+    # the odd field is an error row naming it, the run goes on
+    import tifffile
+
+    from .fields_data import make_field, write_fields
+
+    fields = write_fields(tmp_path / "fields", n_fields=3, n_cells=2)
+    small, _ = make_field(7, shape=(48, 64), n_cells=1)
+    for ch, plane in zip((1, 2, 4), small):
+        tifffile.imwrite(tmp_path / "fields" / f"B02_s0_w{ch}.tif", plane)
+    summary, df, errors = _run_fields(tmp_path, "illumination=jones_2006", "segmentation.fields_per_partition=1")
+    assert set(df["meta_field"]) == {"B02_1", "B02_2", "B02_3"} and (df["meta_status"] == "ok").all()
+    assert len(df) == 6 and df["feat_mean_1"].notna().all()
+    assert errors["object"].tolist() == ["field B02_0"]
+    assert "does not match the field (3, 48, 64)" in errors["error"].iloc[0]
+    corr = tifffile.imread(tmp_path / "out" / "illumination" / "all.tif")
+    assert corr.shape == fields[0].shape and np.isfinite(corr).all()
