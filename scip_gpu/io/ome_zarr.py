@@ -26,8 +26,8 @@ Listing reads metadata only; pixels are read lazily, per field or per partition 
 """
 
 from __future__ import annotations
-import json
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
