@@ -176,6 +176,8 @@ def infer_dataset(path: str | Path) -> str:
             return "ome_tiff"
         if files:
             return "multipage_tiff"
+    if not p.exists() and not p.is_symlink() and not any(ch in str(path) for ch in "*?["):
+        raise InputError(f"{str(path)!r} does not exist")
     raise ConfigError(
         f"cannot tell the dataset type of {str(path)!r}: give it, e.g. dataset='tiff' (one TIFF per channel, "
         "with dataset_options={'regex': ...}), dataset='fields_tiff' or dataset='zarr' (the names in conf/dataset/)")
