@@ -131,9 +131,8 @@ def check_value(key: str, value, value_text: str) -> None:
     if tp is None or isinstance(value, str) and "${" in value:  # (an interpolation: resolved later)
         return
     holder = dataclasses.make_dataclass("_Value", [("v", tp, dataclasses.field(default=MISSING))])
-    node = OmegaConf.structured(holder)
     try:
-        node.v = value
+        OmegaConf.merge(OmegaConf.structured(holder), {"v": value})  # as Hydra merges the override
     except ValidationError as exc:
         inner = _strip_optional(tp)
         if isinstance(inner, type) and issubclass(inner, enum.Enum):
@@ -141,9 +140,11 @@ def check_value(key: str, value, value_text: str) -> None:
             close = difflib.get_close_matches(str(value), names, n=1)
             hint = f"; did you mean {key}={close[0]}?" if close else ""
             raise ConfigError(f"{key}={value_text}: not a valid value (choose from {', '.join(names)}){hint}") from None
-        what = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(
-            inner, getattr(inner, "__name__", str(inner)).replace("typing.", ""))
-        raise ConfigError(f"{key}={value_text}: expected {what} ({str(exc).splitlines()[0]})") from None
+        what = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(inner)
+        if typing.get_origin(inner) in (list, typing.List) and not isinstance(value, list):
+            what = "a list"  # (a list with a wrong element: the cause names it)
+        cause = str(exc).splitlines()[0]
+        raise ConfigError(f"{key}={value_text}: " + (f"expected {what} ({cause})" if what else cause)) from None
 
 
 def _suggest(key: str, value_text: str, prefix: str, bad: str, names: list[str]) -> str:
@@ -223,7 +224,7 @@ def prepare(overrides: list[str]) -> list[str]:
         if kind == "unknown" and not ov.is_delete():
             prefix, bad, names = info
             raise ConfigError(_suggest(key, value_text, prefix, bad, names))
-        if kind == "value" and not ov.is_delete() and not ov.is_sweep_override():
+        if kind in ("value", "node") and not ov.is_delete() and not ov.is_sweep_override():
             check_value(key, ov.value(), value_text)
         if key.startswith("dataset.") and not chosen_dataset:
             needs_demo = True

@@ -25,6 +25,9 @@ from scip_gpu.overrides import all_keys, prepare
     ("masks.methods.0.method=lii", "masks.methods.0.method=lii: not a valid value (choose from li, otsu, spot, "
      "circle); did you mean masks.methods.0.method=li?"),
     ("dataset.n_objects=1.5", "dataset.n_objects=1.5: expected a whole number"),
+    ("export.formats=[csv]", "export.formats=[csv]: Invalid value 'csv', expected one of [parquet, anndata, "),
+    ("masks.methods=[{method: lii}]", "Invalid value 'lii', expected one of [li, otsu, spot, circle]"),
+    ("dataset.channels=abc", "dataset.channels=abc: expected a list"),
     (r"dataset.regex=(?P<id>\d+)_Ch(?P<channel>\d+)\.tif",
      r"""quote the value inside the shell's quotes, e.g. "dataset.regex='(?P<id>\d+)_Ch(?P<channel>\d+)\.tif'" """[:-1]),
 ])
@@ -45,7 +48,9 @@ def test_overrides_that_hydra_cannot_merge_are_passed_on_as_force_adds():
 
 @pytest.mark.parametrize("override", ["batch_size=null", "batch_size=12", "device=cuda", "strict=true",
                                       "dataset.channels=[0,2]", "dataset.channel_names=[a,b,c]",
-                                      "output=${oc.env:HOME}/run", "masks.methods.0.method=otsu"])
+                                      "output=${oc.env:HOME}/run", "masks.methods.0.method=otsu",
+                                      "masks.methods=[{method: li, name: x, kwargs: {smooth: 2}}]",
+                                      "export.formats=[parquet]", "features.families=[shape,intensity]"])
 def test_valid_values_pass(override):
     assert prepare([override])[-1].endswith(override)
 
