@@ -579,6 +579,14 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
             raise ConfigError(f"segmentation.compartments.{ch}: unknown compartment {comp!r} "
                               "(choose nucleus, cell or cytoplasm)")
     _check_watershed(seg)
+    if seg.expand_distance < 0:
+        raise ConfigError(f"segmentation.expand_distance={seg.expand_distance}: must not be negative (pixels the "
+                          "nuclei grow by to make cells; 0: cells are the nuclei)")
+    if not 0 <= seg.min_overlap < 1:
+        raise ConfigError(f"segmentation.min_overlap={seg.min_overlap}: the share of a cell's area a nucleus must "
+                          "cover to be assigned to it, in [0, 1)")
+    if seg.fields_per_partition < 1:
+        raise ConfigError(f"segmentation.fields_per_partition={seg.fields_per_partition}: must be at least 1")
     if seg.method is not None and seg.cells.value in ("watershed", "cellpose") and seg.cell_channel is None:
         raise ConfigError(f"segmentation.cells={seg.cells.value} needs segmentation.cell_channel")
     if cfg.illumination.downscale < 1 or cfg.illumination.median_filter_size < 1:
