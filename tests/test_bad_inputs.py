@@ -214,3 +214,24 @@ def test_a_field_of_another_size_is_left_out_of_the_illumination_mean(tmp_path):
     assert "does not match the field (3, 48, 64)" in errors["error"].iloc[0]
     corr = tifffile.imread(tmp_path / "out" / "illumination" / "all.tif")
     assert corr.shape == fields[0].shape and np.isfinite(corr).all()
+
+
+def test_fields_without_any_cell_say_so(tmp_path, capsys):
+    # every field empty (no nucleus anywhere): exit 1, and the message says that nothing was found
+    # rather than pointing at an empty error report
+    import tifffile
+
+    from scip_gpu import cli
+
+    from .test_messages import compose
+
+    (tmp_path / "fields").mkdir()
+    for site in (1, 2):
+        for ch in (1, 2, 4):
+            tifffile.imwrite(tmp_path / "fields" / f"B02_s{site}_w{ch}.tif", np.full((48, 64), 100, np.uint16))
+    out = tmp_path / "out"
+    assert cli.task(compose("+dataset=fields_tiff", f"dataset.path={tmp_path / 'fields'}", "segmentation=watershed",
+                            "features=intensity", "cluster=sync", "progress=false", f"output={out}")) == 1
+    err = capsys.readouterr().err
+    assert "scip_gpu: no object could be profiled; no object was found" in err
+    assert len(pd.read_csv(out / "errors.csv")) == 0
