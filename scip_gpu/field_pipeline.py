@@ -278,12 +278,10 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
             kept = []
             for img, row in zip(images, field_rows):
                 try:
-                    with _busy(), timer("segmentation"):
-                        labels = segment([img], seg, plan.channel_names, [source.describe(row)])[0] \
-                            if len(images) > 1 else None
-                    if labels is None:
+                    if len(images) == 1:  # (that field's own failure)
                         raise exc
-                    kept.append((img, labels, row))
+                    with _busy(), timer("segmentation"):
+                        kept.append((img, segment([img], seg, plan.channel_names, [source.describe(row)])[0], row))
                 except Exception as one:  # noqa: BLE001 - e.g. Cellpose weights missing: every field fails
                     errors.append({"meta_index": int(row["meta_field_index"]), "object": source.describe(row),
                                    "stage": "field",
