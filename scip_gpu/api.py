@@ -68,7 +68,11 @@ class ArraySource(Source):
                                                          if len(images.shape) == 3 else ""))
             shapes = [tuple(int(v) for v in images.shape[1:])] * int(images.shape[0])
         else:
-            images = list(images)
+            try:
+                images = list(images)
+            except TypeError:
+                raise InputError(f"in-memory images: expected an (N, C, H, W) array or a list of (C, H, W) arrays, "
+                                 f"got {type(images).__name__}") from None
             bad = [i for i, a in enumerate(images) if not _is_array(a) or len(a.shape) != 3]
             if bad:
                 a = images[bad[0]]
@@ -172,6 +176,8 @@ def infer_dataset(path: str | Path) -> str:
             return "ome_tiff"
         if files:
             return "multipage_tiff"
+    if not p.exists() and not p.is_symlink() and not any(ch in str(path) for ch in "*?["):
+        raise InputError(f"{str(path)!r} does not exist")
     raise ConfigError(
         f"cannot tell the dataset type of {str(path)!r}: give it, e.g. dataset='tiff' (one TIFF per channel, "
         "with dataset_options={'regex': ...}), dataset='fields_tiff' or dataset='zarr' (the names in conf/dataset/)")
@@ -252,7 +258,8 @@ def compose(source, overrides: tuple[str, ...] = (), options: Mapping[str, Any] 
             OmegaConf.set_struct(cfg, False)  # free-form mappings (per_mask, kwargs) take new keys
             cfg = OmegaConf.merge(cfg, merges)
     except OmegaConfBaseException as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from None
+        key = getattr(exc, "full_key", None)
+        raise ConfigError((f"{key}: " if key else "") + str(exc).splitlines()[0]) from None
     except Exception as exc:  # Hydra's composition errors (an unknown option...)
         if type(exc).__module__.startswith("hydra"):
             raise ConfigError(" ".join(str(exc).split())) from None

@@ -116,7 +116,10 @@ def task(cfg: DictConfig) -> int:
         return INTERRUPTED
     print(summary.line())
     if summary.n_ok == 0:
-        print(f"scip_gpu: no object could be profiled; see {summary.output / 'errors.csv'}", file=sys.stderr)
+        where = (f"see {summary.output / 'errors.csv'}" if summary.n_errors else
+                 f"no object was found (fields: the segmentation found none; {summary.output / 'run.log'} has each "
+                 "field's parameters)")
+        print(f"scip_gpu: no object could be profiled; {where}", file=sys.stderr)
         return 1
     if summary.n_errors:
         print(f"scip_gpu: {summary.n_errors} object(s) could not be profiled; see "

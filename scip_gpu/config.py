@@ -459,6 +459,30 @@ def _check_watershed(seg) -> None:
         bad("block_size", "must be an odd number of pixels, at least 3, or 0 for no local threshold")
 
 
+#: meta columns (without ``meta_``) that scip_gpu itself writes, for every dataset and for fields
+#: of view: a regex group or a joined CSV column of that name would replace them
+RESERVED_META = ("index", "status", "path", "zarr_idx", "object_number")
+RESERVED_FIELD_META = ("field_index", "field", "label", "touches_border")
+
+
+def reserved_meta(name: str, fields: bool) -> bool:
+    """Whether ``meta_<name>`` is one of scip_gpu's own columns (``fields``: of a fields dataset)."""
+    return name in RESERVED_META or fields and (name in RESERVED_FIELD_META or name.startswith("bbox_"))
+
+
+def _check_regex_groups(regex: str | None, fields: bool) -> None:
+    import re
+
+    try:
+        groups = list(re.compile(regex).groupindex) if regex else []
+    except re.error:
+        return  # (reported, with the cause, where the regex is used)
+    clash = [g for g in groups if reserved_meta(g, fields)]
+    if clash:
+        raise ConfigError(f"dataset.regex: the named group(s) {clash} would replace scip_gpu's own column(s) "
+                          f"{['meta_' + g for g in clash]}; give them other names (e.g. (?P<{clash[0]}_name>...))")
+
+
 def validate(cfg: Config, n_channels: int | None = None) -> None:
     """Raise ``ConfigError`` naming the key when the configuration is inconsistent.
 
@@ -532,6 +556,13 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
     seg = cfg.segmentation
     fmt = getattr(ds.format, "value", ds.format)
     fields = is_fields_format(fmt)
+    _check_regex_groups(ds.regex, fields)
+    if fmt == "demo":
+        if ds.n_channels < 1:
+            raise ConfigError(f"dataset.n_channels: must be at least 1, got {ds.n_channels}")
+        if not 0 <= ds.min_size <= ds.max_size:
+            raise ConfigError(f"dataset.min_size={ds.min_size}, dataset.max_size={ds.max_size}: the demo cells' "
+                              "sides are drawn between them: give 0 <= min_size <= max_size")
     if fields and seg.method is None:
         raise ConfigError(f"dataset.format={fmt} needs a segmentation: set segmentation=watershed "
                           "or segmentation=cellpose")
@@ -548,6 +579,14 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
             raise ConfigError(f"segmentation.compartments.{ch}: unknown compartment {comp!r} "
                               "(choose nucleus, cell or cytoplasm)")
     _check_watershed(seg)
+    if seg.expand_distance < 0:
+        raise ConfigError(f"segmentation.expand_distance={seg.expand_distance}: must not be negative (pixels the "
+                          "nuclei grow by to make cells; 0: cells are the nuclei)")
+    if not 0 <= seg.min_overlap < 1:
+        raise ConfigError(f"segmentation.min_overlap={seg.min_overlap}: the share of a cell's area a nucleus must "
+                          "cover to be assigned to it, in [0, 1)")
+    if seg.fields_per_partition < 1:
+        raise ConfigError(f"segmentation.fields_per_partition={seg.fields_per_partition}: must be at least 1")
     if seg.method is not None and seg.cells.value in ("watershed", "cellpose") and seg.cell_channel is None:
         raise ConfigError(f"segmentation.cells={seg.cells.value} needs segmentation.cell_channel")
     if cfg.illumination.downscale < 1 or cfg.illumination.median_filter_size < 1:

@@ -59,7 +59,8 @@ class RunInterrupted(KeyboardInterrupt):
 def disk_full(exc: BaseException) -> bool:
     """Whether an exception (or one it was raised from) is a full disk or an exceeded quota.
 
-    pyarrow and h5py raise OSError without ``errno`` and name the cause in the message only."""
+    pyarrow and h5py raise OSError without ``errno`` and name the cause in the message only;
+    HDF5 failing to flush or close a file (h5py) raises RuntimeError, naming it the same way."""
     import errno
 
     seen = set()
@@ -68,6 +69,7 @@ def disk_full(exc: BaseException) -> bool:
         if isinstance(exc, OSError):
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return True
+        if isinstance(exc, (OSError, RuntimeError)):
             text = str(exc)
             if "No space left on device" in text or "Disk quota exceeded" in text or "errno = 28" in text:
                 return True

@@ -25,8 +25,9 @@ from . import export
 from .backend import asnumpy, device_module
 from .batch import Batch, group_by_shape, profile_dtype
 from .errors import InputError, ObjectError, describe_exception
-from .fields import (channel_compartments, crop_stats, export_labels, field_objects, field_sums,
-                     finish_illumination, gather_crops, load_correction, project, safe_name, write_correction)
+from .fields import (channel_compartments, check_field_values, crop_stats, export_labels, field_files,
+                     field_objects, field_sums, finish_illumination, gather_crops, load_correction, project,
+                     safe_name, write_correction)
 from .masks import MaskResult
 from .pipeline import (PartitionResult, StageTimer, check_image_type, check_image_values, check_values,
                        free_device_memory, worker_name)
@@ -201,7 +202,9 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
     partition), segmentation, the objects' boxes, their validation and their batches (crops and
     compartment masks gathered from the field on the device). What comes back to the host:
     the feature tables (one copy per batch); the boxes and labels of the objects and 3 numbers
-    per channel per object to validate them (one copy each per field); the label images when
+    per channel per object to validate them (one copy each per field); for float fields (e.g.
+    illumination-corrected ones), one count of NaN or infinite pixels per channel (a field with
+    any is an error, before it is segmented); the label images when
     they are exported (``segmentation.export_labels``); inside the segmentation, the image,
     markers and mask of each watershed flood (cuCIM has no watershed) and a few numbers per
     field (thresholds, the nucleus radius; ``scip_gpu.segmentation``). Cellpose takes its
@@ -243,6 +246,7 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
             with _busy():
                 with timer("project"):
                     img = project(xp.asarray(img), proj)  # host -> device: the field, once
+                check_field_values(img, source.describe(row), plan.channel_names, field_files(row))
                 if corrections is not None:
                     group = str(row[f"meta_{key}"]) if key else "all"
                     corr = corrections.get(group)
@@ -257,6 +261,8 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
                             raise ObjectError(f"{source.describe(row)}: correction image {c.shape} does not match "
                                               f"the field {img.shape}", "illumination")
                         img = img.astype(xp.float32) / c
+                        check_field_values(img, f"{source.describe(row)} after illumination correction by {corr}",
+                                           plan.channel_names)
             images.append(img)
             field_rows.append(row)
         except ObjectError as exc:
@@ -268,11 +274,19 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
         try:
             with _busy(), timer("segmentation"):
                 labels_all = segment(images, seg, plan.channel_names, [source.describe(r) for r in field_rows])
-        except Exception as exc:  # e.g. Cellpose weights missing: every field of the partition fails
-            for row in field_rows:
-                errors.append({"meta_index": int(row["meta_field_index"]), "object": source.describe(row),
-                               "stage": "field", "error": f"segmentation failed: {describe_exception(exc)}"})
-            images, field_rows = [], []
+        except Exception as exc:  # noqa: BLE001 - segmented again field by field: only the bad ones fail
+            kept = []
+            for img, row in zip(images, field_rows):
+                try:
+                    if len(images) == 1:  # (that field's own failure)
+                        raise exc
+                    with _busy(), timer("segmentation"):
+                        kept.append((img, segment([img], seg, plan.channel_names, [source.describe(row)])[0], row))
+                except Exception as one:  # noqa: BLE001 - e.g. Cellpose weights missing: every field fails
+                    errors.append({"meta_index": int(row["meta_field_index"]), "object": source.describe(row),
+                                   "stage": "field",
+                                   "error": f"{source.describe(row)}: segmentation failed: {describe_exception(one)}"})
+            images, labels_all, field_rows = ([list(v) for v in zip(*kept)] if kept else ([], [], []))
 
     objects, where, metas, stats = [], [], [], []
     name = segmentation_mask_name(cfg)
@@ -437,17 +451,22 @@ def illumination_corrections(ex, table, *, cfg, source, out: Path, channel_names
         for res in results:
             for msg in res["errors"]:
                 log.warning("illumination: %s (left out of the mean)", msg)
-            for grp, (total, count) in res["sums"].items():
-                if grp in sums:
-                    if sums[grp][0].shape != total.shape:
-                        raise InputError(f"illumination group {grp!r}: fields differ in shape")
-                    sums[grp][0] += total
-                    sums[grp][1] += count
+            for (grp, shape), (total, count) in res["sums"].items():
+                by_shape = sums.setdefault(grp, {})
+                if shape in by_shape:
+                    by_shape[shape][0] += total
+                    by_shape[shape][1] += count
                 else:
-                    sums[grp] = [total, count]
+                    by_shape[shape] = [total, count]
         remaining[g] -= 1
         if remaining[g] == 0 and g in sums:  # the group is complete: finish it, free its sum
-            total, count = sums.pop(g)
+            by_shape = sums.pop(g)  # the shape most fields have (ties: the larger shape)
+            shape = max(by_shape, key=lambda k: (by_shape[k][1], k))
+            total, count = by_shape.pop(shape)
+            if by_shape:
+                log.warning("illumination: group %r: %d field(s) of shape %s left out of its mean, which is "
+                            "of the %d field(s) of shape %s (they are reported as errors)", g,
+                            sum(c for _, c in by_shape.values()), " and ".join(map(str, by_shape)), count, shape)
             image = asnumpy(finish_illumination(total, count, median_filter_size=ill.median_filter_size,
                                                 downscale=ill.downscale))
             paths[g] = str(write_correction(target, g, image, channel_names))

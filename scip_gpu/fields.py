@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .backend import array_module, asnumpy, is_gpu, ndimage
+from .config import reserved_meta
 from .errors import InputError, ObjectError
 from .export import temp_path
 from .io.base import load_each, object_error
@@ -141,15 +142,23 @@ def join_metadata(table: pd.DataFrame, joins, *, where: str = "dataset.metadata"
         left = table.copy()
         for k in keys:
             left[k] = left[k].astype(str)
-        clash = [c for c in sub.columns if c in table.columns and c not in keys]
+        clash = [c for c in sub.columns if c in table.columns and c not in keys
+                 or c not in keys and reserved_meta(c[len("meta_"):], fields="meta_field" in table.columns)]
         if clash:
-            raise InputError(f"{where}[{j}].columns: {clash} already exist in the table")
+            raise InputError(f"{where}[{j}].columns: {clash} already exist in the table (or are scip_gpu's own); "
+                             f"map them to other names ({where}[{j}].columns: {{CSV column: new name}})")
         table = left.merge(sub, on=keys, how="left")
     return table
 
 
 # ---------------------------------------------------------------------------------------------
 # Projection and illumination correction
+
+
+def field_files(row) -> list | None:
+    """The files of a field's row, one list per channel (per-channel TIFF fields), else None."""
+    files = row.get("_files") if hasattr(row, "get") else None
+    return list(files) if isinstance(files, (list, tuple)) else None
 
 
 def project(img, method: str | None):
@@ -168,6 +177,27 @@ def project(img, method: str | None):
     if method == "median":
         return xp.median(img.astype(xp.float64), axis=1)
     return getattr(xp, method)(img, axis=1)
+
+
+def check_field_values(img, name: str, channel_names, files=None) -> None:
+    """ObjectError when a (float) field has NaN or infinite pixels, naming per channel how many
+    and, when given (``files``: one list per channel), the channel's files: such a field can be
+    neither segmented nor summed into an illumination correction. One count per channel comes
+    back from a device."""
+    if np.dtype(img.dtype).kind != "f":
+        return
+    xp = array_module(img)
+    bad = np.asarray(asnumpy(xp.count_nonzero(~xp.isfinite(img), axis=tuple(range(1, img.ndim)))))
+    if not bad.any():
+        return
+    where = []
+    for c, n in enumerate(bad.tolist()):
+        if n:
+            ch = channel_names[c] if c < len(channel_names) else c
+            src = f" in {', '.join(map(str, files[c]))}" if files is not None and c < len(files) and files[c] else ""
+            where.append(f"{n} in channel {ch!r}{src}")
+    raise ObjectError(f"{name}: contains {int(bad.sum())} NaN or infinite pixel value(s) ({'; '.join(where)}); "
+                      "such a field can be neither segmented nor profiled", "validate")
 
 
 def finish_illumination(total, count: int, *, median_filter_size: int, downscale: int):
@@ -217,26 +247,28 @@ def safe_name(s: str) -> str:
 
 
 def field_sums(task, *, source, projection: str | None, key: str | None) -> dict:
-    """Partial pixel sums per illumination group over a partition of fields (worker task)."""
+    """Partial pixel sums over a partition of fields (worker task): ``{"sums": {(group, shape):
+    [sum, count]}, "errors": [...]}``, kept apart per field shape (the driver averages the shape
+    most fields of a group have; a field of another shape is not summed into it)."""
     _, rows = task
-    sums: dict[str, list] = {}
+    sums: dict[tuple, list] = {}
     errors = []
     for _, row in rows.iterrows():
         try:
-            img = project(source.load_field(row), projection).astype(np.float64)
+            img = project(source.load_field(row), projection)
+            check_field_values(img, source.describe(row), [str(c) for c in range(img.shape[0])],
+                               field_files(row))
+            img = img.astype(np.float64)
         except ObjectError as exc:
             errors.append(str(exc))
             continue
         group = str(row[f"meta_{key}"]) if key else "all"
-        if group in sums:
-            if sums[group][0].shape != img.shape:
-                errors.append(f"{source.describe(row)}: shape {img.shape} differs from the other fields of "
-                              f"illumination group {group!r} {sums[group][0].shape}")
-                continue
-            sums[group][0] += img
-            sums[group][1] += 1
+        k = (group, tuple(int(v) for v in img.shape))
+        if k in sums:
+            sums[k][0] += img
+            sums[k][1] += 1
         else:
-            sums[group] = [img, 1]
+            sums[k] = [img, 1]
     return {"sums": sums, "errors": errors}
 
 

@@ -100,6 +100,53 @@ def resolve(key: str):
     return "value", None
 
 
+def value_type(key: str):
+    """The schema's type of a plain value's dotted key (list elements as ``.0``), or None where
+    the key is not a plain value of a dataclass (mappings, unknown keys)."""
+    tp = Config
+    for part in key.split("."):
+        tp = _strip_optional(tp)
+        if typing.get_origin(tp) in (list, typing.List) and part.isdigit():
+            (tp,) = typing.get_args(tp) or (typing.Any,)
+        elif dataclasses.is_dataclass(tp) and part in {f.name for f in dataclasses.fields(tp)}:
+            tp = _hints(tp)[part]
+        else:
+            return None
+    inner = _strip_optional(tp)
+    if dataclasses.is_dataclass(inner) or typing.get_origin(inner) in (dict, typing.Dict):
+        return None
+    return tp
+
+
+def check_value(key: str, value, value_text: str) -> None:
+    """ConfigError (one line naming the key, the value and what the key takes) when ``value``
+    cannot be a value of ``key`` (``batch_size=abc``, ``device=gpu``, ``strict=maybe``): Hydra
+    would otherwise stop with its own several lines and exit status 1."""
+    import enum
+
+    from omegaconf import MISSING, OmegaConf
+    from omegaconf.errors import ValidationError
+
+    tp = value_type(key)
+    if tp is None or isinstance(value, str) and "${" in value:  # (an interpolation: resolved later)
+        return
+    holder = dataclasses.make_dataclass("_Value", [("v", tp, dataclasses.field(default=MISSING))])
+    try:
+        OmegaConf.merge(OmegaConf.structured(holder), {"v": value})  # as Hydra merges the override
+    except ValidationError as exc:
+        inner = _strip_optional(tp)
+        if isinstance(inner, type) and issubclass(inner, enum.Enum):
+            names = [m.name for m in inner]
+            close = difflib.get_close_matches(str(value), names, n=1)
+            hint = f"; did you mean {key}={close[0]}?" if close else ""
+            raise ConfigError(f"{key}={value_text}: not a valid value (choose from {', '.join(names)}){hint}") from None
+        what = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(inner)
+        if typing.get_origin(inner) in (list, typing.List) and not isinstance(value, list):
+            what = "a list"  # (a list with a wrong element: the cause names it)
+        cause = str(exc).splitlines()[0]
+        raise ConfigError(f"{key}={value_text}: " + (f"expected {what} ({cause})" if what else cause)) from None
+
+
 def _suggest(key: str, value_text: str, prefix: str, bad: str, names: list[str]) -> str:
     """One line: the unknown key, and the closest key written as an override."""
     parts = key.split(".")
@@ -177,6 +224,8 @@ def prepare(overrides: list[str]) -> list[str]:
         if kind == "unknown" and not ov.is_delete():
             prefix, bad, names = info
             raise ConfigError(_suggest(key, value_text, prefix, bad, names))
+        if kind in ("value", "node") and not ov.is_delete() and not ov.is_sweep_override():
+            check_value(key, ov.value(), value_text)
         if key.startswith("dataset.") and not chosen_dataset:
             needs_demo = True
         if kind in ("mapping", "inside_mapping") and not (ov.is_add() or ov.is_force_add() or ov.is_delete()):

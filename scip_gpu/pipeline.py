@@ -1021,6 +1021,7 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
 
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
+    validate(cfg)  # what needs no data first (the channel indices once the data is listed)
     source = make_source(cfg.dataset) if source is None else source
     table = source.objects()
     is_fields = getattr(source, "fields", False)
@@ -1137,7 +1138,7 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             what = "GPU" if device == "cuda" else "profile stage"
             for name, w in workers.items():
                 log.info("worker %s: %d %s in %d partition(s), %.1f s, %.1f %s/s; %s busy %.0f%% of its time", name,
-                         w["objects"], unit, w["partitions"], w["seconds"], w["objects_per_s"], unit, what,
+                         w["objects"], "objects", w["partitions"], w["seconds"], w["objects_per_s"], "objects", what,
                          100 * w["device_busy"])
         if cfg.profile_stages:
             stages: dict[str, float] = {}
@@ -1178,9 +1179,10 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
         return summary
     except RunIncomplete as exc:  # what finished is kept; resume runs the rest
         raise _to_file(handler, RunIncomplete(f"{exc}. {_resume_hint(out)}")) from exc
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # (h5py: RuntimeError when HDF5 cannot flush a full disk)
         if disk_full(exc):
-            raise _to_file(handler, OutputError(f"no space left on device ({exc}). {_resume_hint(out)}")) from exc
+            raise _to_file(handler, OutputError(f"no space left on device ({' '.join(str(exc).split())}). "
+                                                f"{_resume_hint(out)}")) from exc
         raise
     except KeyboardInterrupt:
         raise _to_file(handler, RunInterrupted(f"interrupted. {_resume_hint(out)}")) from None

@@ -80,7 +80,11 @@ def test_dataset_config_name_overrides_and_existing_output(tmp_path):
     (lambda: scip_gpu.profile(_cells(2), dataset_options={"n_objcts": 3}), ConfigError, "dataset.n_objects"),
     (lambda: scip_gpu.profile(_cells(2), batch_sise=3), ConfigError, "did you mean batch_size"),
     (lambda: scip_gpu.profile(_cells(2), masks="lii"), ConfigError, "did you mean li"),
+    (lambda: scip_gpu.profile(_cells(2), batch_size="abc"), ConfigError, "batch_size: Value 'abc'"),
+    (lambda: scip_gpu.profile(_cells(2), "batch_size=abc"), ConfigError, "batch_size=abc: expected a whole number"),
     (lambda: scip_gpu.profile(np.zeros((2, 30, 30), np.uint16)), InputError, "images[:, None]"),
+    (lambda: scip_gpu.profile(5), InputError, "a list of (C, H, W) arrays, got int"),
+    (lambda: scip_gpu.profile("/nonexistent/run1"), InputError, "'/nonexistent/run1' does not exist"),
     (lambda: scip_gpu.profile(_cells(2), channel_names=["a", "b"]), ConfigError, "2 name(s) for the 3 channel(s)"),
     (lambda: scip_gpu.profile(_cells(2), dataset_options={"channels": [0, 4]}), ConfigError,
      "channel 4 is not in the data"),
@@ -147,8 +151,11 @@ def test_options_compose_as_on_the_command_line(tmp_path):
     assert name == "demo" and cfg.cluster.type.value == "sync" and [m.name for m in cfg.masks.methods] == ["li"]
     (tmp_path / "a.ome.tif").touch()
     assert infer_dataset(tmp_path) == "ome_tiff" and infer_dataset(tmp_path / "x.tif") == "multipage_tiff"
+    (tmp_path / "nothing_here").mkdir()  # a folder without TIFFs nor zarr metadata
     with pytest.raises(ConfigError, match="cannot tell the dataset type"):
         infer_dataset(tmp_path / "nothing_here")
+    with pytest.raises(InputError, match="does not exist"):
+        infer_dataset(tmp_path / "not_there")
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])

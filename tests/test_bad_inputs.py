@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -126,3 +127,111 @@ def test_odd_files_do_not_decide_for_the_good_ones(tmp_path):
     assert "has 2 channel(s) where most objects have 3" in errors[str(src / "a_two_channels.tif")]
     assert "broken symbolic link" in errors[str(src / "link.tif")]
     assert "one Y and one X axis" in errors[str(src / "unexpected_axes.tif")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fields of view: a bad field fails alone, whatever partition it shares
+
+
+def _run_fields(tmp_path, *overrides):
+    from scip_gpu import pipeline
+    from scip_gpu.cli import to_config
+
+    from .test_config import _compose
+
+    out = tmp_path / "out"
+    cfg, _ = to_config(_compose(["+dataset=fields_tiff", f"dataset.path={tmp_path / 'fields'}",
+                                 "segmentation=watershed", "features=intensity", "cluster=sync", "progress=false",
+                                 "segmentation.fields_per_partition=4", f"output={out}", *overrides]))
+    summary = pipeline.run(cfg)
+    df = pd.read_parquet(out / "features.parquet")
+    errors = pd.read_csv(out / "errors.csv")
+    return summary, df, errors
+
+
+def test_a_field_with_nan_pixels_fails_alone(tmp_path, caplog):
+    # two good fields and one float field with NaN pixels in one partition (and one
+    # illumination group): the NaN field is named with its file and cause; the others are
+    # profiled with a finite correction image
+    import tifffile
+
+    from .fields_data import write_fields
+
+    caplog.set_level("INFO", logger="scip_gpu")
+    fields = write_fields(tmp_path / "fields", n_fields=3, n_cells=2)
+    bad = fields[2][0].astype(np.float32)
+    bad[5, 7] = np.nan
+    bad[9, 3] = np.inf
+    tifffile.imwrite(tmp_path / "fields" / "B02_s3_w1.tif", bad)
+    summary, df, errors = _run_fields(tmp_path, "illumination=jones_2006")
+    assert summary.n_ok == len(df) == 4  # two cells in each good field
+    assert set(df["meta_field"]) == {"B02_1", "B02_2"} and (df["meta_status"] == "ok").all()
+    assert df["feat_mean_1"].notna().all()
+    assert len(errors) == 1 and errors["object"].iloc[0] == "field B02_3"
+    msg = errors["error"].iloc[0]
+    assert "2 NaN or infinite pixel value(s)" in msg and str(tmp_path / "fields" / "B02_s3_w1.tif") in msg
+    corr = tifffile.imread(tmp_path / "out" / "illumination" / "all.tif")
+    assert np.isfinite(corr).all()
+    assert ": 4 objects in 1 partition(s)" in caplog.text  # the worker's line counts objects, not fields
+
+
+def test_a_field_whose_segmentation_fails_fails_alone(tmp_path, monkeypatch):
+    # a field the segmentation raises on (whatever the cause) among good ones in one partition
+    from scip_gpu import segmentation
+
+    from .fields_data import write_fields
+
+    fields = write_fields(tmp_path / "fields", n_fields=3, n_cells=2)
+    doomed = float(fields[1][0].max())
+    real = segmentation.watershed_nuclei
+
+    def watershed(img, **kwargs):
+        if float(img.max()) == doomed:
+            raise RuntimeError("segmentation bug")
+        return real(img, **kwargs)
+
+    monkeypatch.setattr(segmentation, "watershed_nuclei", watershed)
+    summary, df, errors = _run_fields(tmp_path)
+    assert set(df["meta_field"]) == {"B02_1", "B02_3"} and len(df) == 4 and (df["meta_status"] == "ok").all()
+    assert errors["error"].tolist() == ["field B02_2: segmentation failed: RuntimeError: segmentation bug"]
+
+
+def test_a_field_of_another_size_is_left_out_of_the_illumination_mean(tmp_path):
+    # the odd field comes first in its own partition: the mean is of the shape most fields have,
+    # the odd field is an error row naming it, the run goes on
+    import tifffile
+
+    from .fields_data import make_field, write_fields
+
+    fields = write_fields(tmp_path / "fields", n_fields=3, n_cells=2)
+    small, _ = make_field(7, shape=(48, 64), n_cells=1)
+    for ch, plane in zip((1, 2, 4), small):
+        tifffile.imwrite(tmp_path / "fields" / f"B02_s0_w{ch}.tif", plane)
+    summary, df, errors = _run_fields(tmp_path, "illumination=jones_2006", "segmentation.fields_per_partition=1")
+    assert set(df["meta_field"]) == {"B02_1", "B02_2", "B02_3"} and (df["meta_status"] == "ok").all()
+    assert len(df) == 6 and df["feat_mean_1"].notna().all()
+    assert errors["object"].tolist() == ["field B02_0"]
+    assert "does not match the field (3, 48, 64)" in errors["error"].iloc[0]
+    corr = tifffile.imread(tmp_path / "out" / "illumination" / "all.tif")
+    assert corr.shape == fields[0].shape and np.isfinite(corr).all()
+
+
+def test_fields_without_any_cell_say_so(tmp_path, capsys):
+    # every field empty (no nucleus anywhere): exit 1, and the message says that nothing was found
+    # rather than pointing at an empty error report
+    import tifffile
+
+    from scip_gpu import cli
+
+    from .test_messages import compose
+
+    (tmp_path / "fields").mkdir()
+    for site in (1, 2):
+        for ch in (1, 2, 4):
+            tifffile.imwrite(tmp_path / "fields" / f"B02_s{site}_w{ch}.tif", np.full((48, 64), 100, np.uint16))
+    out = tmp_path / "out"
+    assert cli.task(compose("+dataset=fields_tiff", f"dataset.path={tmp_path / 'fields'}", "segmentation=watershed",
+                            "features=intensity", "cluster=sync", "progress=false", f"output={out}")) == 1
+    err = capsys.readouterr().err
+    assert "scip_gpu: no object could be profiled; no object was found" in err
+    assert len(pd.read_csv(out / "errors.csv")) == 0

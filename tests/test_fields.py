@@ -59,6 +59,15 @@ def test_metadata_join(tmp_path):
         join_metadata(table, [MetadataJoin(str(tmp_path / "bad.csv"), {"Plate": "plate", "Well": "well"}, {})])
     with pytest.raises(InputError, match="has no column"):
         join_metadata(table, [MetadataJoin(str(tmp_path / "m.csv"), {"Nope": "plate"}, {})])
+    (tmp_path / "own.csv").write_text("Plate,Well,status,index\nP1,A01,dead,3\n")  # scip_gpu's own columns
+    with pytest.raises(InputError, match=r"\['meta_status', 'meta_index'\] already exist .*or are scip_gpu's own"):
+        join_metadata(table, [MetadataJoin(str(tmp_path / "own.csv"), {"Plate": "plate", "Well": "well"}, {})])
+    fields = table.assign(meta_field=["P1_A01", "P1_B01", "P2_A01"])
+    with pytest.raises(InputError, match=r"\['meta_label'\]"):  # (a fields dataset's objects have a label)
+        join_metadata(fields, [MetadataJoin(str(tmp_path / "m.csv"), {"Plate": "plate", "Well": "well"},
+                                            {"Compound": "label"})])
+    label = MetadataJoin(str(tmp_path / "m.csv"), {"Plate": "plate", "Well": "well"}, {"Compound": "label"})
+    assert "meta_label" in join_metadata(table, [label])  # single objects: a label of the user's
 
 
 @pytest.fixture(scope="module")

@@ -78,26 +78,33 @@ def test_disk_full_detection():
         assert disk_full(outer)
     assert not disk_full(OSError(errno.EACCES, "Permission denied"))
     assert not disk_full(ValueError("No space left on device"))
+    assert not disk_full(RuntimeError("HDF5: file write failed, errno = 13 (Permission denied)"))
 
 
 def _enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "part")
 
 
-@pytest.mark.parametrize("where", ["part", "error report"])
+def _hdf5_full(*args, **kwargs):  # what h5py raises when HDF5 cannot flush to a full disk
+    raise RuntimeError("Disable slist on flush dest failure failed (file write failed: time = Fri Nov 27 2026\n, "
+                       "filename = '/out/.features.h5ad.1.tmp', errno = 28, error message = 'No space left on device')")
+
+
+@pytest.mark.parametrize("where", ["part", "error report", "anndata"])
 def test_full_disk_is_one_line_exit_2_and_resume_finishes(tmp_path, monkeypatch, capsys, where):
     from scip_gpu import export
 
-    real = export.write_part if where == "part" else export.write_errors
+    name = {"part": "write_part", "error report": "write_errors", "anndata": "write_anndata"}[where]
+    real = getattr(export, name)
     calls = {"n": 0}
 
     def write(*args, **kwargs):
         calls["n"] += 1
         if where == "part" and calls["n"] <= 2:
             return real(*args, **kwargs)
-        _enospc()
+        _hdf5_full() if where == "anndata" else _enospc()
 
-    monkeypatch.setattr(export, "write_part" if where == "part" else "write_errors", write)
+    monkeypatch.setattr(export, name, write)
     out = tmp_path / "run"
     assert cli.task(compose(*DEMO, "cluster=sync", f"output={out}")) == 2
     err = capsys.readouterr().err
@@ -112,7 +119,7 @@ def test_full_disk_is_one_line_exit_2_and_resume_finishes(tmp_path, monkeypatch,
     else:
         assert done == 6
 
-    monkeypatch.setattr(export, "write_part" if where == "part" else "write_errors", real)
+    monkeypatch.setattr(export, name, real)
     assert cli.task(compose(*DEMO, "cluster=sync", f"output={out}", "resume=true")) == 0
     assert len(read_parquet(out / "features.parquet")) == 24
 

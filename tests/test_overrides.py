@@ -19,6 +19,15 @@ from scip_gpu.overrides import all_keys, prepare
     ("dataset=demo", "write +dataset=demo"),
     ("+masks=li", "write masks=li without '+'"),
     ("masks=lii", "choose from circle, li, none, scip; they are in conf/masks/); did you mean li?"),
+    ("batch_size=abc", "batch_size=abc: expected a whole number"),
+    ("strict=maybe", "strict=maybe: expected true or false"),
+    ("device=gpu", "device=gpu: not a valid value (choose from auto, cpu, cuda)"),
+    ("masks.methods.0.method=lii", "masks.methods.0.method=lii: not a valid value (choose from li, otsu, spot, "
+     "circle); did you mean masks.methods.0.method=li?"),
+    ("dataset.n_objects=1.5", "dataset.n_objects=1.5: expected a whole number"),
+    ("export.formats=[csv]", "export.formats=[csv]: Invalid value 'csv', expected one of [parquet, anndata, "),
+    ("masks.methods=[{method: lii}]", "Invalid value 'lii', expected one of [li, otsu, spot, circle]"),
+    ("dataset.channels=abc", "dataset.channels=abc: expected a list"),
     (r"dataset.regex=(?P<id>\d+)_Ch(?P<channel>\d+)\.tif",
      r"""quote the value inside the shell's quotes, e.g. "dataset.regex='(?P<id>\d+)_Ch(?P<channel>\d+)\.tif'" """[:-1]),
 ])
@@ -37,6 +46,15 @@ def test_overrides_that_hydra_cannot_merge_are_passed_on_as_force_adds():
     assert prepare(["dataset.n_objects=4"]) == ["+dataset=demo", "dataset.n_objects=4"]  # the default dataset
 
 
+@pytest.mark.parametrize("override", ["batch_size=null", "batch_size=12", "device=cuda", "strict=true",
+                                      "dataset.channels=[0,2]", "dataset.channel_names=[a,b,c]",
+                                      "output=${oc.env:HOME}/run", "masks.methods.0.method=otsu",
+                                      "masks.methods=[{method: li, name: x, kwargs: {smooth: 2}}]",
+                                      "export.formats=[parquet]", "features.families=[shape,intensity]"])
+def test_valid_values_pass(override):
+    assert prepare([override])[-1].endswith(override)
+
+
 def test_schema_keys_are_listed():
     keys = all_keys()
     assert {"dataset.n_objects", "masks.methods.0.kwargs", "cluster.dashboard_address", "output"} <= set(keys)
@@ -44,6 +62,17 @@ def test_schema_keys_are_listed():
 
 @pytest.mark.parametrize("argv,needle", [
     (["dataset.n_objcts=3"], "scip_gpu: error: unknown configuration key 'dataset.n_objcts'"),
+    (["batch_size=abc"], "scip_gpu: error: batch_size=abc: expected a whole number"),
+    (["dataset.min_size=100", "dataset.max_size=10"], "give 0 <= min_size <= max_size"),
+    (["dataset.n_channels=0"], "dataset.n_channels: must be at least 1"),
+    (["+dataset=fields_tiff", "dataset.path=x", "segmentation=watershed", "segmentation.expand_distance=-3"],
+     "segmentation.expand_distance=-3: must not be negative"),
+    (["+dataset=fields_tiff", "dataset.path=x", "segmentation=watershed", "segmentation.min_overlap=2"],
+     "segmentation.min_overlap=2.0: the share of a cell's area"),
+    (["+dataset=multipage_tiff", "dataset.path=x", r"dataset.regex='(?P<status>[a-z]+)_\d'"],
+     "dataset.regex: the named group(s) ['status'] would replace scip_gpu's own column(s) ['meta_status']"),
+    (["+dataset=fields_tiff", "dataset.path=x", "segmentation=watershed",
+      r"dataset.regex='(?P<well>\w+)_(?P<label>\d)_w(?P<channel>\d)'"], "['meta_label']"),
     (["+dataset=tiff", "dataset.path=x", r"dataset.regex=(?P<id>\d+)_Ch(?P<channel>\d+)\.tif"], "must be quoted"),
 ])
 def test_command_line_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):

@@ -423,8 +423,9 @@ def _exact_second_order(geo: _Geometry, raw, mu):
     xp = array_module(raw)
     m00 = raw[:, 0, 0]
     mu[:, 0, 0] = m00
-    # exact second order: the products below are at most side**6, within int64 up to 1448
-    mi = raw.astype(xp.int64 if geo.side <= 1400 else xp.float64)
+    # exact second order: the products below are at most side**6, within int64 up to 1448 (only
+    # the orders up to 2 are cast: the third ones pass int64 from a side of about 1000)
+    mi = raw[:, :3, :3].astype(xp.int64 if geo.side <= 1400 else xp.float64)
     n0 = mi[:, 0, 0]
     q20 = n0 * mi[:, 2, 0] - mi[:, 1, 0] ** 2
     q02 = n0 * mi[:, 0, 2] - mi[:, 0, 1] ** 2

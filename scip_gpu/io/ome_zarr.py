@@ -27,6 +27,7 @@ Listing reads metadata only; pixels are read lazily, per field or per partition 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,17 @@ from .base import (Source, check_some_usable, expand_paths, load_each, most_comm
 # Metadata
 
 
+def _is_array(path) -> bool:
+    """Whether ``path`` holds a zarr array (v2 or v3, SCIP's ragged object arrays included)."""
+    p = Path(path)
+    if (p / ".zarray").is_file():
+        return True
+    try:
+        return json.loads((p / "zarr.json").read_text()).get("node_type") == "array"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def open_group(path):
     """The zarr group at ``path`` (zarr v2 or v3), read only."""
     import zarr
@@ -49,7 +61,9 @@ def open_group(path):
     try:
         return zarr.open_group(str(path), mode="r")
     except Exception as exc:
-        raise InputError(f"{path}: cannot be opened as a zarr group ({type(exc).__name__}: {exc})") from exc
+        hint = ("; it is a zarr array, not an OME-Zarr group: +dataset=zarr reads a dense (N, C, H, W) array, "
+                "+dataset=scip_zarr SCIP's ragged layout") if _is_array(path) else ""
+        raise InputError(f"{path}: cannot be opened as a zarr group ({type(exc).__name__}: {exc}){hint}") from exc
 
 
 def ome_attrs(group) -> tuple[dict, str | None]:

@@ -25,7 +25,9 @@ def _open(path):
     try:
         return zarr.open_array(str(path), mode="r")
     except Exception as exc:
-        raise InputError(f"{path}: cannot be opened as a zarr array ({type(exc).__name__}: {exc})") from exc
+        hint = ("; an object array is SCIP's ragged layout: +dataset=scip_zarr reads it"
+                if "vlen-array" in str(exc) else "")
+        raise InputError(f"{path}: cannot be opened as a zarr array ({type(exc).__name__}: {exc}){hint}") from exc
 
 
 log = logging.getLogger("scip_gpu")

@@ -401,3 +401,24 @@ def test_cupy_matches_numpy():
     planes = np.stack([blob_mask(rng, 40, 37, k % 5) for k in range(15)])
     got = cupy.asnumpy(shape_features(cupy.asarray(planes)))
     np.testing.assert_allclose(got, shape_features(planes), rtol=1e-12, atol=1e-12)
+
+
+def test_exact_second_order_of_a_large_object_without_overflow():
+    # a full 1210 x 1210 square: its third-order raw moments (up to about 1e23) do not fit int64,
+    # its second-order central moments are exact (no "invalid value encountered in cast")
+    import types
+    import warnings
+
+    from scip_gpu.features.shape import _exact_second_order
+
+    side = 1210
+    k = np.arange(side, dtype=object)
+    s = [sum(k ** p) for p in range(4)]  # sums of r^p over one axis, exact
+    raw = np.array([[[float(s[p] * s[q]) for q in range(4)] for p in range(4)]])  # sum of r^p c^q
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mu, (q20, q02, q11) = _exact_second_order(types.SimpleNamespace(side=side + 10), raw, np.zeros((1, 4, 4)))
+    n = side * side
+    exact = n * s[2] * s[0] - (s[1] * s[0]) ** 2  # M00 * mu20 in integers
+    assert int(q20[0]) == exact and int(q02[0]) == exact and int(q11[0]) == 0
+    assert mu[0, 2, 0] == pytest.approx(exact / n, rel=1e-15) and mu[0, 1, 1] == 0

@@ -366,3 +366,17 @@ def test_every_store_unreadable_is_an_input_error(tmp_path):
         (tmp_path / f"s{k}.zarr").mkdir()
     with pytest.raises(InputError, match=r"none of the 2 zarr stores can be read: .*s0.zarr.*s1.zarr"):
         make_source(DatasetConfig(format=DatasetFormat.zarr_ragged, path=f"{tmp_path}/s*.zarr")).objects()
+
+
+def test_a_store_read_with_the_wrong_format_says_which_one_reads_it(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    ragged = write_ragged_zarr(tmp_path / "r.zarr", [cell(0), cell(1)])
+    with pytest.raises(InputError, match=r"r.zarr: cannot be opened as a zarr array .*\+dataset=scip_zarr reads it"):
+        make_source(DatasetConfig(format=DatasetFormat.zarr, path=str(ragged))).objects()
+    for version in (2, 3):
+        dense = zarr.create_array(str(tmp_path / f"d{version}.zarr"), shape=(2, 3, 8, 8), dtype="u2",
+                                  zarr_format=version)
+        dense[:] = 1
+        with pytest.raises(InputError, match=rf"d{version}.zarr: cannot be opened as a zarr group .*not an "
+                                             r"OME-Zarr group: \+dataset=zarr reads a dense"):
+            make_source(DatasetConfig(format=DatasetFormat.ome_zarr, path=str(tmp_path / f"d{version}.zarr"))).objects()
