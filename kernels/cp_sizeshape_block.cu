@@ -89,29 +89,14 @@ cp_sizeshape_pad(const unsigned char* __restrict__ mask, const unsigned char* __
 // of the points (k, u[k]) of the rows k < hh with a pixel, u = v or -v (neg); rows without a
 // pixel hold `skip` in v. The vertices go to st_t, st_x; returns their number.
 __device__ int cps_centre_chain(const short* v, int hh, bool neg, int skip, short* st_t, short* st_x) {
-    int sp = 0;
-    int ia = 0, xa = 0, ib = 0, xb = 0;  // the top two entries
-    for (int i = 0; i < hh; ++i) {
-        if ((int)v[i] == skip) continue;
-        const int xc = neg ? -(int)v[i] : (int)v[i];
-        while (sp >= 2 && (xb - xa) * (i - ib) >= (xc - xb) * (ib - ia)) {
-            --sp;
-            ib = ia;
-            xb = xa;
-            if (sp >= 2) {
-                ia = st_t[sp - 2];
-                xa = st_x[sp - 2];
-            }
-        }
-        st_t[sp] = (short)i;
-        st_x[sp] = (short)xc;
-        ++sp;
-        ia = ib;
-        xa = xb;
-        ib = i;
-        xb = xc;
-    }
-    return sp;
+    return shp_monotone_chain(
+        hh,
+        [&](int i, int& x) {
+            if ((int)v[i] == skip) return false;
+            x = neg ? -(int)v[i] : (int)v[i];
+            return true;
+        },
+        st_t, st_x);
 }
 
 // The centre hull's polygon: the left chain downwards, then the right chain upwards, a vertex

@@ -204,14 +204,16 @@ __device__ __forceinline__ int shp_chain_x(const short* v, int hh, int t, bool n
     return 2 * (up < uc ? up : uc);
 }
 
-// Andrew's monotone chain (the numba lower_hull_flags' pop rule): the vertices (t, x) of the
-// lower hull of the chain, in st_t / st_x; returns their number.
-__device__ int shp_lower_hull(const short* v, int hh, bool neg, bool feret, short* st_t, short* st_x) {
-    const int len = 2 * hh + 1;
+// Andrew's monotone chain (the numba lower_hull_flags' pop rule: collinear points go) over the
+// points (i, x) for i = 0 .. len - 1 for which point(i, x) is true: the lower hull's vertices
+// in st_t / st_x; returns their number.
+template <class Point>
+__device__ __forceinline__ int shp_monotone_chain(int len, Point point, short* st_t, short* st_x) {
     int sp = 0;
     int ia = 0, xa = 0, ib = 0, xb = 0;  // the top two entries
     for (int i = 0; i < len; ++i) {
-        const int xc = shp_chain_x(v, hh, i, neg, feret);
+        int xc;
+        if (!point(i, xc)) continue;
         while (sp >= 2 && (xb - xa) * (i - ib) >= (xc - xb) * (ib - ia)) {
             --sp;
             ib = ia;
@@ -230,6 +232,12 @@ __device__ int shp_lower_hull(const short* v, int hh, bool neg, bool feret, shor
         xb = xc;
     }
     return sp;
+}
+
+// The lower hull of the chain of row ends (shp_chain_x, 2 hh + 1 points).
+__device__ int shp_lower_hull(const short* v, int hh, bool neg, bool feret, short* st_t, short* st_x) {
+    return shp_monotone_chain(
+        2 * hh + 1, [&](int i, int& x) { x = shp_chain_x(v, hh, i, neg, feret); return true; }, st_t, st_x);
 }
 
 // Column of the hull image's boundary in every row: ceil(g(2k + 1) / 2), g the hull through the
