@@ -543,10 +543,24 @@ def unrecoverable(part: int, exc: Exception, n: int, unit: str) -> str | None:
                     part, exc, n, unit)
         return None
     log.error("partition %d could not be run: %s", part, describe_exception(exc), exc_info=exc)
+    return failure_cause(exc)
+
+
+def failure_cause(exc: BaseException, what: str = "") -> str:
+    """Why a task failed, for the run's last message: the exception, said to be the storage's or
+    the network's when it is one (``transient_io``), or said to be likely again on
+    ``resume=true`` when every try of the task (``cluster.retries``) raised the same error."""
+    from .cluster import failed_tries
+
+    text = f"{what}{describe_exception(exc)}"
     if transient_io(exc):
-        return f"{exc} (resume=true reads it again)" if isinstance(exc, StorageUnavailable) else (
-            f"{describe_exception(exc)} (a failure of the storage or the network; resume=true reads it again)")
-    return describe_exception(exc)
+        return (f"{what}{exc} (resume=true reads it again)" if isinstance(exc, StorageUnavailable) else
+                f"{text} (a failure of the storage or the network; resume=true reads it again)")
+    tries = failed_tries(exc)
+    if len(tries) > 1 and len(set(tries)) == 1:
+        return (f"failed {len(tries)} times with the same error: {text}; resume=true will run it again, but the "
+                "same error is likely: please report it")
+    return text
 
 
 def run_one_by_one(results, *, part: int, source, index: str, stage: str, unit: str, errors: list,
@@ -584,7 +598,7 @@ def run_one_by_one(results, *, part: int, source, index: str, stage: str, unit: 
                     return killed, cause
             else:
                 log.error("partition %d could not be run: %s: %s", part, what, describe_exception(err), exc_info=err)
-                return killed, f"{what}: {describe_exception(err)}"
+                return killed, failure_cause(err, f"{what}: ")
     finally:
         getattr(results, "close", lambda: None)()
     return killed, None
