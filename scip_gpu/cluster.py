@@ -135,7 +135,36 @@ def _tracked(fn, item, shared: dict):
              msg={"key": str(worker.get_current_task()), "worker": worker.address}, callback_timeout=30)
     except Exception:  # noqa: BLE001 - not on a worker, or the scheduler is slow: run anyway
         pass
-    return fn(item, **shared)
+    try:
+        return fn(item, **shared)
+    except Exception as exc:
+        _announce_failure(exc)
+        raise
+
+
+#: Scheduler event topic: a task's try raised (``_tracked``): ``{"key", "error"}``, so the driver
+#: can tell whether the tries of a task (Dask's ``retries``) all failed the same way.
+FAILED_TOPIC = "scip_gpu-task-failed"
+
+
+def _announce_failure(exc: BaseException) -> None:
+    """Tell the scheduler (synchronously) that this try of the running task raised ``exc``."""
+    try:
+        from distributed import get_worker
+        from distributed.utils import sync
+
+        worker = get_worker()
+        sync(worker.loop, worker.scheduler.log_event, topic=FAILED_TOPIC,
+             msg={"key": str(worker.get_current_task()), "error": f"{type(exc).__name__}: {exc}"[:2000]},
+             callback_timeout=30)
+    except Exception:  # noqa: BLE001 - not on a worker, or the scheduler is slow: the error is raised anyway
+        pass
+
+
+def failed_tries(exc: BaseException) -> list[str]:
+    """The errors (``Type: message``) of each try of the task that raised ``exc``, as its workers
+    announced them (``DaskExecutor``; empty in this process's executor or when unknown)."""
+    return list(getattr(exc, "scip_gpu_tries", None) or ())
 
 
 #: ``_outcome``: the task failed because workers it was queued on died running other tasks.
@@ -283,6 +312,14 @@ class DaskExecutor:
         held = {str(k) for k in removed[-1].get("processing-tasks", ())} if removed else {key}
         return started & held == {key}
 
+    def _tries(self, key: str) -> list[str]:
+        """The errors each try of the task ``key`` raised (``FAILED_TOPIC`` events)."""
+        try:
+            return [m.get("error") for _, m in self.client.get_events(FAILED_TOPIC)
+                    if isinstance(m, dict) and m.get("key") == key]
+        except Exception:  # noqa: BLE001 - unknown
+            return []
+
     def _outcome(self, fut):
         """(result, exc, lost): a result, what the task raised, or why the future was lost."""
         from distributed.scheduler import KilledWorker
@@ -300,6 +337,10 @@ class DaskExecutor:
                 try:  # the worker's traceback, for run.log
                     exc = exc.with_traceback(fut.traceback())
                 except Exception:  # noqa: BLE001
+                    pass
+                try:  # how each try failed (Dask ran it cluster.retries times more)
+                    exc.scip_gpu_tries = self._tries(str(fut.key))
+                except Exception:  # noqa: BLE001 - an exception without attributes: unknown
                     pass
                 return None, exc, None
             fut.result()  # cancelled or lost: raises the reason

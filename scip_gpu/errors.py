@@ -75,3 +75,67 @@ def disk_full(exc: BaseException) -> bool:
                 return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+class StorageUnavailable(ScipGpuError):
+    """Reading an input failed for a reason of the storage or the network, not of the input (a
+    stale NFS handle, a timeout, a connection reset or refused, an unreachable host, too many open
+    files...): an infrastructure failure. It is never recorded as the object's error: it fails
+    the partition, which the cluster runs again (``cluster.retries``) and, if it keeps failing,
+    leaves unfinished for ``resume=true`` (exit status 3)."""
+
+
+def _transient_errnos() -> frozenset:
+    import errno
+
+    names = ("ESTALE", "ETIMEDOUT", "ENOTCONN", "ECONNRESET", "ECONNABORTED", "ECONNREFUSED", "EHOSTUNREACH",
+             "EHOSTDOWN", "ENETUNREACH", "ENETDOWN", "ENETRESET", "ESHUTDOWN", "ENOLINK", "EAGAIN", "EWOULDBLOCK",
+             "EINTR", "EMFILE", "ENFILE")
+    return frozenset(getattr(errno, n) for n in names if hasattr(errno, n))
+
+
+#: errnos of a read that failed because of the storage or the network, not of the file read. Not
+#: among them: EIO (also a bad sector of one file: that file's error), ENOENT, EACCES, EISDIR...
+#: (the input's problem), ENOSPC and EDQUOT (a full disk, ``disk_full``).
+TRANSIENT_ERRNOS = _transient_errnos()
+
+
+def transient_io(exc: BaseException) -> bool:
+    """Whether an exception (or one it was raised from) is an I/O failure of the storage or the
+    network (``TRANSIENT_ERRNOS``; Python's ``ConnectionError``, ``TimeoutError``; an OSError or
+    RuntimeError without ``errno`` naming one in its message, as h5py's ``errno = 116``)."""
+    import os
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StorageUnavailable):
+            return True
+        if isinstance(exc, OSError):
+            if exc.errno in TRANSIENT_ERRNOS or (exc.errno is None and isinstance(exc, (ConnectionError, TimeoutError))):
+                return True
+        if isinstance(exc, (OSError, RuntimeError)) and getattr(exc, "errno", None) is None:
+            text = str(exc)
+            if any(f"errno = {e}," in text or f"errno = {e})" in text or f"[Errno {e}]" in text
+                   or os.strerror(e) in text for e in TRANSIENT_ERRNOS):
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def raise_if_transient(exc: BaseException, name=None) -> None:
+    """Raise ``StorageUnavailable`` (naming ``name``, a string or a function giving it, and the
+    cause) when ``exc`` is a transient I/O failure (``transient_io``): never recorded as one
+    object's error. Called wherever an object's failure is about to be recorded."""
+    if not transient_io(exc):
+        return
+    if isinstance(exc, StorageUnavailable):
+        raise exc
+    if callable(name):
+        try:
+            name = name()
+        except Exception:  # noqa: BLE001 - a message must come out whatever the row holds
+            name = None
+    what = f"{name}: " if name else ""
+    raise StorageUnavailable(f"{what}cannot be read now ({describe_exception(exc)}): a failure of the storage or "
+                             "the network, not of the input") from exc

@@ -24,7 +24,7 @@ import pandas as pd
 from . import export
 from .backend import asnumpy, device_module
 from .batch import Batch, group_by_shape, profile_dtype
-from .errors import InputError, ObjectError, describe_exception
+from .errors import InputError, ObjectError, describe_exception, raise_if_transient, transient_io
 from .fields import (channel_compartments, check_field_values, crop_stats, export_labels, field_files,
                      field_objects, field_sums, finish_illumination, gather_crops, load_correction, project,
                      safe_name, write_correction)
@@ -283,6 +283,7 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
                     with _busy(), timer("segmentation"):
                         kept.append((img, segment([img], seg, plan.channel_names, [source.describe(row)])[0], row))
                 except Exception as one:  # noqa: BLE001 - e.g. Cellpose weights missing: every field fails
+                    raise_if_transient(one, source.describe(row))  # (weights on a storage gone: not the field's)
                     errors.append({"meta_index": int(row["meta_field_index"]), "object": source.describe(row),
                                    "stage": "field",
                                    "error": f"{source.describe(row)}: segmentation failed: {describe_exception(one)}"})
@@ -336,6 +337,7 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
         except Exception as exc:
             free_device_memory(xp)
             if len(pos) == 1:
+                raise_if_transient(exc, describe(pos[0]))
                 status[pos[0]] = "error"
                 errors.append({"meta_index": int(metas[pos[0]]["meta_field_index"]), "object": describe(pos[0]),
                                "stage": "features", "error": f"{describe(pos[0])}: {describe_exception(exc)}"})
@@ -483,7 +485,7 @@ def _illumination_by_field(ex, task, exc: Exception, group, *, name: str, shared
 
     if disk_full(exc):
         raise exc
-    if isinstance(exc, ClusterFailure):  # the cluster's fault, not the fields'
+    if isinstance(exc, ClusterFailure) or transient_io(exc):  # the cluster's or the storage's fault, not the fields'
         raise RunIncomplete(f"illumination: summing the fields of group {group!r} could not be run: {exc}")
     if not isinstance(exc, WorkerKilled):
         raise InputError(f"illumination: summing the fields of group {group!r} failed: {exc}") from exc

@@ -25,8 +25,8 @@ from .backend import array_module, device_module, is_gpu, select_device
 from .batch import _host_buffer, assemble, group_by_shape, profile_dtype
 from .cluster import check_dashboard, executor
 from .config import Config, validate
-from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError,
-                     describe_exception, disk_full)
+from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError, StorageUnavailable,
+                     describe_exception, disk_full, raise_if_transient, transient_io)
 from .io import make_source
 from .profile import GPU_BATCH_MAX, Plan, StageTimer, auto_batch_size, build_plan, profile_batch
 
@@ -238,16 +238,19 @@ def _load_checked(source, rows: pd.DataFrame, n_ch: int, min_side: int) -> list:
             try:
                 loaded += source.load(rows.iloc[pos:pos + 1])
             except Exception as exc:  # noqa: BLE001 - this object's error only
+                raise_if_transient(exc, lambda pos=pos: source.describe(rows.iloc[pos]))
                 loaded.append(exc)
     out = []
     for pos, item in enumerate(loaded):
+        name = lambda pos=pos: source.describe(rows.iloc[pos])  # noqa: E731 (only for a message)
         if isinstance(item, Exception):
+            raise_if_transient(item, name)  # the storage's failure, not the object's: the partition fails
             out.append((item, getattr(item, "stage", "load")))
             continue
         try:
-            name = lambda pos=pos: source.describe(rows.iloc[pos])  # noqa: E731 (only for a message)
             out.append(check_image(item, n_ch, min_side, name))
         except Exception as exc:  # any failure to validate one object is that object's error
+            raise_if_transient(exc, name)  # (a lazy image is read when checked)
             out.append((exc, getattr(exc, "stage", "validate")))
     return out
 
@@ -295,11 +298,13 @@ def load_partition_device(source, rows: pd.DataFrame, n_ch: int, min_side: int, 
     for pos, item in enumerate(loaded):
         name = lambda pos=pos: source.describe(rows.iloc[pos])  # noqa: E731 (only for a message)
         if isinstance(item, Exception):
+            raise_if_transient(item, name)  # the storage's failure, not the object's: the partition fails
             out[pos] = (item, getattr(item, "stage", "load"))
         elif not is_gpu(array_module(item)):  # read through the host
             try:
                 out[pos] = xp.asarray(check_image(item, n_ch, min_side, name))
             except Exception as exc:  # noqa: BLE001 - this object's error only
+                raise_if_transient(exc, name)
                 out[pos] = (exc, getattr(exc, "stage", "validate"))
         else:
             on_device.setdefault((tuple(item.shape), item.dtype.str), []).append(pos)
@@ -345,6 +350,7 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
 
     def fail(pos: int, exc: Exception, stage: str) -> None:
         row = rows.iloc[pos]
+        raise_if_transient(exc, lambda: source.describe(row))  # never one object's error: the partition fails
         msg = str(exc) if isinstance(exc, ObjectError) else f"{source.describe(row)}: {describe_exception(exc)}"
         errors[pos] = {"meta_index": int(row["meta_index"]), "object": source.describe(row),
                        "stage": getattr(exc, "stage", stage), "error": msg}
@@ -537,7 +543,24 @@ def unrecoverable(part: int, exc: Exception, n: int, unit: str) -> str | None:
                     part, exc, n, unit)
         return None
     log.error("partition %d could not be run: %s", part, describe_exception(exc), exc_info=exc)
-    return describe_exception(exc)
+    return failure_cause(exc)
+
+
+def failure_cause(exc: BaseException, what: str = "") -> str:
+    """Why a task failed, for the run's last message: the exception, said to be the storage's or
+    the network's when it is one (``transient_io``), or said to be likely again on
+    ``resume=true`` when every try of the task (``cluster.retries``) raised the same error."""
+    from .cluster import failed_tries
+
+    text = f"{what}{describe_exception(exc)}"
+    if transient_io(exc):
+        return (f"{what}{exc} (resume=true reads it again)" if isinstance(exc, StorageUnavailable) else
+                f"{text} (a failure of the storage or the network; resume=true reads it again)")
+    tries = failed_tries(exc)
+    if len(tries) > 1 and len(set(tries)) == 1:
+        return (f"failed {len(tries)} times with the same error: {text}; resume=true will run it again, but the "
+                "same error is likely: please report it")
+    return text
 
 
 def run_one_by_one(results, *, part: int, source, index: str, stage: str, unit: str, errors: list,
@@ -575,7 +598,7 @@ def run_one_by_one(results, *, part: int, source, index: str, stage: str, unit: 
                     return killed, cause
             else:
                 log.error("partition %d could not be run: %s: %s", part, what, describe_exception(err), exc_info=err)
-                return killed, f"{what}: {describe_exception(err)}"
+                return killed, failure_cause(err, f"{what}: ")
     finally:
         getattr(results, "close", lambda: None)()
     return killed, None

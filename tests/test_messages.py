@@ -124,6 +124,66 @@ def test_full_disk_is_one_line_exit_2_and_resume_finishes(tmp_path, monkeypatch,
     assert len(read_parquet(out / "features.parquet")) == 24
 
 
+def test_transient_io_detection():
+    from scip_gpu.errors import StorageUnavailable, transient_io
+
+    for code in (errno.ESTALE, errno.ETIMEDOUT, errno.ECONNRESET, errno.ENOTCONN, errno.EHOSTUNREACH, errno.EAGAIN):
+        assert transient_io(OSError(code, os.strerror(code), "/nfs/a.tif")), code
+    assert transient_io(TimeoutError("read timed out"))  # (fsspec, HTTP clients: no errno)
+    assert transient_io(OSError("Unable to open file (file read failed: time = Fri Nov 27, filename = 'a.h5', "
+                                "file descriptor = 3, errno = 116, error message = 'Stale file handle')"))
+    assert transient_io(StorageUnavailable("x"))
+    try:
+        try:
+            raise OSError(errno.ESTALE, "Stale file handle")
+        except OSError as inner:
+            raise ValueError("decoding failed") from inner
+    except ValueError as outer:
+        assert transient_io(outer)
+    # the input's problem, or ambiguous (a bad sector of one file): the object's error
+    for code in (errno.EIO, errno.ENOENT, errno.EACCES, errno.EISDIR, errno.ENOSPC):
+        assert not transient_io(OSError(code, os.strerror(code), "/data/a.tif")), code
+    assert not transient_io(ValueError("Connection timed out"))
+    assert not transient_io(OSError("not a TIFF file"))
+
+
+def test_a_transient_read_error_fails_the_partition_and_resume_profiles_the_object(tmp_path, monkeypatch, capsys):
+    """An object whose read fails with ESTALE (its first two reads: the partition's and the
+    object-by-object retry) is no error row: its partition is not marked done, the run exits 3
+    with the resume advice, and resume profiles it."""
+    from scip_gpu import pipeline
+    from scip_gpu.demo import DemoSource
+
+    reads = {"n": 0}
+
+    class StaleSource(DemoSource):
+        def load(self, rows):
+            if 5 in set(rows["meta_id"]) and reads["n"] < 2:
+                reads["n"] += 1
+                raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), "/nfs/cell-5")
+            return super().load(rows)
+
+    monkeypatch.setattr(pipeline, "make_source", StaleSource)
+    out = tmp_path / "run"
+    assert cli.task(compose(*DEMO, "cluster=sync", f"output={out}")) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = scip_lines(err)
+    assert "1 of 6 partition(s) (4 objects) could not be run" in line, line
+    assert "demo cell 5: cannot be read now" in line and "Stale file handle" in line, line
+    assert f"output={out} resume=true" in line, line
+    assert reads["n"] == 2
+    done = sorted(p.name for p in (out / "checkpoints").glob("part-*.json"))
+    assert len(done) == 5 and "part-1.json" not in " ".join(done), done  # cell 5: partition 1 (cells 4-7)
+    assert not (out / "errors.csv").exists() or "demo cell 5" not in (out / "errors.csv").read_text()
+
+    assert cli.task(compose(*DEMO, "cluster=sync", f"output={out}", "resume=true")) == 0
+    table = read_parquet(out / "features.parquet")
+    assert len(table) == 24 and (table["meta_status"] == "ok").all()
+    assert int(table.loc[table["meta_id"] == 5, "meta_id"].iloc[0]) == 5
+    assert table.loc[table["meta_id"] == 5].filter(like="intensity").notna().all(axis=None)
+
+
 def _faulty_env(plan):
     return {**os.environ, "PYTHONPATH": str(ROOT), "SCIP_GPU_FAULTS": json.dumps(plan)}
 

@@ -376,3 +376,73 @@ def test_a_cancelled_task_is_submitted_again_within_the_retries(tmp_path):
     for res, exc in given_up.values():
         assert res is None and isinstance(exc, ClusterFailure), exc
         assert "it was lost" in str(exc) and "cancel" in str(exc).lower()
+
+
+def test_a_partition_failing_the_same_way_on_every_try_says_so(monkeypatch):
+    """Each try of a task that raises is announced to the scheduler (``_tracked``); the driver
+    reads the announcements of the task's key (``DaskExecutor._outcome``) and, when every try
+    raised the same error, the partition's cause says that resume=true will likely fail the same
+    way (no LocalCluster: the worker and the client are stand-ins)."""
+    import distributed
+    import distributed.utils
+
+    from scip_gpu import cluster
+    from scip_gpu.pipeline import failure_cause, raise_unfinished, unrecoverable
+    from scip_gpu.errors import RunIncomplete
+
+    events: list[tuple[float, dict]] = []
+
+    class Scheduler:
+        def log_event(self, topic, msg):
+            events.append((time.time(), {"topic": topic, **msg}))
+
+    class Worker:
+        address, loop, scheduler = "tcp://w:1", None, Scheduler()
+
+        def get_current_task(self):
+            return "scip_gpu-partition-1-run"
+
+    monkeypatch.setattr(distributed, "get_worker", lambda: Worker())
+    monkeypatch.setattr(distributed.utils, "sync", lambda loop, fn, *a, callback_timeout=None, **kw: fn(*a, **kw))
+
+    def bug(item):
+        raise ValueError(f"no column {item!r}")
+
+    for _ in range(3):  # the task and Dask's two retries
+        with pytest.raises(ValueError):
+            cluster._tracked(bug, "x", {})
+    failed = [m for _, m in events if m["topic"] == cluster.FAILED_TOPIC]
+    assert failed == [{"topic": cluster.FAILED_TOPIC, "key": "scip_gpu-partition-1-run",
+                       "error": "ValueError: no column 'x'"}] * 3
+
+    class Client:
+        def get_events(self, topic):
+            return [(t, m) for t, m in events if m["topic"] == topic]
+
+    class Future:
+        status, key = "error", "scip_gpu-partition-1-run"
+
+        def exception(self):
+            return ValueError("no column 'x'")
+
+        def traceback(self):
+            return None
+
+    ex = cluster.DaskExecutor.__new__(cluster.DaskExecutor)
+    ex.client = Client()
+    res, exc, lost = ex._outcome(Future())
+    assert res is None and lost is None and cluster.failed_tries(exc) == ["ValueError: no column 'x'"] * 3
+    cause = unrecoverable(1, exc, 4, "object")
+    assert cause == ("failed 3 times with the same error: ValueError: no column 'x'; resume=true will run it "
+                     "again, but the same error is likely: please report it")
+    with pytest.raises(RunIncomplete, match="partition 1: failed 3 times with the same error"):
+        raise_unfinished({1: cause}, 6, 4, "objects")
+
+    # tries that failed differently, one try (cluster=sync), a transient I/O error: no such words
+    differ = ValueError("a")
+    differ.scip_gpu_tries = ["ValueError: a", "OSError: b", "ValueError: a"]
+    assert failure_cause(differ) == "ValueError: a"
+    assert failure_cause(ValueError("a")) == "ValueError: a"
+    stale = OSError(116, "Stale file handle")
+    stale.scip_gpu_tries = ["OSError: [Errno 116] Stale file handle"] * 3
+    assert "storage or the network" in failure_cause(stale) and "report" not in failure_cause(stale)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError, InputError, ObjectError, describe_exception
+from ..errors import ConfigError, InputError, ObjectError, describe_exception, raise_if_transient
 
 log = logging.getLogger("scip_gpu")
 
@@ -114,7 +114,10 @@ def load_each(load_one, rows) -> list:
 def object_error(exc: BaseException, name: str | Callable[[], str]) -> ObjectError:
     """Any exception raised while loading one object, as that object's ``ObjectError``: an
     ``ObjectError`` as it is, any other with the object's name and the exception's type and message.
-    ``name``: the object's name, or a function giving it (called only here)."""
+    ``name``: the object's name, or a function giving it (called only here). A transient I/O
+    failure (a stale NFS handle, a timeout...: ``errors.transient_io``) is not the object's: it is
+    raised as ``StorageUnavailable`` and fails the partition."""
+    raise_if_transient(exc, name)
     if isinstance(exc, ObjectError):
         return exc
     if callable(name):
@@ -178,6 +181,7 @@ def store_rows(paths: list[Path], list_one: Callable[[Path], list[dict]], what: 
         try:
             rows += list_one(path)
         except Exception as exc:  # noqa: BLE001 - any failure is this store's, named with its cause
+            raise_if_transient(exc, str(path))  # (the storage's, not the store's: the run stops)
             msg = str(exc) if isinstance(exc, InputError) else f"{path}: cannot be read ({describe_exception(exc)})"
             if len(paths) == 1:
                 raise InputError(msg) from exc

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError, InputError, ObjectError
+from ..errors import ConfigError, InputError, ObjectError, raise_if_transient
 from .base import (Source, check_some_usable, expand_paths, load_each, most_common, nullable_ints, object_error,
                    regex_groups, row_error, store_rows)
 
@@ -256,6 +256,7 @@ def plate_fields(path, level: int) -> list[dict]:
                 raise InputError(f"{well_dir}: a well of plate {name} without 'well' metadata")
             images = [str(im["path"]) for im in well.get("images", [])]
         except Exception as exc:  # noqa: BLE001 - this well's error, the others are profiled
+            raise_if_transient(exc, well_dir)  # (the storage's, not the well's: the run stops)
             out.append({**meta, "meta_fov": "", "meta_path": well_dir, "_error": _cause(exc, well_dir)})
             continue
         for fov in images:

@@ -91,10 +91,29 @@ def _plain_pages(series) -> bool:
     return len(series) > 1 and all(len(sr.shape) == 2 and sr.shape == series[0].shape for sr in series)
 
 
+def _series(tf, path) -> list:
+    """The file's series (tifffile's ``TiffFile.series``: the images it holds), when they are one
+    image: a single series, or the pages of a plain multi-page file (one 2-D series of one shape
+    per page, its channels). Several series otherwise (images of different sizes, a pyramid
+    stored as series, several positions) are the file's ``ObjectError``, naming what it holds:
+    reading the first one only would lose the others, and its channel count would mislead."""
+    series = tf.series
+    if not series:
+        raise ObjectError(f"{path}: unreadable or corrupt TIFF (no image found in it)", "load")
+    if len(series) == 1 or _plain_pages(series):
+        return series
+    shapes = {tuple(sr.shape) for sr in series}
+    listed = ", ".join(f"{tuple(sr.shape)} {sr.axes} {sr.dtype}" for sr in series[:6])
+    more = f", and {len(series) - 6} more" if len(series) > 6 else ""
+    kind = "different shapes" if len(shapes) > 1 else "the same shape"
+    raise ObjectError(f"{path}: {len(series)} series of {kind} ({listed}{more}); scip_gpu reads one image per file "
+                      "(its channels as pages or as an axis)", "load")
+
+
 def _read(path: Path):
-    """Pixels and axes of a TIFF's first series (the pages of a plain multi-page file as C)."""
+    """Pixels and axes of a TIFF's one image (the pages of a plain multi-page file as C)."""
     def read(tf):
-        series = tf.series
+        series = _series(tf, path)
         if _plain_pages(series):
             return np.stack([sr.asarray() for sr in series]), "CYX"
         return series[0].asarray(), series[0].axes
@@ -105,7 +124,7 @@ def _read(path: Path):
 def _probe(path: Path) -> tuple[tuple, str]:
     """Shape and axes of what ``_read`` gives, read from the file's header only."""
     def probe(tf):
-        series = tf.series
+        series = _series(tf, path)
         if _plain_pages(series):
             return (len(series), *series[0].shape), "CYX"
         return tuple(series[0].shape), series[0].axes

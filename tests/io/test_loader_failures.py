@@ -151,6 +151,23 @@ def test_tiff_with_unexpected_axes_fails_alone(tmp_path):
     check(df, errors, {"yyx.tif": ["one Y and one X axis", "'YYX'"]})
 
 
+
+def test_tiff_with_several_series_fails_alone_naming_them(tmp_path):
+    for i in range(3):
+        tifffile.imwrite(tmp_path / f"cell{i}.tif", cell(i), photometric="minisblack")
+    with tifffile.TiffWriter(tmp_path / "series.tif") as tw:  # three images: one per write
+        tw.write(cell(4), photometric="minisblack")
+        tw.write(cell(4)[0, :16, :16])
+        tw.write(np.ones((8, 8), np.uint8))
+    with tifffile.TiffFile(tmp_path / "series.tif") as tf:  # what tifffile makes of it
+        assert [s.shape for s in tf.series] == [cell(4).shape, (16, 16), (8, 8)]
+    df, errors = run(tmp_path, "+dataset=multipage_tiff", f"dataset.path='{tmp_path}'", "dataset.glob=*.tif",
+                     "partition_size=10")
+    h, w = cell(4).shape[1:]
+    check(df, errors, {"series.tif": [f"3 series of different shapes ((3, {h}, {w}) QYX uint16, (16, 16) YX uint16, "
+                                      "(8, 8) YX uint8)", "one image per file"]})
+    assert "channel(s)" not in errors["error"].iloc[0]
+
 def test_any_exception_of_a_loader_stays_with_its_object(tmp_path, monkeypatch):
     from scip_gpu.io import tiff
 
