@@ -94,12 +94,17 @@ def _plain_pages(series) -> bool:
 def _series(tf, path) -> list:
     """The file's series (tifffile's ``TiffFile.series``: the images it holds), when they are one
     image: a single series, or the pages of a plain multi-page file (one 2-D series of one shape
-    per page, its channels). Several series otherwise (images of different sizes, a pyramid
+    per page, its channels); reduced-resolution series (thumbnails) are left aside. Several
+    series otherwise (images of different sizes, a pyramid
     stored as series, several positions) are the file's ``ObjectError``, naming what it holds:
     reading the first one only would lose the others, and its channel count would mislead."""
     series = tf.series
     if not series:
         raise ObjectError(f"{path}: unreadable or corrupt TIFF (no image found in it)", "load")
+    # reduced-resolution images (NewSubfileType bit 0: the thumbnail of a Zeiss LSM file, a
+    # preview) are not images of their own
+    full = [sr for sr in series if not getattr(sr.keyframe, "is_reduced", False)]
+    series = full or series
     if len(series) == 1 or _plain_pages(series):
         return series
     shapes = {tuple(sr.shape) for sr in series}

@@ -161,12 +161,17 @@ def test_tiff_with_several_series_fails_alone_naming_them(tmp_path):
         tw.write(np.ones((8, 8), np.uint8))
     with tifffile.TiffFile(tmp_path / "series.tif") as tf:  # what tifffile makes of it
         assert [s.shape for s in tf.series] == [cell(4).shape, (16, 16), (8, 8)]
+    with tifffile.TiffWriter(tmp_path / "thumb.tif") as tw:  # an image and its thumbnail (as LSM)
+        tw.write(cell(5), photometric="minisblack")
+        tw.write(np.ones((8, 8), np.uint8), subfiletype=1)  # reduced resolution: not an image of its own
     df, errors = run(tmp_path, "+dataset=multipage_tiff", f"dataset.path='{tmp_path}'", "dataset.glob=*.tif",
                      "partition_size=10")
     h, w = cell(4).shape[1:]
     check(df, errors, {"series.tif": [f"3 series of different shapes ((3, {h}, {w}) QYX uint16, (16, 16) YX uint16, "
                                       "(8, 8) YX uint8)", "one image per file"]})
     assert "channel(s)" not in errors["error"].iloc[0]
+    assert (df[df["meta_path"].astype(str).str.endswith("thumb.tif")]["meta_status"] == "ok").all()
+    assert df["meta_path"].astype(str).str.endswith("thumb.tif").sum() == 1
 
 def test_any_exception_of_a_loader_stays_with_its_object(tmp_path, monkeypatch):
     from scip_gpu.io import tiff
