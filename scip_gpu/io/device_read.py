@@ -40,6 +40,16 @@ class DenseLayout:
         return Path(self.path) / (self.prefix + self.separator.join(str(i) for i in index))
 
 
+def _fill(value, dt: np.dtype):
+    """The store's fill value as a number of its type (zarr writes NaN and the infinities of
+    float arrays as the strings "NaN", "Infinity", "-Infinity"; null means 0 here)."""
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        value = {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}.get(value, value)
+    return np.asarray(value, dtype=dt).item()
+
+
 def _v2_layout(path: Path, meta: dict) -> tuple[DenseLayout | None, str]:
     if meta.get("compressor") is not None:
         return None, f"its chunks are compressed ({meta['compressor'].get('id', meta['compressor'])})"
@@ -53,7 +63,7 @@ def _v2_layout(path: Path, meta: dict) -> tuple[DenseLayout | None, str]:
     if dt.byteorder == ">" and dt.itemsize > 1:
         return None, "its values are big-endian"
     return DenseLayout(str(path), tuple(meta["shape"]), tuple(meta["chunks"]), dt.newbyteorder("<").str,
-                       meta.get("fill_value") or 0, 2, meta.get("dimension_separator", "."), ""), ""
+                       _fill(meta.get("fill_value"), dt), 2, meta.get("dimension_separator", "."), ""), ""
 
 
 def _v3_layout(path: Path, meta: dict) -> tuple[DenseLayout | None, str]:
@@ -74,7 +84,7 @@ def _v3_layout(path: Path, meta: dict) -> tuple[DenseLayout | None, str]:
     sep = (enc.get("configuration") or {}).get("separator", "/" if enc.get("name") == "default" else ".")
     prefix = "c" + sep if enc.get("name") == "default" else ""
     return DenseLayout(str(path), tuple(meta["shape"]), tuple(grid["configuration"]["chunk_shape"]),
-                       dt.newbyteorder("<").str, meta.get("fill_value") or 0, 3, sep, prefix), ""
+                       dt.newbyteorder("<").str, _fill(meta.get("fill_value"), dt), 3, sep, prefix), ""
 
 
 def dense_layout(path) -> tuple[DenseLayout | None, str]:

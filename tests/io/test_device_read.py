@@ -56,6 +56,22 @@ def test_uncompressed_chunks_are_read_as_zarr_reads_them(tmp_path, fmt):
         assert got.dtype == np.uint16
 
 
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_a_nan_fill_value_fills_missing_chunks_as_zarr_does(tmp_path, fmt):
+    """zarr writes a float array's NaN fill value as the string "NaN" in its metadata."""
+    imgs = _images().astype(np.float32)
+    imgs[8:16] = np.nan  # a whole chunk of the fill value: not written
+    arr = zarr.create_array(str(tmp_path / "f.zarr"), shape=imgs.shape, chunks=(8, 2, 6, 5), dtype="float32",
+                            compressors=None, zarr_format=fmt, fill_value=np.nan)
+    arr[:] = imgs
+    layout, why = dense_layout(tmp_path / "f.zarr")
+    assert why == "" and np.isnan(layout.fill_value)
+    assert not layout.chunk_path((1, 0, 0, 0)).exists()
+    got = read_rows(layout, 0, 23, xp=np, kvikio=_Kvikio)
+    np.testing.assert_array_equal(got, np.asarray(arr[:]))  # NaN where NaN
+    assert np.isnan(got[8:16]).all()
+
+
 def test_a_truncated_chunk_is_an_error(tmp_path):
     imgs = _images(8)
     arr = zarr.create_array(str(tmp_path / "t.zarr"), shape=imgs.shape, chunks=(8, 2, 6, 5), dtype="uint16",
