@@ -327,15 +327,8 @@ cp_sizeshape_planes(const unsigned char* __restrict__ padded, const unsigned cha
         holes = sg_block_sum_i64(holes);
         for (int i = t; i < n; i += SG_THREADS) lab[i] = fg[i] ? 0 : -1;  // component 0
         if (t < SHP_CK) {
-            int* ci = X.ci;
-            ci[SHP_MINR * SHP_CK + t] = 1 << 30;
-            ci[SHP_MAXR * SHP_CK + t] = -1;
-            ci[SHP_MINC * SHP_CK + t] = 1 << 30;
-            ci[SHP_MAXC * SHP_CK + t] = -1;
-            ci[SHP_AREA * SHP_CK + t] = 0;
-            ci[SHP_FILLED * SHP_CK + t] = 0;
-            ci[SHP_FERET * SHP_CK + t] = 0;
-            ci[SHP_ROFF * SHP_CK + t] = 0;
+            shp_reset_slot(X.ci, t);
+            X.ci[SHP_ROFF * SHP_CK + t] = 0;
         }
         __syncthreads();
         // 3. bounding box and area; row records

@@ -481,6 +481,18 @@ __device__ void shp_holes(volatile ShpCtx& X) {
     }
 }
 
+// Empty the per-component fields of slot t (bounding box, area, filled area, Feret) before a
+// chunk of components is measured.
+__device__ __forceinline__ void shp_reset_slot(int* ci, int t) {
+    ci[SHP_MINR * SHP_CK + t] = 1 << 30;
+    ci[SHP_MAXR * SHP_CK + t] = -1;
+    ci[SHP_MINC * SHP_CK + t] = 1 << 30;
+    ci[SHP_MAXC * SHP_CK + t] = -1;
+    ci[SHP_AREA * SHP_CK + t] = 0;
+    ci[SHP_FILLED * SHP_CK + t] = 0;
+    ci[SHP_FERET * SHP_CK + t] = 0;
+}
+
 // 4a. bounding boxes and areas of the chunk's candidates (row segments, one flush per run of
 //     a component); 4b. filled area: every pixel counts for the components enclosing its own
 //     (a chain up the containment tree; only in planes with holes)
@@ -843,16 +855,7 @@ shape_props(const unsigned char* __restrict__ mask, const unsigned char* __restr
                 X.c0 = c0;
                 X.nC0 = sg_min(SHP_CK, X.K - c0);
             }
-            if (t < SHP_CK) {
-                int* ci = X.ci;
-                ci[SHP_MINR * SHP_CK + t] = 1 << 30;
-                ci[SHP_MAXR * SHP_CK + t] = -1;
-                ci[SHP_MINC * SHP_CK + t] = 1 << 30;
-                ci[SHP_MAXC * SHP_CK + t] = -1;
-                ci[SHP_AREA * SHP_CK + t] = 0;
-                ci[SHP_FILLED * SHP_CK + t] = 0;
-                ci[SHP_FERET * SHP_CK + t] = 0;
-            }
+            if (t < SHP_CK) shp_reset_slot(X.ci, t);
             __syncthreads();
             shp_bbox(X);
             __syncthreads();

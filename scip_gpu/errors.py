@@ -112,7 +112,8 @@ def transient_io(exc: BaseException) -> bool:
         if isinstance(exc, StorageUnavailable):
             return True
         if isinstance(exc, OSError):
-            if exc.errno in TRANSIENT_ERRNOS or (exc.errno is None and isinstance(exc, (ConnectionError, TimeoutError))):
+            if exc.errno in TRANSIENT_ERRNOS or (
+                    exc.errno is None and isinstance(exc, (ConnectionError, TimeoutError))):
                 return True
         if isinstance(exc, (OSError, RuntimeError)) and getattr(exc, "errno", None) is None:
             text = str(exc)
@@ -123,6 +124,17 @@ def transient_io(exc: BaseException) -> bool:
     return False
 
 
+def resolve_name(name, default=None):
+    """An object's name given as a string or as a function giving it (called here: a message must
+    come out whatever the row holds, so a failing function gives ``default``)."""
+    if not callable(name):
+        return name
+    try:
+        return name()
+    except Exception:  # noqa: BLE001
+        return default
+
+
 def raise_if_transient(exc: BaseException, name=None) -> None:
     """Raise ``StorageUnavailable`` (naming ``name``, a string or a function giving it, and the
     cause) when ``exc`` is a transient I/O failure (``transient_io``): never recorded as one
@@ -131,11 +143,7 @@ def raise_if_transient(exc: BaseException, name=None) -> None:
         return
     if isinstance(exc, StorageUnavailable):
         raise exc
-    if callable(name):
-        try:
-            name = name()
-        except Exception:  # noqa: BLE001 - a message must come out whatever the row holds
-            name = None
+    name = resolve_name(name)
     what = f"{name}: " if name else ""
     raise StorageUnavailable(f"{what}cannot be read now ({describe_exception(exc)}): a failure of the storage or "
                              "the network, not of the input") from exc

@@ -65,17 +65,22 @@ def test_errors_reaching_the_command_line_are_one_line(monkeypatch, capsys, exc,
         assert w in err, err
 
 
+def _raised_from(inner: BaseException, outer: BaseException) -> BaseException:
+    """``outer`` as raised ``from inner`` (its __cause__ set, as by ``raise outer from inner``)."""
+    try:
+        try:
+            raise inner
+        except BaseException as exc:
+            raise outer from exc
+    except BaseException as exc:
+        return exc
+
+
 def test_disk_full_detection():
     assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
     assert disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
     assert disk_full(OSError("[errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device"))
-    try:
-        try:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        except OSError as inner:
-            raise RuntimeError("writing failed") from inner
-    except RuntimeError as outer:
-        assert disk_full(outer)
+    assert disk_full(_raised_from(OSError(errno.ENOSPC, "No space left on device"), RuntimeError("writing failed")))
     assert not disk_full(OSError(errno.EACCES, "Permission denied"))
     assert not disk_full(ValueError("No space left on device"))
     assert not disk_full(RuntimeError("HDF5: file write failed, errno = 13 (Permission denied)"))
@@ -133,13 +138,7 @@ def test_transient_io_detection():
     assert transient_io(OSError("Unable to open file (file read failed: time = Fri Nov 27, filename = 'a.h5', "
                                 "file descriptor = 3, errno = 116, error message = 'Stale file handle')"))
     assert transient_io(StorageUnavailable("x"))
-    try:
-        try:
-            raise OSError(errno.ESTALE, "Stale file handle")
-        except OSError as inner:
-            raise ValueError("decoding failed") from inner
-    except ValueError as outer:
-        assert transient_io(outer)
+    assert transient_io(_raised_from(OSError(errno.ESTALE, "Stale file handle"), ValueError("decoding failed")))
     # the input's problem, or ambiguous (a bad sector of one file): the object's error
     for code in (errno.EIO, errno.ENOENT, errno.EACCES, errno.EISDIR, errno.ENOSPC):
         assert not transient_io(OSError(code, os.strerror(code), "/data/a.tif")), code

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError, InputError, ObjectError, describe_exception, raise_if_transient
+from ..errors import ConfigError, InputError, ObjectError, describe_exception, raise_if_transient, resolve_name
 
 log = logging.getLogger("scip_gpu")
 
@@ -120,11 +120,7 @@ def object_error(exc: BaseException, name: str | Callable[[], str]) -> ObjectErr
     raise_if_transient(exc, name)
     if isinstance(exc, ObjectError):
         return exc
-    if callable(name):
-        try:
-            name = name()
-        except Exception:  # noqa: BLE001 - a message must come out whatever the row holds
-            name = "object"
+    name = resolve_name(name, "object")
     return ObjectError(f"{name}: cannot be loaded ({describe_exception(exc)})", "load")
 
 
