@@ -267,16 +267,7 @@ cp_sizeshape_planes(const unsigned char* __restrict__ padded, const unsigned cha
         s_poly = arena.take<short>(2 * (2 * rcap + 2));
         s_row = arena.take<double>(CPS_NF);
         X.rootpix = nullptr;
-        SgArena sub(region);
-        X.slot = sub.take<double>(SHP_CK * SHP_SLOT);
-        X.cd = sub.take<double>(SHP_NCD * SHP_CK);
-        X.ci = sub.take<int>(SHP_NCI * SHP_CK);
-        X.rs = sub.take<double>(3 * rcap);
-        X.rsh = sub.take<short>(SHP_NRS * rcap);
-        X.st = sub.take<short>(4 * (2 * rcap + SHP_CK));
-        X.coefs = s_coefs;
-        X.rcap = rcap;
-        X.scap = 2 * rcap + SHP_CK;
+        shp_take_chunk(X, region, rcap, s_coefs);
         X.h = h - 2;
         X.w = w - 2;
         X.hp = h;

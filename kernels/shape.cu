@@ -371,6 +371,21 @@ struct ShpCtx {
     int c0, nC0, nC, R;   // the chunk: first component, candidates, components, records
 };
 
+// The per-chunk arrays (component slots and fields, row records, hull stacks) carved out of
+// `region` (shp_chunk_bytes(rcap) bytes) for up to rcap row records.
+__device__ void shp_take_chunk(volatile ShpCtx& X, unsigned char* region, int rcap, const double* coefs) {
+    SgArena sub(region);
+    X.slot = sub.take<double>(SHP_CK * SHP_SLOT);
+    X.cd = sub.take<double>(SHP_NCD * SHP_CK);
+    X.ci = sub.take<int>(SHP_NCI * SHP_CK);
+    X.rs = sub.take<double>(3 * rcap);
+    X.rsh = sub.take<short>(SHP_NRS * rcap);
+    X.st = sub.take<short>(4 * (2 * rcap + SHP_CK));
+    X.coefs = coefs;
+    X.rcap = rcap;
+    X.scap = 2 * rcap + SHP_CK;
+}
+
 // 1. the padded plane; bitmasks cleared
 __device__ void shp_load(volatile ShpCtx& X, const unsigned char* src, int W) {
     unsigned char* fg = X.fg;
@@ -804,16 +819,7 @@ shape_props(const unsigned char* __restrict__ mask, const unsigned char* __restr
         const i64 chunk = shp_chunk_bytes(rcap);
         unsigned char* region = arena.take<unsigned char>(chunk > 4LL * KMAX ? chunk : 4LL * KMAX);
         X.rootpix = reinterpret_cast<int*>(region);
-        SgArena sub(region);
-        X.slot = sub.take<double>(SHP_CK * SHP_SLOT);
-        X.cd = sub.take<double>(SHP_NCD * SHP_CK);
-        X.ci = sub.take<int>(SHP_NCI * SHP_CK);
-        X.rs = sub.take<double>(3 * rcap);
-        X.rsh = sub.take<short>(SHP_NRS * rcap);
-        X.st = sub.take<short>(4 * (2 * rcap + SHP_CK));
-        X.coefs = s_coefs;
-        X.rcap = rcap;
-        X.scap = 2 * rcap + SHP_CK;
+        shp_take_chunk(X, region, rcap, s_coefs);
     }
     const int planes = N * (C + 1);
     for (int m = blockIdx.x; m < planes; m += gridDim.x) {
