@@ -238,19 +238,16 @@ def _load_checked(source, rows: pd.DataFrame, n_ch: int, min_side: int) -> list:
             try:
                 loaded += source.load(rows.iloc[pos:pos + 1])
             except Exception as exc:  # noqa: BLE001 - this object's error only
-                raise_if_transient(exc, lambda pos=pos: source.describe(rows.iloc[pos]))
                 loaded.append(exc)
     out = []
     for pos, item in enumerate(loaded):
         name = lambda pos=pos: source.describe(rows.iloc[pos])  # noqa: E731 (only for a message)
         if isinstance(item, Exception):
-            raise_if_transient(item, name)  # the storage's failure, not the object's: the partition fails
             out.append((item, getattr(item, "stage", "load")))
             continue
         try:
             out.append(check_image(item, n_ch, min_side, name))
         except Exception as exc:  # any failure to validate one object is that object's error
-            raise_if_transient(exc, name)  # (a lazy image is read when checked)
             out.append((exc, getattr(exc, "stage", "validate")))
     return out
 
@@ -298,13 +295,11 @@ def load_partition_device(source, rows: pd.DataFrame, n_ch: int, min_side: int, 
     for pos, item in enumerate(loaded):
         name = lambda pos=pos: source.describe(rows.iloc[pos])  # noqa: E731 (only for a message)
         if isinstance(item, Exception):
-            raise_if_transient(item, name)  # the storage's failure, not the object's: the partition fails
             out[pos] = (item, getattr(item, "stage", "load"))
         elif not is_gpu(array_module(item)):  # read through the host
             try:
                 out[pos] = xp.asarray(check_image(item, n_ch, min_side, name))
             except Exception as exc:  # noqa: BLE001 - this object's error only
-                raise_if_transient(exc, name)
                 out[pos] = (exc, getattr(exc, "stage", "validate"))
         else:
             on_device.setdefault((tuple(item.shape), item.dtype.str), []).append(pos)
@@ -350,7 +345,9 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
 
     def fail(pos: int, exc: Exception, stage: str) -> None:
         row = rows.iloc[pos]
-        raise_if_transient(exc, lambda: source.describe(row))  # never one object's error: the partition fails
+        # the one place an object's error is recorded: a transient failure of the storage or the
+        # network (a load, a lazy read while validating) is never one, the partition fails
+        raise_if_transient(exc, lambda: source.describe(row))
         msg = str(exc) if isinstance(exc, ObjectError) else f"{source.describe(row)}: {describe_exception(exc)}"
         errors[pos] = {"meta_index": int(row["meta_index"]), "object": source.describe(row),
                        "stage": getattr(exc, "stage", stage), "error": msg}
@@ -1160,8 +1157,8 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             provenance["workers"] = workers
             what = "GPU" if device == "cuda" else "profile stage"
             for name, w in workers.items():
-                log.info("worker %s: %d %s in %d partition(s), %.1f s, %.1f %s/s; %s busy %.0f%% of its time", name,
-                         w["objects"], "objects", w["partitions"], w["seconds"], w["objects_per_s"], "objects", what,
+                log.info("worker %s: %d objects in %d partition(s), %.1f s, %.1f objects/s; %s busy %.0f%% of its "
+                         "time", name, w["objects"], w["partitions"], w["seconds"], w["objects_per_s"], what,
                          100 * w["device_busy"])
         if cfg.profile_stages:
             stages: dict[str, float] = {}
