@@ -22,7 +22,8 @@ SLOT = 60
 _NCI, _NCD, _NRS = 12, 4, 5
 #: padded planes up to this many pixels (labels pack a pixel index in 16 bits)
 MAX_PADDED_PIXELS = 1 << 16
-#: longest side the kernel takes (doubled padded columns stay below the shorts' sentinel 32000)
+#: longest side the kernel takes (doubled padded columns stay below the shorts' sentinel 32000;
+#: also the AreaShape block's limit, which uses the same device functions)
 MAX_SIDE = 4000
 #: component numbers fit in 15 bits
 MAX_COMPONENTS = 1 << 15

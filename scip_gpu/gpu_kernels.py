@@ -694,9 +694,10 @@ def cp_pattern_props(padded, labels, nl: int):
 
 SOURCES += ("cp_sizeshape_block.cu",)
 
-#: planes (padded) up to this many pixels a side: the kernel's row ends and hull stacks are
-#: shorts (and the row ends of empty rows, 4 (side + 4), doubled, must stay below 2 ** 15)
-CP_SIZESHAPE_MAX_SIDE = 4000
+#: planes (padded) up to this many pixels a side: the row ends and hull stacks of shape.cu's
+#: device functions are shorts (and the row ends of empty rows, 4 (side + 4), doubled, must
+#: stay below 2 ** 15): the limit of SCIP's shape kernel
+from ._gpu_shape import MAX_SIDE as CP_SIZESHAPE_MAX_SIDE  # noqa: E402
 #: values per plane (CPS_NF of the kernel: ``len(features.cp_sizeshape.FEATURES)``)
 CP_SIZESHAPE_NF = 80
 
