@@ -14,8 +14,10 @@
 //    the combined mask and its rim; (mode 1, the raw set): the whole plane;
 // 3. each view's members are compacted in sorted order (one block scan for all views, four
 //    16-bit counters packed in 64 bits: planes have fewer than 65536 pixels), then
-//    one thread per view sums the moments sequentially in ascending order (as the CPU does)
-//    and reads the quantiles and the MAD off the sorted members;
+//    INT_LANES threads per view sum the central moments (member i into partial sum i mod
+//    INT_LANES, ascending i; the partial sums then added as a pairwise tree: the order of the
+//    numba sorted_stats), and one thread per view reads the quantiles and the MAD off the
+//    sorted members;
 // 4. the background-corrected views follow from the uncorrected ones by a shift.
 //
 // Output (mode 0): per plane 88 values, views in the order mask, bgcorr, edge, bgcorr_edge,
@@ -67,22 +69,38 @@ __device__ double int_kth_vshape(const unsigned short* v, int n, int split, doub
     return sg_kth_vshape(IntValues{v}, n, split, c, k);
 }
 
-// The 11 statistics of the ascending v[0..n), as the numba sorted_stats (one thread); `total`,
-// the sum of the (integer) values, is exact in any order and comes from a block reduction.
-__device__ void int_sorted_stats(const unsigned short* v, int n, double total, double* o) {
-    if (n == 0) {
-        for (int k = 0; k < INT_NSTAT; ++k) o[k] = sg_nan();
-        return;
-    }
-    const double mean = total / n;
+#define INT_LANES 16  // partial sums per view of the central moments (numba: MOMENT_LANES)
+
+// Partial sums of the central moments of v[0..n) about `mean`: lane l of INT_LANES takes
+// members l, l + INT_LANES, ... in ascending order (the numba central_moment_sums' order).
+__device__ void int_moment_lane(const unsigned short* v, int n, double mean, int lane, double* m) {
     double m2 = 0.0, m3 = 0.0, m4 = 0.0;
-    for (int i = 0; i < n; ++i) {
+    for (int i = lane; i < n; i += INT_LANES) {
         const double e = (double)v[i] - mean;
         const double e2 = e * e;
         m2 += e2;
         m3 += e2 * e;
         m4 += e2 * e2;
     }
+    m[lane] = m2;
+    m[INT_LANES + lane] = m3;
+    m[2 * INT_LANES + lane] = m4;
+}
+
+// The 11 statistics of the ascending v[0..n), as the numba sorted_stats (one thread); `total`,
+// the sum of the (integer) values, is exact in any order and comes from a block reduction;
+// `m` holds the INT_LANES partial sums of each central moment (int_moment_lane), added here as
+// the numba kernel adds them (a pairwise tree).
+__device__ void int_sorted_stats(const unsigned short* v, int n, double total, double* m, double* o) {
+    if (n == 0) {
+        for (int k = 0; k < INT_NSTAT; ++k) o[k] = sg_nan();
+        return;
+    }
+    const double mean = total / n;
+    for (int k = 0; k < 3; ++k)
+        for (int off = INT_LANES / 2; off > 0; off /= 2)
+            for (int j = 0; j < off; ++j) m[k * INT_LANES + j] += m[k * INT_LANES + j + off];
+    double m2 = m[0], m3 = m[INT_LANES], m4 = m[2 * INT_LANES];
     m2 /= n;
     m3 /= n;
     m4 /= n;
@@ -144,6 +162,7 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
     __shared__ int count[4];
     __shared__ double total[4];
     __shared__ double stats[4 * INT_NSTAT];
+    __shared__ double moments[4 * 3 * INT_LANES];
     const int nv = mode == 0 ? 4 : 1;
     const int r = edge_width;
     if (mode == 0 && (int)threadIdx.x < 2 * r + 1) {
@@ -260,10 +279,17 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
             __syncthreads();
         }
         SG_PROF_MARK(2, 2);
-        // 4. statistics: one thread per view, in different warps
-        if (threadIdx.x % 32 == 0 && (int)threadIdx.x / 32 < nv) {
-            const int v = threadIdx.x / 32;
-            int_sorted_stats(members + (i64)v * cap, count[v], total[v], stats + v * INT_NSTAT);
+        // 4. statistics: INT_LANES threads per view sum the moments, then one thread per view
+        //    (each view in its own warps) finishes
+        {
+            const int v = threadIdx.x / (SG_THREADS / 4), lane = threadIdx.x % (SG_THREADS / 4);
+            if (v < nv && lane < INT_LANES && count[v] > 0)
+                int_moment_lane(members + (i64)v * cap, count[v], total[v] / count[v], lane,
+                                moments + v * 3 * INT_LANES);
+            __syncthreads();
+            if (v < nv && lane == 0)
+                int_sorted_stats(members + (i64)v * cap, count[v], total[v], moments + v * 3 * INT_LANES,
+                                 stats + v * INT_NSTAT);
         }
         __syncthreads();
         SG_PROF_MARK(2, 3);

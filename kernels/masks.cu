@@ -71,32 +71,44 @@ __device__ void sg_li_filters(const void* px, int dtype, int W, int h, int w, do
 
 // skimage.filters.threshold_li of the n ascending values s[0..n), with the arithmetic of the
 // numba li_rows (every thread calls it; the same value is returned to all). The shifted values
-// and the smallest gap between them are computed in parallel (each the same doubles); the
-// prefix sums run in one thread in ascending order, as on the CPU; the iteration is
-// sequential. prefix: n + 1 doubles of scratch.
-__device__ double sg_threshold_li(const double* s, int n, double* prefix, int max_iter) {
+// v[k] = s[k] - s[0] and the smallest gap between them are computed in parallel (each the same
+// doubles). The background sums are prefix sums of v in a blocked order (SG_THREADS chunks of
+// ceil(n / SG_THREADS) values, chunk c summed in order by thread c; the chunk sums added in
+// order by one thread; the background of k values is the sum of the chunks before k's chunk
+// plus the values of k's chunk before k, summed in order): the order of the numba li_rows.
+// The iteration is sequential (one thread; each step a binary search and at most one chunk's
+// values). Needs no scratch beyond SG_THREADS + 1 static doubles.
+__device__ double sg_threshold_li(const double* s, int n, int max_iter) {
     __shared__ double s_thr;
+    __shared__ double chunk[SG_THREADS + 1];  // chunk sums, then the sums of the chunks before
     if (n == 0) return sg_nan();
     const double lo = s[0], top = s[n - 1];
     __syncthreads();  // every thread has read them before any returns (the caller reuses s)
     if (lo == top) return lo;
+    const int cs = (n + SG_THREADS - 1) / SG_THREADS;
     double tol = sg_inf();
-    for (int k = threadIdx.x; k < n; k += SG_THREADS) {
-        const double v = s[k] - lo;
-        prefix[k + 1] = v;
-        if (k > 0) {
-            const double g = v - (s[k - 1] - lo);
-            if (g > 0 && g < tol) tol = g;
+    {
+        const int a = sg_min((int)threadIdx.x * cs, n), b = sg_min(a + cs, n);
+        double acc = 0.0;
+        for (int k = a; k < b; ++k) {
+            const double v = s[k] - lo;
+            acc = acc + v;
+            if (k > 0) {
+                const double g = v - (s[k - 1] - lo);
+                if (g > 0 && g < tol) tol = g;
+            }
         }
+        chunk[threadIdx.x] = acc;
     }
-    tol = sg_block_min(tol);  // (ends with a barrier: prefix[1..n] are written)
+    tol = sg_block_min(tol);  // (ends with a barrier: every chunk sum is written)
     if (threadIdx.x == 0) {
         double acc = 0.0;
-        prefix[0] = 0.0;
-        for (int k = 1; k <= n; ++k) {
-            acc = acc + prefix[k];
-            prefix[k] = acc;
+        for (int c = 0; c < SG_THREADS; ++c) {
+            const double t = chunk[c];
+            chunk[c] = acc;
+            acc = acc + t;
         }
+        chunk[SG_THREADS] = acc;
         tol = tol / 2;
         const double total = acc;
         const double cntf = (double)n;
@@ -110,8 +122,10 @@ __device__ double sg_threshold_li(const double* s, int n, double* prefix, int ma
                 const int mid = (a + b) / 2;
                 if (s[mid] - lo <= t_curr) a = mid + 1; else b = mid;
             }
-            const int k = a;
-            const double sum_back = prefix[k];
+            const int k = a, c = k / cs;
+            double part = 0.0;
+            for (int j = c * cs; j < k; ++j) part = part + (s[j] - lo);
+            const double sum_back = chunk[c] + part;
             const double mean_back = sum_back / (double)k;
             const double mean_fore = (total - sum_back) / (cntf - (double)k);
             if (mean_back == 0) break;
@@ -162,9 +176,8 @@ mask_li(const void* pixels, const int dtype, const int C, const int H, const int
             __syncthreads();
             sg_bitonic_sort(Y, n2);
             SG_PROF_MARK(0, 1);
-            const double t = sg_threshold_li(Y, n, X, max_iter);  // X: prefix sums
+            const double t = sg_threshold_li(Y, n, max_iter);  // (X, the filtered plane, kept)
             SG_PROF_MARK(0, 2);
-            sg_li_filters(px, dtype, W, h, w, scale, w1, r1, w2, r2, X, Y);  // X was overwritten
             SG_PROF_MARK(0, 3);
             sg_foreground(X, t, m8, h, w, parent, count);
             SG_PROF_MARK(0, 4);

@@ -7,6 +7,13 @@ in every new worker process; ``cpu_kernels`` holds their documented NumPy-facing
 import numpy as np
 from numba import njit
 
+# partial sums per view of the central moments in sorted_stats: the threads per view of the CUDA
+# twin (kernels/intensity.cu, INT_LANES), so that both add in the same order
+MOMENT_LANES = 16
+# chunks of the blocked prefix sums in li_rows: the threads per block of the CUDA twin
+# (kernels/masks.cu, sg_threshold_li; SG_THREADS)
+LI_CHUNKS = 256
+
 
 @njit(cache=True, nogil=True, boundscheck=False)
 def median_disk_planes(x, extents, half, out):  # pragma: no cover - compiled
@@ -193,8 +200,12 @@ def quantile(v, n, p):  # pragma: no cover - compiled; numpy's 'linear' method
     return lerp(v[lo], v[hi], virt - lo)
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def sorted_stats(v, n, out):  # pragma: no cover - compiled
-    # the 11 statistics of the ascending v[:n], as scip_gpu.stats.compact_statistics
+def sorted_stats(v, n, out, part):  # pragma: no cover - compiled
+    # the 11 statistics of the ascending v[:n], as scip_gpu.stats.compact_statistics. The
+    # central moments are summed in MOMENT_LANES partial sums (member i into partial i mod
+    # MOMENT_LANES, ascending i) added as a pairwise tree: the order of the CUDA twin
+    # (kernels/intensity.cu, int_moment_lane), whose threads each sum one partial. part: (3,
+    # MOMENT_LANES) scratch.
     if n == 0:
         for k in range(11):
             out[k] = np.nan
@@ -203,15 +214,23 @@ def sorted_stats(v, n, out):  # pragma: no cover - compiled
     for i in range(n):
         total += v[i]
     mean = total / n
-    m2 = 0.0
-    m3 = 0.0
-    m4 = 0.0
+    part[:] = 0.0
     for i in range(n):
         e = v[i] - mean
         e2 = e * e
-        m2 += e2
-        m3 += e2 * e
-        m4 += e2 * e2
+        lane = i % MOMENT_LANES
+        part[0, lane] += e2
+        part[1, lane] += e2 * e
+        part[2, lane] += e2 * e2
+    off = MOMENT_LANES // 2
+    while off > 0:
+        for j in range(off):
+            for k in range(3):
+                part[k, j] += part[k, j + off]
+        off //= 2
+    m2 = part[0, 0]
+    m3 = part[1, 0]
+    m4 = part[2, 0]
     m2 /= n
     m3 /= n
     m4 /= n
@@ -259,6 +278,7 @@ def sorted_view_statistics(order, values, views, out):  # pragma: no cover - com
     n_views, n_planes, p = views.shape
     buf = np.empty((n_views, p))
     cnt = np.empty(n_views, dtype=np.int64)
+    part = np.empty((3, MOMENT_LANES))
     for r in range(n_planes):
         cnt[:] = 0
         for k in range(p):  # one pass over the order fills every view (branch-free)
@@ -268,7 +288,7 @@ def sorted_view_statistics(order, values, views, out):  # pragma: no cover - com
                 buf[vv, cnt[vv]] = val
                 cnt[vv] += views[vv, r, i]
         for vv in range(n_views):
-            sorted_stats(buf[vv], cnt[vv], out[r, vv])
+            sorted_stats(buf[vv], cnt[vv], out[r, vv], part)
 
 @njit(cache=True, nogil=True, boundscheck=False)
 def radix_argsort_u16(x, order, values):  # pragma: no cover - compiled
@@ -602,9 +622,12 @@ def otsu_int_rows(x, valid, out):  # pragma: no cover - compiled
 def li_rows(s, n, max_iter, out):  # pragma: no cover - compiled
     # skimage.filters.threshold_li of each row's n[r] sorted values s[r, :n[r]], with the
     # arithmetic of masks.methods.threshold_li (shift to 0, tolerance half the smallest gap,
-    # background/foreground means from prefix sums)
+    # background/foreground means from prefix sums). The prefix sums are blocked as in the
+    # CUDA twin (kernels/masks.cu, sg_threshold_li): LI_CHUNKS chunks of ceil(n / LI_CHUNKS)
+    # values, each summed in order; the chunk sums added in order; the sum of the first k values
+    # is the sum of the chunks before k's chunk plus k's chunk's values before k, in order.
     m_rows, p = s.shape
-    prefix = np.empty(p + 1)
+    chunk = np.empty(LI_CHUNKS + 1)
     for r in range(m_rows):
         cnt = n[r]
         if cnt == 0:
@@ -614,9 +637,10 @@ def li_rows(s, n, max_iter, out):  # pragma: no cover - compiled
         if lo == s[r, cnt - 1]:
             out[r] = lo
             continue
+        cs = (cnt + LI_CHUNKS - 1) // LI_CHUNKS
         tol = np.inf
-        prefix[0] = 0.0
         prev = 0.0
+        chunk[:] = 0.0
         for k in range(cnt):
             v = s[r, k] - lo
             if k > 0:
@@ -624,9 +648,15 @@ def li_rows(s, n, max_iter, out):  # pragma: no cover - compiled
                 if g > 0 and g < tol:
                     tol = g
             prev = v
-            prefix[k + 1] = prefix[k] + v
+            chunk[k // cs] = chunk[k // cs] + v
+        acc = 0.0
+        for c in range(LI_CHUNKS):
+            t = chunk[c]
+            chunk[c] = acc
+            acc = acc + t
+        chunk[LI_CHUNKS] = acc
         tol = tol / 2
-        total = prefix[cnt]
+        total = acc
         cntf = float(cnt)
         t_next = total / cntf
         t_curr = -2 * tol
@@ -644,7 +674,11 @@ def li_rows(s, n, max_iter, out):  # pragma: no cover - compiled
                 else:
                     b = mid
             k = a
-            sum_back = prefix[k]
+            c = k // cs
+            part = 0.0
+            for j in range(c * cs, k):
+                part = part + (s[r, j] - lo)
+            sum_back = chunk[c] + part
             mean_back = sum_back / k
             mean_fore = (total - sum_back) / (cntf - k)
             if mean_back == 0:

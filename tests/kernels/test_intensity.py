@@ -42,9 +42,13 @@ def _cells(dtype=np.uint16):
 
 
 def _compare(got, want):
+    """Columns hold blocks of the 11 statistics: all but skewness and kurtosis (9, 10: pow) bit
+    for bit, so the kernel's order of summation must be the CPU's."""
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     ok = ~np.isnan(want)
     np.testing.assert_allclose(got[ok], want[ok], rtol=1e-14, atol=0)
+    exact = np.arange(want.shape[1]) % 11 < 9
+    np.testing.assert_array_equal(got[:, exact], want[:, exact])
 
 
 @pytest.mark.parametrize("method", ["li", "otsu"])

@@ -74,3 +74,38 @@ def test_combined_indices_and_global_workspace(sim_small_shared):
     np.testing.assert_array_equal(dev[5].get(), cpu.combined_background)
     launches = gpu_kernels.module().launches
     assert any(name == "mask_otsu" and shared == 0 for name, _, _, shared in launches)  # global variant ran
+
+
+def test_li_threshold_device_function_equals_cpu_bit_for_bit():
+    """sg_threshold_li (kernels/masks.cu: blocked prefix sums over the block's threads) and the
+    numba li_rows add in the same order: the same thresholds to the last bit; both equal
+    scikit-image's threshold_li to rounding. Rows shorter and longer than the 256 chunks, not
+    multiples of them, with ties, a constant row and a tiny gap."""
+    from skimage.filters import threshold_li
+
+    from scip_gpu import cpu_kernels
+
+    from ..cuda_sim import sim
+
+    if sim.compiler() is None:
+        pytest.skip("g++ is not installed")
+    src = "".join((gpu_kernels.kernels_dir() / f).read_text() for f in ("common.cuh", "masks.cu"))
+    src += ('extern "C" __global__ void li_rows_test(const double* s, const int n, const int P, '
+            'const int max_iter, double* out) {\n'
+            '    const double t = sg_threshold_li(s + (long long)blockIdx.x * P, n, max_iter);\n'
+            '    if (threadIdx.x == 0) out[blockIdx.x] = t;\n}\n')
+    mod = sim.SimModule(src, ["li_rows_test"])
+    rng = np.random.default_rng(7)
+    for n in (5, 255, 256, 700, 4096, 5000):
+        rows = [rng.gamma(2.0, 0.01, n), np.round(rng.random(n) * 40) / 40 + 0.5, np.full(n, 0.25)]
+        rows.append(np.where(rng.random(n) < 0.5, 0.1, 0.1 + 1e-12) + rng.random(n) * (np.arange(n) % 2))
+        x = np.sort(np.stack(rows), axis=1)
+        want = cpu_kernels.threshold_li(x, np.ones_like(x, dtype=bool))
+        got = np.full(len(x), np.nan)
+        mod.get_function("li_rows_test")((len(x),), (gpu_kernels.THREADS,),
+                                         (x, np.int32(n), np.int32(n), np.int32(10_000), got))
+        np.testing.assert_array_equal(got, want)
+        for r in range(len(x)):
+            if x[r, 0] != x[r, -1]:
+                assert want[r] == pytest.approx(threshold_li(x[r]), rel=1e-9)
+        assert want[2] == 0.25
