@@ -1,13 +1,21 @@
 // A small CPU emulation of the CUDA features our kernels use, so that the kernel sources of
 // kernels/ compile with g++ and run against their NumPy references on machines without a GPU.
 //
-// A launch runs its blocks one after the other; each block runs as blockDim.x std::threads (one
-// pool per launch) synchronised by a std::barrier, so __syncthreads() really is a barrier and
-// shared-memory races between threads show up as wrong results. Function-scope __shared__
-// arrays become statics (blocks never overlap); dynamic shared memory is one buffer per launch,
-// refilled with garbage (0xA5 bytes) before every block so that reading memory nothing wrote
-// is caught. Threads that return early leave the block's barrier (arrive_and_drop), as exited
-// threads stop counting for __syncthreads on a GPU.
+// A launch runs its blocks one after the other. By default each block runs as blockDim.x
+// fibers (ucontext) on the calling thread: a fiber runs until its __syncthreads() or its
+// return, and when every fiber still running waits at the barrier, all are released. The
+// order in which the fibers run alternates from one barrier phase to the next and from one
+// block to the next (thread 0 first, or the last thread first), so a missing barrier between a
+// write and another thread's read shows up as a wrong result in one direction or the other. Compiled with
+// -DCUDA_SIM_OS_THREADS (SCIP_GPU_SIM_THREADS=os in tests/cuda_sim/sim.py), each block runs as
+// blockDim.x std::threads synchronised by a std::barrier instead: threads then also interleave
+// inside a phase (some races only show there), at the price of an OS context switch per thread
+// and barrier (many times slower on a small machine).
+//
+// Function-scope __shared__ arrays become statics (blocks never overlap); dynamic shared memory
+// is one buffer per launch, refilled with garbage (0xA5 bytes) before every block so that
+// reading memory nothing wrote is caught. Threads that return early leave the block's barrier,
+// as exited threads stop counting for __syncthreads on a GPU.
 //
 // Only 1-D grids and blocks. Warp intrinsics are not emulated: kernels must not use them.
 #pragma once
@@ -22,11 +30,27 @@
 #include <thread>
 #include <type_traits>
 #include <vector>
+#ifndef CUDA_SIM_OS_THREADS
+#include <ucontext.h>
+#endif
 
 struct sim_dim3 { unsigned x = 1, y = 1, z = 1; };
+#ifdef CUDA_SIM_OS_THREADS
 inline thread_local sim_dim3 threadIdx, blockIdx;
-inline sim_dim3 blockDim, gridDim;
 inline std::barrier<>* sim_block_barrier = nullptr;
+#else
+inline sim_dim3 threadIdx, blockIdx;  // set by the scheduler before it resumes a fiber
+struct sim_fiber {
+    ucontext_t ctx;
+    bool waiting = false, done = false;
+};
+inline std::vector<sim_fiber> sim_fibers;
+inline std::vector<std::unique_ptr<char[]>> sim_stacks;
+inline ucontext_t sim_scheduler;
+inline unsigned sim_current = 0;
+constexpr size_t sim_stack_bytes = 256 * 1024;
+#endif
+inline sim_dim3 blockDim, gridDim;
 inline std::vector<unsigned char> sim_shared_buffer;
 
 #define __global__
@@ -39,7 +63,15 @@ inline std::vector<unsigned char> sim_shared_buffer;
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 
+#ifdef CUDA_SIM_OS_THREADS
 inline void __syncthreads() { sim_block_barrier->arrive_and_wait(); }
+#else
+inline void __syncthreads() {
+    sim_fiber& f = sim_fibers[sim_current];
+    f.waiting = true;
+    swapcontext(&f.ctx, &sim_scheduler);
+}
+#endif
 inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline unsigned char* sim_dynamic_shared() {
@@ -75,6 +107,7 @@ using std::atan2; using std::ceil; using std::exp; using std::fabs; using std::f
 using std::isfinite; using std::isinf; using std::isnan; using std::log; using std::pow; using std::sqrt;
 
 // Run `body` (the kernel call) for every block of a 1-D launch.
+#ifdef CUDA_SIM_OS_THREADS
 template <class F>
 void sim_run(unsigned grid, unsigned block, size_t shared_bytes, F&& body) {
     gridDim = {grid, 1, 1};
@@ -104,6 +137,50 @@ void sim_run(unsigned grid, unsigned block, size_t shared_bytes, F&& body) {
     }
     for (auto& t : pool) t.join();
 }
+
+#else
+template <class F>
+void sim_run(unsigned grid, unsigned block, size_t shared_bytes, F&& body) {
+    gridDim = {grid, 1, 1};
+    blockDim = {block, 1, 1};
+    sim_shared_buffer.assign(shared_bytes + 16, 0xA5);
+    static std::remove_reference_t<F>* s_body;
+    s_body = &body;
+    void (*entry)() = [] {
+        (*s_body)();
+        sim_fibers[sim_current].done = true;  // then back to the scheduler (uc_link)
+    };
+    sim_fibers.assign(block, sim_fiber{});
+    while (sim_stacks.size() < block) sim_stacks.emplace_back(new char[sim_stack_bytes]);
+    for (unsigned b = 0; b < grid; ++b) {
+        blockIdx = {b, 0, 0};
+        std::fill(sim_shared_buffer.begin(), sim_shared_buffer.end(), 0xA5);
+        for (unsigned t = 0; t < block; ++t) {
+            sim_fiber& f = sim_fibers[t];
+            f.waiting = f.done = false;
+            getcontext(&f.ctx);
+            f.ctx.uc_stack.ss_sp = sim_stacks[t].get();
+            f.ctx.uc_stack.ss_size = sim_stack_bytes;
+            f.ctx.uc_link = &sim_scheduler;
+            makecontext(&f.ctx, entry, 0);
+        }
+        for (unsigned phase = 0;; ++phase) {
+            unsigned running = 0;
+            for (unsigned k = 0; k < block; ++k) {
+                const unsigned t = (phase + b) % 2 ? block - 1 - k : k;
+                sim_fiber& f = sim_fibers[t];
+                if (f.done) continue;
+                sim_current = t;
+                threadIdx = {t, 0, 0};
+                swapcontext(&sim_scheduler, &f.ctx);  // until its next barrier or its return
+                running += !f.done;
+            }
+            if (running == 0) break;
+            for (auto& f : sim_fibers) f.waiting = false;  // every running fiber waits: release
+        }
+    }
+}
+#endif
 
 // Call a kernel with CUDA-style parameters: params[i] points to the value of argument i.
 template <class... A, size_t... I>

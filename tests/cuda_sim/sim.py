@@ -37,7 +37,9 @@ def _driver_source(source: str, names: list[str]) -> str:
         for n in names
     )
     sigs = "\n".join(f'    if (!std::strcmp(name, "{n}")) return sim_signature_of({n}, out, cap);' for n in names)
-    return (f'#include "{HERE / "cuda_sim.h"}"\n{source}\n'
+    # SCIP_GPU_SIM_THREADS=os: one OS thread per CUDA thread (cuda_sim.h); default: fibers
+    head = "#define CUDA_SIM_OS_THREADS 1\n" if os.environ.get("SCIP_GPU_SIM_THREADS") == "os" else ""
+    return (f'{head}#include "{HERE / "cuda_sim.h"}"\n{source}\n'
             'extern "C" int sim_launch(const char* name, unsigned grid, unsigned block, size_t shared, void** params) {\n'
             f"{cases}\n    return -1;\n}}\n"
             'extern "C" int sim_signature(const char* name, char* out, int cap) {\n'
