@@ -7,6 +7,7 @@ Generating cells is slow in Python, so ``--unique`` distinct cells are generated
 
     python benchmarks/bench_gpu.py -n 65536 --unique 2048 --out benchmarks/results
     python benchmarks/bench_gpu.py --first-batch     # one fresh-process batch (compilation included)
+    python benchmarks/bench_gpu.py --fields-speed 16  # command line on 16 1024x1280 fields, cuda vs cpu
 
 What is measured (each in the same process, on the same device):
 
@@ -170,6 +171,76 @@ def check_fields(tmp: Path) -> dict:
             "nan_mismatch": int((np.isnan(x) != np.isnan(y)).sum()),
             "worst_rel": float(np.max(np.where(both & (mag >= 1e-6), rel, 0), initial=0))}
 
+
+
+def write_fields(root: Path, n_fields: int, shape, n_cells: int, seed: int = 0) -> None:
+    """BBBC021-named fields (3 channels, uint16, ``shape``) with ``n_cells`` cells each, as the
+    tests' replica (tests/fields_data.make_field) but drawn per cell in a window around it, so
+    that full-size fields (1024 x 1280, ~100 cells) take well under a second each."""
+    import tifffile
+
+    from tests.fields_data import PLATES
+
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    plate, (week, date) = next(iter(PLATES.items()))
+    folder = root / plate
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in range(n_fields):
+        img = np.stack([np.full(shape, 120.0), np.full(shape, 150.0), np.full(shape, 130.0)])
+        centres = []
+        while len(centres) < n_cells:  # well separated nuclei, away from the border
+            c = rng.uniform([20, 20], [h - 20, w - 20])
+            if all(np.hypot(*(c - d)) > 34 for d in centres[-400:]):
+                centres.append(c)
+        for cy, cx in centres:
+            rad = rng.uniform(6, 8)
+            y0, y1, x0, x1 = int(max(cy - 40, 0)), int(min(cy + 40, h)), int(max(cx - 40, 0)), int(min(cx + 40, w))
+            yy, xx = np.mgrid[y0:y1, x0:x1].astype(float)
+            r = np.hypot(yy - cy, xx - cx)
+            with np.errstate(over="ignore"):
+                img[0, y0:y1, x0:x1] += 3000 / (1 + np.exp((r - rad) * 1.5))
+                img[1, y0:y1, x0:x1] += 1200 / (1 + np.exp((r - rad * 2.0) * 0.8))
+                img[2, y0:y1, x0:x1] += 900 / (1 + np.exp((r - rad * 2.2) * 0.8))
+        img += rng.normal(0, 15, img.shape)
+        img = np.clip(img, 0, 65535).astype(np.uint16)
+        well, site = f"B{f // 9 + 2:02d}", f % 9 + 1
+        for ch, plane in zip((1, 2, 4), img):
+            tifffile.imwrite(folder / f"{week}_{date}_{well}_s{site}_w{ch}{f:08X}.tif", plane)
+
+
+def fields_speed(tmp: Path, n_fields: int, shape, n_cells: int, cpu_workers: int) -> dict:
+    """The command line on ``n_fields`` fields of view (bbbc021 settings: illumination,
+    watershed nuclei, expanded cells, profiling in compartments), timed start to exit with
+    ``profile_stages`` on: device=cuda (cluster=sync: one process, the GPU) and device=cpu
+    (cluster=local, one worker per core), each after an untimed run on one other field (CuPy's,
+    cuCIM's and numba's kernel caches filled). Objects/s of each (whole run: start-up, the
+    illumination pass and writing included), their time per stage, the workers' busy share."""
+    root, warm = tmp / "fields", tmp / "warm"
+    t = time.perf_counter()
+    write_fields(root, n_fields, shape, n_cells)
+    write_fields(warm, 1, shape, n_cells, seed=1)  # a first run fills the kernel caches (untimed)
+    out = {"fields": n_fields, "shape": list(shape), "cells_per_field": n_cells,
+           "generate_s": round(time.perf_counter() - t, 2), "runs": {}}
+    for name, extra in (("cuda", ["device=cuda", "cluster=sync"]),
+                        ("cpu", ["device=cpu", "cluster=local", f"cluster.n_workers={cpu_workers}"])):
+        dest = tmp / f"out-{name}"
+        cmd = [sys.executable, "-m", "scip_gpu", "+dataset=bbbc021", "profile_stages=true", "progress=false",
+               "export.formats=[parquet]", *extra]
+        subprocess.run([*cmd, f"dataset.path={warm}", f"output={tmp / f'warm-{name}'}"], capture_output=True,
+                       timeout=400, cwd=REPO)
+        t = time.perf_counter()
+        r = subprocess.run([*cmd, f"dataset.path={root}", f"output={dest}"], capture_output=True, text=True,
+                           timeout=400, cwd=REPO)
+        wall = time.perf_counter() - t
+        if r.returncode != 0:
+            out["runs"][name] = {"error": f"exit {r.returncode}: {r.stderr[-1500:]}"}
+            continue
+        prov = json.loads((dest / "provenance.json").read_text())
+        out["runs"][name] = {"wall_s": round(wall, 2), "objects": prov.get("objects"),
+                             "objects_per_s": round(prov.get("objects", 0) / wall, 1),
+                             "stage_seconds": prov.get("stage_seconds"), "workers": prov.get("workers")}
+    return out
 
 # ---------------------------------------------------------------------------------------------
 # Throughput
@@ -339,12 +410,26 @@ def main(argv=None) -> int:
                    help="feature preset (default scip: li + otsu masks; cellprofiler: li masks)")
     p.add_argument("--fields-only", action="store_true",
                    help="only the fields-of-view equality run (command line, device=cuda vs cpu)")
+    p.add_argument("--fields-speed", type=int, default=0, metavar="N",
+                   help="only time the command line on N full-size fields of view (device=cuda vs cpu)")
+    p.add_argument("--field-shape", type=int, nargs=2, default=[1024, 1280])
+    p.add_argument("--field-cells", type=int, default=100)
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args(argv)
     global PRESET
     PRESET = args.preset
     if args.first_batch:
         return first_batch(256, args.channels)
+    if args.fields_speed:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            res = fields_speed(Path(tmp), args.fields_speed, tuple(args.field_shape), args.field_cells,
+                               args.cpu_workers)
+        print(json.dumps(res))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gpu-fields-speed.json").write_text(json.dumps(res, indent=2))
+        return 0 if all("error" not in r for r in res["runs"].values()) else 1
     if args.fields_only:
         import tempfile
 

@@ -15,6 +15,10 @@
 #   pytest: pytest -m gpu (every CUDA kernel and stage against the CPU path on the device, the
 #           fields' crops gathered on the device, kvikio reads into device memory);
 #   fields: the fields-of-view command line with device=cuda vs device=cpu;
+#   fields_speed: the fields-of-view command line timed on 16 full-size (1024x1280) fields of
+#           ~100 cells (bbbc021 settings), device=cuda (cluster=sync) against device=cpu
+#           (cluster=local, one worker per core), each after an untimed one-field run, with the
+#           time per stage (gpu-fields-speed.json; timeout 200 s); not in the default steps;
 #   nvrtc:  one batch in a fresh process compiling the module with NVRTC (other GPUs' case);
 #   profile: cycles per plane of each phase of the mask and intensity kernels (-DSG_PROFILE);
 #   scaling: bench_scaling.py, the command line (device=cuda cluster=local_cuda, 12-channel 64x64
@@ -63,7 +67,7 @@
 #   600; timeouts sum to 540 s, but the steps usually end well before theirs, and the budget
 #   skips cellprofiler rather than overrun), then with what is left: run 65536 legacy; the
 #   issue11 set in a session of its own.
-#   Also: cellprofiler fields nvrtc profile profile_legacy scaling kvikio, issue11 and its steps
+#   Also: cellprofiler fields fields_speed nvrtc profile profile_legacy scaling kvikio, issue11 and its steps
 #   (name them: bash gpu_session.sh run 65536 issue11, or run 65536 profile ...).
 #   WHEELS=0 skips the wheels' install (a dry run on a machine whose python3 has the packages);
 #   GPU_ARGS (default "--device cuda --cluster local_cuda") is what dense11 and ragged11 run on.
@@ -124,6 +128,7 @@ case "${1:-}" in
         cellprofiler) step 200 python3 benchmarks/bench_gpu.py --preset cellprofiler -n 4096 --unique 512 \
                         --batch-size 1024 --equality-objects 32 --ragged 40 --cpu-objects 128 --out "$OUTDIR" ;;
         fields) step 100 python3 benchmarks/bench_gpu.py --fields-only --out "$OUTDIR" ;;
+        fields_speed) step 200 python3 benchmarks/bench_gpu.py --fields-speed 16 --out "$OUTDIR" ;;
         nvrtc) step 60 env CUPY_CACHE_DIR="$(mktemp -d)" SCIP_GPU_PREBUILT=0 python3 benchmarks/bench_gpu.py \
                  --first-batch ;;
         profile) step 90 python3 benchmarks/profile_kernels.py --out "$OUTDIR" ;;

@@ -110,3 +110,24 @@ def test_issue11_verdicts(tmp_path):
     assert summary.main([str(tmp_path)]) == 0
     md = (tmp_path / "issue11-summary.md").read_text()
     assert "| >= 0.5 | **not met** |" in md and "| >= 10 | **not measured** |" in md
+
+
+def test_full_size_fields_of_the_speed_benchmark(tmp_path):
+    """bench_gpu.py --fields-speed's fields: BBBC021's file names (found by the bbbc021 dataset's
+    regex), 3 uint16 channels, and as many nuclei as drawn (watershed_nuclei finds them)."""
+    import re
+
+    import tifffile
+    import yaml
+
+    import bench_gpu
+    from scip_gpu.segmentation import watershed_nuclei
+
+    bench_gpu.write_fields(tmp_path, 2, (160, 200), 6)
+    regex = yaml.safe_load((ROOT / "conf" / "dataset" / "bbbc021.yaml").read_text())["dataset"]["regex"]
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.tif"))
+    assert len(files) == 6 and all(re.search(regex, f) for f in files)
+    assert len({re.search(regex, f).group("site") for f in files}) == 2
+    dapi = tifffile.imread(tmp_path / files[0])
+    assert dapi.dtype == np.uint16 and dapi.shape == (160, 200)
+    assert int(watershed_nuclei(dapi.astype(float)).max()) == 6
