@@ -134,33 +134,6 @@ __device__ __forceinline__ double sg_block_max(double x) { return sg_block_reduc
 __device__ __forceinline__ i64 sg_block_min_i64(i64 x) { return sg_block_reduce(x, SgMin()); }
 __device__ __forceinline__ i64 sg_block_max_i64(i64 x) { return sg_block_reduce(x, SgMax()); }
 
-// Exclusive prefix sum of flags[0..n) into pos[0..n) (pos may alias nothing else); returns the
-// total. Thread t handles the chunk [t * c, (t + 1) * c) of consecutive elements.
-template <class F, class P>
-__device__ int sg_block_exclusive_scan(const F* flags, P* pos, int n) {
-    __shared__ int part[SG_THREADS + 1];  // (its own buffer: callers may hold a reduction result)
-    const int t = threadIdx.x;
-    const int c = (n + SG_THREADS - 1) / SG_THREADS;
-    const int a = sg_min(t * c, n), b = sg_min(a + c, n);
-    int s = 0;
-    for (int i = a; i < b; ++i) s += (int)flags[i];
-    part[t + 1] = s;
-    if (t == 0) part[0] = 0;
-    __syncthreads();
-    if (t == 0)
-        for (int i = 1; i <= SG_THREADS; ++i) part[i] += part[i - 1];
-    __syncthreads();
-    s = part[t];
-    for (int i = a; i < b; ++i) {
-        const int f = (int)flags[i];
-        pos[i] = (P)s;
-        s += f;
-    }
-    const int total = part[SG_THREADS];
-    __syncthreads();
-    return total;
-}
-
 // In-place ascending bitonic sort of keys[0..n), n a power of two.
 template <class K>
 __device__ void sg_bitonic_sort(K* keys, int n) {

@@ -7,9 +7,8 @@ in every new worker process; ``cpu_kernels`` holds their documented NumPy-facing
 import numpy as np
 from numba import njit
 
-# partial sums per view of the central moments in sorted_stats: the threads per view of the CUDA
-# twin (kernels/intensity.cu, INT_LANES), so that both add in the same order
-MOMENT_LANES = 16
+from .stats import MOMENT_LANES  # partial sums of the central moments (sorted_stats)
+
 # chunks of the blocked prefix sums in li_rows: the threads per block of the CUDA twin
 # (kernels/masks.cu, sg_threshold_li; SG_THREADS)
 LI_CHUNKS = 256

@@ -160,6 +160,11 @@ def _compact_examples(rng):
     yield (np.zeros(0), np.zeros(3, dtype=np.int64)), {}  # only empty segments
 
 
+#: partial sums per segment of the central moments in compact_statistics and its kernels (the
+#: numba sorted_stats, kernels/intensity.cu's INT_LANES threads per view)
+MOMENT_LANES = 16
+
+
 @stage("stats.compact_statistics", examples=_compact_examples)
 def compact_statistics(values, n):
     """The 11 intensity statistics of segments of compact, per-segment ascending values.
@@ -200,9 +205,22 @@ def compact_statistics(values, n):
         mean = total / nf
         dev = values - mean[seg]
         dev2 = dev * dev
-        m2 = xp.bincount(seg, weights=dev2, minlength=r) / nf
-        m3 = xp.bincount(seg, weights=dev2 * dev, minlength=r) / nf
-        m4 = xp.bincount(seg, weights=dev2 * dev2, minlength=r) / nf
+        # central moments in MOMENT_LANES partial sums per segment (member i into partial
+        # i mod MOMENT_LANES, in order), added as a pairwise tree: the order of the numba and
+        # CUDA kernels (NumPy's bincount adds in order, so all three agree to the last bit)
+        lane = seg * MOMENT_LANES + (xp.arange(values.shape[0]) - starts[seg]) % MOMENT_LANES
+
+        def lane_sum(w):
+            p = xp.bincount(lane, weights=w, minlength=r * MOMENT_LANES).reshape(r, MOMENT_LANES)
+            off = MOMENT_LANES // 2
+            while off:
+                p = p[:, :off] + p[:, off:2 * off]
+                off //= 2
+            return p[:, 0]
+
+        m2 = lane_sum(dev2) / nf
+        m3 = lane_sum(dev2 * dev) / nf
+        m4 = lane_sum(dev2 * dev2) / nf
         zero = m2 <= (np.finfo(np.float64).eps * mean) ** 2
         skew = xp.where(zero, xp.nan, m3 / m2**1.5)
         kurt = xp.where(zero, xp.nan, m4 / m2**2.0 - 3.0)
