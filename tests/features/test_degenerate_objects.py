@@ -34,3 +34,51 @@ def test_enclosing_circles_of_a_batch_of_tiny_objects(pixels, reference_only):
     want_r = np.hypot(*(pts[-1] - pts[0])) / 2
     np.testing.assert_allclose(centre, [want_c, want_c + [0, 1]], rtol=0, atol=1e-12)
     np.testing.assert_allclose(radius, [want_r, want_r], rtol=0, atol=1e-12)
+
+
+def _given(images, masks):
+    """A batch of (C, h, w) images and the MaskResult of their given (C, h, w) masks."""
+    from scip_gpu.batch import assemble
+    from scip_gpu.config import MasksConfig
+    from scip_gpu.masks import given_masks
+
+    h = max(i.shape[1] for i in images) + 2
+    w = max(i.shape[2] for i in images) + 2
+    batch = assemble(images, np.arange(len(images)), (h, w))
+    host = np.zeros(batch.pixels.shape, bool)
+    for k, m in enumerate(masks):
+        host[k, :, :m.shape[1], :m.shape[2]] = m
+    return batch, given_masks(batch, host, "m", MasksConfig())
+
+
+def test_glcm_of_constant_and_pairless_views_is_scikit_images(kernel_path):
+    """A constant view (one quantisation level) and a one-pixel view (no pixel pair at distance 3
+    or 5): scikit-image's graycoprops (SCIP's) gives correlation 1 there, not NaN, and the column
+    descriptions do not say otherwise."""
+    from skimage.feature import graycoprops
+
+    from scip_gpu.features.registry import FAMILIES, nan_reason
+    from scip_gpu.features.texture import PROPERTIES, texture_columns
+    from scip_gpu.profile import FeatureContext
+
+    img = np.full((1, 12, 12), 77, np.uint16)
+    img[0, 0, :] = 5  # background differs; the view is constant
+    square = np.zeros((1, 12, 12), bool)
+    square[0, 3:10, 3:10] = True
+    dot = np.zeros((1, 12, 12), bool)
+    dot[0, 5, 5] = True
+    batch, mr = _given([img, img], [square, dot])
+    got = np.asarray(FAMILIES["texture"].compute(batch, mr, FeatureContext()))
+    cols = texture_columns("m", ["A"])
+    col = {c.name: j for j, c in enumerate(cols)}
+    one_level = np.zeros((16, 16, 1, 1))
+    one_level[0, 0] = 1.0
+    empty = np.zeros((16, 16, 1, 1))
+    for row, glcm in ((0, one_level), (1, empty)):
+        for prop in PROPERTIES:
+            want = float(graycoprops(glcm, prop)[0, 0])
+            for view in ("", "combined_"):
+                assert got[row, col[f"feat_m_{view}glcm_mean_{prop}_3_A"]] == want, (row, prop, view)
+    assert got[0, col["feat_m_glcm_mean_correlation_3_A"]] == 1.0
+    corr = next(c for c in cols if c.feature.startswith("glcm_mean_correlation"))
+    assert "constant" not in nan_reason(corr)
