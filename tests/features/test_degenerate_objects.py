@@ -82,3 +82,30 @@ def test_glcm_of_constant_and_pairless_views_is_scikit_images(kernel_path):
     assert got[0, col["feat_m_glcm_mean_correlation_3_A"]] == 1.0
     corr = next(c for c in cols if c.feature.startswith("glcm_mean_correlation"))
     assert "constant" not in nan_reason(corr)
+
+
+@pytest.mark.parametrize("pixels", [[(3, 4)], [(3, 4), (3, 5)], [(2, 2), (3, 3)], [(1, 1), (1, 5), (5, 3)]],
+                         ids=["one-pixel", "two-adjacent", "two-diagonal", "three-apart"])
+def test_sizeshape_of_objects_without_perimeter_against_cp_measure(pixels, kernel_path):
+    """Objects whose scikit-image perimeter is 0: CellProfiler's Compactness P² / max(4πA, 1) is
+    0 there (cp_measure's value), FormFactor 4πA / P² is NaN (README: not infinity)."""
+    pytest.importorskip("cp_measure")
+    from cp_measure.bulk import get_core_measurements
+
+    from scip_gpu.features.cp_sizeshape import FEATURES
+    from scip_gpu.features.registry import FAMILIES
+    from scip_gpu.profile import FeatureContext
+
+    m = np.zeros((1, 7, 8), bool)
+    for r, c in pixels:
+        m[0, r, c] = True
+    img = np.full((1, 7, 8), 100, np.uint16)
+    batch, mr = _given([img], [m])
+    got = np.asarray(FAMILIES["cp_sizeshape"].compute(batch, mr, FeatureContext()))[0, len(FEATURES):]  # channel A
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cp = get_core_measurements()["sizeshape"](m[0].astype(np.int32), None)
+    col = {f: j for j, f in enumerate(FEATURES)}
+    assert cp["Perimeter"][0] == got[col["Perimeter"]] == 0
+    assert got[col["Compactness"]] == cp["Compactness"][0] == 0
+    assert np.isnan(got[col["FormFactor"]]) and np.isinf(cp["FormFactor"][0])
+    assert got[col["Area"]] == cp["Area"][0] == len(pixels)
