@@ -109,3 +109,32 @@ def test_sizeshape_of_objects_without_perimeter_against_cp_measure(pixels, kerne
     assert got[col["Compactness"]] == cp["Compactness"][0] == 0
     assert np.isnan(got[col["FormFactor"]]) and np.isinf(cp["FormFactor"][0])
     assert got[col["Area"]] == cp["Area"][0] == len(pixels)
+
+
+def test_correlation_and_slope_with_constant_channels(kernel_path):
+    """Pearson's r and the slope of B on A in an object where a channel is constant: undefined
+    (NaN) where a channel (r) or A (slope) is constant, slope 0 on a constant B, whatever the
+    rounding of the mean (1234 / 65535 is not exact in binary); elsewhere numpy's values."""
+    from scip_gpu.features.cp_colocalization import FEATURES
+    from scip_gpu.features.registry import FAMILIES
+    from scip_gpu.profile import FeatureContext
+
+    rng = np.random.default_rng(0)
+    m = np.zeros((3, 9, 9), bool)
+    m[:, 1:8, 2:7] = True
+    varying = rng.integers(100, 60000, (9, 9)).astype(np.uint16)
+    const = np.full((9, 9), 1234, np.uint16)
+    images = [np.stack([const, const, varying]), np.stack([varying, const, varying[::-1]])]
+    batch, mr = _given(images, [m, m])
+    got = np.asarray(FAMILIES["cp_colocalization"].compute(batch, mr, FeatureContext())).reshape(2, 3, -1)
+    corr, slope = [f for f, _ in FEATURES].index("Correlation"), [f for f, _ in FEATURES].index("Slope")
+    # pairs (A, B), (A, C), (B, C) of object 0: A and B constant
+    assert np.isnan(got[0, :, corr]).all()
+    assert np.isnan(got[0, 0, slope]) and np.isnan(got[0, 1, slope]) and np.isnan(got[0, 2, slope])
+    # object 1: A varies, B constant, C varies
+    assert np.isnan(got[1, 0, corr]) and got[1, 0, slope] == 0.0
+    assert np.isnan(got[1, 2, corr]) and np.isnan(got[1, 2, slope])
+    a = varying[1:8, 2:7].ravel() / 65535
+    c = varying[::-1][1:8, 2:7].ravel() / 65535
+    np.testing.assert_allclose(got[1, 1, corr], np.corrcoef(a, c)[0, 1], rtol=1e-12)
+    np.testing.assert_allclose(got[1, 1, slope], np.polyfit(a, c, 1)[0], rtol=1e-9)
