@@ -138,3 +138,30 @@ def test_correlation_and_slope_with_constant_channels(kernel_path):
     c = varying[::-1][1:8, 2:7].ravel() / 65535
     np.testing.assert_allclose(got[1, 1, corr], np.corrcoef(a, c)[0, 1], rtol=1e-12)
     np.testing.assert_allclose(got[1, 1, slope], np.polyfit(a, c, 1)[0], rtol=1e-9)
+
+
+def test_radial_distribution_of_an_object_filling_its_image(kernel_path):
+    """An object whose image has no background pixel has no edge: every pixel in the first bin
+    (README, deliberate differences); with one background pixel in a corner the values are
+    cp_measure's again."""
+    pytest.importorskip("cp_measure")
+    from cp_measure.bulk import get_core_measurements
+
+    from scip_gpu.features.cp_radial import BINS, MEASURES
+    from scip_gpu.features.registry import FAMILIES
+    from scip_gpu.profile import FeatureContext
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(1000, 60000, (1, 9, 11)).astype(np.uint16)
+    full = np.ones((1, 9, 11), bool)
+    corner = full.copy()
+    corner[0, 0, 0] = False
+    batch, mr = _given([img, img], [full, corner])
+    got = np.asarray(FAMILIES["cp_radial"].compute(batch, mr, FeatureContext())).reshape(2, len(MEASURES), BINS)
+    frac, mean_frac = got[0, 0], got[0, 1]
+    np.testing.assert_allclose(frac, [1, 0, 0, 0], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(mean_frac, [1 / (1 + np.finfo(float).eps), 0, 0, 0], rtol=1e-15)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cp = get_core_measurements()["radial_distribution"](corner[0].astype(np.int32), img[0] / 65535)
+    want = [[cp[f"RadialDistribution_{m}_{b + 1}of{BINS}"][0] for b in range(BINS)] for m in MEASURES]
+    np.testing.assert_allclose(got[1], want, rtol=1e-9, atol=1e-12)
