@@ -340,7 +340,9 @@ class Worst:
     def add(self, name, a, b, where, floor: float = 0.0):
         """``floor``: values both at most this large count as equal (the rounding noise of a sum
         that vanishes); their difference still counts for the largest absolute difference."""
-        r = _rel(a, b) if not max(abs(a), abs(b)) <= floor else 0.0
+        r = _rel(a, b)
+        if max(abs(a), abs(b)) <= floor and not (np.isnan(a) or np.isnan(b)):  # (max(0, nan) is 0)
+            r = 0.0
         ab = abs(a - b) if np.isfinite(a) and np.isfinite(b) else (0.0 if r == 0 else np.inf)
         e = self.d.setdefault(name, [0.0, "", a, b, 0, 0.0])
         e[4] += 1

@@ -150,8 +150,11 @@ cp_colocalization_objects(const double* __restrict__ x, const unsigned char* __r
                 }
             }
             double* oq = o + (i64)qq * 9;
-            oq[0] = saa * sbb > 0 ? sab / sqrt(saa * sbb) : sg_nan();
-            oq[1] = saa > 0 ? sab / saa : sg_nan();
+            // a constant channel (one distinct value): r undefined, the slope too for a constant
+            // first channel, 0 for a constant second one (its deviations are rounding noise)
+            const bool var_a = s_distinct[a] > 1, var_b = s_distinct[b] > 1;
+            oq[0] = var_a && var_b && saa * sbb > 0 ? sab / sqrt(saa * sbb) : sg_nan();
+            oq[1] = !var_a ? sg_nan() : !var_b ? 0.0 : saa > 0 ? sab / saa : sg_nan();
             if (anyb) {
                 const double pd = sqrt(fpsq * spsq);
                 oq[2] = pd > 0 ? prod / pd : sg_nan();

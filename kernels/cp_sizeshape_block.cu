@@ -223,7 +223,7 @@ __device__ SHP_NOINLINE void cps_other_values(volatile ShpCtx& X, const double* 
     o[CPS_PERIMETER] = per;
     o[CPS_FORMFACTOR] = per > 0 ? 4 * pi * m00 / (per * per) : sg_nan();
     const double q = 4 * pi * m00;
-    o[CPS_COMPACT] = per > 0 ? per * per / (q > 1.0 ? q : 1.0) : sg_nan();
+    o[CPS_COMPACT] = per * per / (q > 1.0 ? q : 1.0);  // 0 for a perimeter of 0, as CellProfiler
     o[CPS_MAXRAD] = radii[lab];
     o[CPS_MEANRAD] = radii[rstride + lab];
     o[CPS_MEDRAD] = radii[2 * rstride + lab];

@@ -419,8 +419,18 @@ def cp_colocalization(x, view, pa, pb, thr_pct, out):  # pragma: no cover - comp
                     rw_a += va * wgt
                     rw_b += vb * wgt
             o = out[i, q]
-            o[0] = sab / np.sqrt(saa * sbb) if saa * sbb > 0 else np.nan
-            o[1] = sab / saa if saa > 0 else np.nan
+            # a constant channel (one dense rank): r undefined, the slope too for a constant
+            # first channel, 0 for a constant second one (its deviations are rounding noise)
+            if ra_max == 0 or rb_max == 0:
+                o[0] = np.nan
+            else:
+                o[0] = sab / np.sqrt(saa * sbb) if saa * sbb > 0 else np.nan
+            if ra_max == 0:
+                o[1] = np.nan
+            elif rb_max == 0:
+                o[1] = 0.0
+            else:
+                o[1] = sab / saa if saa > 0 else np.nan
             if anyb:
                 pd = np.sqrt(fpsq * spsq)
                 o[2] = prod / pd if pd > 0 else np.nan

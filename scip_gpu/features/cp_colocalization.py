@@ -6,7 +6,10 @@ mask, and both channels are CellProfiler's [0, 1] images (``cp_common.cp_image``
 cp_measure's ``get_correlation_pearson``, ``..._overlap``, ``..._manders_fold`` and ``..._rwc``
 (threshold 15 % of each channel's maximum in the object, CellProfiler's default):
 
-* ``Correlation``: Pearson's r; ``Slope``: the least-squares slope of B on A;
+* ``Correlation``: Pearson's r; ``Slope``: the least-squares slope of B on A (with a channel
+  constant in the object, r is NaN, as ``numpy.corrcoef`` there, and so is the slope of a
+  constant A; the slope on a constant B is 0: exact values, where the sums would give their
+  rounding noise);
 * ``Overlap`` and ``K`` (``K_A_B`` = :math:`\\sum ab / \\sum a^2`, ``K_B_A`` the other way) over the
   pixels above both thresholds;
 * ``Manders`` (``Manders_A_B`` = M1: A's intensity above its threshold that is co-located with B
@@ -169,16 +172,21 @@ def pair_colocalization(x, view, pairs):
         da = xp.where(view, fa - ma[:, None], 0.0)
         db = xp.where(view, fb - mb[:, None], 0.0)
         sab, saa, sbb = (da * db).sum(axis=1), (da * da).sum(axis=1), (db * db).sum(axis=1)
+        ra, rb = ranks[:, a], ranks[:, b]
+        # a channel constant in the view (one dense rank): its deviations from the mean are
+        # rounding noise, so r is undefined (NaN, as numpy.corrcoef in exact arithmetic) and the
+        # slope is undefined for a constant first channel, 0 for a constant second one
+        var_a = xp.where(view, ra, 0).max(axis=1) > 0
+        var_b = xp.where(view, rb, 0).max(axis=1) > 0
         with np.errstate(invalid="ignore", divide="ignore"):
-            corr = sab / xp.sqrt(saa * sbb)
-            slope = sab / saa
+            corr = xp.where(var_a & var_b, sab / xp.sqrt(saa * sbb), xp.nan)
+            slope = xp.where(var_a, xp.where(var_b, sab / saa, 0.0), xp.nan)
         both = above[:, a] & above[:, b]
         anyb = both.any(axis=1)
         pa, pb = xp.where(both, fa, 0.0), xp.where(both, fb, 0.0)
         fpsq, spsq, prod = (pa * pa).sum(axis=1), (pb * pb).sum(axis=1), (pa * pb).sum(axis=1)
         tot_a = xp.where(above[:, a], fa, 0.0).sum(axis=1)
         tot_b = xp.where(above[:, b], fb, 0.0).sum(axis=1)
-        ra, rb = ranks[:, a], ranks[:, b]
         big_r = xp.maximum(xp.where(view, ra, 0).max(axis=1), xp.where(view, rb, 0).max(axis=1)) + 1
         wgt = (big_r[:, None] - xp.abs(ra - rb)) / big_r[:, None].astype(xp.float64)
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -7,8 +7,9 @@ as **one** object each (CellProfiler's objects: all pixels of the mask, connecte
 ``PerimeterCrofton``), which are scikit-image ``regionprops`` properties plus CellProfiler's own
 formulas:
 
-* ``FormFactor`` :math:`4\\pi A / P^2`, ``Compactness`` :math:`P^2 / \\max(4\\pi A, 1)`
-  (NaN instead of infinity where the perimeter is 0: a one-pixel object);
+* ``FormFactor`` :math:`4\\pi A / P^2` (NaN instead of infinity where scikit-image's perimeter
+  is 0: a one-pixel object, two pixels), ``Compactness`` :math:`P^2 / \\max(4\\pi A, 1)` (0
+  there, as in CellProfiler);
 * ``Max/Mean/MedianRadius``: the Euclidean distance transform of the object's mask with a
   background frame, over the mask's pixels (all planes of a batch stacked in one image, one
   ``distance_transform_edt`` call);
@@ -221,8 +222,8 @@ def _derived_features(props, euler, crofton, perimeter) -> None:
     props[:, _F["Perimeter"]] = perimeter
     with np.errstate(invalid="ignore", divide="ignore"):
         props[:, _F["FormFactor"]] = xp.where(perimeter > 0, 4 * np.pi * area / perimeter**2, xp.nan)
-    props[:, _F["Compactness"]] = xp.where(perimeter > 0,
-                                           perimeter**2 / xp.maximum(4 * np.pi * area, 1.0), xp.nan)
+    # CellProfiler's P^2 / max(4 pi A, 1): finite everywhere, 0 where the perimeter is 0
+    props[:, _F["Compactness"]] = perimeter**2 / xp.maximum(4 * np.pi * area, 1.0)
 
 
 def _hull_features(geo, props, empty_rows, side: int) -> None:

@@ -256,8 +256,9 @@ def _chrystal(vi, vj, nv):
     ci = xp.where(one, vi[:, 0], ci)
     cj = xp.where(one, vj[:, 0], cj)
     two = nv == 2
-    mi = (vi[:, 0] + vi[:, 1]) / 2
-    mj = (vj[:, 0] + vj[:, 1]) / 2
+    second = min(1, v_max - 1)  # a table of one-pixel objects only has one column
+    mi = (vi[:, 0] + vi[:, second]) / 2
+    mj = (vj[:, 0] + vj[:, second]) / 2
     di, dj = mi - vi[:, 0], mj - vj[:, 0]
     ci = xp.where(two, mi, ci)
     cj = xp.where(two, mj, cj)

@@ -110,8 +110,6 @@ def nan_reason(c: Column) -> str:
             reason += "; or the values in the view are constant"
     if c.family == "texture" and c.feature.startswith("sobel"):
         reason += "; or no pixel of the view has all 8 neighbours inside it (mask thinner than 3 pixels)"
-    if c.family == "texture" and "correlation" in c.feature:
-        reason += "; or the quantised view is constant (GLCM correlation undefined)"
     return reason
 
 
@@ -126,7 +124,7 @@ FAMILY_NAN_REASONS = {
                   "skewness, kurtosis: constant values in the view"),
     "texture": ("the channel's mask ({flag}_{{channel}}) or the combined mask ({flag}_combined) is empty; "
                 "Sobel statistics: no pixel of the view with all 8 neighbours inside it (mask thinner than "
-                "3 pixels); GLCM correlation: constant quantised view"),
+                "3 pixels)"),
     "raw": "skewness, kurtosis: a constant channel",
     "cp_neighbors": ("the object has no pixel in the compartment's label image (a cell without nucleus), or "
                      "its field's neighbours could not be measured (errors.csv); closest objects, distances: "
