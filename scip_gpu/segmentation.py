@@ -108,6 +108,24 @@ THRESHOLD_METHODS = ("li", "otsu", "triangle")
 # helpers
 
 
+def _check_image(image, what: str) -> None:
+    """ValueError/TypeError naming the cause when ``image`` cannot be segmented: not 2-D, empty,
+    not real-valued, or (float) holding NaN or infinite pixels (one count comes back from a
+    device)."""
+    if image.ndim != 2:
+        raise ValueError(f"{what} expects a 2-D image, got shape {image.shape}")
+    if image.size == 0:
+        raise ValueError(f"{what}: the image is empty (shape {image.shape}); there is nothing to segment")
+    if np.dtype(image.dtype).kind not in "biuf":
+        raise TypeError(f"{what}: image of dtype {image.dtype} is not a real-valued intensity image")
+    if np.dtype(image.dtype).kind == "f":
+        xp = array_module(image)
+        bad = int(xp.count_nonzero(~xp.isfinite(image)))  # host sync
+        if bad:
+            raise ValueError(f"{what}: the image has {bad} NaN or infinite pixel(s) of {image.size}; "
+                             "such an image cannot be thresholded")
+
+
 def _to_host(x) -> np.ndarray:
     return asnumpy(x)  # host <- device copy for GPU input
 
@@ -121,6 +139,8 @@ def _like(x, ref):
 def relabel(labels):
     """``skimage.segmentation.relabel_sequential`` (cuCIM on the GPU), as ``int32``."""
     xp = array_module(labels)
+    if labels.size == 0:
+        return labels.astype(xp.int32)
     seg = skimage_module(xp, "segmentation")
     out, _, _ = seg.relabel_sequential(labels)
     return out.astype(xp.int32, copy=False)
@@ -131,6 +151,8 @@ def remove_small_labels(labels, min_size: int):
     xp = array_module(labels)
     if min_size <= 1 or labels.size == 0:
         return labels
+    if labels.dtype == bool:  # one object: the True pixels
+        labels = labels.astype(xp.uint8)
     sizes = xp.bincount(labels.ravel())
     small = sizes < min_size
     small[0] = False
@@ -209,8 +231,7 @@ def estimate_nucleus_radius(image) -> float | None:
     float or None
     """
     xp = array_module(image)
-    if image.ndim != 2:
-        raise ValueError(f"estimate_nucleus_radius expects a 2-D image, got shape {image.shape}")
+    _check_image(image, "estimate_nucleus_radius")
     ndi = ndimage(xp)
     smoothed = _smooth(image, _ESTIMATE_SMOOTHING)
     fg = _fill_holes(_foreground(smoothed, None, "otsu"))  # nucleoli, dark chromatin
@@ -239,10 +260,12 @@ def nuclei_parameters(radius: float, **given) -> dict[str, Any]:
         ``max_hole_size`` (areas, px).
     """
     r = float(radius)
+    if not (np.isfinite(r) and r > 0):
+        raise ValueError(f"nuclei_parameters: the nucleus radius must be a positive number of pixels, got {radius!r}")
     k = SCALE_RULES
     out = {
         "smoothing": round(k["smoothing"] * r, 2),
-        "block_size": 2 * int(round(k["block_size"] * r / 2)) + 1,
+        "block_size": max(3, 2 * int(round(k["block_size"] * r / 2)) + 1),  # 1 would keep nothing
         "min_distance": max(1, int(round(k["min_distance"] * r))),
         "distance_smoothing": round(k["distance_smoothing"] * r, 2),
         "min_size": int(round(np.pi * (k["min_size"] * r) ** 2)),
@@ -317,19 +340,21 @@ def watershed_nuclei(
     labels : (H, W) int32 ndarray
     parameters : dict, only with ``return_parameters``
     """
-    xp = array_module(image)
-    if image.ndim != 2:
-        raise ValueError(f"watershed_nuclei expects a 2-D image, got shape {image.shape}")
+    _check_image(image, "watershed_nuclei")
     if threshold is None and threshold_method not in THRESHOLD_METHODS:
         raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {threshold_method!r}")
-    if radius is not None and not radius > 0:
-        raise ValueError(f"radius must be positive (pixels), got {radius!r}")
+    if radius is not None and not (np.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius must be a positive number of pixels, got {radius!r}")
     estimated = radius if radius is not None else estimate_nucleus_radius(image)
     params = nuclei_parameters(estimated if estimated is not None else _FALLBACK_RADIUS,
                                smoothing=smoothing, block_size=block_size, min_distance=min_distance,
                                distance_smoothing=distance_smoothing, min_size=min_size,
                                max_hole_size=max_hole_size)
     params["radius"] = estimated
+    b = params["block_size"]
+    if b != 0 and (b < 3 or b % 2 == 0):  # a window of 1 px compares a pixel with itself: nothing is kept
+        raise ValueError(f"block_size must be an odd number of pixels, at least 3, or 0 for no local "
+                         f"threshold, got {b!r}")
     labels = _watershed_nuclei(image, threshold, threshold_method, **{k: v for k, v in params.items() if k != "radius"})
     return (labels, params) if return_parameters else labels
 
@@ -348,8 +373,10 @@ def _watershed_nuclei(image, threshold, threshold_method, *, smoothing, block_si
     if distance_smoothing and distance_smoothing > 0:
         distance = ndi.gaussian_filter(distance, distance_smoothing) * fg
     components, _ = ndi.label(fg)
+    # two pixels of the image are at most max(shape) - 1 apart: a larger min_distance only makes
+    # peak_local_max's footprint larger (a radius given far above the field's size)
     peaks = skimage_module(xp, "feature").peak_local_max(
-        distance, min_distance=int(min_distance), labels=components, exclude_border=False
+        distance, min_distance=min(int(min_distance), max(image.shape)), labels=components, exclude_border=False
     )
     peak_mask = xp.zeros(image.shape, dtype=bool)
     peak_mask[tuple(peaks.T)] = True
@@ -362,6 +389,8 @@ def expand_cells(nuclei, distance: float):
     """Cells as the nuclei grown by ``distance`` pixels without overlap
     (``skimage.segmentation.expand_labels``), as SCIP's ``watershed_dapi`` makes them."""
     xp = array_module(nuclei)
+    if not distance >= 0:  # expand_labels erases every label for a negative distance
+        raise ValueError(f"expand_cells: distance must not be negative (pixels), got {distance!r}")
     out = skimage_module(xp, "segmentation").expand_labels(nuclei, distance=distance)
     return out.astype(xp.int32, copy=False)
 
@@ -395,6 +424,10 @@ def seeded_watershed(
     xp = array_module(cytoplasm_image, nuclei)
     if surface not in ("gradient", "intensity"):
         raise ValueError(f"surface must be 'gradient' or 'intensity', got {surface!r}")
+    _check_image(cytoplasm_image, "seeded_watershed")
+    if nuclei.shape != cytoplasm_image.shape:
+        raise ValueError(f"seeded_watershed: nuclei {nuclei.shape} and cytoplasm image {cytoplasm_image.shape} "
+                         "differ in shape")
     smoothed = _smooth(cytoplasm_image, smoothing)
     mask = _foreground(smoothed, threshold) | (nuclei > 0)
     if surface == "gradient":
