@@ -94,7 +94,12 @@ SCALE_RULES: dict[str, float] = {
 NUCLEI_DEFAULTS: dict[str, Any] = {
     "threshold_method": "triangle",
     "threshold": None,
+    "min_contrast": 10.0,
 }
+
+# Width of the ring of background around an object that its contrast is measured against, as a
+# fraction of the nucleus radius r (``_drop_faint``).
+_CONTRAST_RING = 0.5
 
 # Radius used when a field has no foreground to estimate it from (nothing is segmented then).
 _FALLBACK_RADIUS = 12.0
@@ -290,6 +295,7 @@ def watershed_nuclei(
     distance_smoothing: float | None = None,
     min_size: int | None = None,
     max_hole_size: int | None = None,
+    min_contrast: float = NUCLEI_DEFAULTS["min_contrast"],
     return_parameters: bool = False,
 ):
     """Nuclei of one field of view by a distance-transform watershed, at the field's own scale.
@@ -314,8 +320,13 @@ def watershed_nuclei(
        (default 0.6r) and inside the foreground (``labels=`` its components); adjacent peaks
        merged.
     5. ``watershed(-distance, markers, mask=foreground)``, on the host.
-    6. Objects under ``min_size`` pixels (default the area of a disc of radius 0.4r) dropped;
-       labels made sequential.
+    6. Objects under ``min_size`` pixels (default the area of a disc of radius 0.4r) dropped,
+       and objects that do not stand out of the field's noise: those whose mean intensity is
+       less than ``min_contrast`` standard errors above the mean of a ring of background r/2
+       wide around them (``_drop_faint``; 0 keeps them). A threshold always splits an image, so
+       in a field of noise only (an empty well, a dark tile) the steps above find "nuclei";
+       their contrast is a few standard errors, that of real nuclei tens to thousands.
+       Labels made sequential.
 
     This is SCIP's ``watershed_dapi`` with these changes: a Gaussian instead of its non-local
     means denoising (it runs on the GPU), the local threshold, Li's global threshold by
@@ -329,7 +340,7 @@ def watershed_nuclei(
         Nuclear (DAPI) channel.
     radius, smoothing, threshold, threshold_method, block_size, max_hole_size, min_distance
         See above (lengths and areas in pixels).
-    distance_smoothing, min_size
+    distance_smoothing, min_size, min_contrast
         See above.
     return_parameters : bool
         Also return the parameters used, with ``radius`` (None when the field has no
@@ -355,7 +366,12 @@ def watershed_nuclei(
     if b != 0 and (b < 3 or b % 2 == 0):  # a window of 1 px compares a pixel with itself: nothing is kept
         raise ValueError(f"block_size must be an odd number of pixels, at least 3, or 0 for no local "
                          f"threshold, got {b!r}")
+    if not min_contrast >= 0:
+        raise ValueError(f"min_contrast must not be negative (standard errors), got {min_contrast!r}")
     labels = _watershed_nuclei(image, threshold, threshold_method, **{k: v for k, v in params.items() if k != "radius"})
+    if min_contrast and bool(labels.any()):  # host sync
+        ring = max(1.0, _CONTRAST_RING * (estimated if estimated is not None else _FALLBACK_RADIUS))
+        labels = relabel(_drop_faint(image, labels, ring, float(min_contrast)))
     return (labels, params) if return_parameters else labels
 
 
@@ -383,6 +399,49 @@ def _watershed_nuclei(image, threshold, threshold_method, *, smoothing, block_si
     markers, _ = ndi.label(peak_mask, structure=np.ones((3, 3), dtype=bool))
     labels = _watershed_host(-distance, markers, fg)
     return relabel(remove_small_labels(labels, int(min_size)))
+
+
+def _noise_sigma(f, background):
+    """Standard deviation of the pixel noise of ``f``, from the differences of horizontally and
+    vertically adjacent pixels that are both ``background``: 1.4826 times their median absolute
+    value over sqrt(2) (robust to the few edges left), or their root mean square over sqrt(2) when
+    that median is 0 (noise below the quantization for most pixels, e.g. a few photon counts).
+    None without two adjacent background pixels."""
+    xp = array_module(f)
+    d = xp.concatenate([(f[:, 1:] - f[:, :-1])[background[:, 1:] & background[:, :-1]],
+                        (f[1:, :] - f[:-1, :])[background[1:, :] & background[:-1, :]]])
+    if d.size == 0:  # host sync
+        return None
+    d = xp.abs(d.astype(xp.float64))
+    sigma = 1.4826 * float(xp.median(d)) / np.sqrt(2)  # host sync
+    return sigma if sigma > 0 else float(xp.sqrt(xp.mean(d * d))) / np.sqrt(2)
+
+
+def _drop_faint(image, labels, ring: float, min_contrast: float):
+    """``labels`` without the objects whose mean intensity is less than ``min_contrast``
+    standard errors above the mean of the background (no object) within ``ring`` pixels of them.
+
+    The standard error of that difference is ``sigma * sqrt(1/n_object + 1/n_ring)`` with
+    ``sigma`` the pixel noise of the field's background (``_noise_sigma``, away from every object
+    and ring). Per object sums and counts come from ``bincount``; an object without background
+    around it (inside a clump) or a field without noise (sigma 0) keeps its objects."""
+    xp = array_module(labels)
+    f = as_float(image)
+    grown = skimage_module(xp, "segmentation").expand_labels(labels, distance=ring)
+    sigma = _noise_sigma(f, grown == 0)
+    if not sigma:
+        return labels
+    around = xp.where(labels > 0, 0, grown).ravel()
+    n = int(labels.max()) + 1  # host sync
+    w = f.ravel().astype(xp.float64)
+    n_obj = xp.bincount(labels.ravel(), minlength=n)
+    n_ring = xp.bincount(around, minlength=n)
+    mean_obj = xp.bincount(labels.ravel(), weights=w, minlength=n) / xp.maximum(n_obj, 1)
+    mean_ring = xp.bincount(around, weights=w, minlength=n) / xp.maximum(n_ring, 1)
+    se = sigma * xp.sqrt(1.0 / xp.maximum(n_obj, 1) + 1.0 / xp.maximum(n_ring, 1))
+    faint = (n_ring > 0) & (mean_obj - mean_ring < min_contrast * se)
+    faint[0] = False
+    return xp.where(faint[labels], 0, labels).astype(labels.dtype, copy=False)
 
 
 def expand_cells(nuclei, distance: float):

@@ -135,3 +135,55 @@ def test_relabel_and_remove_small_labels_degenerate_inputs():
     labels[mask] = 1
     labels[5:9, 5:9] = 2
     np.testing.assert_array_equal(remove_small_labels(labels, 10), remove_small_objects(labels, max_size=9))
+
+
+# ---------------------------------------------------------------------------------------------
+# fields without nuclei: noise only
+
+
+@pytest.mark.parametrize("kind", ["poisson 0.5", "gaussian", "uniform float"])
+def test_noise_only_field_has_no_nuclei(kind):
+    """An empty well or a dark tile: no nuclei by construction. A threshold always splits an
+    image, so before the contrast test these fields gave 'nuclei' (summed over 10 seeds of
+    256x256: about 1500 per field at 0.5 counts per pixel, 5-15 per Gaussian field, here
+    206, 111 and 1)."""
+    rng = np.random.default_rng(3)
+    img = {"poisson 0.5": lambda: rng.poisson(0.5, (96, 96)).astype(np.uint16),
+           "gaussian": lambda: rng.normal(1000, 30, (96, 96)).astype(np.uint16),
+           "uniform float": lambda: rng.random((96, 96), dtype=np.float32)}[kind]()
+    assert watershed_nuclei(img).max() == 0
+    assert watershed_nuclei(img, min_contrast=0).max() > 0
+
+
+def test_background_of_a_real_field_has_no_nuclei():
+    """A 32x32 tile of the DSB2018 field that its reference labels hold no nucleus in (before:
+    12 'nuclei' from the background texture)."""
+    img = tifffile.imread(DSB / "img2d.tif")[:32, :32]
+    assert not tifffile.imread(DSB / "mask2d.tif")[:32, :32].any()
+    assert watershed_nuclei(img).max() == 0
+
+
+@pytest.mark.parametrize("level, kept", [(7.0, False), (8.0, True)])
+def test_contrast_test_by_hand(level, kept):
+    """A 4x4 object on a +-1 checkerboard. Every background difference is +-2, so the noise
+    sigma is 1.4826 * 2 / sqrt(2) = 2.097; the 1-px ring (16 px) averages 0; the standard error
+    is 2.097 * sqrt(1/16 + 1/16) = 0.741 and 10 of them 7.41: level 7 is dropped, 8 kept."""
+    from scip_gpu.segmentation import _drop_faint
+
+    i, j = np.indices((20, 20))
+    img = np.where((i + j) % 2, 1.0, -1.0)
+    labels = np.zeros((20, 20), np.int32)
+    labels[8:12, 8:12] = 5
+    img[labels > 0] = level
+    out = _drop_faint(img, labels, 1.0, 10.0)
+    assert out.dtype == labels.dtype
+    np.testing.assert_array_equal(out, labels if kept else 0)
+    np.testing.assert_array_equal(_drop_faint(img, labels, 1.0, level / 0.7413 - 0.01), labels)
+
+
+def test_contrast_test_keeps_real_nuclei(corner):
+    img, _, labels = corner
+    assert labels.max() == 12  # as without the test (min_contrast=0)
+    np.testing.assert_array_equal(watershed_nuclei(img, min_contrast=0), labels)
+    with pytest.raises(ValueError, match="min_contrast"):
+        watershed_nuclei(img, min_contrast=-1)
