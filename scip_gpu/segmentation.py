@@ -17,6 +17,8 @@ Gaussian smoothing        yes, ``cupyx.scipy.ndimage.gaussian_filter``
 scale estimate            yes: ``ndimage.label``, ``distance_transform_edt``, ``ndimage.maximum``
                           per component, ``bincount`` of areas; the weighted median of the
                           per-component radii is taken on the host (one number per component)
+background surface        yes: a polynomial of degree 2 fitted by least squares to a grid of
+                          pixels; its normal equations (6x6 numbers) are solved on the host
 global threshold          yes, ``cucim.skimage.filters.threshold_triangle`` / ``_li`` / ``_otsu``
 local threshold           yes, ``cucim.skimage.filters.threshold_local``
 hole filling              yes, ``ndimage.label`` of the background, a ``bincount`` and a lookup
@@ -28,6 +30,8 @@ Sobel gradient            yes, ``cucim.skimage.filters.sobel``
                           labels copied back (one round trip per FOV, flagged below)
 ``expand_cells``          yes, ``cucim.skimage.segmentation.expand_labels``
 small-object removal      yes, a ``bincount`` of label sizes and a lookup
+contrast test             yes: ``expand_labels`` for the background rings, ``median`` of the
+                          background's pixel differences, ``bincount`` sums per object
 ``assign_children``       yes, a ``bincount`` over (parent, child) pairs and a lookup
 ``subtract``              yes, elementwise
 ``match_instances``       the IoU matrix yes (``bincount``); the matching is on the host
@@ -97,9 +101,18 @@ NUCLEI_DEFAULTS: dict[str, Any] = {
     "min_contrast": 10.0,
 }
 
+# Background surface under the global threshold (``_background_surface``): polynomial degree,
+# refits to the pixels below the fit, and the most pixels sampled for it.
+_BACKGROUND_ORDER = 2
+_BACKGROUND_ITERATIONS = 3
+_BACKGROUND_SAMPLES = 2**16
+
 # Width of the ring of background around an object that its contrast is measured against, as a
 # fraction of the nucleus radius r (``_drop_faint``).
 _CONTRAST_RING = 0.5
+# Gaussian sigma of the image the contrast is measured on, as a fraction of r: the image as the
+# threshold sees it by default.
+_CONTRAST_SMOOTHING = SCALE_RULES["smoothing"]
 
 # Radius used when a field has no foreground to estimate it from (nothing is segmented then).
 _FALLBACK_RADIUS = 12.0
@@ -172,9 +185,52 @@ def _smooth(image, sigma: float):
     return f
 
 
+def _background_surface(image):
+    """The field's background as a polynomial surface of degree ``_BACKGROUND_ORDER`` in the
+    pixel coordinates: a least-squares fit to the image (sampled on a grid of at most
+    ``_BACKGROUND_SAMPLES`` pixels), refitted ``_BACKGROUND_ITERATIONS`` times to the pixels at or
+    below the previous fit, so that the bright objects drop out of it and it follows the darker
+    pixels between them. A surface of that degree added to the image (a pedestal, a tilt, a
+    vignette) is fitted exactly and so removed. The normal equations (a few numbers) are solved on
+    the host."""
+    xp = array_module(image)
+    h, w = image.shape
+    step = max(1, int(np.sqrt(h * w / _BACKGROUND_SAMPLES)))
+
+    def coords(n, stride):  # pixel positions scaled to [-1, 1]
+        return xp.arange(0, n, stride, dtype=xp.float64) * (2.0 / max(n - 1, 1)) - 1.0
+
+    powers = [(i, k - i) for k in range(_BACKGROUND_ORDER + 1) for i in range(k + 1)]  # y^i x^j
+
+    def terms(y, x):
+        return [(y[:, None] ** i) * (x[None, :] ** j) for i, j in powers]
+
+    a = xp.stack([t.ravel() for t in terms(coords(h, step), coords(w, step))], axis=1)
+    b = image[::step, ::step].astype(xp.float64).ravel()
+    below = xp.ones(b.shape, dtype=bool)
+    for _ in range(_BACKGROUND_ITERATIONS):
+        aw = a * below[:, None]
+        ata, atb = _to_host(aw.T @ a), _to_host(aw.T @ b)  # (k, k) and (k,) numbers -> host
+        coef = np.linalg.lstsq(ata, atb, rcond=None)[0]  # min-norm where rank-deficient (a 1-px row)
+        fit = a @ _like(coef, a)
+        below = b <= fit
+    y, x = coords(h, 1), coords(w, 1)
+    surface = xp.zeros((h, w), dtype=xp.float64)
+    for i in range(_BACKGROUND_ORDER + 1):  # sum over i of y^i times a polynomial in x
+        px = sum(c * x**j for c, (pi, j) in zip(coef.tolist(), powers) if pi == i)
+        surface += (y**i)[:, None] * px[None, :]
+    return surface
+
+
 def _foreground(smoothed, threshold: float | None, method: str = "otsu", block_size: int | None = None):
-    """Pixels above a global threshold (``method``'s when None) and, with ``block_size``,
-    above their local Gaussian-weighted mean (``skimage.filters.threshold_local``)."""
+    """Pixels above a global threshold and, with ``block_size``, above their local
+    Gaussian-weighted mean (``skimage.filters.threshold_local``).
+
+    A given ``threshold`` is compared with the image as it is; otherwise ``method``'s threshold
+    is taken of, and compared with, the image less its background surface
+    (``_background_surface``): a global threshold of an unevenly lit field (a tilt, a vignette,
+    haze) otherwise keeps the background of its bright side and loses the nuclei of its dim one.
+    """
     xp = array_module(smoothed)
     filters = skimage_module(xp, "filters")
     if threshold is None:
@@ -182,8 +238,10 @@ def _foreground(smoothed, threshold: float | None, method: str = "otsu", block_s
             raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {method!r}")
         if float(smoothed.max()) == float(smoothed.min()):  # flat image (host sync): no foreground
             return xp.zeros(smoothed.shape, dtype=bool)
-        threshold = float(getattr(filters, f"threshold_{method}")(smoothed))
-    fg = smoothed > threshold
+        flat = smoothed - _background_surface(smoothed)
+        fg = flat > float(getattr(filters, f"threshold_{method}")(flat))
+    else:
+        fg = smoothed > threshold
     if block_size:
         fg &= smoothed > filters.threshold_local(smoothed, int(block_size), method="gaussian")
     return fg
@@ -220,7 +278,8 @@ def _watershed_host(surface, markers, mask):
 def estimate_nucleus_radius(image) -> float | None:
     """Typical radius (pixels) of the bright objects of a field, or None when it has none.
 
-    The image is smoothed by a Gaussian of sigma 1 px and split by Otsu's threshold; in every
+    The image is smoothed by a Gaussian of sigma 1 px and split by Otsu's threshold (of the
+    image less its background surface, as in ``watershed_nuclei``); in every
     connected component of the foreground the largest value of the Euclidean distance transform
     is the radius of the largest disc inside it. The result is the median of these radii over
     components weighted by their area, so specks (tiny area) barely count and a clump of
@@ -305,10 +364,13 @@ def watershed_nuclei(
     0. The typical nucleus radius ``r`` (pixels) is ``radius`` or, when None, estimated from
        the field (``estimate_nucleus_radius``). Every scale parameter left None is derived from
        it (``nuclei_parameters``, ratios in ``SCALE_RULES``); a given value is used as is.
-    1. Gaussian smoothing (``smoothing``, sigma in pixels; default r/12) of the image as float
+    1. Gaussian smoothing (``smoothing``, sigma in pixels; default r/8) of the image as float
        (``skimage.img_as_float`` scaling).
     2. Foreground: pixels above a global threshold (``threshold``, in those float units, or
-       ``threshold_method``'s: Li's minimum cross-entropy or Otsu's) and above their local
+       ``threshold_method``'s: the triangle method's, Li's minimum cross-entropy or Otsu's, of
+       the image less its background, a degree-2 polynomial surface fitted to its darker
+       pixels, so that a tilt, vignette or haze across the field does not move the threshold
+       above the dim side's nuclei or below the bright side's background) and above their local
        Gaussian-weighted mean over a ``block_size`` pixel window (``threshold_local``; default
        4r+1, odd; 0 skips the local test). The local test separates touching nuclei and keeps
        dim nuclei whole, which one global threshold cannot do in a field where nuclei differ
@@ -323,10 +385,10 @@ def watershed_nuclei(
     6. Objects under ``min_size`` pixels (default the area of a disc of radius 0.4r) dropped,
        and objects that do not stand out of the field's noise: those whose mean intensity is
        less than ``min_contrast`` standard errors above the mean of a ring of background r/2
-       wide around them (``_drop_faint``; 0 keeps them). A threshold always splits an image, so
-       in a field of noise only (an empty well, a dark tile) the steps above find "nuclei";
-       their contrast is a few standard errors, that of real nuclei tens to thousands.
-       Labels made sequential.
+       wide around them, both of the image smoothed by r/8 (``_drop_faint``; 0 keeps them).
+       A threshold always splits an image, so in a field of noise only (an empty well, a dark
+       tile) the steps above find "nuclei"; their contrast is a few standard errors, that of
+       real nuclei tens to thousands. Labels made sequential.
 
     This is SCIP's ``watershed_dapi`` with these changes: a Gaussian instead of its non-local
     means denoising (it runs on the GPU), the local threshold, Li's global threshold by
@@ -421,10 +483,15 @@ def _drop_faint(image, labels, ring: float, min_contrast: float):
     """``labels`` without the objects whose mean intensity is less than ``min_contrast``
     standard errors above the mean of the background (no object) within ``ring`` pixels of them.
 
-    The standard error of that difference is ``sigma * sqrt(1/n_object + 1/n_ring)`` with
-    ``sigma`` the pixel noise of the field's background (``_noise_sigma``, away from every object
-    and ring). Per object sums and counts come from ``bincount``; an object without background
-    around it (inside a clump) or a field without noise (sigma 0) keeps its objects."""
+    The means are taken of the image smoothed as the threshold sees it by default (a Gaussian
+    of r/8, ``_CONTRAST_SMOOTHING``; ``ring`` is r/2): a nucleus is bright as a whole and keeps
+    its contrast, while pixels that a threshold of noise picks one by one (objects of
+    individually bright pixels, whose raw mean is far above their surroundings) are averaged
+    with their dark neighbours. The standard error of the difference is
+    ``sigma * sqrt(1/n_object + 1/n_ring)`` with ``sigma`` the pixel noise of the field's
+    background (``_noise_sigma``, away from every object and ring). Per object sums and counts
+    come from ``bincount``; an object without background around it (inside a clump) or a field
+    without noise (sigma 0) keeps its objects."""
     xp = array_module(labels)
     f = as_float(image)
     grown = skimage_module(xp, "segmentation").expand_labels(labels, distance=ring)
@@ -433,7 +500,7 @@ def _drop_faint(image, labels, ring: float, min_contrast: float):
         return labels
     around = xp.where(labels > 0, 0, grown).ravel()
     n = int(labels.max()) + 1  # host sync
-    w = f.ravel().astype(xp.float64)
+    w = _smooth(f, ring * _CONTRAST_SMOOTHING / _CONTRAST_RING).ravel().astype(xp.float64)
     n_obj = xp.bincount(labels.ravel(), minlength=n)
     n_ring = xp.bincount(around, minlength=n)
     mean_obj = xp.bincount(labels.ravel(), weights=w, minlength=n) / xp.maximum(n_obj, 1)
