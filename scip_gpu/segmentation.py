@@ -17,6 +17,8 @@ Gaussian smoothing        yes, ``cupyx.scipy.ndimage.gaussian_filter``
 scale estimate            yes: ``ndimage.label``, ``distance_transform_edt``, ``ndimage.maximum``
                           per component, ``bincount`` of areas; the weighted median of the
                           per-component radii is taken on the host (one number per component)
+background surface        yes: a polynomial of degree 2 fitted by least squares to a grid of
+                          pixels; its normal equations (6x6 numbers) are solved on the host
 global threshold          yes, ``cucim.skimage.filters.threshold_triangle`` / ``_li`` / ``_otsu``
 local threshold           yes, ``cucim.skimage.filters.threshold_local``
 hole filling              yes, ``ndimage.label`` of the background, a ``bincount`` and a lookup
@@ -28,6 +30,8 @@ Sobel gradient            yes, ``cucim.skimage.filters.sobel``
                           labels copied back (one round trip per FOV, flagged below)
 ``expand_cells``          yes, ``cucim.skimage.segmentation.expand_labels``
 small-object removal      yes, a ``bincount`` of label sizes and a lookup
+contrast test             yes: ``expand_labels`` for the background rings, ``median`` of the
+                          background's pixel differences, ``bincount`` sums per object
 ``assign_children``       yes, a ``bincount`` over (parent, child) pairs and a lookup
 ``subtract``              yes, elementwise
 ``match_instances``       the IoU matrix yes (``bincount``); the matching is on the host
@@ -94,7 +98,21 @@ SCALE_RULES: dict[str, float] = {
 NUCLEI_DEFAULTS: dict[str, Any] = {
     "threshold_method": "triangle",
     "threshold": None,
+    "min_contrast": 10.0,
 }
+
+# Background surface under the global threshold (``_background_surface``): polynomial degree,
+# refits to the pixels below the fit, and the most pixels sampled for it.
+_BACKGROUND_ORDER = 2
+_BACKGROUND_ITERATIONS = 3
+_BACKGROUND_SAMPLES = 2**16
+
+# Width of the ring of background around an object that its contrast is measured against, as a
+# fraction of the nucleus radius r (``_drop_faint``).
+_CONTRAST_RING = 0.5
+# Gaussian sigma of the image the contrast is measured on, as a fraction of r: the image as the
+# threshold sees it by default.
+_CONTRAST_SMOOTHING = SCALE_RULES["smoothing"]
 
 # Radius used when a field has no foreground to estimate it from (nothing is segmented then).
 _FALLBACK_RADIUS = 12.0
@@ -106,6 +124,24 @@ THRESHOLD_METHODS = ("li", "otsu", "triangle")
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+def _check_image(image, what: str) -> None:
+    """ValueError/TypeError naming the cause when ``image`` cannot be segmented: not 2-D, empty,
+    not real-valued, or (float) holding NaN or infinite pixels (one count comes back from a
+    device)."""
+    if image.ndim != 2:
+        raise ValueError(f"{what} expects a 2-D image, got shape {image.shape}")
+    if image.size == 0:
+        raise ValueError(f"{what}: the image is empty (shape {image.shape}); there is nothing to segment")
+    if np.dtype(image.dtype).kind not in "biuf":
+        raise TypeError(f"{what}: image of dtype {image.dtype} is not a real-valued intensity image")
+    if np.dtype(image.dtype).kind == "f":
+        xp = array_module(image)
+        bad = int(xp.count_nonzero(~xp.isfinite(image)))  # host sync
+        if bad:
+            raise ValueError(f"{what}: the image has {bad} NaN or infinite pixel(s) of {image.size}; "
+                             "such an image cannot be thresholded")
 
 
 def _to_host(x) -> np.ndarray:
@@ -121,6 +157,8 @@ def _like(x, ref):
 def relabel(labels):
     """``skimage.segmentation.relabel_sequential`` (cuCIM on the GPU), as ``int32``."""
     xp = array_module(labels)
+    if labels.size == 0:
+        return labels.astype(xp.int32)
     seg = skimage_module(xp, "segmentation")
     out, _, _ = seg.relabel_sequential(labels)
     return out.astype(xp.int32, copy=False)
@@ -131,6 +169,8 @@ def remove_small_labels(labels, min_size: int):
     xp = array_module(labels)
     if min_size <= 1 or labels.size == 0:
         return labels
+    if labels.dtype == bool:  # one object: the True pixels
+        labels = labels.astype(xp.uint8)
     sizes = xp.bincount(labels.ravel())
     small = sizes < min_size
     small[0] = False
@@ -145,9 +185,52 @@ def _smooth(image, sigma: float):
     return f
 
 
+def _background_surface(image):
+    """The field's background as a polynomial surface of degree ``_BACKGROUND_ORDER`` in the
+    pixel coordinates: a least-squares fit to the image (sampled on a grid of at most
+    ``_BACKGROUND_SAMPLES`` pixels), refitted ``_BACKGROUND_ITERATIONS`` times to the pixels at or
+    below the previous fit, so that the bright objects drop out of it and it follows the darker
+    pixels between them. A surface of that degree added to the image (a pedestal, a tilt, a
+    vignette) is fitted exactly and so removed. The normal equations (a few numbers) are solved on
+    the host."""
+    xp = array_module(image)
+    h, w = image.shape
+    step = max(1, int(np.sqrt(h * w / _BACKGROUND_SAMPLES)))
+
+    def coords(n, stride):  # pixel positions scaled to [-1, 1]
+        return xp.arange(0, n, stride, dtype=xp.float64) * (2.0 / max(n - 1, 1)) - 1.0
+
+    powers = [(i, k - i) for k in range(_BACKGROUND_ORDER + 1) for i in range(k + 1)]  # y^i x^j
+
+    def terms(y, x):
+        return [(y[:, None] ** i) * (x[None, :] ** j) for i, j in powers]
+
+    a = xp.stack([t.ravel() for t in terms(coords(h, step), coords(w, step))], axis=1)
+    b = image[::step, ::step].astype(xp.float64).ravel()
+    below = xp.ones(b.shape, dtype=bool)
+    for _ in range(_BACKGROUND_ITERATIONS):
+        aw = a * below[:, None]
+        ata, atb = _to_host(aw.T @ a), _to_host(aw.T @ b)  # (k, k) and (k,) numbers -> host
+        coef = np.linalg.lstsq(ata, atb, rcond=None)[0]  # min-norm where rank-deficient (a 1-px row)
+        fit = a @ _like(coef, a)
+        below = b <= fit
+    y, x = coords(h, 1), coords(w, 1)
+    surface = xp.zeros((h, w), dtype=xp.float64)
+    for i in range(_BACKGROUND_ORDER + 1):  # sum over i of y^i times a polynomial in x
+        px = sum(c * x**j for c, (pi, j) in zip(coef.tolist(), powers) if pi == i)
+        surface += (y**i)[:, None] * px[None, :]
+    return surface
+
+
 def _foreground(smoothed, threshold: float | None, method: str = "otsu", block_size: int | None = None):
-    """Pixels above a global threshold (``method``'s when None) and, with ``block_size``,
-    above their local Gaussian-weighted mean (``skimage.filters.threshold_local``)."""
+    """Pixels above a global threshold and, with ``block_size``, above their local
+    Gaussian-weighted mean (``skimage.filters.threshold_local``).
+
+    A given ``threshold`` is compared with the image as it is; otherwise ``method``'s threshold
+    is taken of, and compared with, the image less its background surface
+    (``_background_surface``): a global threshold of an unevenly lit field (a tilt, a vignette,
+    haze) otherwise keeps the background of its bright side and loses the nuclei of its dim one.
+    """
     xp = array_module(smoothed)
     filters = skimage_module(xp, "filters")
     if threshold is None:
@@ -155,8 +238,10 @@ def _foreground(smoothed, threshold: float | None, method: str = "otsu", block_s
             raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {method!r}")
         if float(smoothed.max()) == float(smoothed.min()):  # flat image (host sync): no foreground
             return xp.zeros(smoothed.shape, dtype=bool)
-        threshold = float(getattr(filters, f"threshold_{method}")(smoothed))
-    fg = smoothed > threshold
+        flat = smoothed - _background_surface(smoothed)
+        fg = flat > float(getattr(filters, f"threshold_{method}")(flat))
+    else:
+        fg = smoothed > threshold
     if block_size:
         fg &= smoothed > filters.threshold_local(smoothed, int(block_size), method="gaussian")
     return fg
@@ -193,7 +278,8 @@ def _watershed_host(surface, markers, mask):
 def estimate_nucleus_radius(image) -> float | None:
     """Typical radius (pixels) of the bright objects of a field, or None when it has none.
 
-    The image is smoothed by a Gaussian of sigma 1 px and split by Otsu's threshold; in every
+    The image is smoothed by a Gaussian of sigma 1 px and split by Otsu's threshold (of the
+    image less its background surface, as in ``watershed_nuclei``); in every
     connected component of the foreground the largest value of the Euclidean distance transform
     is the radius of the largest disc inside it. The result is the median of these radii over
     components weighted by their area, so specks (tiny area) barely count and a clump of
@@ -209,8 +295,7 @@ def estimate_nucleus_radius(image) -> float | None:
     float or None
     """
     xp = array_module(image)
-    if image.ndim != 2:
-        raise ValueError(f"estimate_nucleus_radius expects a 2-D image, got shape {image.shape}")
+    _check_image(image, "estimate_nucleus_radius")
     ndi = ndimage(xp)
     smoothed = _smooth(image, _ESTIMATE_SMOOTHING)
     fg = _fill_holes(_foreground(smoothed, None, "otsu"))  # nucleoli, dark chromatin
@@ -239,10 +324,12 @@ def nuclei_parameters(radius: float, **given) -> dict[str, Any]:
         ``max_hole_size`` (areas, px).
     """
     r = float(radius)
+    if not (np.isfinite(r) and r > 0):
+        raise ValueError(f"nuclei_parameters: the nucleus radius must be a positive number of pixels, got {radius!r}")
     k = SCALE_RULES
     out = {
         "smoothing": round(k["smoothing"] * r, 2),
-        "block_size": 2 * int(round(k["block_size"] * r / 2)) + 1,
+        "block_size": max(3, 2 * int(round(k["block_size"] * r / 2)) + 1),  # 1 would keep nothing
         "min_distance": max(1, int(round(k["min_distance"] * r))),
         "distance_smoothing": round(k["distance_smoothing"] * r, 2),
         "min_size": int(round(np.pi * (k["min_size"] * r) ** 2)),
@@ -267,6 +354,7 @@ def watershed_nuclei(
     distance_smoothing: float | None = None,
     min_size: int | None = None,
     max_hole_size: int | None = None,
+    min_contrast: float = NUCLEI_DEFAULTS["min_contrast"],
     return_parameters: bool = False,
 ):
     """Nuclei of one field of view by a distance-transform watershed, at the field's own scale.
@@ -276,10 +364,13 @@ def watershed_nuclei(
     0. The typical nucleus radius ``r`` (pixels) is ``radius`` or, when None, estimated from
        the field (``estimate_nucleus_radius``). Every scale parameter left None is derived from
        it (``nuclei_parameters``, ratios in ``SCALE_RULES``); a given value is used as is.
-    1. Gaussian smoothing (``smoothing``, sigma in pixels; default r/12) of the image as float
+    1. Gaussian smoothing (``smoothing``, sigma in pixels; default r/8) of the image as float
        (``skimage.img_as_float`` scaling).
     2. Foreground: pixels above a global threshold (``threshold``, in those float units, or
-       ``threshold_method``'s: Li's minimum cross-entropy or Otsu's) and above their local
+       ``threshold_method``'s: the triangle method's, Li's minimum cross-entropy or Otsu's, of
+       the image less its background, a degree-2 polynomial surface fitted to its darker
+       pixels, so that a tilt, vignette or haze across the field does not move the threshold
+       above the dim side's nuclei or below the bright side's background) and above their local
        Gaussian-weighted mean over a ``block_size`` pixel window (``threshold_local``; default
        4r+1, odd; 0 skips the local test). The local test separates touching nuclei and keeps
        dim nuclei whole, which one global threshold cannot do in a field where nuclei differ
@@ -291,8 +382,13 @@ def watershed_nuclei(
        (default 0.6r) and inside the foreground (``labels=`` its components); adjacent peaks
        merged.
     5. ``watershed(-distance, markers, mask=foreground)``, on the host.
-    6. Objects under ``min_size`` pixels (default the area of a disc of radius 0.4r) dropped;
-       labels made sequential.
+    6. Objects under ``min_size`` pixels (default the area of a disc of radius 0.4r) dropped,
+       and objects that do not stand out of the field's noise: those whose mean intensity is
+       less than ``min_contrast`` standard errors above the mean of a ring of background r/2
+       wide around them, both of the image smoothed by r/8 (``_drop_faint``; 0 keeps them).
+       A threshold always splits an image, so in a field of noise only (an empty well, a dark
+       tile) the steps above find "nuclei"; their contrast is a few standard errors, that of
+       real nuclei tens to thousands. Labels made sequential.
 
     This is SCIP's ``watershed_dapi`` with these changes: a Gaussian instead of its non-local
     means denoising (it runs on the GPU), the local threshold, Li's global threshold by
@@ -306,7 +402,7 @@ def watershed_nuclei(
         Nuclear (DAPI) channel.
     radius, smoothing, threshold, threshold_method, block_size, max_hole_size, min_distance
         See above (lengths and areas in pixels).
-    distance_smoothing, min_size
+    distance_smoothing, min_size, min_contrast
         See above.
     return_parameters : bool
         Also return the parameters used, with ``radius`` (None when the field has no
@@ -317,20 +413,27 @@ def watershed_nuclei(
     labels : (H, W) int32 ndarray
     parameters : dict, only with ``return_parameters``
     """
-    xp = array_module(image)
-    if image.ndim != 2:
-        raise ValueError(f"watershed_nuclei expects a 2-D image, got shape {image.shape}")
+    _check_image(image, "watershed_nuclei")
     if threshold is None and threshold_method not in THRESHOLD_METHODS:
         raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {threshold_method!r}")
-    if radius is not None and not radius > 0:
-        raise ValueError(f"radius must be positive (pixels), got {radius!r}")
+    if radius is not None and not (np.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius must be a positive number of pixels, got {radius!r}")
     estimated = radius if radius is not None else estimate_nucleus_radius(image)
     params = nuclei_parameters(estimated if estimated is not None else _FALLBACK_RADIUS,
                                smoothing=smoothing, block_size=block_size, min_distance=min_distance,
                                distance_smoothing=distance_smoothing, min_size=min_size,
                                max_hole_size=max_hole_size)
     params["radius"] = estimated
+    b = params["block_size"]
+    if b != 0 and (b < 3 or b % 2 == 0):  # a window of 1 px compares a pixel with itself: nothing is kept
+        raise ValueError(f"block_size must be an odd number of pixels, at least 3, or 0 for no local "
+                         f"threshold, got {b!r}")
+    if not min_contrast >= 0:
+        raise ValueError(f"min_contrast must not be negative (standard errors), got {min_contrast!r}")
     labels = _watershed_nuclei(image, threshold, threshold_method, **{k: v for k, v in params.items() if k != "radius"})
+    if min_contrast and bool(labels.any()):  # host sync
+        ring = max(1.0, _CONTRAST_RING * (estimated if estimated is not None else _FALLBACK_RADIUS))
+        labels = relabel(_drop_faint(image, labels, ring, float(min_contrast)))
     return (labels, params) if return_parameters else labels
 
 
@@ -348,8 +451,10 @@ def _watershed_nuclei(image, threshold, threshold_method, *, smoothing, block_si
     if distance_smoothing and distance_smoothing > 0:
         distance = ndi.gaussian_filter(distance, distance_smoothing) * fg
     components, _ = ndi.label(fg)
+    # two pixels of the image are at most max(shape) - 1 apart: a larger min_distance only makes
+    # peak_local_max's footprint larger (a radius given far above the field's size)
     peaks = skimage_module(xp, "feature").peak_local_max(
-        distance, min_distance=int(min_distance), labels=components, exclude_border=False
+        distance, min_distance=min(int(min_distance), max(image.shape)), labels=components, exclude_border=False
     )
     peak_mask = xp.zeros(image.shape, dtype=bool)
     peak_mask[tuple(peaks.T)] = True
@@ -358,10 +463,60 @@ def _watershed_nuclei(image, threshold, threshold_method, *, smoothing, block_si
     return relabel(remove_small_labels(labels, int(min_size)))
 
 
+def _noise_sigma(f, background):
+    """Standard deviation of the pixel noise of ``f``, from the differences of horizontally and
+    vertically adjacent pixels that are both ``background``: 1.4826 times their median absolute
+    value over sqrt(2) (robust to the few edges left), or their root mean square over sqrt(2) when
+    that median is 0 (noise below the quantization for most pixels, e.g. a few photon counts).
+    None without two adjacent background pixels."""
+    xp = array_module(f)
+    d = xp.concatenate([(f[:, 1:] - f[:, :-1])[background[:, 1:] & background[:, :-1]],
+                        (f[1:, :] - f[:-1, :])[background[1:, :] & background[:-1, :]]])
+    if d.size == 0:  # host sync
+        return None
+    d = xp.abs(d.astype(xp.float64))
+    sigma = 1.4826 * float(xp.median(d)) / np.sqrt(2)  # host sync
+    return sigma if sigma > 0 else float(xp.sqrt(xp.mean(d * d))) / np.sqrt(2)
+
+
+def _drop_faint(image, labels, ring: float, min_contrast: float):
+    """``labels`` without the objects whose mean intensity is less than ``min_contrast``
+    standard errors above the mean of the background (no object) within ``ring`` pixels of them.
+
+    The means are taken of the image smoothed as the threshold sees it by default (a Gaussian
+    of r/8, ``_CONTRAST_SMOOTHING``; ``ring`` is r/2): a nucleus is bright as a whole and keeps
+    its contrast, while pixels that a threshold of noise picks one by one (objects of
+    individually bright pixels, whose raw mean is far above their surroundings) are averaged
+    with their dark neighbours. The standard error of the difference is
+    ``sigma * sqrt(1/n_object + 1/n_ring)`` with ``sigma`` the pixel noise of the field's
+    background (``_noise_sigma``, away from every object and ring). Per object sums and counts
+    come from ``bincount``; an object without background around it (inside a clump) or a field
+    without noise (sigma 0) keeps its objects."""
+    xp = array_module(labels)
+    f = as_float(image)
+    grown = skimage_module(xp, "segmentation").expand_labels(labels, distance=ring)
+    sigma = _noise_sigma(f, grown == 0)
+    if not sigma:
+        return labels
+    around = xp.where(labels > 0, 0, grown).ravel()
+    n = int(labels.max()) + 1  # host sync
+    w = _smooth(f, ring * _CONTRAST_SMOOTHING / _CONTRAST_RING).ravel().astype(xp.float64)
+    n_obj = xp.bincount(labels.ravel(), minlength=n)
+    n_ring = xp.bincount(around, minlength=n)
+    mean_obj = xp.bincount(labels.ravel(), weights=w, minlength=n) / xp.maximum(n_obj, 1)
+    mean_ring = xp.bincount(around, weights=w, minlength=n) / xp.maximum(n_ring, 1)
+    se = sigma * xp.sqrt(1.0 / xp.maximum(n_obj, 1) + 1.0 / xp.maximum(n_ring, 1))
+    faint = (n_ring > 0) & (mean_obj - mean_ring < min_contrast * se)
+    faint[0] = False
+    return xp.where(faint[labels], 0, labels).astype(labels.dtype, copy=False)
+
+
 def expand_cells(nuclei, distance: float):
     """Cells as the nuclei grown by ``distance`` pixels without overlap
     (``skimage.segmentation.expand_labels``), as SCIP's ``watershed_dapi`` makes them."""
     xp = array_module(nuclei)
+    if not distance >= 0:  # expand_labels erases every label for a negative distance
+        raise ValueError(f"expand_cells: distance must not be negative (pixels), got {distance!r}")
     out = skimage_module(xp, "segmentation").expand_labels(nuclei, distance=distance)
     return out.astype(xp.int32, copy=False)
 
@@ -395,6 +550,10 @@ def seeded_watershed(
     xp = array_module(cytoplasm_image, nuclei)
     if surface not in ("gradient", "intensity"):
         raise ValueError(f"surface must be 'gradient' or 'intensity', got {surface!r}")
+    _check_image(cytoplasm_image, "seeded_watershed")
+    if nuclei.shape != cytoplasm_image.shape:
+        raise ValueError(f"seeded_watershed: nuclei {nuclei.shape} and cytoplasm image {cytoplasm_image.shape} "
+                         "differ in shape")
     smoothed = _smooth(cytoplasm_image, smoothing)
     mask = _foreground(smoothed, threshold) | (nuclei > 0)
     if surface == "gradient":

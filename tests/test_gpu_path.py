@@ -97,6 +97,7 @@ def _trace_copies_to_host(monkeypatch) -> list:
 FIELD_COPIES = {
     "_watershed_host",  # the watershed flood (cuCIM has none): its image, markers and mask
     "estimate_nucleus_radius",  # a few numbers per field (per component)
+    "_background_surface",  # a few numbers per field: the normal equations of the background fit
     "check_field_values",  # float fields: one count of NaN or infinite pixels per channel
     "label_boxes",  # the objects' labels and boxes
     "crop_stats",  # 3 numbers per channel per object, to validate them
