@@ -963,10 +963,11 @@ def _config_yaml(cfg: Config, resolved_yaml: str | None) -> str:
 
 
 def _open_output(cfg: Config, table, n_partitions: int, resolved_yaml: str | None = None,
-                 started: str | None = None) -> OutputFolder:
+                 started: str | None = None, schema=None) -> OutputFolder:
     """The run folder, locked for this process: a new one (``config.yaml`` and ``run_state.json``
     written before anything else), or with ``resume=true`` the interrupted run's (checked; its
-    configuration kept, this resume recorded, leftovers of dead processes removed)."""
+    configuration kept, this resume recorded, leftovers of dead processes removed; ``schema``: the
+    parts' Arrow schema, a finished part with other columns is damaged and redone)."""
     from . import state
     from .errors import ConfigError
 
@@ -980,7 +981,8 @@ def _open_output(cfg: Config, table, n_partitions: int, resolved_yaml: str | Non
             try:
                 old = state.check_resumable(out, cfg, table, n_partitions)
                 removed = state.remove_leftovers(out)  # under the lock: only dead processes' files
-                done = state.finished_partitions(out, out / folder_name, export.part_name)
+                done = state.finished_partitions(out, out / folder_name, export.part_name,
+                                                 None if schema is None else schema.names)
                 new = state.record_resume(out, cfg, old, partitions_done=len(done), started=started,
                                           took_over=lock.taken_over)
                 if not (out / "config.yaml").is_file():  # the first run's is kept; it never got to write it
@@ -1070,11 +1072,30 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             size = auto_partition_size(replace(cfg, device="cuda"), len(table), sample_object(source, table),
                                        device_free_memory(cfg.cluster))
         cfg = replace(cfg, partition_size=size or auto_partition_size(cfg, len(table)))
+    meta_cols = [c for c in table.columns if c.startswith("meta_")]
+    meta = table[meta_cols]
+    if is_fields:
+        meta = field_pipeline.object_meta_frame(meta)
+        meta_cols = list(meta.columns)
+    schema = export.arrow_schema(meta, plan.columns, cfg.export.filename)
+    export.check_column_names(schema, plan.columns, [getattr(f, "value", f) for f in cfg.export.formats]
+                              + (["analysis_ready"] if cfg.export.analysis_ready else []))
     size = max(1, cfg.segmentation.fields_per_partition) if is_fields else cfg.partition_size
-    opened = _open_output(cfg, table, -(-len(table) // size), resolved_yaml, started.isoformat(timespec="seconds"))
+    import logging.handlers
+
+    early = logging.handlers.BufferingHandler(10_000)  # what opening the folder logs (resume), for run.log
+    logging.getLogger("scip_gpu").addHandler(early)
+    try:
+        opened = _open_output(cfg, table, -(-len(table) // size), resolved_yaml,
+                              started.isoformat(timespec="seconds"), schema)
+    finally:
+        logging.getLogger("scip_gpu").removeHandler(early)
     out, done = opened.path, opened.done
     try:
         handler = _log_to_file(out / "run.log", cfg.log_level)
+        for record in early.buffer:
+            if record.levelno >= handler.level:
+                handler.handle(record)
     except BaseException:
         opened.lock.release()
         raise
@@ -1090,12 +1111,6 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             if importlib.util.find_spec("numba") is None:  # (not imported here: workers do)
                 log.warning("numba is not installed: the CPU path runs without its compiled kernels (same "
                             "results, several times slower); pip install 'scip_gpu[fast]'")
-        meta_cols = [c for c in table.columns if c.startswith("meta_")]
-        meta = table[meta_cols]
-        if is_fields:
-            meta = field_pipeline.object_meta_frame(meta)
-            meta_cols = list(meta.columns)
-        schema = export.arrow_schema(meta, plan.columns, cfg.export.filename)
         formats = [getattr(f, "value", f) for f in cfg.export.formats]
         if "parquet" in formats:  # the descriptions of the parts' columns, once for the run
             export.write_columns(out / export.columns_file(cfg.export.filename), plan.columns, schema)

@@ -1,0 +1,100 @@
+"""Outputs at their edges: names the outputs cannot hold, files outside the run folder, damaged
+parts on resume, and the AnnData outputs of one run agreeing with each other."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import scip_gpu
+from scip_gpu import export
+from scip_gpu.demo import make_cell
+from scip_gpu.errors import ConfigError
+from scip_gpu.features.registry import Column
+
+SMALL = ("masks=li",)
+OPTIONS = dict(features="intensity", export={"report": False, "formats": ["parquet"]})
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return [make_cell(i, min_size=32, max_size=32)[0] for i in range(3)]
+
+
+@pytest.mark.parametrize("name", ["../mine", "/tmp/mine", "sub/mine", "", ".mine", " mine"])
+def test_export_filename_is_a_plain_name_in_the_run_folder(tmp_path, cells, name):
+    (tmp_path / "mine.h5ad").write_text("the user's own file")
+    with pytest.raises(ConfigError, match="export.filename"):
+        scip_gpu.profile(cells[:1], *SMALL, output=tmp_path / "run", features="intensity",
+                         export={"filename": name})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.h5ad"]  # nothing written, nothing replaced
+    assert (tmp_path / "mine.h5ad").read_text() == "the user's own file"
+
+
+@pytest.mark.parametrize("names, formats, needle", [
+    (["BF", "combined", "SPOT"], ["parquet"], "more than once"),  # feat_li_mean_combined: the combined mask's
+    (["BF", "DNA/Hoechst", "SPOT"], ["parquet", "anndata"], "'/'"),
+    (["BF", "DNA/Hoechst", "SPOT"], ["anndata_zarr"], "'/'"),
+])
+def test_column_names_the_outputs_cannot_hold_stop_the_run_at_start(tmp_path, cells, names, formats, needle):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=needle):
+        scip_gpu.profile(cells[:1], *SMALL, output=out, channel_names=names, features="intensity",
+                         export={"formats": formats})
+    assert not out.exists()
+
+
+def test_a_slash_is_fine_in_parquet_only_and_in_feature_names():
+    cols = [Column("meta_li_empty_a/b", "meta", "empty", "empty", dtype="bool"),
+            Column("feat_li_mean_a/b", "feat", "intensity", "mean")]
+    meta = pd.DataFrame({"meta_index": np.arange(2)})
+    export.check_column_names(export.arrow_schema(meta, cols), cols, ["parquet"])
+    export.check_column_names(export.arrow_schema(meta, cols[1:]), cols[1:], ["anndata", "anndata_zarr"])
+    with pytest.raises(ConfigError, match=r"\['meta_li_empty_a/b'\]"):
+        export.check_column_names(export.arrow_schema(meta, cols), cols, ["parquet", "anndata"])
+
+
+def test_resume_runs_damaged_parts_again(tmp_path, cells):
+    out = tmp_path / "run"
+    scip_gpu.profile(cells, *SMALL, output=out, partition_size=1, **OPTIONS)
+    folder = out / "features.parquet"
+    before = pd.read_parquet(folder)
+    assert len(before) == 3 and (before["meta_status"] == "ok").all()
+    # what a machine crash (renamed before the data reached the disk) or a bad copy leaves
+    part1, part2 = folder / "part-00001.parquet", folder / "part-00002.parquet"
+    part1.write_bytes(part1.read_bytes()[:1000])  # truncated: no footer
+    part2.write_bytes(b"")  # zero bytes
+    scip_gpu.profile(cells, *SMALL, output=out, partition_size=1, resume=True, **OPTIONS)
+    after = pd.read_parquet(folder)
+    pd.testing.assert_frame_equal(after, before)  # no row lost or repeated, the same values
+    assert after["meta_index"].tolist() == [0, 1, 2]
+    log = (out / "run.log").read_text()
+    assert "part-00001.parquet is damaged (unreadable" in log and "part-00002.parquet is damaged" in log
+
+
+def test_every_anndata_output_of_a_fields_run_has_the_same_obs_names(tmp_path):
+    """features.h5ad, features.zarr and features.analysis.h5ad of objects segmented from fields
+    are indexed by ``<meta_field>-<meta_label>``, so that they join on ``obs_names``."""
+    import anndata as ad
+
+    cols = [Column("feat_mean_DNA", "feat", "intensity", "mean", channel="DNA"),
+            Column("feat_sum_DNA", "feat", "intensity", "sum", channel="DNA")]
+    meta = pd.DataFrame({"meta_field_index": [0, 0, 1], "meta_field": ["A1_1", "A1_1", "A2_1"],
+                         "meta_label": [1, 2, 1]})
+    rows = meta.assign(meta_status=["ok", "error", "ok"])
+    values = np.array([[1.0, 10.0], [np.nan, np.nan], [3.0, 30.0]])
+    schema = export.arrow_schema(meta, cols)
+    parts = [export.write_part(tmp_path / "features.parquet", 0, rows, schema, values)]
+    meta_cols = list(meta.columns)
+    export.write_anndata(parts, tmp_path / "features.h5ad", cols, meta_cols)
+    export.write_anndata_zarr(parts, tmp_path / "features.zarr", cols, meta_cols)
+    export.write_analysis_ready(parts, tmp_path / "features.analysis.h5ad", cols, meta_cols)
+    full = ad.read_h5ad(tmp_path / "features.h5ad")
+    assert full.obs_names.tolist() == ["A1_1-1", "A1_1-2", "A2_1-1"]
+    assert ad.read_zarr(tmp_path / "features.zarr").obs_names.tolist() == full.obs_names.tolist()
+    ready = ad.read_h5ad(tmp_path / "features.analysis.h5ad")
+    assert ready.obs_names.tolist() == ["A1_1-1", "A2_1-1"]  # the ok rows, under their names
+    np.testing.assert_array_equal(ready.X, full[ready.obs_names].X)
+    np.testing.assert_array_equal(ready.X, np.float32([[1, 10], [3, 30]]))
