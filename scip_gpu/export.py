@@ -243,7 +243,9 @@ def read_obs(parts: Sequence[Path], columns: Sequence[str]) -> pd.DataFrame:
 def _obs_for_anndata(obs: pd.DataFrame) -> pd.DataFrame:
     """``obs`` with the index every AnnData output of a run shares (so that they join on
     ``obs_names``): ``meta_index``, or for objects segmented from fields ``<meta_field>-<meta_label>``;
-    object columns as strings (h5ad and zarr store them as strings only)."""
+    object columns as strings (h5ad and zarr store them as strings only), a missing value (null
+    in the Parquet parts, e.g. a metadata CSV without a row for the object) kept missing: such a
+    column becomes categorical (missing: NaN), not the made-up string ``"None"``."""
     if "meta_index" in obs:
         obs.index = obs["meta_index"].astype(str)
     elif {"meta_field", "meta_label"} <= set(obs.columns):  # objects segmented from fields
@@ -253,7 +255,11 @@ def _obs_for_anndata(obs: pd.DataFrame) -> pd.DataFrame:
     obs.index.name = None
     for col in obs.columns:
         if obs[col].dtype == object:
-            obs[col] = obs[col].astype(str)
+            missing = obs[col].isna()
+            if missing.any():
+                obs[col] = pd.Categorical(obs[col].where(missing, obs[col].astype(str)))
+            else:
+                obs[col] = obs[col].astype(str)
     return obs
 
 

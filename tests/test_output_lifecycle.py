@@ -74,15 +74,16 @@ def test_resume_runs_damaged_parts_again(tmp_path, cells):
     assert "part-00001.parquet is damaged (unreadable" in log and "part-00002.parquet is damaged" in log
 
 
-def test_every_anndata_output_of_a_fields_run_has_the_same_obs_names(tmp_path):
+def test_every_anndata_output_of_a_fields_run_has_the_same_obs_names_and_missing_values(tmp_path):
     """features.h5ad, features.zarr and features.analysis.h5ad of objects segmented from fields
-    are indexed by ``<meta_field>-<meta_label>``, so that they join on ``obs_names``."""
+    are indexed by ``<meta_field>-<meta_label>``, so that they join on ``obs_names``; a metadata
+    value missing in the Parquet parts (a CSV without a row for the field) stays missing."""
     import anndata as ad
 
     cols = [Column("feat_mean_DNA", "feat", "intensity", "mean", channel="DNA"),
             Column("feat_sum_DNA", "feat", "intensity", "sum", channel="DNA")]
     meta = pd.DataFrame({"meta_field_index": [0, 0, 1], "meta_field": ["A1_1", "A1_1", "A2_1"],
-                         "meta_label": [1, 2, 1]})
+                         "meta_label": [1, 2, 1], "meta_compound": ["taxol", "taxol", None]})
     rows = meta.assign(meta_status=["ok", "error", "ok"])
     values = np.array([[1.0, 10.0], [np.nan, np.nan], [3.0, 30.0]])
     schema = export.arrow_schema(meta, cols)
@@ -98,3 +99,8 @@ def test_every_anndata_output_of_a_fields_run_has_the_same_obs_names(tmp_path):
     assert ready.obs_names.tolist() == ["A1_1-1", "A2_1-1"]  # the ok rows, under their names
     np.testing.assert_array_equal(ready.X, full[ready.obs_names].X)
     np.testing.assert_array_equal(ready.X, np.float32([[1, 10], [3, 30]]))
+    assert pq.read_table(parts[0], columns=["meta_compound"]).column(0).null_count == 1
+    for adata in (full, ad.read_zarr(tmp_path / "features.zarr"), ready):
+        compound = adata.obs["meta_compound"]
+        assert compound.isna().tolist() == [False] * (len(compound) - 1) + [True]  # not the string "None"
+        assert compound.iloc[0] == "taxol" and "None" not in compound.astype(object).tolist()
