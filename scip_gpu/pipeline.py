@@ -1203,7 +1203,12 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
         if "parquet" not in formats:  # the parts were this run's own intermediates
             for p in parts:
                 p.unlink(missing_ok=True)
-            folder.rmdir()
+            for p in folder.glob(".*.tmp"):  # a part that a worker killed mid-write left (run again elsewhere)
+                p.unlink(missing_ok=True)
+            try:
+                folder.rmdir()
+            except OSError as exc:  # the results are written: never fail the run for this
+                log.warning("could not remove the intermediate folder %s: %s", folder, exc)
         seconds = time.perf_counter() - t0
         provenance["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         provenance["seconds"] = round(seconds, 3)

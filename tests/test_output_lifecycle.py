@@ -3,6 +3,8 @@ parts on resume, and the AnnData outputs of one run agreeing with each other."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -104,3 +106,25 @@ def test_every_anndata_output_of_a_fields_run_has_the_same_obs_names_and_missing
         compound = adata.obs["meta_compound"]
         assert compound.isna().tolist() == [False] * (len(compound) - 1) + [True]  # not the string "None"
         assert compound.iloc[0] == "taxol" and "None" not in compound.astype(object).tolist()
+
+
+def test_anndata_only_run_ends_cleanly_when_a_killed_worker_left_a_temporary_part(tmp_path, cells, monkeypatch):
+    """export.formats=[anndata]: the Parquet parts are intermediates, removed at the end, with
+    what a worker killed while writing one left (its temporary file); the run still ends well."""
+    import anndata as ad
+
+    write_part = export.write_part
+
+    def write_part_after_a_killed_worker(folder, part, *args, **kwargs):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        export.temp_path(Path(folder) / export.part_name(part)).write_bytes(b"half a part")  # the dead worker's
+        return write_part(folder, part, *args, **kwargs)
+
+    monkeypatch.setattr(export, "write_part", write_part_after_a_killed_worker)
+    out = tmp_path / "run"
+    adata = scip_gpu.profile(cells[:2], *SMALL, output=out, features="intensity",
+                             export={"report": False, "formats": ["anndata"]})
+    assert adata.n_obs == 2 and (adata.obs["meta_status"] == "ok").all()
+    assert not (out / "features.parquet").exists()
+    assert (out / "provenance.json").is_file()  # the run got to its end
+    assert ad.read_h5ad(out / "features.h5ad").n_obs == 2
