@@ -1132,6 +1132,10 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             else:
                 results, n_parts = _execute_objects(ex, table, **kwargs)
 
+        # every partition is done: a temporary part left in the folder is one that a worker killed
+        # mid-write left (its partition ran again elsewhere); polars refuses a folder holding it
+        for p in folder.glob(".*.tmp") if folder.is_dir() else ():
+            p.unlink(missing_ok=True)
         errors = sorted((e for r in results for e in r.errors), key=lambda e: e["meta_index"])
         export.write_errors(out / "errors.csv", errors)
         for e in errors[:20]:
@@ -1202,8 +1206,6 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
                 log.info("QC report written to %s (%.1f s)", out / "report.html", time.perf_counter() - t_report)
         if "parquet" not in formats:  # the parts were this run's own intermediates
             for p in parts:
-                p.unlink(missing_ok=True)
-            for p in folder.glob(".*.tmp"):  # a part that a worker killed mid-write left (run again elsewhere)
                 p.unlink(missing_ok=True)
             try:
                 folder.rmdir()

@@ -26,7 +26,8 @@ process is no longer alive on this host (killed run) is taken over by ``resume=t
 a lock of another host is never broken: its process cannot be checked from here, the message
 says which file to delete once that run is known to be dead. Temporary files (``.*.tmp``, named
 after the process that writes them) are removed only on resume, under the lock: they can then
-only be leftovers of dead processes.
+only be leftovers of dead processes; and from the Parquet folder by the run itself once every
+partition is done (a worker killed while writing a part leaves one).
 """
 
 from __future__ import annotations
