@@ -139,3 +139,29 @@ def test_a_part_a_killed_worker_left_is_removed_at_the_end(tmp_path, cells, monk
         assert not (out / "features.parquet").exists()
     assert (out / "provenance.json").is_file()  # the run got to its end
     assert ad.read_h5ad(out / "features.h5ad").n_obs == 2
+
+
+def test_check_readers_reads_a_fields_run(tmp_path, capsys):
+    """benchmarks/check_readers.py (README, Outputs) on objects segmented from fields of view,
+    which have no meta_index: rows matched by field and label."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "check_readers", Path(__file__).resolve().parents[1] / "benchmarks" / "check_readers.py")
+    check_readers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_readers)
+    cols = [Column("feat_mean_DNA", "feat", "intensity", "mean", channel="DNA")]
+    meta = pd.DataFrame({"meta_field_index": [1, 0, 0], "meta_field": ["A2_1", "A1_1", "A1_1"],
+                         "meta_label": [1, 2, 1]})
+    schema = export.arrow_schema(meta, cols)
+    folder = tmp_path / "features.parquet"
+    export.write_part(folder, 0, meta.iloc[:1].assign(meta_status="ok"), schema, np.array([[3.0]]))
+    export.write_part(folder, 1, meta.iloc[1:].assign(meta_status="ok"), schema, np.array([[2.0], [1.0]]))
+    status = check_readers.main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "pandas: 3 rows x 5 columns, same values" in out and "FAILS" not in out
+    assert f"{folder}: 2 files" in out  # the sizes, also without an AnnData file
+    installed = all(importlib.util.find_spec(m) for m in ("polars", "duckdb"))
+    assert status == (0 if installed else 2)
+    df = pd.read_parquet(folder)
+    assert df.sort_values(check_readers.row_key(df))["feat_mean_DNA"].tolist() == [1.0, 2.0, 3.0]
