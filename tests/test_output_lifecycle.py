@@ -165,3 +165,45 @@ def test_check_readers_reads_a_fields_run(tmp_path, capsys):
     assert status == (0 if installed else 2)
     df = pd.read_parquet(folder)
     assert df.sort_values(check_readers.row_key(df))["feat_mean_DNA"].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_sigterm_stops_the_run_like_ctrl_c_and_resume_finishes_it(tmp_path, monkeypatch, capsys):
+    """``kill PID``, a batch job's walltime, ``docker stop``: SIGTERM releases the lock, keeps
+    what finished and exits 143; resume=true then finishes with every object once."""
+    import json
+    import logging
+    import os
+    import signal
+
+    from hydra import compose, initialize_config_dir
+
+    from scip_gpu import cli, state
+    from scip_gpu._resources import conf_dir
+
+    logger = logging.getLogger("scip_gpu")  # (cli.task sets up its console logging)
+    monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+    monkeypatch.setattr(logger, "propagate", logger.propagate)
+    out = tmp_path / "run"
+    args = ["+dataset=demo", "dataset.n_objects=2", "dataset.min_size=32", "dataset.max_size=32", "partition_size=1",
+            "cluster=sync", "features=intensity", "masks=li", "export.report=false", f"output={out}"]
+    write_summary = state.write_summary
+
+    def terminated_after_the_first(out_, result):
+        write_summary(out_, result)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(state, "write_summary", terminated_after_the_first)
+    before = signal.getsignal(signal.SIGTERM)
+    cli.register_configs()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        assert cli.task(compose("config", overrides=args)) == cli.TERMINATED
+        assert signal.getsignal(signal.SIGTERM) == before  # the handler is the run's only
+        err = capsys.readouterr().err
+        assert "terminated (SIGTERM)" in err and "resume=true" in err
+        assert not (out / state.LOCK_FILE).exists()
+        assert len(list((out / "checkpoints").glob("part-*.json"))) == 1
+        monkeypatch.setattr(state, "write_summary", write_summary)
+        assert cli.task(compose("config", overrides=args + ["resume=true"])) == 0
+    df = pd.read_parquet(out / "features.parquet")
+    assert sorted(df["meta_index"]) == [0, 1] and (df["meta_status"] == "ok").all()
+    assert json.loads((out / "provenance.json").read_text())["resumes"] == 1
