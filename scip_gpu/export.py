@@ -98,7 +98,8 @@ def check_column_names(schema, columns: Sequence[Column], formats: Sequence[str]
     - a name twice: a channel, mask or metadata name that rebuilds a name scip_gpu writes
       itself (channel ``combined``: ``feat_li_area_combined`` is also the combined mask's area).
       pandas would read the Parquet parts with the column twice, polars and DuckDB refuse them,
-      AnnData cannot be written;
+      AnnData cannot be written; or two names that differ only in case (channels ``DNA`` and
+      ``dna``): DuckDB renames the second and a query of it returns the first;
     - a ``/`` in a column of AnnData's ``obs`` (every column but the features, which are ``var``
       names): ``obs`` columns are HDF5 / zarr keys, where ``/`` nests a group (anndata
       deprecates it); only with ``formats`` holding ``anndata``, ``anndata_zarr`` or
@@ -118,6 +119,14 @@ def check_column_names(schema, columns: Sequence[Column], formats: Sequence[str]
             "(dataset.channel_names), a mask name (masks.methods[].name) or a metadata column (regex group, "
             "CSV column) rebuilds a name scip_gpu writes itself (e.g. a channel named 'combined' and the "
             "combined mask's columns); rename it")
+    folded: dict[str, str] = {}
+    for n in names:
+        other = folded.setdefault(n.casefold(), n)
+        if other != n:
+            raise ConfigError(
+                f"the columns {other!r} and {n!r} differ only in case: DuckDB reads column names without case "
+                "(it renames the second one and a query of it returns the first), and zarr's folders clash on "
+                "case-insensitive file systems; rename a channel (dataset.channel_names), mask or metadata column")
     if {"anndata", "anndata_zarr", "analysis_ready"} & set(formats):
         feat = {c.name for c in columns if c.kind == "feat"}
         slashed = [n for n in names if n not in feat and "/" in n]

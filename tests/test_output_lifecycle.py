@@ -37,6 +37,7 @@ def test_export_filename_is_a_plain_name_in_the_run_folder(tmp_path, cells, name
 
 @pytest.mark.parametrize("names, formats, needle", [
     (["BF", "combined", "SPOT"], ["parquet"], "more than once"),  # feat_li_mean_combined: the combined mask's
+    (["BF", "DNA", "dna"], ["parquet"], "differ only in case"),  # DuckDB: feat_li_mean_dna -> the DNA column
     (["BF", "DNA/Hoechst", "SPOT"], ["parquet", "anndata"], "'/'"),
     (["BF", "DNA/Hoechst", "SPOT"], ["anndata_zarr"], "'/'"),
 ])
