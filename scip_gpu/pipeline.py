@@ -7,6 +7,7 @@ fused task that a worker runs per partition of objects.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import socket
 import sys
@@ -1081,8 +1082,6 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
     export.check_column_names(schema, plan.columns, [getattr(f, "value", f) for f in cfg.export.formats]
                               + (["analysis_ready"] if cfg.export.analysis_ready else []))
     size = max(1, cfg.segmentation.fields_per_partition) if is_fields else cfg.partition_size
-    import logging.handlers
-
     early = logging.handlers.BufferingHandler(10_000)  # what opening the folder logs (resume), for run.log
     logging.getLogger("scip_gpu").addHandler(early)
     try:
