@@ -123,14 +123,15 @@ def task(cfg: DictConfig) -> int:
             signal.signal(signal.SIGTERM, previous)
     print(summary.line())
     if summary.n_ok == 0:
-        where = (f"see {summary.output / 'errors.csv'}" if summary.n_errors else
+        where = (f"see {summary.output / 'errors.csv'}" if summary.n_errors or summary.n_fields_failed else
                  f"no object was found (fields: the segmentation found none; {summary.output / 'run.log'} has each "
                  "field's parameters)")
         print(f"scip_gpu: no object could be profiled; {where}", file=sys.stderr)
         return 1
-    if summary.n_errors:
-        print(f"scip_gpu: {summary.n_errors} object(s) could not be profiled; see "
-              f"{summary.output / 'errors.csv'}", file=sys.stderr)
+    failed = [f"{n} {what}(s)" for n, what in ((summary.n_errors, "object"), (summary.n_fields_failed, "field")) if n]
+    if failed:
+        print(f"scip_gpu: {' and '.join(failed)} could not be profiled; see {summary.output / 'errors.csv'}",
+              file=sys.stderr)
         if config.strict:
             return 1
     return 0

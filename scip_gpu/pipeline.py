@@ -66,10 +66,14 @@ class RunSummary:
     n_features: int
     seconds: float
     errors: list = field(default_factory=list)
+    #: fields of view that could not be read or segmented (they have no object, hence no row;
+    #: ``n_errors`` counts the objects only)
+    n_fields_failed: int = 0
 
     def line(self) -> str:
         rate = self.n_objects / self.seconds if self.seconds > 0 else float("nan")
-        return (f"scip_gpu: profiled {self.n_objects} objects ({self.n_ok} ok, {self.n_errors} with errors) "
+        fields = f"; {self.n_fields_failed} field(s) could not be profiled" if self.n_fields_failed else ""
+        return (f"scip_gpu: profiled {self.n_objects} objects ({self.n_ok} ok, {self.n_errors} with errors{fields}) "
                 f"x {self.n_features} features in {self.seconds:.1f} s ({rate:.0f} objects/s) -> {self.output}")
 
 
@@ -1214,7 +1218,9 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
         provenance["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         provenance["seconds"] = round(seconds, 3)
         export.write_text(out / "provenance.json", json.dumps(provenance, indent=2, default=str))
-        summary = RunSummary(out, n_objects, n_ok, len(errors), n_measured(plan), seconds, errors)
+        n_fields_failed = sum(e["stage"] == "field" for e in errors) if is_fields else 0
+        summary = RunSummary(out, n_objects, n_ok, len(errors) - n_fields_failed, n_measured(plan), seconds, errors,
+                             n_fields_failed)
         handler.handle(logging.makeLogRecord({"name": "scip_gpu", "levelno": logging.INFO,
                                               "levelname": "INFO", "msg": summary.line()}))
         return summary

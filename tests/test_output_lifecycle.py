@@ -3,6 +3,7 @@ parts on resume, and the AnnData outputs of one run agreeing with each other."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -172,7 +173,6 @@ def test_sigterm_stops_the_run_like_ctrl_c_and_resume_finishes_it(tmp_path, monk
     """``kill PID``, a batch job's walltime, ``docker stop``: SIGTERM releases the lock, keeps
     what finished and exits 143; resume=true then finishes with every object once."""
     import json
-    import logging
     import os
     import signal
 
@@ -208,3 +208,23 @@ def test_sigterm_stops_the_run_like_ctrl_c_and_resume_finishes_it(tmp_path, monk
     df = pd.read_parquet(out / "features.parquet")
     assert sorted(df["meta_index"]) == [0, 1] and (df["meta_status"] == "ok").all()
     assert json.loads((out / "provenance.json").read_text())["resumes"] == 1
+
+
+@pytest.mark.parametrize("strict, status", [("false", 0), ("true", 1)])
+def test_a_failed_field_is_reported_as_a_field(tmp_path, monkeypatch, capsys, strict, status):
+    from hydra import compose, initialize_config_dir
+
+    from scip_gpu import cli, pipeline
+    from scip_gpu._resources import conf_dir
+
+    logger = logging.getLogger("scip_gpu")  # (cli.task sets up its console logging)
+    monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+    monkeypatch.setattr(logger, "propagate", logger.propagate)
+    summary = pipeline.RunSummary(tmp_path, 4, 4, 0, 10, 1.0, [{"stage": "field"}], n_fields_failed=1)
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: summary)
+    cli.register_configs()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        assert cli.task(compose("config", overrides=["+dataset=demo", f"strict={strict}"])) == status
+    captured = capsys.readouterr()
+    assert "profiled 4 objects (4 ok, 0 with errors; 1 field(s) could not be profiled)" in captured.out
+    assert "scip_gpu: 1 field(s) could not be profiled; see" in captured.err
