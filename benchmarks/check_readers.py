@@ -41,6 +41,12 @@ def readers(folder: Path) -> dict:
     return out
 
 
+def row_key(df: pd.DataFrame) -> list[str]:
+    """The columns naming a row: ``meta_index`` (the input's row), or for objects segmented from
+    fields of view (which have no ``meta_index``) the field and the object's label in it."""
+    return ["meta_index"] if "meta_index" in df else ["meta_field_index", "meta_label"]
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv:
@@ -60,7 +66,7 @@ def main(argv=None) -> int:
     footers = [pq.ParquetFile(p).metadata.serialized_size for p in parts if p.suffix == ".parquet"]
     h5ad = run / "features.h5ad"
     print(f"{folder}: {len(parts)} files, {size / 2**20:.2f} MiB; footer per part {np.mean(footers) / 1024:.0f} KiB "
-          f"(mean); {h5ad.name}: {h5ad.stat().st_size / 2**20:.2f} MiB" if h5ad.exists() else "")
+          "(mean)" + (f"; {h5ad.name}: {h5ad.stat().st_size / 2**20:.2f} MiB" if h5ad.exists() else ""))
     status = 0
     if foreign:
         print("PROBLEM: files that are not parts:", foreign)
@@ -72,7 +78,8 @@ def main(argv=None) -> int:
             status = max(status, 2)
             continue
         try:
-            df = read().sort_values("meta_index").reset_index(drop=True)
+            df = read()
+            df = df.sort_values(row_key(df)).reset_index(drop=True)
         except Exception as exc:  # noqa: BLE001 - report every reader
             print(f"{name}: FAILS: {type(exc).__name__}: {exc}")
             status = 1

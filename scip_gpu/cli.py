@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import sys
 
 from omegaconf import DictConfig, OmegaConf
@@ -102,6 +103,8 @@ def task(cfg: DictConfig) -> int:
     from .pipeline import run
 
     _setup_console_logging(str(cfg.get("log_level", "INFO")))
+    terminated: list[int] = []
+    previous = _on_sigterm_interrupt(terminated)
     try:
         config, resolved = to_config(cfg)
         summary = run(config, resolved)
@@ -112,18 +115,23 @@ def task(cfg: DictConfig) -> int:
         print(f"scip_gpu: error: {_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(f"scip_gpu: {str(exc) or 'interrupted'}", file=sys.stderr)
-        return INTERRUPTED
+        print(f"scip_gpu: {'terminated (SIGTERM): ' if terminated else ''}{str(exc) or 'interrupted'}",
+              file=sys.stderr)
+        return TERMINATED if terminated else INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(summary.line())
     if summary.n_ok == 0:
-        where = (f"see {summary.output / 'errors.csv'}" if summary.n_errors else
+        where = (f"see {summary.output / 'errors.csv'}" if summary.n_errors or summary.n_fields_failed else
                  f"no object was found (fields: the segmentation found none; {summary.output / 'run.log'} has each "
                  "field's parameters)")
         print(f"scip_gpu: no object could be profiled; {where}", file=sys.stderr)
         return 1
-    if summary.n_errors:
-        print(f"scip_gpu: {summary.n_errors} object(s) could not be profiled; see "
-              f"{summary.output / 'errors.csv'}", file=sys.stderr)
+    failed = [f"{n} {what}(s)" for n, what in ((summary.n_errors, "object"), (summary.n_fields_failed, "field")) if n]
+    if failed:
+        print(f"scip_gpu: {' and '.join(failed)} could not be profiled; see {summary.output / 'errors.csv'}",
+              file=sys.stderr)
         if config.strict:
             return 1
     return 0
@@ -139,6 +147,27 @@ def _os_error(exc: OSError) -> str:
 
 #: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
 INTERRUPTED = 130
+#: Exit status after SIGTERM (128 + SIGTERM): ``kill``, a batch job's walltime, ``docker stop``.
+TERMINATED = 143
+
+
+def _on_sigterm_interrupt(received: list):
+    """Make SIGTERM stop the run as Ctrl-C does (the lock released, what finished kept, the
+    resume hint printed) instead of killing the process with its lock left behind, which a
+    resume on another host (a batch job started again elsewhere) may not break. The first
+    SIGTERM raises KeyboardInterrupt in the main thread; later ones are ignored while it
+    cleans up. Returns the previous handler (None where none could be set: not the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        if not received:
+            received.append(signum)
+            raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 #: Hydra's own options that take a value (the value is not an override)

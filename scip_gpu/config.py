@@ -483,6 +483,19 @@ def _check_regex_groups(regex: str | None, fields: bool) -> None:
                           f"{['meta_' + g for g in clash]}; give them other names (e.g. (?P<{clash[0]}_name>...))")
 
 
+def _check_export_filename(name: str) -> None:
+    """``export.filename`` names files inside the run folder: a plain, visible file name.
+    A path (``../x``, ``/data/x``) would write, and replace, files outside the run folder; a
+    name starting with ``.`` would hide the outputs from readers (and look like a temporary file)."""
+    import os
+
+    seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if not name or name.strip() != name or name.startswith(".") or any(s in name for s in seps) or "\0" in name:
+        raise ConfigError(f"export.filename: {name!r} is not a plain file name; it names the files inside the "
+                          "run folder (features -> features.parquet, features.h5ad...): give a name without "
+                          "'/', '\\' or surrounding spaces, not starting with '.' (choose the folder with output=...)")
+
+
 def validate(cfg: Config, n_channels: int | None = None) -> None:
     """Raise ``ConfigError`` naming the key when the configuration is inconsistent.
 
@@ -600,6 +613,7 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
         raise ConfigError("export.formats: choose at least one of parquet, anndata, anndata_zarr")
     if not 0.0 <= cfg.export.max_nan_share <= 1.0:
         raise ConfigError(f"export.max_nan_share: needs a share between 0 and 1, got {cfg.export.max_nan_share}")
+    _check_export_filename(cfg.export.filename)
 
     if n_channels is not None:
         def _check_index(key: str, idx: int) -> None:

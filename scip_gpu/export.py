@@ -92,6 +92,51 @@ def arrow_schema(meta: pd.DataFrame, columns: Sequence[Column], filename: str = 
     return pa.schema(fields, metadata={PARQUET_META_KEY: json.dumps(key).encode()})
 
 
+def check_column_names(schema, columns: Sequence[Column], formats: Sequence[str]) -> None:
+    """Refuse, before anything is written, column names that the outputs cannot hold.
+
+    - a name twice: a channel, mask or metadata name that rebuilds a name scip_gpu writes
+      itself (channel ``combined``: ``feat_li_area_combined`` is also the combined mask's area).
+      pandas would read the Parquet parts with the column twice, polars and DuckDB refuse them,
+      AnnData cannot be written; or two names that differ only in case (channels ``DNA`` and
+      ``dna``): DuckDB renames the second and a query of it returns the first;
+    - a ``/`` in a column of AnnData's ``obs`` (every column but the features, which are ``var``
+      names): ``obs`` columns are HDF5 / zarr keys, where ``/`` nests a group (anndata
+      deprecates it); only with ``formats`` holding ``anndata``, ``anndata_zarr`` or
+      ``analysis_ready``.
+
+    Raises ``ConfigError`` naming the columns and what to rename.
+    """
+    from collections import Counter
+
+    from .errors import ConfigError
+
+    names = [f.name for f in schema]
+    twice = [n for n, k in Counter(names).items() if k > 1]
+    if twice:
+        raise ConfigError(
+            f"the column name(s) {twice[:5]} would be written more than once: a channel name "
+            "(dataset.channel_names), a mask name (masks.methods[].name) or a metadata column (regex group, "
+            "CSV column) rebuilds a name scip_gpu writes itself (e.g. a channel named 'combined' and the "
+            "combined mask's columns); rename it")
+    folded: dict[str, str] = {}
+    for n in names:
+        other = folded.setdefault(n.casefold(), n)
+        if other != n:
+            raise ConfigError(
+                f"the columns {other!r} and {n!r} differ only in case: DuckDB reads column names without case "
+                "(it renames the second one and a query of it returns the first), and zarr's folders clash on "
+                "case-insensitive file systems; rename a channel (dataset.channel_names), mask or metadata column")
+    if {"anndata", "anndata_zarr", "analysis_ready"} & set(formats):
+        feat = {c.name for c in columns if c.kind == "feat"}
+        slashed = [n for n in names if n not in feat and "/" in n]
+        if slashed:
+            raise ConfigError(
+                f"the column(s) {slashed[:5]} hold a '/', which AnnData cannot store in obs (HDF5 and zarr read "
+                "it as a sub-group): rename the channel (dataset.channel_names), mask or metadata column it comes "
+                "from, or write Parquet only (export.formats=[parquet])")
+
+
 def _arrow_column(values: np.ndarray, type_):
     """One column of the (rows, F) value table as Arrow: flags (0/1) as bool, NaN as null."""
     import pyarrow as pa
@@ -204,6 +249,29 @@ def read_obs(parts: Sequence[Path], columns: Sequence[str]) -> pd.DataFrame:
                      ignore_index=True)
 
 
+def _obs_for_anndata(obs: pd.DataFrame) -> pd.DataFrame:
+    """``obs`` with the index every AnnData output of a run shares (so that they join on
+    ``obs_names``): ``meta_index``, or for objects segmented from fields ``<meta_field>-<meta_label>``;
+    object columns as strings (h5ad and zarr store them as strings only), a missing value (null
+    in the Parquet parts, e.g. a metadata CSV without a row for the object) kept missing: such a
+    column becomes categorical (missing: NaN), not the made-up string ``"None"``."""
+    if "meta_index" in obs:
+        obs.index = obs["meta_index"].astype(str)
+    elif {"meta_field", "meta_label"} <= set(obs.columns):  # objects segmented from fields
+        obs.index = obs["meta_field"].astype(str) + "-" + obs["meta_label"].astype(str)
+    else:
+        obs.index = obs.index.astype(str)
+    obs.index.name = None
+    for col in obs.columns:
+        if obs[col].dtype == object:
+            missing = obs[col].isna()
+            if missing.any():
+                obs[col] = pd.Categorical(obs[col].where(missing, obs[col].astype(str)))
+            else:
+                obs[col] = obs[col].astype(str)
+    return obs
+
+
 def _anndata_without_x(parts: Sequence[Path], columns: Sequence[Column], meta_columns: Sequence[str],
                        uns: dict | None):
     """The AnnData of the Parquet parts without X (obs, var, uns) and the feature column names."""
@@ -212,17 +280,7 @@ def _anndata_without_x(parts: Sequence[Path], columns: Sequence[Column], meta_co
 
     feat = [c for c in columns if c.kind == "feat"]
     obs_cols = list(meta_columns) + ["meta_status"] + [c.name for c in columns if c.kind == "meta"]
-    obs = read_obs(parts, obs_cols)
-    if "meta_index" in obs:
-        obs.index = obs["meta_index"].astype(str)
-    elif {"meta_field", "meta_label"} <= set(obs.columns):  # objects segmented from fields
-        obs.index = obs["meta_field"].astype(str) + "-" + obs["meta_label"].astype(str)
-    else:
-        obs.index = obs.index.astype(str)
-    obs.index.name = None
-    for col in obs.columns:  # h5ad and zarr store object columns as strings only
-        if obs[col].dtype == object:
-            obs[col] = obs[col].astype(str)
+    obs = _obs_for_anndata(read_obs(parts, obs_cols))
     var = var_table(feat) if feat else pd.DataFrame(index=pd.Index([], dtype=str))
     return ad.AnnData(obs=obs, var=var, uns=uns or {}), [c.name for c in feat]
 
@@ -311,14 +369,7 @@ def write_analysis_ready(parts: Sequence[Path], path: Path, columns: Sequence[Co
         var["n_imputed"] = np.round(share[keep] * n).astype(np.int64)
         var["impute_value"] = median[keep]
     dropped = [nm for nm, k in zip(names, keep) if not k]
-    if "meta_index" in obs:
-        obs.index = obs["meta_index"].astype(str)
-    else:
-        obs.index = obs.index.astype(str)
-    obs.index.name = None
-    for col in obs.columns:
-        if obs[col].dtype == object:
-            obs[col] = obs[col].astype(str)
+    obs = _obs_for_anndata(obs)
     info = {"rows": int(n), "rows_dropped_errors": int((~ok).sum()), "columns": len(kept),
             "columns_dropped": len(dropped), "max_nan_share": float(max_nan_share),
             "values_imputed": int(var["n_imputed"].sum()) if kept else 0}

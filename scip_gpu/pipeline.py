@@ -7,6 +7,7 @@ fused task that a worker runs per partition of objects.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import socket
 import sys
@@ -65,10 +66,14 @@ class RunSummary:
     n_features: int
     seconds: float
     errors: list = field(default_factory=list)
+    #: fields of view that could not be read or segmented (they have no object, hence no row;
+    #: ``n_errors`` counts the objects only)
+    n_fields_failed: int = 0
 
     def line(self) -> str:
         rate = self.n_objects / self.seconds if self.seconds > 0 else float("nan")
-        return (f"scip_gpu: profiled {self.n_objects} objects ({self.n_ok} ok, {self.n_errors} with errors) "
+        fields = f"; {self.n_fields_failed} field(s) could not be profiled" if self.n_fields_failed else ""
+        return (f"scip_gpu: profiled {self.n_objects} objects ({self.n_ok} ok, {self.n_errors} with errors{fields}) "
                 f"x {self.n_features} features in {self.seconds:.1f} s ({rate:.0f} objects/s) -> {self.output}")
 
 
@@ -963,10 +968,11 @@ def _config_yaml(cfg: Config, resolved_yaml: str | None) -> str:
 
 
 def _open_output(cfg: Config, table, n_partitions: int, resolved_yaml: str | None = None,
-                 started: str | None = None) -> OutputFolder:
+                 started: str | None = None, schema=None) -> OutputFolder:
     """The run folder, locked for this process: a new one (``config.yaml`` and ``run_state.json``
     written before anything else), or with ``resume=true`` the interrupted run's (checked; its
-    configuration kept, this resume recorded, leftovers of dead processes removed)."""
+    configuration kept, this resume recorded, leftovers of dead processes removed; ``schema``: the
+    parts' Arrow schema, a finished part with other columns is damaged and redone)."""
     from . import state
     from .errors import ConfigError
 
@@ -980,7 +986,8 @@ def _open_output(cfg: Config, table, n_partitions: int, resolved_yaml: str | Non
             try:
                 old = state.check_resumable(out, cfg, table, n_partitions)
                 removed = state.remove_leftovers(out)  # under the lock: only dead processes' files
-                done = state.finished_partitions(out, out / folder_name, export.part_name)
+                done = state.finished_partitions(out, out / folder_name, export.part_name,
+                                                 None if schema is None else schema.names)
                 new = state.record_resume(out, cfg, old, partitions_done=len(done), started=started,
                                           took_over=lock.taken_over)
                 if not (out / "config.yaml").is_file():  # the first run's is kept; it never got to write it
@@ -1070,11 +1077,28 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             size = auto_partition_size(replace(cfg, device="cuda"), len(table), sample_object(source, table),
                                        device_free_memory(cfg.cluster))
         cfg = replace(cfg, partition_size=size or auto_partition_size(cfg, len(table)))
+    meta_cols = [c for c in table.columns if c.startswith("meta_")]
+    meta = table[meta_cols]
+    if is_fields:
+        meta = field_pipeline.object_meta_frame(meta)
+        meta_cols = list(meta.columns)
+    schema = export.arrow_schema(meta, plan.columns, cfg.export.filename)
+    export.check_column_names(schema, plan.columns, [getattr(f, "value", f) for f in cfg.export.formats]
+                              + (["analysis_ready"] if cfg.export.analysis_ready else []))
     size = max(1, cfg.segmentation.fields_per_partition) if is_fields else cfg.partition_size
-    opened = _open_output(cfg, table, -(-len(table) // size), resolved_yaml, started.isoformat(timespec="seconds"))
+    early = logging.handlers.BufferingHandler(10_000)  # what opening the folder logs (resume), for run.log
+    logging.getLogger("scip_gpu").addHandler(early)
+    try:
+        opened = _open_output(cfg, table, -(-len(table) // size), resolved_yaml,
+                              started.isoformat(timespec="seconds"), schema)
+    finally:
+        logging.getLogger("scip_gpu").removeHandler(early)
     out, done = opened.path, opened.done
     try:
         handler = _log_to_file(out / "run.log", cfg.log_level)
+        for record in early.buffer:
+            if record.levelno >= handler.level:
+                handler.handle(record)
     except BaseException:
         opened.lock.release()
         raise
@@ -1090,12 +1114,6 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             if importlib.util.find_spec("numba") is None:  # (not imported here: workers do)
                 log.warning("numba is not installed: the CPU path runs without its compiled kernels (same "
                             "results, several times slower); pip install 'scip_gpu[fast]'")
-        meta_cols = [c for c in table.columns if c.startswith("meta_")]
-        meta = table[meta_cols]
-        if is_fields:
-            meta = field_pipeline.object_meta_frame(meta)
-            meta_cols = list(meta.columns)
-        schema = export.arrow_schema(meta, plan.columns, cfg.export.filename)
         formats = [getattr(f, "value", f) for f in cfg.export.formats]
         if "parquet" in formats:  # the descriptions of the parts' columns, once for the run
             export.write_columns(out / export.columns_file(cfg.export.filename), plan.columns, schema)
@@ -1117,6 +1135,10 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             else:
                 results, n_parts = _execute_objects(ex, table, **kwargs)
 
+        # every partition is done: a temporary part left in the folder is one that a worker killed
+        # mid-write left (its partition ran again elsewhere); polars refuses a folder holding it
+        for p in folder.glob(".*.tmp") if folder.is_dir() else ():
+            p.unlink(missing_ok=True)
         errors = sorted((e for r in results for e in r.errors), key=lambda e: e["meta_index"])
         export.write_errors(out / "errors.csv", errors)
         for e in errors[:20]:
@@ -1188,12 +1210,17 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
         if "parquet" not in formats:  # the parts were this run's own intermediates
             for p in parts:
                 p.unlink(missing_ok=True)
-            folder.rmdir()
+            try:
+                folder.rmdir()
+            except OSError as exc:  # the results are written: never fail the run for this
+                log.warning("could not remove the intermediate folder %s: %s", folder, exc)
         seconds = time.perf_counter() - t0
         provenance["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         provenance["seconds"] = round(seconds, 3)
         export.write_text(out / "provenance.json", json.dumps(provenance, indent=2, default=str))
-        summary = RunSummary(out, n_objects, n_ok, len(errors), n_measured(plan), seconds, errors)
+        n_fields_failed = sum(e["stage"] == "field" for e in errors) if is_fields else 0
+        summary = RunSummary(out, n_objects, n_ok, len(errors) - n_fields_failed, n_measured(plan), seconds, errors,
+                             n_fields_failed)
         handler.handle(logging.makeLogRecord({"name": "scip_gpu", "levelno": logging.INFO,
                                               "levelname": "INFO", "msg": summary.line()}))
         return summary

@@ -26,7 +26,8 @@ process is no longer alive on this host (killed run) is taken over by ``resume=t
 a lock of another host is never broken: its process cannot be checked from here, the message
 says which file to delete once that run is known to be dead. Temporary files (``.*.tmp``, named
 after the process that writes them) are removed only on resume, under the lock: they can then
-only be leftovers of dead processes.
+only be leftovers of dead processes; and from the Parquet folder by the run itself once every
+partition is done (a worker killed while writing a part leaves one).
 """
 
 from __future__ import annotations
@@ -197,24 +198,53 @@ def _move_legacy_summaries(out: Path, parquet_folder: Path) -> None:
         os.replace(p, dest)
 
 
-def finished_partitions(out: Path, parquet_folder: Path, part_name) -> dict[int, dict]:
-    """Summaries of the partitions whose part and summary files both exist."""
+def part_problem(path: Path, summary: dict, columns: list[str] | None = None) -> str | None:
+    """Why the part file ``path`` is not the finished partition its summary describes (None
+    if it is): unreadable (empty, truncated: no Parquet footer), another number of rows, or
+    other columns. Parts are renamed into place complete, but a crash of the machine can leave
+    a file that was renamed before its data reached the disk, and files get copied and damaged."""
+    import pyarrow.parquet as pq
+
+    try:
+        f = pq.ParquetFile(path)
+        rows, names = f.metadata.num_rows, f.schema_arrow.names
+    except Exception as exc:  # (pyarrow raises ArrowInvalid, OSError...)
+        return f"unreadable ({' '.join(str(exc).split())[:200]})"
+    if rows != summary.get("n"):
+        return f"{rows} row(s), its summary says {summary.get('n')}"
+    if columns is not None and names != list(columns):
+        return f"other columns ({len(names)}) than this run's ({len(columns)})"
+    return None
+
+
+def finished_partitions(out: Path, parquet_folder: Path, part_name, columns: list[str] | None = None
+                        ) -> dict[int, dict]:
+    """Summaries of the partitions whose part and summary files both exist and agree (a part
+    that is damaged, see ``part_problem``, is logged and its partition run again; ``columns``:
+    the names the parts must have)."""
     out, parquet_folder = Path(out), Path(parquet_folder)
     _move_legacy_summaries(out, parquet_folder)
     done = {}
     marks = out / CHECKPOINT_DIR
     if not marks.is_dir():
         return done
-    for p in marks.glob("part-*.json"):
+    for p in sorted(marks.glob("part-*.json")):
         try:
             part = int(p.stem.split("-")[1])
         except (IndexError, ValueError):
             continue
-        if (parquet_folder / part_name(part)).is_file():
+        path = parquet_folder / part_name(part)
+        if path.is_file():
             try:
-                done[part] = json.loads(p.read_text())
+                summary = json.loads(p.read_text())
             except (OSError, json.JSONDecodeError):
                 continue  # unreadable summary: redo the partition
+            problem = part_problem(path, summary, columns)
+            if problem is not None:
+                log.warning("resume: %s is damaged (%s); its partition is run again and the file replaced",
+                            path, problem)
+                continue
+            done[part] = summary
     return done
 
 

@@ -165,6 +165,9 @@ def test_a_field_with_nan_pixels_fails_alone(tmp_path, caplog):
     tifffile.imwrite(tmp_path / "fields" / "B02_s3_w1.tif", bad)
     summary, df, errors = _run_fields(tmp_path, "illumination=jones_2006")
     assert summary.n_ok == len(df) == 4  # two cells in each good field
+    # a failed field is no object: the summary counts it apart (it said "4 ok, 1 with errors" of 4 objects)
+    assert (summary.n_objects, summary.n_errors, summary.n_fields_failed) == (4, 0, 1)
+    assert "(4 ok, 0 with errors; 1 field(s) could not be profiled)" in summary.line()
     assert set(df["meta_field"]) == {"B02_1", "B02_2"} and (df["meta_status"] == "ok").all()
     assert df["feat_mean_1"].notna().all()
     assert len(errors) == 1 and errors["object"].iloc[0] == "field B02_3"
