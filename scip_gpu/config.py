@@ -201,6 +201,9 @@ class SegmentationConfig:
     min_distance: Optional[int] = None  # minimum distance between nucleus centres; null: 0.6r
     distance_smoothing: Optional[float] = None  # Gaussian sigma on the distance map; null: r/6
     max_hole_size: Optional[int] = None  # holes up to this area are filled; 0: none; null: pi r^2
+    # objects less than this many standard errors of the noise above their surrounding
+    # background are dropped (empty wells, noise); 0: none
+    min_contrast: float = 10.0
     # objects with fewer pixels are dropped; null: pi (0.4r)^2 for the watershed, none beyond
     # Cellpose's own (15 px) for cellpose (conf/segmentation/cellpose.yaml sets 30)
     min_size: Optional[int] = None
@@ -449,8 +452,8 @@ def _check_watershed(seg) -> None:
 
     if seg.radius is not None and not seg.radius > 0:
         bad("radius", "must be positive (pixels)")
-    for key in ("smoothing", "distance_smoothing", "min_size", "max_hole_size"):
-        if getattr(seg, key) is not None and getattr(seg, key) < 0:
+    for key in ("smoothing", "distance_smoothing", "min_size", "max_hole_size", "min_contrast"):
+        if getattr(seg, key) is not None and not getattr(seg, key) >= 0:
             bad(key, "must not be negative")
     if seg.min_distance is not None and seg.min_distance < 1:
         bad("min_distance", "must be at least 1 pixel")

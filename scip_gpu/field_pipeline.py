@@ -63,7 +63,7 @@ def watershed_fields(images: list, seg, names: list[str] | None = None) -> list:
             img[seg.nucleus_channel], radius=seg.radius, smoothing=seg.smoothing,
             threshold=seg.threshold, threshold_method=seg.threshold_method.value, block_size=seg.block_size,
             min_distance=seg.min_distance, distance_smoothing=seg.distance_smoothing, min_size=seg.min_size,
-            max_hole_size=seg.max_hole_size, return_parameters=True)
+            max_hole_size=seg.max_hole_size, min_contrast=seg.min_contrast, return_parameters=True)
         r = p.pop("radius")
         log.info("%s: nucleus radius %s px (%s) -> %s; %d nuclei", name,
                  "n/a" if r is None else f"{r:.1f}", "given" if seg.radius is not None else "estimated",

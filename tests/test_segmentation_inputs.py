@@ -239,3 +239,17 @@ def test_unevenly_lit_field_segments_as_the_even_one(corner, light):
     lit = f + f.max() * (x + 1) / 2 if light == "tilt" else f * (1 - (x * x + y * y) / 3)
     got = watershed_nuclei(lit)
     assert match_instances(got, truth)["f1"] >= match_instances(labels, truth)["f1"] - 0.05
+
+
+def test_min_contrast_is_the_configured_one():
+    """segmentation.min_contrast reaches the watershed of the fields pipeline (0: no contrast
+    test, noise gives objects); a negative value is a configuration error."""
+    from scip_gpu.config import SegmentationConfig, _check_watershed
+    from scip_gpu.errors import ConfigError
+    from scip_gpu.field_pipeline import watershed_fields
+
+    img = np.random.default_rng(0).normal(1000, 30, (1, 96, 96)).astype(np.uint16)
+    assert int(watershed_fields([img], SegmentationConfig())[0].max()) == 0
+    assert int(watershed_fields([img], SegmentationConfig(min_contrast=0.0))[0].max()) > 0
+    with pytest.raises(ConfigError, match="segmentation.min_contrast=-1"):
+        _check_watershed(SegmentationConfig(min_contrast=-1.0))
