@@ -72,6 +72,38 @@ def watershed_fields(images: list, seg, names: list[str] | None = None) -> list:
     return nuclei
 
 
+#: families whose values depend on the pixels around the object (CellProfiler's edge pixels: an
+#: object pixel with a 4-neighbour outside the object; distances to the object's edge; the
+#: granularity of the image around it): their cells are cropped one pixel beyond their box, so
+#: that the crop's border is background, as on the whole field, except where the cell touches
+#: the field's border (there the field's border is the image's, as in CellProfiler)
+AROUND_FAMILIES = frozenset({"cp_intensity", "cp_radial", "cp_radial_zernike", "cp_granularity"})
+
+
+#: CellProfiler's coordinates (family, feature): measured in the crop, reported in the field's
+#: coordinates, as CellProfiler measuring the whole field does
+FIELD_COORDINATES = frozenset(
+    {("cp_sizeshape", f) for f in ("Center_X", "Center_Y", "BoundingBoxMinimum_X", "BoundingBoxMaximum_X",
+                                   "BoundingBoxMinimum_Y", "BoundingBoxMaximum_Y")}
+    | {("cp_intensity", f) for f in ("CenterMassIntensity_X", "CenterMassIntensity_Y", "MaxIntensity_X",
+                                     "MaxIntensity_Y")})
+
+
+def to_field_coordinates(values: np.ndarray, plan, origins: np.ndarray) -> None:
+    """Shift the ``FIELD_COORDINATES`` columns of ``values`` (rows: objects) from their crops'
+    coordinates to the field's, in place: X by the crop's first column, Y by its first row
+    (``origins``: (n, 2) rows and columns)."""
+    for i, c in enumerate(plan.columns):
+        if (c.family, c.feature) in FIELD_COORDINATES:
+            values[:, i] += origins[:, 1] if c.feature.endswith("_X") else origins[:, 0]
+
+
+def crop_margin(plan) -> int:
+    """Pixels of the field kept around each cell's box in its crop: 1 with a family of
+    ``AROUND_FAMILIES`` in the plan, else 0 (the box itself, as SCIP crops)."""
+    return 1 if any(fam in AROUND_FAMILIES for _, fam in plan.spans) else 0
+
+
 def segment(images: list, seg, channel_names, names: list[str] | None = None) -> list[dict]:
     """Label images per field: ``{"nucleus": ..., "cell": ...}`` with agreeing labels."""
     from . import segmentation as S
@@ -291,6 +323,7 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
 
     objects, where, metas, stats = [], [], [], []
     name = segmentation_mask_name(cfg)
+    margin = crop_margin(plan)
     # CellProfiler's neighbours (cp_neighbors) need the whole field's label images
     n_start, n_stop = plan.spans.get((name, "cp_neighbors"), (0, 0))
     neighbors = []
@@ -302,7 +335,7 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
         if labels_dir is not None:  # device -> host: the label images, written for napari
             export_labels(Path(labels_dir), row["meta_field"], labels, seg.labels_format)
         with _busy(), timer("crops"):
-            objs = field_objects(img, labels, compartments, min_size=seg.min_size or 0)
+            objs = field_objects(img, labels, compartments, min_size=seg.min_size or 0, margin=margin)
             stats.append(crop_stats(objs, multiple=cfg.pad_multiple))  # device -> host: 3C numbers per object
         objects.append(objs)
         if n_stop > n_start:  # device -> host: the label images (cp_neighbors only)
@@ -322,6 +355,8 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
                           "meta_touches_border": bool(objs.touches_border[j])})
     del images, labels_all
     where = np.asarray(where, dtype=np.int64).reshape(-1, 2)
+    origins = (np.concatenate([o.crop_box[:, :2] for o in objects]).astype(np.float64) if objects
+               else np.zeros((0, 2)))  # each object's crop in the field (rows as ``where``)
     n_obj = len(metas)
     values = np.full((n_obj, plan.n_features), np.nan)
     status = np.array(["ok"] * n_obj, dtype=object)
@@ -377,6 +412,7 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
     if neighbors:  # the rows profiled: their neighbours (error rows stay NaN)
         ok = status == "ok"
         values[ok, n_start:n_stop] = np.concatenate(neighbors)[ok]
+    to_field_coordinates(values, plan, origins)
     for i, cause in check_values(values, plan.columns).items():  # never an ok row with infinite features
         values[i] = np.nan
         status[i] = "error"

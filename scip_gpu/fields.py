@@ -290,15 +290,24 @@ class FieldObjects:
     label: np.ndarray  # (n,) int64: each object's label
     bbox: np.ndarray  # (n, 4) int64: (r0, c0, r1, c1) in field coordinates
     touches_border: np.ndarray  # (n,) bool
+    #: (n, 4) int64 box each object is cropped to: its bbox grown by ``field_objects``'s margin
+    #: within the field (None: the bbox)
+    crop: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return len(self.label)
 
     @property
+    def crop_box(self) -> np.ndarray:
+        """(n, 4) (r0, c0, r1, c1) of each object's crop in field coordinates."""
+        return self.bbox if self.crop is None else self.crop
+
+    @property
     def extents(self) -> np.ndarray:
         """(n, 2) (height, width) of each object's crop."""
-        return self.bbox[:, 2:] - self.bbox[:, :2]
+        box = self.crop_box
+        return box[:, 2:] - box[:, :2]
 
 
 def channel_compartments(seg_cfg, channel_names) -> list[str]:
@@ -349,13 +358,15 @@ def label_boxes(parent, min_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return table[0, keep], np.ascontiguousarray(table[2:, keep].T)
 
 
-def field_objects(img, labels: dict, compartments: list[str], *, min_size: int) -> FieldObjects:
+def field_objects(img, labels: dict, compartments: list[str], *, min_size: int, margin: int = 0) -> FieldObjects:
     """The parent objects (``labels['cell']``) of a (C, H, W) field, their labels and boxes.
 
     ``labels`` maps compartments to label images whose labels agree (nucleus ``i`` lies in cell
     ``i``); ``cytoplasm`` is derived as cell minus nucleus when absent. The image and the label
     images stay where they are (on the device with ``device=cuda``); only the boxes come to the
-    host (``label_boxes``).
+    host (``label_boxes``). Each object is cropped to its box grown by ``margin`` pixels on
+    every side within the field (the field's pixels there, outside the object's masks), so that
+    the crop's border is the field's only where the object touches it.
     """
     from .segmentation import subtract
 
@@ -371,7 +382,11 @@ def field_objects(img, labels: dict, compartments: list[str], *, min_size: int) 
     label, bbox = label_boxes(parent, min_size)
     touches = (bbox[:, 0] == 0) | (bbox[:, 1] == 0) | (bbox[:, 2] == h) | (bbox[:, 3] == w)
     kept = {k: labels[k] for k in set(compartments) | {"cell"}}
-    return FieldObjects(img, kept, label, bbox, touches)
+    crop = None
+    if margin:
+        crop = np.concatenate([np.maximum(bbox[:, :2] - margin, 0),
+                               np.minimum(bbox[:, 2:] + margin, np.array([h, w]))], axis=1).astype(bbox.dtype)
+    return FieldObjects(img, kept, label, bbox, touches, crop)
 
 
 def _crop_index(objs: FieldObjects, which: np.ndarray, shape: tuple[int, int]):
@@ -379,7 +394,7 @@ def _crop_index(objs: FieldObjects, which: np.ndarray, shape: tuple[int, int]):
     cols (k, W), valid (k, H, W), extents (k, 2) int64), from one small host -> device copy."""
     xp = array_module(objs.image)
     hh, ww = shape
-    host = np.concatenate([objs.bbox[which, :2], objs.extents[which]], axis=1).astype(np.int64)  # r0 c0 h w
+    host = np.concatenate([objs.crop_box[which, :2], objs.extents[which]], axis=1).astype(np.int64)  # r0 c0 h w
     dev = xp.asarray(host) if is_gpu(xp) else host  # host -> device: 4 numbers per crop
     r = xp.arange(hh)[None, :]
     c = xp.arange(ww)[None, :]
@@ -434,7 +449,7 @@ def _slice_crops(objs: FieldObjects, which: np.ndarray, shape, compartments, dty
     masks = np.zeros((len(which), len(compartments), *shape), dtype=bool) if compartments is not None else None
     kinds = list(dict.fromkeys(compartments or []))
     for n, j in enumerate(which):
-        r0, c0, r1, c1 = (int(v) for v in objs.bbox[j])
+        r0, c0, r1, c1 = (int(v) for v in objs.crop_box[j])
         px[n, :, :r1 - r0, :c1 - c0] = objs.image[:, r0:r1, c0:c1]
         if masks is not None:
             own = {k: objs.labels[k][r0:r1, c0:c1] == objs.label[j] for k in kinds}

@@ -219,3 +219,58 @@ def test_rows_of_a_field():
     np.testing.assert_array_equal(got[:, :7], np.stack([vn[1], np.full(7, np.nan), vn[0]]))
     np.testing.assert_array_equal(got[:, 7:], vc[[2, 1, 0]])
     assert rows_of_field({"cell": np.zeros((5, 5), int)}, [1], ["cell"], None).shape == (1, 7)
+
+
+def test_fields_edge_intensity_is_that_of_the_whole_field(tmp_path):
+    """CellProfiler's edge pixels of a segmented cell (its pixels with a 4-neighbour of another
+    label, the field's border not counting: skimage's find_boundaries(mode='inner') of the whole
+    field's label image): the cells are cropped one pixel beyond their box, so the crop's border
+    is background as on the field. Before, the crop was the box and the cell's pixels on it were
+    not edge pixels (about two thirds of a round cell's edge lost)."""
+    import pandas as pd
+    import tifffile
+    from hydra import compose, initialize_config_dir
+    from skimage.measure import regionprops
+    from skimage.segmentation import find_boundaries
+
+    from scip_gpu._resources import conf_dir
+    from scip_gpu.cli import to_config
+    from scip_gpu.config import register_configs
+    from scip_gpu.pipeline import run
+
+    from .fields_data import write_bbbc021_replica
+
+    root = tmp_path / "bbbc021"
+    write_bbbc021_replica(root, shape=(96, 112), n_cells=4, wells=("B02",), sites=(1,))
+    out = tmp_path / "run"
+    register_configs()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        raw = compose("config", overrides=[
+            "+dataset=bbbc021", f"dataset.path={root}", "illumination.method=null", "features=cellprofiler",
+            "features.families=[cp_intensity, cp_sizeshape]", "segmentation.labels_format=ome_tiff",
+            "export.report=false",
+            "cluster=sync", f"output={out}"])
+    cfg, yaml = to_config(raw)
+    run(cfg, yaml)
+    df = pd.read_parquet(out / "features.parquet")
+    assert len(df) >= 4 and (df["meta_status"] == "ok").all()
+    for field, rows in df.groupby("meta_field"):
+        plate = rows["meta_plate"].iloc[0]
+        images = {f.name.split("_w")[1][0]: tifffile.imread(f) for f in (root / plate).glob("*.tif")}
+        with tifffile.TiffFile(out / "labels" / f"{field}.ome.tif") as tf:
+            nuc, cell = tf.series[0].asarray()[:2]
+        for channel, w, lab in (("DAPI", "1", nuc), ("Tubulin", "2", cell)):
+            edge = find_boundaries(lab, mode="inner") & (lab > 0)
+            want = np.bincount(lab[edge], weights=images[w][edge] / 65535.0, minlength=lab.max() + 1)
+            got = rows[f"feat_Intensity_IntegratedIntensityEdge_{channel}"].to_numpy()
+            np.testing.assert_allclose(got, want[rows["meta_label"].to_numpy()], rtol=1e-12)
+            # coordinates in the field's, as CellProfiler on the whole field
+            props = {p.label: p for p in regionprops(lab, intensity_image=images[w])}
+            for k, (_, r) in zip(rows["meta_label"], rows.iterrows()):
+                cy, cx = props[k].centroid
+                assert r[f"feat_AreaShape_Center_X_{channel}"] == pytest.approx(cx, rel=1e-12)
+                assert r[f"feat_AreaShape_Center_Y_{channel}"] == pytest.approx(cy, rel=1e-12)
+                assert r[f"feat_AreaShape_BoundingBoxMinimum_Y_{channel}"] == props[k].bbox[0]
+                ys, xs = np.nonzero((lab == k) & (images[w] == images[w][lab == k].max()))
+                assert (r[f"feat_Location_MaxIntensity_Y_{channel}"], r[f"feat_Location_MaxIntensity_X_{channel}"]) \
+                    == (ys[0], xs[0])  # the first maximum in raster order
