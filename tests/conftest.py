@@ -11,6 +11,23 @@ import pytest
 
 from scip_gpu.batch import assemble
 
+
+def pytest_configure(config):
+    """With several test processes (pytest-xdist's ``-n``), compile the numba kernels once in
+    the controlling process before they start (``python -m scip_gpu warmup``, numba's on-disk
+    cache): otherwise each process compiles the same kernels at once on a fresh installation
+    (about 90 s each on 2 cores); with a warm cache this takes a few seconds."""
+    n = getattr(config.option, "numprocesses", None)  # an int, "auto", "logical" or None
+    if hasattr(config, "workerinput") or n is None or (isinstance(n, int) and n <= 1):
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("numba") is None:
+        return
+    from scip_gpu.warmup import warmup
+
+    warmup()
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
