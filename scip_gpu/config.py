@@ -499,6 +499,23 @@ def _check_export_filename(name: str) -> None:
                           "'/', '\\' or surrounding spaces, not starting with '.' (choose the folder with output=...)")
 
 
+def expand_user_paths(cfg: Config) -> None:
+    """``~`` and ``~user`` at the start of the configuration's paths (output, output_root,
+    dataset.path, dataset.metadata paths, illumination.precomputed) expanded in place: Hydra's
+    grammar needs ``"output='~/runs'"`` quoted, so the shell passes the tilde on, which would
+    otherwise make a folder named ``~`` in the working directory."""
+    import os
+
+    def exp(v):
+        return os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
+
+    cfg.output, cfg.output_root = exp(cfg.output), exp(cfg.output_root)
+    cfg.dataset.path = exp(cfg.dataset.path)
+    for m in cfg.dataset.metadata:
+        m.path = exp(m.path)
+    cfg.illumination.precomputed = exp(cfg.illumination.precomputed)
+
+
 def validate(cfg: Config, n_channels: int | None = None) -> None:
     """Raise ``ConfigError`` naming the key when the configuration is inconsistent.
 

@@ -25,7 +25,7 @@ from . import export
 from .backend import array_module, device_module, is_gpu, select_device
 from .batch import _host_buffer, assemble, group_by_shape, profile_dtype
 from .cluster import check_dashboard, executor
-from .config import Config, validate
+from .config import Config, expand_user_paths, validate
 from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError, StorageUnavailable,
                      describe_exception, disk_full, raise_if_transient, transient_io)
 from .io import make_source
@@ -1048,6 +1048,7 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
 
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
+    expand_user_paths(cfg)  # "output='~/runs'": the shell leaves the tilde to us
     validate(cfg)  # what needs no data first (the channel indices once the data is listed)
     source = make_source(cfg.dataset) if source is None else source
     table = source.objects()

@@ -228,3 +228,22 @@ def test_a_failed_field_is_reported_as_a_field(tmp_path, monkeypatch, capsys, st
     captured = capsys.readouterr()
     assert "profiled 4 objects (4 ok, 0 with errors; 1 field(s) could not be profiled)" in captured.out
     assert "scip_gpu: 1 field(s) could not be profiled; see" in captured.err
+
+
+def test_a_tilde_in_the_output_path_is_the_home_folder(tmp_path, monkeypatch):
+    """`"output='~/runs/a'"` (Hydra's grammar needs the quotes; the shell passes the tilde on):
+    the run goes to $HOME/runs/a, not to a folder named '~' in the working directory."""
+    from scip_gpu.cli import to_config
+    from scip_gpu.pipeline import run
+
+    from .test_config import _compose
+
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    cfg, yaml = to_config(_compose(["+dataset=demo", "dataset.n_objects=3", "cluster=sync", "output='~/runs/a'",
+                                    "export.report=false", "export.formats=[parquet]", "features.families=[bbox]"]))
+    run(cfg, yaml)
+    assert (home / "runs" / "a" / "features.parquet").exists()
+    assert not (cwd / "~").exists()
