@@ -120,6 +120,8 @@ def test_analysis_ready_anndata_has_no_nan_and_pca_runs(run):
     assert list(a.var_names) == list(kept)
     assert sorted(a.uns["scip_gpu_analysis"]["dropped"]) == sorted(share[share > 0.5].index)
     assert (a.var["n_imputed"] == ok[kept].isna().sum()).all()
+    cols = pd.read_csv(run / "features.columns.csv", index_col="name", keep_default_na=False)
+    assert (a.var["nan_reason"] == cols.loc[kept, "nan_reason"]).all()  # var describes as the CSV does
     med = ok[kept].median()  # pandas' median, skipping NaN: the imputed value
     for col in kept[ok[kept].isna().any()][:20]:
         j = a.var_names.get_loc(col)

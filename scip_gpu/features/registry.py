@@ -140,10 +140,12 @@ def family_nan_reason(family: str, mask: str | None) -> str:
 
 
 def var_table(columns: Sequence[Column]) -> pd.DataFrame:
-    """AnnData ``var``-style description of columns, indexed by column name."""
+    """AnnData ``var``-style description of columns, indexed by column name: the columns of
+    ``features.columns.csv`` but ``dtype`` (every ``X`` value is a float)."""
     # (no column may be called "dtype": AnnData's writer would mistake it for the frame's dtype)
     df = pd.DataFrame([asdict(c) for c in columns]).set_index("name").drop(columns=["dtype"])
     df.index.name = None
+    df["nan_reason"] = [nan_reason(c) for c in columns]
     return df.fillna("")
 
 
