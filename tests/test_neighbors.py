@@ -130,11 +130,11 @@ def test_against_cp_measure_dsb2018_piece(shared_data):
     assert ids.tolist() == sorted(set(np.unique(full).tolist()) - {0})
 
 
-def test_fields_pipeline_rows(tmp_path):
-    """A fields dataset with the ``cellprofiler`` preset: per compartment, the rows carry the
-    values of their field's label image (exported); an IFC-style dataset has no such columns."""
+def _bbbc021_cellprofiler_run(tmp_path, *overrides):
+    """The command line's run (in this process) of a 2-field BBBC021 replica (4 cells each) with
+    the cellprofiler preset and ``overrides``: (dataset folder, run folder, its table), every
+    row checked ok."""
     import pandas as pd
-    import tifffile
     from hydra import compose, initialize_config_dir
 
     from scip_gpu._resources import conf_dir
@@ -152,13 +152,23 @@ def test_fields_pipeline_rows(tmp_path):
         raw = compose("config", overrides=[
             "+dataset=bbbc021", f"dataset.path={root}", f"dataset.metadata.0.path={root / 'BBBC021_v1_image.csv'}",
             f"dataset.metadata.1.path={root / 'BBBC021_v1_moa.csv'}", "illumination.method=null",
-            "features=cellprofiler", "features.families=[regions, cp_neighbors]",
-            "features.cellprofiler.neighbors_method=within", "features.cellprofiler.neighbors_distance=3",
-            "segmentation.labels_format=ome_tiff", "export.report=false", "cluster=sync", f"output={out}"])
+            "features=cellprofiler", *overrides, "segmentation.labels_format=ome_tiff", "export.report=false",
+            "cluster=sync", f"output={out}"])
     cfg, yaml = to_config(raw)
     run(cfg, yaml)
     df = pd.read_parquet(out / "features.parquet")
     assert len(df) >= 4 and (df["meta_status"] == "ok").all()
+    return root, out, df
+
+
+def test_fields_pipeline_rows(tmp_path):
+    """A fields dataset with the ``cellprofiler`` preset: per compartment, the rows carry the
+    values of their field's label image (exported); an IFC-style dataset has no such columns."""
+    import tifffile
+
+    root, out, df = _bbbc021_cellprofiler_run(
+        tmp_path, "features.families=[regions, cp_neighbors]", "features.cellprofiler.neighbors_method=within",
+        "features.cellprofiler.neighbors_distance=3")
     for field, rows in df.groupby("meta_field"):
         with tifffile.TiffFile(next((out / "labels").glob(f"*{field.split('/')[-1][:8]}*.ome.tif"))) as tf:
             nuc, cell = tf.series[0].asarray()[:2]
@@ -227,33 +237,11 @@ def test_fields_edge_intensity_is_that_of_the_whole_field(tmp_path):
     field's label image): the cells are cropped one pixel beyond their box, so the crop's border
     is background as on the field. Before, the crop was the box and the cell's pixels on it were
     not edge pixels (about two thirds of a round cell's edge lost)."""
-    import pandas as pd
     import tifffile
-    from hydra import compose, initialize_config_dir
     from skimage.measure import regionprops
     from skimage.segmentation import find_boundaries
 
-    from scip_gpu._resources import conf_dir
-    from scip_gpu.cli import to_config
-    from scip_gpu.config import register_configs
-    from scip_gpu.pipeline import run
-
-    from .fields_data import write_bbbc021_replica
-
-    root = tmp_path / "bbbc021"
-    write_bbbc021_replica(root, shape=(96, 112), n_cells=4, wells=("B02",), sites=(1,))
-    out = tmp_path / "run"
-    register_configs()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        raw = compose("config", overrides=[
-            "+dataset=bbbc021", f"dataset.path={root}", "illumination.method=null", "features=cellprofiler",
-            "features.families=[cp_intensity, cp_sizeshape]", "segmentation.labels_format=ome_tiff",
-            "export.report=false",
-            "cluster=sync", f"output={out}"])
-    cfg, yaml = to_config(raw)
-    run(cfg, yaml)
-    df = pd.read_parquet(out / "features.parquet")
-    assert len(df) >= 4 and (df["meta_status"] == "ok").all()
+    root, out, df = _bbbc021_cellprofiler_run(tmp_path, "features.families=[cp_intensity, cp_sizeshape]")
     for field, rows in df.groupby("meta_field"):
         plate = rows["meta_plate"].iloc[0]
         images = {f.name.split("_w")[1][0]: tifffile.imread(f) for f in (root / plate).glob("*.tif")}
