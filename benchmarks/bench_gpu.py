@@ -191,7 +191,7 @@ def write_fields(root: Path, n_fields: int, shape, n_cells: int, seed: int = 0) 
         centres = []
         while len(centres) < n_cells:  # well separated nuclei, away from the border
             c = rng.uniform([20, 20], [h - 20, w - 20])
-            if all(np.hypot(*(c - d)) > 34 for d in centres[-400:]):
+            if all(np.hypot(*(c - d)) > 34 for d in centres):
                 centres.append(c)
         for cy, cx in centres:
             rad = rng.uniform(6, 8)

@@ -80,21 +80,23 @@ def watershed_fields(images: list, seg, names: list[str] | None = None) -> list:
 AROUND_FAMILIES = frozenset({"cp_intensity", "cp_radial", "cp_radial_zernike", "cp_granularity"})
 
 
-#: CellProfiler's coordinates (family, feature): measured in the crop, reported in the field's
-#: coordinates, as CellProfiler measuring the whole field does
-FIELD_COORDINATES = frozenset(
-    {("cp_sizeshape", f) for f in ("Center_X", "Center_Y", "BoundingBoxMinimum_X", "BoundingBoxMaximum_X",
-                                   "BoundingBoxMinimum_Y", "BoundingBoxMaximum_Y")}
-    | {("cp_intensity", f) for f in ("CenterMassIntensity_X", "CenterMassIntensity_Y", "MaxIntensity_X",
-                                     "MaxIntensity_Y")})
+def field_coordinates() -> frozenset:
+    """CellProfiler's coordinates (family, feature): measured in the crop, reported in the
+    field's coordinates, as CellProfiler measuring the whole field does: the ``_X`` / ``_Y``
+    features of AreaShape (centre, bounding box) and Location."""
+    from .features import cp_intensity, cp_sizeshape
+
+    return frozenset({("cp_sizeshape", f) for f in cp_sizeshape.FEATURES if f.endswith(("_X", "_Y"))}
+                     | {("cp_intensity", f) for f in cp_intensity.LOCATION})
 
 
 def to_field_coordinates(values: np.ndarray, plan, origins: np.ndarray) -> None:
-    """Shift the ``FIELD_COORDINATES`` columns of ``values`` (rows: objects) from their crops'
+    """Shift the ``field_coordinates()`` columns of ``values`` (rows: objects) from their crops'
     coordinates to the field's, in place: X by the crop's first column, Y by its first row
     (``origins``: (n, 2) rows and columns)."""
+    coords = field_coordinates()
     for i, c in enumerate(plan.columns):
-        if (c.family, c.feature) in FIELD_COORDINATES:
+        if (c.family, c.feature) in coords:
             values[:, i] += origins[:, 1] if c.feature.endswith("_X") else origins[:, 0]
 
 

@@ -30,7 +30,7 @@ extern "C" __global__ void early_exit(const int keep, int* out) {
     out[threadIdx.x] = total;
 }
 extern "C" __global__ void garbage(int* out) {
-    extern __shared__ unsigned char dyn[];
+    unsigned char* dyn = sim_dynamic_shared();  // (the emulation's extern __shared__ buffer)
     if (threadIdx.x == 0) { out[blockIdx.x] = dyn[3]; dyn[3] = 7; }
 }
 """
@@ -40,8 +40,7 @@ extern "C" __global__ void garbage(int* out) {
 def mod():
     if sim.compiler() is None:
         pytest.skip("g++ is not installed")
-    src = SOURCE.replace("extern __shared__ unsigned char dyn[];", "unsigned char* dyn = sim_dynamic_shared();")
-    return sim.SimModule(src, ["neighbour", "early_exit", "garbage"])
+    return sim.SimModule(SOURCE, ["neighbour", "early_exit", "garbage"])
 
 
 @pytest.mark.parametrize("shift", [1, -1])
