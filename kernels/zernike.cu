@@ -8,9 +8,11 @@
 //    and the pixel count (block reduction);
 // 2. thread 0 builds centrosome's convex hull from them (the top envelope rightwards, the
 //    bottom one leftwards, collinear points dropped) and runs Chrystal's algorithm with
-//    centrosome's tests and formulas, operation for operation as the numba twin (the circle
-//    is bit-identical in the emulation; on a GPU, acos may differ in its last bit, which
-//    matters only where two angles tie to the last bit);
+//    centrosome's steps and circle formulas, its angle tests made exact (integer predicates
+//    instead of acos, whose last bit differs between a GPU and the CPU's libm and used to pick
+//    another formula for the same circle on ties and right angles: a 1-ulp radius moves pixels
+//    on the circle in or out of the unit disk), operation for operation as the numba twin:
+//    the circle is bit-identical on every platform;
 // 3. every thread takes pixels (raster index t, t + 256, ...) and adds its terms of the 30
 //    moments (Horner's scheme in rho^2, powers of z = y + i x by repeated products, as the
 //    twin); the 256 partial sums of each moment are added in thread order by one thread (another
@@ -72,6 +74,14 @@ __device__ int zn_hull(const int* lower, const int* upper, int h, int w, int npi
 
 __device__ __forceinline__ double zn_sq(double x) { return x * x; }
 
+// atan2(c, d) < atan2(c2, d2) for c, c2 >= 0 (angles in [0, pi]), exactly: the sign of the cross
+// product, except for two angles on the axis (0 and pi), which it cannot tell apart. Products of
+// up to 4 L^4 for coordinates below L: exact in int64 for L < 39,000.
+__device__ __forceinline__ bool zn_angle_less(i64 d, i64 c, i64 d2, i64 c2) {
+    if (c == 0 && c2 == 0) return d > 0 && d2 < 0;
+    return d * c2 - c * d2 > 0;
+}
+
 // centrosome.cpmorphology.minimum_enclosing_circle of one hull: res = (ci, cj, r)
 __device__ void zn_chrystal(const int* hi, const int* hj, int nv, double* res) {
     if (nv == 0) {
@@ -90,36 +100,39 @@ __device__ void zn_chrystal(const int* hi, const int* hj, int nv, double* res) {
         res[0] = mi; res[1] = mj; res[2] = sqrt(zn_sq(di) + zn_sq(dj));
         return;
     }
-    const double pi = 3.141592653589793;
-    const double half = pi / 2;
     int s0 = 0, s1 = 1;
     while (true) {
         const double s0i = (double)hi[s0], s0j = (double)hj[s0];
         const double s1i = (double)hi[s1], s1j = (double)hj[s1];
-        const double s01i = s0i - s1i, s01j = s0j - s1j;
-        const double n01 = zn_sq(s01i) + zn_sq(s01j);
-        double amin = sg_inf(), b0 = 0.0, b1 = 0.0;
+        // the vertex V with the smallest angle S0-V-S1 (the first on ties), by exact integer
+        // predicates: the angle atan2(cr, dt) of a = S0 - V, b = S1 - V (dt = a.b, cr = |a x b|)
+        // is smaller than atan2(cr', dt') when dt cr' - cr dt' > 0 (both in the upper half-plane)
+        i64 bdt = 0, bcr = 0;
         int pos = -1;
         for (int v = 0; v < nv; ++v) {
             if (v == s0 || v == s1) continue;
-            const double vs0i = (double)hi[v] - s0i, vs0j = (double)hj[v] - s0j;
-            const double vs1i = (double)hi[v] - s1i, vs1j = (double)hj[v] - s1j;
-            const double at_s1 =
-                fabs(acos((s01i * vs1i + s01j * vs1j) / sqrt(n01 * (zn_sq(vs1i) + zn_sq(vs1j)))));
-            const double at_s0 =
-                fabs(acos((-s01i * vs0i + -s01j * vs0j) / sqrt(n01 * (zn_sq(vs0i) + zn_sq(vs0j)))));
-            const double at_v = pi - at_s1 - at_s0;
-            if (at_v < amin) {
-                amin = at_v; pos = v; b0 = at_s0; b1 = at_s1;
+            const i64 ai = (i64)hi[s0] - hi[v], aj = (i64)hj[s0] - hj[v];
+            const i64 bi = (i64)hi[s1] - hi[v], bj = (i64)hj[s1] - hj[v];
+            const i64 dt = ai * bi + aj * bj;
+            i64 cr = ai * bj - aj * bi;
+            cr = cr < 0 ? -cr : cr;
+            if (pos < 0 || zn_angle_less(dt, cr, bdt, bcr)) {
+                pos = v; bdt = dt; bcr = cr;
             }
         }
-        if (amin >= half) {
+        // the angles of the triangle at V, S1 and S0 against a right angle, exactly
+        const bool v_right_or_obtuse = bdt <= 0;
+        const bool s1_acute_or_right =
+            ((i64)hi[s0] - hi[s1]) * ((i64)hi[pos] - hi[s1]) + ((i64)hj[s0] - hj[s1]) * ((i64)hj[pos] - hj[s1]) >= 0;
+        const bool s0_acute_or_right =
+            ((i64)hi[s1] - hi[s0]) * ((i64)hi[pos] - hi[s0]) + ((i64)hj[s1] - hj[s0]) * ((i64)hj[pos] - hj[s0]) >= 0;
+        if (v_right_or_obtuse) {
             res[0] = (s0i + s1i) / 2;
             res[1] = (s0j + s1j) / 2;
             res[2] = sqrt(zn_sq(s0i - s1i) + zn_sq(s0j - s1j)) / 2;
             return;
         }
-        if (b1 <= half && b0 <= half) {
+        if (s1_acute_or_right && s0_acute_or_right) {
             const double y0 = s0i, x0 = s0j, y1 = s1i, x1 = s1j;
             const double yv = (double)hi[pos], xv = (double)hj[pos];
             const double d = 2 * (x0 * (y1 - yv) + x1 * (yv - y0) + xv * (y0 - y1));
@@ -131,7 +144,7 @@ __device__ void zn_chrystal(const int* hi, const int* hj, int nv, double* res) {
             res[2] = sqrt(zn_sq(y0 - cy) + zn_sq(x0 - cx));
             return;
         }
-        if (b0 > half) s0 = pos; else s1 = pos;
+        if (!s0_acute_or_right) s0 = pos; else s1 = pos;
     }
 }
 

@@ -1120,9 +1120,17 @@ def _centrosome_hull(mask, lower, upper, hi, hj):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
+def _angle_less(d, c, d2, c2):  # pragma: no cover - compiled
+    # atan2(c, d) < atan2(c2, d2) for c, c2 >= 0, exactly (features.cp_zernike._angle_less)
+    if c == 0 and c2 == 0:
+        return d > 0 and d2 < 0
+    return d * c2 - c * d2 > 0
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
 def _chrystal(hi, hj, nv, res):  # pragma: no cover - compiled
     # centrosome.cpmorphology.minimum_enclosing_circle for one hull: res = (ci, cj, r), the same
-    # tests and float formulas (features.cp_zernike._chrystal)
+    # steps and float formulas, the angle tests exact (features.cp_zernike._chrystal)
     if nv == 0:
         res[0] = np.nan
         res[1] = np.nan
@@ -1142,7 +1150,6 @@ def _chrystal(hi, hj, nv, res):  # pragma: no cover - compiled
         res[1] = mj
         res[2] = np.sqrt(di ** 2 + dj ** 2)
         return
-    half = np.pi / 2
     s0 = 0
     s1 = 1
     while True:
@@ -1150,34 +1157,34 @@ def _chrystal(hi, hj, nv, res):  # pragma: no cover - compiled
         s0j = float(hj[s0])
         s1i = float(hi[s1])
         s1j = float(hj[s1])
-        s01i = s0i - s1i
-        s01j = s0j - s1j
-        n01 = s01i ** 2 + s01j ** 2
-        amin = np.inf
+        # the vertex of the smallest angle S0-V-S1 (the first on ties) and the triangle's angles
+        # against a right angle, by exact integer predicates (kernels/zernike.cu zn_chrystal)
         pos = -1
-        b0 = 0.0
-        b1 = 0.0
+        bdt = 0
+        bcr = 0
         for v in range(nv):
             if v == s0 or v == s1:
                 continue
-            vs0i = hi[v] - s0i
-            vs0j = hj[v] - s0j
-            vs1i = hi[v] - s1i
-            vs1j = hj[v] - s1j
-            at_s1 = abs(np.arccos((s01i * vs1i + s01j * vs1j) / np.sqrt(n01 * (vs1i ** 2 + vs1j ** 2))))
-            at_s0 = abs(np.arccos((-s01i * vs0i + -s01j * vs0j) / np.sqrt(n01 * (vs0i ** 2 + vs0j ** 2))))
-            at_v = np.pi - at_s1 - at_s0
-            if at_v < amin:
-                amin = at_v
+            ai = np.int64(hi[s0]) - np.int64(hi[v])
+            aj = np.int64(hj[s0]) - np.int64(hj[v])
+            bi = np.int64(hi[s1]) - np.int64(hi[v])
+            bj = np.int64(hj[s1]) - np.int64(hj[v])
+            dt = ai * bi + aj * bj
+            cr = abs(ai * bj - aj * bi)
+            if pos < 0 or _angle_less(dt, cr, bdt, bcr):
                 pos = v
-                b0 = at_s0
-                b1 = at_s1
-        if amin >= half:
+                bdt = dt
+                bcr = cr
+        s1_ok = ((np.int64(hi[s0]) - hi[s1]) * (np.int64(hi[pos]) - hi[s1])
+                 + (np.int64(hj[s0]) - hj[s1]) * (np.int64(hj[pos]) - hj[s1])) >= 0
+        s0_ok = ((np.int64(hi[s1]) - hi[s0]) * (np.int64(hi[pos]) - hi[s0])
+                 + (np.int64(hj[s1]) - hj[s0]) * (np.int64(hj[pos]) - hj[s0])) >= 0
+        if bdt <= 0:  # the angle at V is right or obtuse: S0-S1 is the diameter
             res[0] = (s0i + s1i) / 2
             res[1] = (s0j + s1j) / 2
             res[2] = np.sqrt((s0i - s1i) ** 2 + (s0j - s1j) ** 2) / 2
             return
-        if b1 <= half and b0 <= half:
+        if s1_ok and s0_ok:
             y0 = s0i
             x0 = s0j
             y1 = s1i
@@ -1194,7 +1201,7 @@ def _chrystal(hi, hj, nv, res):  # pragma: no cover - compiled
             res[1] = cx
             res[2] = np.sqrt((y0 - cy) ** 2 + (x0 - cx) ** 2)
             return
-        if b0 > half:
+        if not s0_ok:
             s0 = pos
         else:
             s1 = pos

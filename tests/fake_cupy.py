@@ -193,11 +193,20 @@ def _module(name: str, target, names=None, keywords=None, lib: str = "") -> type
         obj = getattr(target, attr)
         if callable(obj) and not isinstance(obj, type):
             check = names is not None and attr not in _FROM_HOST
-            return _checked(_wrapped(obj, check, first_only=name != "cupy"), f"{name}.{attr}", keywords, lib)
+            fn = _checked(_wrapped(obj, check, first_only=name != "cupy"), f"{name}.{attr}", keywords, lib)
+            if isinstance(obj, np.ufunc) and attr in _UFUNC_AT:
+                def at(out, idx, values=None, _u=obj):  # in place on the device array, as CuPy's ufunc.at
+                    _u.at(out.view(np.ndarray), _unwrap(idx), *(() if values is None else (_unwrap(values),)))
+                fn.at = at
+            return fn
         return obj
 
     mod.__getattr__ = __getattr__
     return mod
+
+
+#: ufuncs whose ``at`` CuPy implements (by its scatter kernels)
+_UFUNC_AT = {"add", "subtract", "minimum", "maximum"}
 
 
 def _missing_method(name: str):

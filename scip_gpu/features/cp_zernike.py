@@ -182,10 +182,8 @@ def _lattice_cases():
 
 
 def _circle_compare(ref, got, args, kwargs):
-    """Same formulas on the same points: the same bits on the CPU (numba's acos is NumPy's);
-    a GPU's acos may differ in its last bit, which can only pick another of equally small
-    angles (the same circle, to rounding)."""
-    assert_equivalent(ref, got, rtol=1e-13, atol=1e-13)
+    """Exact tests and the same formulas on the same points: the same circle, bit for bit."""
+    assert_equivalent(ref, got, rtol=0, atol=0)
 
 
 @stage("cp_zernike.circles", examples=_circle_examples, compare=_circle_compare)
@@ -240,13 +238,28 @@ def enclosing_circles(masks):
     return centre, radius
 
 
+def _angle_less(d, c, d2, c2):
+    """``atan2(c, d) < atan2(c2, d2)`` for ``c, c2 >= 0`` (angles in [0, pi]), exactly, in
+    integers: the sign of the cross product, except for two angles on the axis (0 and pi).
+    Products up to 4 L^4 for coordinates below L: exact in int64 for L < 39,000."""
+    both_axis = (c == 0) & (c2 == 0)
+    return (both_axis & (d > 0) & (d2 < 0)) | (~both_axis & (d * c2 - c * d2 > 0))
+
+
 def _chrystal(vi, vj, nv):
     """Chrystal's algorithm on (L, V) hull tables, all objects in lock-step, with centrosome's
-    tests and formulas (``minimum_enclosing_circle``): S0, S1 start as the first two vertices;
+    steps and formulas (``minimum_enclosing_circle``): S0, S1 start as the first two vertices;
     among the other vertices V the one with the smallest angle S0-V-S1 (the first on ties)
     either closes the circle (all angles of the triangle acute or right: its circumcircle), or
     shows that S0-S1 is the diameter (the angle at V obtuse or right), or replaces the vertex of
-    the obtuse angle at S0 or S1."""
+    the obtuse angle at S0 or S1.
+
+    Centrosome tests the angles with ``arccos``; here they are exact integer predicates on the
+    pixel coordinates. An arccos whose last bit differs (a GPU's against the CPU's libm, or two
+    libms) used to choose another formula for the same circle on ties and right angles, which
+    are common on a pixel grid; the radius then differed by an ulp and moved the pixels that
+    lie on the circle in or out of the unit disk of the Zernike sums (30 moments of one plane
+    in 384 on an H100). With exact tests every platform computes the same circle, bit for bit."""
     xp = array_module(vi)
     nl, v_max = vi.shape
     ci = xp.full(nl, xp.nan)
@@ -267,27 +280,34 @@ def _chrystal(vi, vj, nv):
     s1 = xp.ones(nl, dtype=xp.int64)
     active = xp.flatnonzero(nv > 2)
     slots = xp.arange(v_max)[None, :]
-    half = np.pi / 2
     while active.shape[0]:  # host sync per round: the objects still running
         a0, a1 = s0[active], s1[active]
         pi_, pj = vi[active], vj[active]
         s0i, s0j = pi_[xp.arange(active.shape[0]), a0][:, None], pj[xp.arange(active.shape[0]), a0][:, None]
         s1i, s1j = pi_[xp.arange(active.shape[0]), a1][:, None], pj[xp.arange(active.shape[0]), a1][:, None]
         cand = (slots < nv[active][:, None]) & (slots != a0[:, None]) & (slots != a1[:, None])
-        s01i, s01j = s0i - s1i, s0j - s1j
-        vs0i, vs0j = pi_ - s0i, pj - s0j
-        vs1i, vs1j = pi_ - s1i, pj - s1j
-        n01 = s01i ** 2 + s01j ** 2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            at_s1 = xp.abs(xp.arccos((s01i * vs1i + s01j * vs1j) / xp.sqrt(n01 * (vs1i ** 2 + vs1j ** 2))))
-            at_s0 = xp.abs(xp.arccos((-s01i * vs0i + -s01j * vs0j) / xp.sqrt(n01 * (vs0i ** 2 + vs0j ** 2))))
-        at_v = np.pi - at_s1 - at_s0
-        at_v = xp.where(cand, at_v, xp.inf)
-        pos = xp.argmin(at_v, axis=1)  # the first minimum
+        # exact integer predicates: the angle at V is atan2(cr, dt) of a = S0 - V, b = S1 - V
+        ii, jj = pi_.astype(xp.int64), pj.astype(xp.int64)
         k = xp.arange(active.shape[0])
-        amin, b1, b0 = at_v[k, pos], at_s1[k, pos], at_s0[k, pos]
-        case1 = amin >= half
-        case2 = ~case1 & (b1 <= half) & (b0 <= half) & (amin <= half)
+        i0, j0 = ii[k, a0][:, None], jj[k, a0][:, None]
+        i1, j1 = ii[k, a1][:, None], jj[k, a1][:, None]
+        ai, aj, bi, bj = i0 - ii, j0 - jj, i1 - ii, j1 - jj
+        dt = ai * bi + aj * bj
+        cr = xp.abs(ai * bj - aj * bi)
+        # the first vertex of the smallest angle: a running minimum over the slots
+        pos = xp.full(active.shape[0], -1, dtype=xp.int64)
+        bdt = xp.zeros(active.shape[0], dtype=xp.int64)
+        bcr = xp.zeros(active.shape[0], dtype=xp.int64)
+        for v in range(v_max):
+            take = cand[:, v] & ((pos < 0) | _angle_less(dt[:, v], cr[:, v], bdt, bcr))
+            pos = xp.where(take, v, pos)
+            bdt = xp.where(take, dt[:, v], bdt)
+            bcr = xp.where(take, cr[:, v], bcr)
+        iv, jv = ii[k, pos][:, None], jj[k, pos][:, None]
+        s1_ok = ((i0 - i1) * (iv - i1) + (j0 - j1) * (jv - j1))[:, 0] >= 0
+        s0_ok = ((i1 - i0) * (iv - i0) + (j1 - j0) * (jv - j0))[:, 0] >= 0
+        case1 = bdt <= 0  # the angle at V is right or obtuse
+        case2 = ~case1 & s1_ok & s0_ok
         # case 1: S0-S1 is the diameter
         c1i = (s0i[:, 0] + s1i[:, 0]) / 2
         c1j = (s0j[:, 0] + s1j[:, 0]) / 2
@@ -306,8 +326,8 @@ def _chrystal(vi, vj, nv):
         r[active] = xp.where(case1, r1, xp.where(case2, r2, r[active]))
         # otherwise: V replaces S0 where the angle at S0 is obtuse, else S1
         go = ~(case1 | case2)
-        s0[active] = xp.where(go & (b0 > half), pos, a0)
-        s1[active] = xp.where(go & ~(b0 > half), pos, a1)
+        s0[active] = xp.where(go & ~s0_ok, pos, a0)
+        s1[active] = xp.where(go & s0_ok, pos, a1)
         active = active[go]
     return ci, cj, r
 

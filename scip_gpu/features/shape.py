@@ -229,11 +229,10 @@ def _segments(xp, lengths):
 def _scatter(xp, op: str, idx, values, size: int, fill):
     """``out[idx] = op(out[idx], values)`` with repeated indices (min or max), ``out`` filled."""
     if is_gpu(xp):
-        import cupyx
-
-        # cupyx.scatter_min/max have no int64 kernel: scatter in float64 (exact below 2**53)
+        # CuPy's minimum.at/maximum.at (cupyx.scatter_min/max, deprecated in CuPy 14) have no
+        # int64 kernel: scatter in float64 (exact below 2**53)
         out = xp.full(size, xp.inf if op == "min" else -xp.inf)
-        getattr(cupyx, f"scatter_{op}")(out, idx, values.astype(xp.float64))
+        getattr(xp, f"{op}imum").at(out, idx, values.astype(xp.float64))
         empty = xp.isinf(out)
         res = xp.where(empty, 0.0, out).astype(values.dtype)
         return xp.where(empty, xp.asarray(fill, dtype=values.dtype), res)

@@ -77,6 +77,50 @@ def test_circle_against_brute_force(objects, kernel_path):
     assert centre[0].tolist() == [11.0, 12.0] and radius[0] == 6.0
 
 
+# A real li mask (a generated 12-channel cell of bench_gpu.py, channel 7) whose hull has four
+# cocircular vertices, (20, 32), (39, 15), (43, 17) and (30, 42): two of them subtend the same
+# angle over a chord, which arccos computes to the same last bit on one platform and not on
+# another. Rows 20..48: (first column, last column) of each row.
+_COCIRCULAR_ROWS = [(25, 32), (22, 34), (20, 36), (19, 37), (18, 38), (17, 39), (17, 40), (16, 40),
+                    (16, 41), (15, 41), (15, 42), (15, 42), (14, 42), (14, 42), (14, 42), (14, 42),
+                    (14, 42), (15, 42), (15, 41), (15, 41), (16, 41), (16, 40), (17, 40), (17, 39),
+                    (18, 38), (19, 37), (21, 35), (23, 33), (27, 29)]
+
+
+def _cocircular_plane():
+    m = np.zeros((64, 64), bool)
+    for i, (a, b) in enumerate(_COCIRCULAR_ROWS):
+        m[20 + i, a:b + 1] = True
+    return m
+
+
+def test_circle_does_not_depend_on_the_last_bit_of_arccos(objects, monkeypatch):
+    """The steps of Chrystal's algorithm are exact predicates: an arccos one ulp off (a GPU's
+    against the CPU's libm) picked another of two equal angles on the plane above and then
+    another formula for the same circle, whose radius differed by an ulp and moved two pixels
+    on the circle out of the Zernike sums (30 values of one plane on an H100). The reference
+    path on such a platform gives the same circle, bit for bit, and so do the numba twin and
+    the brute force (to rounding)."""
+    import types
+
+    from scip_gpu.features import cp_zernike
+
+    masks = np.concatenate([np.pad(objects, ((0, 0), (0, 64 - H), (0, 64 - W))), _cocircular_plane()[None]])
+    want = enclosing_circles(masks)  # the numba twin
+    for nudge in (-np.inf, np.inf):
+        ns = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
+        ns.arccos = lambda x, to=nudge: np.nextafter(np.arccos(x), to)
+        monkeypatch.setattr(cp_zernike, "array_module", lambda a, ns=ns: ns)
+        got = enclosing_circles.reference(masks)
+        monkeypatch.undo()
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    cen, r = _brute_circle(masks[-1])
+    np.testing.assert_allclose(want[1][-1], r, rtol=1e-12)
+    np.testing.assert_allclose(want[0][-1], cen, rtol=1e-12)
+    assert _cocircular_plane().sum() == 653
+
+
 def test_sums_by_hand(objects, kernel_path):
     """Textbook :math:`R_n^m(\\rho) e^{im\\theta}` (factorials, complex powers) over the pixels in
     the circle."""

@@ -25,7 +25,7 @@ def _planes(shape):
     return np.stack([blob, speckle, one, np.zeros(shape, bool), np.ones(shape, bool), edge, blob & ~speckle])
 
 
-def _compare(masks, device, exact_circle=True):
+def _compare(masks, device):
     rng = np.random.default_rng(12)
     x = rng.random(masks.shape)
     for weights in (None, x):
@@ -34,16 +34,17 @@ def _compare(masks, device, exact_circle=True):
         for k, (a, b) in enumerate(zip(want, got)):
             b = b.get()
             np.testing.assert_array_equal(np.isnan(b), np.isnan(a), err_msg=str(k))
-            if k == 2 and exact_circle:  # the radius: the twin's formulas on the same points
+            if k == 2:  # the radius: exact tests and the twin's formulas on the same points, on every platform
                 np.testing.assert_array_equal(b, a)
             np.testing.assert_allclose(b, a, rtol=1e-11, atol=1e-11, err_msg=str(k))
 
 
-def test_zernike_kernel_equals_numba(device, request):
-    # on a GPU, acos may differ in its last bit: a tie of angles may then pick another vertex
-    exact = request.node.callspec.params["device"] == "sim"
-    _compare(_lattice_cases(), device, exact)
-    _compare(_planes((20, 23)), device, exact)
+def test_zernike_kernel_equals_numba(device):
+    from ..features.test_cp_zernike import _cocircular_plane
+
+    _compare(_lattice_cases(), device)
+    _compare(_planes((20, 23)), device)
+    _compare(_cocircular_plane()[None], device)  # cocircular hull vertices: ties of angles
 
 
 def test_zernike_kernel_global_workspace(sim_small_shared):
