@@ -249,7 +249,9 @@ def fields_speed(tmp: Path, n_fields: int, shape, n_cells: int, cpu_workers: int
 def run_gpu(cells, plan, batch_size: int):
     """Profile ``cells`` in batches; host assembly of batch i+1 overlaps the GPU work of batch
     i, tables come back asynchronously into pinned buffers. Returns (seconds, peak used bytes,
-    peak pool bytes, first rows of the result)."""
+    peak pool bytes, first rows of the result, device seconds): the device seconds are the sum
+    over batches of the time from the GPU reaching a batch's first launch to the end of its copy
+    back (CUDA events), so device seconds / seconds is the share of the time the GPU was busy."""
     import cupy
     import cupyx
 
@@ -262,17 +264,21 @@ def run_gpu(cells, plan, batch_size: int):
     ring = [cupyx.empty_pinned((batch_size, plan.n_features), dtype=np.float64) for _ in range(2)]
     peak_used = peak_total = 0
     first = None
+    marks = []  # (start event, end event) per batch
     cupy.cuda.Device().synchronize()
     t0 = time.perf_counter()
     nxt = assemble(cells[0:batch_size], np.arange(min(batch_size, len(cells))), shape, cupy)
     pending = None
     for k, s in enumerate(starts):
         b = nxt
+        begin = cupy.cuda.Event()
+        begin.record()
         table = profile_batch(b, plan, to_host=False)
         host = ring[k % 2][: b.n]
         table.get(out=host, blocking=False)
         ev = cupy.cuda.Event()
         ev.record()
+        marks.append((begin, ev))
         if k + 1 < len(starts):  # the host assembles the next batch while the GPU works
             e = starts[k + 1]
             nxt = assemble(cells[e:e + batch_size], np.arange(e, min(e + batch_size, len(cells))), shape, cupy)
@@ -284,9 +290,11 @@ def run_gpu(cells, plan, batch_size: int):
                 first = pending[1][:256].copy()
         pending = (ev, host, b, table)
     pending[0].synchronize()
+    secs = time.perf_counter() - t0
     if first is None:
         first = pending[1][:256].copy()
-    return time.perf_counter() - t0, peak_used, peak_total, first
+    device = sum(cupy.cuda.get_elapsed_time(a, z) for a, z in marks) / 1e3
+    return secs, peak_used, peak_total, first, device
 
 
 def stage_times(cells, plan, batch_size: int, batches: int):
@@ -475,12 +483,15 @@ def main(argv=None) -> int:
 
     # 2. throughput
     bw_dev, bw_h2d = copy_bandwidth(), h2d_bandwidth()
-    run_gpu(cells[: args.batch_size], plan, args.batch_size)  # warm-up
+    # warm-up: three batches, as many as the loop holds at once, so that the pinned host buffers
+    # are allocated (page-locked) before the timing, as in a long run
+    run_gpu(cells[: 3 * args.batch_size], plan, args.batch_size)
     pool = cupy.get_default_memory_pool()
-    pool.free_all_blocks()
-    secs, peak_used, peak_total, _ = run_gpu(cells, plan, args.batch_size)
+    pool.free_all_blocks()  # (the device pool is measured from empty: its peak is the run's)
+    secs, peak_used, peak_total, _, dev_secs = run_gpu(cells, plan, args.batch_size)
     rate = args.n / secs
-    print(f"GPU: {rate:,.0f} objects/s ({secs:.2f} s for {args.n}), peak memory used {peak_used / 2**30:.2f} GiB "
+    print(f"GPU: {rate:,.0f} objects/s ({secs:.2f} s for {args.n}; the GPU busy {dev_secs / secs:.0%} of it, "
+          f"{dev_secs / args.n * 1e6:.2f} us per object), peak memory used {peak_used / 2**30:.2f} GiB "
           f"(pool {peak_total / 2**30:.2f} GiB)", flush=True)
     per_stage, n_stage = stage_times(cells, plan, args.batch_size, args.stage_batches)
     floor = floor_per_object(plan, args.channels, bw_dev, bw_h2d) if PRESET == "scip" else {}
@@ -498,7 +509,7 @@ def main(argv=None) -> int:
         r = min(args.reference_objects, len(unique))
         rplan = make_plan(args.channels, r, "cuda")
         run_gpu(unique[:r], rplan, r)  # compile CuPy's kernels
-        rs, _, _, _ = run_gpu(unique[:r], rplan, r)
+        rs = run_gpu(unique[:r], rplan, r)[0]
         ref = {"objects": r, "objects_per_s": r / rs}
         os.environ.pop("SCIP_GPU_KERNELS")
         print(f"array-namespace path on the GPU (SCIP_GPU_KERNELS=0): {r / rs:,.1f} objects/s", flush=True)
@@ -519,6 +530,7 @@ def main(argv=None) -> int:
                     "dtype": "uint16", "masks": ["li", "otsu"] if PRESET == "scip" else ["li"], "preset": PRESET,
                     "columns": plan.n_features},
         "gpu": {"objects_per_s": rate, "seconds": secs, "batch_size": args.batch_size,
+                "device_seconds": dev_secs, "device_busy": dev_secs / secs,
                 "peak_used_gib": peak_used / 2**30, "peak_pool_gib": peak_total / 2**30,
                 "stage_seconds_per_object": per_stage, "stage_objects": n_stage},
         "bandwidth": {"device_copy_bytes_per_s": bw_dev, "host_to_device_bytes_per_s": bw_h2d},
@@ -538,8 +550,8 @@ def main(argv=None) -> int:
              f"{result['defines'] or '(none: the default kernels)'}", "",
              f"- dataset: {args.n} IFC-like cells ({args.unique} distinct, tiled), {args.channels} channels, "
              f"64x64 uint16, {'li + otsu' if PRESET == 'scip' else 'li'}, {PRESET} preset ({plan.n_features} columns)",
-             f"- GPU: **{rate:,.0f} objects/s** from host memory (batch {args.batch_size}; host assembly overlapped), "
-             f"peak memory used {peak_used / 2**30:.2f} GiB (CuPy pool {peak_total / 2**30:.2f} GiB)",
+             f"- GPU: **{rate:,.0f} objects/s** from host memory (batch {args.batch_size}; host assembly overlapped; "
+             f"the GPU busy {dev_secs / secs:.0%} of the time), peak memory used {peak_used / 2**30:.2f} GiB (CuPy pool {peak_total / 2**30:.2f} GiB)",
              f"- CPU on the same host ({args.cpu_workers} processes, numba): {cpu_rate:,.0f} objects/s; "
              f"ratio GPU/CPU **{rate / cpu_rate:.1f}x**",
              f"- copy bandwidth measured: device {bw_dev / 1e12:.2f} TB/s (read + write), "
