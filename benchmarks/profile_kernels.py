@@ -29,6 +29,11 @@ PHASES = {
     1: ("mask_otsu", ["digitise", "median 1", "gaussian+sobel", "scale", "median 2", "otsu", "fg+fill/clean",
                       "border+write"]),
     2: ("intensity_views", ["keys+views", "sort", "compaction", "statistics", "write"]),
+    # shared device functions, per call (all kernels together): where the labelling phases go
+    3: ("sg_label (per call)", ["runs", "unions", "flatten"]),
+    4: ("sg_fill_and_clean (per call)", ["label holes", "count holes", "apply holes", "label objects",
+                                         "count objects", "apply objects"]),
+    5: ("sg_border_rule (per call)", ["label", "count edges", "keep+count"]),
 }
 
 
@@ -66,7 +71,7 @@ def main(argv=None) -> int:
         per = {ph: float(counts[k, i]) / planes for i, ph in enumerate(phases)}
         total = sum(per.values())
         result["kernels"][name] = {"planes": planes, "cycles_per_plane": per, "total": total}
-        print(f"{name}: {planes} planes, {total:,.0f} cycles per plane ({total / clock_khz * 1e3:.1f} us at "
+        print(f"{name}: {planes} {'calls' if k >= 3 else 'planes'}, {total:,.0f} cycles per plane ({total / clock_khz * 1e3:.1f} us at "
               f"{clock_khz / 1e3:.0f} MHz)")
         for ph, c in per.items():
             print(f"  {ph:14s} {c:12,.0f}  {100 * c / total:5.1f} %")

@@ -45,10 +45,23 @@ __device__ unsigned long long sg_prof[8 * 16];
     } while (0)
 #define SG_PROF_COUNT(kernel) \
     do { if (threadIdx.x == 0) atomicAdd(&sg_prof[(kernel) * 16 + 15], 1ULL); } while (0)
+// the same with a named timer, for the phases of a shared device function (its own "kernel" slot)
+#define SG_PROF_SUB_START(t) long long t = clock64()
+#define SG_PROF_SUB(t, kernel, phase)                                                         \
+    do {                                                                                       \
+        __syncthreads();                                                                       \
+        if (threadIdx.x == 0) {                                                                \
+            const long long sg_now = clock64();                                                \
+            atomicAdd(&sg_prof[(kernel) * 16 + (phase)], (unsigned long long)(sg_now - (t)));  \
+            t = sg_now;                                                                        \
+        }                                                                                      \
+    } while (0)
 #else
 #define SG_PROF_START()
 #define SG_PROF_MARK(kernel, phase)
 #define SG_PROF_COUNT(kernel)
+#define SG_PROF_SUB_START(t)
+#define SG_PROF_SUB(t, kernel, phase)
 #endif
 
 __device__ __forceinline__ double sg_nan() { return __longlong_as_double(0x7ff8000000000000LL); }
@@ -134,20 +147,24 @@ __device__ __forceinline__ double sg_block_max(double x) { return sg_block_reduc
 __device__ __forceinline__ i64 sg_block_min_i64(i64 x) { return sg_block_reduce(x, SgMin()); }
 __device__ __forceinline__ i64 sg_block_max_i64(i64 x) { return sg_block_reduce(x, SgMax()); }
 
-// In-place ascending bitonic sort of keys[0..n), n a power of two.
+// In-place ascending bitonic sort of keys[0..n), n a power of two. Each step's n / 2
+// compare-exchanges are dealt to the threads as pairs (pair q: the element i whose bit j is 0,
+// made by inserting a 0 at bit j of q, and i + j), so that no thread walks the elements whose
+// partner comes before them (half of the iterations, and half of a warp's lanes for j < 32, in
+// an element-per-iteration loop). The network, and so the result, is the same.
 template <class K>
 __device__ void sg_bitonic_sort(K* keys, int n) {
+    const int pairs = n >> 1;
     for (int k = 2; k <= n; k <<= 1) {
         for (int j = k >> 1; j > 0; j >>= 1) {
-            for (int i = threadIdx.x; i < n; i += SG_THREADS) {
-                const int l = i ^ j;
-                if (l > i) {
-                    const K a = keys[i], b = keys[l];
-                    const bool up = (i & k) == 0;
-                    if ((a > b) == up) {
-                        keys[i] = b;
-                        keys[l] = a;
-                    }
+            for (int q = threadIdx.x; q < pairs; q += SG_THREADS) {
+                const int i = ((q & ~(j - 1)) << 1) | (q & (j - 1));
+                const int l = i | j;
+                const K a = keys[i], b = keys[l];
+                const bool up = (i & k) == 0;
+                if ((a > b) == up) {
+                    keys[i] = b;
+                    keys[l] = a;
                 }
             }
             __syncthreads();
@@ -304,6 +321,7 @@ __device__ void sg_union(int* parent, int a, int b) {
 __device__ void sg_label(const unsigned char* fg, unsigned char value, int h, int w, bool eight,
                          int* parent) {
     const int n = h * w;
+    SG_PROF_SUB_START(sg_lt);
     for (int r = threadIdx.x; r < h; r += SG_THREADS) {
         int start = -1;
         for (int c = 0; c < w; ++c) {
@@ -318,6 +336,7 @@ __device__ void sg_label(const unsigned char* fg, unsigned char value, int h, in
         }
     }
     __syncthreads();
+    SG_PROF_SUB(sg_lt, 3, 0);
 #ifdef SG_LEGACY_LABEL
     // every pixel unites with each of its neighbours above (up to 3 unions, 6 finds, per pixel)
     for (int i = threadIdx.x; i < n; i += SG_THREADS) {
@@ -367,6 +386,7 @@ __device__ void sg_label(const unsigned char* fg, unsigned char value, int h, in
             sg_union(parent, i, i - w + 1);  // i = b, R's end; a run above starts at b + 1
     }
     __syncthreads();
+    SG_PROF_SUB(sg_lt, 3, 1);
     // Flattening in two steps, each race-free: (1) every run start s (parent[s] == s or a root
     // reached by finds) stores its root; a find only reads, and every store writes a tree's
     // root into an entry of that tree, so a find overlapping a store still ends at the root;
@@ -388,26 +408,51 @@ __device__ void sg_label(const unsigned char* fg, unsigned char value, int h, in
     }
     __syncthreads();
 #endif
+    SG_PROF_SUB(sg_lt, 3, 2);
+    SG_PROF_COUNT(3);
 }
 
 // remove_small_holes(hole_area) then remove_small_objects(min_size) of the h x w mask `m`
 // (in place; both 4-connected), as the numba fill_and_clean. `parent`, `size`: n ints each.
+// Component sizes: size[root] += the component's pixels. Each thread counts its pixels (t,
+// t + 256, ...: in a 64-wide plane, every fourth row of one column) in a running count per root,
+// adding it with one atomic when the root changes: ~2-3 atomics per thread instead of one per
+// pixel, all of them on the root of the background or of the cell otherwise (same-address
+// atomics serialise).
+__device__ void sg_component_sizes(const int* parent, int n, int* size) {
+    for (int i = threadIdx.x; i < n; i += SG_THREADS) size[i] = 0;
+    __syncthreads();
+    int cur = -1, cnt = 0;
+    for (int i = threadIdx.x; i < n; i += SG_THREADS) {
+        const int root = parent[i];
+        if (root != cur) {
+            if (cur >= 0) atomicAdd(&size[cur], cnt);
+            cur = root;
+            cnt = 0;
+        }
+        ++cnt;
+    }
+    if (cur >= 0) atomicAdd(&size[cur], cnt);
+    __syncthreads();
+}
+
 __device__ void sg_fill_and_clean(unsigned char* m, int h, int w, double hole_area, double min_size,
                                   int* parent, int* size) {
     const int n = h * w;
+    SG_PROF_SUB_START(sg_ft);
     for (int stage = 0; stage < 2; ++stage) {
         const unsigned char value = stage == 1;  // holes (background) first, then objects
         sg_label(m, value, h, w, false, parent);
-        for (int i = threadIdx.x; i < n; i += SG_THREADS) size[i] = 0;
-        __syncthreads();
-        for (int i = threadIdx.x; i < n; i += SG_THREADS)
-            if (parent[i] >= 0) atomicAdd(&size[parent[i]], 1);
-        __syncthreads();
+        SG_PROF_SUB(sg_ft, 4, 3 * stage);
+        sg_component_sizes(parent, n, size);
+        SG_PROF_SUB(sg_ft, 4, 3 * stage + 1);
         const double limit = stage == 0 ? hole_area : min_size;
         for (int i = threadIdx.x; i < n; i += SG_THREADS)
             if (parent[i] >= 0 && (double)size[parent[i]] < limit) m[i] = !value;
         __syncthreads();
+        SG_PROF_SUB(sg_ft, 4, 3 * stage + 2);
     }
+    SG_PROF_COUNT(4);
 }
 
 // SCIP's border rule on the h x w mask `m` (in place): 8-connected components with more than
@@ -415,7 +460,9 @@ __device__ void sg_fill_and_clean(unsigned char* m, int h, int w, double hole_ar
 // removed. Returns the number of components left (the same in every thread).
 __device__ int sg_border_rule(unsigned char* m, int h, int w, int* parent, int* count) {
     const int n = h * w;
+    SG_PROF_SUB_START(sg_bt);
     sg_label(m, 1, h, w, true, parent);
+    SG_PROF_SUB(sg_bt, 5, 0);
     for (int i = threadIdx.x; i < n; i += SG_THREADS) count[i] = 0;
     __syncthreads();
     for (int i = threadIdx.x; i < n; i += SG_THREADS) {
@@ -425,6 +472,7 @@ __device__ int sg_border_rule(unsigned char* m, int h, int w, int* parent, int* 
         if (e) atomicAdd(&count[parent[i]], e);
     }
     __syncthreads();
+    SG_PROF_SUB(sg_bt, 5, 1);
     const int limit = (int)(0.25 * (double)sg_min(h, w));
     int kept = 0;
     for (int i = threadIdx.x; i < n; i += SG_THREADS) {
@@ -434,7 +482,10 @@ __device__ int sg_border_rule(unsigned char* m, int h, int w, int* parent, int* 
         if (!keep) m[i] = 0;
         kept += keep && root == i;
     }
-    return (int)sg_block_sum_i64(kept);
+    kept = (int)sg_block_sum_i64(kept);
+    SG_PROF_SUB(sg_bt, 5, 2);
+    SG_PROF_COUNT(5);
+    return kept;
 }
 
 // ---------------------------------------------------------------------------------------------
