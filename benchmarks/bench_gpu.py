@@ -250,38 +250,43 @@ def run_gpu(cells, plan, batch_size: int):
     """Profile ``cells`` in batches; host assembly of batch i+1 overlaps the GPU work of batch
     i, tables come back asynchronously into pinned buffers. Returns (seconds, peak used bytes,
     peak pool bytes, first rows of the result, device seconds): the device seconds are the sum
-    over batches of the time from the GPU reaching a batch's first launch to the end of its copy
-    back (CUDA events), so device seconds / seconds is the share of the time the GPU was busy."""
+    over batches of the time from the compute stream reaching a batch (its pixels' copy waited
+    for) to the end of its kernels (CUDA events), so device seconds / seconds is the share of
+    the time the GPU computed. The copies run on streams of their own (as in the command line's
+    batch loop)."""
     import cupy
     import cupyx
 
     from scip_gpu.batch import assemble
+    from scip_gpu.pipeline import copy_back, copy_streams
     from scip_gpu.profile import profile_batch
 
     pool = cupy.get_default_memory_pool()
     shape = cells[0].shape[1:]
     starts = list(range(0, len(cells), batch_size))
+    h2d, d2h = copy_streams(cupy)  # as the command line's batch loop (pipeline._run_batches_overlapped)
     ring = [cupyx.empty_pinned((batch_size, plan.n_features), dtype=np.float64) for _ in range(2)]
     peak_used = peak_total = 0
     first = None
     marks = []  # (start event, end event) per batch
     cupy.cuda.Device().synchronize()
     t0 = time.perf_counter()
-    nxt = assemble(cells[0:batch_size], np.arange(min(batch_size, len(cells))), shape, cupy)
+    nxt = assemble(cells[0:batch_size], np.arange(min(batch_size, len(cells))), shape, cupy, copy_stream=h2d)
     pending = None
     for k, s in enumerate(starts):
         b = nxt
         begin = cupy.cuda.Event()
         begin.record()
         table = profile_batch(b, plan, to_host=False)
+        kernels_done = cupy.cuda.Event()
+        kernels_done.record()
+        marks.append((begin, kernels_done))
         host = ring[k % 2][: b.n]
-        table.get(out=host, blocking=False)
-        ev = cupy.cuda.Event()
-        ev.record()
-        marks.append((begin, ev))
+        ev = copy_back(table, host, d2h)
         if k + 1 < len(starts):  # the host assembles the next batch while the GPU works
             e = starts[k + 1]
-            nxt = assemble(cells[e:e + batch_size], np.arange(e, min(e + batch_size, len(cells))), shape, cupy)
+            nxt = assemble(cells[e:e + batch_size], np.arange(e, min(e + batch_size, len(cells))), shape, cupy,
+                           copy_stream=h2d)
         peak_used = max(peak_used, pool.used_bytes())
         peak_total = max(peak_total, pool.total_bytes())
         if pending is not None:

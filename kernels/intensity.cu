@@ -254,13 +254,28 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
                     tot[v] += in ? value : 0;
                 }
             }
-            part[t + 1] = s;
-            if (t == 0) part[0] = 0;
+            // exclusive scan of the threads' packed counts in two levels of 16 (threads 0..15
+            // scan 16 each, thread 0 the 16 group sums): ~32 dependent steps, not 256
+            __shared__ u64 grp[17];
+            part[t] = s;
             __syncthreads();
-            if (t == 0)
-                for (int k = 1; k <= SG_THREADS; ++k) part[k] += part[k - 1];
+            if (t < 16) {
+                u64 acc = 0;
+                for (int k = 0; k < 16; ++k) {
+                    const u64 x = part[16 * t + k];
+                    part[16 * t + k] = acc;
+                    acc += x;
+                }
+                grp[t + 1] = acc;
+            }
             __syncthreads();
-            s = part[t];
+            if (t == 0) {
+                grp[0] = 0;
+                for (int k = 1; k <= 16; ++k) grp[k] += grp[k - 1];
+                part[SG_THREADS] = grp[16];
+            }
+            __syncthreads();
+            s = part[t] + grp[t >> 4];
             for (int k = a; k < b; ++k) {
                 const unsigned int key = sorted[k];
                 const int idx = (int)(key & 0xFFFFu);

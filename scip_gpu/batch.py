@@ -177,7 +177,8 @@ def _host_buffer(shape, dtype, xp, *, zero: bool = True):
     return buf
 
 
-def assemble(images: Sequence[np.ndarray], index: np.ndarray, shape: tuple[int, int], xp=np):
+def assemble(images: Sequence[np.ndarray], index: np.ndarray, shape: tuple[int, int], xp=np, *,
+             copy_stream=None):
     """Stack (C, h, w) host images into a zero-padded Batch of padded shape ``shape``.
 
     Every image must have the same ``profile_dtype``; the stack has that type (float16 images
@@ -186,6 +187,11 @@ def assemble(images: Sequence[np.ndarray], index: np.ndarray, shape: tuple[int, 
     The stack and the extents are built on the host (in pinned memory for a GPU) and moved to
     the device by asynchronous copies on the current stream: assembling the next batch never
     waits for the device (a copy from pageable memory would synchronise the stream).
+    ``copy_stream`` (a CUDA stream): the copies go on that stream instead, so that they overlap
+    the current stream's kernels (of the batch before); the batch then carries the copies'
+    event (``copied``), which ``profile_batch`` makes the current stream wait for before its
+    first kernel. The caller keeps the batch alive until its work is complete (the device
+    buffers belong to the copy stream's memory pool).
     """
     n = len(images)
     c = images[0].shape[0]
@@ -205,14 +211,27 @@ def assemble(images: Sequence[np.ndarray], index: np.ndarray, shape: tuple[int, 
         extents[i] = h, w
     if xp is np:
         return Batch(host, extents, np.asarray(index, dtype=np.int64))
-    stream = xp.cuda.get_current_stream()
-    pixels = xp.empty(host.shape, dtype=host.dtype)
-    pixels.set(host, stream=stream)  # asynchronous: pinned source
-    ext = xp.empty(extents.shape, dtype=np.int64)
-    ext.set(extents, stream=stream)
+    stream = copy_stream if copy_stream is not None else xp.cuda.get_current_stream()
+    with stream:  # (the device buffers come from that stream's pool)
+        pixels = xp.empty(host.shape, dtype=host.dtype)
+        pixels.set(host, stream=stream)  # asynchronous: pinned source
+        ext = xp.empty(extents.shape, dtype=np.int64)
+        ext.set(extents, stream=stream)
     batch = Batch(pixels, ext, np.asarray(index, dtype=np.int64))
     batch.cache["_pinned_host"] = (host, extents)  # keep the staging buffers alive while the copies run
+    if copy_stream is not None:
+        copied = xp.cuda.Event()
+        copied.record(copy_stream)
+        batch.cache["_copied"] = copied
     return batch
+
+
+def wait_for_copies(batch: Batch) -> None:
+    """Make the current stream wait for the batch's copies to the device when they went on a
+    copy stream (``assemble(copy_stream=...)``); nothing otherwise. No host synchronisation."""
+    copied = batch.cache.pop("_copied", None)
+    if copied is not None:
+        batch.xp.cuda.get_current_stream().wait_event(copied)
 
 
 def _assemble_on_device(images, index, shape, dtype, xp) -> Batch:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import export
 from .backend import array_module, device_module, is_gpu, select_device
-from .batch import _host_buffer, assemble, group_by_shape, profile_dtype
+from .batch import _host_buffer, assemble, group_by_shape, profile_dtype, wait_for_copies
 from .cluster import check_dashboard, executor
 from .config import Config, expand_user_paths, validate
 from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError, StorageUnavailable,
@@ -454,10 +454,15 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
 def _run_batches_overlapped(batches, xp, plan: Plan, index, values: np.ndarray, run_group, given_for) -> None:
     """The batches of a partition on a GPU, with the host's assembly of batch k+1 (and the
     launches of its kernels) while the device runs batch k, and each feature table copied back
-    asynchronously into pinned host memory. A batch that fails in any way (out of memory while
-    it is set up, an error when its copy completes) runs again through ``run_group``, which
-    splits it and reports each object's error as when batches run one after the other."""
+    asynchronously into pinned host memory. The copies have streams of their own (pixels in on
+    one, tables out on another), so that they overlap the kernels of the neighbouring batches
+    instead of queueing between them; events order each batch's kernels after its pixels'
+    copy and its table's copy after its kernels. Every batch (its device buffers) is held until
+    its table's copy is complete. A batch that fails in any way (out of memory while it is set
+    up, an error when its copy completes) runs again through ``run_group``, which splits it and
+    reports each object's error as when batches run one after the other."""
     pending = None  # (positions, images, shape, event, pinned table, batch, device table)
+    h2d, d2h = copy_streams(xp)
 
     def finish(p) -> None:
         if p is None:
@@ -472,12 +477,11 @@ def _run_batches_overlapped(batches, xp, plan: Plan, index, values: np.ndarray, 
 
     for positions, imgs, shape in batches:
         try:
-            batch = assemble(imgs, index[positions], shape, xp)
+            batch = assemble(imgs, index[positions], shape, xp, copy_stream=h2d)
+            wait_for_copies(batch)  # (before any kernel reads the pixels, the segmentation's too)
             table = profile_batch(batch, plan, to_host=False, **given_for(positions, shape, batch))
             host = _host_buffer((batch.n, plan.n_features), np.float64, xp, zero=False)
-            table.get(out=host, blocking=False)
-            done = xp.cuda.Event()
-            done.record()
+            done = copy_back(table, host, d2h)
             current = (positions, imgs, shape, done, host, batch, table)
         except Exception:  # noqa: BLE001 - this batch again, synchronously (after the one before it)
             batch = table = None  # (its device buffers)
@@ -489,6 +493,27 @@ def _run_batches_overlapped(batches, xp, plan: Plan, index, values: np.ndarray, 
         finish(pending)
         pending = current
     finish(pending)
+
+
+def copy_streams(xp):
+    """Two non-blocking CUDA streams for the copies of a batch loop: host to device, device to
+    host (each direction has its copy engine; one stream for both would queue the next batch's
+    pixels behind the previous table, which waits for that batch's kernels)."""
+    return xp.cuda.Stream(non_blocking=True), xp.cuda.Stream(non_blocking=True)
+
+
+def copy_back(table, host: np.ndarray, stream):
+    """Copy the device ``table`` into the pinned ``host`` array on ``stream`` once the current
+    stream's work so far (the kernels that fill it) is done; returns the copy's event. The
+    caller holds ``table`` until the event is complete."""
+    xp = array_module(table)
+    filled = xp.cuda.Event()
+    filled.record()
+    stream.wait_event(filled)
+    table.get(out=host, stream=stream, blocking=False)
+    done = xp.cuda.Event()
+    done.record(stream)
+    return done
 
 
 def worker_stats(results, since: float = 0.0) -> dict[str, dict]:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from .backend import asnumpy, is_gpu
-from .batch import Batch
+from .batch import Batch, wait_for_copies
 from .config import Config, mask_names
 from .features import FAMILIES, FAMILY_ORDER, Column
 from .features.registry import FLAG_FAMILIES
@@ -187,6 +187,7 @@ def profile_batch(batch: Batch, plan: Plan, timer: StageTimer = NO_TIMER, given=
     """
     xp = batch.xp
     cfg = plan.cfg
+    wait_for_copies(batch)  # (pixels copied on a copy stream: the kernels start after the copy)
     table = xp.empty((batch.n, plan.n_features), dtype=xp.float64)
 
     def family(name, fam, mr):

@@ -248,6 +248,29 @@ class _Event:
         pass
 
 
+class _Stream:
+    """Work is synchronous here: a stream orders nothing; what it is asked is recorded."""
+
+    def __init__(self, null=False, non_blocking=False, ptds=False):
+        self.non_blocking = non_blocking
+        self.waited = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def wait_event(self, event):
+        self.waited.append(event)
+
+    def synchronize(self):
+        pass
+
+
+_NULL_STREAM = _Stream(null=True)
+
+
 def install(monkeypatch) -> types.ModuleType:
     """Put the fake modules in ``sys.modules`` (undone by ``monkeypatch``)."""
     api = cupy_api()
@@ -275,7 +298,8 @@ def install(monkeypatch) -> types.ModuleType:
         Device=_Device,
         Event=_Event,
         get_elapsed_time=lambda a, b: max((b.t - a.t) * 1e3, 1e-3),
-        get_current_stream=lambda: None,
+        get_current_stream=lambda: _NULL_STREAM,
+        Stream=_Stream,
         alloc_pinned_memory=lambda n: PinnedBuffer(n),
         runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 2**34},
                                       memGetInfo=lambda: (2**33, 2**34)),

@@ -334,3 +334,42 @@ def test_stages_on_a_dataclass_of_device_arrays_run_on_the_device(monkeypatch):
     assert isinstance(raw, cupy.ndarray)
     np.testing.assert_array_equal(raw.get()[1:, 0, 0], [6, 1])  # areas, by hand
     np.testing.assert_array_equal(raw.get()[1:, 1, 0], [0 + 1 + 2 + 0 + 1 + 2, 0])  # row sums inside each box
+
+
+def test_copies_on_their_own_streams_are_ordered_by_events(cupy, monkeypatch):
+    """The command line's batch loop copies pixels in and tables out on streams of their own:
+    the batch carries its copy's event, the compute stream waits for it before the first
+    kernel (in ``profile_batch``, or earlier by ``wait_for_copies``), the table's copy stream
+    waits for the compute stream's event before copying; no host synchronisation, and the rows
+    are the synchronous path's."""
+    from scip_gpu.batch import wait_for_copies
+    from scip_gpu.cli import to_config
+    from scip_gpu.pipeline import copy_back, copy_streams
+
+    _reference_kernels(monkeypatch, cupy)
+    cfg, _ = to_config(_compose(["+dataset=demo", "features=scip", "masks=scip"]))
+    plan = build_plan(cfg, ["BF", "DNA", "SPOT"])
+    cells = [make_cell(i, min_size=30, max_size=46)[0] for i in range(2)]
+    idx = np.arange(len(cells))
+    want = profile_batch(assemble(cells, idx, (56, 56), np), plan)
+    h2d, d2h = copy_streams(cupy)
+    assert h2d is not d2h and h2d.non_blocking and d2h.non_blocking
+    compute = cupy.cuda.get_current_stream()
+    profile_batch(assemble(cells, idx, (56, 56), cupy), plan)  # first batch: constant tables to the device
+    batch = assemble(cells, idx, (56, 56), cupy, copy_stream=h2d)
+    copied = batch.cache["_copied"]
+    n_waits = len(compute.waited)
+    fake_cupy.SYNCS.clear()
+    table = profile_batch(batch, plan, to_host=False)
+    assert compute.waited[n_waits:] == [copied] and "_copied" not in batch.cache
+    wait_for_copies(batch)  # a second call waits for nothing more
+    assert compute.waited[n_waits:] == [copied]
+    from scip_gpu.batch import _host_buffer
+
+    host = _host_buffer((batch.n, plan.n_features), np.float64, cupy, zero=False)  # pinned
+    done = copy_back(table, host, d2h)
+    assert len(d2h.waited) == 1 and d2h.waited[0] is not done
+    assert dict(fake_cupy.SYNCS) == {}
+    np.testing.assert_array_equal(np.isnan(host), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(host[ok], want[ok], rtol=1e-12, atol=1e-12)
