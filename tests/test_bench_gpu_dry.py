@@ -44,7 +44,7 @@ def test_gpu_benchmark_dry_run(preset, tmp_path, monkeypatch):
     (res,) = tmp_path.glob("gpu-*.json")
     out = json.loads(res.read_text())
     assert out["dataset"]["preset"] == preset and out["dataset"]["columns"] == (5180 if preset == "scip" else 3360)
-    for check in ("12-channel", "ragged-3-channel"):
+    for check in ("12-channel", "ragged-3-channel", "timed-loop"):
         fams = out["equality"][check]
         assert sum(v["columns"] for v in fams.values()) > 0
         assert all(v["outside_criterion"] == 0 and v["nan_mismatch"] == 0 for v in fams.values()), fams
