@@ -62,11 +62,12 @@
 #           included) against the CPU path on the device, and the cellprofiler preset's equality
 #           and objects/s.
 #   Default: first bench legacy pytest, in this order (timeouts 40 + 180 + 130 + 120 s).
-#   A session's 15 device-minutes (start-up ~0.5-2 min, 10 min per call at most), in order of
-#   value: run 65536 first bench pytest cellprofiler (issues 10 and 15 in one call, timeout_s
-#   600; timeouts sum to 540 s, but the steps usually end well before theirs, and the budget
-#   skips cellprofiler rather than overrun), then with what is left: run 65536 legacy; the
-#   issue11 set in a session of its own.
+#   A session's 15 device-minutes (start-up ~0.5-2 min, 10 min per call at most). Measured on
+#   an H100 (run 7): wheels ~5 s, first 7 s, bench 47 s, pytest 75 s, cellprofiler 14 s,
+#   profile 24 s: 169 s on the machine, 201 s held. In order of value: run 65536 first bench
+#   pytest cellprofiler profile fields (issues 10 and 15, timeout_s 420), then LEGACY=
+#   SG_LEGACY_FINE ... run 65536 legacy (the median's A/B), then the issue11 set (~5-7.5 min)
+#   in the same session if the minutes allow, else in the next.
 #   Also: cellprofiler fields fields_speed nvrtc profile profile_legacy scaling kvikio, issue11 and its steps
 #   (name them: bash gpu_session.sh run 65536 issue11, or run 65536 profile ...).
 #   WHEELS=0 skips the wheels' install (a dry run on a machine whose python3 has the packages);

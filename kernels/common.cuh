@@ -102,6 +102,20 @@ __device__ __forceinline__ int sg_next_pow2(int n) {
     return p;
 }
 
+// p / w for a plane's width w without an integer division (a runtime divisor costs about 25
+// instructions on a GPU, once per pixel in most loops): q = (p m) >> 40 with
+// m = floor(2^40 / w) + 1, exact for 0 <= p < 2^24 and 1 <= w <= 2^16 (p m / 2^40 = p / w + p e / 2^40
+// with 0 < e <= 1, and p e / 2^40 < 2^-16 <= 1 / w keeps the fractional part of p / w below 1;
+// p m < 2^64); other p or w take the division.
+struct SgDivW {
+    u64 m;
+    int w;
+    __device__ explicit SgDivW(int w_) : m(w_ >= 1 && w_ <= 65536 ? (1ull << 40) / (u64)w_ + 1 : 0), w(w_) {}
+    __device__ __forceinline__ int div(int p) const {
+        return (m != 0 && (unsigned int)p < (1u << 24)) ? (int)(((u64)(unsigned int)p * m) >> 40) : p / w;
+    }
+};
+
 // Pixel of a plane of the given dtype code (0: uint8, 1: uint16) as a double.
 __device__ __forceinline__ double sg_load_px(const void* base, i64 idx, int dtype) {
     if (dtype == 0) return (double)reinterpret_cast<const unsigned char*>(base)[idx];
@@ -339,9 +353,10 @@ __device__ void sg_label(const unsigned char* fg, unsigned char value, int h, in
     SG_PROF_SUB(sg_lt, 3, 0);
 #ifdef SG_LEGACY_LABEL
     // every pixel unites with each of its neighbours above (up to 3 unions, 6 finds, per pixel)
+    const SgDivW dw(w);
     for (int i = threadIdx.x; i < n; i += SG_THREADS) {
         if (fg[i] != value) continue;
-        const int r = i / w, c = i - r * w;
+        const int r = dw.div(i), c = i - r * w;
         if (r > 0) {
             if (fg[i - w] == value) sg_union(parent, i, i - w);
             if (eight) {
@@ -369,9 +384,10 @@ __device__ void sg_label(const unsigned char* fg, unsigned char value, int h, in
     // one), are the same whatever the threads' order. Only redundant unions are skipped: a
     // blob's run pairs instead of its pixels (64x64 masks: ~1-2 unions per run instead of up to
     // 3 per pixel).
+    const SgDivW dw(w);
     for (int i = threadIdx.x; i < n; i += SG_THREADS) {
         if (fg[i] != value) continue;
-        const int r = i / w, c = i - r * w;
+        const int r = dw.div(i), c = i - r * w;
         if (r == 0) continue;
         const bool left = c > 0 && fg[i - 1] == value;  // i continues a run
         const bool up = fg[i - w] == value;
@@ -397,13 +413,13 @@ __device__ void sg_label(const unsigned char* fg, unsigned char value, int h, in
     volatile int* vp = parent;
     for (int i = threadIdx.x; i < n; i += SG_THREADS) {
         if (fg[i] != value) continue;
-        const int c = i % w;
+        const int c = i - dw.div(i) * w;
         if (c == 0 || fg[i - 1] != value) parent[i] = sg_find(vp, i);
     }
     __syncthreads();
     for (int i = threadIdx.x; i < n; i += SG_THREADS) {
         if (fg[i] != value) continue;
-        const int c = i % w;
+        const int c = i - dw.div(i) * w;
         if (c > 0 && fg[i - 1] == value) parent[i] = parent[parent[i]];
     }
     __syncthreads();
@@ -465,9 +481,10 @@ __device__ int sg_border_rule(unsigned char* m, int h, int w, int* parent, int* 
     SG_PROF_SUB(sg_bt, 5, 0);
     for (int i = threadIdx.x; i < n; i += SG_THREADS) count[i] = 0;
     __syncthreads();
+    const SgDivW dw(w);
     for (int i = threadIdx.x; i < n; i += SG_THREADS) {
         if (parent[i] < 0) continue;
-        const int r = i / w, c = i - r * w;
+        const int r = dw.div(i), c = i - r * w;
         const int e = (r == 0) + (r == h - 1) + (c == 0) + (c == w - 1);
         if (e) atomicAdd(&count[parent[i]], e);
     }
@@ -496,8 +513,9 @@ __device__ int sg_border_rule(unsigned char* m, int h, int w, int* parent, int* 
 __device__ void sg_gaussian(const double* src, double* tmp, double* out, int h, int w,
                             const double* wt, int r) {
     const int n = h * w;
+    const SgDivW dw(w);
     for (int p = threadIdx.x; p < n; p += SG_THREADS) {
-        const int i = p / w, j = p - i * w;
+        const int i = dw.div(p), j = p - i * w;
         double acc = src[p] * wt[r];
         for (int k = r; k > 0; --k) {
             const int a = i - k < 0 ? 0 : i - k;
@@ -508,7 +526,7 @@ __device__ void sg_gaussian(const double* src, double* tmp, double* out, int h, 
     }
     __syncthreads();
     for (int p = threadIdx.x; p < n; p += SG_THREADS) {
-        const int i = p / w, j = p - i * w;
+        const int i = dw.div(p), j = p - i * w;
         const double* row = tmp + i * w;
         double acc = row[j] * wt[r];
         for (int k = r; k > 0; --k) {
@@ -535,8 +553,9 @@ __device__ __forceinline__ double sg_sobel_px(const double* f, int w, int ip, in
 
 __device__ void sg_sobel(const double* f, double* out, int h, int w) {
     const int n = h * w;
+    const SgDivW dw(w);
     for (int p = threadIdx.x; p < n; p += SG_THREADS) {
-        const int i = p / w, j = p - i * w;
+        const int i = dw.div(p), j = p - i * w;
         const int ip = i > 0 ? i - 1 : 0, ib = i < h - 1 ? i + 1 : h - 1;
         const int jp = j > 0 ? j - 1 : 0, jb = j < w - 1 ? j + 1 : w - 1;
         out[p] = sg_sobel_px(f, w, ip, i, ib, jp, j, jb);
@@ -566,8 +585,9 @@ __device__ void sg_erosion_rows(const unsigned char* m, unsigned char* out, int*
     }
     __syncthreads();
     const int n = h * w;
+    const SgDivW dw(w);
     for (int p = threadIdx.x; p < n; p += SG_THREADS) {
-        const int i = p / w, j = p - i * w;
+        const int i = dw.div(p), j = p - i * w;
         bool keep = run[p] != 0;
         for (int k = 0; keep && k < 2 * r + 1; ++k) {
             const int ii = i + k - r;

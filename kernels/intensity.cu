@@ -185,13 +185,14 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
         const void* px = dtype == 0 ? (const void*)((const unsigned char*)pixels + (i64)m * cap)
                                     : (const void*)((const unsigned short*)pixels + (i64)m * cap);
         SG_PROF_START();
+        const SgDivW dwp(w);  // (p / w without a division per pixel)
         // 1. sort the plane: keys value << 16 | index (ties in pixel order, as a stable sort)
 #ifdef SG_LEGACY_SORT
         const int n2 = sg_next_pow2(n);
         for (int p = threadIdx.x; p < n2; p += SG_THREADS) {
             unsigned int key = 0xFFFFFFFFu;
             if (p < n) {
-                const int i = p / w, j = p - i * w;
+                const int i = dwp.div(p), j = p - i * w;
                 key = ((unsigned int)sg_load_int(px, (i64)i * W + j, dtype) << 16) | (unsigned int)p;
             }
             keys[p] = key;
@@ -199,7 +200,7 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
 #else
         i64 vmin = 65535, vmax = 0;
         for (int p = threadIdx.x; p < n; p += SG_THREADS) {
-            const int i = p / w, j = p - i * w;
+            const int i = dwp.div(p), j = p - i * w;
             const int v = sg_load_int(px, (i64)i * W + j, dtype);
             keys[p] = ((unsigned int)v << 16) | (unsigned int)p;
             vmin = sg_min64(vmin, v);
@@ -213,7 +214,7 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
             const unsigned char* mk = mask + (i64)m * cap;
             const unsigned char* cb = combined + (i64)obj * cap;
             for (int p = threadIdx.x; p < n; p += SG_THREADS) {
-                const int i = p / w, j = p - i * w;
+                const int i = dwp.div(p), j = p - i * w;
                 views[p] = mk[i * W + j];
                 views[2 * cap + p] = cb[i * W + j];
             }

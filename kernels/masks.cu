@@ -59,8 +59,9 @@ __device__ void sg_foreground(const V* values, double t, unsigned char* m8, int 
 // Load the plane as doubles (x * scale) and run gaussian -> sobel -> gaussian; result in X.
 __device__ void sg_li_filters(const void* px, int dtype, int W, int h, int w, double scale,
                               const double* w1, int r1, const double* w2, int r2, double* X, double* Y) {
+    const SgDivW dwp(w);  // (p / w without a division per pixel)
     for (int p = threadIdx.x; p < h * w; p += SG_THREADS) {
-        const int i = p / w, j = p - i * w;
+        const int i = dwp.div(p), j = p - i * w;
         Y[p] = sg_load_px(px, (i64)i * W + j, dtype) * scale;
     }
     __syncthreads();
@@ -531,8 +532,9 @@ median_disk_planes(const void* pixels, const int dtype, const int H, const int W
         const int h = (int)extents[2 * m], w = (int)extents[2 * m + 1];
         const void* px = dtype == 0 ? (const void*)((const unsigned char*)pixels + (i64)m * cap)
                                     : (const void*)((const unsigned short*)pixels + (i64)m * cap);
+        const SgDivW dwp(w);  // (p / w without a division per pixel)
         for (int p = threadIdx.x; p < h * w; p += SG_THREADS) {
-            const int i = p / w, j = p - i * w;
+            const int i = dwp.div(p), j = p - i * w;
             A[p] = (unsigned short)sg_load_int(px, (i64)i * W + j, dtype);
         }
         __syncthreads();
@@ -560,8 +562,9 @@ label_planes(const unsigned char* __restrict__ planes, const int H, const int W,
     int* parent = arena.take<int>(cap);
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
         const int h = (int)extents[2 * m], w = (int)extents[2 * m + 1];
+        const SgDivW dwp(w);  // (p / w without a division per pixel)
         for (int p = threadIdx.x; p < h * w; p += SG_THREADS) {
-            const int i = p / w, j = p - i * w;
+            const int i = dwp.div(p), j = p - i * w;
             fg[p] = planes[(i64)m * cap + (i64)i * W + j] != 0;
         }
         __syncthreads();
@@ -607,8 +610,9 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
             unsigned short* B = A + cap;
             // 1. digitise into 512 bins when the maximum exceeds 512 (numba otsu_digitize_u16)
             i64 vmin = 65536, vmax = -1;
+            const SgDivW dwp(w);  // (p / w without a division per pixel)
             for (int p = threadIdx.x; p < n; p += SG_THREADS) {
-                const int i = p / w, j = p - i * w;
+                const int i = dwp.div(p), j = p - i * w;
                 const i64 v = sg_load_int(px, (i64)i * W + j, dtype);
                 vmin = sg_min64(vmin, v);
                 vmax = sg_max64(vmax, v);
@@ -617,8 +621,9 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
             vmax = sg_block_max_i64(vmax);
             i64 top = 0;
             if (vmax <= 512) {
+                const SgDivW dwp(w);  // (p / w without a division per pixel)
                 for (int p = threadIdx.x; p < n; p += SG_THREADS) {
-                    const int i = p / w, j = p - i * w;
+                    const int i = dwp.div(p), j = p - i * w;
                     A[p] = (unsigned short)sg_load_int(px, (i64)i * W + j, dtype);
                 }
                 top = sg_max64(vmax, 0);
@@ -630,8 +635,9 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
                 }
                 const double step = (hi - lo) / 512;
                 const double sc = 512 / (hi - lo);
+                const SgDivW dwp(w);  // (p / w without a division per pixel)
                 for (int p = threadIdx.x; p < n; p += SG_THREADS) {
-                    const int i = p / w, j = p - i * w;
+                    const int i = dwp.div(p), j = p - i * w;
                     const double v = (double)sg_load_int(px, (i64)i * W + j, dtype);
                     int g = (int)floor((v - lo) * sc) + 1;
                     g = g < 0 ? 0 : (g > 513 ? 513 : g);
@@ -703,8 +709,9 @@ __device__ __forceinline__ int sg_reflect(int i, int n) {  // d c b a | a b c d 
 // half[0..2r] (flat footprint, mode 'reflect')
 __device__ void sg_grey_disk(const unsigned short* x, unsigned short* out, int h, int w, const int* half, int r,
                              bool is_max) {
+    const SgDivW dwp(w);  // (p / w without a division per pixel)
     for (int p = threadIdx.x; p < h * w; p += SG_THREADS) {
-        const int i = p / w, j = p - i * w;
+        const int i = dwp.div(p), j = p - i * w;
         int best = is_max ? 0 : 65535;
         for (int k = 0; k <= 2 * r; ++k) {
             const int ii = sg_reflect(i + k - r, h);
@@ -750,8 +757,9 @@ mask_spot(const void* pixels, const int dtype, const int C, const int H, const i
                                     : (const void*)((const unsigned short*)pixels + (i64)m * cap);
         const bool ok = passed[m] != 0;
         if (ok) {
+            const SgDivW dwp(w);  // (p / w without a division per pixel)
             for (int p = threadIdx.x; p < n; p += SG_THREADS) {
-                const int i = p / w, j = p - i * w;
+                const int i = dwp.div(p), j = p - i * w;
                 X[p] = (unsigned short)sg_load_int(px, (i64)i * W + j, dtype);
             }
             __syncthreads();
@@ -841,8 +849,9 @@ mask_combine(const void* pixels, const int dtype, const int C, const int H, cons
                                         : (const void*)((const unsigned short*)pixels + ((i64)obj * C + c) * cap);
             const unsigned char* mc = mk + (i64)c * cap;
             i64 s = 0, k = 0, sc = 0, kc = 0;
+            const SgDivW dwp(w);  // (p / w without a division per pixel)
             for (int p = threadIdx.x; p < h * w; p += SG_THREADS) {
-                const int i = p / w, j = p - i * w;
+                const int i = dwp.div(p), j = p - i * w;
                 const i64 q = (i64)i * W + j;
                 const i64 v = sg_load_int(px, q, dtype);
                 if (!mc[q]) {

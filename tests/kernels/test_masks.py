@@ -109,3 +109,31 @@ def test_li_threshold_device_function_equals_cpu_bit_for_bit():
             if x[r, 0] != x[r, -1]:
                 assert want[r] == pytest.approx(threshold_li(x[r]), rel=1e-9)
         assert want[2] == 0.25
+
+
+def test_division_by_the_plane_width_is_exact():
+    """SgDivW (kernels/common.cuh: p / w by a multiply and a shift, used in the per-pixel loops)
+    against integer division: every p below 70,000 for small and awkward widths, random p up to
+    and past 2^24 (past it, and for widths above 2^16, the kernel divides)."""
+    from ..cuda_sim import sim
+
+    if sim.compiler() is None:
+        pytest.skip("g++ is not installed")
+    src = (gpu_kernels.kernels_dir() / "common.cuh").read_text()
+    src += ('extern "C" __global__ void div_test(const int* p, const int* w, const long long n, int* out) {\n'
+            '    for (long long k = threadIdx.x; k < n; k += blockDim.x) out[k] = SgDivW(w[k]).div(p[k]);\n}\n')
+    mod = sim.SimModule(src, ["div_test"])
+    rng = np.random.default_rng(3)
+    widths = [1, 2, 3, 5, 7, 63, 64, 65, 100, 127, 255, 256, 1000, 1023, 1280, 4095, 65535, 65536, 65537, 1 << 20]
+    ps, ws = [], []
+    for w in widths:
+        dense = np.arange(0, 70_000, 7 if w > 1000 else 1)
+        edge = np.array([2**24 - 1, 2**24 - 2, 2**24, 2**24 + 1, 2**31 - 1, w * 1000 - 1, w * 1000, w - 1, w])
+        p = np.concatenate([dense, rng.integers(0, 2**24, 2000), edge]).clip(0, 2**31 - 1)
+        ps.append(p)
+        ws.append(np.full(len(p), w))
+    p = np.concatenate(ps).astype(np.int32)
+    w = np.concatenate(ws).astype(np.int32)
+    out = np.zeros(len(p), np.int32)
+    mod.get_function("div_test")((1,), (gpu_kernels.THREADS,), (p, w, np.int64(len(p)), out))
+    np.testing.assert_array_equal(out, p // w)
