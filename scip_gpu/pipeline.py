@@ -495,11 +495,25 @@ def _run_batches_overlapped(batches, xp, plan: Plan, index, values: np.ndarray, 
     finish(pending)
 
 
+_COPY_STREAMS: dict = {}
+_COPY_STREAMS_LOCK = threading.Lock()
+
+
 def copy_streams(xp):
     """Two non-blocking CUDA streams for the copies of a batch loop: host to device, device to
     host (each direction has its copy engine; one stream for both would queue the next batch's
-    pixels behind the previous table, which waits for that batch's kernels)."""
-    return xp.cuda.Stream(non_blocking=True), xp.cuda.Stream(non_blocking=True)
+    pixels behind the previous table, which waits for that batch's kernels).
+
+    One pair per process and device, made once: CuPy's memory pool keeps the blocks freed on a
+    stream for that stream, so new streams for every partition would leave the previous
+    partitions' pixel buffers unused in the pool. One partition at a time holds the device
+    (``device_lock``), so the pair is never used by two batch loops at once."""
+    key = (id(xp), xp.cuda.Device().id)
+    with _COPY_STREAMS_LOCK:
+        pair = _COPY_STREAMS.get(key)
+        if pair is None:
+            pair = _COPY_STREAMS[key] = (xp.cuda.Stream(non_blocking=True), xp.cuda.Stream(non_blocking=True))
+    return pair
 
 
 def copy_back(table, host: np.ndarray, stream):

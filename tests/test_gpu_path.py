@@ -367,8 +367,10 @@ def test_copies_on_their_own_streams_are_ordered_by_events(cupy, monkeypatch):
     from scip_gpu.batch import _host_buffer
 
     host = _host_buffer((batch.n, plan.n_features), np.float64, cupy, zero=False)  # pinned
+    n_d2h = len(d2h.waited)
     done = copy_back(table, host, d2h)
-    assert len(d2h.waited) == 1 and d2h.waited[0] is not done
+    assert len(d2h.waited) == n_d2h + 1 and d2h.waited[-1] is not done
+    assert copy_streams(cupy) == (h2d, d2h)  # one pair per process and device
     assert dict(fake_cupy.SYNCS) == {}
     np.testing.assert_array_equal(np.isnan(host), np.isnan(want))
     ok = ~np.isnan(want)
