@@ -189,17 +189,18 @@ __device__ void sg_bitonic_sort(K* keys, int n) {
 // Exclusive prefix sum over the block of one int per thread (thread order); *total gets the
 // sum (every thread must call it). Two levels of 16: threads 0..15 scan 16 values each, thread 0
 // scans their 16 sums: 3 barriers and ~32 dependent steps, instead of a 256-step serial scan.
-__device__ int sg_block_exclusive_sum(int v, int* total) {
+// The same over caller-provided shared arrays (val: SG_THREADS values, grp: 17), for any
+// integer type: returns thread t's exclusive prefix, *total the sum.
+template <class T>
+__device__ T sg_block_exclusive_sum_in(T v, T* val, T* grp, T* total) {
     static_assert(SG_THREADS == 256, "two levels of 16");
-    __shared__ int val[SG_THREADS];
-    __shared__ int grp[17];
     const int t = threadIdx.x;
     val[t] = v;
     __syncthreads();
     if (t < 16) {
-        int acc = 0;
+        T acc = 0;
         for (int k = 0; k < 16; ++k) {
-            const int x = val[16 * t + k];
+            const T x = val[16 * t + k];
             val[16 * t + k] = acc;
             acc += x;
         }
@@ -211,10 +212,16 @@ __device__ int sg_block_exclusive_sum(int v, int* total) {
         for (int k = 1; k <= 16; ++k) grp[k] += grp[k - 1];
     }
     __syncthreads();
-    const int r = val[t] + grp[t >> 4];
+    const T r = val[t] + grp[t >> 4];
     *total = grp[16];
     __syncthreads();
     return r;
+}
+
+__device__ int sg_block_exclusive_sum(int v, int* total) {
+    __shared__ int val[SG_THREADS];
+    __shared__ int grp[17];
+    return sg_block_exclusive_sum_in(v, val, grp, total);
 }
 
 #define SG_RADIX_BITS 4

@@ -239,7 +239,7 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
         SG_PROF_MARK(2, 1);
         // 3. compact each view's members in sorted order: one scan of 4 packed 16-bit counters
         {
-            __shared__ u64 part[SG_THREADS + 1];
+            __shared__ u64 part[SG_THREADS];
             const int t = threadIdx.x;
             const int cs = (n + SG_THREADS - 1) / SG_THREADS;
             const int a = sg_min(t * cs, n), b = sg_min(a + cs, n);
@@ -258,25 +258,8 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
             // exclusive scan of the threads' packed counts in two levels of 16 (threads 0..15
             // scan 16 each, thread 0 the 16 group sums): ~32 dependent steps, not 256
             __shared__ u64 grp[17];
-            part[t] = s;
-            __syncthreads();
-            if (t < 16) {
-                u64 acc = 0;
-                for (int k = 0; k < 16; ++k) {
-                    const u64 x = part[16 * t + k];
-                    part[16 * t + k] = acc;
-                    acc += x;
-                }
-                grp[t + 1] = acc;
-            }
-            __syncthreads();
-            if (t == 0) {
-                grp[0] = 0;
-                for (int k = 1; k <= 16; ++k) grp[k] += grp[k - 1];
-                part[SG_THREADS] = grp[16];
-            }
-            __syncthreads();
-            s = part[t] + grp[t >> 4];
+            u64 all = 0;
+            s = sg_block_exclusive_sum_in(s, part, grp, &all);
             for (int k = a; k < b; ++k) {
                 const unsigned int key = sorted[k];
                 const int idx = (int)(key & 0xFFFFu);
@@ -287,7 +270,7 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
                     s += (u64)1 << (16 * v);
                 }
             }
-            if (t < nv) count[t] = (int)((part[SG_THREADS] >> (16 * t)) & 0xFFFFu);
+            if (t < nv) count[t] = (int)((all >> (16 * t)) & 0xFFFFu);
             for (int v = 0; v < nv; ++v) {
                 const i64 sum = sg_block_sum_i64(tot[v]);
                 if (t == 0) total[v] = (double)sum;
