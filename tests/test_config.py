@@ -167,6 +167,21 @@ def test_fields_profile_the_compartments_by_default(dataset):
     assert [m.method.value for m in cfg.masks.methods] == ["li", "otsu"]
 
 
+@pytest.mark.parametrize("dataset", [o for o in GROUPS["dataset"]])
+@pytest.mark.parametrize("preset", GROUPS["features"])
+def test_every_dataset_keeps_the_chosen_feature_preset(dataset, preset):
+    """A dataset's configuration (a global package merged after the feature group) leaves the
+    preset's families alone: ``+dataset=bbbc021 features=cellprofiler`` once profiled SCIP's
+    families under the name of the cellprofiler preset."""
+    from omegaconf import OmegaConf
+
+    want = OmegaConf.load(conf_dir() / "features" / f"{preset}.yaml")
+    extra = [] if dataset == "demo" else ["dataset.path=x"]
+    cfg = _compose([f"+dataset={dataset}", *extra, f"features={preset}"])
+    assert cfg.features.preset == want.preset
+    assert list(cfg.features.families) == list(want.families), (dataset, preset)
+
+
 def test_python_config_has_the_command_line_defaults():
     """A Config built in Python profiles what `python -m scip_gpu` profiles (masks li + otsu,
     every family, the raw set, ...): every default of the dataclasses equals the composed one."""
