@@ -152,7 +152,7 @@ def check_fields(tmp: Path) -> dict:
         out = tmp / f"fields-{device}"
         cmd = [sys.executable, "-m", "scip_gpu", "+dataset=bbbc021", f"dataset.path={root}",
                "illumination.median_filter_size=5", "cluster=sync", f"device={device}", f"output={out}",
-               "progress=false", "export.formats=[parquet]"]
+               "progress=false", "export.formats=[parquet]", PRESETS[PRESET][0]]  # (the compartments as masks)
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=REPO)
         if r.returncode != 0:
             return {"error": f"{device}: exit {r.returncode}: {r.stderr[-2000:]}"}
@@ -452,7 +452,9 @@ def main(argv=None) -> int:
         fields["seconds"] = time.perf_counter() - t
         print(json.dumps(fields))
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "gpu-fields-equality.json").write_text(json.dumps(fields, indent=2))
+        fields["preset"] = PRESET
+        name = "gpu-fields-equality.json" if PRESET == "scip" else f"gpu-fields-equality-{PRESET}.json"
+        (args.out / name).write_text(json.dumps(fields, indent=2))
         ok = "error" not in fields and fields["outside_criterion"] == 0 and fields["nan_mismatch"] == 0
         return 0 if ok else 1
 

@@ -16,6 +16,8 @@
 #   pytest: pytest -m gpu (every CUDA kernel and stage against the CPU path on the device, the
 #           fields' crops gathered on the device, kvikio reads into device memory);
 #   fields: the fields-of-view command line with device=cuda vs device=cpu;
+#   fields_cp: the same with the cellprofiler preset (issue 15's families per compartment;
+#           gpu-fields-equality-cellprofiler.json);
 #   fields_speed: the fields-of-view command line timed on 16 full-size (1024x1280) fields of
 #           ~100 cells (bbbc021 settings), device=cuda (cluster=sync) against device=cpu
 #           (cluster=local, one worker per core), each after an untimed one-field run, with the
@@ -59,15 +61,15 @@
 #           only on the same warm machine (benchmarks/.work is not in $OUT).
 #   issue10 = first bench legacy (40 + 180 + 130 s): the batch path's objects/s, memory, first
 #           batch and equality, and the A/B of the rewritten kernels.
-#   issue15 = pytest cellprofiler (120 + 200 s): every CUDA kernel (the CellProfiler ones
-#           included) against the CPU path on the device, and the cellprofiler preset's equality
-#           and objects/s.
+#   issue15 = pytest cellprofiler fields_cp (120 + 200 + 100 s): every CUDA kernel (the
+#           CellProfiler ones included) against the CPU path on the device, the cellprofiler
+#           preset's equality and objects/s, and its families on segmented fields of view.
 #   Default: first bench legacy pytest, in this order (timeouts 40 + 180 + 130 + 120 s).
 #   A session's 15 device-minutes (start-up ~0.5-2 min, 10 min per call at most). Measured on
 #   an H100 (run 7): wheels ~5 s, first 7 s, bench 47 s, pytest 75 s, cellprofiler 14 s,
 #   profile 24 s: 169 s on the machine, 201 s held. In order of value: run 65536 first bench
-#   pytest cellprofiler profile legacy fields (issues 10 and 15 with the median's A/B, timeout_s
-#   480), then the issue11 set (~5-7.5 min) in the same session if the minutes allow, else in
+#   pytest cellprofiler profile legacy fields fields_cp (issues 10 and 15 with the median's A/B,
+#   timeout_s 540), then the issue11 set (~5-7.5 min) in the same session if the minutes allow, else in
 #   the next.
 #   Also: cellprofiler fields fields_speed nvrtc profile profile_legacy scaling kvikio, issue11 and its steps
 #   (name them: bash gpu_session.sh run 65536 issue11, or run 65536 profile ...).
@@ -91,7 +93,7 @@ case "${1:-}" in
     STEPS=${STEPS:-first bench legacy pytest}
     STEPS=${STEPS//issue11/dense11 cpu_peer ragged11 batch summary}
     STEPS=${STEPS//issue10/first bench legacy}
-    STEPS=${STEPS//issue15/pytest cellprofiler}
+    STEPS=${STEPS//issue15/pytest cellprofiler fields_cp}
     BUDGET=${BUDGET:-470}
     DENSE_N=${DENSE_N:-10000 100000}
     CPU_N=${CPU_N:-8192}
@@ -130,6 +132,7 @@ case "${1:-}" in
         cellprofiler) step 200 python3 benchmarks/bench_gpu.py --preset cellprofiler -n 4096 --unique 512 \
                         --batch-size 1024 --equality-objects 32 --ragged 40 --cpu-objects 128 --out "$OUTDIR" ;;
         fields) step 100 python3 benchmarks/bench_gpu.py --fields-only --out "$OUTDIR" ;;
+        fields_cp) step 100 python3 benchmarks/bench_gpu.py --preset cellprofiler --fields-only --out "$OUTDIR" ;;
         fields_speed) step 200 python3 benchmarks/bench_gpu.py --fields-speed 16 --out "$OUTDIR" ;;
         nvrtc) step 60 env CUPY_CACHE_DIR="$(mktemp -d)" SCIP_GPU_PREBUILT=0 python3 benchmarks/bench_gpu.py \
                  --first-batch ;;
