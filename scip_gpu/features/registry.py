@@ -110,7 +110,38 @@ def nan_reason(c: Column) -> str:
             reason += "; or the values in the view are constant"
     if c.family == "texture" and c.feature.startswith("sobel"):
         reason += "; or no pixel of the view has all 8 neighbours inside it (mask thinner than 3 pixels)"
+    extra = _cp_nan_reason(c)
+    if extra:
+        reason += "; or " + extra
     return reason
+
+
+def _cp_nan_reason(c: Column) -> str:
+    """The cases beyond an empty mask where a CellProfiler column is NaN (each family module's
+    docstring has the details)."""
+    f = c.feature or ""
+    if c.family == "cp_sizeshape":
+        if f.startswith("NormalizedMoment_") and sum(int(v) for v in f.split("_")[1:3]) < 2:
+            return "always: normalised moments of order below 2 are undefined (as in CellProfiler)"
+        if f == "FormFactor":
+            return "the perimeter is 0 (an object of one or two pixels)"
+        return ""
+    if c.family in ("cp_zernike", "cp_radial_zernike"):
+        return "the object is one pixel (its enclosing circle has radius 0)"
+    if c.family == "cp_texture":
+        return ("no pair of object pixels at this scale and direction with both gray levels above 0 (an "
+                "object thinner than the scale, or a dim channel: CellProfiler's image over the type's "
+                "maximum quantises to 0 at 256 levels)")
+    if c.family == "cp_granularity":
+        return "the object's image has fewer than 2 rows or columns once resampled (subsample_size)"
+    if c.family == "cp_colocalization":
+        if f.startswith("Correlation") or f.startswith("Slope"):
+            return "a channel is constant in the object (Slope: channel A)"
+        if f.startswith("Costes"):
+            return ("Costes' thresholds are undefined (fewer than 3 non-zero pixels, a constant channel, no "
+                    "threshold with a non-negative background correlation, or values outside [0, 1])")
+        return ""
+    return ""
 
 
 #: why columns of a family can be NaN in ok rows ({flag}: the mask's flag columns)
@@ -126,6 +157,17 @@ FAMILY_NAN_REASONS = {
                 "Sobel statistics: no pixel of the view with all 8 neighbours inside it (mask thinner than "
                 "3 pixels)"),
     "raw": "skewness, kurtosis: a constant channel",
+    "cp_sizeshape": ("the channel's mask ({flag}_{{channel}}) or the combined mask ({flag}_combined) is empty; "
+                     "NormalizedMoment of order below 2: always; FormFactor: perimeter 0"),
+    "cp_zernike": "an empty mask, or a one-pixel object (enclosing circle of radius 0)",
+    "cp_intensity": "the channel's mask ({flag}_{{channel}}) or the combined mask ({flag}_combined) is empty",
+    "cp_texture": ("an empty mask, or no pair of object pixels at the scale and direction with both gray "
+                   "levels above 0 (thin objects; dim channels quantise to 0 at 256 levels)"),
+    "cp_granularity": "an empty mask, or fewer than 2 rows or columns once resampled",
+    "cp_radial": "an empty mask",
+    "cp_radial_zernike": "an empty mask, or a one-pixel object",
+    "cp_colocalization": ("an empty combined mask; Correlation/Slope: a constant channel; Costes: undefined "
+                          "thresholds (few or constant pixels, values outside [0, 1])"),
     "cp_neighbors": ("the object has no pixel in the compartment's label image (a cell without nucleus), or "
                      "its field's neighbours could not be measured (errors.csv); closest objects, distances: "
                      "fewer than 2 objects in the field (second closest and angle: fewer than 3)"),

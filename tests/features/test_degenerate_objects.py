@@ -165,3 +165,29 @@ def test_radial_distribution_of_an_object_filling_its_image(kernel_path):
         cp = get_core_measurements()["radial_distribution"](corner[0].astype(np.int32), img[0] / 65535)
     want = [[cp[f"RadialDistribution_{m}_{b + 1}of{BINS}"][0] for b in range(BINS)] for m in MEASURES]
     np.testing.assert_allclose(got[1], want, rtol=1e-9, atol=1e-12)
+
+
+def test_dim_channel_texture_is_nan_and_its_description_says_why(kernel_path):
+    """CellProfiler's texture of a dim 16-bit channel: its pixels over 65535 quantise to gray
+    level 0 at 256 levels, no pair is left, every Haralick value is NaN (as cp_measure's); a
+    bright copy of the same object has values. The column descriptions name that cause, and
+    the normalised moments of order below 2 as always NaN."""
+    from scip_gpu.features.cp_sizeshape import sizeshape_columns
+    from scip_gpu.features.cp_texture import texture_columns
+    from scip_gpu.features.registry import FAMILIES, nan_reason
+    from scip_gpu.profile import FeatureContext
+
+    rng = np.random.default_rng(5)
+    dim = rng.integers(40, 120, (1, 16, 16)).astype(np.uint16)  # rint(255 x / 65535) = 0
+    bright = (dim * 300).astype(np.uint16)
+    square = np.zeros((1, 16, 16), bool)
+    square[0, 3:13, 3:13] = True
+    batch, mr = _given([dim, bright], [square, square])
+    got = np.asarray(FAMILIES["cp_texture"].compute(batch, mr, FeatureContext()))
+    assert np.isnan(got[0]).all() and not np.isnan(got[1]).any()
+    tex = texture_columns("m", ["A"])[0]
+    assert "quantises to 0" in nan_reason(tex) and "empty" in nan_reason(tex)
+    by_feature = {c.feature: c for c in sizeshape_columns("m", ["A"]) if c.channel == "A"}
+    assert "always" in nan_reason(by_feature["NormalizedMoment_0_1"])
+    assert "always" not in nan_reason(by_feature["NormalizedMoment_2_0"])
+    assert "perimeter is 0" in nan_reason(by_feature["FormFactor"])
