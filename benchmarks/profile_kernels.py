@@ -34,6 +34,9 @@ PHASES = {
     4: ("sg_fill_and_clean (per call)", ["label holes", "count holes", "apply holes", "label objects",
                                          "count objects", "apply objects"]),
     5: ("sg_border_rule (per call)", ["label", "count edges", "keep+count"]),
+    6: ("shape_props", ["load", "label", "number+patterns", "holes", "bbox+candidates", "records",
+                        "moments|hulls|crofton|perimeter", "convex+feret chains|central rows",
+                        "central moments|feret pairs", "properties+sums", "write"]),
 }
 
 

@@ -830,6 +830,7 @@ shape_props(const unsigned char* __restrict__ mask, const unsigned char* __restr
             continue;
         }
         __syncthreads();  // the previous plane is done with the context
+        SG_PROF_START();
         if (t == 0) {
             X.h = h;
             X.w = w;
@@ -843,17 +844,21 @@ shape_props(const unsigned char* __restrict__ mask, const unsigned char* __restr
         // 1. the padded plane; 8-connected labels (roots: first pixels in raster order)
         shp_load(X, kp == 0 ? combined + (i64)obj * H * W : mask + ((i64)obj * C + (kp - 1)) * H * W, W);
         __syncthreads();
+        SG_PROF_MARK(6, 0);
         sg_label(X.fg, 1, X.hp, X.wp, true, X.lab);
+        SG_PROF_MARK(6, 1);
         // 2. component numbers, pattern bitmasks
         shp_number(X);
         __syncthreads();
         if (t == 0) X.holed = X.E < X.K;  // every Euler number is <= 1: the plane's is K without holes
         __syncthreads();
+        SG_PROF_MARK(6, 2);
         // 3. holes
         if (X.holed) {
             shp_holes(X);
             __syncthreads();
         }
+        SG_PROF_MARK(6, 3);
         // 4. components in chunks
         double acc = 0.0;  // thread j < 59: sum of property j over the components so far
         for (int c0 = 0; c0 < X.K; c0 += X.nC) {
@@ -880,8 +885,10 @@ shape_props(const unsigned char* __restrict__ mask, const unsigned char* __restr
                 X.R = R;
             }
             __syncthreads();
+            SG_PROF_MARK(6, 4);
             shp_records(X, false, t, SG_THREADS);  // 4d.
             __syncthreads();
+            SG_PROF_MARK(6, 5);
             // 4e. one warp per task: raw moments | left hull | right hull | Euler and Crofton
             //     | perimeter
             if (lane < X.nC) {
@@ -891,6 +898,7 @@ shape_props(const unsigned char* __restrict__ mask, const unsigned char* __restr
                 else if (task == 4) shp_perimeter(X, lane);
             }
             __syncthreads();
+            SG_PROF_MARK(6, 6);
             // 4f. convex area and Feret chains (warps 0, 1) | central row sums (the others)
             if (task < 2) {
                 if (lane < X.nC) shp_chain(X, lane, task == 1, true);
@@ -898,6 +906,7 @@ shape_props(const unsigned char* __restrict__ mask, const unsigned char* __restr
                 shp_records(X, true, t - 64, SG_THREADS - 64);
             }
             __syncthreads();
+            SG_PROF_MARK(6, 7);
             // 4g. central moments (warp 0) | Feret diameters (the others)
             if (task == 0) {
                 if (lane < X.nC) shp_moments(X, lane, true);
@@ -905,6 +914,7 @@ shape_props(const unsigned char* __restrict__ mask, const unsigned char* __restr
                 shp_feret_pairs(X, t - 32, SG_THREADS - 32);
             }
             __syncthreads();
+            SG_PROF_MARK(6, 8);
             // 4h. the properties of each component, then their sums in component order
             if (t < X.nC) {
                 double* sl = X.slot + t * SHP_SLOT;
@@ -921,10 +931,13 @@ shape_props(const unsigned char* __restrict__ mask, const unsigned char* __restr
                 for (int c = 0; c < nC; ++c) acc += slot[c * SHP_SLOT + t];
             }
             __syncthreads();
+            SG_PROF_MARK(6, 9);
         }
         if (t < SHP_NPROPS) {
             const int K = X.K;
             out[(i64)obj * ld + (i64)kp * SHP_NPROPS + t] = K > 0 ? acc / (double)K : sg_nan();
         }
+        SG_PROF_MARK(6, 10);
+        SG_PROF_COUNT(6);
     }
 }
