@@ -8,11 +8,10 @@
 #   first:  one batch in a fresh process with an empty kernel cache (prebuilt sm_90 binary);
 #   bench:  bench_gpu.py: equality with the CPU path, objects/s (N objects, default 65536), time
 #           per stage against the floor, peak memory, the CPU path on the same host;
-#   legacy: the same benchmark (smaller equality and CPU samples) with a previous form compiled
-#           in (SCIP_GPU_DEFINES="$LEGACY", NVRTC; LEGACY defaults to "SG_LEGACY_FINE", the median
-#           counting its fine bins from the window at every pixel as in run 7; run 6's forms:
-#           "SG_LEGACY_MEDIAN SG_LEGACY_SORT SG_LEGACY_LABEL"), results in legacy/: the A/B of
-#           the default kernels against the ones they replaced;
+#   legacy: the same benchmark (smaller equality and CPU samples) with previous forms compiled
+#           in (SCIP_GPU_DEFINES="$LEGACY", NVRTC; LEGACY defaults to run 6's median, sort and
+#           labelling, "SG_LEGACY_MEDIAN SG_LEGACY_SORT SG_LEGACY_LABEL"; name one to time it
+#           alone), results in legacy/: the A/B of the default kernels against the ones they replaced;
 #   pytest: pytest -m gpu (every CUDA kernel and stage against the CPU path on the device, the
 #           fields' crops gathered on the device, kvikio reads into device memory);
 #   fields: the fields-of-view command line with device=cuda vs device=cpu;
@@ -67,11 +66,10 @@
 #           preset's equality and objects/s, and its families on segmented fields of view.
 #   Default: first bench legacy pytest, in this order (timeouts 40 + 180 + 130 + 120 s).
 #   A session's 15 device-minutes (start-up ~0.5-2 min, 10 min per call at most). Measured on
-#   an H100 (run 7): wheels ~5 s, first 7 s, bench 47 s, pytest 75 s, cellprofiler 14 s,
-#   profile 24 s: 169 s on the machine, 201 s held. In order of value: run 65536 first bench
-#   pytest cellprofiler profile legacy fields fields_cp (issues 10 and 15 with the median's A/B,
-#   timeout_s 540), then the issue11 set (~5-7.5 min) in the same session if the minutes allow, else in
-#   the next.
+#   an H100 (run 8): wheels ~5 s, first 10 s, bench 58 s, pytest 95 s, cellprofiler 18 s,
+#   profile 37 s, legacy 43 s, fields_cp 93 s (warm machine): 357 s on the machine. In order of
+#   value now: run 65536 fields first bench (issue 10's fields-of-view check, timeout_s 400),
+#   then the issue11 set (~5-7.5 min).
 #   Also: cellprofiler fields fields_speed nvrtc profile profile_legacy scaling kvikio, issue11 and its steps
 #   (name them: bash gpu_session.sh run 65536 issue11, or run 65536 profile ...).
 #   WHEELS=0 skips the wheels' install (a dry run on a machine whose python3 has the packages);
@@ -100,7 +98,7 @@ case "${1:-}" in
     CPU_N=${CPU_N:-8192}
     RAGGED_N=${RAGGED_N:-50000}
     GPU_ARGS=${GPU_ARGS:---device cuda --cluster local_cuda}  # dense11, ragged11 (a CPU dry run: --device cpu --cluster sync)
-    LEGACY=${LEGACY:-SG_LEGACY_FINE}
+    LEGACY=${LEGACY:-SG_LEGACY_MEDIAN SG_LEGACY_SORT SG_LEGACY_LABEL}
     OUTDIR=${OUT:-benchmarks/results/session}
     mkdir -p "$OUTDIR"
     exec > >(tee -a "$OUTDIR/session.log") 2>&1

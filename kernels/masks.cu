@@ -212,17 +212,17 @@ mask_li(const void* pixels, const int dtype, const int C, const int H, const int
 //   one per thread); each slides a COARSE histogram down its strip (33 bins of 16 values,
 //   8-bit counters, four per 32-bit word: 9 words = 36 B per thread, 9 KiB per block, laid out
 //   word-major / thread-minor so that every access of a warp hits 32 different banks), walks
-//   the coarse median (the bin holding rank pop // 2, usually 0-2 steps), then takes the exact
-//   median from the window's counts inside that bin: 16 8-bit counters held in two registers,
-//   updated by the slide (the 22 pixels it loads anyway) while the median stays in one coarse
-//   bin, and counted again from the 81-pixel window only when it moves to another (on the
-//   benchmark's first median, 20 % of the row steps, plus each strip's first row). Per output
-//   pixel (interior, r = 5): 22 pixel loads + 22 word read-modify-writes for the slide, ~2
-//   word loads for the walk, ~21 pixel loads on average for the fine counts (81 when counted
-//   again), <= 16 register steps; per strip 9 stores + 81 x 3 accesses to start. Warps read
-//   consecutive columns of the plane, so the pixel loads are conflict-free. Measured on an
-//   H100 (run 7, fine counts from the window at every pixel): 433 k and 383 k cycles per
-//   64x64 plane for the two medians against 488 k and 506 k for the legacy form.
+//   the coarse median (the bin holding rank pop // 2, usually 0-2 steps), then re-reads the
+//   81-pixel window once and counts the values inside that bin in 16 8-bit counters held in
+//   two registers, which give the exact median. Per output pixel (interior, r = 5): 22 pixel
+//   loads + 22 word read-modify-writes for the slide, ~2 word loads for the walk, 81
+//   independent pixel loads for the fine count, <= 16 register steps; per strip 9 stores +
+//   81 x 3 accesses to start. Warps read consecutive columns of the plane, so the pixel loads
+//   are conflict-free. Measured on an H100: 433 k and 383 k cycles per 64x64 plane for the two
+//   medians (run 7) against 488 k and 506 k for the legacy form. Keeping the fine counts up to
+//   date through the slide instead (recounting only when the median changes coarse bin, ~60 of
+//   the ~130 loads per pixel gone) was timed in run 8 and gave nothing (22,954 against 23,124
+//   objects/s for the recount, same machine): it was dropped.
 //   Counter widths: a window holds at most (2r + 1)^2 pixels, 121 for r <= 5 and < 256 for
 //   r <= 7, so 8-bit counters cannot overflow (the kernel calls r = 5).
 //
@@ -312,21 +312,6 @@ __device__ __forceinline__ void sg_med_add(unsigned int* hw, int lanes, int b, i
     hw[(b >> 2) * lanes] += d > 0 ? one : 0u - one;
 }
 
-// fine counter f (0..15) of a coarse bin, 8 bits each in two words, += d (d = +1 or -1; a window
-// holds at most 121 pixels, so no carry or borrow leaves a counter)
-__device__ __forceinline__ void sg_med_fine(u64& lo8, u64& hi8, int f, int d) {
-    const u64 one = 1ull << (8 * (f & 7));
-    if (f < 8) lo8 = d > 0 ? lo8 + one : lo8 - one;
-    else hi8 = d > 0 ? hi8 + one : hi8 - one;
-}
-
-// -DSG_LEGACY_FINE: count the fine bins from the window at every pixel (the form timed in run 7)
-#ifdef SG_LEGACY_FINE
-#define SG_MED_RECOUNT 1
-#else
-#define SG_MED_RECOUNT 0
-#endif
-
 __device__ void sg_median_disk(const unsigned short* x, unsigned short* out, int h, int w, int r,
                                unsigned char* hist, i64 hist_bytes) {
     __shared__ int half[32];
@@ -365,8 +350,6 @@ __device__ void sg_median_disk(const unsigned short* x, unsigned short* out, int
                 pop += rb - ra + 1;
             }
             int cmed = cstart;
-            int fbin = -1;  // the coarse bin whose fine counts lo8, hi8 hold (none yet)
-            u64 lo8 = 0, hi8 = 0;
             for (int i = i0; i < i1; ++i) {
                 if (i > i0) {  // slide down one row: each column's top pixel leaves, a new bottom one enters
                     for (int dx = -r; dx <= r; ++dx) {
@@ -375,16 +358,14 @@ __device__ void sg_median_disk(const unsigned short* x, unsigned short* out, int
                         const int a = half[dx + r];
                         const int ro = i - 1 - a, ri = i + a;
                         if (ro >= 0) {
-                            const int v = x[ro * w + jj], cb = v >> 4;
+                            const int cb = x[ro * w + jj] >> 4;
                             sg_med_add(hw, lanes, cb, -1);
-                            if (cb == fbin) sg_med_fine(lo8, hi8, v & 15, -1);
                             below -= cb < cmed;
                             --pop;
                         }
                         if (ri < h) {
-                            const int v = x[ri * w + jj], cb = v >> 4;
+                            const int cb = x[ri * w + jj] >> 4;
                             sg_med_add(hw, lanes, cb, 1);
-                            if (cb == fbin) sg_med_fine(lo8, hi8, v & 15, 1);
                             below += cb < cmed;
                             ++pop;
                         }
@@ -400,23 +381,20 @@ __device__ void sg_median_disk(const unsigned short* x, unsigned short* out, int
                     below += c;
                     ++cmed;
                 }
-                // the exact value from the window's counts inside bin cmed (16 8-bit counters in
-                // two registers), kept up to date by the slide while the median stays in one coarse
-                // bin, counted again from the window when it moves to another
-                if (SG_MED_RECOUNT || cmed != fbin) {
-                    lo8 = 0;
-                    hi8 = 0;
-                    for (int dx = -r; dx <= r; ++dx) {
-                        const int jj = j + dx;
-                        if (jj < 0 || jj >= w) continue;
-                        const int a = half[dx + r];
-                        const int ra = sg_max(0, i - a), rb = sg_min(h - 1, i + a);
-                        for (int rr = ra; rr <= rb; ++rr) {
-                            const int v = x[rr * w + jj];
-                            if ((v >> 4) == cmed) sg_med_fine(lo8, hi8, v & 15, 1);
+                // the exact value: count the window's values inside bin cmed (16 8-bit counters)
+                u64 lo8 = 0, hi8 = 0;
+                for (int dx = -r; dx <= r; ++dx) {
+                    const int jj = j + dx;
+                    if (jj < 0 || jj >= w) continue;
+                    const int a = half[dx + r];
+                    const int ra = sg_max(0, i - a), rb = sg_min(h - 1, i + a);
+                    for (int rr = ra; rr <= rb; ++rr) {
+                        const int v = x[rr * w + jj];
+                        if ((v >> 4) == cmed) {
+                            const int f = v & 15;
+                            if (f < 8) lo8 += 1ull << (8 * f); else hi8 += 1ull << (8 * (f - 8));
                         }
                     }
-                    fbin = cmed;
                 }
                 int rem = k - below, f = 0;
                 for (;; ++f) {

@@ -123,8 +123,7 @@ def build_prebuilt(archs=PREBUILT_ARCHS, nvcc: str | None = None) -> list[Path]:
 
 #: compile-time variants kept for A/B timing on a GPU (SCIP_GPU_DEFINES="SG_LEGACY_MEDIAN
 #: SG_LEGACY_SORT SG_LEGACY_LABEL" compiles the previous implementations; the host sizes
-#: workspaces to match). SG_LEGACY_FINE alone: the two-level median counting its fine bins
-#: from the window at every pixel (run 7's form; no effect beside SG_LEGACY_MEDIAN)
+#: workspaces to match)
 LEGACY_DEFINES = ("SG_LEGACY_MEDIAN", "SG_LEGACY_SORT", "SG_LEGACY_LABEL")
 
 

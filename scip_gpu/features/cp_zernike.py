@@ -283,12 +283,12 @@ def _chrystal(vi, vj, nv):
     while active.shape[0]:  # host sync per round: the objects still running
         a0, a1 = s0[active], s1[active]
         pi_, pj = vi[active], vj[active]
-        s0i, s0j = pi_[xp.arange(active.shape[0]), a0][:, None], pj[xp.arange(active.shape[0]), a0][:, None]
-        s1i, s1j = pi_[xp.arange(active.shape[0]), a1][:, None], pj[xp.arange(active.shape[0]), a1][:, None]
+        k = xp.arange(active.shape[0])
+        s0i, s0j = pi_[k, a0][:, None], pj[k, a0][:, None]
+        s1i, s1j = pi_[k, a1][:, None], pj[k, a1][:, None]
         cand = (slots < nv[active][:, None]) & (slots != a0[:, None]) & (slots != a1[:, None])
         # exact integer predicates: the angle at V is atan2(cr, dt) of a = S0 - V, b = S1 - V
         ii, jj = pi_.astype(xp.int64), pj.astype(xp.int64)
-        k = xp.arange(active.shape[0])
         i0, j0 = ii[k, a0][:, None], jj[k, a0][:, None]
         i1, j1 = ii[k, a1][:, None], jj[k, a1][:, None]
         ai, aj, bi, bj = i0 - ii, j0 - jj, i1 - ii, j1 - jj
