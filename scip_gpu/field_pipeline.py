@@ -32,6 +32,7 @@ from .masks import MaskResult
 from .pipeline import (PartitionResult, StageTimer, check_image_type, check_image_values, check_values,
                        free_device_memory, worker_name)
 from .profile import Plan, auto_batch_size, profile_batch, segmentation_mask_name
+from .report import nan_counts
 
 log = logging.getLogger("scip_gpu")
 
@@ -428,9 +429,11 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
     table = pd.concat([table, pd.DataFrame(values, columns=[c.name for c in plan.columns])], axis=1)
     n_ok = int((status == "ok").sum())
 
+    nan_stats = nan_counts(values, plan.columns, status == "ok")
+
     def result(notes: list) -> PartitionResult:
         return PartitionResult(part, n_obj, n_ok, errors, time.perf_counter() - t0, timer.seconds, notes,
-                               worker_name(), started, busy[0])
+                               worker_name(), started, busy[0], nan_stats)
 
     if folder is None:  # fields of a partition the driver recovers (_recover_fields): it writes the part
         return result([]), table

@@ -30,6 +30,7 @@ from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, Sc
                      describe_exception, disk_full, raise_if_transient, transient_io)
 from .io import make_source
 from .profile import GPU_BATCH_MAX, Plan, StageTimer, auto_batch_size, build_plan, profile_batch
+from .report import nan_counts
 
 log = logging.getLogger("scip_gpu")
 
@@ -48,6 +49,9 @@ class PartitionResult:
     worker: str = ""
     started: float = 0.0
     device_seconds: float = 0.0
+    #: the report's NaN statistics of the partition's rows (``report.nan_counts``), computed from
+    #: the table in memory (None: not known, the report reads the part)
+    nan_stats: dict | None = None
 
 
 def free_device_memory(xp) -> None:
@@ -440,10 +444,14 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
         values[pos] = np.nan
         fail(pos, ObjectError(f"{source.describe(rows.iloc[pos])}: {cause}", "features"), "features")
 
+    ok = np.ones(len(rows), dtype=bool)
+    ok[list(errors)] = False
+    nan_stats = nan_counts(values, plan.columns, ok)
+
     def result() -> PartitionResult:
         return PartitionResult(part, len(rows), len(rows) - len(errors), list(errors.values()),
                                time.perf_counter() - t0, timer.seconds, notes, worker_name(), started,
-                               device_seconds)
+                               device_seconds, nan_stats)
 
     if folder is None:  # objects of a partition the driver recovers (recover_partition): it writes the part
         return result(), values
@@ -1244,8 +1252,9 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             from .report import write_report
 
             t_report = time.perf_counter()
+            nan_stats = {str(folder / export.part_name(r.part)): r.nan_stats for r in results if r.nan_stats}
             if write_report(out, source=source, plan=plan, table=table, parts=parts, provenance=provenance,
-                            fields=is_fields) is not None:
+                            fields=is_fields, nan_stats=nan_stats) is not None:
                 log.info("QC report written to %s (%.1f s)", out / "report.html", time.perf_counter() - t_report)
         if "parquet" not in formats:  # the parts were this run's own intermediates
             for p in parts:

@@ -68,44 +68,94 @@ def _read(parts: Sequence[Path], columns: Sequence[str]) -> pd.DataFrame:
     return read_obs([p for p in parts if Path(p).is_file()], list(columns))
 
 
-def nan_table(parts: Sequence[Path], columns, ok: np.ndarray) -> pd.DataFrame:
+def _nan_spec(columns) -> tuple:
+    """(feature column indices, flag column indices, per feature column the position of its
+    ``empty`` flag among the flags (len(flags): none), group keys "mask|family", per group the
+    positions of its columns among the feature columns) of a plan's columns."""
+    flag_of = {(c.mask, c.channel if c.view == "mask" else "combined"): i
+               for i, c in enumerate(columns) if c.family == "empty"}
+    flag_idx = list(flag_of.values())
+    where = {i: k for k, i in enumerate(flag_idx)}
+    feat_idx, fpos, groups = [], [], {}
+    for i, c in enumerate(columns):
+        if c.kind != "feat":
+            continue
+        combined = c.view is not None and c.view.startswith("combined") or c.channel is None
+        flag = flag_of.get((c.mask, "combined" if combined else c.channel))
+        groups.setdefault(f"{c.mask or ''}|{c.family}", []).append(len(feat_idx))
+        feat_idx.append(i)
+        fpos.append(len(flag_idx) if flag is None else where[flag])
+    return (np.array(feat_idx, dtype=np.intp), np.array(flag_idx, dtype=np.intp), np.array(fpos, dtype=np.intp),
+            groups)
+
+
+def nan_counts(values: np.ndarray, columns, ok: np.ndarray) -> dict:
+    """The NaN statistics of one partition that the report's NaN table sums: over its ok rows
+    (``ok``), per feature column (in plan order) the NaN values and those that the column's
+    ``meta_{mask}_empty_*`` flag explains, and per (mask, family) the rows with a NaN.
+
+    ``values``: the partition's (n, len(columns)) table in plan order (flags as 0/1, NaN where
+    unknown). Computed by the workers from the table they hold (kept in the partition's
+    checkpoint), so that the report never reads the feature columns back."""
+    feat_idx, flag_idx, fpos, groups = _nan_spec(columns)
+    v = np.asarray(values)[np.asarray(ok, dtype=bool)]
+    miss = np.isnan(v[:, feat_idx])
+    flags = np.zeros((len(v), len(flag_idx) + 1), dtype=bool)
+    flags[:, :len(flag_idx)] = v[:, flag_idx] > 0  # (NaN: not set)
+    return {"n_ok": int(len(v)), "nan": miss.sum(axis=0).tolist(),
+            "explained": (miss & flags[:, fpos]).sum(axis=0).tolist(),
+            "rows": {g: int(miss[:, pos].any(axis=1).sum()) for g, pos in groups.items()}}
+
+
+def part_nan_counts(part: Path, columns) -> dict:
+    """``nan_counts`` of a written part (one read of its plan columns): for the parts whose
+    partition's statistics are not known (written by a version without them, recovered)."""
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(part).read(columns=["meta_status"] + [c.name for c in columns])
+    ok = table.column(0).to_numpy(zero_copy_only=False) == "ok"
+    values = np.empty((table.num_rows, len(columns)))
+    for j, col in enumerate(table.columns[1:]):
+        values[:, j] = col.to_numpy(zero_copy_only=False).astype(np.float64)  # (bool flags: 0/1; null: NaN)
+    return nan_counts(values, columns, ok)
+
+
+def nan_table(parts: Sequence[Path], columns, stats: Sequence[dict | None] | None = None) -> pd.DataFrame:
     """Per (mask, family): columns, complete columns, share of NaN values and of rows with a
-    NaN over the ok rows, the share of those NaN that the ``empty`` flags explain, and why."""
-    from .export import _feature_blocks
+    NaN over the ok rows, the share of those NaN that the ``empty`` flags explain, and why.
+
+    ``stats``: per part its ``nan_counts`` (from the partitions' results), or None where not
+    known: that part is read (``part_nan_counts``)."""
     from .features.registry import family_nan_reason
 
-    feat = [c for c in columns if c.kind == "feat"]
-    flags = {(c.mask, c.channel if c.view == "mask" else "combined"): c.name for c in columns if c.family == "empty"}
-    flag_frame = _read(parts, list(flags.values())) if flags else pd.DataFrame()
-    flag_frame = flag_frame[ok].reset_index(drop=True) if len(flag_frame) else flag_frame
-    n_ok = int(ok.sum())
-    groups: dict[tuple, dict] = {}
-    names = [c.name for c in feat]
-    for a, block in _feature_blocks(parts, names, ok):
-        miss = np.isnan(block)
-        for j in range(block.shape[1]):
-            c = feat[a + j]
-            key = (c.mask or "", c.family)
-            g = groups.setdefault(key, {"columns": 0, "complete": 0, "nan": 0, "explained": 0,
-                                        "rows": np.zeros(n_ok, bool)})
-            m = miss[:, j]
-            g["columns"] += 1
-            g["complete"] += int(not m.any())
-            g["nan"] += int(m.sum())
-            g["rows"] |= m
-            combined = c.view is not None and c.view.startswith("combined") or c.channel is None
-            flag = flags.get((c.mask, "combined" if combined else c.channel))
-            if flag is not None and m.any():
-                g["explained"] += int((m & flag_frame[flag].to_numpy(dtype=bool, na_value=False)).sum())
-    rows = []
-    for (mask, fam), g in sorted(groups.items()):
-        values = g["columns"] * max(n_ok, 1)
-        rows.append({"mask": mask or "-", "family": fam, "columns": g["columns"], "complete columns": g["complete"],
-                     "NaN values": f"{100 * g['nan'] / values:.1f} %",
-                     "rows with NaN": f"{100 * g['rows'].mean():.1f} %" if n_ok else "-",
-                     "NaN explained by empty flags": f"{100 * g['explained'] / g['nan']:.0f} %" if g["nan"] else "-",
-                     "why NaN (besides error rows)": family_nan_reason(fam, mask or None)})
-    return pd.DataFrame(rows)
+    feat_idx, _, _, groups = _nan_spec(columns)
+    n_feat = len(feat_idx)
+    nan = np.zeros(n_feat, dtype=np.int64)
+    explained = np.zeros(n_feat, dtype=np.int64)
+    rows = dict.fromkeys(groups, 0)
+    n_ok = 0
+    stats = list(stats) if stats is not None else [None] * len(parts)
+    for part, st in zip(parts, stats):
+        if st is None or len(st.get("nan", ())) != n_feat or set(st.get("rows", {})) != set(groups):
+            st = part_nan_counts(part, columns)
+        n_ok += st["n_ok"]
+        nan += np.asarray(st["nan"], dtype=np.int64)
+        explained += np.asarray(st["explained"], dtype=np.int64)
+        for g in groups:
+            rows[g] += st["rows"][g]
+    out = []
+    for key in sorted(groups, key=lambda k: tuple(k.split("|", 1))):
+        mask, fam = key.split("|", 1)
+        pos = groups[key]
+        n_nan, n_expl = int(nan[pos].sum()), int(explained[pos].sum())
+        values = len(pos) * max(n_ok, 1)
+        out.append({"mask": mask or "-", "family": fam, "columns": len(pos),
+                    "complete columns": int((nan[pos] == 0).sum()),
+                    "NaN values": f"{100 * n_nan / values:.1f} %",
+                    "rows with NaN": f"{100 * rows[key] / n_ok:.1f} %" if n_ok else "-",
+                    "NaN explained by empty flags": f"{100 * n_expl / n_nan:.0f} %" if n_nan else "-",
+                    "why NaN (besides error rows)": family_nan_reason(fam, mask or None)})
+    return pd.DataFrame(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,14 +395,14 @@ def build_html(title: str, sections: dict[str, tuple[str, str]]) -> str:
 
 
 def write_report(out: Path, *, source, plan, table: pd.DataFrame, parts: Sequence[Path], provenance: dict,
-                 fields: bool = False) -> Path | None:
+                 fields: bool = False, nan_stats: dict | None = None) -> Path | None:
     """Write ``report.html`` (and ``qc_fields.png`` for fields) into the run folder ``out``.
 
     Never raises: any failure is logged as a warning and None is returned.
     """
     try:
         return _write_report(Path(out), source=source, plan=plan, table=table, parts=parts, provenance=provenance,
-                             fields=fields)
+                             fields=fields, nan_stats=nan_stats or {})
     except Exception as exc:  # noqa: BLE001 - the report must never fail a run
         from .errors import describe_exception
 
@@ -361,7 +411,7 @@ def write_report(out: Path, *, source, plan, table: pd.DataFrame, parts: Sequenc
         return None
 
 
-def _write_report(out: Path, *, source, plan, table, parts, provenance, fields) -> Path:
+def _write_report(out: Path, *, source, plan, table, parts, provenance, fields, nan_stats) -> Path:
     from .export import write_text
 
     parts = [Path(p) for p in parts if Path(p).is_file()]
@@ -434,7 +484,7 @@ def _write_report(out: Path, *, source, plan, table, parts, provenance, fields) 
     sections["distributions"] = ("Key features per group", _img(png, "no shape or intensity features"))
 
     # NaN per family
-    nan = nan_table(parts, columns, ok) if len(frame) else pd.DataFrame()
+    nan = nan_table(parts, columns, [nan_stats.get(str(p)) for p in parts]) if len(frame) else pd.DataFrame()
     n_err = int((~ok).sum())
     sections["nan"] = ("Missing values (NaN) per column family",
                        f'<p class="note">Over the {int(ok.sum())} ok rows. The {n_err} error row(s) are NaN in every '

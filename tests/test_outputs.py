@@ -187,6 +187,86 @@ def test_report_is_complete(run):
     assert row["NaN values"] == f"{100 * ok[li_int].isna().to_numpy().mean():.1f} %"
 
 
+def _expected_nan_rows(run) -> dict:
+    """The report's NaN table computed here from the Parquet parts with pandas (independent of
+    report.nan_counts): per (mask, family) columns, complete columns, NaN share, rows with a NaN,
+    share explained by the meta_{mask}_empty_{channel or combined} flag."""
+    df = pd.read_parquet(run / "features.parquet")
+    ok = df[df["meta_status"] == "ok"].reset_index(drop=True)
+    cols = pd.read_csv(run / "features.columns.csv", index_col="name")
+    feat = cols[cols["kind"] == "feat"]
+    out = {}
+    for (mask, fam), g in feat.groupby([feat["mask"].fillna("-"), "family"]):
+        miss = ok[g.index].isna()
+        explained = 0
+        for name, c in g.iterrows():
+            per_channel = isinstance(c["view"], str) and not c["view"].startswith("combined") and isinstance(c["channel"], str)
+            flag = f"meta_{mask}_empty_{c['channel'] if per_channel else 'combined'}"
+            if flag in ok:
+                explained += int((miss[name] & ok[flag].astype(bool)).sum())
+        n_nan = int(miss.to_numpy().sum())
+        out[(mask, fam)] = {"columns": len(g), "complete columns": int((~miss.any()).sum()),
+                            "NaN values": f"{100 * miss.to_numpy().mean():.1f} %",
+                            "rows with NaN": f"{100 * miss.any(axis=1).mean():.1f} %",
+                            "NaN explained by empty flags": f"{100 * explained / n_nan:.0f} %" if n_nan else "-"}
+    return out
+
+
+def test_report_nan_table_from_the_workers_counts(run):
+    """The workers' per-partition NaN counts (in each partition's checkpoint) sum to the table
+    computed from the written parts, and reading the parts instead (a partition without counts)
+    gives the same table."""
+    from scip_gpu.export import part_name
+    from scip_gpu.report import nan_table
+
+    text = (run / "report.html").read_text()
+    shown = _html_tables(_section(text, "nan"))[0]
+    expected = _expected_nan_rows(run)
+    assert len(shown) == len(expected) and any(v["NaN values"] != "0.0 %" for v in expected.values())
+    for _, row in shown.iterrows():
+        want = expected[(row["mask"], row["family"])]
+        assert {k: (int(row[k]) if isinstance(want[k], int) else row[k]) for k in want} == want, (row["mask"], row["family"])
+    checkpoints = sorted((run / "checkpoints").glob("part-*.json"))
+    stats = [json.loads(p.read_text())["nan_stats"] for p in checkpoints]
+    assert all(s is not None and s["n_ok"] >= 0 for s in stats)
+    cols = pd.read_csv(run / "features.columns.csv", index_col="name")
+    plan_cols = [_column(name, c) for name, c in cols.iterrows() if c["family"] != "input"]
+    parts = [run / "features.parquet" / part_name(i) for i in range(len(checkpoints))]
+    from_stats = nan_table(parts, plan_cols, stats)
+    from_parts = nan_table(parts, plan_cols, [None, stats[1], None])
+    pd.testing.assert_frame_equal(from_stats, from_parts)
+    assert from_stats["NaN values"].tolist() == shown["NaN values"].tolist()
+
+
+def test_nan_counts_by_hand():
+    """Four rows (the last an error row), two flags, three feature columns, counted by hand."""
+    from types import SimpleNamespace as C
+
+    from scip_gpu.report import nan_counts
+
+    cols = [C(name="meta_li_empty_A", kind="meta", family="empty", mask="li", view="mask", channel="A"),
+            C(name="meta_li_empty_combined", kind="meta", family="empty", mask="li", view="combined", channel=None),
+            C(name="feat_li_mean_A", kind="feat", family="intensity", mask="li", view="mask", channel="A"),
+            C(name="feat_li_max_A", kind="feat", family="intensity", mask="li", view="mask", channel="A"),
+            C(name="feat_li_area_combined", kind="feat", family="shape", mask="li", view="combined", channel=None)]
+    nan = np.nan
+    values = np.array([[1, 0, nan, nan, 3.0],   # A empty: both A features NaN, explained
+                       [0, 1, nan, 2.0, nan],   # A not empty but its mean NaN: not explained; area explained
+                       [nan, 0, 1.0, 2.0, nan],  # combined flag false: the area's NaN not explained
+                       [nan, nan, nan, nan, nan]])  # error row: not counted
+    got = nan_counts(values, cols, np.array([True, True, True, False]))
+    assert got == {"n_ok": 3, "nan": [2, 1, 2], "explained": [1, 1, 1],
+                   "rows": {"li|intensity": 2, "li|shape": 2}}
+
+
+def _column(name, c):
+    from types import SimpleNamespace
+
+    get = lambda k: None if pd.isna(c[k]) else c[k]  # noqa: E731
+    return SimpleNamespace(name=name, kind=c["kind"], family=c["family"], mask=get("mask"), view=get("view"),
+                           channel=get("channel"))
+
+
 def test_report_failure_never_raises(tmp_path, caplog):
     from scip_gpu.report import write_report
 
