@@ -1239,23 +1239,35 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             log.info("time per stage (summed over workers): %s", provenance["stage_seconds"])
         formats = [getattr(f, "value", f) for f in cfg.export.formats]
         uns = {"scip_gpu": {k: v for k, v in provenance.items() if isinstance(v, (str, int, float))}}
+        output_seconds = provenance["output_seconds"] = {}  # each output written after the partitions
+
+        def written(name: str, since: float) -> None:
+            output_seconds[name] = round(time.perf_counter() - since, 3)
+            log.info("%s written to %s (%.1f s)", name, out / name, output_seconds[name])
+
         if "anndata" in formats:
+            t_out = time.perf_counter()
             export.write_anndata(parts, out / f"{cfg.export.filename}.h5ad", plan.columns, meta_cols, uns=uns)
+            written(f"{cfg.export.filename}.h5ad", t_out)
         if "anndata_zarr" in formats:
+            t_out = time.perf_counter()
             export.write_anndata_zarr(parts, out / f"{cfg.export.filename}.zarr", plan.columns, meta_cols, uns=uns)
+            written(f"{cfg.export.filename}.zarr", t_out)
         if cfg.export.analysis_ready:
+            t_out = time.perf_counter()
             name = f"{cfg.export.filename}.analysis.h5ad"
             provenance["analysis_ready"] = export.write_analysis_ready(
                 parts, out / name, plan.columns, meta_cols, max_nan_share=cfg.export.max_nan_share, uns=uns)
             log.info("%s: %s", name, provenance["analysis_ready"])
+            written(name, t_out)
         if cfg.export.report:
             from .report import write_report
 
-            t_report = time.perf_counter()
+            t_out = time.perf_counter()
             nan_stats = {str(folder / export.part_name(r.part)): r.nan_stats for r in results if r.nan_stats}
             if write_report(out, source=source, plan=plan, table=table, parts=parts, provenance=provenance,
                             fields=is_fields, nan_stats=nan_stats) is not None:
-                log.info("QC report written to %s (%.1f s)", out / "report.html", time.perf_counter() - t_report)
+                written("report.html", t_out)
         if "parquet" not in formats:  # the parts were this run's own intermediates
             for p in parts:
                 p.unlink(missing_ok=True)

@@ -1,0 +1,231 @@
+"""The command line's host side at the GPU's pace, measurable on any machine (no GPU needed).
+
+Issue 11 asks the whole command (``device=cuda``) to run within 2x of the batch path's
+objects/s. The device does its part at a measured rate (``bench_gpu.py``: 41.7 us of device
+time per 12-channel 64x64 object on an H100, run 8); everything else is host work: reading and
+validating the objects, assembling the batches, writing each partition's Parquet file, and
+after the last partition the AnnData file and the QC report. This benchmark runs the real
+pipeline (``scip_gpu.pipeline.run``, in this process, ``cluster=sync`` with
+``cluster.threads_per_worker`` partitions in flight, as one GPU worker runs them) on a dense
+zarr store, with the device replaced by a clock: each batch occupies a simulated device for
+``--device-us`` microseconds per object (batches queue on it as kernels queue on a GPU, and
+the host waits for a batch's event as it waits for the copy back), and its feature table is a
+real one (the CPU path's features of 256 cells, tiled with a relative jitter of 1e-12 so that
+Parquet compresses them as real values).
+
+What it tells: the wall time from start to exit against the device's own time (N x device
+time per object, the floor when the host keeps up), the time per phase (partitions; each
+output written after them), the share of the run the device was busy, and the host CPU
+seconds per object (what a GPU host's cores must supply at the GPU's rate). The stand-in
+CuPy (tests/fake_cupy.py) keeps the device arrays in host memory, so the host does the
+pixel copy to the "device" that a GPU's copy engine does: a slight overestimate of host work.
+
+    python benchmarks/bench_host_path.py -n 16384 --in-flight 2 4 --device-us 41.7
+
+Writes ``benchmarks/results/host-path-<host>.json`` (``--out`` to change the folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import resource
+import shutil
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from _common import RESULTS, WORK, machine_description  # noqa: E402
+
+DEVICE_US = 41.7   # run 8 on an H100: device time per 12-channel 64x64 object (bench_gpu.py)
+TEMPLATE_ROWS = 4096
+TEMPLATE_CELLS = 256  # distinct cells profiled for the template
+PINNED_RING = 4     # pinned buffers per size before one is reused
+
+
+class DeviceClock:
+    """One simulated device: work queued on it ends at ``until`` (perf_counter seconds)."""
+
+    def __init__(self, us_per_object: float):
+        self.us = us_per_object
+        self.until = 0.0
+        self.busy = 0.0
+        self.lock = threading.Lock()
+
+    def queue(self, n: int) -> float:
+        with self.lock:
+            now = time.perf_counter()
+            self.until = max(now, self.until) + n * self.us * 1e-6
+            self.busy += n * self.us * 1e-6
+            return self.until
+
+
+def template_table(plan, channels: int, rows: int = TEMPLATE_ROWS):
+    """(rows, F) feature table: the CPU path's features of TEMPLATE_CELLS IFC-like cells, tiled, every
+    non-integer value jittered by a relative 1e-12 (distinct rows, as Parquet sees real data)."""
+    import numpy as np
+
+    from bench_scaling import STORES, base_cells
+    from scip_gpu.batch import assemble
+    from scip_gpu.profile import profile_batch
+
+    cells = base_cells(channels, STORES, TEMPLATE_CELLS)
+    shape = tuple(int(v) + plan.margin for v in cells.shape[2:])
+    real = profile_batch(assemble(list(cells), np.arange(len(cells)), shape, np), plan)
+    table = real[np.arange(rows) % len(real)]
+    rng = np.random.default_rng(0)
+    jitter = 1 + 1e-12 * rng.standard_normal(table.shape)
+    fractional = np.isfinite(table) & (table != np.round(table))
+    table[fractional] *= jitter[fractional]
+    return table
+
+
+def install_device(monkeypatch, clock: DeviceClock, table) -> None:
+    """The stand-in CuPy, with ``profile_batch`` replaced by the clock and the template table."""
+    import numpy as np
+
+    import anndata  # noqa: F401  (before the fake: it probes for cupyx.scipy.sparse)
+    from scip_gpu import pipeline
+    from tests import fake_cupy
+
+    cupy = fake_cupy.install(monkeypatch)
+
+    def record(self, stream=None):
+        self.t = time.perf_counter()
+        self.until = clock.until
+
+    def synchronize(self):
+        wait = getattr(self, "until", 0.0) - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+
+    monkeypatch.setattr(fake_cupy._Event, "record", record)
+    monkeypatch.setattr(fake_cupy._Event, "synchronize", synchronize)
+    # What a GPU's copy engine and CuPy's pinned memory pool do costs the host nothing there:
+    # the copy to the "device" is skipped (profile_batch here reads no pixel) and pinned
+    # buffers come from a ring per size (CuPy's pool reuses freed blocks; a batch loop holds at
+    # most two batches and their tables, and one partition at a time holds the device)
+    monkeypatch.setattr(fake_cupy.ndarray, "set", lambda self, arr, stream=None: None)
+    ring: dict[int, list] = {}
+
+    def alloc_pinned_memory(size):
+        bufs = ring.setdefault(size, [])
+        if len(bufs) < PINNED_RING:
+            bufs.append(fake_cupy.PinnedBuffer(size))
+            return bufs[-1]
+        bufs.append(bufs.pop(0))
+        return bufs[-1]
+
+    monkeypatch.setattr(cupy.cuda, "alloc_pinned_memory", alloc_pinned_memory)
+
+    def profile_batch(batch, plan, timer=None, given=(), *, to_host=True):
+        until = clock.queue(batch.n)
+        rows = table[np.asarray(batch.index) % len(table)]
+        if to_host:  # (the synchronous path waits for its batch)
+            wait = until - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            return rows
+        return cupy.asarray(rows)
+
+    monkeypatch.setattr(pipeline, "profile_batch", profile_batch)
+
+
+def phases_from_log(text: str) -> dict:
+    """Seconds of each output written after the partitions, as run.log states them."""
+    out = {}
+    for name, sec in re.findall(r"(\S+) written .*?\(([\d.]+) s\)", text):
+        out[Path(name).name] = float(sec)
+    return out
+
+
+def run_point(store: Path, n: int, in_flight: int, us: float, table, work: Path, extra: list[str]) -> dict:
+    from _pytest.monkeypatch import MonkeyPatch
+
+    from scip_gpu.api import compose
+    from scip_gpu.cli import to_config
+    from scip_gpu.pipeline import run
+
+    out = work / f"host-path-{n}-{in_flight}-{time.time_ns()}"
+    clock = DeviceClock(us)
+    mp = MonkeyPatch()
+    try:
+        install_device(mp, clock, table)
+        cfg, _ = compose(None, ("+dataset=zarr", f"dataset.path={store}", "device=cuda", "cluster=sync",
+                                f"cluster.threads_per_worker={in_flight}", f"output={out}", "progress=false",
+                                *extra))
+        config, resolved = to_config(cfg)
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        summary = run(config, resolved)
+        wall = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        mp.undo()
+    prov = json.loads((out / "provenance.json").read_text())
+    log_text = (out / "run.log").read_text()
+    m = re.search(r"worker \S+: (\d+) objects in (\d+) partition\(s\), ([\d.]+) s", log_text)
+    partitions_s = float(m.group(3)) if m else None
+    size = re.search(r"partition\(s\) of up to (\d+) objects", log_text)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    point = {"n_objects": n, "in_flight": in_flight, "device_us_per_object": us, "ok": summary.n_ok,
+             "wall_s": round(wall, 3), "objects_per_s": round(n / wall, 1),
+             "device_s": round(clock.busy, 3), "device_busy_share": round(clock.busy / wall, 3),
+             "partitions_s": partitions_s, "partition_size": int(size.group(1)) if size else None,
+             "outputs_s": phases_from_log(log_text), "output_seconds": prov.get("output_seconds"),
+             "host_cpu_s": round(cpu, 2), "host_cpu_us_per_object": round(1e6 * cpu / n, 1),
+             "floor_objects_per_s": round(1e6 / us, 1)}
+    shutil.rmtree(out, ignore_errors=True)
+    return point
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-n", type=int, nargs="+", default=[16384], help="objects per point")
+    ap.add_argument("--in-flight", type=int, nargs="+", default=[2], help="cluster.threads_per_worker values")
+    ap.add_argument("--device-us", type=float, default=DEVICE_US, help="device time per object (us)")
+    ap.add_argument("--channels", type=int, default=12)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--tag", default="")
+    ap.add_argument("extra", nargs="*", help="more overrides for every run (e.g. export.formats=[parquet])")
+    args = ap.parse_args(argv)
+
+    from bench_scaling import STORES, dense_store
+    from scip_gpu.api import compose
+    from scip_gpu.cli import to_config
+    from scip_gpu.profile import build_plan
+
+    logging.getLogger("scip_gpu").setLevel(logging.INFO)  # (run.log: INFO, as the command line)
+    cfg, _ = compose(None, ("+dataset=zarr", "dataset.path=x", *args.extra))
+    config, _ = to_config(cfg)
+    plan = build_plan(config, [f"ch{i}" for i in range(args.channels)])
+    table = template_table(plan, args.channels)
+    work = WORK / "host-path"
+    work.mkdir(parents=True, exist_ok=True)
+    points = []
+    for n in args.n:
+        store = dense_store(n, args.channels, STORES)
+        for k in args.in_flight:
+            point = run_point(store, n, k, args.device_us, table, work, args.extra)
+            print(json.dumps(point), flush=True)
+            points.append(point)
+    result = {"benchmark": "host-path", "machine": machine_description(), "cores": os.cpu_count(),
+              "overrides": args.extra, "points": points}
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = f"-{args.tag}" if args.tag else ""
+    path = args.out / f"host-path-{socket.gethostname()}{tag}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
