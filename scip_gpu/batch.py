@@ -177,8 +177,43 @@ def _host_buffer(shape, dtype, xp, *, zero: bool = True):
     return buf
 
 
+class Staged:
+    """A batch's pixels and extents assembled in (pinned) host memory, not yet on the device
+    (``stage``): what ``assemble(..., staged=...)`` copies."""
+
+    def __init__(self, host: np.ndarray, extents: np.ndarray, key: tuple):
+        self.host, self.extents, self.key = host, extents, key
+
+
+def _batch_dtype(images: Sequence[np.ndarray]):
+    types = {profile_dtype(im.dtype) for im in images}
+    if len(types) > 1:  # promoting would change the others' results (see the module docstring)
+        raise TypeError(f"a batch must hold one pixel type, got {sorted(str(t) for t in types)}; group the "
+                        "objects with group_by_shape(..., dtypes=...)")
+    return types.pop()
+
+
+def stage(images: Sequence[np.ndarray], shape: tuple[int, int], xp=np) -> Staged | None:
+    """The host half of ``assemble``: the zero-padded stack and the extents in host memory
+    (pinned for a GPU), so that a caller can do it before it takes the device (the pipeline:
+    a partition's first batch, while another partition's batch runs). None where there is
+    nothing to stage on the host (images already on the device)."""
+    if xp is not np and is_cupy_array(images[0]):
+        return None
+    dtype = _batch_dtype(images)
+    n, c = len(images), images[0].shape[0]
+    exact = all(im.shape[1:] == tuple(shape) for im in images)  # no padding to clear
+    host = _host_buffer((n, c, *shape), dtype, xp, zero=not exact)
+    extents = _host_buffer((n, 2), np.int64, xp, zero=False)
+    for i, im in enumerate(images):  # ragged inputs: one copy per object is unavoidable here
+        _, h, w = im.shape
+        host[i, :, :h, :w] = im
+        extents[i] = h, w
+    return Staged(host, extents, (id(xp), n, tuple(shape)))
+
+
 def assemble(images: Sequence[np.ndarray], index: np.ndarray, shape: tuple[int, int], xp=np, *,
-             copy_stream=None):
+             copy_stream=None, staged: Staged | None = None):
     """Stack (C, h, w) host images into a zero-padded Batch of padded shape ``shape``.
 
     Every image must have the same ``profile_dtype``; the stack has that type (float16 images
@@ -193,22 +228,11 @@ def assemble(images: Sequence[np.ndarray], index: np.ndarray, shape: tuple[int, 
     first kernel. The caller keeps the batch alive until its work is complete (the device
     buffers belong to the copy stream's memory pool).
     """
-    n = len(images)
-    c = images[0].shape[0]
-    types = {profile_dtype(im.dtype) for im in images}
-    if len(types) > 1:  # promoting would change the others' results (see the module docstring)
-        raise TypeError(f"a batch must hold one pixel type, got {sorted(str(t) for t in types)}; group the "
-                        "objects with group_by_shape(..., dtypes=...)")
-    dtype = types.pop()
     if xp is not np and is_cupy_array(images[0]):  # images already on the device (kvikio reads)
-        return _assemble_on_device(images, index, shape, dtype, xp)
-    exact = all(im.shape[1:] == tuple(shape) for im in images)  # no padding to clear
-    host = _host_buffer((n, c, *shape), dtype, xp, zero=not exact)
-    extents = _host_buffer((n, 2), np.int64, xp, zero=False)
-    for i, im in enumerate(images):  # ragged inputs: one copy per object is unavoidable here
-        _, h, w = im.shape
-        host[i, :, :h, :w] = im
-        extents[i] = h, w
+        return _assemble_on_device(images, index, shape, _batch_dtype(images), xp)
+    if staged is None or staged.key != (id(xp), len(images), tuple(shape)):
+        staged = stage(images, shape, xp)
+    host, extents = staged.host, staged.extents
     if xp is np:
         return Batch(host, extents, np.asarray(index, dtype=np.int64))
     stream = copy_stream if copy_stream is not None else xp.cuda.get_current_stream()

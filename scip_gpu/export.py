@@ -272,29 +272,49 @@ def _obs_for_anndata(obs: pd.DataFrame) -> pd.DataFrame:
     return obs
 
 
+def _obs_columns(columns: Sequence[Column], meta_columns: Sequence[str]) -> list[str]:
+    """The parts' columns that make the AnnData's obs."""
+    return list(meta_columns) + ["meta_status"] + [c.name for c in columns if c.kind == "meta"]
+
+
+def _obs_frame(table) -> pd.DataFrame:
+    """An Arrow table of obs columns as pandas, flags as nullable booleans (as ``read_obs``)."""
+    import pyarrow as pa
+
+    return table.to_pandas(types_mapper={pa.bool_(): pd.BooleanDtype()}.get)
+
+
 def _anndata_without_x(parts: Sequence[Path], columns: Sequence[Column], meta_columns: Sequence[str],
                        uns: dict | None):
     """The AnnData of the Parquet parts without X (obs, var, uns) and the feature column names."""
     import anndata as ad
-    import pyarrow.parquet as pq
 
     feat = [c for c in columns if c.kind == "feat"]
-    obs_cols = list(meta_columns) + ["meta_status"] + [c.name for c in columns if c.kind == "meta"]
+    obs_cols = _obs_columns(columns, meta_columns)
     obs = _obs_for_anndata(read_obs(parts, obs_cols))
     var = var_table(feat) if feat else pd.DataFrame(index=pd.Index([], dtype=str))
     return ad.AnnData(obs=obs, var=var, uns=uns or {}), [c.name for c in feat]
 
 
-def _x_blocks(parts: Sequence[Path], names: Sequence[str]):
-    """X, one partition at a time (float32 blocks straight from Arrow, no DataFrame)."""
+def _x_of(table) -> np.ndarray:
+    """(rows, columns) float32 of an Arrow table of float columns (no DataFrame)."""
+    if table.num_columns == 0:
+        return np.empty((table.num_rows, 0), dtype=np.float32)
+    by_column = np.stack([col.to_numpy() for col in table.columns])  # (columns, rows): contiguous copies
+    return np.ascontiguousarray(by_column.T, dtype=np.float32)
+
+
+def _x_block(part: Path, names: Sequence[str]) -> np.ndarray:
+    """One part's rows of X."""
     import pyarrow.parquet as pq
 
+    return _x_of(pq.ParquetFile(part).read(columns=list(names)))
+
+
+def _x_blocks(parts: Sequence[Path], names: Sequence[str]):
+    """X, one partition at a time."""
     for p in parts:
-        table = pq.read_table(p, columns=list(names))
-        block = np.empty((table.num_rows, len(names)), dtype=np.float32)
-        for j, col in enumerate(table.columns):
-            block[:, j] = col.to_numpy()
-        yield block
+        yield _x_block(p, names)
 
 
 def _x_chunk_rows(n: int, k: int) -> int:
@@ -303,24 +323,117 @@ def _x_chunk_rows(n: int, k: int) -> int:
 
 def write_anndata(parts: Sequence[Path], path: Path, columns: Sequence[Column], meta_columns: Sequence[str],
                   uns: dict | None = None) -> None:
-    """Write the AnnData file from the Parquet parts (X streamed, float32)."""
-    import h5py
+    """Write the AnnData file from the Parquet parts (X streamed, float32), all after the run
+    (for object datasets the pipeline writes X while the partitions run: ``AnnDataWriter``)."""
+    import pyarrow.parquet as pq
 
-    adata, names = _anndata_without_x(parts, columns, meta_columns, uns)
-    with _replacing(path) as tmp:  # a temporary file of this process, renamed when complete
-        adata.write_h5ad(tmp)
-        with h5py.File(tmp, "a") as f:
-            if "X" in f:
-                del f["X"]
-            n, k = adata.n_obs, len(names)
-            x = f.create_dataset("X", shape=(n, k), dtype="float32",
-                                 chunks=(_x_chunk_rows(n, k), k) if n and k else None)
-            x.attrs["encoding-type"] = "array"
-            x.attrs["encoding-version"] = "0.2.0"
-            row = 0
-            for block in _x_blocks(parts, names):  # one partition in memory at a time
-                x[row:row + len(block)] = block
-                row += len(block)
+    rows = [pq.ParquetFile(p).metadata.num_rows for p in parts]
+    offsets = dict(enumerate(np.cumsum([0] + rows[:-1]).tolist())) if rows else {}
+    AnnDataWriter(path, sum(rows), columns, meta_columns, offsets).finish(parts, uns)
+
+
+def _write_h5ad_without_x(f, adata) -> None:
+    """Write ``adata``'s elements other than X into the open h5py file ``f`` as
+    ``AnnData.write_h5ad`` does (strings as categoricals, the root's encoding attributes)."""
+    try:
+        from anndata.io import write_elem
+    except ImportError:  # pragma: no cover - anndata < 0.11
+        from anndata.experimental import write_elem
+
+    adata.strings_to_categoricals()
+    f.attrs.setdefault("encoding-type", "anndata")
+    f.attrs.setdefault("encoding-version", "0.1.0")
+    write_elem(f, "obs", adata.obs)
+    write_elem(f, "var", adata.var)
+    for key in ("obsm", "varm", "obsp", "varp", "layers"):
+        write_elem(f, key, dict(getattr(adata, key)))
+    write_elem(f, "uns", dict(adata.uns))
+
+
+class AnnDataWriter:
+    """The run's ``.h5ad`` file, its X written while the partitions run.
+
+    X (float32, one row per object in the order of the parts) goes into a temporary file of
+    this process as each partition's part is written (``add``, called by the driver as the
+    partition comes back; a background thread reads the part and writes its rows at the
+    partition's offset). ``finish`` writes the parts not yet added, then obs, var and uns,
+    and renames the file into place; ``abort`` (any failure, Ctrl-C) removes it. After the
+    last partition only its own rows and obs/var are left to write, not all of X (the whole
+    table read back from Parquet took longer than profiling it on a GPU).
+    """
+
+    def __init__(self, path: Path, n_rows: int, columns: Sequence[Column], meta_columns: Sequence[str],
+                 offsets: dict[int, int]):
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        import h5py
+
+        self.path, self.offsets = Path(path), dict(offsets)
+        self.columns, self.names = list(columns), [c.name for c in columns if c.kind == "feat"]
+        self.obs_columns = _obs_columns(columns, meta_columns)
+        self.obs: dict[int, pd.DataFrame] = {}
+        self.tmp = temp_path(self.path)
+        n, k = int(n_rows), len(self.names)
+        self.file = h5py.File(self.tmp, "w")
+        self.x = self.file.create_dataset("X", shape=(n, k), dtype="float32",
+                                          chunks=(_x_chunk_rows(n, k), k) if n and k else None)
+        self.x.attrs["encoding-type"] = "array"
+        self.x.attrs["encoding-version"] = "0.2.0"
+        self.added: set[int] = set()
+        self.futures: list = []
+        self._lock = threading.Lock()  # (h5py serialises its calls; the block reads run in parallel)
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="scip_gpu-anndata")
+
+    def _write(self, part: int, path: Path) -> None:
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(path).read(columns=self.obs_columns + self.names)  # (one footer read)
+        k = len(self.obs_columns)
+        self.obs[part] = _obs_frame(table.select(list(range(k))))
+        block = _x_of(table.select(list(range(k, table.num_columns))))
+        row = self.offsets[part]
+        with self._lock:
+            self.x[row:row + len(block)] = block
+
+    def add(self, part: int, path: Path) -> None:
+        """Write partition ``part``'s rows (its part file ``path`` is complete) in the background."""
+        if part in self.added:
+            return
+        self.added.add(part)
+        self.futures.append(self._pool.submit(self._write, part, Path(path)))
+
+    def finish(self, parts: Sequence[Path], uns: dict | None = None) -> None:
+        """Complete X (the parts not added yet), write obs/var/uns, rename into place. Raises
+        what a background write raised (the file is then removed)."""
+        import anndata as ad
+
+        try:
+            for i, p in enumerate(parts):
+                self.add(i, p)
+            for fut in self.futures:
+                fut.result()
+            frames = [self.obs[i] for i in range(len(parts))]
+            obs = (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=self.obs_columns))
+            feat = [c for c in self.columns if c.kind == "feat"]
+            var = var_table(feat) if feat else pd.DataFrame(index=pd.Index([], dtype=str))
+            _write_h5ad_without_x(self.file, ad.AnnData(obs=_obs_for_anndata(obs), var=var, uns=uns or {}))
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def abort(self) -> None:
+        """Drop the temporary file (the run failed or stopped)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.file.close()
+        except Exception:  # noqa: BLE001 - already closed
+            pass
+        self.tmp.unlink(missing_ok=True)
 
 
 def _feature_blocks(parts: Sequence[Path], names: Sequence[str], ok: np.ndarray, size: int | None = None):

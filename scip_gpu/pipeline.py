@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import export
 from .backend import array_module, device_module, is_gpu, select_device
-from .batch import _host_buffer, assemble, group_by_shape, profile_dtype, wait_for_copies
+from .batch import _host_buffer, assemble, group_by_shape, profile_dtype, stage, wait_for_copies
 from .cluster import check_dashboard, executor
 from .config import Config, expand_user_paths, validate
 from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError, StorageUnavailable,
@@ -423,22 +423,30 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
 
     shapes = [img.shape[1:] for _, img in good]
     device_seconds = 0.0
+    batch_size = cfg.batch_size or auto_batch_size(
+        xp, n_ch, tuple(int(v) + plan.margin for v in np.max(shapes, axis=0)) if shapes else (1, 1),
+        plan.n_features, max((profile_dtype(img.dtype).itemsize for _, img in good), default=2))
+    if not cfg.batch_size and shapes and is_gpu(xp):
+        log.info("partition %d: batch_size %d (automatic, from free device memory)", part, batch_size)
+    groups = group_by_shape(shapes, margin=plan.margin, multiple=cfg.pad_multiple, batch_size=batch_size,
+                            dtypes=[img.dtype for _, img in good])  # one pixel type per batch
+    batches = [([good[m][0] for m in members], [good[m][1] for m in members], shape) for shape, members in groups]
+    overlapped = is_gpu(xp) and not cfg.profile_stages
+    first = None
+    if overlapped and batches:  # the first batch's host half before taking the device: the device
+        try:                    # runs another partition's batch meanwhile
+            first = stage(batches[0][1], batches[0][2], xp)
+        except Exception:  # noqa: BLE001 - (e.g. no pinned memory) assembled, and reported, in the loop
+            first = None
     with device_lock(device):
         t_dev = time.perf_counter()
-        batch_size = cfg.batch_size or auto_batch_size(
-            xp, n_ch, tuple(int(v) + plan.margin for v in np.max(shapes, axis=0)) if shapes else (1, 1),
-            plan.n_features, max((profile_dtype(img.dtype).itemsize for _, img in good), default=2))
-        if not cfg.batch_size and shapes and is_gpu(xp):
-            log.info("partition %d: batch_size %d (automatic, from free device memory)", part, batch_size)
-        groups = group_by_shape(shapes, margin=plan.margin, multiple=cfg.pad_multiple, batch_size=batch_size,
-                                dtypes=[img.dtype for _, img in good])  # one pixel type per batch
-        batches = [([good[m][0] for m in members], [good[m][1] for m in members], shape) for shape, members in groups]
-        if is_gpu(xp) and not cfg.profile_stages:
-            _run_batches_overlapped(batches, xp, plan, index, values, run_group, given_for)
+        if overlapped:
+            _run_batches_overlapped(batches, xp, plan, index, values, run_group, given_for, first)
         else:
             for positions, imgs, shape in batches:
                 run_group(positions, imgs, shape)
         device_seconds = time.perf_counter() - t_dev  # (profile_batch ends with the copy back: synchronised)
+    del first
     del good, shapes, batches  # the images: no longer needed while the part is written
     for pos, cause in check_values(values, plan.columns).items():  # never an ok row with infinite features
         values[pos] = np.nan
@@ -459,7 +467,8 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
     return result()
 
 
-def _run_batches_overlapped(batches, xp, plan: Plan, index, values: np.ndarray, run_group, given_for) -> None:
+def _run_batches_overlapped(batches, xp, plan: Plan, index, values: np.ndarray, run_group, given_for,
+                            first=None) -> None:
     """The batches of a partition on a GPU, with the host's assembly of batch k+1 (and the
     launches of its kernels) while the device runs batch k, and each feature table copied back
     asynchronously into pinned host memory. The copies have streams of their own (pixels in on
@@ -468,7 +477,8 @@ def _run_batches_overlapped(batches, xp, plan: Plan, index, values: np.ndarray, 
     copy and its table's copy after its kernels. Every batch (its device buffers) is held until
     its table's copy is complete. A batch that fails in any way (out of memory while it is set
     up, an error when its copy completes) runs again through ``run_group``, which splits it and
-    reports each object's error as when batches run one after the other."""
+    reports each object's error as when batches run one after the other. ``first``: the first
+    batch's host half (``batch.stage``), done before the partition took the device."""
     pending = None  # (positions, images, shape, event, pinned table, batch, device table)
     h2d, d2h = copy_streams(xp)
 
@@ -483,9 +493,9 @@ def _run_batches_overlapped(batches, xp, plan: Plan, index, values: np.ndarray, 
             free_device_memory(xp)
             run_group(positions, imgs, shape)
 
-    for positions, imgs, shape in batches:
+    for k, (positions, imgs, shape) in enumerate(batches):
         try:
-            batch = assemble(imgs, index[positions], shape, xp, copy_stream=h2d)
+            batch = assemble(imgs, index[positions], shape, xp, copy_stream=h2d, staged=first if k == 0 else None)
             wait_for_copies(batch)  # (before any kernel reads the pixels, the segmentation's too)
             table = profile_batch(batch, plan, to_host=False, **given_for(positions, shape, batch))
             host = _host_buffer((batch.n, plan.n_features), np.float64, xp, zero=False)
@@ -927,8 +937,9 @@ def partition_tasks(table: pd.DataFrame, size: int) -> list[tuple[int, pd.DataFr
     return [(i, table.iloc[s:s + size]) for i, s in enumerate(range(0, len(table), size))]
 
 
-def _execute_objects(ex, table, *, cfg, source, plan, folder, schema, device, progress, out, done):
-    """Profile single-object images: one task per partition of objects (finished ones skipped)."""
+def _execute_objects(ex, table, *, cfg, source, plan, folder, schema, device, progress, out, done, on_part=None):
+    """Profile single-object images: one task per partition of objects (finished ones skipped).
+    ``on_part(part)``: called as each partition's part is complete (after its checkpoint)."""
     from .state import write_summary
 
     tasks = partition_tasks(table, cfg.partition_size)
@@ -947,6 +958,8 @@ def _execute_objects(ex, table, *, cfg, source, plan, folder, schema, device, pr
                 unfinished[task[0]] = res
                 continue
         write_summary(out, res)
+        if on_part is not None:
+            on_part(res.part)
         results.append(res)
         for note in res.notes:
             log.warning(note)
@@ -1150,6 +1163,7 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
     except BaseException:
         opened.lock.release()
         raise
+    anndata_writer = None  # (export.AnnDataWriter: the .h5ad's X written while the partitions run)
     try:
         log.info("scip_gpu run started at %s; output folder %s", started.isoformat(timespec="seconds"), out)
         log.info("dataset %r (%s): %d %s, channels %s", cfg.dataset.name, source.kind, len(table), unit,
@@ -1173,6 +1187,12 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
         cluster_cfg = cfg.cluster
         if is_fields and getattr(cluster_cfg.type, "value", cluster_cfg.type) == "sync":
             cluster_cfg = replace(cluster_cfg, threads_per_worker=1)  # fields: one after the other
+        if "anndata" in formats and not is_fields:  # X written as the partitions come back
+            n_tasks = -(-len(table) // size)
+            anndata_writer = export.AnnDataWriter(out / f"{cfg.export.filename}.h5ad", len(table), plan.columns,
+                                                  meta_cols, {i: i * size for i in range(n_tasks)})
+            for i in done:
+                anndata_writer.add(i, folder / export.part_name(i))
         with executor(cluster_cfg, device) as ex:
             if {"anndata", "anndata_zarr"} & {getattr(f, "value", f) for f in cfg.export.formats}:
                 export.preload_anndata()  # imported while the partitions run, not after them
@@ -1181,7 +1201,8 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             if is_fields:
                 results, n_parts, extra = field_pipeline.execute(ex, table, **kwargs)
             else:
-                results, n_parts = _execute_objects(ex, table, **kwargs)
+                results, n_parts = _execute_objects(ex, table, **kwargs, on_part=anndata_writer and (
+                    lambda part: anndata_writer.add(part, folder / export.part_name(part))))
 
         # every partition is done: a temporary part left in the folder is one that a worker killed
         # mid-write left (its partition ran again elsewhere); polars refuses a folder holding it
@@ -1247,7 +1268,11 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
 
         if "anndata" in formats:
             t_out = time.perf_counter()
-            export.write_anndata(parts, out / f"{cfg.export.filename}.h5ad", plan.columns, meta_cols, uns=uns)
+            if anndata_writer is not None:
+                writer, anndata_writer = anndata_writer, None
+                writer.finish(parts, uns=uns)
+            else:
+                export.write_anndata(parts, out / f"{cfg.export.filename}.h5ad", plan.columns, meta_cols, uns=uns)
             written(f"{cfg.export.filename}.h5ad", t_out)
         if "anndata_zarr" in formats:
             t_out = time.perf_counter()
@@ -1295,6 +1320,8 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
     except KeyboardInterrupt:
         raise _to_file(handler, RunInterrupted(f"interrupted. {_resume_hint(out)}")) from None
     finally:
+        if anndata_writer is not None:  # (the run stopped before the file was complete)
+            anndata_writer.abort()
         logging.getLogger("scip_gpu").removeHandler(handler)
         handler.close()
         opened.lock.release()  # on every way out: success, error, Ctrl-C

@@ -267,6 +267,45 @@ def _column(name, c):
                            channel=get("channel"))
 
 
+def test_anndata_writer_parts_in_any_order_and_failures_leave_nothing(run, tmp_path):
+    """X written part by part as partitions come back (here in reverse order) equals the parts;
+    a part that cannot be read fails ``finish`` and leaves no file, temporary or final."""
+    import anndata as ad
+
+    from scip_gpu.export import AnnDataWriter, part_name
+
+    from omegaconf import OmegaConf
+
+    from scip_gpu.cli import to_config
+    from scip_gpu.config import Config
+    from scip_gpu.profile import build_plan
+
+    cfg, _ = to_config(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run / "config.yaml")))
+    plan_cols = build_plan(cfg, ["BF", "DNA", "SPOT"]).columns
+    cols = pd.read_csv(run / "features.columns.csv", index_col="name")
+    assert [c.name for c in plan_cols] == [n for n, c in cols.iterrows() if c["family"] != "input"]
+    meta = [n for n, c in cols.iterrows() if c["family"] == "input" and n != "meta_status"]
+    parts = [run / "features.parquet" / part_name(i) for i in range(3)]
+    rows = [pq.ParquetFile(p).metadata.num_rows for p in parts]
+    offsets = {0: 0, 1: rows[0], 2: rows[0] + rows[1]}
+    w = AnnDataWriter(tmp_path / "x.h5ad", sum(rows), plan_cols, meta, offsets)
+    for i in (2, 1):
+        w.add(i, parts[i])
+    w.finish(parts)  # (part 0 added here)
+    a = ad.read_h5ad(tmp_path / "x.h5ad")
+    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    feat = [c.name for c in plan_cols if c.kind == "feat"]
+    assert list(a.var_names) == feat and a.n_obs == len(df) == N_GOOD + 1
+    np.testing.assert_array_equal(a.X, df[feat].to_numpy(np.float32))
+    assert a.obs["meta_status"].tolist() == df["meta_status"].tolist()
+
+    bad = AnnDataWriter(tmp_path / "y.h5ad", sum(rows), plan_cols, meta, offsets)
+    bad.add(0, tmp_path / "missing.parquet")
+    with pytest.raises(OSError):
+        bad.finish(parts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.h5ad"]
+
+
 def test_report_failure_never_raises(tmp_path, caplog):
     from scip_gpu.report import write_report
 

@@ -324,6 +324,39 @@ def test_batches_on_a_gpu_overlap_and_failed_ones_run_again(tmp_path, monkeypatc
     assert calls["synced"] >= 3 and calls["batches"] > 4  # overlapped, and re-run after both failures
 
 
+def test_first_batch_is_staged_on_the_host_before_the_partition_takes_the_device(tmp_path, monkeypatch):
+    """device=cuda: a partition assembles its first batch in pinned host memory before it waits
+    for the device (another partition's batch runs meanwhile), and that staging is the one
+    copied (not assembled twice); the later batches are staged inside the loop. Same values."""
+    import anndata  # noqa: F401  (before the fake: it probes for cupyx.scipy.sparse)
+
+    from scip_gpu import batch as batch_mod
+
+    from . import fake_cupy
+
+    cfg, src, objs, plan = _setup(7, ["masks=none", "batch_size=3"])
+    from scip_gpu.export import arrow_schema
+
+    schema = arrow_schema(objs[[c for c in objs.columns if c.startswith("meta_")]], plan.columns)
+    _, ref = pipeline.process_partition((0, objs), source=src, plan=plan, folder=None, schema=schema, device="cpu")
+    fake_cupy.install(monkeypatch)
+    monkeypatch.setenv("SCIP_GPU_KERNELS", "0")
+    staged = []
+    real_stage = batch_mod.stage
+
+    def watched(images, shape, xp=np):
+        staged.append((len(images), pipeline.device_lock("cuda").locked()))
+        return real_stage(images, shape, xp)
+
+    monkeypatch.setattr(batch_mod, "stage", watched)
+    monkeypatch.setattr(pipeline, "stage", watched)
+    res, values = pipeline.process_partition((0, objs), source=src, plan=plan, folder=None, schema=schema,
+                                             device="cuda")
+    assert res.n_ok == 7 and sum(n for n, _ in staged) == 7 and len(staged) > 2  # each object staged once
+    assert staged[0][1] is False and all(held for _, held in staged[1:])
+    np.testing.assert_allclose(values, ref, rtol=1e-9, atol=1e-9)
+
+
 def test_local_cuda_workers_declare_one_gpu_unit_per_partition_in_flight(monkeypatch):
     """dask-cuda (a stand-in module here): one worker per visible GPU, threads_per_worker
     partitions in flight, each task holding one unit of the GPU resource."""

@@ -61,6 +61,16 @@ def test_killed_driver_then_resume_gives_the_same_output(tmp_path, reference):
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["objects"] == 80 and prov["objects_ok"] == 80
     assert len(list(parts.glob("part-*.parquet"))) == 20
+    # the .h5ad's X, written as partitions came back (the earlier run's parts first), in row order;
+    # the killed run's half-written temporary file is gone
+    import anndata as ad
+    import numpy as np
+
+    assert not list(out.rglob(".*.tmp"))
+    a = ad.read_h5ad(out / "features.h5ad")
+    feat = [c for c in df.columns if c.startswith("feat_")]
+    assert a.obs["meta_index"].tolist() == df["meta_index"].tolist()
+    np.testing.assert_array_equal(a.X, df[feat].to_numpy(np.float32))
 
 
 def test_resume_refuses_other_configuration_or_inputs(tmp_path):
