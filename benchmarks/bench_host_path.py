@@ -48,7 +48,6 @@ from _common import RESULTS, WORK, machine_description  # noqa: E402
 DEVICE_US = 41.7   # run 8 on an H100: device time per 12-channel 64x64 object (bench_gpu.py)
 TEMPLATE_ROWS = 4096
 TEMPLATE_CELLS = 256  # distinct cells profiled for the template
-PINNED_RING = 4     # pinned buffers per size before one is reused
 
 
 class DeviceClock:
@@ -110,19 +109,20 @@ def install_device(monkeypatch, clock: DeviceClock, table) -> None:
     monkeypatch.setattr(fake_cupy._Event, "record", record)
     monkeypatch.setattr(fake_cupy._Event, "synchronize", synchronize)
     # What a GPU's copy engine and CuPy's pinned memory pool do costs the host nothing there:
-    # the copy to the "device" is skipped (profile_batch here reads no pixel) and pinned
-    # buffers come from a ring per size (CuPy's pool reuses freed blocks; a batch loop holds at
-    # most two batches and their tables, and one partition at a time holds the device)
+    # the copy to the "device" is skipped (profile_batch here reads no pixel) and a pinned
+    # buffer no longer referenced is handed out again (CuPy's pinned pool reuses freed blocks)
     monkeypatch.setattr(fake_cupy.ndarray, "set", lambda self, arr, stream=None: None)
-    ring: dict[int, list] = {}
+    pool: dict[int, list] = {}
+    pool_lock = threading.Lock()
 
     def alloc_pinned_memory(size):
-        bufs = ring.setdefault(size, [])
-        if len(bufs) < PINNED_RING:
+        with pool_lock:
+            bufs = pool.setdefault(size, [])
+            for buf in bufs:
+                if sys.getrefcount(buf) <= 3:  # (the list, the loop variable, the call's argument)
+                    return buf
             bufs.append(fake_cupy.PinnedBuffer(size))
             return bufs[-1]
-        bufs.append(bufs.pop(0))
-        return bufs[-1]
 
     monkeypatch.setattr(cupy.cuda, "alloc_pinned_memory", alloc_pinned_memory)
 

@@ -22,6 +22,7 @@ import os
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Callable, Iterable, Iterator
 
 log = logging.getLogger("scip_gpu")
@@ -506,6 +507,8 @@ def executor(cluster_cfg, device: str = "cpu"):
     ``device="cuda"`` makes every partition task require the ``GPU`` resource.
     """
     kind = getattr(cluster_cfg.type, "value", cluster_cfg.type)
+    if not getattr(cluster_cfg, "threads_per_worker", 1):  # null: from the cores
+        cluster_cfg = replace(cluster_cfg, threads_per_worker=partitions_in_flight(cluster_cfg))
     if kind == "sync":
         yield SyncExecutor(getattr(cluster_cfg, "threads_per_worker", 1))
         return
@@ -587,6 +590,36 @@ def gpu_count() -> int:
         return 0
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+#: partitions in flight per GPU worker when ``cluster.threads_per_worker`` is null: at least
+#: one on the device and one read or written, at most 8 (host memory: each holds its objects'
+#: pixels and feature table, ``pipeline.GPU_PARTITION_HOST_BUDGET``)
+GPU_IN_FLIGHT = (2, 8)
+
+
+def partitions_in_flight(cluster_cfg) -> int:
+    """``cluster.threads_per_worker``, or where it is null: on ``local_cuda`` half the cores
+    per GPU worker (within ``GPU_IN_FLIGHT``): a partition's host work (reading, validating,
+    staging, writing its Parquet part) takes several times its device time on an H100
+    (``benchmarks/bench_host_path.py``), so several partitions are read and written while one
+    holds the device; elsewhere 1."""
+    n = getattr(cluster_cfg, "threads_per_worker", None)
+    if n:
+        return max(1, int(n))
+    if getattr(cluster_cfg.type, "value", cluster_cfg.type) != "local_cuda":
+        return 1
+    per_worker = usable_cores() // max(1, n_local_workers(cluster_cfg))
+    lo, hi = GPU_IN_FLIGHT
+    return int(min(hi, max(lo, per_worker // 2)))
+
+
 def n_local_workers(cluster_cfg) -> int:
     """Worker processes a cluster of this process's own runs: ``n_workers``, else one per
     visible GPU (``local_cuda``), one per core (``local``), one (``sync``)."""
@@ -650,6 +683,8 @@ _SILENCE = logging.CRITICAL
 
 
 def _start_cluster(kind: str, cfg, device: str):
+    if not getattr(cfg, "threads_per_worker", 1):  # null: from the cores
+        cfg = replace(cfg, threads_per_worker=partitions_in_flight(cfg))
     if kind in ("slurm", "pbs"):
         return _scaled(make_jobqueue_cluster(kind, cfg), cfg.jobs)
     if kind == "address":

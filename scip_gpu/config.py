@@ -316,10 +316,11 @@ class ClusterConfig:
     type: ClusterType = ClusterType.local
     n_workers: Optional[int] = None  # null: number of cores
     # partitions in flight per worker process (sync: in this process); with more than one, their
-    # reading and writing overlap the one partition that holds the device (one at a time)
-    threads_per_worker: int = 1
-    # threads reading and decoding one partition's objects (null: on a GPU up to 8, the process's
-    # cores; on a CPU 1, as the CPU path runs one worker process per core)
+    # reading and writing overlap the one partition that holds the device (one at a time);
+    # null: from the cores (cluster.partitions_in_flight: local_cuda half the cores per GPU, 2..8)
+    threads_per_worker: Optional[int] = 1
+    # threads reading and decoding one partition's objects (null: on a GPU the cores per
+    # partition in flight, up to 8; on a CPU 1, as the CPU path runs one worker process per core)
     loader_threads: Optional[int] = None
     memory_limit: str = "auto"
     dashboard_address: Optional[str] = None  # e.g. ":8787" (needs bokeh)

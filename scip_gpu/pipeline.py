@@ -222,18 +222,18 @@ LOAD_CHUNK_MIN = 32
 
 def loader_threads(cluster_cfg, device: str) -> int:
     """Threads that read and decode one partition's objects (``cluster.loader_threads``; null:
-    on a GPU the process's cores up to 8, as the other cores would wait for the device anyway;
-    on a CPU one, as the CPU path's parallelism is one worker process per core)."""
+    on a GPU the process's cores per partition in flight, up to 8, as the other cores would
+    wait for the device anyway; on a CPU one, as the CPU path's parallelism is one worker
+    process per core)."""
+    from .cluster import usable_cores
+
     n = getattr(cluster_cfg, "loader_threads", None)
     if n:
         return max(1, int(n))
     if device != "cuda":
         return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
+    in_flight = max(1, getattr(cluster_cfg, "threads_per_worker", None) or 1)
+    return max(1, min(8, usable_cores() // in_flight))
 
 
 def _load_checked(source, rows: pd.DataFrame, n_ch: int, min_side: int) -> list:
@@ -1126,6 +1126,10 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
     plan = build_plan(cfg, channel_names)
     check_dashboard(cfg.cluster)
     device = select_device(getattr(cfg.device, "value", cfg.device))
+    if not cfg.cluster.threads_per_worker:  # null: partitions in flight from the cores (local_cuda)
+        from .cluster import partitions_in_flight
+
+        cfg = replace(cfg, cluster=replace(cfg.cluster, threads_per_worker=partitions_in_flight(cfg.cluster)))
     reads = None
     if device == "cuda" and hasattr(source, "plan_device_reads"):  # dense zarr: kvikio or the host (io.kvikio)
         from .config import kvikio_mode

@@ -371,12 +371,20 @@ def test_local_cuda_workers_declare_one_gpu_unit_per_partition_in_flight(monkeyp
 
     monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=LocalCUDACluster))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setattr(cluster, "usable_cores", lambda: 16)  # (a 16-core host)
     cfg, _ = to_config(_compose(["+dataset=demo", "cluster=local_cuda"]))
-    assert cfg.cluster.threads_per_worker == 2 and cfg.cluster.loader_threads is None
+    assert cfg.cluster.threads_per_worker is None and cfg.cluster.loader_threads is None  # from the cores
     cluster._start_cluster("local_cuda", cfg.cluster, "cuda")
-    assert made["resources"] == {cluster.GPU_RESOURCE: 2} and made["threads_per_worker"] == 2
+    # two GPUs on 16 cores: 8 cores per worker, 4 partitions in flight, 2 loader threads each
+    assert made["resources"] == {cluster.GPU_RESOURCE: 4} and made["threads_per_worker"] == 4
     assert made["n_workers"] is None and made["CUDA_VISIBLE_DEVICES"] is None  # dask-cuda: one per visible GPU
     assert n_local_workers(cfg.cluster) == 2
-    assert pipeline.loader_threads(cfg.cluster, "cuda") == min(8, len(__import__("os").sched_getaffinity(0)))
+    in_flight = replace(cfg.cluster, threads_per_worker=cluster.partitions_in_flight(cfg.cluster))
+    assert pipeline.loader_threads(in_flight, "cuda") == 4
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert cluster.partitions_in_flight(cfg.cluster) == 8  # one GPU: capped at 8
+    monkeypatch.setattr(cluster, "usable_cores", lambda: 2)
+    assert cluster.partitions_in_flight(cfg.cluster) == 2  # at least one on the device, one read or written
+    assert cluster.partitions_in_flight(replace(cfg.cluster, threads_per_worker=3)) == 3  # as set
     assert pipeline.loader_threads(cfg.cluster, "cpu") == 1
     assert pipeline.loader_threads(replace(cfg.cluster, loader_threads=3), "cpu") == 3
