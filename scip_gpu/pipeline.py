@@ -52,6 +52,10 @@ class PartitionResult:
     #: the report's NaN statistics of the partition's rows (``report.nan_counts``), computed from
     #: the table in memory (None: not known, the report reads the part)
     nan_stats: dict | None = None
+    #: wall seconds of its stages: reading and validating ("read"), staging its first batch on
+    #: the host ("stage"), waiting for the device ("wait"), holding it ("device"), checking and
+    #: writing its part ("write")
+    phases: dict = field(default_factory=dict)
 
 
 def free_device_memory(xp) -> None:
@@ -364,6 +368,7 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
     given_name = cfg.masks.given  # masks given with the images (scip_gpu.profile(images, masks=...))
     given = source.load_masks(rows) if given_name else None
     good: list[tuple[int, np.ndarray]] = []
+    phases: dict[str, float] = {}
     if is_gpu(xp) and getattr(source, "device_layouts", None) and not given_name:
         loaded = load_partition_device(source, rows, n_ch, plan.min_side, xp)  # kvikio: into device memory
     else:
@@ -423,6 +428,8 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
 
     shapes = [img.shape[1:] for _, img in good]
     device_seconds = 0.0
+    phases["read"] = time.perf_counter() - t0
+    t_stage = time.perf_counter()
     batch_size = cfg.batch_size or auto_batch_size(
         xp, n_ch, tuple(int(v) + plan.margin for v in np.max(shapes, axis=0)) if shapes else (1, 1),
         plan.n_features, max((profile_dtype(img.dtype).itemsize for _, img in good), default=2))
@@ -438,14 +445,19 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
             first = stage(batches[0][1], batches[0][2], xp)
         except Exception:  # noqa: BLE001 - (e.g. no pinned memory) assembled, and reported, in the loop
             first = None
+    t_wait = time.perf_counter()
+    phases["stage"] = t_wait - t_stage
     with device_lock(device):
         t_dev = time.perf_counter()
+        phases["wait"] = t_dev - t_wait
         if overlapped:
             _run_batches_overlapped(batches, xp, plan, index, values, run_group, given_for, first)
         else:
             for positions, imgs, shape in batches:
                 run_group(positions, imgs, shape)
         device_seconds = time.perf_counter() - t_dev  # (profile_batch ends with the copy back: synchronised)
+    phases["device"] = device_seconds
+    t_write = time.perf_counter()
     del first
     del good, shapes, batches  # the images: no longer needed while the part is written
     for pos, cause in check_values(values, plan.columns).items():  # never an ok row with infinite features
@@ -457,9 +469,10 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
     nan_stats = nan_counts(values, plan.columns, ok)
 
     def result() -> PartitionResult:
+        phases["write"] = time.perf_counter() - t_write
         return PartitionResult(part, len(rows), len(rows) - len(errors), list(errors.values()),
                                time.perf_counter() - t0, timer.seconds, notes, worker_name(), started,
-                               device_seconds, nan_stats)
+                               device_seconds, nan_stats, {k: round(v, 4) for k, v in phases.items()})
 
     if folder is None:  # objects of a partition the driver recovers (recover_partition): it writes the part
         return result(), values
@@ -557,7 +570,9 @@ def worker_stats(results, since: float = 0.0) -> dict[str, dict]:
         if not r.worker or r.started < since:  # (recovered object by object; or an earlier run's)
             continue
         w = by.setdefault(r.worker, {"partitions": 0, "objects": 0, "device_seconds": 0.0,
-                                     "first": r.started, "last": r.started})
+                                     "first": r.started, "last": r.started, "phases": {}})
+        for k, v in (r.phases or {}).items():
+            w["phases"][k] = w["phases"].get(k, 0.0) + v
         w["partitions"] += 1
         w["objects"] += r.n
         w["device_seconds"] += r.device_seconds
@@ -570,7 +585,9 @@ def worker_stats(results, since: float = 0.0) -> dict[str, dict]:
         out[name] = {"partitions": w["partitions"], "objects": w["objects"], "seconds": round(span, 3),
                      "objects_per_s": round(w["objects"] / span, 2),
                      "device_seconds": round(w["device_seconds"], 3),
-                     "device_busy": round(min(w["device_seconds"] / span, 1.0), 4)}
+                     "device_busy": round(min(w["device_seconds"] / span, 1.0), 4),
+                     # (summed over its partitions, which overlap: where a partition's time goes)
+                     "phases_s": {k: round(v, 3) for k, v in w["phases"].items()}}
     return out
 
 
@@ -1255,6 +1272,9 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
                 log.info("worker %s: %d objects in %d partition(s), %.1f s, %.1f objects/s; %s busy %.0f%% of its "
                          "time", name, w["objects"], w["partitions"], w["seconds"], w["objects_per_s"], what,
                          100 * w["device_busy"])
+                if w["phases_s"]:
+                    log.info("worker %s: partition stages summed (s): %s", name,
+                             ", ".join(f"{k} {v:.1f}" for k, v in w["phases_s"].items()))
         if cfg.profile_stages:
             stages: dict[str, float] = {}
             for r in results:

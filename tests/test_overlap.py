@@ -200,16 +200,19 @@ def test_local_cuda_has_one_worker_per_visible_gpu(monkeypatch):
 
 def test_worker_stats_rates_and_busy_share():
     R = pipeline.PartitionResult
-    results = [R(0, 100, 100, seconds=2.0, worker="a", started=1000.0, device_seconds=1.5),
-               R(1, 100, 99, seconds=2.0, worker="a", started=1002.0, device_seconds=1.5),
+    results = [R(0, 100, 100, seconds=2.0, worker="a", started=1000.0, device_seconds=1.5,
+                 phases={"read": 0.25, "device": 1.5}),
+               R(1, 100, 99, seconds=2.0, worker="a", started=1002.0, device_seconds=1.5,
+                 phases={"read": 0.5, "device": 1.5, "write": 0.125}),
                R(2, 50, 50, seconds=1.0, worker="b", started=1000.5, device_seconds=0.25),
                R(3, 70, 70, seconds=1.0, worker="b", started=10.0, device_seconds=0.5),  # an earlier run's
                R(4, 1, 1, seconds=1.0)]  # recovered on the driver: no worker
     stats = pipeline.worker_stats(results, since=999.0)
     assert stats == {"a": {"partitions": 2, "objects": 200, "seconds": 4.0, "objects_per_s": 50.0,
-                           "device_seconds": 3.0, "device_busy": 0.75},
+                           "device_seconds": 3.0, "device_busy": 0.75,
+                           "phases_s": {"read": 0.75, "device": 3.0, "write": 0.125}},
                      "b": {"partitions": 1, "objects": 50, "seconds": 1.0, "objects_per_s": 50.0,
-                           "device_seconds": 0.25, "device_busy": 0.25}}
+                           "device_seconds": 0.25, "device_busy": 0.25, "phases_s": {}}}
 
 
 def test_progress_line_shows_each_workers_rate_and_busy_share(caplog, monkeypatch):
@@ -257,6 +260,11 @@ def test_progress_and_provenance_report_the_workers_busy_share(tmp_path, caplog,
     share = float(lines[-1].rsplit("profiling ", 1)[1].rstrip("%"))
     assert abs(share - 100 * w["device_busy"]) <= 0.5  # the last line: the whole run's numbers
     assert f"worker {name}: 12 objects in 4 partition(s)" in caplog.text  # and the end of the run's log
+    # where the partitions' time went: each stage's wall time, summed; the device stage's is the
+    # device time above, and together they are each partition's time
+    ph = w["phases_s"]
+    assert set(ph) == {"read", "stage", "wait", "device", "write"} and abs(ph["device"] - d) <= 2e-3
+    assert f"worker {name}: partition stages summed (s): read" in caplog.text
 
 
 @pytest.mark.slow
