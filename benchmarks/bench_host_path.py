@@ -139,14 +139,6 @@ def install_device(monkeypatch, clock: DeviceClock, table) -> None:
     monkeypatch.setattr(pipeline, "profile_batch", profile_batch)
 
 
-def phases_from_log(text: str) -> dict:
-    """Seconds of each output written after the partitions, as run.log states them."""
-    out = {}
-    for name, sec in re.findall(r"(\S+) written .*?\(([\d.]+) s\)", text):
-        out[Path(name).name] = float(sec)
-    return out
-
-
 def run_point(store: Path, n: int, in_flight: int, us: float, table, work: Path, extra: list[str]) -> dict:
     from _pytest.monkeypatch import MonkeyPatch
 
@@ -180,7 +172,8 @@ def run_point(store: Path, n: int, in_flight: int, us: float, table, work: Path,
              "wall_s": round(wall, 3), "objects_per_s": round(n / wall, 1),
              "device_s": round(clock.busy, 3), "device_busy_share": round(clock.busy / wall, 3),
              "partitions_s": partitions_s, "partition_size": int(size.group(1)) if size else None,
-             "outputs_s": phases_from_log(log_text), "output_seconds": prov.get("output_seconds"),
+             "output_seconds": prov.get("output_seconds"),
+             "stages_s": {k: w.get("phases_s") for k, w in prov.get("workers", {}).items()},
              "host_cpu_s": round(cpu, 2), "host_cpu_us_per_object": round(1e6 * cpu / n, 1),
              "floor_objects_per_s": round(1e6 / us, 1)}
     shutil.rmtree(out, ignore_errors=True)

@@ -350,6 +350,11 @@ def _write_h5ad_without_x(f, adata) -> None:
     write_elem(f, "uns", dict(adata.uns))
 
 
+#: threads reading parts for ``AnnDataWriter`` (Parquet decoding releases the GIL; HDF5 writes
+#: are one at a time)
+X_THREADS = 4
+
+
 class AnnDataWriter:
     """The run's ``.h5ad`` file, its X written while the partitions run.
 
@@ -363,7 +368,7 @@ class AnnDataWriter:
     """
 
     def __init__(self, path: Path, n_rows: int, columns: Sequence[Column], meta_columns: Sequence[str],
-                 offsets: dict[int, int]):
+                 offsets: dict[int, int], keep: Sequence[str] = ()):
         import threading
         from concurrent.futures import ThreadPoolExecutor
 
@@ -373,6 +378,8 @@ class AnnDataWriter:
         self.columns, self.names = list(columns), [c.name for c in columns if c.kind == "feat"]
         self.obs_columns = _obs_columns(columns, meta_columns)
         self.obs: dict[int, pd.DataFrame] = {}
+        self.keep = [c for c in keep if c in set(self.obs_columns) | set(self.names)]  # (read anyway)
+        self.kept: dict[int, pd.DataFrame] = {}
         self.tmp = temp_path(self.path)
         n, k = int(n_rows), len(self.names)
         self.file = h5py.File(self.tmp, "w")
@@ -383,7 +390,7 @@ class AnnDataWriter:
         self.added: set[int] = set()
         self.futures: list = []
         self._lock = threading.Lock()  # (h5py serialises its calls; the block reads run in parallel)
-        self._pool = ThreadPoolExecutor(2, thread_name_prefix="scip_gpu-anndata")
+        self._pool = ThreadPoolExecutor(X_THREADS, thread_name_prefix="scip_gpu-anndata")
 
     def _write(self, part: int, path: Path) -> None:
         import pyarrow.parquet as pq
@@ -391,6 +398,8 @@ class AnnDataWriter:
         table = pq.ParquetFile(path).read(columns=self.obs_columns + self.names)  # (one footer read)
         k = len(self.obs_columns)
         self.obs[part] = _obs_frame(table.select(list(range(k))))
+        if self.keep:
+            self.kept[part] = _obs_frame(table.select(self.keep))
         block = _x_of(table.select(list(range(k, table.num_columns))))
         row = self.offsets[part]
         with self._lock:
@@ -425,6 +434,13 @@ class AnnDataWriter:
             raise
         finally:
             self._pool.shutdown(wait=True)
+
+    def kept_frame(self, n_parts: int) -> pd.DataFrame | None:
+        """The ``keep`` columns of the parts 0..n_parts-1 in order, as ``read_obs`` reads them
+        (after ``finish``); None when a part's are missing."""
+        if not self.keep or any(i not in self.kept for i in range(n_parts)):
+            return None
+        return pd.concat([self.kept[i] for i in range(n_parts)], ignore_index=True) if n_parts else None
 
     def abort(self) -> None:
         """Drop the temporary file (the run failed or stopped)."""

@@ -1210,8 +1210,12 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             cluster_cfg = replace(cluster_cfg, threads_per_worker=1)  # fields: one after the other
         if "anndata" in formats and not is_fields:  # X written as the partitions come back
             n_tasks = -(-len(table) // size)
+            from .report import report_columns
+
+            lead, keys = report_columns(schema.names, plan.columns)
             anndata_writer = export.AnnDataWriter(out / f"{cfg.export.filename}.h5ad", len(table), plan.columns,
-                                                  meta_cols, {i: i * size for i in range(n_tasks)})
+                                                  meta_cols, {i: i * size for i in range(n_tasks)},
+                                                  keep=lead + [c.name for c in keys] if cfg.export.report else ())
             for i in done:
                 anndata_writer.add(i, folder / export.part_name(i))
         with executor(cluster_cfg, device) as ex:
@@ -1290,11 +1294,13 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             output_seconds[name] = round(time.perf_counter() - since, 3)
             log.info("%s written to %s (%.1f s)", name, out / name, output_seconds[name])
 
+        report_frame = None  # (the report's columns of every part, read with X)
         if "anndata" in formats:
             t_out = time.perf_counter()
             if anndata_writer is not None:
                 writer, anndata_writer = anndata_writer, None
                 writer.finish(parts, uns=uns)
+                report_frame = writer.kept_frame(len(parts))
             else:
                 export.write_anndata(parts, out / f"{cfg.export.filename}.h5ad", plan.columns, meta_cols, uns=uns)
             written(f"{cfg.export.filename}.h5ad", t_out)
@@ -1315,7 +1321,7 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             t_out = time.perf_counter()
             nan_stats = {str(folder / export.part_name(r.part)): r.nan_stats for r in results if r.nan_stats}
             if write_report(out, source=source, plan=plan, table=table, parts=parts, provenance=provenance,
-                            fields=is_fields, nan_stats=nan_stats) is not None:
+                            fields=is_fields, nan_stats=nan_stats, frame=report_frame) is not None:
                 written("report.html", t_out)
         if "parquet" not in formats:  # the parts were this run's own intermediates
             for p in parts:

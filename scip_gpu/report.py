@@ -423,14 +423,17 @@ def build_html(title: str, sections: dict[str, tuple[str, str]]) -> str:
 
 
 def write_report(out: Path, *, source, plan, table: pd.DataFrame, parts: Sequence[Path], provenance: dict,
-                 fields: bool = False, nan_stats: dict | None = None) -> Path | None:
+                 fields: bool = False, nan_stats: dict | None = None, frame: pd.DataFrame | None = None) -> Path | None:
     """Write ``report.html`` (and ``qc_fields.png`` for fields) into the run folder ``out``.
+
+    ``nan_stats`` (part path -> ``nan_counts``) and ``frame`` (the ``report_columns`` of every
+    part, in order) where the run has them already; otherwise the parts are read.
 
     Never raises: any failure is logged as a warning and None is returned.
     """
     try:
         return _write_report(Path(out), source=source, plan=plan, table=table, parts=parts, provenance=provenance,
-                             fields=fields, nan_stats=nan_stats or {})
+                             fields=fields, nan_stats=nan_stats or {}, frame=frame)
     except Exception as exc:  # noqa: BLE001 - the report must never fail a run
         from .errors import describe_exception
 
@@ -439,17 +442,23 @@ def write_report(out: Path, *, source, plan, table: pd.DataFrame, parts: Sequenc
         return None
 
 
-def _write_report(out: Path, *, source, plan, table, parts, provenance, fields, nan_stats) -> Path:
+def report_columns(names: Sequence[str], columns) -> tuple[list[str], list]:
+    """(the leading meta columns, the key feature columns) of parts with columns ``names``, the
+    columns the report reads of every part."""
+    planned = {c.name for c in columns}
+    return [n for n in names if n.startswith("meta_") and n not in planned], key_features(columns)
+
+
+def _write_report(out: Path, *, source, plan, table, parts, provenance, fields, nan_stats, frame) -> Path:
     from .export import write_text
 
     parts = [Path(p) for p in parts if Path(p).is_file()]
     columns = plan.columns
-    keys = key_features(columns)
     import pyarrow.parquet as pq
 
-    names = pq.read_schema(parts[0]).names if parts else []
-    lead = [n for n in names if n.startswith("meta_") and n not in {c.name for c in columns}]
-    frame = _read(parts, lead + [c.name for c in keys])
+    lead, keys = report_columns(pq.read_schema(parts[0]).names if parts else [], columns)
+    if frame is None or list(frame.columns) != lead + [c.name for c in keys]:
+        frame = _read(parts, lead + [c.name for c in keys])
     group = choose_group(frame[[c for c in lead if c != "meta_status"]], fields=fields) if len(frame) else None
     ok = (frame["meta_status"] == "ok").to_numpy() if len(frame) else np.zeros(0, bool)
     errors = pd.read_csv(out / "errors.csv") if (out / "errors.csv").is_file() else pd.DataFrame()

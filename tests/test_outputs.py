@@ -288,10 +288,17 @@ def test_anndata_writer_parts_in_any_order_and_failures_leave_nothing(run, tmp_p
     parts = [run / "features.parquet" / part_name(i) for i in range(3)]
     rows = [pq.ParquetFile(p).metadata.num_rows for p in parts]
     offsets = {0: 0, 1: rows[0], 2: rows[0] + rows[1]}
-    w = AnnDataWriter(tmp_path / "x.h5ad", sum(rows), plan_cols, meta, offsets)
+    from scip_gpu.report import _read, report_columns
+
+    lead, keys = report_columns(pq.read_schema(parts[0]).names, plan_cols)
+    keep = lead + [c.name for c in keys]
+    w = AnnDataWriter(tmp_path / "x.h5ad", sum(rows), plan_cols, meta, offsets, keep=keep)
     for i in (2, 1):
         w.add(i, parts[i])
     w.finish(parts)  # (part 0 added here)
+    # the report's columns, kept from the same reads, are what the report would read
+    assert len(keys) >= 4 and "meta_status" in lead
+    pd.testing.assert_frame_equal(w.kept_frame(3), _read(parts, keep))
     a = ad.read_h5ad(tmp_path / "x.h5ad")
     df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     feat = [c.name for c in plan_cols if c.kind == "feat"]
