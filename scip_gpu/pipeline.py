@@ -1185,6 +1185,7 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
         opened.lock.release()
         raise
     anndata_writer = None  # (export.AnnDataWriter: the .h5ad's X written while the partitions run)
+    montage = None  # (report.MontageAhead: the report's example montage, drawn meanwhile)
     try:
         log.info("scip_gpu run started at %s; output folder %s", started.isoformat(timespec="seconds"), out)
         log.info("dataset %r (%s): %d %s, channels %s", cfg.dataset.name, source.kind, len(table), unit,
@@ -1223,6 +1224,10 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
                 export.preload_anndata()  # imported while the partitions run, not after them
             kwargs = dict(cfg=cfg, source=source, plan=plan, folder=folder, schema=schema, device=device,
                           progress=progress, out=out, done=done)
+            if cfg.export.report and not is_fields and cfg.masks.methods:  # drawn while the partitions run
+                from .report import MontageAhead
+
+                montage = MontageAhead(source, table, plan)
             if is_fields:
                 results, n_parts, extra = field_pipeline.execute(ex, table, **kwargs)
             else:
@@ -1321,7 +1326,7 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             t_out = time.perf_counter()
             nan_stats = {str(folder / export.part_name(r.part)): r.nan_stats for r in results if r.nan_stats}
             if write_report(out, source=source, plan=plan, table=table, parts=parts, provenance=provenance,
-                            fields=is_fields, nan_stats=nan_stats, frame=report_frame) is not None:
+                            fields=is_fields, nan_stats=nan_stats, frame=report_frame, montage=montage) is not None:
                 written("report.html", t_out)
         if "parquet" not in formats:  # the parts were this run's own intermediates
             for p in parts:

@@ -423,17 +423,19 @@ def build_html(title: str, sections: dict[str, tuple[str, str]]) -> str:
 
 
 def write_report(out: Path, *, source, plan, table: pd.DataFrame, parts: Sequence[Path], provenance: dict,
-                 fields: bool = False, nan_stats: dict | None = None, frame: pd.DataFrame | None = None) -> Path | None:
+                 fields: bool = False, nan_stats: dict | None = None, frame: pd.DataFrame | None = None,
+                 montage: MontageAhead | None = None) -> Path | None:
     """Write ``report.html`` (and ``qc_fields.png`` for fields) into the run folder ``out``.
 
     ``nan_stats`` (part path -> ``nan_counts``) and ``frame`` (the ``report_columns`` of every
-    part, in order) where the run has them already; otherwise the parts are read.
+    part, in order) where the run has them already; otherwise the parts are read. ``montage``:
+    the examples' montage drawn while the partitions ran (``MontageAhead``).
 
     Never raises: any failure is logged as a warning and None is returned.
     """
     try:
         return _write_report(Path(out), source=source, plan=plan, table=table, parts=parts, provenance=provenance,
-                             fields=fields, nan_stats=nan_stats or {}, frame=frame)
+                             fields=fields, nan_stats=nan_stats or {}, frame=frame, montage=montage)
     except Exception as exc:  # noqa: BLE001 - the report must never fail a run
         from .errors import describe_exception
 
@@ -449,7 +451,64 @@ def report_columns(names: Sequence[str], columns) -> tuple[list[str], list]:
     return [n for n in names if n.startswith("meta_") and n not in planned], key_features(columns)
 
 
-def _write_report(out: Path, *, source, plan, table, parts, provenance, fields, nan_stats, frame) -> Path:
+def montage_choice(frame: pd.DataFrame, group: str | None, ok: np.ndarray) -> tuple[tuple, tuple]:
+    """(meta_index, label) of the example objects: the first ``EXAMPLES_PER_GROUP`` ok objects
+    of every group (groups in sorted order), at most ``MAX_EXAMPLES``, in row order."""
+    g = frame[group].astype(str) if group else pd.Series("all", index=frame.index)
+    pick = []
+    for name in sorted(g[ok].unique()):
+        pick += list(frame.index[ok & (g == name).to_numpy()][:EXAMPLES_PER_GROUP])
+    pick = sorted(pick[:MAX_EXAMPLES])
+    index = frame.loc[pick, "meta_index"].to_numpy()
+    return tuple(int(i) for i in index), tuple(f"{g.loc[p]} #{i}" for p, i in zip(pick, index))
+
+
+def montage_of(source, table: pd.DataFrame, plan, index: Sequence[int], labels: Sequence[str]) -> bytes | None:
+    """The montage PNG of the objects ``index`` (meta_index) with their masks (recomputed), or
+    None when none loads."""
+    if not len(index):
+        return None
+    rows = table.set_index("meta_index").loc[list(index)].reset_index()
+    examples = example_masks(source, rows, plan)
+    return montage_png(examples, [labels[pos] for pos, _, _ in examples], plan.channel_names) if examples else None
+
+
+class MontageAhead:
+    """The montage drawn in a background thread while the partitions run, for the examples
+    chosen as if every object were ok (the metadata is known before the run). The report uses
+    it only when the run's own choice is the same (no example failed), else draws its own."""
+
+    def __init__(self, source, table: pd.DataFrame, plan):
+        import threading
+
+        meta = table[[c for c in table.columns if c.startswith("meta_") and c != "meta_status"]]
+        meta = meta.reset_index(drop=True)
+        group = choose_group(meta) if len(meta) else None
+        self._choice = (montage_choice(meta, group, np.ones(len(meta), bool))
+                        if plan.cfg.masks.methods and len(meta) else ((), ()))
+        self._png: bytes | None = None
+        self._error: BaseException | None = None
+
+        def draw():
+            try:
+                self._png = montage_of(source, table, plan, *self._choice)
+            except BaseException as exc:  # noqa: BLE001 - the report draws it again (and reports)
+                self._error = exc
+
+        self._thread = threading.Thread(target=draw, name="scip_gpu-montage", daemon=True)
+        self._thread.start()
+
+    def choice(self) -> tuple | None:
+        self._thread.join()
+        return None if self._error is not None else self._choice
+
+    def png(self) -> bytes | None:
+        self._thread.join()
+        return self._png
+
+
+def _write_report(out: Path, *, source, plan, table, parts, provenance, fields, nan_stats, frame,
+                  montage=None) -> Path:
     from .export import write_text
 
     parts = [Path(p) for p in parts if Path(p).is_file()]
@@ -499,18 +558,11 @@ def _write_report(out: Path, *, source, plan, table, parts, provenance, fields, 
                                f'<p class="note">Written also as <code>{FIELDS_PNG}</code>.</p>'
                                + _img(png, "no label images (segmentation.export_labels=false or no field loaded)"))
     else:
-        examples, labels = [], []
-        if plan.cfg.masks.methods and len(frame):
-            g = frame[group].astype(str) if group else pd.Series("all", index=frame.index)
-            pick = []
-            for name in sorted(g[ok].unique()):
-                pick += list(frame.index[ok & (g == name).to_numpy()][:EXAMPLES_PER_GROUP])
-            pick = sorted(pick[:MAX_EXAMPLES])
-            index = frame.loc[pick, "meta_index"].to_numpy()
-            rows = table.set_index("meta_index").loc[index].reset_index()
-            examples = example_masks(source, rows, plan)
-            labels = [f"{g.loc[pick[pos]]} #{index[pos]}" for pos, _, _ in examples]
-        png = montage_png(examples, labels, plan.channel_names) if examples else None
+        chosen = montage_choice(frame, group, ok) if plan.cfg.masks.methods and len(frame) else ((), ())
+        if montage is not None and montage.choice() == chosen:
+            png = montage.png()  # drawn while the partitions ran
+        else:
+            png = montage_of(source, table, plan, *chosen)
         sections["montage"] = ("Example objects and their masks",
                                '<p class="note">Each row one object (group, meta_index), each panel one channel; '
                                "outlines: every mask method's mask of that channel.</p>"

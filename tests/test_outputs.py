@@ -313,6 +313,57 @@ def test_anndata_writer_parts_in_any_order_and_failures_leave_nothing(run, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.h5ad"]
 
 
+def _run_plan_and_source(run):
+    from omegaconf import OmegaConf
+
+    from scip_gpu.cli import to_config
+    from scip_gpu.config import Config
+    from scip_gpu.io import make_source
+    from scip_gpu.profile import build_plan
+
+    cfg, _ = to_config(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run / "config.yaml")))
+    source = make_source(cfg.dataset)
+    table = source.objects()
+    table.insert(0, "meta_index", np.arange(len(table), dtype=np.int64))
+    return build_plan(cfg, ["BF", "DNA", "SPOT"]), source, table
+
+
+def test_montage_drawn_during_the_run_is_used_only_when_its_examples_are_the_reports(run, tmp_path, monkeypatch):
+    """MontageAhead chooses the examples as if every object were ok; the report uses its PNG
+    only when the run's choice (ok objects only) is the same, else draws its own."""
+    from scip_gpu import report
+    from scip_gpu.export import part_name
+
+    plan, source, table = _run_plan_and_source(run)
+    ahead = report.MontageAhead(source, table, plan)
+    parts = [run / "features.parquet" / part_name(i) for i in range(3)]
+    frame = report._read(parts, ["meta_index", "meta_phenotype", "meta_id", "meta_status"])
+    ok = (frame["meta_status"] == "ok").to_numpy()
+    real = report.montage_choice(frame, "meta_phenotype", ok)
+    index, labels = ahead.choice()
+    assert len(index) == len(labels) > 0 and all(label.endswith(f"#{i}") for i, label in zip(index, labels))
+    failed = set(frame.loc[~ok, "meta_index"])
+    assert (real == ahead.choice()) == (not failed & set(index))  # differs exactly when an example failed
+    assert ahead.png() == report.montage_of(source, table, plan, index, labels)  # the same drawing
+
+    drawn = report.montage_of(source, table, plan, *real)
+
+    class Ahead:  # the run's choice: the report must use this PNG and draw nothing
+        def choice(self):
+            return real
+
+        def png(self):
+            return drawn
+
+    monkeypatch.setattr(report, "montage_of", lambda *a: pytest.fail("drew the montage again"))
+    out = tmp_path / "r"
+    out.mkdir()
+    prov = json.loads((run / "provenance.json").read_text())
+    assert report.write_report(out, source=source, plan=plan, table=table, parts=parts, provenance=prov,
+                               montage=Ahead()) is not None
+    assert base64.b64encode(drawn).decode() in (out / "report.html").read_text()
+
+
 def test_report_failure_never_raises(tmp_path, caplog):
     from scip_gpu.report import write_report
 
