@@ -151,7 +151,9 @@ def run_point(store: Path, n: int, in_flight: int, us: float, table, work: Path,
     mp = MonkeyPatch()
     try:
         install_device(mp, clock, table)
-        cfg, _ = compose(None, ("+dataset=zarr", f"dataset.path={store}", "device=cuda", "cluster=sync",
+        # (io.kvikio=false: the stand-in's device arrays are host memory; a GPU host's kvikio reads
+        # would move the reading off the host, which this benchmark does not simulate)
+        cfg, _ = compose(None, ("+dataset=zarr", f"dataset.path={store}", "device=cuda", "cluster=sync", "io.kvikio=false",
                                 f"cluster.threads_per_worker={in_flight}", f"output={out}", "progress=false",
                                 *extra))
         config, resolved = to_config(cfg)

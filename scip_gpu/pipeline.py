@@ -476,6 +476,8 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
 
     if folder is None:  # objects of a partition the driver recovers (recover_partition): it writes the part
         return result(), values
+    if "anndata" in [getattr(f, "value", f) for f in cfg.export.formats]:  # its X rows, for the driver
+        export.write_x_side(Path(folder), part, values, plan.columns)
     _write_partition(Path(folder), part, rows, schema, values, errors.values())
     return result()
 

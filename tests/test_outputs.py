@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -292,10 +293,25 @@ def test_anndata_writer_parts_in_any_order_and_failures_leave_nothing(run, tmp_p
 
     lead, keys = report_columns(pq.read_schema(parts[0]).names, plan_cols)
     keep = lead + [c.name for c in keys]
+    # rows a worker left: part 0's as written from its table (used, then removed); part 1's of a
+    # wrong size (ignored: decoded from the part); part 2 none
+    import shutil
+
+    from scip_gpu.export import write_x_side, x_side_path
+
+    folder = tmp_path / "features.parquet"
+    folder.mkdir()
+    copies = [Path(shutil.copy(p, folder / p.name)) for p in parts]
+    full = pd.read_parquet(copies[0])
+    write_x_side(folder, 0, full[[c.name for c in plan_cols]].astype(float).to_numpy(), plan_cols)
+    x_side_path(folder, 1).write_bytes(b"\0" * 12)
+    assert x_side_path(folder, 0).stat().st_size == rows[0] * sum(c.kind == "feat" for c in plan_cols) * 4
     w = AnnDataWriter(tmp_path / "x.h5ad", sum(rows), plan_cols, meta, offsets, keep=keep)
     for i in (2, 1):
-        w.add(i, parts[i])
-    w.finish(parts)  # (part 0 added here)
+        w.add(i, copies[i])
+    w.finish(copies)  # (part 0 added here)
+    assert not x_side_path(folder, 0).exists() and not x_side_path(folder, 1).exists()
+    shutil.rmtree(folder)
     # the report's columns, kept from the same reads, are what the report would read
     assert len(keys) >= 4 and "meta_status" in lead
     pd.testing.assert_frame_equal(w.kept_frame(3), _read(parts, keep))
@@ -311,6 +327,8 @@ def test_anndata_writer_parts_in_any_order_and_failures_leave_nothing(run, tmp_p
     with pytest.raises(OSError):
         bad.finish(parts)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.h5ad"]
+    # a run leaves none of the workers' X rows behind
+    assert not list(run.glob(".*.tmp"))
 
 
 def _run_plan_and_source(run):
