@@ -301,7 +301,8 @@ def _x_of(table) -> np.ndarray:
     if table.num_columns == 0:
         return np.empty((table.num_rows, 0), dtype=np.float32)
     by_column = np.stack([col.to_numpy() for col in table.columns])  # (columns, rows): contiguous copies
-    return np.ascontiguousarray(by_column.T, dtype=np.float32)
+    with np.errstate(over="ignore"):  # (float32: a value beyond its range is inf in X)
+        return np.ascontiguousarray(by_column.T, dtype=np.float32)
 
 
 def _x_block(part: Path, names: Sequence[str]) -> np.ndarray:
@@ -363,7 +364,8 @@ def write_x_side(folder: Path, part: int, values: np.ndarray, columns: Sequence[
     from .report import _take_columns
 
     feat = np.array([j for j, c in enumerate(columns) if c.kind == "feat"], dtype=np.intp)
-    block = np.ascontiguousarray(_take_columns(np.asarray(values), feat), dtype=np.float32)
+    with np.errstate(over="ignore"):  # (X is float32: a value beyond its range is inf there, as before)
+        block = np.ascontiguousarray(_take_columns(np.asarray(values), feat), dtype=np.float32)
     final = x_side_path(folder, part)
     tmp = temp_path(final)
     try:
