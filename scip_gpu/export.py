@@ -351,14 +351,14 @@ def _write_h5ad_without_x(f, adata) -> None:
     write_elem(f, "uns", dict(adata.uns))
 
 
-def x_side_path(folder: Path, part: int) -> Path:
+def x_side_path(run_folder: Path, part: int) -> Path:
     """Where a worker leaves partition ``part``'s rows of the AnnData X (float32, raw) for the
-    driver's ``AnnDataWriter``: a hidden temporary file in the run folder (``folder``: the
-    Parquet folder), removed once written into X (and, as every ``.*.tmp``, by a resume)."""
-    return Path(folder).parent / f".x-{part_name(part)}.f32.tmp"
+    driver's ``AnnDataWriter``: a hidden temporary file in the run folder, removed once written
+    into X or when the run fails (and, as every ``.*.tmp``, by a resume)."""
+    return Path(run_folder) / f".x-{part_name(part)}.f32.tmp"
 
 
-def write_x_side(folder: Path, part: int, values: np.ndarray, columns: Sequence[Column]) -> None:
+def write_x_side(run_folder: Path, part: int, values: np.ndarray, columns: Sequence[Column]) -> None:
     """Write a partition's X rows (its feature columns as float32) for ``AnnDataWriter``: the
     worker has the table in memory, which costs far less than decoding the part again."""
     from .report import _take_columns
@@ -366,7 +366,7 @@ def write_x_side(folder: Path, part: int, values: np.ndarray, columns: Sequence[
     feat = np.array([j for j, c in enumerate(columns) if c.kind == "feat"], dtype=np.intp)
     with np.errstate(over="ignore"):  # (X is float32: a value beyond its range is inf there, as before)
         block = np.ascontiguousarray(_take_columns(np.asarray(values), feat), dtype=np.float32)
-    final = x_side_path(folder, part)
+    final = x_side_path(run_folder, part)
     tmp = temp_path(final)
     try:
         block.tofile(tmp)
@@ -436,7 +436,7 @@ class AnnDataWriter:
 
         pf = pq.ParquetFile(path)  # (one footer read)
         n = pf.metadata.num_rows
-        side = x_side_path(path.parent, part)
+        side = self._side(part)
         block = read_x_side(side, n, len(self.names))
         small = list(dict.fromkeys(self.obs_columns + self.keep))
         table = pf.read(columns=small if block is not None else small + [c for c in self.names if c not in set(small)])
@@ -479,6 +479,10 @@ class AnnDataWriter:
         finally:
             self._pool.shutdown(wait=True)
 
+    def _side(self, part: int) -> Path:
+        """Where the worker leaves the part's X rows (the run folder: this file's)."""
+        return x_side_path(self.path.parent, part)
+
     def kept_frame(self, n_parts: int) -> pd.DataFrame | None:
         """The ``keep`` columns of the parts 0..n_parts-1 in order, as ``read_obs`` reads them
         (after ``finish``); None when a part's are missing."""
@@ -494,6 +498,8 @@ class AnnDataWriter:
         except Exception:  # noqa: BLE001 - already closed
             pass
         self.tmp.unlink(missing_ok=True)
+        for part in self.offsets:  # the workers' X rows not written yet
+            self._side(part).unlink(missing_ok=True)
 
 
 def _feature_blocks(parts: Sequence[Path], names: Sequence[str], ok: np.ndarray, size: int | None = None):

@@ -477,7 +477,7 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
     if folder is None:  # objects of a partition the driver recovers (recover_partition): it writes the part
         return result(), values
     if "anndata" in [getattr(f, "value", f) for f in cfg.export.formats]:  # its X rows, for the driver
-        export.write_x_side(Path(folder), part, values, plan.columns)
+        export.write_x_side(Path(folder).parent, part, values, plan.columns)
     _write_partition(Path(folder), part, rows, schema, values, errors.values())
     return result()
 
@@ -1305,9 +1305,9 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
         if "anndata" in formats:
             t_out = time.perf_counter()
             if anndata_writer is not None:
-                writer, anndata_writer = anndata_writer, None
-                writer.finish(parts, uns=uns)
-                report_frame = writer.kept_frame(len(parts))
+                anndata_writer.finish(parts, uns=uns)  # (on failure: removed in ``finally``)
+                report_frame = anndata_writer.kept_frame(len(parts))
+                anndata_writer = None
             else:
                 export.write_anndata(parts, out / f"{cfg.export.filename}.h5ad", plan.columns, meta_cols, uns=uns)
             written(f"{cfg.export.filename}.h5ad", t_out)

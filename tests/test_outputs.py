@@ -303,14 +303,14 @@ def test_anndata_writer_parts_in_any_order_and_failures_leave_nothing(run, tmp_p
     folder.mkdir()
     copies = [Path(shutil.copy(p, folder / p.name)) for p in parts]
     full = pd.read_parquet(copies[0])
-    write_x_side(folder, 0, full[[c.name for c in plan_cols]].astype(float).to_numpy(), plan_cols)
-    x_side_path(folder, 1).write_bytes(b"\0" * 12)
-    assert x_side_path(folder, 0).stat().st_size == rows[0] * sum(c.kind == "feat" for c in plan_cols) * 4
+    write_x_side(tmp_path, 0, full[[c.name for c in plan_cols]].astype(float).to_numpy(), plan_cols)
+    x_side_path(tmp_path, 1).write_bytes(b"\0" * 12)
+    assert x_side_path(tmp_path, 0).stat().st_size == rows[0] * sum(c.kind == "feat" for c in plan_cols) * 4
     w = AnnDataWriter(tmp_path / "x.h5ad", sum(rows), plan_cols, meta, offsets, keep=keep)
     for i in (2, 1):
         w.add(i, copies[i])
     w.finish(copies)  # (part 0 added here)
-    assert not x_side_path(folder, 0).exists() and not x_side_path(folder, 1).exists()
+    assert not x_side_path(tmp_path, 0).exists() and not x_side_path(tmp_path, 1).exists()
     shutil.rmtree(folder)
     # the report's columns, kept from the same reads, are what the report would read
     assert len(keys) >= 4 and "meta_status" in lead

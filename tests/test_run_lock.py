@@ -127,7 +127,7 @@ def test_lock_released_on_errors_and_interrupts(tmp_path, monkeypatch):
         calls.append(1)
         raise (RuntimeError("disk full") if len(calls) == 1 else KeyboardInterrupt())
 
-    monkeypatch.setattr(export, "write_anndata", broken)
+    monkeypatch.setattr(export.AnnDataWriter, "finish", broken)  # (the .h5ad completed after the partitions)
     with pytest.raises(RuntimeError, match="disk full"):
         _run([*SMALL, f"output={out}"], tmp_path)
     assert not (out / state.LOCK_FILE).exists()
