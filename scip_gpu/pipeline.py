@@ -958,7 +958,7 @@ def partition_tasks(table: pd.DataFrame, size: int) -> list[tuple[int, pd.DataFr
 
 def _execute_objects(ex, table, *, cfg, source, plan, folder, schema, device, progress, out, done, on_part=None):
     """Profile single-object images: one task per partition of objects (finished ones skipped).
-    ``on_part(part)``: called as each partition's part is complete (after its checkpoint)."""
+    ``on_part(result)``: called as each partition's part is complete (after its checkpoint)."""
     from .state import write_summary
 
     tasks = partition_tasks(table, cfg.partition_size)
@@ -978,7 +978,7 @@ def _execute_objects(ex, table, *, cfg, source, plan, folder, schema, device, pr
                 continue
         write_summary(out, res)
         if on_part is not None:
-            on_part(res.part)
+            on_part(res)
         results.append(res)
         for note in res.notes:
             log.warning(note)
@@ -1229,12 +1229,20 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
             if cfg.export.report and not is_fields and cfg.masks.methods:  # drawn while the partitions run
                 from .report import MontageAhead
 
-                montage = MontageAhead(source, table, plan)
+                montage = MontageAhead(source, table, plan, size)
+                for r in done.values():
+                    montage.partition_done(int(r["part"]), {e["meta_index"] for e in r.get("errors", [])})
+
+            def part_done(res) -> None:  # (as each partition comes back)
+                if anndata_writer is not None:
+                    anndata_writer.add(res.part, folder / export.part_name(res.part))
+                if montage is not None:
+                    montage.partition_done(res.part, {e["meta_index"] for e in res.errors})
+
             if is_fields:
                 results, n_parts, extra = field_pipeline.execute(ex, table, **kwargs)
             else:
-                results, n_parts = _execute_objects(ex, table, **kwargs, on_part=anndata_writer and (
-                    lambda part: anndata_writer.add(part, folder / export.part_name(part))))
+                results, n_parts = _execute_objects(ex, table, **kwargs, on_part=part_done)
 
         # every partition is done: a temporary part left in the folder is one that a worker killed
         # mid-write left (its partition ran again elsewhere); polars refuses a folder holding it

@@ -474,11 +474,16 @@ def montage_of(source, table: pd.DataFrame, plan, index: Sequence[int], labels: 
 
 
 class MontageAhead:
-    """The montage drawn in a background thread while the partitions run, for the examples
-    chosen as if every object were ok (the metadata is known before the run). The report uses
-    it only when the run's own choice is the same (no example failed), else draws its own."""
+    """The montage drawn in a background thread of the driver while the partitions run.
 
-    def __init__(self, source, table: pd.DataFrame, plan):
+    The examples are chosen as if every object were ok (the metadata is known before the run);
+    the drawing starts once every partition holding one of them is done with all of them ok
+    (``partition_done``): the driver only ever loads objects that a worker has loaded and
+    profiled, as the report after the run does (an object that kills its process is never an
+    example). The report uses the drawing only when its own choice is the same, else draws its
+    own (an example failed, or its partitions had not all finished)."""
+
+    def __init__(self, source, table: pd.DataFrame, plan, partition_size: int):
         import threading
 
         meta = table[[c for c in table.columns if c.startswith("meta_") and c != "meta_status"]]
@@ -486,25 +491,43 @@ class MontageAhead:
         group = choose_group(meta) if len(meta) else None
         self._choice = (montage_choice(meta, group, np.ones(len(meta), bool))
                         if plan.cfg.masks.methods and len(meta) else ((), ()))
+        # (meta_index is the row's position: partition = position // partition_size)
+        self._waiting = {int(i) // max(1, partition_size) for i in self._choice[0]}
         self._png: bytes | None = None
-        self._error: BaseException | None = None
+        self._failed = not self._choice[0]
+        self._lock = threading.Lock()
 
         def draw():
             try:
                 self._png = montage_of(source, table, plan, *self._choice)
-            except BaseException as exc:  # noqa: BLE001 - the report draws it again (and reports)
-                self._error = exc
+            except BaseException:  # noqa: BLE001 - the report draws it again (and reports)
+                self._failed = True
 
         self._thread = threading.Thread(target=draw, name="scip_gpu-montage", daemon=True)
-        self._thread.start()
+
+    def partition_done(self, part: int, failed: set) -> None:
+        """Partition ``part`` is done, the objects ``failed`` (meta_index) with errors."""
+        with self._lock:
+            if self._failed or part not in self._waiting:
+                return
+            if failed & set(self._choice[0]):
+                self._failed = True  # an example failed: the report chooses (and draws) its own
+                return
+            self._waiting.discard(part)
+            if not self._waiting:
+                self._thread.start()
 
     def choice(self) -> tuple | None:
+        """The examples drawn, or None when there is no drawing to use."""
+        with self._lock:
+            started = self._thread.is_alive() or self._thread.ident is not None
+        if not started:
+            return None
         self._thread.join()
-        return None if self._error is not None else self._choice
+        return None if self._failed else self._choice
 
     def png(self) -> bytes | None:
-        self._thread.join()
-        return self._png
+        return self._png if self.choice() is not None else None
 
 
 def _write_report(out: Path, *, source, plan, table, parts, provenance, fields, nan_stats, frame,

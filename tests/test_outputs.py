@@ -353,16 +353,29 @@ def test_montage_drawn_during_the_run_is_used_only_when_its_examples_are_the_rep
     from scip_gpu.export import part_name
 
     plan, source, table = _run_plan_and_source(run)
-    ahead = report.MontageAhead(source, table, plan)
     parts = [run / "features.parquet" / part_name(i) for i in range(3)]
     frame = report._read(parts, ["meta_index", "meta_phenotype", "meta_id", "meta_status"])
     ok = (frame["meta_status"] == "ok").to_numpy()
     real = report.montage_choice(frame, "meta_phenotype", ok)
+    failed = set(frame.loc[~ok, "meta_index"])
+    assert len(failed) == 1
+
+    def ahead_with(errors_by_part):
+        ahead = report.MontageAhead(source, table, plan, 4)  # (the run's partition_size)
+        assert ahead.choice() is None  # nothing drawn before its partitions are done
+        for part, errs in errors_by_part.items():
+            ahead.partition_done(part, errs)
+        return ahead
+
+    ahead = ahead_with({i: set() for i in range(3)})  # as if every object were ok
     index, labels = ahead.choice()
     assert len(index) == len(labels) > 0 and all(label.endswith(f"#{i}") for i, label in zip(index, labels))
-    failed = set(frame.loc[~ok, "meta_index"])
-    assert (real == ahead.choice()) == (not failed & set(index))  # differs exactly when an example failed
     assert ahead.png() == report.montage_of(source, table, plan, index, labels)  # the same drawing
+    assert (real == (index, labels)) == (not failed & set(index))  # the same examples unless one failed
+    # an example reported failed: nothing drawn (the driver never loads a failed object)
+    one = index[0]
+    ahead = ahead_with({i: ({one} if i == one // 4 else set()) for i in range(3)})
+    assert ahead.choice() is None and ahead.png() is None
 
     drawn = report.montage_of(source, table, plan, *real)
 
