@@ -509,11 +509,12 @@ def _feature_blocks(parts: Sequence[Path], names: Sequence[str], ok: np.ndarray,
 
     if size is None:
         size = int(max(1, min(256, 2**27 // (8 * max(len(ok), 1)))))
+    files = [pq.ParquetFile(p) for p in parts]  # (each footer parsed once, not once per block)
     for a in range(0, len(names), size):
         cols = list(names[a:a + size])
-        block = np.concatenate([np.column_stack([c.to_numpy() for c in pq.read_table(p, columns=cols).columns])
-                                if pq.ParquetFile(p).metadata.num_rows else np.empty((0, len(cols)))
-                                for p in parts]) if parts else np.empty((0, len(cols)))
+        block = np.concatenate([np.column_stack([c.to_numpy() for c in f.read(columns=cols).columns])
+                                if f.metadata.num_rows else np.empty((0, len(cols)))
+                                for f in files]) if files else np.empty((0, len(cols)))
         yield a, block[ok]
 
 
