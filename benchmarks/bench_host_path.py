@@ -67,7 +67,7 @@ class DeviceClock:
             return self.until
 
 
-def template_table(plan, channels: int, rows: int = TEMPLATE_ROWS):
+def template_table(plan, channels: int, rows: int = TEMPLATE_ROWS, cells: int = TEMPLATE_CELLS):
     """(rows, F) feature table: the CPU path's features of TEMPLATE_CELLS IFC-like cells, tiled, every
     non-integer value jittered by a relative 1e-12 (distinct rows, as Parquet sees real data)."""
     import numpy as np
@@ -76,9 +76,9 @@ def template_table(plan, channels: int, rows: int = TEMPLATE_ROWS):
     from scip_gpu.batch import assemble
     from scip_gpu.profile import profile_batch
 
-    cells = base_cells(channels, STORES, TEMPLATE_CELLS)
-    shape = tuple(int(v) + plan.margin for v in cells.shape[2:])
-    real = profile_batch(assemble(list(cells), np.arange(len(cells)), shape, np), plan)
+    base = base_cells(channels, STORES, cells)
+    shape = tuple(int(v) + plan.margin for v in base.shape[2:])
+    real = profile_batch(assemble(list(base), np.arange(len(base)), shape, np), plan)
     table = real[np.arange(rows) % len(real)]
     rng = np.random.default_rng(0)
     jitter = 1 + 1e-12 * rng.standard_normal(table.shape)
@@ -188,21 +188,31 @@ def main(argv=None) -> int:
     ap.add_argument("--in-flight", type=int, nargs="+", default=[2], help="cluster.threads_per_worker values")
     ap.add_argument("--device-us", type=float, default=DEVICE_US, help="device time per object (us)")
     ap.add_argument("--channels", type=int, default=12)
+    ap.add_argument("--template-cells", type=int, default=TEMPLATE_CELLS, help="distinct cells profiled for the table")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="")
     ap.add_argument("extra", nargs="*", help="more overrides for every run (e.g. export.formats=[parquet])")
     args = ap.parse_args(argv)
 
+    logger = logging.getLogger("scip_gpu")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # (run.log: INFO, as the command line)
+    try:
+        return _main(args)
+    finally:
+        logger.setLevel(level)
+
+
+def _main(args) -> int:
     from bench_scaling import STORES, dense_store
     from scip_gpu.api import compose
     from scip_gpu.cli import to_config
     from scip_gpu.profile import build_plan
 
-    logging.getLogger("scip_gpu").setLevel(logging.INFO)  # (run.log: INFO, as the command line)
     cfg, _ = compose(None, ("+dataset=zarr", "dataset.path=x", *args.extra))
     config, _ = to_config(cfg)
     plan = build_plan(config, [f"ch{i}" for i in range(args.channels)])
-    table = template_table(plan, args.channels)
+    table = template_table(plan, args.channels, cells=args.template_cells)
     work = WORK / "host-path"
     work.mkdir(parents=True, exist_ok=True)
     points = []

@@ -13,6 +13,7 @@ import pytest
 from .conftest import ROOT, SHARED
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_host_path  # noqa: E402
 import bench_scaling  # noqa: E402
 import issue11_summary as summary  # noqa: E402
 from datasets import ifc_like_cells, read_with_scip_gpu  # noqa: E402
@@ -131,3 +132,24 @@ def test_full_size_fields_of_the_speed_benchmark(tmp_path):
     dapi = tifffile.imread(tmp_path / files[0])
     assert dapi.dtype == np.uint16 and dapi.shape == (160, 200)
     assert int(watershed_nuclei(dapi.astype(float)).max()) == 6
+
+
+def test_host_path_benchmark_runs_the_pipeline_at_the_simulated_device_pace(tmp_path, monkeypatch):
+    """bench_host_path.py on 40 two-channel objects (partitions of 16, two in flight): every
+    object profiled, the simulated device busy exactly N x its time per object, the stages and
+    the outputs after the partitions timed."""
+    import bench_scaling as scaling
+
+    monkeypatch.setattr(scaling, "STORES", tmp_path / "stores")
+    monkeypatch.setattr(bench_host_path, "WORK", tmp_path / "work")
+    assert bench_host_path.main(["-n", "40", "--in-flight", "2", "--channels", "2", "--template-cells", "8",
+                                 "--device-us", "500", "--out", str(tmp_path / "out"), "partition_size=16"]) == 0
+    (result,) = (tmp_path / "out").glob("host-path-*.json")
+    (point,) = json.loads(result.read_text())["points"]
+    assert point["ok"] == 40 and point["partition_size"] == 16 and point["in_flight"] == 2
+    assert point["device_s"] == pytest.approx(40 * 500e-6)
+    assert 0 < point["device_busy_share"] <= 1 and point["host_cpu_us_per_object"] > 0
+    assert set(point["output_seconds"]) == {"features.h5ad", "report.html"}
+    (stages,) = point["stages_s"].values()
+    assert set(stages) == {"read", "stage", "wait", "device", "write"} and stages["device"] >= 40 * 500e-6
+    assert not list((tmp_path / "work" / "host-path").iterdir())  # its run folders removed
