@@ -507,8 +507,7 @@ def executor(cluster_cfg, device: str = "cpu"):
     ``device="cuda"`` makes every partition task require the ``GPU`` resource.
     """
     kind = getattr(cluster_cfg.type, "value", cluster_cfg.type)
-    if not getattr(cluster_cfg, "threads_per_worker", 1):  # null: from the cores
-        cluster_cfg = replace(cluster_cfg, threads_per_worker=partitions_in_flight(cluster_cfg))
+    cluster_cfg = with_partitions_in_flight(cluster_cfg)
     if kind == "sync":
         yield SyncExecutor(getattr(cluster_cfg, "threads_per_worker", 1))
         return
@@ -620,6 +619,13 @@ def partitions_in_flight(cluster_cfg) -> int:
     return int(min(hi, max(lo, per_worker // 2)))
 
 
+def with_partitions_in_flight(cluster_cfg):
+    """``cluster_cfg`` with ``threads_per_worker`` resolved (null: ``partitions_in_flight``)."""
+    if getattr(cluster_cfg, "threads_per_worker", 1):
+        return cluster_cfg
+    return replace(cluster_cfg, threads_per_worker=partitions_in_flight(cluster_cfg))
+
+
 def n_local_workers(cluster_cfg) -> int:
     """Worker processes a cluster of this process's own runs: ``n_workers``, else one per
     visible GPU (``local_cuda``), one per core (``local``), one (``sync``)."""
@@ -683,8 +689,7 @@ _SILENCE = logging.CRITICAL
 
 
 def _start_cluster(kind: str, cfg, device: str):
-    if not getattr(cfg, "threads_per_worker", 1):  # null: from the cores
-        cfg = replace(cfg, threads_per_worker=partitions_in_flight(cfg))
+    cfg = with_partitions_in_flight(cfg)
     if kind in ("slurm", "pbs"):
         return _scaled(make_jobqueue_cluster(kind, cfg), cfg.jobs)
     if kind == "address":

@@ -305,17 +305,12 @@ def _x_of(table) -> np.ndarray:
         return np.ascontiguousarray(by_column.T, dtype=np.float32)
 
 
-def _x_block(part: Path, names: Sequence[str]) -> np.ndarray:
-    """One part's rows of X."""
-    import pyarrow.parquet as pq
-
-    return _x_of(pq.ParquetFile(part).read(columns=list(names)))
-
-
 def _x_blocks(parts: Sequence[Path], names: Sequence[str]):
     """X, one partition at a time."""
+    import pyarrow.parquet as pq
+
     for p in parts:
-        yield _x_block(p, names)
+        yield _x_of(pq.ParquetFile(p).read(columns=list(names)))
 
 
 def _x_chunk_rows(n: int, k: int) -> int:

@@ -24,7 +24,7 @@ import pandas as pd
 from . import export
 from .backend import array_module, device_module, is_gpu, select_device
 from .batch import _host_buffer, assemble, group_by_shape, profile_dtype, stage, wait_for_copies
-from .cluster import check_dashboard, executor
+from .cluster import check_dashboard, executor, with_partitions_in_flight
 from .config import Config, expand_user_paths, validate
 from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError, StorageUnavailable,
                      describe_exception, disk_full, raise_if_transient, transient_io)
@@ -1145,10 +1145,7 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
     plan = build_plan(cfg, channel_names)
     check_dashboard(cfg.cluster)
     device = select_device(getattr(cfg.device, "value", cfg.device))
-    if not cfg.cluster.threads_per_worker:  # null: partitions in flight from the cores (local_cuda)
-        from .cluster import partitions_in_flight
-
-        cfg = replace(cfg, cluster=replace(cfg.cluster, threads_per_worker=partitions_in_flight(cfg.cluster)))
+    cfg = replace(cfg, cluster=with_partitions_in_flight(cfg.cluster))  # (null: from the cores, local_cuda)
     reads = None
     if device == "cuda" and hasattr(source, "plan_device_reads"):  # dense zarr: kvikio or the host (io.kvikio)
         from .config import kvikio_mode
