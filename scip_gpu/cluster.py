@@ -54,14 +54,29 @@ class ClusterFailure(Exception):
     worker was connected for ``cluster.worker_timeout`` seconds."""
 
 
+#: environment variable naming the device of the workers scip_gpu starts (``dask_setup``)
+WORKER_DEVICE_ENV = "SCIP_GPU_WORKER_DEVICE"
+
+
 def dask_setup(worker) -> None:  # noqa: ARG001 - Dask preload hook, run in every worker process we start
     """Worker processes of a local cluster share the terminal's process group: Ctrl-C reaches
-    them too. They ignore it; the driver stops them when it stops (no traceback per worker)."""
+    them too. They ignore it; the driver stops them when it stops (no traceback per worker).
+
+    They also import what a partition task runs (``scip_gpu.pipeline``; CuPy on a GPU worker)
+    as they start, which the cluster does while the driver prepares the run, rather than in the
+    first task. An import that fails here is left for the task to report."""
     import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import scip_gpu.pipeline  # noqa: F401
+
+        if os.environ.get(WORKER_DEVICE_ENV) == "cuda":
+            import cupy  # noqa: F401
+    except Exception:  # noqa: BLE001 - reported by the first task that needs it
+        pass
 
 
 class SyncExecutor:
@@ -449,14 +464,15 @@ def wait_for_workers(watch: _WorkerWatch) -> None:
         time.sleep(1.0)
 
 
-def _dask_settings(cluster_cfg, kind: str) -> dict:
+def _dask_settings(cluster_cfg, kind: str, device: str = "cpu") -> dict:
     """Dask configuration while scip_gpu's cluster runs (its scheduler and the workers it starts)."""
     import dask
 
     # distributed's nannies set MALLOC_TRIM_THRESHOLD_=65536 before starting a worker, so every
     # freed batch buffer goes back to the kernel and is faulted in again for the next batch
     # (about a third more time per batch here): keep them in the process instead
-    spawn_env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **_WORKER_ENV}
+    spawn_env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **_WORKER_ENV,
+                 WORKER_DEVICE_ENV: device}
     settings = {"distributed.nanny.pre-spawn-environ": spawn_env,
                 # workers we start ignore Ctrl-C (see dask_setup); the driver stops them
                 "distributed.worker.preload": [*dask.config.get("distributed.worker.preload", []),
@@ -520,7 +536,7 @@ def executor(cluster_cfg, device: str = "cpu"):
     # declares one per thread, so its threads run that many partitions at once, of which one
     # holds the device at a time (pipeline.device_lock) while the others read and write
     resources = {GPU_RESOURCE: 1} if device == "cuda" else None
-    settings = _dask_settings(cluster_cfg, kind)
+    settings = _dask_settings(cluster_cfg, kind, device)
     allowed = getattr(cluster_cfg, "allowed_failures", None)
     timeout = worker_timeout(cluster_cfg, kind)
     with dask.config.set(settings), \
@@ -543,6 +559,61 @@ def executor(cluster_cfg, device: str = "cpu"):
             wait_for_workers(_WorkerWatch(client, resources, timeout, where, gone))
             yield DaskExecutor(client, resources, retries=getattr(cluster_cfg, "retries", 2),
                                worker_timeout=timeout, where=where, gone=gone)
+
+
+class ExecutorInBackground:
+    """``executor(cluster_cfg, device)`` entered and left in a thread of its own, so that the
+    cluster starts while the driver lists the objects and opens the run folder, and shuts down
+    while the driver writes the outputs that follow the partitions (starting and closing a local
+    Dask cluster takes about a second each; a dask-cuda worker more). The Dask client and cluster
+    are entered and left in that one thread, as they expect.
+
+    ``get()`` waits for the executor (raising why the cluster could not start); ``close()``
+    asks the thread to shut the cluster down, and ``wait_closed()`` waits for it (raising why it
+    could not). ``ready_at`` and ``closed_at``: ``time.time()`` when it was up and down.
+    """
+
+    def __init__(self, cluster_cfg, device: str = "cpu"):
+        import threading
+        from concurrent.futures import Future
+
+        self._ready: Future = Future()
+        self._closed: Future = Future()
+        self._close = threading.Event()
+        self.ready_at: float | None = None
+        self.closed_at: float | None = None
+        self._thread = threading.Thread(target=self._main, args=(cluster_cfg, device), name="scip_gpu-cluster",
+                                        daemon=True)
+        self._thread.start()
+
+    def _main(self, cluster_cfg, device: str) -> None:
+        try:
+            with executor(cluster_cfg, device) as ex:
+                self.ready_at = time.time()
+                self._ready.set_result(ex)
+                self._close.wait()
+        except BaseException as exc:  # noqa: BLE001 - handed to the driver's thread
+            if not self._ready.done():
+                self._ready.set_exception(exc)
+            self._closed.set_exception(exc)
+            return
+        finally:
+            self.closed_at = time.time()
+        self._closed.set_result(None)
+
+    def get(self):
+        """The executor, once the cluster is up and a worker connected."""
+        return self._ready.result()
+
+    def close(self) -> None:
+        """Shut the cluster down (in the background: ``wait_closed`` waits for it)."""
+        self._close.set()
+
+    def wait_closed(self) -> None:
+        """Shut the cluster down and wait until it is; raises what closing it (or, when it never
+        started, starting it) raised."""
+        self._close.set()
+        self._closed.result()
 
 
 def _ended(cluster, kind: str) -> Callable[[], str | None]:

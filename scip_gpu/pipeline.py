@@ -24,7 +24,7 @@ import pandas as pd
 from . import export
 from .backend import array_module, device_module, is_gpu, select_device
 from .batch import _host_buffer, assemble, group_by_shape, profile_dtype, stage, wait_for_copies
-from .cluster import check_dashboard, executor, with_partitions_in_flight
+from .cluster import ExecutorInBackground, check_dashboard, with_partitions_in_flight
 from .config import Config, expand_user_paths, validate
 from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError, StorageUnavailable,
                      describe_exception, disk_full, raise_if_transient, transient_io)
@@ -1108,44 +1108,13 @@ def check_channels(cfg: Config, source, table: pd.DataFrame) -> None:
                               "dataset.channels to choose the channels)")
 
 
-def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummary:
-    """Run the pipeline for a validated configuration object.
-
-    ``source``: the object source (``scip_gpu.io.Source``); by default the one ``cfg.dataset``
-    describes (``make_source``). ``scip_gpu.profile`` gives its in-memory arrays this way.
-
-    Raises
-    ------
-    ConfigError, InputError, OutputError
-        Before any output is written when the configuration or the dataset is unusable.
-    """
-    import json
-
+def _prepare(cfg: Config, source, table, plan: Plan, device: str, is_fields: bool, resolved_yaml, started):
+    """``run``'s set-up once the objects and the plan are known (while the cluster starts): the
+    device reads planned, the partition size chosen, the parts' schema checked, the run folder
+    opened. Returns (cfg with its partition size, the opened folder, the reads, the meta columns,
+    the schema, the partition size)."""
     from . import field_pipeline
-    from .errors import InputError
-    from .fields import join_metadata
 
-    started = datetime.now(timezone.utc)
-    t0 = time.perf_counter()
-    expand_user_paths(cfg)  # "output='~/runs'": the shell leaves the tilde to us
-    validate(cfg)  # what needs no data first (the channel indices once the data is listed)
-    source = make_source(cfg.dataset) if source is None else source
-    table = source.objects()
-    is_fields = getattr(source, "fields", False)
-    unit = "fields" if is_fields else "objects"
-    if len(table) == 0:
-        raise InputError(f"dataset {cfg.dataset.name!r}: no {unit} found at {cfg.dataset.path!r}")
-    table = join_metadata(table, cfg.dataset.metadata)
-    table.insert(0, "meta_field_index" if is_fields else "meta_index", np.arange(len(table), dtype=np.int64))
-    check_channels(cfg, source, table)
-    channel_names = source.channel_names(table)
-    validate(cfg, len(channel_names))
-    if is_fields:
-        field_pipeline.check_segmentation(cfg, channel_names)
-    plan = build_plan(cfg, channel_names)
-    check_dashboard(cfg.cluster)
-    device = select_device(getattr(cfg.device, "value", cfg.device))
-    cfg = replace(cfg, cluster=with_partitions_in_flight(cfg.cluster))  # (null: from the cores, local_cuda)
     reads = None
     if device == "cuda" and hasattr(source, "plan_device_reads"):  # dense zarr: kvikio or the host (io.kvikio)
         from .config import kvikio_mode
@@ -1167,22 +1136,104 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
     export.check_column_names(schema, plan.columns, [getattr(f, "value", f) for f in cfg.export.formats]
                               + (["analysis_ready"] if cfg.export.analysis_ready else []))
     size = max(1, cfg.segmentation.fields_per_partition) if is_fields else cfg.partition_size
-    early = logging.handlers.BufferingHandler(10_000)  # what opening the folder logs (resume), for run.log
-    logging.getLogger("scip_gpu").addHandler(early)
+    opened = _open_output(cfg, table, -(-len(table) // size), resolved_yaml, started.isoformat(timespec="seconds"),
+                          schema)
+    return cfg, opened, reads, meta_cols, schema, size
+
+
+def _wait_closed(cluster, failed: bool = False) -> None:
+    """Wait for the cluster (``ExecutorInBackground``) to shut down. Once the run's outputs are
+    written, or when the run failed (``failed``: the error that stopped it is the one said), a
+    failure to shut it down is only logged."""
     try:
-        opened = _open_output(cfg, table, -(-len(table) // size), resolved_yaml,
-                              started.isoformat(timespec="seconds"), schema)
+        cluster.wait_closed()
+    except Exception as exc:  # noqa: BLE001 - nothing of the run depends on it any more
+        if failed:
+            log.debug("the cluster: %s", describe_exception(exc))
+        else:
+            log.warning("shutting the cluster down failed: %s", describe_exception(exc))
+
+
+def process_started() -> float:
+    """``time.time()`` when this process started (psutil, a dependency of Dask's), else when
+    scip_gpu was imported."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # noqa: BLE001
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
+
+
+def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummary:
+    """Run the pipeline for a validated configuration object.
+
+    ``source``: the object source (``scip_gpu.io.Source``); by default the one ``cfg.dataset``
+    describes (``make_source``). ``scip_gpu.profile`` gives its in-memory arrays this way.
+
+    Raises
+    ------
+    ConfigError, InputError, OutputError
+        Before any output is written when the configuration or the dataset is unusable.
+    """
+    import json
+
+    from . import field_pipeline
+    from .errors import InputError
+    from .fields import join_metadata
+
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    t_started = time.time()
+    expand_user_paths(cfg)  # "output='~/runs'": the shell leaves the tilde to us
+    validate(cfg)  # what needs no data first (the channel indices once the data is listed)
+    source = make_source(cfg.dataset) if source is None else source
+    table = source.objects()
+    is_fields = getattr(source, "fields", False)
+    unit = "fields" if is_fields else "objects"
+    if len(table) == 0:
+        raise InputError(f"dataset {cfg.dataset.name!r}: no {unit} found at {cfg.dataset.path!r}")
+    table = join_metadata(table, cfg.dataset.metadata)
+    table.insert(0, "meta_field_index" if is_fields else "meta_index", np.arange(len(table), dtype=np.int64))
+    check_channels(cfg, source, table)
+    channel_names = source.channel_names(table)
+    validate(cfg, len(channel_names))
+    if is_fields:
+        field_pipeline.check_segmentation(cfg, channel_names)
+    plan = build_plan(cfg, channel_names)
+    check_dashboard(cfg.cluster)
+    device = select_device(getattr(cfg.device, "value", cfg.device))
+    cfg = replace(cfg, cluster=with_partitions_in_flight(cfg.cluster))  # (null: from the cores, local_cuda)
+    cluster_cfg = cfg.cluster
+    if is_fields and getattr(cluster_cfg.type, "value", cluster_cfg.type) == "sync":
+        cluster_cfg = replace(cluster_cfg, threads_per_worker=1)  # fields: one after the other
+    # what is logged before run.log exists (the cluster starting, the folder opened), for run.log
+    early = logging.handlers.BufferingHandler(10_000)
+    logging.getLogger("scip_gpu").addHandler(early)
+    # the cluster starts now, in the background, while the folder is prepared
+    cluster = ExecutorInBackground(cluster_cfg, device)
+    try:
+        cfg, opened, reads, meta_cols, schema, size = _prepare(cfg, source, table, plan, device, is_fields,
+                                                               resolved_yaml, started)
+        out, done = opened.path, opened.done
+        try:
+            handler = _log_to_file(out / "run.log", cfg.log_level)
+            for record in early.buffer:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+        except BaseException:
+            opened.lock.release()
+            raise
+    except BaseException:
+        _wait_closed(cluster, failed=True)
+        raise
     finally:
         logging.getLogger("scip_gpu").removeHandler(early)
-    out, done = opened.path, opened.done
-    try:
-        handler = _log_to_file(out / "run.log", cfg.log_level)
-        for record in early.buffer:
-            if record.levelno >= handler.level:
-                handler.handle(record)
-    except BaseException:
-        opened.lock.release()
-        raise
+    t_process = process_started()
+    timeline = {"run_started": t_started - t_process}  # (s from the process's start)
     anndata_writer = None  # (export.AnnDataWriter: the .h5ad's X written while the partitions run)
     montage = None  # (report.MontageAhead: the report's example montage, drawn meanwhile)
     try:
@@ -1198,6 +1249,8 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
                 log.warning("numba is not installed: the CPU path runs without its compiled kernels (same "
                             "results, several times slower); pip install 'scip_gpu[fast]'")
         formats = [getattr(f, "value", f) for f in cfg.export.formats]
+        if {"anndata", "anndata_zarr"} & set(formats):
+            export.preload_anndata()  # imported while the partitions run, not after them
         if "parquet" in formats:  # the descriptions of the parts' columns, once for the run
             export.write_columns(out / export.columns_file(cfg.export.filename), plan.columns, schema)
         folder = out / f"{cfg.export.filename}.parquet"
@@ -1205,9 +1258,6 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
         if done and not is_fields:
             progress.update(sum(d["n"] for d in done.values()))
         extra: dict = {}
-        cluster_cfg = cfg.cluster
-        if is_fields and getattr(cluster_cfg.type, "value", cluster_cfg.type) == "sync":
-            cluster_cfg = replace(cluster_cfg, threads_per_worker=1)  # fields: one after the other
         if "anndata" in formats and not is_fields:  # X written as the partitions come back
             n_tasks = -(-len(table) // size)
             from .report import report_columns
@@ -1218,28 +1268,30 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
                                                   keep=lead + [c.name for c in keys] if cfg.export.report else ())
             for i in done:
                 anndata_writer.add(i, folder / export.part_name(i))
-        with executor(cluster_cfg, device) as ex:
-            if {"anndata", "anndata_zarr"} & {getattr(f, "value", f) for f in cfg.export.formats}:
-                export.preload_anndata()  # imported while the partitions run, not after them
-            kwargs = dict(cfg=cfg, source=source, plan=plan, folder=folder, schema=schema, device=device,
-                          progress=progress, out=out, done=done)
-            if cfg.export.report and not is_fields and cfg.masks.methods:  # drawn while the partitions run
-                from .report import MontageAhead
+        ex = cluster.get()  # (started in the background: up, and a worker connected)
+        timeline["cluster_ready"] = cluster.ready_at - t_process
+        kwargs = dict(cfg=cfg, source=source, plan=plan, folder=folder, schema=schema, device=device,
+                      progress=progress, out=out, done=done)
+        if cfg.export.report and not is_fields and cfg.masks.methods:  # drawn while the partitions run
+            from .report import MontageAhead
 
-                montage = MontageAhead(source, table, plan, size)
-                for r in done.values():
-                    montage.partition_done(int(r["part"]), {e["meta_index"] for e in r.get("errors", [])})
+            montage = MontageAhead(source, table, plan, size)
+            for r in done.values():
+                montage.partition_done(int(r["part"]), {e["meta_index"] for e in r.get("errors", [])})
 
-            def part_done(res) -> None:  # (as each partition comes back)
-                if anndata_writer is not None:
-                    anndata_writer.add(res.part, folder / export.part_name(res.part))
-                if montage is not None:
-                    montage.partition_done(res.part, {e["meta_index"] for e in res.errors})
+        def part_done(res) -> None:  # (as each partition comes back)
+            timeline.setdefault("first_partition", time.time() - t_process)
+            if anndata_writer is not None:
+                anndata_writer.add(res.part, folder / export.part_name(res.part))
+            if montage is not None:
+                montage.partition_done(res.part, {e["meta_index"] for e in res.errors})
 
-            if is_fields:
-                results, n_parts, extra = field_pipeline.execute(ex, table, **kwargs)
-            else:
-                results, n_parts = _execute_objects(ex, table, **kwargs, on_part=part_done)
+        if is_fields:
+            results, n_parts, extra = field_pipeline.execute(ex, table, **kwargs)
+        else:
+            results, n_parts = _execute_objects(ex, table, **kwargs, on_part=part_done)
+        timeline["partitions_done"] = time.time() - t_process
+        cluster.close()  # in the background, while the outputs are written
 
         # every partition is done: a temporary part left in the folder is one that a worker killed
         # mid-write left (its partition ran again elsewhere); polars refuses a folder holding it
@@ -1342,6 +1394,12 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
                 folder.rmdir()
             except OSError as exc:  # the results are written: never fail the run for this
                 log.warning("could not remove the intermediate folder %s: %s", folder, exc)
+        timeline["outputs_written"] = time.time() - t_process
+        _wait_closed(cluster)
+        timeline["cluster_closed"] = (cluster.closed_at or time.time()) - t_process
+        provenance["timeline"] = {k: round(v, 3) for k, v in timeline.items()}
+        log.info("timeline (s from the process's start): %s",
+                 ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in timeline.items()))
         seconds = time.perf_counter() - t0
         provenance["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         provenance["seconds"] = round(seconds, 3)
@@ -1364,6 +1422,9 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
     finally:
         if anndata_writer is not None:  # (the run stopped before the file was complete)
             anndata_writer.abort()
+        # (no worker writes into the folder once it is unlocked: a run that stopped early waits
+        # for its cluster's shut-down here, one that finished has waited above)
+        _wait_closed(cluster, failed=True)
         logging.getLogger("scip_gpu").removeHandler(handler)
         handler.close()
         opened.lock.release()  # on every way out: success, error, Ctrl-C

@@ -1,0 +1,202 @@
+"""A run's fixed costs (issue 11): the cluster started and shut down in the background, the run's
+timeline, the quick exit of ``python -m scip_gpu``, workers importing the pipeline as they start."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, **kw)
+
+
+def test_exit_quickly_runs_the_exit_handlers_flushes_and_keeps_the_status():
+    proc = _python("""
+        import atexit
+        from scip_gpu.__main__ import exit_quickly
+        atexit.register(lambda: print("handler ran", flush=False))
+        print("buffered", end=" ")
+        exit_quickly(3)
+        print("never")
+    """)
+    assert proc.returncode == 3
+    assert proc.stdout == "buffered handler ran\n"
+
+
+def test_exit_quickly_with_a_message_prints_it_with_status_1():
+    proc = _python("from scip_gpu.__main__ import exit_quickly; exit_quickly('no way')")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "no way"
+
+
+def test_exit_quickly_waits_for_a_working_thread(tmp_path):
+    """A thread that is not a daemon is still working: the exit is the ordinary one, which waits."""
+    done = tmp_path / "done"
+    proc = _python(f"""
+        import threading, time
+        from pathlib import Path
+        from scip_gpu.__main__ import exit_quickly
+        def work():
+            time.sleep(0.5)
+            Path({str(done)!r}).write_text("yes")
+        threading.Thread(target=work).start()
+        exit_quickly(0)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert done.read_text() == "yes"
+
+
+def test_the_command_line_exits_with_its_status():
+    ok = subprocess.run([sys.executable, "-m", "scip_gpu", "--version"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0 and ok.stdout.startswith("scip_gpu ")
+    bad = subprocess.run([sys.executable, "-m", "scip_gpu", "no_such_key=1"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown configuration key 'no_such_key'" in bad.stderr
+
+
+def test_executor_in_background_sync():
+    from scip_gpu.cluster import ExecutorInBackground, SyncExecutor
+    from scip_gpu.config import ClusterConfig, ClusterType
+
+    t0 = time.time()
+    cluster = ExecutorInBackground(ClusterConfig(type=ClusterType.sync, threads_per_worker=2))
+    ex = cluster.get()
+    assert isinstance(ex, SyncExecutor) and ex.threads == 2
+    assert t0 <= cluster.ready_at
+    cluster.close()
+    cluster.wait_closed()
+    assert cluster.ready_at <= cluster.closed_at
+    cluster.wait_closed()  # (again: nothing more to do)
+
+
+def test_executor_in_background_reports_why_the_cluster_could_not_start(monkeypatch):
+    """The error of the start (here: no dask-cuda for cluster=local_cuda) is raised by ``get``,
+    in the driver's thread, as ``executor`` raised it when it was entered there."""
+    from scip_gpu.cluster import ExecutorInBackground
+    from scip_gpu.config import ClusterConfig, ClusterType
+    from scip_gpu.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)  # (import fails)
+    cluster = ExecutorInBackground(ClusterConfig(type=ClusterType.local_cuda), "cuda")
+    with pytest.raises(ConfigError, match="dask-cuda"):
+        cluster.get()
+    with pytest.raises(ConfigError):
+        cluster.wait_closed()
+
+
+def test_executor_in_background_local_cluster_runs_tasks_then_closes():
+    from scip_gpu.cluster import ExecutorInBackground
+    from scip_gpu.config import ClusterConfig, ClusterType
+
+    cluster = ExecutorInBackground(ClusterConfig(type=ClusterType.local, n_workers=1, threads_per_worker=1))
+    try:
+        ex = cluster.get()
+        got = sorted(r for _, r, err in ex.map_unordered(_square, [(i, i) for i in range(3)],
+                                                         [f"t{i}" for i in range(3)]) if err is None)
+        assert got == [0, 1, 4]
+    finally:
+        cluster.close()
+        cluster.wait_closed()
+    assert cluster.ready_at < cluster.closed_at
+    assert not cluster._thread.is_alive()
+
+
+def _square(task):
+    return task[1] ** 2
+
+
+def test_workers_import_the_pipeline_as_they_start():
+    """``dask_setup`` (the preload of the workers scip_gpu starts) imports the partition task's
+    module; the device reaches the workers through the nannies' environment."""
+    proc = _python("""
+        import sys
+        from scip_gpu.cluster import dask_setup
+        assert "scip_gpu.pipeline" not in sys.modules
+        dask_setup(None)
+        print("scip_gpu.pipeline" in sys.modules, "cupy" in sys.modules)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "False"]
+    from scip_gpu.cluster import WORKER_DEVICE_ENV, _dask_settings
+    from scip_gpu.config import ClusterConfig, ClusterType
+
+    env = _dask_settings(ClusterConfig(type=ClusterType.local_cuda), "local_cuda", "cuda")[
+        "distributed.nanny.pre-spawn-environ"]
+    assert env[WORKER_DEVICE_ENV] == "cuda"
+
+
+def test_a_run_records_its_timeline(tmp_path, caplog):
+    """provenance.json's ``timeline``: seconds from the process's start to each step of the run,
+    in the order they happen; run.log says it too."""
+    from scip_gpu.api import compose
+    from scip_gpu.cli import to_config
+    from scip_gpu.pipeline import run
+
+    cfg, _ = compose(None, ("+dataset=demo", "dataset.n_objects=24", "partition_size=8", "cluster=sync",
+                            f"output={tmp_path / 'run'}", "export.report=false"))
+    config, resolved = to_config(cfg)
+    caplog.set_level("INFO", logger="scip_gpu")  # (as the command line logs)
+    t_before = time.time()
+    summary = run(config, resolved)
+    prov = json.loads((summary.output / "provenance.json").read_text())
+    tl = prov["timeline"]
+    order = ["run_started", "cluster_ready", "first_partition", "partitions_done", "outputs_written"]
+    assert list(tl)[:len(order)] == order and "cluster_closed" in tl
+    values = [tl[k] for k in order]
+    assert values == sorted(values)
+    assert tl["cluster_closed"] >= tl["partitions_done"]
+    from scip_gpu.pipeline import process_started
+
+    assert 0 < tl["run_started"] <= t_before - process_started() + 1.0
+    assert "timeline (s from the process's start): run started" in (summary.output / "run.log").read_text()
+
+
+def test_bench_startup_splits_a_run_log_into_phases(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_startup import phases
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    log = tmp_path / "run.log"
+    log.write_text(
+        "2026-11-28 04:00:02,000 INFO scip_gpu: scip_gpu run started at 2026-11-28T04:00:02+00:00; output x\n"
+        "2026-11-28 04:00:03,500 INFO scip_gpu: running 1 partition(s) of up to 8 objects on Dask\n"
+        "2026-11-28 04:00:05,000 INFO scip_gpu: progress: 4/8 objects (50%)\n"
+        "2026-11-28 04:00:06,000 INFO scip_gpu: progress: 8/8 objects (100%)\n"
+        "2026-11-28 04:00:06,250 INFO scip_gpu: worker x: 8 objects\n"
+        "2026-11-28 04:00:07,000 INFO scip_gpu: features.h5ad written to x (0.7 s)\n"
+        "2026-11-28 04:00:07,500 INFO scip_gpu: report.html written to x (0.5 s)\n")
+    from datetime import datetime
+
+    t = datetime(2026, 11, 28, 4, 0, 0).timestamp()
+    assert phases(log, t, t + 8.0) == {"start": 2.0, "setup": 1.5, "partitions": 2.5, "close": 0.25,
+                                      "outputs": 1.25, "exit": 0.5}
+
+
+def test_exit_is_the_ordinary_one_under_a_profiler_or_when_asked(tmp_path):
+    """cProfile writes its file after the program: the quick exit would lose it."""
+    script = tmp_path / "prog.py"
+    script.write_text("from scip_gpu.__main__ import exit_quickly\nexit_quickly(0)\n")
+    out = tmp_path / "prog.prof"
+    proc = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), str(script)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 0
+    proc = _python("""
+        import atexit, sys
+        from scip_gpu.__main__ import exit_quickly
+        sys.exit = lambda code: print("ordinary", code) or exit(code)
+        exit_quickly(4)
+    """, env={**__import__("os").environ, "SCIP_GPU_QUICK_EXIT": "0"})
+    assert proc.returncode == 4 and proc.stdout.strip() == "ordinary 4"
