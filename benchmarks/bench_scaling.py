@@ -323,7 +323,8 @@ def run_point(args, n: int, workers: int | None, work: Path) -> dict:
     prov = out / "provenance.json"
     if prov.is_file():
         p = json.loads(prov.read_text())
-        point.update(run_seconds=p.get("seconds"), partitions=p.get("partitions"), per_worker=p.get("workers"))
+        point.update(run_seconds=p.get("seconds"), partitions=p.get("partitions"), per_worker=p.get("workers"),
+                     timeline=p.get("timeline"), output_seconds=p.get("output_seconds"))
     else:
         point["log_tail"] = Path(res["log"]).read_text(errors="replace")[-2000:]
     if not args.keep:

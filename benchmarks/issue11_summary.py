@@ -213,6 +213,10 @@ def summarise(results: list[dict], *, fallback_batch: bool = True) -> dict:
         dev, machine_gpu = str(batch.get("device", "")), str((gpu_r.get("machine") or {}).get("gpu") or "")
         if dev and dev.split()[-1] not in machine_gpu:
             notes.append(f"different devices: batch path on {dev}, command line on {machine_gpu or '?'}")
+    tl = (gpu_p or {}).get("timeline")
+    if tl:  # where the fixed seconds went (provenance.json's timeline: s from the process's start)
+        notes.append("timeline (s from the process's start): " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}"
+                                                                           for k, v in tl.items()))
     rows.append({"target": "dense, the command line within 2x of the batch path's objects/s",
                  "measured": g, "measured_what": bound(gpu_p) if g is None else f"{gpu_p['n_objects']:,} objects",
                  "peer": b, "peer_what": "not measured" if batch is None else

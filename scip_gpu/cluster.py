@@ -62,9 +62,10 @@ def dask_setup(worker) -> None:  # noqa: ARG001 - Dask preload hook, run in ever
     """Worker processes of a local cluster share the terminal's process group: Ctrl-C reaches
     them too. They ignore it; the driver stops them when it stops (no traceback per worker).
 
-    They also import what a partition task runs (``scip_gpu.pipeline``; CuPy on a GPU worker)
-    as they start, which the cluster does while the driver prepares the run, rather than in the
-    first task. An import that fails here is left for the task to report."""
+    They also import what a partition task runs (``scip_gpu.pipeline``; on a GPU worker CuPy,
+    the CUDA context and the kernels' module) as they start, which the cluster does while the
+    driver prepares the run, rather than in the first task. What fails here is left for the
+    task to report."""
     import signal
     import threading
 
@@ -74,7 +75,14 @@ def dask_setup(worker) -> None:  # noqa: ARG001 - Dask preload hook, run in ever
         import scip_gpu.pipeline  # noqa: F401
 
         if os.environ.get(WORKER_DEVICE_ENV) == "cuda":
-            import cupy  # noqa: F401
+            import cupy
+
+            from . import gpu_kernels
+            from .dispatch import kernels_enabled
+
+            cupy.cuda.Device().synchronize()  # (the CUDA context: the worker's GPU is its device 0)
+            if kernels_enabled():
+                gpu_kernels.module().get_function(gpu_kernels.kernel_names()[0])  # (loaded on first use)
     except Exception:  # noqa: BLE001 - reported by the first task that needs it
         pass
 

@@ -200,3 +200,30 @@ def test_exit_is_the_ordinary_one_under_a_profiler_or_when_asked(tmp_path):
         exit_quickly(4)
     """, env={**__import__("os").environ, "SCIP_GPU_QUICK_EXIT": "0"})
     assert proc.returncode == 4 and proc.stdout.strip() == "ordinary 4"
+
+
+def test_gpu_workers_create_their_context_and_load_the_kernels_as_they_start(monkeypatch):
+    """On a GPU worker ``dask_setup`` also synchronises the device (creating the CUDA context)
+    and loads the kernels' module (the stand-in CuPy and module here)."""
+    import signal
+
+    from scip_gpu import cluster, gpu_kernels
+    from tests import fake_cupy
+
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # (this process keeps its Ctrl-C)
+    cupy = fake_cupy.install(monkeypatch)
+    calls = []
+    monkeypatch.setattr(cupy.cuda.Device, "synchronize", lambda self: calls.append("synchronize"), raising=False)
+
+    class Module:
+        def get_function(self, name):
+            calls.append(("get_function", name))
+
+    monkeypatch.setattr(gpu_kernels, "module", lambda: Module())
+    monkeypatch.setenv(cluster.WORKER_DEVICE_ENV, "cuda")
+    cluster.dask_setup(None)
+    assert calls == ["synchronize", ("get_function", gpu_kernels.kernel_names()[0])]
+    calls.clear()
+    monkeypatch.setenv("SCIP_GPU_KERNELS", "0")
+    cluster.dask_setup(None)
+    assert calls == ["synchronize"]
