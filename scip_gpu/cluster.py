@@ -460,16 +460,26 @@ def worker_timeout(cluster_cfg, kind: str) -> float | None:
     return None if value <= 0 else float(value)
 
 
-def wait_for_workers(watch: _WorkerWatch) -> None:
-    """Return once a worker is connected; raise RunIncomplete after ``watch.timeout`` seconds."""
+class StartCancelled(Exception):
+    """The driver no longer needs the cluster (its run stopped) while it waited for a worker."""
+
+
+def wait_for_workers(watch: _WorkerWatch, cancelled=None) -> None:
+    """Return once a worker is connected; raise RunIncomplete after ``watch.timeout`` seconds,
+    StartCancelled as soon as ``cancelled`` (a ``threading.Event``) is set."""
     from .errors import RunIncomplete
 
     while True:
+        if cancelled is not None and cancelled.is_set():
+            raise StartCancelled("the run stopped before a worker connected")
         if watch.expired(every=0.0):
             raise RunIncomplete(f"{watch.message()}; nothing was profiled")
         if watch.n:
             return
-        time.sleep(1.0)
+        if cancelled is not None:
+            cancelled.wait(1.0)
+        else:
+            time.sleep(1.0)
 
 
 def _dask_settings(cluster_cfg, kind: str, device: str = "cpu") -> dict:
@@ -524,9 +534,10 @@ def check_dashboard(cluster_cfg) -> None:
 
 
 @contextmanager
-def executor(cluster_cfg, device: str = "cpu"):
+def executor(cluster_cfg, device: str = "cpu", cancelled=None):
     """Start the configured cluster (closed on exit) and yield an executor, once a worker is
-    connected (waiting up to ``cluster.worker_timeout`` seconds, logging that it waits).
+    connected (waiting up to ``cluster.worker_timeout`` seconds, logging that it waits; while
+    ``cancelled``, a ``threading.Event``, is not set).
 
     ``device="cuda"`` makes every partition task require the ``GPU`` resource.
     """
@@ -564,7 +575,7 @@ def executor(cluster_cfg, device: str = "cpu"):
             link = client.dashboard_link if "dashboard" in client.scheduler_info().get("services", {}) else None
             log.info("Dask dashboard: %s", link or "not running (set cluster.dashboard_address, needs bokeh)")
             gone = _ended(cluster, kind) if cluster is not None else None
-            wait_for_workers(_WorkerWatch(client, resources, timeout, where, gone))
+            wait_for_workers(_WorkerWatch(client, resources, timeout, where, gone), cancelled)
             yield DaskExecutor(client, resources, retries=getattr(cluster_cfg, "retries", 2),
                                worker_timeout=timeout, where=where, gone=gone)
 
@@ -577,7 +588,8 @@ class ExecutorInBackground:
     are entered and left in that one thread, as they expect.
 
     ``get()`` waits for the executor (raising why the cluster could not start); ``close()``
-    asks the thread to shut the cluster down, and ``wait_closed()`` waits for it (raising why it
+    asks the thread to shut the cluster down (a start still waiting for its first worker, a
+    batch job in a queue, stops waiting), and ``wait_closed()`` waits for it (raising why it
     could not). ``ready_at`` and ``closed_at``: ``time.time()`` when it was up and down.
     """
 
@@ -596,7 +608,7 @@ class ExecutorInBackground:
 
     def _main(self, cluster_cfg, device: str) -> None:
         try:
-            with executor(cluster_cfg, device) as ex:
+            with executor(cluster_cfg, device, cancelled=self._close) as ex:
                 self.ready_at = time.time()
                 self._ready.set_result(ex)
                 self._close.wait()

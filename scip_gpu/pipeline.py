@@ -1420,14 +1420,16 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
     except KeyboardInterrupt:
         raise _to_file(handler, RunInterrupted(f"interrupted. {_resume_hint(out)}")) from None
     finally:
-        if anndata_writer is not None:  # (the run stopped before the file was complete)
-            anndata_writer.abort()
-        # (no worker writes into the folder once it is unlocked: a run that stopped early waits
-        # for its cluster's shut-down here, one that finished has waited above)
-        _wait_closed(cluster, failed=True)
-        logging.getLogger("scip_gpu").removeHandler(handler)
-        handler.close()
-        opened.lock.release()  # on every way out: success, error, Ctrl-C
+        try:
+            if anndata_writer is not None:  # (the run stopped before the file was complete)
+                anndata_writer.abort()
+            # (no worker writes into the folder once it is unlocked: a run that stopped early
+            # waits for its cluster's shut-down here, one that finished has waited above)
+            _wait_closed(cluster, failed=True)
+        finally:
+            logging.getLogger("scip_gpu").removeHandler(handler)
+            handler.close()
+            opened.lock.release()  # on every way out: success, error, Ctrl-C (twice)
 
 
 def _resume_hint(out: Path) -> str:

@@ -227,3 +227,64 @@ def test_gpu_workers_create_their_context_and_load_the_kernels_as_they_start(mon
     monkeypatch.setenv("SCIP_GPU_KERNELS", "0")
     cluster.dask_setup(None)
     assert calls == ["synchronize"]
+
+
+def test_waiting_for_a_worker_stops_when_the_run_no_longer_needs_the_cluster():
+    """A run that stops during its set-up (a bad output folder, Ctrl-C) closes the cluster it
+    started in the background at once, even while that cluster still waits for its first worker
+    (a batch job in a queue waits up to a day)."""
+    import threading
+
+    from scip_gpu.cluster import StartCancelled, wait_for_workers
+
+    class NoWorkerYet:
+        n = 0
+
+        def expired(self, every=0.0):
+            return False
+
+    cancelled = threading.Event()
+    threading.Timer(0.3, cancelled.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(StartCancelled):
+        wait_for_workers(NoWorkerYet(), cancelled)
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_a_run_that_fails_its_set_up_closes_the_cluster_it_started(tmp_path):
+    """The cluster starts in the background before the run folder is opened: when opening it
+    fails (here: the folder exists), the error is the folder's, and no worker process is left."""
+    import psutil
+
+    from scip_gpu.api import compose
+    from scip_gpu.cli import to_config
+    from scip_gpu.errors import OutputError
+    from scip_gpu.pipeline import run
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "results.csv").write_text("someone's\n")
+    cfg, _ = compose(None, ("+dataset=demo", "dataset.n_objects=8", "cluster=local", "cluster.n_workers=1",
+                            f"output={taken}"))
+    config, resolved = to_config(cfg)
+    def workers():  # (multiprocessing's resource tracker stays for the process's life)
+        out = set()
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(p.cmdline()):
+                    out.add(p.pid)
+            except psutil.Error:  # (ended meanwhile)
+                pass
+        return out
+
+    before = workers()
+    with pytest.raises(OutputError, match="already exists"):
+        run(config, resolved)
+    assert (taken / "results.csv").read_text() == "someone's\n" and len(list(taken.iterdir())) == 1
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        left = workers() - before
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left
