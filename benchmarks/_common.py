@@ -484,3 +484,17 @@ def fresh_workdir(name: str) -> Path:
 
 def human_bytes(n: float) -> str:
     return f"{n / 2**20:.0f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def write_result(out: Path, benchmark: str, tag: str, extra: list, points: list) -> Path:
+    """Write a benchmark's points with this machine's description as
+    ``{out}/{benchmark}-{host}[-{tag}].json``; prints and returns the path."""
+    import socket
+
+    result = {"benchmark": benchmark, "machine": machine_description(), "cores": os.cpu_count(),
+              "overrides": extra, "points": points}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{benchmark}-{socket.gethostname()}{'-' + tag if tag else ''}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+    return path

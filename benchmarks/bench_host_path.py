@@ -30,11 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import resource
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -43,7 +41,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from _common import RESULTS, WORK, machine_description  # noqa: E402
+from _common import RESULTS, WORK, write_result  # noqa: E402
 
 DEVICE_US = 41.7   # run 8 on an H100: device time per 12-channel 64x64 object (bench_gpu.py)
 TEMPLATE_ROWS = 4096
@@ -222,13 +220,7 @@ def _main(args) -> int:
             point = run_point(store, n, k, args.device_us, table, work, args.extra)
             print(json.dumps(point), flush=True)
             points.append(point)
-    result = {"benchmark": "host-path", "machine": machine_description(), "cores": os.cpu_count(),
-              "overrides": args.extra, "points": points}
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = f"-{args.tag}" if args.tag else ""
-    path = args.out / f"host-path-{socket.gethostname()}{tag}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
+    write_result(args.out, "host-path", args.tag, args.extra, points)
     return 0
 
 

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -121,7 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("extra", nargs="*", help="more overrides for every run")
     args = ap.parse_args(argv)
 
-    from _common import machine_description
+    from _common import write_result
     from bench_scaling import dense_store
 
     store = dense_store(args.objects, args.channels, WORK)
@@ -142,13 +140,7 @@ def main(argv=None) -> int:
                                          for k in names}}
             print(json.dumps({k: v for k, v in point.items() if k != "runs"}), flush=True)
             points.append(point)
-    result = {"benchmark": "startup", "machine": machine_description(), "cores": os.cpu_count(),
-              "overrides": args.extra, "points": points}
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = f"-{args.tag}" if args.tag else ""
-    path = args.out / f"startup-{socket.gethostname()}{tag}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
+    write_result(args.out, "startup", args.tag, args.extra, points)
     return 0
 
 
