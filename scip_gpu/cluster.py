@@ -72,7 +72,7 @@ def dask_setup(worker) -> None:  # noqa: ARG001 - Dask preload hook, run in ever
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        import scip_gpu.pipeline  # noqa: F401
+        from . import pipeline  # noqa: F401
 
         if os.environ.get(WORKER_DEVICE_ENV) == "cuda":
             import cupy

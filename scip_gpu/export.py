@@ -338,16 +338,14 @@ def _write_elem(f, key: str, value) -> None:
     write_elem(f, key, value)
 
 
-def _write_h5ad_without_x(f, adata, var_written: bool = False) -> None:
-    """Write ``adata``'s elements other than X (and var when ``var_written``: already there)
-    into the open h5py file ``f`` as ``AnnData.write_h5ad`` does (strings as categoricals, the
-    root's encoding attributes)."""
-    adata.strings_to_categoricals(adata.obs if var_written else None)
+def _write_h5ad_without_x_var(f, adata) -> None:
+    """Write ``adata``'s elements other than X and var (``AnnDataWriter`` writes those while the
+    partitions run) into the open h5py file ``f`` as ``AnnData.write_h5ad`` does (strings as
+    categoricals, the root's encoding attributes)."""
+    adata.strings_to_categoricals(adata.obs)
     f.attrs.setdefault("encoding-type", "anndata")
     f.attrs.setdefault("encoding-version", "0.1.0")
     _write_elem(f, "obs", adata.obs)
-    if not var_written:
-        _write_elem(f, "var", adata.var)
     for key in ("obsm", "varm", "obsp", "varp", "layers"):
         _write_elem(f, key, dict(getattr(adata, key)))
     _write_elem(f, "uns", dict(adata.uns))
@@ -482,8 +480,8 @@ class AnnDataWriter:
                 fut.result()
             frames = [self.obs[i] for i in range(len(parts))]
             obs = (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=self.obs_columns))
-            _write_h5ad_without_x(self.file, ad.AnnData(obs=_obs_for_anndata(obs), var=self._var.result(),
-                                                        uns=uns or {}), var_written=True)
+            _write_h5ad_without_x_var(self.file, ad.AnnData(obs=_obs_for_anndata(obs), var=self._var.result(),
+                                                            uns=uns or {}))
             self.file.close()
             os.replace(self.tmp, self.path)
         except BaseException:
