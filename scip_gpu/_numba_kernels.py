@@ -4,6 +4,8 @@ They are module-level functions so that numba's on-disk cache (``cache=True``) f
 in every new worker process; ``cpu_kernels`` holds their documented NumPy-facing wrappers.
 """
 
+import heapq
+
 import numpy as np
 from numba import njit
 
@@ -1123,3 +1125,146 @@ def filled_area(labels, holed, out):  # pragma: no cover - compiled
                     sp += 1
                     reached += 1
         out[lab] = float(hh * ww - reached)
+
+
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _ws_sift_down(hc, hx, k, size):  # pragma: no cover - compiled
+    c = hc[k]
+    x = hx[k]
+    while True:
+        a = 2 * k + 1
+        if a >= size:
+            break
+        if a + 1 < size and (hc[a + 1] < hc[a] or (hc[a + 1] == hc[a] and hx[a + 1] < hx[a])):
+            a += 1
+        if not (hc[a] < c or (hc[a] == c and hx[a] < x)):
+            break
+        hc[k] = hc[a]
+        hx[k] = hx[a]
+        k = a
+    hc[k] = c
+    hx[k] = x
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def watershed_flood(f, flags, lab, h, w, out):  # pragma: no cover - compiled
+    # ops.watershed by a priority flood (Dijkstra on the keys (C, S), C compared as the
+    # altitudes themselves: the reference's ranks only preserve their order): a pixel is final
+    # when popped, and every neighbour it may take its label from has a smaller key, so it is
+    # final before it; the label comes from the one with the smallest (key, index), as in the
+    # reference. The queue is a binary heap of C and (S << 32 | pixel) in two arrays (images
+    # of fewer than 2^32 pixels).
+    n = h * w
+    kc = np.empty(n, dtype=np.float64)  # C of every pixel's key (valid where ks >= 0)
+    ks = np.full(n, -1, dtype=np.int64)  # S; -1: not reached
+    done = np.zeros(n, dtype=np.bool_)
+    cap = max(n, 16)
+    hc = np.empty(cap, dtype=np.float64)
+    hx = np.empty(cap, dtype=np.int64)
+    size = 0
+    for p in range(n):
+        out[p] = 0
+        if flags[p] & 2:
+            kc[p] = f[p]
+            ks[p] = 0
+            hc[size] = f[p]
+            hx[size] = p
+            size += 1
+    for start in range(size // 2 - 1, -1, -1):  # heapify
+        _ws_sift_down(hc, hx, start, size)
+    while size > 0:
+        c = hc[0]
+        s = hx[0] >> 32
+        p = hx[0] & 0xFFFFFFFF
+        size -= 1
+        if size > 0:  # the last element to the root, sifted down
+            hc[0] = hc[size]
+            hx[0] = hx[size]
+            _ws_sift_down(hc, hx, 0, size)
+        if done[p] or s != ks[p] or c != kc[p]:
+            continue  # a stale entry
+        done[p] = True
+        i = p // w
+        j = p - i * w
+        if flags[p] & 2:
+            out[p] = lab[p]
+        else:
+            bc = np.inf
+            bs = np.int64(-1)
+            for t in range(4):  # raster order: up, left, right, down
+                if t == 0:
+                    if i == 0:
+                        continue
+                    q = p - w
+                elif t == 1:
+                    if j == 0:
+                        continue
+                    q = p - 1
+                elif t == 2:
+                    if j == w - 1:
+                        continue
+                    q = p + 1
+                else:
+                    if i == h - 1:
+                        continue
+                    q = p + w
+                if not done[q]:
+                    continue
+                qc = kc[q]
+                qs = ks[q]
+                if f[p] > qc:  # the key q gives p
+                    ok = c == f[p] and s == 1
+                else:
+                    ok = c == qc and s == qs + 1
+                if ok and (bs < 0 or qc < bc or (qc == bc and qs < bs)):
+                    bc = qc
+                    bs = qs
+                    out[p] = out[q]
+        for t in range(4):
+            if t == 0:
+                if i == 0:
+                    continue
+                q = p - w
+            elif t == 1:
+                if j == 0:
+                    continue
+                q = p - 1
+            elif t == 2:
+                if j == w - 1:
+                    continue
+                q = p + 1
+            else:
+                if i == h - 1:
+                    continue
+                q = p + w
+            if (flags[q] & 3) != 1 or done[q]:
+                continue
+            if f[q] > c:
+                nc = f[q]
+                ns = np.int64(1)
+            else:
+                nc = c
+                ns = s + 1
+            if ks[q] >= 0 and not (nc < kc[q] or (nc == kc[q] and ns < ks[q])):
+                continue
+            kc[q] = nc
+            ks[q] = ns
+            if size == cap:  # grow the heap
+                cap *= 2
+                hc2 = np.empty(cap, dtype=np.float64)
+                hx2 = np.empty(cap, dtype=np.int64)
+                hc2[:size] = hc[:size]
+                hx2[:size] = hx[:size]
+                hc, hx = hc2, hx2
+            k = size  # push, sifted up
+            size += 1
+            x = (ns << 32) | q
+            while k > 0:
+                a = (k - 1) // 2
+                if not (nc < hc[a] or (nc == hc[a] and x < hx[a])):
+                    break
+                hc[k] = hc[a]
+                hx[k] = hx[a]
+                k = a
+            hc[k] = nc
+            hx[k] = x

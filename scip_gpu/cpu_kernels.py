@@ -152,6 +152,18 @@ def regions_touching_border(mask, extents) -> tuple[np.ndarray, np.ndarray]:
     return out, regions
 
 
+@register("ops.watershed", "cpu")
+def watershed(surface, markers, mask=None) -> np.ndarray:
+    """Compiled ``ops.watershed``: the same keys and labels by a priority flood."""
+    from .ops import watershed_prepare
+
+    _, flags, lab = watershed_prepare(surface, markers, mask, ranks=False)
+    out = np.empty(surface.size, dtype=np.int32)
+    f = np.ascontiguousarray(surface, dtype=np.float64).ravel()  # (exact: the order is what counts)
+    _nb().watershed_flood(f, flags, lab, surface.shape[0], surface.shape[1], out)
+    return out.reshape(surface.shape)
+
+
 # ---------------------------------------------------------------------------------------------
 # masks
 

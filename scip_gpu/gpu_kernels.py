@@ -758,6 +758,52 @@ def cp_sizeshape_block(batch, mr, ctx):
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# Marker-controlled watershed of a field of view (kernels/watershed.cu)
+
+SOURCES += ("watershed.cu",)
+#: relaxation launches between two reads of the `changed` flag (one host sync per round)
+WATERSHED_LAUNCHES_PER_CHECK = 2
+
+
+def _accepts_watershed(surface, markers, mask=None) -> bool:
+    return surface.ndim == 2 and 0 < surface.size < (1 << 31)  # keys hold ranks and steps in 32 bits
+
+
+@register("ops.watershed", "cuda", accepts=_accepts_watershed)
+def watershed(surface, markers, mask=None):
+    """``ops.watershed`` on the device: the image never leaves it; the host reads one flag per
+    round of relaxation (a handful of rounds per field: keys cross a 32x32 tile per launch)."""
+    import cupy
+
+    from .ops import watershed_prepare
+
+    rank, flags, lab = watershed_prepare(surface, markers, mask)
+    h, w = surface.shape
+    n = h * w
+    key = cupy.where((flags & 2) != 0, rank << np.uint64(32), np.uint64(0xFFFFFFFFFFFFFFFF)).astype(cupy.uint64)
+    mod = module()
+    relax, parent_fn = mod.get_function("ws_relax"), mod.get_function("ws_parent")
+    jump, labels = mod.get_function("ws_jump"), mod.get_function("ws_labels")
+    tiles = -(-h // 32) * -(-w // 32)
+    changed = cupy.zeros(1, dtype=cupy.int32)
+    args = (key, rank, flags, np.int64(h), np.int64(w), changed)
+    while True:
+        changed.fill(0)
+        for _ in range(WATERSHED_LAUNCHES_PER_CHECK):
+            relax((min(tiles, 1 << 16),), (THREADS,), args)
+        if not int(changed.get()[0]):  # host sync: one flag
+            break
+    grid = (min(-(-n // THREADS), 1 << 16),)
+    parent = cupy.empty(n, dtype=cupy.int64)
+    parent_fn(grid, (THREADS,), (key, rank, flags, np.int64(h), np.int64(w), parent))
+    for _ in range(3):  # chains 8x shorter before they are followed
+        jump(grid, (THREADS,), (parent, np.int64(n)))
+    out = cupy.empty(n, dtype=cupy.int32)
+    labels(grid, (THREADS,), (parent, cupy.ascontiguousarray(lab, dtype=cupy.int32), np.int64(n), out))
+    return out.reshape(h, w)
+
+
 if __name__ == "__main__":  # python -m scip_gpu.gpu_kernels build
     if sys.argv[1:] != ["build"]:
         sys.exit("usage: python -m scip_gpu.gpu_kernels build   (needs nvcc)")

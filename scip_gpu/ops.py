@@ -407,3 +407,138 @@ def regions_touching_border(mask, extents):
     keep = touching <= limit[owner]
     keep[0] = False
     return keep[labels], count_per_plane(labels, n, keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# Marker-controlled watershed (one 2-D image)
+#
+# The flood is defined by the values it computes, not by the order of a queue, so that a
+# sequential flood (the numba kernel), a parallel relaxation (the CUDA kernel) and this
+# array-namespace reference give the same labels:
+#
+# - every pixel of the domain (``mask``) gets a key K = (C, S): C is the lowest level at which
+#   the flood from the markers reaches it (the minimax altitude of a 4-connected path from a
+#   marker, the level at which scikit-image's priority flood pops it), S the number of steps
+#   it took at that level (its order within a plateau or a basin entered over a saddle, where
+#   scikit-image goes by queue age). Markers have K = (altitude, 0); a pixel p reached from a
+#   neighbour q gets (max(f(p), C(q)), 1 if f(p) > C(q) else S(q) + 1), and K is the smallest
+#   such key: the unique solution of those equations (Bellman's, for a monotone path cost);
+# - a pixel takes the label of the neighbour it was reached from: of the neighbours q whose
+#   key leads to K(p), the one with the smallest (K(q), raster index), as scikit-image's flood
+#   labels a pixel from the neighbour popped first. Those neighbours have smaller keys, so the
+#   chains end at markers.
+# Where the altitudes have no ties, the labels are scikit-image's; at exact ties (plateaus, equal
+# saddles) the order is the one above, not a queue's age.
+
+
+def watershed_prepare(surface, markers, mask, *, ranks: bool = True):
+    """Flat arrays of the flood: altitude ranks (uint64, order-preserving over the domain;
+    None with ``ranks=False``), flags (uint8: 1 domain, 2 marker in the domain) and the marker
+    labels (int32)."""
+    xp = array_module(surface)
+    if surface.ndim != 2 or markers.shape != surface.shape or (mask is not None and mask.shape != surface.shape):
+        raise ValueError(f"watershed: image {surface.shape}, markers {markers.shape} and mask "
+                         f"{None if mask is None else mask.shape} must be 2-D images of one shape")
+    dom = xp.ones(surface.shape, dtype=bool) if mask is None else xp.asarray(mask, dtype=bool)
+    dom = dom.ravel()
+    f = surface.ravel()
+    if f.dtype.kind == "f" and bool(xp.isnan(f[dom]).any()):  # host sync: one number
+        raise ValueError("watershed: the image holds NaN inside the mask")
+    rank = None
+    if ranks:
+        rank = xp.zeros(f.shape, dtype=xp.uint64)
+        if f.size:
+            _, inverse = xp.unique(f[dom], return_inverse=True)
+            rank[dom] = inverse.ravel().astype(xp.uint64)
+    lab = markers.ravel().astype(xp.int32)
+    src = dom & (lab > 0)
+    flags = dom.astype(xp.uint8) | (src.astype(xp.uint8) << 1)
+    return rank, flags, lab
+
+
+_WS_INF = np.uint64(0xFFFFFFFFFFFFFFFF)
+_WS_LOW = np.uint64(0xFFFFFFFF)
+
+
+def _ws_shift(xp, a, dy: int, dx: int, fill):
+    """``out[i, j] = a[i - dy, j - dx]`` (the neighbour at (-dy, -dx)), ``fill`` outside."""
+    out = xp.full_like(a, fill)
+    h, w = a.shape
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = a[max(-dy, 0):h + min(-dy, 0),
+                                                                  max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+#: the 4 neighbours in raster order of their index: up, left, right, down, as (dy, dx) shifts
+_WS_NEIGHBOURS = ((1, 0), (0, 1), (0, -1), (-1, 0))
+
+
+def _ws_candidate(xp, kq, r):
+    """Key of a pixel of rank ``r`` reached from a neighbour of key ``kq`` (INF stays INF)."""
+    cq = kq >> np.uint64(32)
+    sq = kq & _WS_LOW
+    up = r > cq
+    key = xp.where(up, (r << np.uint64(32)) | np.uint64(1), (cq << np.uint64(32)) | (sq + np.uint64(1)))
+    return xp.where(kq == _WS_INF, _WS_INF, key)
+
+
+def _watershed_examples(rng):
+    from scipy import ndimage as ndi
+
+    # basins with markers, a plateau, equal saddles, a masked domain, markers outside the mask
+    for h, w, n_markers, quant in ((23, 31, 5, None), (40, 37, 9, 6), (1, 17, 2, None), (16, 1, 2, 3),
+                                   (33, 35, 4, 1)):
+        f = ndi.gaussian_filter(rng.random((h, w)), 2.0)
+        if quant is not None:  # few levels: plateaus and ties everywhere
+            f = np.floor(f / max(f.max(), 1e-12) * quant).astype(np.float64)
+        markers = np.zeros((h, w), dtype=np.int32)
+        pos = rng.choice(h * w, size=min(n_markers, h * w), replace=False)
+        markers.flat[pos] = rng.permutation(np.arange(1, len(pos) + 1)) * 3
+        markers.flat[pos[:1]] = 0 if h * w > 2 else markers.flat[pos[:1]]
+        mask = rng.random((h, w)) > 0.15
+        yield (f, markers, mask), {}
+        yield (f.astype(np.float32), markers, None), {}
+    yield (np.zeros((12, 9)), np.zeros((12, 9), dtype=np.int32), None), {}  # no markers
+    m = np.zeros((12, 9), dtype=np.int32)
+    m[3, 4] = 7
+    yield (np.zeros((12, 9)), m, np.ones((12, 9), dtype=bool)), {}  # one flat plateau
+
+
+@stage("ops.watershed", examples=_watershed_examples)
+def watershed(surface, markers, mask=None):
+    """Marker-controlled watershed of a 2-D image (4-connected flood, as
+    ``skimage.segmentation.watershed(surface, markers, mask=mask)``; ties resolved by the rule
+    above): int32 labels, 0 outside the mask and where no marker's flood reaches."""
+    xp = array_module(surface)
+    ranks, flags, lab = watershed_prepare(surface, markers, mask)
+    h, w = surface.shape
+    r = ranks.reshape(h, w)
+    dom = (flags & 1).astype(bool).reshape(h, w)
+    src = (flags & 2).astype(bool).reshape(h, w)
+    key = xp.where(src, r << np.uint64(32), _WS_INF)
+    while True:  # Jacobi relaxation to the fixed point (one host sync per sweep)
+        best = key
+        for dy, dx in _WS_NEIGHBOURS:
+            best = xp.minimum(best, _ws_candidate(xp, _ws_shift(xp, key, dy, dx, _WS_INF), r))
+        new = xp.where(dom & ~src, best, key)
+        if bool((new == key).all()):
+            break
+        key = new
+    index = xp.arange(h * w, dtype=xp.int64).reshape(h, w)
+    parent = xp.where(src, index, -1)
+    parent_key = xp.full_like(key, _WS_INF)
+    for dy, dx in _WS_NEIGHBOURS:  # raster order: the first of equal keys wins (strict <)
+        kq = _ws_shift(xp, key, dy, dx, _WS_INF)
+        take = dom & ~src & (key != _WS_INF) & (_ws_candidate(xp, kq, r) == key) & (kq < parent_key)
+        parent = xp.where(take, _ws_shift(xp, index, dy, dx, -1), parent)
+        parent_key = xp.where(take, kq, parent_key)
+    parent = parent.ravel()
+    reached = parent >= 0
+    root = xp.where(reached, parent, 0)
+    while True:  # pointer jumping to the markers
+        nxt = root[root]
+        if bool((nxt == root).all()):
+            break
+        root = nxt
+    out = xp.where(reached, lab[root], 0)
+    return out.reshape(h, w).astype(xp.int32, copy=False)

@@ -25,9 +25,9 @@ hole filling              yes, ``ndimage.label`` of the background, a ``bincount
 distance transform        yes, ``cupyx.scipy.ndimage.distance_transform_edt``
 marker detection          yes, ``cucim.skimage.feature.peak_local_max`` and ``ndimage.label``
 Sobel gradient            yes, ``cucim.skimage.filters.sobel``
-**watershed**             **no**: cuCIM has no ``watershed``; the image and markers are copied
-                          to the host, flooded by ``skimage.segmentation.watershed`` and the
-                          labels copied back (one round trip per FOV, flagged below)
+watershed flood          yes, ``ops.watershed``: our CUDA kernel (cuCIM has no watershed); the
+                          same flood as ``skimage.segmentation.watershed`` where the altitudes
+                          have no ties (the numba flood on the CPU gives the same labels)
 ``expand_cells``          yes, ``cucim.skimage.segmentation.expand_labels``
 small-object removal      yes, a ``bincount`` of label sizes and a lookup
 contrast test             yes: ``expand_labels`` for the background rings, ``median`` of the
@@ -263,12 +263,13 @@ def _fill_holes(fg, max_size: float | None = None):
     return fg | fill[holes]
 
 
-def _watershed_host(surface, markers, mask):
-    """``skimage.segmentation.watershed`` on the host: cuCIM has none (device -> host -> device)."""
-    from skimage.segmentation import watershed
+def _watershed(surface, markers, mask):
+    """The marker-controlled flood (``ops.watershed``: scikit-image's watershed where the
+    altitudes have no ties, a fixed rule at ties), where the arrays are: the numba flood on the
+    CPU, the CUDA kernel (kernels/watershed.cu) on a GPU."""
+    from .ops import watershed
 
-    out = watershed(_to_host(surface), _to_host(markers), mask=_to_host(mask))
-    return _like(out.astype(np.int32, copy=False), markers)
+    return watershed(surface, markers.astype(array_module(markers).int32, copy=False), mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +382,7 @@ def watershed_nuclei(
     4. Markers at ``peak_local_max`` of the distance, at least ``min_distance`` pixels apart
        (default 0.6r) and inside the foreground (``labels=`` its components); adjacent peaks
        merged.
-    5. ``watershed(-distance, markers, mask=foreground)``, on the host.
+    5. ``watershed(-distance, markers, mask=foreground)`` (``ops.watershed``).
     6. Objects under ``min_size`` pixels (default the area of a disc of radius 0.4r) dropped,
        and objects that do not stand out of the field's noise: those whose mean intensity is
        less than ``min_contrast`` standard errors above the mean of a ring of background r/2
@@ -459,7 +460,7 @@ def _watershed_nuclei(image, threshold, threshold_method, *, smoothing, block_si
     peak_mask = xp.zeros(image.shape, dtype=bool)
     peak_mask[tuple(peaks.T)] = True
     markers, _ = ndi.label(peak_mask, structure=np.ones((3, 3), dtype=bool))
-    labels = _watershed_host(-distance, markers, fg)
+    labels = _watershed(-distance, markers, fg)
     return relabel(remove_small_labels(labels, int(min_size)))
 
 
@@ -560,7 +561,7 @@ def seeded_watershed(
         relief = skimage_module(xp, "filters").sobel(smoothed)
     else:
         relief = -smoothed
-    return _watershed_host(relief, nuclei.astype(xp.int32, copy=False), mask)
+    return _watershed(relief, nuclei.astype(xp.int32, copy=False), mask)
 
 
 # ---------------------------------------------------------------------------------------------

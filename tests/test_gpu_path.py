@@ -95,7 +95,7 @@ def _trace_copies_to_host(monkeypatch) -> list:
 
 #: where the fields path with device=cuda copies device data to the host (process_fields' docstring)
 FIELD_COPIES = {
-    "_watershed_host",  # the watershed flood (cuCIM has none): its image, markers and mask
+    "watershed",  # the watershed flood (kernels/watershed.cu): one flag per round of relaxation
     "estimate_nucleus_radius",  # a few numbers per field (per component)
     "_background_surface",  # a few numbers per field: the normal equations of the background fit
     "check_field_values",  # float fields: one count of NaN or infinite pixels per channel
@@ -137,7 +137,8 @@ def test_fields_with_device_cuda_equal_cpu(cupy, monkeypatch, tmp_path):
         assert w["objects"] == len(out[device]) and 0 < w["device_busy"] <= 1
     pd.testing.assert_frame_equal(out["cuda"], out["cpu"], rtol=1e-6, atol=1e-6)
     assert {name for name, _ in copies} <= FIELD_COPIES, sorted(set(copies))
-    assert max(size for _, size in copies) <= 112 * 128  # a label image, a watershed plane: never a field
+    assert max(size for _, size in copies) <= 112 * 128  # a label image: never a field
+    assert {size for name, size in copies if name == "watershed"} == {1}  # the flood's flag, nothing else
     n_obj = len(out["cuda"])
     assert sum(name == "label_boxes" for name, _ in copies) == 2  # one copy per field
     assert sum(size for name, size in copies if name == "crop_stats") == 3 * 3 * n_obj
@@ -273,11 +274,13 @@ def test_twelve_channel_cells_on_the_gpu_path_equal_cpu_bit_for_bit(cupy, monkey
     np.testing.assert_array_equal(gpu, cpu)
 
 
-def test_watershed_nuclei_on_the_gpu_path_equals_cpu(cupy):
+def test_watershed_nuclei_on_the_gpu_path_equals_cpu(cupy, monkeypatch):
     """One implementation: the scale estimate and the watershed take the array namespace of
-    their input; only the flooding and a few numbers per field go through the host."""
+    their input (the flood: kernels/watershed.cu, emulated); only a few numbers per field go
+    through the host."""
     from scip_gpu.segmentation import estimate_nucleus_radius, watershed_nuclei
 
+    _reference_kernels(monkeypatch, cupy)
     from .test_segmentation import disc_grid
 
     img, n = disc_grid(5, noise=100.0)
