@@ -240,9 +240,9 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
     per channel per object to validate them (one copy each per field); for float fields (e.g.
     illumination-corrected ones), one count of NaN or infinite pixels per channel (a field with
     any is an error, before it is segmented); the label images when
-    they are exported (``segmentation.export_labels``); inside the segmentation, the image,
-    markers and mask of each watershed flood (cuCIM has no watershed) and a few numbers per
-    field (thresholds, the nucleus radius; ``scip_gpu.segmentation``). Cellpose takes its
+    they are exported (``segmentation.export_labels``); inside the segmentation, one flag per
+    round of each watershed flood (``ops.watershed``, kernels/watershed.cu) and a few numbers
+    per field (thresholds, the nucleus radius; ``scip_gpu.segmentation``). Cellpose takes its
     fields as host arrays.
 
     ``device_seconds`` of the result is the wall time of the device work (everything but
