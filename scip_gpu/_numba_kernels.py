@@ -4,8 +4,6 @@ They are module-level functions so that numba's on-disk cache (``cache=True``) f
 in every new worker process; ``cpu_kernels`` holds their documented NumPy-facing wrappers.
 """
 
-import heapq
-
 import numpy as np
 from numba import njit
 

@@ -147,8 +147,10 @@ def _arrow_column(values: np.ndarray, type_):
     return pa.array(values)
 
 
-def write_part(folder: Path, part: int, table: pd.DataFrame, schema, values: np.ndarray | None = None) -> Path:
-    """Write one partition's table atomically; returns the final path.
+def write_part(folder: Path, part: int, table: pd.DataFrame, schema, values: np.ndarray | None = None, *,
+               compression: str = "snappy") -> Path:
+    """Write one partition's table atomically (``compression``: its Parquet codec, ``export.compression``);
+    returns the final path.
 
     ``table`` holds the leading columns of ``schema`` (all of them when ``values`` is None);
     ``values`` (rows, F) the float64 columns that follow (bool flag columns as 0/1, NaN where
@@ -173,7 +175,8 @@ def write_part(folder: Path, part: int, table: pd.DataFrame, schema, values: np.
     dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
     with _replacing(final) as tmp:
         # (without the Arrow schema copy, the footer's key-value metadata must be added by hand)
-        with pq.ParquetWriter(tmp, arrow.schema, use_dictionary=dictionary, store_schema=False) as writer:
+        with pq.ParquetWriter(tmp, arrow.schema, use_dictionary=dictionary, store_schema=False,
+                              compression=compression) as writer:
             writer.add_key_value_metadata(schema.metadata or {})
             writer.write_table(arrow)
     return final

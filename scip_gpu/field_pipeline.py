@@ -30,7 +30,7 @@ from .fields import (channel_compartments, check_field_values, crop_stats, expor
                      safe_name, write_correction)
 from .masks import MaskResult
 from .pipeline import (PartitionResult, StageTimer, check_image_type, check_image_values, check_values,
-                       free_device_memory, worker_name)
+                       free_device_memory, parquet_codec, worker_name)
 from .profile import Plan, auto_batch_size, profile_batch, segmentation_mask_name
 from .report import nan_counts
 
@@ -437,7 +437,7 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
 
     if folder is None:  # fields of a partition the driver recovers (_recover_fields): it writes the part
         return result([]), table
-    export.write_part(Path(folder), part, table, schema)
+    export.write_part(Path(folder), part, table, schema, compression=parquet_codec(cfg))
     return result([f"partition {part}: {len(rows)} field(s), {n_obj} object(s)"])
 
 
@@ -632,7 +632,7 @@ def _recover_fields(ex, task, exc: Exception, *, folder: Path, name: str, source
     parts = [tables[k] for k in sorted(tables)]
     table = (pd.concat(parts, ignore_index=True) if parts
              else pd.DataFrame({c: pd.Series(dtype=object) for c in schema.names}))
-    export.write_part(folder, part, table, schema)
+    export.write_part(folder, part, table, schema, compression=parquet_codec(plan.cfg))
     return PartitionResult(part, n, n_ok, errors, time.perf_counter() - t0, {},
                            [f"partition {part}: {len(rows)} field(s), {n} object(s); {killed} field(s) killed "
                             "their workers" if killed else f"partition {part}: recovered field by field"])

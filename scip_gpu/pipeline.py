@@ -478,7 +478,7 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
         return result(), values
     if "anndata" in [getattr(f, "value", f) for f in cfg.export.formats]:  # its X rows, for the driver
         export.write_x_side(Path(folder).parent, part, values, plan.columns)
-    _write_partition(Path(folder), part, rows, schema, values, errors.values())
+    _write_partition(Path(folder), part, rows, schema, values, errors.values(), cfg)
     return result()
 
 
@@ -593,11 +593,16 @@ def worker_stats(results, since: float = 0.0) -> dict[str, dict]:
     return out
 
 
-def _write_partition(folder: Path, part: int, rows: pd.DataFrame, schema, values: np.ndarray, errors) -> None:
+def parquet_codec(cfg) -> str:
+    """The Parquet codec of the parts (``export.compression``, an enum member or its name)."""
+    return str(getattr(cfg.export.compression, "value", cfg.export.compression))
+
+
+def _write_partition(folder: Path, part: int, rows: pd.DataFrame, schema, values: np.ndarray, errors, cfg) -> None:
     table = rows[[c for c in schema.names if c in rows.columns]].reset_index(drop=True)
     bad = {int(e["meta_index"]) for e in errors}
     table["meta_status"] = np.where(rows["meta_index"].isin(bad).to_numpy(), "error", "ok").astype(object)
-    export.write_part(folder, part, table, schema, values)
+    export.write_part(folder, part, table, schema, values, compression=parquet_codec(cfg))
 
 
 #: A partition recovered object by object stops early when this many of its objects killed their
@@ -725,7 +730,7 @@ def recover_partition(ex, task, exc: Exception, *, source, plan: Plan, folder: P
                                    unit="objects", errors=errors, came_back=came_back)
     if cause is not None:
         return cause
-    _write_partition(folder, part, rows, schema, values, errors)
+    _write_partition(folder, part, rows, schema, values, errors, plan.cfg)
     n_bad = len({int(e["meta_index"]) for e in errors})
     note = (f"partition {part}: recovered object by object after {exc}" if not killed else
             f"partition {part}: {killed} object(s) killed their workers; the other {len(rows) - killed} were profiled")

@@ -412,3 +412,25 @@ def test_report_switch_and_anndata_only(tmp_path):
     names = {p.name for p in out.iterdir()}
     assert "features.h5ad" in names and "report.html" not in names
     assert "features.parquet" not in names and "features.columns.csv" not in names  # parts were intermediates
+
+
+def test_parquet_compression_choice(tmp_path):
+    """export.compression: the parts' codec (the default snappy, or none: written faster, larger);
+    the values are the same either way; an unknown codec is a configuration error naming the key."""
+    runs = {}
+    for codec in ("snappy", "none"):
+        out = tmp_path / codec
+        args = ["+dataset=demo", "dataset.n_objects=6", "features=intensity", "cluster=sync", "export.report=false",
+                f"output={out}"] + ([] if codec == "snappy" else [f"export.compression={codec}"])
+        res = run_cli(*args, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        part = next((out / "features.parquet").iterdir())
+        meta = pq.ParquetFile(part).metadata
+        codecs = {meta.row_group(0).column(j).compression for j in range(meta.num_columns)}
+        assert codecs == {"SNAPPY" if codec == "snappy" else "UNCOMPRESSED"}
+        runs[codec] = pd.read_parquet(out / "features.parquet")
+    pd.testing.assert_frame_equal(runs["none"], runs["snappy"])
+    res = run_cli("+dataset=demo", "dataset.n_objects=2", "export.compression=brotlii", f"output={tmp_path / 'bad'}",
+                  cwd=tmp_path)
+    assert res.returncode != 0 and "compression" in res.stderr and "brotlii" in res.stderr
+    assert not (tmp_path / "bad").exists()
