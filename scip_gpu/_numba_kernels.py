@@ -1147,11 +1147,11 @@ def _ws_sift_down(hc, hx, k, size):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True, boundscheck=False)
 def watershed_flood(f, flags, lab, h, w, out):  # pragma: no cover - compiled
     # ops.watershed by a priority flood (Dijkstra on the keys (C, S), C compared as the
-    # altitudes themselves: the reference's ranks only preserve their order): a pixel is final
-    # when popped, and every neighbour it may take its label from has a smaller key, so it is
-    # final before it; the label comes from the one with the smallest (key, index), as in the
-    # reference. The queue is a binary heap of C and (S << 32 | pixel) in two arrays (images
-    # of fewer than 2^32 pixels).
+    # altitudes themselves: the reference's ranks only preserve their order). Pixels are popped
+    # in the order of (C, S, index), so the first neighbour to give a pixel its final key is the
+    # one of smallest (key, index) among those that give it: the pixel takes its label whenever
+    # its key strictly improves, as the reference's parent rule. The queue is a binary heap of
+    # C and (S << 32 | pixel) in two arrays (images of fewer than 2^31 pixels).
     n = h * w
     kc = np.empty(n, dtype=np.float64)  # C of every pixel's key (valid where ks >= 0)
     ks = np.full(n, -1, dtype=np.int64)  # S; -1: not reached
@@ -1163,6 +1163,7 @@ def watershed_flood(f, flags, lab, h, w, out):  # pragma: no cover - compiled
     for p in range(n):
         out[p] = 0
         if flags[p] & 2:
+            out[p] = lab[p]
             kc[p] = f[p]
             ks[p] = 0
             hc[size] = f[p]
@@ -1184,40 +1185,6 @@ def watershed_flood(f, flags, lab, h, w, out):  # pragma: no cover - compiled
         done[p] = True
         i = p // w
         j = p - i * w
-        if flags[p] & 2:
-            out[p] = lab[p]
-        else:
-            bc = np.inf
-            bs = np.int64(-1)
-            for t in range(4):  # raster order: up, left, right, down
-                if t == 0:
-                    if i == 0:
-                        continue
-                    q = p - w
-                elif t == 1:
-                    if j == 0:
-                        continue
-                    q = p - 1
-                elif t == 2:
-                    if j == w - 1:
-                        continue
-                    q = p + 1
-                else:
-                    if i == h - 1:
-                        continue
-                    q = p + w
-                if not done[q]:
-                    continue
-                qc = kc[q]
-                qs = ks[q]
-                if f[p] > qc:  # the key q gives p
-                    ok = c == f[p] and s == 1
-                else:
-                    ok = c == qc and s == qs + 1
-                if ok and (bs < 0 or qc < bc or (qc == bc and qs < bs)):
-                    bc = qc
-                    bs = qs
-                    out[p] = out[q]
         for t in range(4):
             if t == 0:
                 if i == 0:
@@ -1247,6 +1214,7 @@ def watershed_flood(f, flags, lab, h, w, out):  # pragma: no cover - compiled
                 continue
             kc[q] = nc
             ks[q] = ns
+            out[q] = out[p]  # (the neighbour popped first among those giving q this key: the rule)
             if size == cap:  # grow the heap
                 cap *= 2
                 hc2 = np.empty(cap, dtype=np.float64)

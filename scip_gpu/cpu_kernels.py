@@ -152,7 +152,11 @@ def regions_touching_border(mask, extents) -> tuple[np.ndarray, np.ndarray]:
     return out, regions
 
 
-@register("ops.watershed", "cpu")
+def _accepts_watershed(surface, markers, mask=None) -> bool:
+    return surface.ndim == 2 and surface.size < (1 << 31)  # the queue packs (steps, pixel) in 64 bits
+
+
+@register("ops.watershed", "cpu", accepts=_accepts_watershed)
 def watershed(surface, markers, mask=None) -> np.ndarray:
     """Compiled ``ops.watershed``: the same keys and labels by a priority flood."""
     from .ops import watershed_prepare
