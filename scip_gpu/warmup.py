@@ -6,8 +6,8 @@ installation spends about 15 s compiling (on 2 cores), every later run only load
 command pays that cost ahead, e.g. in a Docker image's build (``docker/Dockerfile``): it profiles
 a few synthetic cells of every common pixel type (uint8, uint16, float32; fixed-size and
 ragged batches), with every mask method and feature family of the default ``scip`` preset and
-of the ``cellprofiler`` preset (its optional Zernike intensity moments included), in this
-process, writing nothing but numba's cache.
+of the ``cellprofiler`` preset (its optional Zernike intensity moments included), and the
+fields' watershed flood, in this process, writing nothing but numba's cache.
 
 numba's cache is specific to the CPU it was compiled on: on another type of CPU the kernels are
 compiled again on first use (and cached there when the installation is writable).
@@ -70,6 +70,14 @@ def warmup(dtypes=DTYPES) -> dict[str, float]:
                 values = profile_batch(batch, plan)
                 assert values.shape == (len(members), plan.n_features)
         seconds[dtype] = time.perf_counter() - t0
+    t0 = time.perf_counter()  # the fields' watershed flood (segmentation=watershed)
+    from .ops import watershed
+
+    f = np.add.outer(np.arange(12.0), np.arange(9.0) % 4)
+    markers = np.zeros(f.shape, dtype=np.int32)
+    markers[0, 0], markers[11, 8] = 1, 2
+    assert set(np.unique(watershed(f, markers, f < 13))) == {0, 1, 2}
+    seconds["watershed"] = time.perf_counter() - t0
     return seconds
 
 
