@@ -457,28 +457,15 @@ def watershed_prepare(surface, markers, mask, *, ranks: bool = True):
 
 
 _WS_INF = np.uint64(0xFFFFFFFFFFFFFFFF)
-_WS_LOW = np.uint64(0xFFFFFFFF)
 
 
-def _ws_shift(xp, a, dy: int, dx: int, fill):
-    """``out[i, j] = a[i - dy, j - dx]`` (the neighbour at (-dy, -dx)), ``fill`` outside."""
-    out = xp.full_like(a, fill)
-    h, w = a.shape
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = a[max(-dy, 0):h + min(-dy, 0),
-                                                                  max(-dx, 0):w + min(-dx, 0)]
-    return out
-
-
-#: the 4 neighbours in raster order of their index: up, left, right, down, as (dy, dx) shifts
-_WS_NEIGHBOURS = ((1, 0), (0, 1), (0, -1), (-1, 0))
-
-
-def _ws_candidate(xp, kq, r):
-    """Key of a pixel of rank ``r`` reached from a neighbour of key ``kq`` (INF stays INF)."""
-    cq = kq >> np.uint64(32)
-    sq = kq & _WS_LOW
-    up = r > cq
-    key = xp.where(up, (r << np.uint64(32)) | np.uint64(1), (cq << np.uint64(32)) | (sq + np.uint64(1)))
+def _ws_candidate(xp, kq, r, r_up=None):
+    """Key of a pixel of rank ``r`` reached from a neighbour of key ``kq`` (INF stays INF):
+    (r, 1) when it climbs above the neighbour's level, else the neighbour's key one step on
+    (S + 1 never carries into C: S counts pixels). ``r_up``: ``(r << 32) | 1``, if at hand."""
+    if r_up is None:
+        r_up = (r << np.uint64(32)) | np.uint64(1)
+    key = xp.where(r > (kq >> np.uint64(32)), r_up, kq + np.uint64(1))
     return xp.where(kq == _WS_INF, _WS_INF, key)
 
 
@@ -504,41 +491,80 @@ def _watershed_examples(rng):
     yield (np.zeros((12, 9)), m, np.ones((12, 9), dtype=bool)), {}  # one flat plateau
 
 
+def _ws_distinct(xp, surface, flags) -> bool:
+    """Whether the altitudes inside the domain are all distinct (NumPy inputs only)."""
+    if xp is not np:
+        return False
+    values = surface.ravel()[(flags & 1).astype(bool)]
+    return np.unique(values).size == values.size
+
+
 @stage("ops.watershed", examples=_watershed_examples)
 def watershed(surface, markers, mask=None):
     """Marker-controlled watershed of a 2-D image (4-connected flood, as
     ``skimage.segmentation.watershed(surface, markers, mask=mask)``; ties resolved by the rule
-    above): int32 labels, 0 outside the mask and where no marker's flood reaches."""
+    above): int32 labels, 0 outside the mask and where no marker's flood reaches (markers:
+    positive labels).
+
+    Where the altitudes inside the mask are all distinct, every pixel of one flood level is
+    reached through the one pixel at that altitude and so has one label: both orders agree,
+    and scikit-image's flood gives these labels (NumPy without numba takes it then); else the
+    keys are relaxed to their fixed point (``_watershed_relaxation``)."""
+    xp = array_module(surface)
+    ranks, flags, lab = watershed_prepare(surface, markers, mask, ranks=False)
+    if _ws_distinct(xp, surface, flags):
+        from skimage.segmentation import watershed as sk_watershed
+
+        out = sk_watershed(surface, np.where(markers > 0, markers, 0), mask=(flags & 1).astype(bool).reshape(surface.shape))
+        return out.astype(np.int32, copy=False)
+    return _watershed_relaxation(surface, markers, mask)
+
+
+def _watershed_relaxation(surface, markers, mask=None):
+    """``watershed`` by relaxing the keys over the domain's pixels (gathers from their 4
+    neighbours) to their fixed point, then each pixel's parent and the chains to the markers."""
     xp = array_module(surface)
     ranks, flags, lab = watershed_prepare(surface, markers, mask)
     h, w = surface.shape
-    r = ranks.reshape(h, w)
-    dom = (flags & 1).astype(bool).reshape(h, w)
-    src = (flags & 2).astype(bool).reshape(h, w)
-    key = xp.where(src, r << np.uint64(32), _WS_INF)
-    while True:  # Jacobi relaxation to the fixed point (one host sync per sweep)
-        best = key
-        for dy, dx in _WS_NEIGHBOURS:
-            best = xp.minimum(best, _ws_candidate(xp, _ws_shift(xp, key, dy, dx, _WS_INF), r))
-        new = xp.where(dom & ~src, best, key)
-        if bool((new == key).all()):
+    dom = (flags & 1).astype(bool)
+    src = (flags & 2).astype(bool)
+    pix = xp.nonzero(dom)[0]  # the domain's pixels (flat indices), raster order
+    nd = int(pix.size)
+    where = xp.full(h * w + 1, nd, dtype=xp.int64)  # pixel -> position in pix; nd: outside (INF)
+    where[pix] = xp.arange(nd)
+    i, j = pix // w, pix % w
+    # the neighbours' positions in raster order: up, left, right, down (nd where there is none)
+    nbr = [xp.where(i > 0, where[xp.maximum(pix - w, 0)], nd), xp.where(j > 0, where[xp.maximum(pix - 1, 0)], nd),
+           xp.where(j < w - 1, where[xp.minimum(pix + 1, h * w - 1)], nd),
+           xp.where(i < h - 1, where[xp.minimum(pix + w, h * w - 1)], nd)]
+    r = ranks[pix]
+    r_up = (r << np.uint64(32)) | np.uint64(1)
+    fixed = src[pix]
+    key = xp.full(nd + 1, _WS_INF, dtype=xp.uint64)  # (the last entry: INF, for "no neighbour")
+    key[:nd] = xp.where(fixed, r << np.uint64(32), _WS_INF)
+    while True:  # Jacobi sweeps (one host sync each)
+        best = key[:nd]
+        for q in nbr:
+            best = xp.minimum(best, _ws_candidate(xp, key[q], r, r_up))
+        new = xp.where(fixed, key[:nd], best)
+        if bool((new == key[:nd]).all()):
             break
-        key = new
-    index = xp.arange(h * w, dtype=xp.int64).reshape(h, w)
-    parent = xp.where(src, index, -1)
-    parent_key = xp.full_like(key, _WS_INF)
-    for dy, dx in _WS_NEIGHBOURS:  # raster order: the first of equal keys wins (strict <)
-        kq = _ws_shift(xp, key, dy, dx, _WS_INF)
-        take = dom & ~src & (key != _WS_INF) & (_ws_candidate(xp, kq, r) == key) & (kq < parent_key)
-        parent = xp.where(take, _ws_shift(xp, index, dy, dx, -1), parent)
+        key[:nd] = new
+    k = key[:nd]
+    parent = xp.where(fixed, xp.arange(nd), -1)
+    parent_key = xp.full(nd, _WS_INF, dtype=xp.uint64)
+    for q in nbr:  # raster order: the first of equal keys wins (strict <)
+        kq = key[q]
+        take = ~fixed & (k != _WS_INF) & (_ws_candidate(xp, kq, r, r_up) == k) & (kq < parent_key)
+        parent = xp.where(take, q, parent)
         parent_key = xp.where(take, kq, parent_key)
-    parent = parent.ravel()
     reached = parent >= 0
     root = xp.where(reached, parent, 0)
-    while True:  # pointer jumping to the markers
+    while nd:  # pointer jumping to the markers
         nxt = root[root]
         if bool((nxt == root).all()):
             break
         root = nxt
-    out = xp.where(reached, lab[root], 0)
-    return out.reshape(h, w).astype(xp.int32, copy=False)
+    out = xp.zeros(h * w, dtype=xp.int32)
+    out[pix] = xp.where(reached, lab[pix][root], 0)
+    return out.reshape(h, w)

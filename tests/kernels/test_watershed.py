@@ -1,5 +1,5 @@
-"""The watershed flood (``ops.watershed``): the reference equals scikit-image's watershed where
-the altitudes have no ties; the numba flood and the CUDA kernel (kernels/watershed.cu, through
+"""The watershed flood (``ops.watershed``): its relaxation equals scikit-image's watershed where
+the altitudes have no ties (where the reference on NumPy takes scikit-image's flood itself); the numba flood and the CUDA kernel (kernels/watershed.cu, through
 tests/cuda_sim and on a GPU) equal the reference everywhere, ties included, on images larger
 than one 32x32 tile (keys crossing tiles over several launches)."""
 
@@ -33,9 +33,12 @@ def test_reference_equals_scikit_image_without_ties(seed):
     mask = _smooth(rng, shape, 3) > 0.45  # a domain in pieces; some markers outside it
     for mk in (None, mask):
         want = sk_watershed(f, markers, mask=mk)
-        got = ops.watershed.reference(f, markers, mk)
+        got = ops._watershed_relaxation(f, markers, mk)
         assert got.dtype == np.int32
         np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(ops.watershed.reference(f, markers, mk), want)
+        if cpu_kernels.available():
+            np.testing.assert_array_equal(cpu_kernels.watershed(f, markers, mk), want)
 
 
 def test_reference_on_a_plateau_by_hand():
@@ -45,7 +48,7 @@ def test_reference_on_a_plateau_by_hand():
     f = np.zeros((3, 5))
     m = np.zeros((3, 5), dtype=np.int32)
     m[0, 0], m[0, 4] = 5, 9
-    got = ops.watershed.reference(f, m)
+    got = ops.watershed.reference(f, m)  # (ties: the relaxation)
     np.testing.assert_array_equal(got, [[5, 5, 5, 9, 9],
                                         [5, 5, 5, 9, 9],
                                         [5, 5, 5, 9, 9]])
@@ -70,7 +73,7 @@ def test_numba_flood_equals_reference_with_ties(seed):
     markers = _markers(rng, shape, int(rng.integers(1, 9)))
     mask = rng.random(shape) > 0.2
     for mk in (None, mask):
-        np.testing.assert_array_equal(cpu_kernels.watershed(f, markers, mk), ops.watershed.reference(f, markers, mk))
+        np.testing.assert_array_equal(cpu_kernels.watershed(f, markers, mk), ops._watershed_relaxation(f, markers, mk))
 
 
 def test_nan_inside_the_mask_is_refused():
@@ -92,9 +95,19 @@ def test_kernel_equals_cpu_across_tiles(device, seed):
     f = _tie_heavy(rng, shape, 4 + seed) if seed != 1 else _smooth(rng, shape, 4)
     markers = _markers(rng, shape, 3 + 4 * seed)  # few markers: floods cross several tiles
     mask = None if seed == 0 else _smooth(rng, shape, 4) > 0.4
-    want = ops.watershed.reference(f, markers, mask)
+    want = ops._watershed_relaxation(f, markers, mask)
     got = gpu_kernels.watershed(device.asarray(f), device.asarray(markers),
                                 None if mask is None else device.asarray(mask))
     np.testing.assert_array_equal(device.asnumpy(got) if hasattr(device, "asnumpy") else np.asarray(got), want)
     if seed == 1:  # no ties: scikit-image's labels too
         np.testing.assert_array_equal(want, sk_watershed(f, markers, mask=mask))
+
+
+def test_relaxation_on_the_device_equals_numpy(device):
+    """The reference as it runs on a GPU with SCIP_GPU_KERNELS=0 (the array namespace on device
+    arrays, no scikit-image): the same labels as on NumPy, ties included."""
+    rng = np.random.default_rng(7)
+    for args, _ in ops._watershed_examples(rng):
+        want = ops._watershed_relaxation(*args)
+        got = ops.watershed.reference(*[device.asarray(a) if isinstance(a, np.ndarray) else a for a in args])
+        np.testing.assert_array_equal(got.get(), want)
