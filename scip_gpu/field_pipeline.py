@@ -445,9 +445,10 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
 # Pass 1 and the driver
 
 
-def illumination_corrections(ex, table, *, cfg, source, out: Path, channel_names, resume: bool = False
-                             ) -> dict[str, str]:
-    """Correction image per group: precomputed, or computed by a distributed reduction."""
+def illumination_corrections(ex, table, *, cfg, source, out: Path, channel_names, resume: bool = False,
+                             device: str = "cpu") -> dict[str, str]:
+    """Correction image per group: precomputed, or computed by a distributed reduction (the
+    fields summed on ``device`` in the workers, the sums added and finished on the host)."""
     ill = cfg.illumination
     key = ill.key
     if key and f"meta_{key}" not in table:
@@ -485,7 +486,7 @@ def illumination_corrections(ex, table, *, cfg, source, out: Path, channel_names
     paths: dict[str, str] = {}
     log.info("illumination: mean image of %d group(s) over %d field(s)", len(remaining), len(table))
     names = [f"scip_gpu-illumination-{i}-{out.name}" for i, _ in tasks]
-    shared = dict(source=source, projection=proj, key=key)
+    shared = dict(source=source, projection=proj, key=key, device=device)
     for task, res, exc in ex.map_unordered(field_sums, tasks, names, **shared):
         g = task[1]["_group"].iloc[0]
         results = [res]
@@ -563,7 +564,7 @@ def execute(ex, table, *, cfg, source, plan, folder, schema, device, progress, o
     corrections = None
     if cfg.illumination.method is not None:
         corrections = illumination_corrections(ex, table, cfg=cfg, source=source, out=out,
-                                               channel_names=plan.channel_names, resume=bool(done))
+                                               channel_names=plan.channel_names, resume=bool(done), device=device)
     labels_dir = str(out / "labels") if cfg.segmentation.export_labels else None
     tasks = partition_tasks(table, max(1, cfg.segmentation.fields_per_partition))
     todo = [t for t in tasks if t[0] not in done]

@@ -246,19 +246,26 @@ def safe_name(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(s)) or "all"
 
 
-def field_sums(task, *, source, projection: str | None, key: str | None) -> dict:
+def field_sums(task, *, source, projection: str | None, key: str | None, device: str = "cpu") -> dict:
     """Partial pixel sums over a partition of fields (worker task): ``{"sums": {(group, shape):
     [sum, count]}, "errors": [...]}``, kept apart per field shape (the driver averages the shape
-    most fields of a group have; a field of another shape is not summed into it)."""
+    most fields of a group have; a field of another shape is not summed into it).
+
+    With ``device="cuda"`` each field is projected and added on the device (it goes there once,
+    as read); the sums come back to the host once, at the end of the task (one image per group
+    and shape, the same numbers: the fields are added in the same order)."""
+    from .backend import device_module
+
+    xp = device_module(device)
     _, rows = task
     sums: dict[tuple, list] = {}
     errors = []
     for _, row in rows.iterrows():
         try:
-            img = project(source.load_field(row), projection)
+            img = project(xp.asarray(source.load_field(row)), projection)  # host -> device: the field
             check_field_values(img, source.describe(row), [str(c) for c in range(img.shape[0])],
                                field_files(row))
-            img = img.astype(np.float64)
+            img = img.astype(xp.float64)
         except ObjectError as exc:
             errors.append(str(exc))
             continue
@@ -269,6 +276,8 @@ def field_sums(task, *, source, projection: str | None, key: str | None) -> dict
             sums[k][1] += 1
         else:
             sums[k] = [img, 1]
+    for k, (total, count) in sums.items():
+        sums[k] = [asnumpy(total), count]  # device -> host: one image per group and shape
     return {"sums": sums, "errors": errors}
 
 

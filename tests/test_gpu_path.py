@@ -96,6 +96,7 @@ def _trace_copies_to_host(monkeypatch) -> list:
 #: where the fields path with device=cuda copies device data to the host (process_fields' docstring)
 FIELD_COPIES = {
     "watershed",  # the watershed flood (kernels/watershed.cu): one flag per round of relaxation
+    "field_sums",  # the illumination pass: each task's sum image per group and shape, once
     "estimate_nucleus_radius",  # a few numbers per field (per component)
     "_background_surface",  # a few numbers per field: the normal equations of the background fit
     "check_field_values",  # float fields: one count of NaN or infinite pixels per channel
@@ -137,7 +138,9 @@ def test_fields_with_device_cuda_equal_cpu(cupy, monkeypatch, tmp_path):
         assert w["objects"] == len(out[device]) and 0 < w["device_busy"] <= 1
     pd.testing.assert_frame_equal(out["cuda"], out["cpu"], rtol=1e-6, atol=1e-6)
     assert {name for name, _ in copies} <= FIELD_COPIES, sorted(set(copies))
-    assert max(size for _, size in copies) <= 112 * 128  # a label image: never a field
+    assert max(size for name, size in copies if name != "field_sums") <= 112 * 128  # a label image: never a field
+    # the illumination pass: both fields (one well) summed on the device, one sum image comes back
+    assert [size for name, size in copies if name == "field_sums"] == [3 * 112 * 128]
     assert {size for name, size in copies if name == "watershed"} == {1}  # the flood's flag, nothing else
     n_obj = len(out["cuda"])
     assert sum(name == "label_boxes" for name, _ in copies) == 2  # one copy per field
