@@ -1126,20 +1126,30 @@ def filled_area(labels, holed, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _ws_before(c1, x1, c2, x2):  # pragma: no cover - compiled
+    # the flood's queue order: level (altitude), then steps << 32 | pixel
+    return c1 < c2 or (c1 == c2 and x1 < x2)
+
+
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
 def _ws_sift_down(hc, hx, k, size):  # pragma: no cover - compiled
     c = hc[k]
     x = hx[k]
-    while True:
+    while 2 * k + 1 < size:
         a = 2 * k + 1
-        if a >= size:
-            break
-        if a + 1 < size and (hc[a + 1] < hc[a] or (hc[a + 1] == hc[a] and hx[a + 1] < hx[a])):
+        if a + 1 < size and _ws_before(hc[a + 1], hx[a + 1], hc[a], hx[a]):
             a += 1
-        if not (hc[a] < c or (hc[a] == c and hx[a] < x)):
+        if not _ws_before(hc[a], hx[a], c, x):
             break
-        hc[k] = hc[a]
-        hx[k] = hx[a]
-        k = a
+        hc[k], hx[k], k = hc[a], hx[a], a
+    hc[k] = c
+    hx[k] = x
+
+
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _ws_sift_up(hc, hx, k, c, x):  # pragma: no cover - compiled
+    while k > 0 and _ws_before(c, x, hc[(k - 1) // 2], hx[(k - 1) // 2]):
+        hc[k], hx[k], k = hc[(k - 1) // 2], hx[(k - 1) // 2], (k - 1) // 2
     hc[k] = c
     hx[k] = x
 
@@ -1222,15 +1232,5 @@ def watershed_flood(f, flags, lab, h, w, out):  # pragma: no cover - compiled
                 hc2[:size] = hc[:size]
                 hx2[:size] = hx[:size]
                 hc, hx = hc2, hx2
-            k = size  # push, sifted up
+            _ws_sift_up(hc, hx, size, nc, (ns << 32) | q)  # push
             size += 1
-            x = (ns << 32) | q
-            while k > 0:
-                a = (k - 1) // 2
-                if not (nc < hc[a] or (nc == hc[a] and x < hx[a])):
-                    break
-                hc[k] = hc[a]
-                hx[k] = hx[a]
-                k = a
-            hc[k] = nc
-            hx[k] = x
