@@ -21,6 +21,10 @@
 #           ~100 cells (bbbc021 settings), device=cuda (cluster=sync) against device=cpu
 #           (cluster=local, one worker per core), each after an untimed one-field run, with the
 #           time per stage (gpu-fields-speed.json; timeout 200 s); not in the default steps;
+#   watershed: bench_watershed.py: the fields' flood alone on two real nuclei fields (512x512,
+#           1024x1280), the CUDA kernel against the numba flood and scikit-image's, labels
+#           compared, relaxation launches counted (watershed-<host>.json; timeout 60 s); not in
+#           the default steps;
 #   nvrtc:  one batch in a fresh process compiling the module with NVRTC (other GPUs' case);
 #   profile: cycles per plane of each phase of the mask and intensity kernels (-DSG_PROFILE);
 #   scaling: bench_scaling.py, the command line (device=cuda cluster=local_cuda, 12-channel 64x64
@@ -140,6 +144,7 @@ case "${1:-}" in
         fields) step 200 python3 benchmarks/bench_gpu.py --fields-only --out "$OUTDIR" ;;
         fields_cp) step 200 python3 benchmarks/bench_gpu.py --preset cellprofiler --fields-only --out "$OUTDIR" ;;
         fields_speed) step 200 python3 benchmarks/bench_gpu.py --fields-speed 16 --out "$OUTDIR" ;;
+        watershed) step 60 python3 benchmarks/bench_watershed.py --out "$OUTDIR" ;;
         nvrtc) step 60 env CUPY_CACHE_DIR="$(mktemp -d)" SCIP_GPU_PREBUILT=0 python3 benchmarks/bench_gpu.py \
                  --first-batch ;;
         profile) step 90 python3 benchmarks/profile_kernels.py --out "$OUTDIR" ;;

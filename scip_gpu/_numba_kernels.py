@@ -1156,26 +1156,29 @@ def _ws_sift_up(hc, hx, k, c, x):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True, boundscheck=False)
 def watershed_flood(f, flags, lab, h, w, out):  # pragma: no cover - compiled
-    # ops.watershed by a priority flood (Dijkstra on the keys (C, S), C compared as the
-    # altitudes themselves: the reference's ranks only preserve their order). Pixels are popped
-    # in the order of (C, S, index), so the first neighbour to give a pixel its final key is the
-    # one of smallest (key, index) among those that give it: the pixel takes its label whenever
-    # its key strictly improves, as the reference's parent rule. The queue is a binary heap of
-    # C and (S << 32 | pixel) in two arrays (images of fewer than 2^31 pixels).
+    # ops.watershed by a priority flood over the keys (C, S), C compared as the altitudes
+    # themselves (the reference's ranks only preserve their order). Pixels are popped in the
+    # order of (C, S, index). The key a popped pixel gives a neighbour never decreases with the
+    # popped key, so a pixel's first key is its final one, from the first neighbour popped among
+    # those giving it that key: the one of smallest (key, index), the reference's parent rule.
+    # So a pixel is queued once, with its label; the queue is a binary heap of C and
+    # (S << 32 | pixel) in two arrays (images of fewer than 2^31 pixels).
     n = h * w
-    kc = np.empty(n, dtype=np.float64)  # C of every pixel's key (valid where ks >= 0)
-    ks = np.full(n, -1, dtype=np.int64)  # S; -1: not reached
-    done = np.zeros(n, dtype=np.bool_)
-    cap = max(n, 16)
-    hc = np.empty(cap, dtype=np.float64)
-    hx = np.empty(cap, dtype=np.int64)
+    state = np.empty(n, dtype=np.uint8)  # bit 0: in the domain; bit 1: reached (markers: from the start)
     size = 0
     for p in range(n):
         out[p] = 0
+        state[p] = flags[p] & 1
         if flags[p] & 2:
             out[p] = lab[p]
-            kc[p] = f[p]
-            ks[p] = 0
+            state[p] = 3
+            size += 1
+    hc = np.empty(max(size, 16), dtype=np.float64)
+    hx = np.empty(max(size, 16), dtype=np.int64)
+    cap = hc.shape[0]
+    size = 0
+    for p in range(n):
+        if flags[p] & 2:
             hc[size] = f[p]
             hx[size] = p
             size += 1
@@ -1190,12 +1193,9 @@ def watershed_flood(f, flags, lab, h, w, out):  # pragma: no cover - compiled
             hc[0] = hc[size]
             hx[0] = hx[size]
             _ws_sift_down(hc, hx, 0, size)
-        if done[p] or s != ks[p] or c != kc[p]:
-            continue  # a stale entry
-        done[p] = True
         i = p // w
         j = p - i * w
-        for t in range(4):
+        for t in range(4):  # raster order: up, left, right, down
             if t == 0:
                 if i == 0:
                     continue
@@ -1212,19 +1212,16 @@ def watershed_flood(f, flags, lab, h, w, out):  # pragma: no cover - compiled
                 if i == h - 1:
                     continue
                 q = p + w
-            if (flags[q] & 3) != 1 or done[q]:
+            if state[q] != 1:  # outside the domain, or reached already
                 continue
+            state[q] = 3
+            out[q] = out[p]
             if f[q] > c:
                 nc = f[q]
                 ns = np.int64(1)
             else:
                 nc = c
                 ns = s + 1
-            if ks[q] >= 0 and not (nc < kc[q] or (nc == kc[q] and ns < ks[q])):
-                continue
-            kc[q] = nc
-            ks[q] = ns
-            out[q] = out[p]  # (the neighbour popped first among those giving q this key: the rule)
             if size == cap:  # grow the heap
                 cap *= 2
                 hc2 = np.empty(cap, dtype=np.float64)
