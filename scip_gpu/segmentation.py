@@ -25,7 +25,7 @@ hole filling              yes, ``ndimage.label`` of the background, a ``bincount
 distance transform        yes, ``cupyx.scipy.ndimage.distance_transform_edt``
 marker detection          yes, ``cucim.skimage.feature.peak_local_max`` and ``ndimage.label``
 Sobel gradient            yes, ``cucim.skimage.filters.sobel``
-watershed flood          yes, ``ops.watershed``: our CUDA kernel (cuCIM has no watershed); the
+watershed flood           yes, ``ops.watershed``: our CUDA kernel (cuCIM has no watershed); the
                           same flood as ``skimage.segmentation.watershed`` where the altitudes
                           have no ties (the numba flood on the CPU gives the same labels)
 ``expand_cells``          yes, ``cucim.skimage.segmentation.expand_labels``
