@@ -781,7 +781,7 @@ def watershed(surface, markers, mask=None):
     rank, flags, lab = watershed_prepare(surface, markers, mask)
     h, w = surface.shape
     n = h * w
-    key = cupy.where((flags & 2) != 0, rank << np.uint64(32), np.uint64(0xFFFFFFFFFFFFFFFF)).astype(cupy.uint64)
+    key = cupy.where((flags & 2) != 0, rank << np.uint64(32), np.uint64(0xFFFFFFFFFFFFFFFF)).astype(cupy.uint64, copy=False)
     mod = module()
     relax, parent_fn = mod.get_function("ws_relax"), mod.get_function("ws_parent")
     jump, labels = mod.get_function("ws_jump"), mod.get_function("ws_labels")
@@ -800,7 +800,7 @@ def watershed(surface, markers, mask=None):
     for _ in range(3):  # chains 8x shorter before they are followed
         jump(grid, (THREADS,), (parent, np.int64(n)))
     out = cupy.empty(n, dtype=cupy.int32)
-    labels(grid, (THREADS,), (parent, cupy.ascontiguousarray(lab, dtype=cupy.int32), np.int64(n), out))
+    labels(grid, (THREADS,), (parent, lab, np.int64(n), out))  # (lab: int32, contiguous)
     return out.reshape(h, w)
 
 

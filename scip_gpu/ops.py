@@ -489,14 +489,9 @@ def _watershed_examples(rng):
     m = np.zeros((12, 9), dtype=np.int32)
     m[3, 4] = 7
     yield (np.zeros((12, 9)), m, np.ones((12, 9), dtype=bool)), {}  # one flat plateau
-
-
-def _ws_distinct(xp, surface, flags) -> bool:
-    """Whether the altitudes inside the domain are all distinct (NumPy inputs only)."""
-    if xp is not np:
-        return False
-    values = surface.ravel()[(flags & 1).astype(bool)]
-    return np.unique(values).size == values.size
+    yield (np.ones((1, 1)), np.full((1, 1), 4, dtype=np.int32), None), {}  # one pixel, its own marker
+    yield (np.ones((1, 1)), np.zeros((1, 1), dtype=np.int32), None), {}  # one pixel, no marker
+    yield (np.zeros((0, 5)), np.zeros((0, 5), dtype=np.int32), None), {}  # no pixels
 
 
 @stage("ops.watershed", examples=_watershed_examples)
@@ -510,27 +505,30 @@ def watershed(surface, markers, mask=None):
     reached through the one pixel at that altitude and so has one label: both orders agree,
     and scikit-image's flood gives these labels (NumPy without numba takes it then); else the
     keys are relaxed to their fixed point (``_watershed_relaxation``)."""
-    xp = array_module(surface)
-    ranks, flags, lab = watershed_prepare(surface, markers, mask, ranks=False)
-    if _ws_distinct(xp, surface, flags):
-        from skimage.segmentation import watershed as sk_watershed
+    prepared = watershed_prepare(surface, markers, mask)
+    ranks, flags, _ = prepared
+    if array_module(surface) is np:
+        n_dom = int(np.count_nonzero(flags & 1))
+        if n_dom and int(ranks.max()) + 1 == n_dom:  # (ranks count the distinct altitudes)
+            from skimage.segmentation import watershed as sk_watershed
 
-        out = sk_watershed(surface, np.where(markers > 0, markers, 0), mask=(flags & 1).astype(bool).reshape(surface.shape))
-        return out.astype(np.int32, copy=False)
-    return _watershed_relaxation(surface, markers, mask)
+            dom = (flags & 1).astype(bool).reshape(surface.shape)
+            return sk_watershed(surface, np.where(markers > 0, markers, 0), mask=dom).astype(np.int32, copy=False)
+    return _watershed_relaxation(surface, markers, mask, prepared=prepared)
 
 
-def _watershed_relaxation(surface, markers, mask=None):
+def _watershed_relaxation(surface, markers, mask=None, *, prepared=None):
     """``watershed`` by relaxing the keys over the domain's pixels (gathers from their 4
-    neighbours) to their fixed point, then each pixel's parent and the chains to the markers."""
+    neighbours) to their fixed point, then each pixel's parent and the chains to the markers
+    (``prepared``: ``watershed_prepare``'s arrays, when at hand)."""
     xp = array_module(surface)
-    ranks, flags, lab = watershed_prepare(surface, markers, mask)
+    ranks, flags, lab = prepared if prepared is not None else watershed_prepare(surface, markers, mask)
     h, w = surface.shape
     dom = (flags & 1).astype(bool)
     src = (flags & 2).astype(bool)
     pix = xp.nonzero(dom)[0]  # the domain's pixels (flat indices), raster order
     nd = int(pix.size)
-    where = xp.full(h * w + 1, nd, dtype=xp.int64)  # pixel -> position in pix; nd: outside (INF)
+    where = xp.full(h * w, nd, dtype=xp.int64)  # pixel -> position in pix; nd: outside (INF)
     where[pix] = xp.arange(nd)
     i, j = pix // w, pix % w
     # the neighbours' positions in raster order: up, left, right, down (nd where there is none)
