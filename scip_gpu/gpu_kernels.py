@@ -781,7 +781,8 @@ def watershed(surface, markers, mask=None):
     rank, flags, lab = watershed_prepare(surface, markers, mask)
     h, w = surface.shape
     n = h * w
-    key = cupy.where((flags & 2) != 0, rank << np.uint64(32), np.uint64(0xFFFFFFFFFFFFFFFF)).astype(cupy.uint64, copy=False)
+    inf = np.uint64(0xFFFFFFFFFFFFFFFF)
+    key = cupy.where((flags & 2) != 0, rank << np.uint64(32), inf).astype(cupy.uint64, copy=False)
     mod = module()
     relax, parent_fn = mod.get_function("ws_relax"), mod.get_function("ws_parent")
     jump, labels = mod.get_function("ws_jump"), mod.get_function("ws_labels")

@@ -1,7 +1,8 @@
 """The watershed flood (``ops.watershed``): its relaxation equals scikit-image's watershed where
-the altitudes have no ties (where the reference on NumPy takes scikit-image's flood itself); the numba flood and the CUDA kernel (kernels/watershed.cu, through
-tests/cuda_sim and on a GPU) equal the reference everywhere, ties included, on images larger
-than one 32x32 tile (keys crossing tiles over several launches)."""
+the altitudes have no ties (where the reference on NumPy takes scikit-image's flood itself);
+the numba flood and the CUDA kernel (kernels/watershed.cu, through tests/cuda_sim and on a GPU)
+equal the relaxation everywhere, ties included, on images larger than one 32x32 tile (keys
+crossing tiles over several launches)."""
 
 from __future__ import annotations
 
