@@ -50,6 +50,25 @@ def _wait_for(predicate, proc, what, timeout=120):
     pytest.fail(f"timed out waiting for {what}")
 
 
+def _stop(proc, timeout=30):
+    """SIGSTOP ``proc`` and return once every one of its threads is stopped: the signal is
+    delivered asynchronously, so a thread on another core can still rename a file just after
+    ``kill`` returns."""
+    proc.send_signal(signal.SIGSTOP)
+    tasks = f"/proc/{proc.pid}/task"
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        states = []
+        for tid in os.listdir(tasks):
+            with contextlib.suppress(OSError):
+                with open(f"{tasks}/{tid}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+        if states and all(s in "tT" for s in states):
+            return
+        time.sleep(0.005)
+    pytest.fail(f"process {proc.pid} did not stop")
+
+
 def _dead_pid() -> int:
     """The PID of a process of this host that has ended."""
     p = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -74,7 +93,7 @@ def test_a_second_process_is_refused_while_the_first_runs(tmp_path):
         live_tmp = parts / f".part-00009.parquet.{first.pid}.0000beef.tmp"
         live_tmp.write_bytes(b"being written")
         # freeze the first run mid-way, so that it is certainly still going while the others try
-        first.send_signal(signal.SIGSTOP)
+        _stop(first)
         try:
             before = sorted(p.name for p in out.rglob("*"))
             resumed = run_cli(*DEMO, f"output={out}", "resume=true", cwd=tmp_path)
