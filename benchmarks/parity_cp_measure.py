@@ -46,7 +46,6 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"  # set by --shared
 
-from scip_gpu import ops  # noqa: E402
 from scip_gpu.batch import assemble  # noqa: E402
 from scip_gpu.config import MaskMethod, MaskMethodConfig, MasksConfig  # noqa: E402
 from scip_gpu.features.cp_intensity import INTENSITY, LOCATION  # noqa: E402
@@ -414,7 +413,6 @@ def compare(dataset, batch, mr, ss, it, tx, co, ra, gr, ze, rz, texture_rows, re
                 worst.add(f"RadialDistribution_{meas}_{b + 1}of{BINS}",
                           vals[f"RadialDistribution_{meas}_{b + 1}of{BINS}"],
                           float(ra[i, k * nr + j * BINS + b]), f"{dataset} #{i} channel {k}")
-    c = batch.pixels.shape[1]
     nf = len(FEATURES)
     for (i, p), vals in shape.items():
         for j, name in enumerate(FEATURES):

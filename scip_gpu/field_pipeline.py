@@ -411,7 +411,7 @@ def process_fields(task, *, source, plan: Plan, folder: str, schema, device: str
                                 dtypes=dtypes)  # one pixel type per batch
         for shape, members in groups:
             run_group([good[m] for m in members], shape)
-    del objects
+    objects.clear()  # (the fields' device arrays freed before the part is written)
     if neighbors:  # the rows profiled: their neighbours (error rows stay NaN)
         ok = status == "ok"
         values[ok, n_start:n_stop] = np.concatenate(neighbors)[ok]

@@ -210,7 +210,6 @@ def test_ctrl_c_is_one_line_and_no_worker_traceback(tmp_path):
     """Ctrl-C in a terminal reaches the driver and the local workers (one process group)."""
     psutil = pytest.importorskip("psutil")
     out = tmp_path / "run"
-    parts = out / "features.parquet"
     proc = subprocess.Popen([sys.executable, "-c", "from tests.faults import main; main()", *DEMO, "cluster=local",
                              "cluster.n_workers=2", f"output={out}"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_faulty_env({"sleep": 0.3}),

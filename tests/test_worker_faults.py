@@ -215,7 +215,6 @@ def test_workers_gone_for_good_stop_the_run_nonzero_and_resume_finishes_it(tmp_p
     done, writes no final outputs; resume=true with new workers gives the full output."""
     address, start_worker = scheduler
     out = tmp_path / "run"
-    parts = out / "features.parquet"
     worker = start_worker()
     plan = {"sleep": 0.3}
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SCIP_GPU_FAULTS": json.dumps(plan)}

@@ -39,7 +39,7 @@ import math
 
 import numpy as np
 
-from ..backend import array_module, asnumpy
+from ..backend import array_module
 from ..dispatch import assert_equivalent, stage
 from ..stage_examples import family_examples as _block_examples
 from . import shape as _sh
