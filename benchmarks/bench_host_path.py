@@ -124,15 +124,22 @@ def install_device(monkeypatch, clock: DeviceClock, table) -> None:
 
     monkeypatch.setattr(cupy.cuda, "alloc_pinned_memory", alloc_pinned_memory)
 
+    # the feature tables are on the "device" already: a batch's table is a slice of the template
+    # (made once; a GPU's kernels write it without the host), its rows cycling through the template
+    on_device = cupy.asarray(np.concatenate([table, table]))
+
     def profile_batch(batch, plan, timer=None, given=(), *, to_host=True):
         until = clock.queue(batch.n)
-        rows = table[np.asarray(batch.index) % len(table)]
+        if batch.n > len(table):
+            raise ValueError(f"batch of {batch.n} objects: the template has {len(table)} rows (TEMPLATE_ROWS)")
+        first = int(np.asarray(batch.index)[0]) % len(table)
+        rows = on_device[first:first + batch.n]
         if to_host:  # (the synchronous path waits for its batch)
             wait = until - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
-            return rows
-        return cupy.asarray(rows)
+            return rows.get()
+        return rows
 
     monkeypatch.setattr(pipeline, "profile_batch", profile_batch)
 
