@@ -147,6 +147,41 @@ def _arrow_column(values: np.ndarray, type_):
     return pa.array(values)
 
 
+#: tile of ``columns_first``'s transposing copy (rows x columns of the (rows, F) table): a
+#: 512x64 float64 tile's reads and writes stay in the cache
+_TILE_ROWS, _TILE_COLS = 512, 64
+
+
+def columns_first(values: np.ndarray) -> np.ndarray:
+    """The (rows, F) float64 table as a C-contiguous (F, rows) array, column by column: free for
+    a column-major table, else one transposing copy by tiles (about 2.5x faster than NumPy's
+    element-by-element transposed copy of a wide table, which runs along the output's rows and
+    strides across the input's for every element)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.flags.f_contiguous:
+        return values.T
+    n, f = values.shape
+    out = np.empty((f, n), dtype=np.float64)
+    for i in range(0, n, _TILE_ROWS):
+        for j in range(0, f, _TILE_COLS):
+            out[j:j + _TILE_COLS, i:i + _TILE_ROWS] = values[i:i + _TILE_ROWS, j:j + _TILE_COLS].T
+    return out
+
+
+def _arrow_columns(by_column: np.ndarray, fields) -> list:
+    """The rows of the (F, rows) C-contiguous ``by_column`` as Arrow columns of ``fields``'
+    types: float columns as zero-copy slices of one Arrow buffer (one Python call per column
+    instead of a conversion), flag columns as ``_arrow_column`` makes them."""
+    import pyarrow as pa
+
+    f, n = by_column.shape
+    whole = (pa.Array.from_buffers(pa.float64(), by_column.size, [None, pa.py_buffer(by_column)])
+             if by_column.size else None)  # (zero-copy: the array keeps ``by_column`` alive)
+    return [_arrow_column(by_column[j], field.type) if not pa.types.is_float64(field.type)
+            else (whole.slice(j * n, n) if whole is not None else pa.array(by_column[j]))
+            for j, field in enumerate(fields)]
+
+
 def write_part(folder: Path, part: int, table: pd.DataFrame, schema, values: np.ndarray | None = None, *,
                compression: str = "snappy") -> Path:
     """Write one partition's table atomically (``compression``: its Parquet codec, ``export.compression``);
@@ -168,8 +203,7 @@ def write_part(folder: Path, part: int, table: pd.DataFrame, schema, values: np.
     else:
         lead = len(table.columns)
         head = pa.Table.from_pandas(table, schema=pa.schema(list(schema)[:lead]), preserve_index=False)
-        by_column = np.ascontiguousarray(np.asarray(values, dtype=np.float64).T)  # one copy, then zero-copy
-        arrays = head.columns + [_arrow_column(col, f.type) for col, f in zip(by_column, list(schema)[lead:])]
+        arrays = head.columns + _arrow_columns(columns_first(values), list(schema)[lead:])
         arrow = pa.Table.from_arrays(arrays, schema=schema)
     arrow = arrow.replace_schema_metadata(None)  # no pandas metadata either
     dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
@@ -364,11 +398,16 @@ def x_side_path(run_folder: Path, part: int) -> Path:
 def write_x_side(run_folder: Path, part: int, values: np.ndarray, columns: Sequence[Column]) -> None:
     """Write a partition's X rows (its feature columns as float32) for ``AnnDataWriter``: the
     worker has the table in memory, which costs far less than decoding the part again."""
-    from .report import _take_columns
+    from .report import column_runs
 
+    values = np.asarray(values)
     feat = np.array([j for j, c in enumerate(columns) if c.kind == "feat"], dtype=np.intp)
+    block = np.empty((len(values), len(feat)), dtype=np.float32)
+    at = 0
     with np.errstate(over="ignore"):  # (X is float32: a value beyond its range is inf there, as before)
-        block = np.ascontiguousarray(_take_columns(np.asarray(values), feat), dtype=np.float32)
+        for a, b in column_runs(feat):  # (one casting copy per run of columns, straight into X's rows)
+            block[:, at:at + b - a] = values[:, a:b]
+            at += b - a
     final = x_side_path(run_folder, part)
     tmp = temp_path(final)
     try:

@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -161,6 +162,78 @@ def check_image(img, n_channels: int, min_side: int, name) -> np.ndarray:
     return img
 
 
+#: images validated by one reduction (``check_images``): bounds the copy into which a run of
+#: images that are not adjacent in memory is stacked
+CHECK_RUN = 256
+
+
+def _adjacent_block(images: Sequence[np.ndarray]) -> np.ndarray:
+    """The (N, C, H, W) stack of ``images`` (same shape and type): a view where they lie one
+    after the other in one buffer (as the objects of one read block do), else a copy."""
+    first = images[0]
+    if all(im.flags.c_contiguous for im in images):
+        base = first.base if first.base is not None else first
+        start, size = first.__array_interface__["data"][0], first.nbytes
+        if all((im.base if im.base is not None else im) is base
+               and im.__array_interface__["data"][0] == start + k * size for k, im in enumerate(images)):
+            return np.lib.stride_tricks.as_strided(first, shape=(len(images), *first.shape),
+                                                   strides=(size, *first.strides), writeable=False)
+    return np.stack(images)
+
+
+def check_images(items: Sequence, n_channels: int, min_side: int, name_of) -> list:
+    """``check_image`` of every item (an image, or the exception its load raised), in order:
+    the image, or (exception, stage) for a bad object, with ``check_image``'s messages.
+
+    Runs of consecutive images of one shape and type (up to ``CHECK_RUN``) are validated by one
+    reduction per run (their largest and smallest value per channel; for float images also
+    their count of NaN or infinite values) instead of a few small NumPy calls per image; only
+    an image that fails is checked again alone, for its message. ``name_of(position)``: the
+    object's name (called only for a message)."""
+    out: list = [None] * len(items)
+
+    def one(pos: int):
+        try:
+            return check_image(items[pos], n_channels, min_side, lambda: name_of(pos))
+        except Exception as exc:  # any failure to validate one object is that object's error
+            return exc, getattr(exc, "stage", "validate")
+
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if isinstance(item, Exception):
+            out[i] = (item, getattr(item, "stage", "load"))
+            i += 1
+            continue
+        if not (isinstance(item, np.ndarray) and item.ndim == 3 and item.dtype.kind in "uif" and item.size
+                and item.shape[0] == n_channels and min(item.shape[1:]) >= min_side):
+            out[i] = one(i)  # (fails, or an array-like: checked alone)
+            i += 1
+            continue
+        j = i + 1
+        while (j < len(items) and j - i < CHECK_RUN and isinstance(items[j], np.ndarray)
+               and items[j].shape == item.shape and items[j].dtype == item.dtype):
+            j += 1
+        block = _adjacent_block(items[i:j])
+        hi, lo = block.max(axis=(2, 3)), block.min(axis=(2, 3))  # (n, C) per channel
+        alone = hi.max(axis=1) == lo.min(axis=1)  # one value throughout: an error
+        if item.dtype.kind == "f":
+            alone |= ~np.isfinite(block).all(axis=(1, 2, 3))
+        for k in range(j - i):
+            if alone[k]:
+                out[i + k] = one(i + k)
+                continue
+            if item.dtype.kind == "f":  # the float ranges the statistics represent
+                try:
+                    check_image_values(item.shape, hi[k], lo[k], min_side, "")
+                except ObjectError:
+                    out[i + k] = one(i + k)
+                    continue
+            out[i + k] = items[i + k]
+        i = j
+    return out
+
+
 def check_image_type(shape: tuple, dtype, n_channels: int, name) -> None:
     """``check_image``'s checks of a (C, H, W) image's shape and pixel type."""
     c, h, w = shape
@@ -252,17 +325,7 @@ def _load_checked(source, rows: pd.DataFrame, n_ch: int, min_side: int) -> list:
                 loaded += source.load(rows.iloc[pos:pos + 1])
             except Exception as exc:  # noqa: BLE001 - this object's error only
                 loaded.append(exc)
-    out = []
-    for pos, item in enumerate(loaded):
-        name = lambda pos=pos: source.describe(rows.iloc[pos])  # noqa: E731 (only for a message)
-        if isinstance(item, Exception):
-            out.append((item, getattr(item, "stage", "load")))
-            continue
-        try:
-            out.append(check_image(item, n_ch, min_side, name))
-        except Exception as exc:  # any failure to validate one object is that object's error
-            out.append((exc, getattr(exc, "stage", "validate")))
-    return out
+    return check_images(loaded, n_ch, min_side, lambda pos: source.describe(rows.iloc[pos]))
 
 
 def load_partition(source, rows: pd.DataFrame, n_ch: int, min_side: int, threads: int = 1) -> list:
@@ -318,18 +381,22 @@ def load_partition_device(source, rows: pd.DataFrame, n_ch: int, min_side: int, 
             on_device.setdefault((tuple(item.shape), item.dtype.str), []).append(pos)
     for (shape, _), members in on_device.items():
         stats = image_stats(xp.stack([loaded[p] for p in members])) if len(shape) == 3 and min(shape) > 0 else None
+        def check(img, k: int, name: str) -> None:
+            if img.ndim != 3:
+                raise ObjectError(f"{name}: expected a (C, H, W) image, got shape {img.shape}", "validate")
+            check_image_type(img.shape, img.dtype, n_ch, name)  # (an empty image stops here)
+            hi, lo, bad = stats[:, k]
+            if bad.any():
+                raise ObjectError(f"{name}: contains {int(bad.sum())} NaN or infinite pixel value(s)", "validate")
+            check_image_values(img.shape, hi, lo, min_side, name)
+
         for k, pos in enumerate(members):
             img = loaded[pos]
             try:
-                if img.ndim != 3:
-                    raise ObjectError(f"{source.describe(rows.iloc[pos])}: expected a (C, H, W) image, got shape "
-                                      f"{img.shape}", "validate")
-                name = source.describe(rows.iloc[pos])
-                check_image_type(img.shape, img.dtype, n_ch, name)  # (an empty image stops here)
-                hi, lo, bad = stats[:, k]
-                if bad.any():
-                    raise ObjectError(f"{name}: contains {int(bad.sum())} NaN or infinite pixel value(s)", "validate")
-                check_image_values(img.shape, hi, lo, min_side, name)
+                try:
+                    check(img, k, "")  # (the object's name, a pandas row lookup, only for a message)
+                except ObjectError:
+                    check(img, k, source.describe(rows.iloc[pos]))
                 out[pos] = img
             except Exception as exc:  # noqa: BLE001 - this object's error only
                 out[pos] = (exc, getattr(exc, "stage", "validate"))
@@ -398,7 +465,15 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
             host[k, :, :m.shape[1], :m.shape[2]] = m
         return {"given": [given_masks(batch, xp.asarray(host), given_name, cfg.masks)]}
 
-    values = np.full((len(rows), plan.n_features), np.nan)
+    # every row is either written by its batch or an error row, set to NaN after the device stage
+    # (not NaN-filled first: a pass over the partition's whole table, and its page faults, saved)
+    values = np.empty((len(rows), plan.n_features))
+    filled = np.zeros(len(rows), dtype=bool)
+
+    def put(positions: list[int], table) -> None:
+        values[positions] = table
+        filled[positions] = True
+
     index = rows["meta_index"].to_numpy()
     timer = StageTimer(enabled=cfg.profile_stages, xp=xp)
     notes: list[str] = []
@@ -407,14 +482,14 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
         try:
             with timer("transfer"):
                 batch = assemble(imgs, index[positions], shape, xp)
-            values[positions] = profile_batch(batch, plan, timer, **given_for(positions, shape, batch))
+            put(positions, profile_batch(batch, plan, timer, **given_for(positions, shape, batch)))
         except Exception as exc:
             del exc  # release device buffers held by the traceback before retrying
             free_device_memory(xp)
             if len(positions) == 1:
                 try:  # once more alone, to report the actual cause
                     batch = assemble(imgs, index[positions], shape, xp)
-                    values[positions] = profile_batch(batch, plan, **given_for(positions, shape, batch))
+                    put(positions, profile_batch(batch, plan, **given_for(positions, shape, batch)))
                 except Exception as exc2:
                     fail(positions[0], exc2, "features")
                 return
@@ -451,7 +526,7 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
         t_dev = time.perf_counter()
         phases["wait"] = t_dev - t_wait
         if overlapped:
-            _run_batches_overlapped(batches, xp, plan, index, values, run_group, given_for, first)
+            _run_batches_overlapped(batches, xp, plan, index, put, run_group, given_for, first)
         else:
             for positions, imgs, shape in batches:
                 run_group(positions, imgs, shape)
@@ -460,6 +535,7 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
     t_write = time.perf_counter()
     del first
     del good, shapes, batches  # the images: no longer needed while the part is written
+    values[~filled] = np.nan  # (the objects that failed before or in the device stage)
     for pos, cause in check_values(values, plan.columns).items():  # never an ok row with infinite features
         values[pos] = np.nan
         fail(pos, ObjectError(f"{source.describe(rows.iloc[pos])}: {cause}", "features"), "features")
@@ -482,7 +558,7 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
     return result()
 
 
-def _run_batches_overlapped(batches, xp, plan: Plan, index, values: np.ndarray, run_group, given_for,
+def _run_batches_overlapped(batches, xp, plan: Plan, index, put, run_group, given_for,
                             first=None) -> None:
     """The batches of a partition on a GPU, with the host's assembly of batch k+1 (and the
     launches of its kernels) while the device runs batch k, and each feature table copied back
@@ -493,7 +569,8 @@ def _run_batches_overlapped(batches, xp, plan: Plan, index, values: np.ndarray, 
     its table's copy is complete. A batch that fails in any way (out of memory while it is set
     up, an error when its copy completes) runs again through ``run_group``, which splits it and
     reports each object's error as when batches run one after the other. ``first``: the first
-    batch's host half (``batch.stage``), done before the partition took the device."""
+    batch's host half (``batch.stage``), done before the partition took the device. ``put(positions,
+    table)`` stores a batch's feature rows."""
     pending = None  # (positions, images, shape, event, pinned table, batch, device table)
     h2d, d2h = copy_streams(xp)
 
@@ -503,7 +580,7 @@ def _run_batches_overlapped(batches, xp, plan: Plan, index, values: np.ndarray, 
         positions, imgs, shape, done, host = p[:5]
         try:
             done.synchronize()  # the only wait for the device: batch k+1 is queued behind it
-            values[positions] = host
+            put(positions, host)
         except Exception:  # noqa: BLE001 - run again, split, one error per object
             free_device_memory(xp)
             run_group(positions, imgs, shape)

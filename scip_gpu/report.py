@@ -93,15 +93,23 @@ def _nan_spec(columns) -> tuple:
             [np.array(explains[i], dtype=np.intp) for i in flag_idx], groups, order, starts)
 
 
+def column_runs(idx: np.ndarray) -> list[tuple[int, int]]:
+    """The column indices ``idx`` as runs [a, b) of consecutive columns, in order."""
+    idx = np.asarray(idx)
+    if len(idx) == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(idx) != 1) + 1
+    return [(int(r[0]), int(r[-1]) + 1) for r in np.split(idx, cuts)]
+
+
 def _take_columns(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """``a[:, idx]``, by slices where ``idx`` is a few runs of consecutive columns (a plan's
     feature columns are: two runs), which copies far faster than a gather."""
     if len(idx) == 0:
         return a[:, :0]
-    cuts = np.flatnonzero(np.diff(idx) != 1) + 1
-    if len(cuts) > 16:
+    runs = column_runs(idx)
+    if len(runs) > 17:
         return np.take(a, idx, axis=1)
-    runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(idx, cuts)]
     return a[:, runs[0][0]:runs[0][1]] if len(runs) == 1 else np.concatenate([a[:, x:y] for x, y in runs], axis=1)
 
 

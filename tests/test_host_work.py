@@ -1,0 +1,163 @@
+"""The host's share of a partition, vectorised (issue 11: the command line at the device's pace):
+validation of a run of images by one reduction (``pipeline.check_images``), the feature table
+column by column for Parquet (``export.columns_first``) and the part written from it, the X rows
+for the AnnData file cast in one pass (``export.write_x_side``). Each against the per-object or
+NumPy form it replaces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from scip_gpu import export
+from scip_gpu.pipeline import _adjacent_block, check_image, check_images
+
+
+def _reference(items, n_ch, min_side):
+    out = []
+    for p, it in enumerate(items):
+        if isinstance(it, Exception):
+            out.append((it, "load"))
+            continue
+        try:
+            out.append(check_image(it, n_ch, min_side, lambda p=p: f"object {p}"))
+        except Exception as exc:  # noqa: BLE001
+            out.append((exc, getattr(exc, "stage", "validate")))
+    return out
+
+
+def _assert_same(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        if isinstance(w, tuple):
+            assert isinstance(g, tuple), (g, w)
+            assert type(g[0]) is type(w[0]) and str(g[0]) == str(w[0]) and g[1] == w[1]
+        else:
+            assert not isinstance(g, tuple), g
+            assert g is w or np.array_equal(g, w, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8, np.int32, np.float32, np.float64])
+def test_check_images_equals_check_image_object_by_object(dtype):
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        n = int(rng.integers(1, 30))
+        block = (rng.random((n, 3, 8, 9)) * 100).astype(dtype)
+        items = [block[i] for i in range(n)]
+        for k in range(n):
+            r = rng.random()
+            if r < 0.05:
+                items[k] = np.full((3, 8, 9), 7, dtype=dtype)  # one value throughout
+            elif r < 0.08:
+                items[k] = OSError("cannot be read")  # a load error passes through
+            elif r < 0.10:
+                items[k] = block[k][:2]  # a channel missing
+            elif r < 0.12:
+                items[k] = np.zeros((3, 0, 4), dtype)  # empty
+            elif r < 0.14:
+                items[k] = block[k][:, :3, :3]  # below the filters' footprint
+            elif r < 0.16:
+                items[k] = list(block[k])  # array-like: checked alone
+            elif r < 0.18:
+                items[k] = np.ascontiguousarray(block[k][:, ::-1])  # not adjacent: stacked
+            elif np.dtype(dtype).kind == "f":
+                if r < 0.20:
+                    block[k, 1, 2, 3] = np.nan
+                elif r < 0.22:
+                    block[k, 2, 0, 0] = np.inf
+                elif r < 0.24 and dtype == np.float64:
+                    block[k, 0] *= 1e200  # beyond what the float64 moments represent
+                elif r < 0.26:
+                    block[k, 2] = 5 + 1e-30 * block[k, 2]  # a range too small for them
+        if rng.random() < 0.3:
+            items = items[::-1]
+        min_side = int(rng.integers(1, 6))
+        _assert_same(check_images(items, 3, min_side, lambda p: f"object {p}"),
+                     _reference(items, 3, min_side))
+
+
+def test_check_images_runs_are_longer_than_a_reduction(monkeypatch):
+    from scip_gpu import pipeline
+
+    monkeypatch.setattr(pipeline, "CHECK_RUN", 4)
+    block = np.random.default_rng(0).integers(0, 500, (11, 2, 6, 6)).astype(np.uint16)
+    block[5] = 3
+    items = list(block)
+    got = check_images(items, 2, 1, lambda p: f"object {p}")
+    _assert_same(got, _reference(items, 2, 1))
+    assert isinstance(got[5], tuple) and "object 5: every pixel has the same value" in str(got[5][0])
+
+
+def test_adjacent_images_are_validated_in_place():
+    block = np.arange(5 * 2 * 3 * 4, dtype=np.uint16).reshape(5, 2, 3, 4)
+    view = _adjacent_block([block[i] for i in range(1, 4)])
+    assert np.shares_memory(view, block) and np.array_equal(view, block[1:4])
+    assert not view.flags.writeable
+    gaps = _adjacent_block([block[0], block[2]])  # not one after the other: a copy
+    assert not np.shares_memory(gaps, block) and np.array_equal(gaps, block[[0, 2]])
+    other = block.copy()
+    mixed = _adjacent_block([block[0], other[1]])  # adjacent addresses only within one buffer
+    assert np.array_equal(mixed, np.stack([block[0], other[1]]))
+
+
+@pytest.mark.parametrize("shape", [(1000, 130), (7, 3), (0, 5), (513, 65), (4, 0)])
+def test_columns_first(shape):
+    values = np.random.default_rng(1).standard_normal(shape)
+    got = export.columns_first(values)
+    assert got.flags.c_contiguous and np.array_equal(got, values.T)
+    fortran = np.asfortranarray(values)
+    same = export.columns_first(fortran)
+    assert np.array_equal(same, values.T) and (values.size == 0 or np.shares_memory(same, fortran))
+
+
+def test_part_written_column_by_column_reads_back(tmp_path):
+    rng = np.random.default_rng(3)
+    n = 700
+    values = rng.standard_normal((n, 4))
+    values[::7, 1] = np.nan
+    values[:, 3] = rng.integers(0, 2, n)  # a flag column (0/1), NaN where unknown
+    values[5, 3] = np.nan
+    schema = pa.schema([pa.field("meta_index", pa.int64()), pa.field("a", pa.float64()),
+                        pa.field("b", pa.float64()), pa.field("c", pa.float64()), pa.field("flag", pa.bool_())])
+    import pandas as pd
+
+    head = pd.DataFrame({"meta_index": np.arange(n)})
+    for order in ("C", "F"):
+        path = export.write_part(tmp_path / order, 0, head, schema, np.asarray(values, order=order))
+        back = pq.read_table(path)
+        for j, name in enumerate(["a", "b", "c"]):
+            assert np.array_equal(back.column(name).to_numpy(), values[:, j], equal_nan=True)
+        flag = back.column("flag").to_pylist()
+        assert flag[5] is None and [f for i, f in enumerate(flag) if i != 5] == \
+            [bool(v) for i, v in enumerate(values[:, 3]) if i != 5]
+
+
+def test_x_side_rows_are_the_feature_columns_as_float32(tmp_path):
+    from types import SimpleNamespace
+
+    kinds = ["meta", "feat", "feat", "meta", "feat", "feat", "feat"]
+    columns = [SimpleNamespace(kind=k, name=f"c{j}") for j, k in enumerate(kinds)]
+    values = np.random.default_rng(4).standard_normal((9, len(kinds))) * 1e3
+    values[2, 4] = 1e300  # beyond float32: inf in X
+    export.write_x_side(tmp_path, 3, values, columns)
+    feat = [j for j, k in enumerate(kinds) if k == "feat"]
+    x = export.read_x_side(export.x_side_path(tmp_path, 3), 9, len(feat))
+    with np.errstate(over="ignore"):
+        want = values[:, feat].astype(np.float32)
+    assert np.array_equal(x, want) and np.isinf(x[2, 2])
+
+
+def test_only_failing_images_are_checked_alone(monkeypatch):
+    from scip_gpu import pipeline
+
+    alone = []
+    real = pipeline.check_image
+    monkeypatch.setattr(pipeline, "check_image",
+                        lambda img, *a: (callable(a[-1]) and alone.append(1)) or real(img, *a))
+    block = np.random.default_rng(5).integers(0, 900, (300, 3, 7, 7)).astype(np.uint16)
+    block[[10, 200]] = 0
+    got = check_images(list(block), 3, 3, lambda p: f"object {p}")
+    assert len(alone) == 2  # the two failing objects, for their messages; 298 by reductions
+    assert [i for i, g in enumerate(got) if isinstance(g, tuple)] == [10, 200]
