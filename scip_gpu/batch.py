@@ -164,6 +164,22 @@ def group_by_shape(
     return groups
 
 
+def adjacent_view(images: Sequence[np.ndarray]) -> np.ndarray | None:
+    """The (N, C, H, W) read-only view of host images of one shape and type that lie one after
+    the other in one buffer (as the objects of one read block do), or None."""
+    first = images[0]
+    if not all(isinstance(im, np.ndarray) and im.flags.c_contiguous for im in images):
+        return None
+    base = first.base if first.base is not None else first
+    start, size = first.__array_interface__["data"][0], first.nbytes
+    if not all((im.base if im.base is not None else im) is base and im.shape == first.shape
+               and im.dtype == first.dtype and im.__array_interface__["data"][0] == start + k * size
+               for k, im in enumerate(images)):
+        return None
+    return np.lib.stride_tricks.as_strided(first, shape=(len(images), *first.shape),
+                                           strides=(size, *first.strides), writeable=False)
+
+
 def _host_buffer(shape, dtype, xp, *, zero: bool = True):
     """Host staging array (zeroed unless ``zero`` is False); page-locked (pinned) when the batch
     goes to a GPU, so the copy to the device is a single asynchronous DMA transfer."""
@@ -205,10 +221,15 @@ def stage(images: Sequence[np.ndarray], shape: tuple[int, int], xp=np) -> Staged
     exact = all(im.shape[1:] == tuple(shape) for im in images)  # no padding to clear
     host = _host_buffer((n, c, *shape), dtype, xp, zero=not exact)
     extents = _host_buffer((n, 2), np.int64, xp, zero=False)
-    for i, im in enumerate(images):  # ragged inputs: one copy per object is unavoidable here
-        _, h, w = im.shape
-        host[i, :, :h, :w] = im
-        extents[i] = h, w
+    block = adjacent_view(images) if exact else None
+    if block is not None:  # the objects of one read block: one copy
+        host[...] = block
+        extents[...] = shape
+    else:
+        for i, im in enumerate(images):  # ragged inputs: one copy per object is unavoidable here
+            _, h, w = im.shape
+            host[i, :, :h, :w] = im
+            extents[i] = h, w
     return Staged(host, extents, (id(xp), n, tuple(shape)))
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from . import export
 from .backend import array_module, device_module, is_gpu, select_device
-from .batch import _host_buffer, assemble, group_by_shape, profile_dtype, stage, wait_for_copies
+from .batch import _host_buffer, adjacent_view, assemble, group_by_shape, profile_dtype, stage, wait_for_copies
 from .cluster import ExecutorInBackground, check_dashboard, with_partitions_in_flight
 from .config import Config, expand_user_paths, validate
 from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError, StorageUnavailable,
@@ -170,15 +170,8 @@ CHECK_RUN = 256
 def _adjacent_block(images: Sequence[np.ndarray]) -> np.ndarray:
     """The (N, C, H, W) stack of ``images`` (same shape and type): a view where they lie one
     after the other in one buffer (as the objects of one read block do), else a copy."""
-    first = images[0]
-    if all(im.flags.c_contiguous for im in images):
-        base = first.base if first.base is not None else first
-        start, size = first.__array_interface__["data"][0], first.nbytes
-        if all((im.base if im.base is not None else im) is base
-               and im.__array_interface__["data"][0] == start + k * size for k, im in enumerate(images)):
-            return np.lib.stride_tricks.as_strided(first, shape=(len(images), *first.shape),
-                                                   strides=(size, *first.strides), writeable=False)
-    return np.stack(images)
+    view = adjacent_view(images)
+    return view if view is not None else np.stack(images)
 
 
 def check_images(items: Sequence, n_channels: int, min_side: int, name_of) -> list:

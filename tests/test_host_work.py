@@ -161,3 +161,19 @@ def test_only_failing_images_are_checked_alone(monkeypatch):
     got = check_images(list(block), 3, 3, lambda p: f"object {p}")
     assert len(alone) == 2  # the two failing objects, for their messages; 298 by reductions
     assert [i for i, g in enumerate(got) if isinstance(g, tuple)] == [10, 200]
+
+
+def test_stage_copies_a_read_block_at_once_and_pads_the_rest():
+    from scip_gpu.batch import adjacent_view, stage
+
+    block = np.random.default_rng(6).integers(0, 60000, (6, 2, 5, 7)).astype(np.uint16)
+    images = [block[i] for i in range(6)]
+    assert adjacent_view(images) is not None and adjacent_view(images[::2]) is None
+    for imgs, shape in [(images, (5, 7)), (images[::-1], (5, 7)), (images, (8, 9)),
+                        ([block[0], block[1][:, :3, :4], block[2]], (5, 7))]:
+        st = stage(imgs, shape)
+        want = np.zeros((len(imgs), 2, *shape), dtype=np.uint16)
+        for i, im in enumerate(imgs):
+            want[i, :, :im.shape[1], :im.shape[2]] = im
+        assert np.array_equal(st.host, want)
+        assert st.extents.tolist() == [list(im.shape[1:]) for im in imgs]
