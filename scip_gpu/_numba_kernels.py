@@ -1231,3 +1231,31 @@ def watershed_flood(f, flags, lab, h, w, out):  # pragma: no cover - compiled
                 hc, hx = hc2, hx2
             _ws_sift_up(hc, hx, size, nc, (ns << 32) | q)  # push
             size += 1
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def image_stats(a, out, nans):  # pragma: no cover - compiled
+    """``ops.image_stats`` of ``a`` (N, C, M) in one pass: per plane its largest and smallest
+    value other than NaN, its count of NaN or infinite values, and (``nans``) of NaN values."""
+    n, c, m = a.shape
+    for i in range(n):
+        for k in range(c):
+            hi = a[i, k, 0]
+            lo = hi
+            bad = 0
+            nan = 0
+            for j in range(m):
+                v = a[i, k, j]
+                if v != v:  # (NaN; integers never)
+                    nan += 1
+                    continue
+                if v - v != 0:  # (infinite: inf - inf is NaN)
+                    bad += 1
+                if v > hi or hi != hi:
+                    hi = v
+                if v < lo or lo != lo:
+                    lo = v
+            out[0, i, k] = hi
+            out[1, i, k] = lo
+            out[2, i, k] = bad + nan
+            nans[i, k] = nan

@@ -168,6 +168,25 @@ def watershed(surface, markers, mask=None) -> np.ndarray:
     return out.reshape(surface.shape)
 
 
+def _accepts_image_stats(stack) -> bool:
+    return (stack.ndim == 4 and stack.dtype.kind in "uif" and stack.dtype != np.float16
+            and (stack.shape[0] * stack.shape[1] == 0 or stack.shape[2] * stack.shape[3] > 0))
+
+
+@register("ops.image_stats", "cpu", accepts=_accepts_image_stats)
+def image_stats(stack) -> np.ndarray:
+    """Compiled ``ops.image_stats``: one pass over each plane (NumPy's reductions read the
+    images twice, at about twice the time)."""
+    n, c = stack.shape[:2]
+    out = np.empty((3, n, c), dtype=stack.dtype)
+    if n * c:
+        nans = np.empty((n, c), dtype=np.int64)
+        _nb().image_stats(stack.reshape(n, c, -1), out, nans)  # (a view for a read block's stack)
+        if stack.dtype.kind == "f":
+            out[:2, nans > 0] = np.nan  # (NumPy's largest and smallest of a plane with a NaN)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # masks
 

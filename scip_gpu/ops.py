@@ -469,6 +469,36 @@ def _ws_candidate(xp, kq, r, r_up=None):
     return xp.where(kq == _WS_INF, _WS_INF, key)
 
 
+def _image_stats_examples(rng):
+    yield (rng.integers(0, 60000, (5, 3, 7, 9)).astype(np.uint16),), {}
+    yield (rng.integers(-100, 100, (2, 1, 1, 13)).astype(np.int8),), {}
+    yield (rng.integers(0, 255, (4, 2, 6, 1)).astype(np.uint8),), {}
+    yield (rng.integers(-(2 ** 40), 2 ** 40, (3, 2, 4, 4)).astype(np.int64),), {}
+    x = rng.normal(size=(6, 3, 5, 5)).astype(np.float32)
+    x[1, 0, 2, 2] = np.nan  # NaN: the plane's largest and smallest are NaN, one bad value
+    x[2, 1, 0, 0] = np.inf
+    x[3, 2, 4, 4] = -np.inf
+    x[4, :, 1] = np.nan
+    yield (x,), {}
+    yield (x.astype(np.float64) * 1e300,), {}
+    yield (np.zeros((0, 3, 4, 4), dtype=np.uint16),), {}  # no images
+
+
+@stage("ops.image_stats", examples=_image_stats_examples)
+def image_stats(stack):
+    """(3, N, C) array of each image of an (N, C, H, W) stack (H, W > 0): per channel its largest
+    value, its smallest value and its number of NaN or infinite values, in the images' type (what
+    the validation of loaded objects needs; on a device only these numbers come back)."""
+    xp = array_module(stack)
+    hi = stack.max(axis=(2, 3))
+    lo = stack.min(axis=(2, 3))
+    if stack.dtype.kind == "f":
+        bad = (~xp.isfinite(stack)).sum(axis=(2, 3)).astype(stack.dtype)
+    else:
+        bad = xp.zeros_like(hi)
+    return xp.stack([hi, lo, bad])
+
+
 def _watershed_examples(rng):
     from scipy import ndimage as ndi
 

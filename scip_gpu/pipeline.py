@@ -24,7 +24,7 @@ import pandas as pd
 
 from . import export
 from .backend import array_module, device_module, is_gpu, select_device
-from .batch import _host_buffer, adjacent_view, assemble, group_by_shape, profile_dtype, stage, wait_for_copies
+from .batch import _host_buffer, assemble, group_by_shape, profile_dtype, stage, wait_for_copies
 from .cluster import ExecutorInBackground, check_dashboard, with_partitions_in_flight
 from .config import Config, expand_user_paths, validate
 from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError, StorageUnavailable,
@@ -167,22 +167,39 @@ def check_image(img, n_channels: int, min_side: int, name) -> np.ndarray:
 CHECK_RUN = 256
 
 
-def _adjacent_block(images: Sequence[np.ndarray]) -> np.ndarray:
-    """The (N, C, H, W) stack of ``images`` (same shape and type): a view where they lie one
-    after the other in one buffer (as the objects of one read block do), else a copy."""
-    view = adjacent_view(images)
-    return view if view is not None else np.stack(images)
+def _block_run(items: Sequence, i: int, limit: int) -> int:
+    """The end j of the run items[i:j] (at most ``limit`` long) of images of items[i]'s shape and
+    type that lie one after the other in one buffer (the objects of one read block)."""
+    first = items[i]
+    base = first.base if first.base is not None else first
+    if not first.flags.c_contiguous:
+        return i + 1
+    size = first.nbytes
+    nxt = first.__array_interface__["data"][0] + size
+    j = i + 1
+    while j < len(items) and j - i < limit:
+        im = items[j]
+        if not (isinstance(im, np.ndarray) and im.base is base and im.shape == first.shape
+                and im.dtype == first.dtype and im.flags.c_contiguous
+                and im.__array_interface__["data"][0] == nxt):
+            break
+        nxt += size
+        j += 1
+    return j
 
 
 def check_images(items: Sequence, n_channels: int, min_side: int, name_of) -> list:
     """``check_image`` of every item (an image, or the exception its load raised), in order:
     the image, or (exception, stage) for a bad object, with ``check_image``'s messages.
 
-    Runs of consecutive images of one shape and type (up to ``CHECK_RUN``) are validated by one
-    reduction per run (their largest and smallest value per channel; for float images also
-    their count of NaN or infinite values) instead of a few small NumPy calls per image; only
-    an image that fails is checked again alone, for its message. ``name_of(position)``: the
+    Runs of consecutive images of one shape and type that lie one after the other in memory
+    (the objects of one read block; up to ``CHECK_RUN``) are validated from one ``ops.image_stats``
+    call per run (their largest and smallest value and count of NaN or infinite values per
+    channel: one compiled pass over the block) instead of a few NumPy calls per image; only an
+    image that fails is checked again alone, for its message. ``name_of(position)``: the
     object's name (called only for a message)."""
+    from .ops import image_stats
+
     out: list = [None] * len(items)
 
     def one(pos: int):
@@ -198,20 +215,18 @@ def check_images(items: Sequence, n_channels: int, min_side: int, name_of) -> li
             out[i] = (item, getattr(item, "stage", "load"))
             i += 1
             continue
-        if not (isinstance(item, np.ndarray) and item.ndim == 3 and item.dtype.kind in "uif" and item.size
+        j = i + 1
+        if (isinstance(item, np.ndarray) and item.ndim == 3 and item.size and item.dtype.kind in "uif"
                 and item.shape[0] == n_channels and min(item.shape[1:]) >= min_side):
-            out[i] = one(i)  # (fails, or an array-like: checked alone)
+            j = _block_run(items, i, CHECK_RUN)
+        if j - i == 1:  # (alone in memory, fails, or an array-like: checked alone)
+            out[i] = one(i)
             i += 1
             continue
-        j = i + 1
-        while (j < len(items) and j - i < CHECK_RUN and isinstance(items[j], np.ndarray)
-               and items[j].shape == item.shape and items[j].dtype == item.dtype):
-            j += 1
-        block = _adjacent_block(items[i:j])
-        hi, lo = block.max(axis=(2, 3)), block.min(axis=(2, 3))  # (n, C) per channel
-        alone = hi.max(axis=1) == lo.min(axis=1)  # one value throughout: an error
-        if item.dtype.kind == "f":
-            alone |= ~np.isfinite(block).all(axis=(1, 2, 3))
+        block = np.lib.stride_tricks.as_strided(item, shape=(j - i, *item.shape), strides=(item.nbytes, *item.strides),
+                                                writeable=False)  # (the run found above: one read block)
+        hi, lo, bad = image_stats(block)  # (n, C) each
+        alone = (hi.max(axis=1) == lo.min(axis=1)) | (bad > 0).any(axis=1)  # errors (or NaN): alone
         for k in range(j - i):
             if alone[k]:
                 out[i + k] = one(i + k)
@@ -339,15 +354,10 @@ def image_stats(stack) -> np.ndarray:
     """(3, N, C) host array of each image's largest value, smallest value and number of NaN or
     infinite values per channel (in the images' type) of an (N, C, H, W) stack on the device:
     what ``check_image`` needs, computed where the images are; 3C numbers per image come back."""
-    xp = array_module(stack)
-    hi = stack.max(axis=(2, 3))
-    lo = stack.min(axis=(2, 3))
-    if stack.dtype.kind == "f":
-        bad = (~xp.isfinite(stack)).sum(axis=(2, 3)).astype(stack.dtype)
-    else:
-        bad = xp.zeros_like(hi)
-    out = xp.stack([hi, lo, bad])
-    return out.get() if xp is not np else out  # device -> host: 3C numbers per image
+    from .ops import image_stats as stats
+
+    out = stats(stack)
+    return out.get() if array_module(out) is not np else out  # device -> host: 3C numbers per image
 
 
 def load_partition_device(source, rows: pd.DataFrame, n_ch: int, min_side: int, xp) -> list:

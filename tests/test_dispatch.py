@@ -18,7 +18,7 @@ from scip_gpu import cpu_kernels, dispatch
 #: the stages the pipeline is built from (names other implementations register against)
 EXPECTED = {
     "ops.gaussian", "ops.sobel", "ops.binary_erosion_disk", "ops.median_disk", "ops.label",
-    "ops.fill_holes_and_clean", "ops.regions_touching_border", "ops.watershed",
+    "ops.fill_holes_and_clean", "ops.regions_touching_border", "ops.watershed", "ops.image_stats",
     "masks.threshold_li", "masks.threshold_otsu_int", "masks.otsu_digitize", "masks.scale_to_u16",
     "masks.digitize_rows", "masks.outside_sums", "masks.channel_masks", "masks.combine",
     "stats.compact_statistics",

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from scip_gpu import export
-from scip_gpu.pipeline import _adjacent_block, check_image, check_images
+from scip_gpu.batch import adjacent_view
+from scip_gpu.pipeline import check_image, check_images
 
 
 def _reference(items, n_ch, min_side):
@@ -90,16 +91,14 @@ def test_check_images_runs_are_longer_than_a_reduction(monkeypatch):
     assert isinstance(got[5], tuple) and "object 5: every pixel has the same value" in str(got[5][0])
 
 
-def test_adjacent_images_are_validated_in_place():
+def test_adjacent_view_of_a_read_block():
     block = np.arange(5 * 2 * 3 * 4, dtype=np.uint16).reshape(5, 2, 3, 4)
-    view = _adjacent_block([block[i] for i in range(1, 4)])
+    view = adjacent_view([block[i] for i in range(1, 4)])
     assert np.shares_memory(view, block) and np.array_equal(view, block[1:4])
     assert not view.flags.writeable
-    gaps = _adjacent_block([block[0], block[2]])  # not one after the other: a copy
-    assert not np.shares_memory(gaps, block) and np.array_equal(gaps, block[[0, 2]])
-    other = block.copy()
-    mixed = _adjacent_block([block[0], other[1]])  # adjacent addresses only within one buffer
-    assert np.array_equal(mixed, np.stack([block[0], other[1]]))
+    assert adjacent_view([block[0], block[2]]) is None  # not one after the other
+    assert adjacent_view([block[0], block.copy()[1]]) is None  # adjacent addresses only within one buffer
+    assert adjacent_view([block[0], block[1][:, :2]]) is None
 
 
 @pytest.mark.parametrize("shape", [(1000, 130), (7, 3), (0, 5), (513, 65), (4, 0)])
