@@ -152,16 +152,17 @@ def _arrow_column(values: np.ndarray, type_):
 _TILE_ROWS, _TILE_COLS = 512, 64
 
 
-def columns_first(values: np.ndarray) -> np.ndarray:
+def columns_first(values: np.ndarray, *, scratch=None) -> np.ndarray:
     """The (rows, F) float64 table as a C-contiguous (F, rows) array, column by column: free for
     a column-major table, else one transposing copy by tiles (about 2.5x faster than NumPy's
     element-by-element transposed copy of a wide table, which runs along the output's rows and
-    strides across the input's for every element)."""
+    strides across the input's for every element). ``scratch``: a ``scratch.ScratchPool`` for
+    the copy."""
     values = np.asarray(values, dtype=np.float64)
     if values.flags.f_contiguous:
         return values.T
     n, f = values.shape
-    out = np.empty((f, n), dtype=np.float64)
+    out = scratch.empty((f, n)) if scratch is not None else np.empty((f, n), dtype=np.float64)
     for i in range(0, n, _TILE_ROWS):
         for j in range(0, f, _TILE_COLS):
             out[j:j + _TILE_COLS, i:i + _TILE_ROWS] = values[i:i + _TILE_ROWS, j:j + _TILE_COLS].T
@@ -183,7 +184,7 @@ def _arrow_columns(by_column: np.ndarray, fields) -> list:
 
 
 def write_part(folder: Path, part: int, table: pd.DataFrame, schema, values: np.ndarray | None = None, *,
-               compression: str = "snappy") -> Path:
+               compression: str = "snappy", scratch=None) -> Path:
     """Write one partition's table atomically (``compression``: its Parquet codec, ``export.compression``);
     returns the final path.
 
@@ -191,20 +192,23 @@ def write_part(folder: Path, part: int, table: pd.DataFrame, schema, values: np.
     ``values`` (rows, F) the float64 columns that follow (bool flag columns as 0/1, NaN where
     unknown). Float columns are written without dictionary encoding (it never pays for
     measurements and triples the writing time). No Arrow schema copy is stored in the footer:
-    with 1000+ columns it weighed more than the values of a small partition.
+    with 1000+ columns it weighed more than the values of a small partition. ``scratch``: a
+    ``scratch.ScratchPool`` for the column-by-column copy (given back once written).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / part_name(part)
+    by_column = None
     if values is None:
         arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
     else:
         lead = len(table.columns)
         head = pa.Table.from_pandas(table, schema=pa.schema(list(schema)[:lead]), preserve_index=False)
-        arrays = head.columns + _arrow_columns(columns_first(values), list(schema)[lead:])
-        arrow = pa.Table.from_arrays(arrays, schema=schema)
+        by_column = columns_first(values, scratch=scratch)
+        arrow = pa.Table.from_arrays(head.columns + _arrow_columns(by_column, list(schema)[lead:]), schema=schema)
+        del head
     arrow = arrow.replace_schema_metadata(None)  # no pandas metadata either
     dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
     with _replacing(final) as tmp:
@@ -213,6 +217,9 @@ def write_part(folder: Path, part: int, table: pd.DataFrame, schema, values: np.
                               compression=compression) as writer:
             writer.add_key_value_metadata(schema.metadata or {})
             writer.write_table(arrow)
+    if scratch is not None and by_column is not None:
+        del arrow  # (its columns are views of by_column: given back only once they are gone)
+        scratch.give(by_column)
     return final
 
 
@@ -395,14 +402,16 @@ def x_side_path(run_folder: Path, part: int) -> Path:
     return Path(run_folder) / f".x-{part_name(part)}.f32.tmp"
 
 
-def write_x_side(run_folder: Path, part: int, values: np.ndarray, columns: Sequence[Column]) -> None:
+def write_x_side(run_folder: Path, part: int, values: np.ndarray, columns: Sequence[Column], *,
+                 scratch=None) -> None:
     """Write a partition's X rows (its feature columns as float32) for ``AnnDataWriter``: the
     worker has the table in memory, which costs far less than decoding the part again."""
     from .report import column_runs
 
     values = np.asarray(values)
     feat = np.array([j for j, c in enumerate(columns) if c.kind == "feat"], dtype=np.intp)
-    block = np.empty((len(values), len(feat)), dtype=np.float32)
+    shape = (len(values), len(feat))
+    block = scratch.empty(shape, np.float32) if scratch is not None else np.empty(shape, dtype=np.float32)
     at = 0
     with np.errstate(over="ignore"):  # (X is float32: a value beyond its range is inf there, as before)
         for a, b in column_runs(feat):  # (one casting copy per run of columns, straight into X's rows)
@@ -416,6 +425,8 @@ def write_x_side(run_folder: Path, part: int, values: np.ndarray, columns: Seque
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if scratch is not None:
+        scratch.give(block)
 
 
 def read_x_side(path: Path, n: int, k: int) -> np.ndarray | None:

@@ -176,3 +176,60 @@ def test_stage_copies_a_read_block_at_once_and_pads_the_rest():
             want[i, :, :im.shape[1], :im.shape[2]] = im
         assert np.array_equal(st.host, want)
         assert st.extents.tolist() == [list(im.shape[1:]) for im in imgs]
+
+
+def test_scratch_pool_hands_out_only_arrays_nothing_refers_to():
+    from scip_gpu.scratch import ScratchPool
+
+    pool = ScratchPool(keep_bytes=10_000)
+    a = pool.empty((10, 20))
+    view = a[2:]
+    assert not pool.give(a)  # a view of it is alive
+    del view
+    assert pool.give(a) and pool.kept_bytes == a.nbytes
+    b = pool.empty((10, 20))
+    assert b is a and pool.reused == 1 and pool.kept_bytes == 0
+    assert pool.empty((10, 20), order="F") is not a  # another layout
+    del a
+    assert not pool.give(b[:, :3])  # not the owner
+    alias = b
+    assert not pool.give(b)  # two names
+    del alias
+    assert not pool.give(pool.empty((100, 20)))  # beyond keep_bytes
+    assert pool.give(b)
+
+
+def test_partitions_on_a_gpu_reuse_their_host_tables_with_the_same_outputs(tmp_path, monkeypatch):
+    """device=cuda (stand-in CuPy): the table, its column-by-column copy and the X rows of one
+    partition are reused by the next; the parts and X are those of a run without the pool."""
+    import anndata  # noqa: F401  (before the fake: it probes for cupyx.scipy.sparse)
+
+    from scip_gpu import pipeline, scratch
+    from scip_gpu.export import arrow_schema, read_x_side, x_side_path
+
+    from . import fake_cupy
+    from .test_overlap import _setup
+
+    cfg, src, objs, plan = _setup(12, ["masks=none"])
+    schema = arrow_schema(objs[[c for c in objs.columns if c.startswith("meta_")]], plan.columns)
+    fake_cupy.install(monkeypatch)
+    monkeypatch.setenv("SCIP_GPU_KERNELS", "0")
+    tasks = pipeline.partition_tasks(objs, 4)
+    outputs = {}
+    for keep in (0, scratch.KEEP_BYTES):
+        pool = scratch.ScratchPool(keep_bytes=keep)
+        monkeypatch.setattr(pipeline, "POOL", pool)
+        folder = tmp_path / f"keep{keep}" / "features.parquet"
+        folder.mkdir(parents=True)
+        for t in tasks:
+            res = pipeline.process_partition(t, source=src, plan=plan, folder=str(folder), schema=schema,
+                                             device="cuda")
+            assert res.n_ok == 4
+        n_feat = sum(c.kind == "feat" for c in plan.columns)
+        outputs[keep] = ([pq.read_table(folder / f"part-{i:05d}.parquet") for i in range(3)],
+                         [read_x_side(x_side_path(folder.parent, i), 4, n_feat) for i in range(3)])
+        assert pool.reused == (0 if keep == 0 else 6)  # partitions 2 and 3: the table, its columns, X
+    for a, b in zip(*[outputs[k][0] for k in outputs]):
+        assert a.equals(b)
+    for a, b in zip(*[outputs[k][1] for k in outputs]):
+        assert a is not None and np.array_equal(a, b, equal_nan=True)
