@@ -43,6 +43,9 @@
 #           (reading, staging, Parquet, AnnData, report) at the device's measured pace (41.7 us
 #           per object), 16,384 objects with 2, 4, 8 and 12 partitions in flight: whether the host
 #           keeps up with the GPU (host-path-<host>.json; timeout 180 s); not in the default steps.
+#   hoststeps: bench_host_steps.py on this host's cores: each host step of a partition alone
+#           (validation, the column-by-column copy, Arrow columns, first writes) against the form
+#           it replaced (host-steps-<host>.json; timeout 60 s); not in the default steps.
 #   startup: bench_startup.py on this host's cores (device=cpu, 8 objects, 3 runs each of
 #           cluster=local and sync): a run's fixed seconds by phase (startup-<host>.json;
 #           timeout 150 s); not in the default steps (dense11's points carry the GPU run's timeline).
@@ -81,7 +84,8 @@
 #   profile 37 s, legacy 43 s, fields_cp 93 s (warm machine): 357 s on the machine. In order of
 #   value now: run 65536 fields first bench (issue 10's fields-of-view check, timeout_s 400),
 #   then the issue11 set (~5-7.5 min).
-#   Also: cellprofiler fields fields_speed nvrtc profile profile_legacy scaling kvikio hostpath startup, issue11 and its steps
+#   Also: cellprofiler fields fields_speed nvrtc profile profile_legacy scaling kvikio hostpath hoststeps startup,
+#   issue11 and its steps
 #   (name them: bash gpu_session.sh run 65536 issue11, or run 65536 profile ...).
 #   WHEELS=0 skips the wheels' install (a dry run on a machine whose python3 has the packages);
 #   GPU_ARGS (default "--device cuda --cluster local_cuda") is what dense11 and ragged11 run on.
@@ -170,6 +174,7 @@ case "${1:-}" in
                  --cpu-objects 64 --stage-batches 1 --out "$OUTDIR/batch" ;;
         summary) BUDGET=$((SECONDS + 30)) step 20 python3 benchmarks/issue11_summary.py "$OUTDIR" ;;
         hostpath) step 180 python3 benchmarks/bench_host_path.py -n 16384 --in-flight 2 4 8 12 --out "$OUTDIR" ;;
+        hoststeps) step 60 python3 benchmarks/bench_host_steps.py --out "$OUTDIR" ;;
         startup) step 150 python3 benchmarks/bench_startup.py --runs 3 --cluster local sync --out "$OUTDIR" ;;
         *) echo "unknown step $s" ;;
       esac
