@@ -6,6 +6,7 @@ fused task that a worker runs per partition of objects.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -528,7 +529,7 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
             first = None
     t_wait = time.perf_counter()
     phases["stage"] = t_wait - t_stage
-    with device_lock(device):
+    with device_lock(device), (compute_stream(xp) if is_gpu(xp) else contextlib.nullcontext()):
         t_dev = time.perf_counter()
         phases["wait"] = t_dev - t_wait
         if overlapped:
@@ -616,6 +617,28 @@ def _run_batches_overlapped(batches, xp, plan: Plan, index, put, run_group, give
 
 _COPY_STREAMS: dict = {}
 _COPY_STREAMS_LOCK = threading.Lock()
+_COMPUTE_STREAMS: dict = {}
+
+
+def compute_stream(xp):
+    """The CUDA stream of the device stage (``process_partition``'s batches, under
+    ``device_lock``): one non-blocking stream per process and device, made once.
+
+    On the default (legacy) stream, every operation waits for all the device work queued
+    before it on that stream and on the blocking streams: the device work of the partitions
+    being read meanwhile (kvikio reads into device memory, their copies and validation, each
+    ending with a small copy back) would queue behind the batches of the partition holding the
+    device, and the reading would wait for the profiling it is meant to overlap. The batches'
+    kernels on a non-blocking stream of their own do not order against that work. What a
+    partition reads is complete before its batches use it (its validation's copy back waits
+    for it), and a partition's device arrays are released only after its last batch's table
+    has come back."""
+    key = (id(xp), xp.cuda.Device().id)
+    with _COPY_STREAMS_LOCK:
+        stream = _COMPUTE_STREAMS.get(key)
+        if stream is None:
+            stream = _COMPUTE_STREAMS[key] = xp.cuda.Stream(non_blocking=True)
+    return stream
 
 
 def copy_streams(xp):

@@ -248,17 +248,31 @@ class _Event:
         pass
 
 
+_CURRENT = __import__("threading").local()  # the streams made current by ``with stream:``, per thread
+
+
+def _current_stream():
+    stack = getattr(_CURRENT, "stack", None)
+    return stack[-1] if stack else _NULL_STREAM
+
+
 class _Stream:
-    """Work is synchronous here: a stream orders nothing; what it is asked is recorded."""
+    """Work is synchronous here: a stream orders nothing; what it is asked is recorded. As
+    CuPy's, ``with stream:`` makes it the thread's current stream."""
 
     def __init__(self, null=False, non_blocking=False, ptds=False):
         self.non_blocking = non_blocking
+        self.null = null
         self.waited = []
 
     def __enter__(self):
+        if not hasattr(_CURRENT, "stack"):
+            _CURRENT.stack = []
+        _CURRENT.stack.append(self)
         return self
 
     def __exit__(self, *exc):
+        _CURRENT.stack.pop()
         return False
 
     def wait_event(self, event):
@@ -298,7 +312,7 @@ def install(monkeypatch) -> types.ModuleType:
         Device=_Device,
         Event=_Event,
         get_elapsed_time=lambda a, b: max((b.t - a.t) * 1e3, 1e-3),
-        get_current_stream=lambda: _NULL_STREAM,
+        get_current_stream=_current_stream,
         Stream=_Stream,
         alloc_pinned_memory=lambda n: PinnedBuffer(n),
         runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 2**34},

@@ -381,3 +381,41 @@ def test_copies_on_their_own_streams_are_ordered_by_events(cupy, monkeypatch):
     np.testing.assert_array_equal(np.isnan(host), np.isnan(want))
     ok = ~np.isnan(want)
     np.testing.assert_allclose(host[ok], want[ok], rtol=1e-12, atol=1e-12)
+
+
+def test_device_stage_on_its_own_non_blocking_stream(cupy, monkeypatch, tmp_path):
+    """The batches of every partition run on one non-blocking compute stream per process and
+    device (``compute_stream``), not on the default stream, where the reading of the partitions
+    in flight (validation of device reads, kvikio) queues its work; the reading itself stays
+    off that stream."""
+    from scip_gpu import pipeline
+    from scip_gpu.export import arrow_schema
+
+    from .test_overlap import _setup
+
+    monkeypatch.setenv("SCIP_GPU_KERNELS", "0")
+    cfg, src, objs, plan = _setup(8, ["masks=none"])
+    schema = arrow_schema(objs[[c for c in objs.columns if c.startswith("meta_")]], plan.columns)
+    seen = {"profile": [], "load": []}
+    real_profile, real_load = pipeline.profile_batch, type(src).load
+
+    def profile(batch, plan, timer=None, **kw):
+        seen["profile"].append(cupy.cuda.get_current_stream())
+        return real_profile(batch, plan, **kw) if timer is None else real_profile(batch, plan, timer, **kw)
+
+    def load(self, rows):
+        seen["load"].append(cupy.cuda.get_current_stream())
+        return real_load(self, rows)
+
+    monkeypatch.setattr(pipeline, "profile_batch", profile)
+    monkeypatch.setattr(type(src), "load", load)
+    folder = tmp_path / "features.parquet"
+    folder.mkdir()
+    for t in pipeline.partition_tasks(objs, 4):  # (2 partitions of 4)
+        res = pipeline.process_partition(t, source=src, plan=plan, folder=str(folder), schema=schema, device="cuda")
+        assert res.n_ok == 4
+    compute = pipeline.compute_stream(cupy)
+    assert compute.non_blocking and not compute.null and compute not in pipeline.copy_streams(cupy)
+    assert seen["profile"] and all(s is compute for s in seen["profile"])
+    assert seen["load"] and all(s is not compute for s in seen["load"])
+    assert cupy.cuda.get_current_stream().null  # (restored after the device stage)
