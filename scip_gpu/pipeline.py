@@ -1289,11 +1289,22 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
     ``source``: the object source (``scip_gpu.io.Source``); by default the one ``cfg.dataset``
     describes (``make_source``). ``scip_gpu.profile`` gives its in-memory arrays this way.
 
+    The host arrays this process kept for reuse meanwhile (``scratch.POOL``: on a GPU, up to
+    2 GiB) are dropped when the run ends, however it ends.
+
     Raises
     ------
     ConfigError, InputError, OutputError
         Before any output is written when the configuration or the dataset is unusable.
     """
+    try:
+        return _run(cfg, resolved_yaml, source)
+    finally:
+        POOL.clear()
+
+
+def _run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummary:
+    """``run``'s work."""
     import json
 
     from . import field_pipeline

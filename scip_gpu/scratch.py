@@ -67,7 +67,8 @@ class ScratchPool:
 
     def give(self, a: np.ndarray) -> bool:
         """Keep ``a`` (made by ``empty``) for reuse; True when kept. Only an array that owns its
-        memory and that nothing but the caller's one name refers to is kept."""
+        memory and that nothing but the caller's one name refers to is kept (called through a
+        wrapper, the wrapper's argument is one more reference: nothing is kept)."""
         if (not isinstance(a, np.ndarray) or a.base is not None or a.nbytes == 0
                 or sys.getrefcount(a) > _UNSHARED):
             return False

@@ -233,3 +233,25 @@ def test_partitions_on_a_gpu_reuse_their_host_tables_with_the_same_outputs(tmp_p
         assert a.equals(b)
     for a, b in zip(*[outputs[k][1] for k in outputs]):
         assert a is not None and np.array_equal(a, b, equal_nan=True)
+
+
+def test_a_run_drops_the_arrays_it_kept(tmp_path, monkeypatch):
+    import anndata  # noqa: F401  (before the fake: it probes for cupyx.scipy.sparse)
+
+    from scip_gpu import pipeline, scratch
+    from scip_gpu.cli import to_config
+
+    from . import fake_cupy
+    from .test_config import _compose
+
+    fake_cupy.install(monkeypatch)
+    monkeypatch.setenv("SCIP_GPU_KERNELS", "0")
+    pool = scratch.ScratchPool()
+    monkeypatch.setattr(pipeline, "POOL", pool)
+    cfg, yaml = to_config(_compose(["+dataset=demo", "dataset.n_objects=8", "dataset.min_size=40",
+                                    "dataset.max_size=44", "features=intensity", "masks=none", "partition_size=4",
+                                    "cluster=sync", "cluster.threads_per_worker=1", "device=cuda",
+                                    f"output={tmp_path / 'run'}", "progress=false"]))
+    assert pipeline.run(cfg, yaml).n_ok == 8
+    assert pool.reused >= 1  # used during the run ...
+    assert pool.kept_bytes == 0  # ... and emptied at its end
