@@ -22,6 +22,8 @@ global state). ``write_report`` never raises: a failure is logged and the run go
 from __future__ import annotations
 
 import base64
+import dataclasses
+import functools
 import html
 import io
 import logging
@@ -113,6 +115,38 @@ def _take_columns(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return a[:, runs[0][0]:runs[0][1]] if len(runs) == 1 else np.concatenate([a[:, x:y] for x, y in runs], axis=1)
 
 
+@functools.lru_cache(maxsize=8)
+def _nan_plan(key: tuple) -> tuple:
+    """``_nan_spec`` of the columns ``key`` describes, in the table's column indices: the feature
+    columns; the flags; per flag the table columns it explains (their runs of consecutive
+    columns) and their positions among the feature columns; per group its runs. Cached: every
+    partition of a run has the same columns."""
+    columns = [_ColumnKey(*k) for k in key]
+    feat_idx, flag_idx, explains, groups, _, _ = _nan_spec(columns)
+    explain = [(column_runs(feat_idx[pos]), pos) for pos in explains]
+    group_runs = [column_runs(feat_idx[np.asarray(pos, dtype=np.intp)]) for pos in groups.values()]
+    return feat_idx, flag_idx, explain, list(groups), group_runs
+
+
+@dataclasses.dataclass(frozen=True)
+class _ColumnKey:
+    """What ``_nan_spec`` reads of a column."""
+
+    kind: str
+    family: str
+    mask: str | None
+    channel: object
+    view: str | None
+
+
+def _any_in_runs(miss: np.ndarray, runs: list[tuple[int, int]]) -> np.ndarray:
+    """Per row: a True in any of the column runs of ``miss``."""
+    out = np.zeros(len(miss), dtype=bool)
+    for a, b in runs:
+        out |= np.logical_or.reduce(miss[:, a:b], axis=1)
+    return out
+
+
 def nan_counts(values: np.ndarray, columns, ok: np.ndarray) -> dict:
     """The NaN statistics of one partition that the report's NaN table sums: over its ok rows
     (``ok``), per feature column (in plan order) the NaN values and those that the column's
@@ -120,27 +154,27 @@ def nan_counts(values: np.ndarray, columns, ok: np.ndarray) -> dict:
 
     ``values``: the partition's (n, len(columns)) table in plan order (flags as 0/1, NaN where
     unknown). Computed by the workers from the table they hold (kept in the partition's
-    checkpoint), so that the report never reads the feature columns back."""
-    feat_idx, flag_idx, explains, groups, order, starts = _nan_spec(columns)
+    checkpoint), so that the report never reads the feature columns back. One pass over the
+    table for its NaN, one for the counts per column, one per (mask, family) over its columns;
+    the flags' explanations over the flagged rows only."""
+    key = tuple((c.kind, c.family, c.mask, c.channel, c.view) for c in columns)
+    feat_idx, flag_idx, explain, groups, group_runs = _nan_plan(key)
     values = np.asarray(values)
     ok = np.asarray(ok, dtype=bool)
-    miss = _take_columns(np.isnan(values), feat_idx)
+    miss = np.isnan(values)  # (n, F): every column, indexed as the table
     flags = values[:, flag_idx] > 0  # (NaN: not set)
     if not ok.all():  # (error rows are not counted)
-        miss &= ok[:, None]
-        flags &= ok[:, None]
+        miss[~ok] = False
+        flags[~ok] = False
     explained = np.zeros(len(feat_idx), dtype=np.int64)
-    for k, pos in enumerate(explains):
-        rows = flags[:, k]
-        if len(pos) and rows.any():
-            explained[pos] = np.count_nonzero(_take_columns(miss, pos) & rows[:, None], axis=0)
-    if len(order):
-        by_group = _take_columns(miss, order)
-        any_nan = np.count_nonzero(np.logical_or.reduceat(by_group, starts, axis=1), axis=0)
-    else:
-        any_nan = np.zeros(0, dtype=np.int64)
-    return {"n_ok": int(ok.sum()), "nan": np.count_nonzero(miss, axis=0).tolist(), "explained": explained.tolist(),
-            "rows": {g: int(r) for g, r in zip(groups, any_nan)}}
+    for k, (runs, pos) in enumerate(explain):
+        rows = np.flatnonzero(flags[:, k])
+        if len(pos) and len(rows):  # (the flagged rows, usually few, of the columns the flag explains)
+            explained[pos] = np.concatenate([miss[rows, a:b].sum(axis=0, dtype=np.int64) for a, b in runs])
+    any_nan = [int(np.count_nonzero(_any_in_runs(miss, runs))) for runs in group_runs]
+    per_column = miss.sum(axis=0, dtype=np.int64)
+    return {"n_ok": int(ok.sum()), "nan": per_column[feat_idx].tolist(), "explained": explained.tolist(),
+            "rows": dict(zip(groups, any_nan))}
 
 
 def part_nan_counts(part: Path, columns) -> dict:

@@ -255,3 +255,34 @@ def test_a_run_drops_the_arrays_it_kept(tmp_path, monkeypatch):
     assert pipeline.run(cfg, yaml).n_ok == 8
     assert pool.reused >= 1  # used during the run ...
     assert pool.kept_bytes == 0  # ... and emptied at its end
+
+
+@pytest.mark.parametrize("preset", ["scip", "cellprofiler"])
+def test_nan_counts_against_counting_row_by_row(preset):
+    """``report.nan_counts`` (one pass per statistic, explanations over the flagged rows) against
+    counts made row by row from ``_nan_spec``'s columns, flags and groups."""
+    from scip_gpu.api import compose
+    from scip_gpu.cli import to_config
+    from scip_gpu.profile import build_plan
+    from scip_gpu.report import _nan_spec, nan_counts
+
+    cfg, _ = compose(None, ("+dataset=zarr", "dataset.path=x", f"features={preset}"))
+    plan = build_plan(to_config(cfg)[0], ["a", "b"])
+    feat_idx, flag_idx, explains, groups, _, _ = _nan_spec(plan.columns)
+    rng = np.random.default_rng(11)
+    n = 60
+    values = rng.standard_normal((n, plan.n_features))
+    values[rng.random(values.shape) < 0.05] = np.nan
+    values[:, flag_idx] = rng.choice([0.0, 1.0, np.nan], size=(n, len(flag_idx)), p=[0.7, 0.2, 0.1])
+    ok = rng.random(n) > 0.25
+    got = nan_counts(values, plan.columns, ok)
+    miss = np.isnan(values[:, feat_idx])
+    want_nan = [sum(bool(miss[r, j]) for r in range(n) if ok[r]) for j in range(len(feat_idx))]
+    want_explained = [0] * len(feat_idx)
+    for k, pos in enumerate(explains):
+        for j in pos:
+            want_explained[j] = sum(bool(miss[r, j]) for r in range(n) if ok[r] and values[r, flag_idx[k]] > 0)
+    want_rows = {g: sum(1 for r in range(n) if ok[r] and miss[r, pos].any()) for g, pos in groups.items()}
+    assert got == {"n_ok": int(ok.sum()), "nan": want_nan, "explained": want_explained, "rows": want_rows}
+    assert any(want_rows.values())  # (the example exercises them)
+    assert sum(want_explained) > 0 or not any(len(pos) for pos in explains)
