@@ -170,6 +170,7 @@ def watershed(surface, markers, mask=None) -> np.ndarray:
 
 def _accepts_image_stats(stack) -> bool:
     return (stack.ndim == 4 and stack.dtype.kind in "uif" and stack.dtype != np.float16
+            and stack.dtype.isnative  # (numba has no other byte order: e.g. a big-endian zarr store's)
             and (stack.shape[0] * stack.shape[1] == 0 or stack.shape[2] * stack.shape[3] > 0))
 
 

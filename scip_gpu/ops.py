@@ -474,6 +474,8 @@ def _image_stats_examples(rng):
     yield (rng.integers(-100, 100, (2, 1, 1, 13)).astype(np.int8),), {}
     yield (rng.integers(0, 255, (4, 2, 6, 1)).astype(np.uint8),), {}
     yield (rng.integers(-(2 ** 40), 2 ** 40, (3, 2, 4, 4)).astype(np.int64),), {}
+    yield (rng.integers(0, 60000, (2, 2, 3, 5)).astype(">u2"),), {}  # big-endian (as some zarr stores)
+    yield (rng.normal(size=(2, 1, 4, 4)).astype(np.float16),), {}
     x = rng.normal(size=(6, 3, 5, 5)).astype(np.float32)
     x[1, 0, 2, 2] = np.nan  # NaN: the plane's largest and smallest are NaN, one bad value
     x[2, 1, 0, 0] = np.inf

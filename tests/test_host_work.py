@@ -40,7 +40,7 @@ def _assert_same(got, want):
             assert g is w or np.array_equal(g, w, equal_nan=True)
 
 
-@pytest.mark.parametrize("dtype", [np.uint16, np.uint8, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8, np.int32, np.float32, np.float64, ">u2", ">f8", np.float16])
 def test_check_images_equals_check_image_object_by_object(dtype):
     rng = np.random.default_rng(7)
     for trial in range(40):
