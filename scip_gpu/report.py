@@ -73,8 +73,7 @@ def _read(parts: Sequence[Path], columns: Sequence[str]) -> pd.DataFrame:
 def _nan_spec(columns) -> tuple:
     """What ``nan_counts`` needs of a plan's columns: the feature columns' indices; the flags'
     indices and, per flag, the positions (among the feature columns) of the columns it explains;
-    the group keys "mask|family" with the positions of their columns; and those positions
-    ordered by group with each group's start (for one ``logical_or.reduceat``)."""
+    the group keys "mask|family" with the positions of their columns."""
     flag_of = {(c.mask, c.channel if c.view == "mask" else "combined"): i
                for i, c in enumerate(columns) if c.family == "empty"}
     flag_idx = list(flag_of.values())
@@ -89,10 +88,8 @@ def _nan_spec(columns) -> tuple:
         if flag is not None:
             explains[flag].append(len(feat_idx))
         feat_idx.append(i)
-    order = np.array([p for pos in groups.values() for p in pos], dtype=np.intp)
-    starts = np.cumsum([0] + [len(pos) for pos in groups.values()])[:-1].astype(np.intp)
     return (np.array(feat_idx, dtype=np.intp), np.array(flag_idx, dtype=np.intp),
-            [np.array(explains[i], dtype=np.intp) for i in flag_idx], groups, order, starts)
+            [np.array(explains[i], dtype=np.intp) for i in flag_idx], groups)
 
 
 def column_runs(idx: np.ndarray) -> list[tuple[int, int]]:
@@ -104,17 +101,6 @@ def column_runs(idx: np.ndarray) -> list[tuple[int, int]]:
     return [(int(r[0]), int(r[-1]) + 1) for r in np.split(idx, cuts)]
 
 
-def _take_columns(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """``a[:, idx]``, by slices where ``idx`` is a few runs of consecutive columns (a plan's
-    feature columns are: two runs), which copies far faster than a gather."""
-    if len(idx) == 0:
-        return a[:, :0]
-    runs = column_runs(idx)
-    if len(runs) > 17:
-        return np.take(a, idx, axis=1)
-    return a[:, runs[0][0]:runs[0][1]] if len(runs) == 1 else np.concatenate([a[:, x:y] for x, y in runs], axis=1)
-
-
 @functools.lru_cache(maxsize=8)
 def _nan_plan(key: tuple) -> tuple:
     """``_nan_spec`` of the columns ``key`` describes, in the table's column indices: the feature
@@ -122,7 +108,7 @@ def _nan_plan(key: tuple) -> tuple:
     columns) and their positions among the feature columns; per group its runs. Cached: every
     partition of a run has the same columns."""
     columns = [_ColumnKey(*k) for k in key]
-    feat_idx, flag_idx, explains, groups, _, _ = _nan_spec(columns)
+    feat_idx, flag_idx, explains, groups = _nan_spec(columns)
     explain = [(column_runs(feat_idx[pos]), pos) for pos in explains]
     group_runs = [column_runs(feat_idx[np.asarray(pos, dtype=np.intp)]) for pos in groups.values()]
     return feat_idx, flag_idx, explain, list(groups), group_runs
@@ -198,7 +184,7 @@ def nan_table(parts: Sequence[Path], columns, stats: Sequence[dict | None] | Non
     known: that part is read (``part_nan_counts``)."""
     from .features.registry import family_nan_reason
 
-    feat_idx, _, _, groups, _, _ = _nan_spec(columns)
+    feat_idx, _, _, groups = _nan_spec(columns)
     n_feat = len(feat_idx)
     nan = np.zeros(n_feat, dtype=np.int64)
     explained = np.zeros(n_feat, dtype=np.int64)

@@ -268,7 +268,7 @@ def test_nan_counts_against_counting_row_by_row(preset):
 
     cfg, _ = compose(None, ("+dataset=zarr", "dataset.path=x", f"features={preset}"))
     plan = build_plan(to_config(cfg)[0], ["a", "b"])
-    feat_idx, flag_idx, explains, groups, _, _ = _nan_spec(plan.columns)
+    feat_idx, flag_idx, explains, groups = _nan_spec(plan.columns)
     rng = np.random.default_rng(11)
     n = 60
     values = rng.standard_normal((n, plan.n_features))
