@@ -164,20 +164,40 @@ def group_by_shape(
     return groups
 
 
+def adjacent_run_end(images: Sequence, i: int, limit: int) -> int:
+    """The end j of the run images[i:j] (at most ``limit`` long) of host images of images[i]'s
+    shape and type that lie one after the other in one buffer (the objects of one read block);
+    i + 1 where images[i] starts none. Each image's address is read once."""
+    first = images[i]
+    if not (isinstance(first, np.ndarray) and first.flags.c_contiguous):
+        return i + 1
+    base = first.base if first.base is not None else first
+    size = first.nbytes
+    nxt = first.__array_interface__["data"][0] + size
+    j = i + 1
+    while j < len(images) and j - i < limit:
+        im = images[j]
+        if not (isinstance(im, np.ndarray) and im.base is base and im.shape == first.shape
+                and im.dtype == first.dtype and im.flags.c_contiguous
+                and im.__array_interface__["data"][0] == nxt):
+            break
+        nxt += size
+        j += 1
+    return j
+
+
+def block_view(first: np.ndarray, n: int) -> np.ndarray:
+    """The (n, C, H, W) read-only view of the run of ``n`` adjacent images that starts with
+    ``first`` (as ``adjacent_run_end`` found it)."""
+    return np.lib.stride_tricks.as_strided(first, shape=(n, *first.shape), strides=(first.nbytes, *first.strides),
+                                           writeable=False)
+
+
 def adjacent_view(images: Sequence[np.ndarray]) -> np.ndarray | None:
     """The (N, C, H, W) read-only view of host images of one shape and type that lie one after
     the other in one buffer (as the objects of one read block do), or None."""
-    first = images[0]
-    if not all(isinstance(im, np.ndarray) and im.flags.c_contiguous for im in images):
-        return None
-    base = first.base if first.base is not None else first
-    start, size = first.__array_interface__["data"][0], first.nbytes
-    if not all((im.base if im.base is not None else im) is base and im.shape == first.shape
-               and im.dtype == first.dtype and im.__array_interface__["data"][0] == start + k * size
-               for k, im in enumerate(images)):
-        return None
-    return np.lib.stride_tricks.as_strided(first, shape=(len(images), *first.shape),
-                                           strides=(size, *first.strides), writeable=False)
+    n = len(images)
+    return block_view(images[0], n) if n and adjacent_run_end(images, 0, n) == n else None
 
 
 def _host_buffer(shape, dtype, xp, *, zero: bool = True):

@@ -25,7 +25,8 @@ import pandas as pd
 
 from . import export
 from .backend import array_module, device_module, is_gpu, select_device
-from .batch import _host_buffer, assemble, group_by_shape, profile_dtype, stage, wait_for_copies
+from .batch import (_host_buffer, adjacent_run_end, assemble, block_view, group_by_shape, profile_dtype, stage,
+                    wait_for_copies)
 from .cluster import ExecutorInBackground, check_dashboard, with_partitions_in_flight
 from .config import Config, expand_user_paths, validate
 from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError, StorageUnavailable,
@@ -164,30 +165,8 @@ def check_image(img, n_channels: int, min_side: int, name) -> np.ndarray:
     return img
 
 
-#: images validated by one reduction (``check_images``): bounds the copy into which a run of
-#: images that are not adjacent in memory is stacked
+#: images validated by one ``ops.image_stats`` call (``check_images``): bounds the block of one call
 CHECK_RUN = 256
-
-
-def _block_run(items: Sequence, i: int, limit: int) -> int:
-    """The end j of the run items[i:j] (at most ``limit`` long) of images of items[i]'s shape and
-    type that lie one after the other in one buffer (the objects of one read block)."""
-    first = items[i]
-    base = first.base if first.base is not None else first
-    if not first.flags.c_contiguous:
-        return i + 1
-    size = first.nbytes
-    nxt = first.__array_interface__["data"][0] + size
-    j = i + 1
-    while j < len(items) and j - i < limit:
-        im = items[j]
-        if not (isinstance(im, np.ndarray) and im.base is base and im.shape == first.shape
-                and im.dtype == first.dtype and im.flags.c_contiguous
-                and im.__array_interface__["data"][0] == nxt):
-            break
-        nxt += size
-        j += 1
-    return j
 
 
 def check_images(items: Sequence, n_channels: int, min_side: int, name_of) -> list:
@@ -220,14 +199,12 @@ def check_images(items: Sequence, n_channels: int, min_side: int, name_of) -> li
         j = i + 1
         if (isinstance(item, np.ndarray) and item.ndim == 3 and item.size and item.dtype.kind in "uif"
                 and item.shape[0] == n_channels and min(item.shape[1:]) >= min_side):
-            j = _block_run(items, i, CHECK_RUN)
+            j = adjacent_run_end(items, i, CHECK_RUN)
         if j - i == 1:  # (alone in memory, fails, or an array-like: checked alone)
             out[i] = one(i)
             i += 1
             continue
-        block = np.lib.stride_tricks.as_strided(item, shape=(j - i, *item.shape), strides=(item.nbytes, *item.strides),
-                                                writeable=False)  # (the run found above: one read block)
-        hi, lo, bad = image_stats(block)  # (n, C) each
+        hi, lo, bad = image_stats(block_view(item, j - i))  # (n, C) each, of the run found above
         alone = (hi.max(axis=1) == lo.min(axis=1)) | (bad > 0).any(axis=1)  # errors (or NaN): alone
         for k in range(j - i):
             if alone[k]:
