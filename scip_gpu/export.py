@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .features.registry import Column, var_table
+from .scratch import NO_POOL
 
 PARQUET_META_KEY = b"scip_gpu"
 #: version of the layout of the Parquet outputs (2: descriptions in the sidecar, not in each part)
@@ -152,7 +153,7 @@ def _arrow_column(values: np.ndarray, type_):
 _TILE_ROWS, _TILE_COLS = 512, 64
 
 
-def columns_first(values: np.ndarray, *, scratch=None) -> np.ndarray:
+def columns_first(values: np.ndarray, *, scratch=NO_POOL) -> np.ndarray:
     """The (rows, F) float64 table as a C-contiguous (F, rows) array, column by column: free for
     a column-major table, else one transposing copy by tiles (about 2.5x faster than NumPy's
     element-by-element transposed copy of a wide table, which runs along the output's rows and
@@ -162,7 +163,7 @@ def columns_first(values: np.ndarray, *, scratch=None) -> np.ndarray:
     if values.flags.f_contiguous:
         return values.T
     n, f = values.shape
-    out = scratch.empty((f, n)) if scratch is not None else np.empty((f, n), dtype=np.float64)
+    out = scratch.empty((f, n))
     for i in range(0, n, _TILE_ROWS):
         for j in range(0, f, _TILE_COLS):
             out[j:j + _TILE_COLS, i:i + _TILE_ROWS] = values[i:i + _TILE_ROWS, j:j + _TILE_COLS].T
@@ -184,7 +185,7 @@ def _arrow_columns(by_column: np.ndarray, fields) -> list:
 
 
 def write_part(folder: Path, part: int, table: pd.DataFrame, schema, values: np.ndarray | None = None, *,
-               compression: str = "snappy", scratch=None) -> Path:
+               compression: str = "snappy", scratch=NO_POOL) -> Path:
     """Write one partition's table atomically (``compression``: its Parquet codec, ``export.compression``);
     returns the final path.
 
@@ -217,7 +218,7 @@ def write_part(folder: Path, part: int, table: pd.DataFrame, schema, values: np.
                               compression=compression) as writer:
             writer.add_key_value_metadata(schema.metadata or {})
             writer.write_table(arrow)
-    if scratch is not None and by_column is not None:
+    if by_column is not None:
         del arrow  # (its columns are views of by_column: given back only once they are gone)
         scratch.give(by_column)
     return final
@@ -403,7 +404,7 @@ def x_side_path(run_folder: Path, part: int) -> Path:
 
 
 def write_x_side(run_folder: Path, part: int, values: np.ndarray, columns: Sequence[Column], *,
-                 scratch=None) -> None:
+                 scratch=NO_POOL) -> None:
     """Write a partition's X rows (its feature columns as float32) for ``AnnDataWriter``: the
     worker has the table in memory, which costs far less than decoding the part again."""
     from .report import column_runs
@@ -411,7 +412,7 @@ def write_x_side(run_folder: Path, part: int, values: np.ndarray, columns: Seque
     values = np.asarray(values)
     feat = np.array([j for j, c in enumerate(columns) if c.kind == "feat"], dtype=np.intp)
     shape = (len(values), len(feat))
-    block = scratch.empty(shape, np.float32) if scratch is not None else np.empty(shape, dtype=np.float32)
+    block = scratch.empty(shape, np.float32)
     at = 0
     with np.errstate(over="ignore"):  # (X is float32: a value beyond its range is inf there, as before)
         for a, b in column_runs(feat):  # (one casting copy per run of columns, straight into X's rows)
@@ -425,8 +426,7 @@ def write_x_side(run_folder: Path, part: int, values: np.ndarray, columns: Seque
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if scratch is not None:
-        scratch.give(block)
+    scratch.give(block)
 
 
 def read_x_side(path: Path, n: int, k: int) -> np.ndarray | None:

@@ -34,7 +34,7 @@ from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, Sc
 from .io import make_source
 from .profile import GPU_BATCH_MAX, Plan, StageTimer, auto_batch_size, build_plan, profile_batch
 from .report import nan_counts
-from .scratch import POOL
+from .scratch import NO_POOL, POOL
 
 log = logging.getLogger("scip_gpu")
 
@@ -450,8 +450,8 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
     # every row is either written by its batch or an error row, set to NaN after the device stage
     # (not NaN-filled first: a pass over the partition's whole table, and its page faults, saved)
     # on a GPU, the partition's large host arrays come from the process's pool (scratch.POOL)
-    scratch = POOL if is_gpu(xp) else None
-    values = scratch.empty((len(rows), plan.n_features)) if scratch else np.empty((len(rows), plan.n_features))
+    scratch = POOL if is_gpu(xp) else NO_POOL
+    values = scratch.empty((len(rows), plan.n_features))
     filled = np.zeros(len(rows), dtype=bool)
 
     def put(positions: list[int], table) -> None:
@@ -539,9 +539,10 @@ def process_partition(task: tuple[int, pd.DataFrame], *, source, plan: Plan, fol
     if "anndata" in [getattr(f, "value", f) for f in cfg.export.formats]:  # its X rows, for the driver
         export.write_x_side(Path(folder).parent, part, values, plan.columns, scratch=scratch)
     _write_partition(Path(folder), part, rows, schema, values, errors.values(), cfg, scratch=scratch)
-    if scratch is not None:
-        del put, run_group  # (closures over the table)
-        scratch.give(values)  # (for the next partition: written, nothing refers to it)
+    # run_group refers to itself (it recurses): that cycle would keep put, and through it this
+    # table, referenced after the return until the garbage collector runs; break it first
+    put = run_group = None  # noqa: F841
+    scratch.give(values)  # (for the next partition: written, nothing else refers to it)
     return result()
 
 
@@ -685,7 +686,7 @@ def parquet_codec(cfg) -> str:
 
 
 def _write_partition(folder: Path, part: int, rows: pd.DataFrame, schema, values: np.ndarray, errors, cfg, *,
-                     scratch=None) -> None:
+                     scratch=NO_POOL) -> None:
     table = rows[[c for c in schema.names if c in rows.columns]].reset_index(drop=True)
     bad = {int(e["meta_index"]) for e in errors}
     table["meta_status"] = np.where(rows["meta_index"].isin(bad).to_numpy(), "error", "ok").astype(object)

@@ -95,3 +95,6 @@ class ScratchPool:
 
 #: the process's pool
 POOL = ScratchPool()
+
+#: a pool that keeps nothing: ``empty`` is ``np.empty`` (the CPU path, where reuse does not pay)
+NO_POOL = ScratchPool(keep_bytes=0)
