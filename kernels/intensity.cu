@@ -125,7 +125,7 @@ __device__ void int_sorted_stats(const unsigned short* v, int n, double total, d
     o[6] = int_quantile(v, n, 0.25);
     o[7] = int_quantile(v, n, 0.75);
     o[8] = total;
-    o[9] = zero ? sg_nan() : m3 / pow(m2, 1.5);
+    o[9] = zero ? sg_nan() : m3 / (m2 * sqrt(m2));  // (not pow: sqrt and * are exact-rounded everywhere)
     o[10] = zero ? sg_nan() : m4 / (m2 * m2) - 3.0;
 }
 

@@ -117,6 +117,6 @@ extern "C" __global__ void masked_statistics(const double* __restrict__ values,
     o[6] = q1;
     o[7] = q3;
     o[8] = total;
-    o[9] = zero ? nan_value() : m3 / pow(m2, 1.5);
+    o[9] = zero ? nan_value() : m3 / (m2 * sqrt(m2));  // (not pow: sqrt and * are exact-rounded everywhere)
     o[10] = zero ? nan_value() : m4 / (m2 * m2) - 3.0;
 }

@@ -266,7 +266,7 @@ def sorted_stats(v, n, out, part):  # pragma: no cover - compiled
     out[6] = quantile(v, n, 0.25)
     out[7] = quantile(v, n, 0.75)
     out[8] = total
-    out[9] = np.nan if zero else m3 / m2 ** 1.5
+    out[9] = np.nan if zero else m3 / (m2 * np.sqrt(m2))  # (not a power: see stats.compact_statistics)
     out[10] = np.nan if zero else m4 / (m2 * m2) - 3.0
 
 @njit(cache=True, nogil=True, boundscheck=False)
