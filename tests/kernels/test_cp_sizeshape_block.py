@@ -17,10 +17,17 @@ from scip_gpu.stage_examples import hand_planes, mask_batch
 F = {f: k for k, f in enumerate(FEATURES)}
 
 
+#: columns computed with atan2 or pow: NumPy (>= 2.4) evaluates these with its own SIMD routines,
+#: which differ from glibc's (the emulation's, as from CUDA's on a GPU) in the last bit
+TRANSCENDENTAL = [k for k, f in enumerate(FEATURES)
+                  if f == "Orientation" or f.startswith(("NormalizedMoment", "HuMoment"))]
+
+
 def _run(device, batch, mr, exact=True):
     """The kernel's (N, C + 1, 80) values, checked against the reference's: to 1e-12 (atan2 and
-    pow are the device's own on a GPU), bit for bit in the CPU emulation (the same operations in
-    the same order, glibc's atan2 and pow)."""
+    pow are the device's own on a GPU); in the CPU emulation (the same operations in the same
+    order) bit for bit, except the columns of atan2 and pow (``TRANSCENDENTAL``), which come from
+    glibc there and from NumPy's own routines in the reference."""
     want = compute_sizeshape(batch, mr, None)
     dbatch = Batch(device.asarray(batch.pixels), device.asarray(batch.extents), batch.index)
     dmr = SimpleNamespace(mask=device.asarray(mr.mask), combined=device.asarray(mr.combined),
@@ -37,7 +44,10 @@ def _run(device, batch, mr, exact=True):
     ok = ~np.isnan(want)
     np.testing.assert_allclose(got[ok], want[ok], rtol=1e-12, atol=1e-12)
     if exact:
-        np.testing.assert_array_equal(got, want)
+        plain = np.ones(len(FEATURES), bool)
+        plain[TRANSCENDENTAL] = False
+        plain = np.tile(plain, got.shape[1] // len(FEATURES))
+        np.testing.assert_array_equal(got[:, plain], want[:, plain])
     ints = [F[k] for k in ("Area", "ConvexArea", "EulerNumber", "FilledArea", "BoundingBoxArea",
                            "BoundingBoxMinimum_X", "BoundingBoxMaximum_X", "BoundingBoxMinimum_Y",
                            "BoundingBoxMaximum_Y")]
