@@ -12,9 +12,12 @@ codecs), the fallback. kvikio and CuPy are imported only when a read is made.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,10 +126,48 @@ def device_read_plan(path, device: str) -> tuple[DenseLayout | None, str]:
     return dense_layout(path)
 
 
+#: kvikio's thread pool in a process that reads with it, unless ``KVIKIO_NTHREADS`` says otherwise:
+#: kvikio's own default is one thread, through which every read of the process (all the
+#: partitions in flight) would pass one 4 MiB task at a time
+KVIKIO_THREADS = 8
+_configured: set = set()
+_configure_lock = threading.Lock()
+
+
+def configure_kvikio(kvikio) -> int | None:
+    """Size kvikio's thread pool once per process (``KVIKIO_THREADS``, at most the machine's
+    cores), unless ``KVIKIO_NTHREADS`` is set; returns the threads set, or None when left as is."""
+    with _configure_lock:
+        if id(kvikio) in _configured:
+            return None
+        _configured.add(id(kvikio))
+        if os.environ.get("KVIKIO_NTHREADS"):
+            return None
+        n = max(1, min(KVIKIO_THREADS, os.cpu_count() or 1))
+        defaults = getattr(kvikio, "defaults", None)
+        try:
+            if hasattr(defaults, "set"):  # kvikio >= 25.04
+                defaults.set("num_threads", n)
+            elif hasattr(defaults, "num_threads_reset"):
+                defaults.num_threads_reset(n)
+            else:
+                return None
+        except Exception as exc:  # noqa: BLE001 - a kvikio without the setting: its default
+            logging.getLogger(__name__).warning("io: kvikio's thread pool left at its default (%s: %s)",
+                                                type(exc).__name__, exc)
+            return None
+        logging.getLogger(__name__).info("io: kvikio reads with %d threads (KVIKIO_NTHREADS to change)", n)
+        return n
+
+
 def read_rows(layout: DenseLayout, lo: int, hi: int, *, xp=None, kvikio=None):
     """Objects ``lo:hi`` (along the first axis) of the array as one device array, read chunk by
     chunk with kvikio into device buffers (missing chunks: the fill value). Chunks must span the
     other axes whole (as ``(k, C, H, W)`` chunks do).
+
+    Every chunk's read is started before any is waited for (``CuFile.pread``), so kvikio's
+    thread pool reads them in parallel; a chunk that lies whole inside ``lo:hi`` is read
+    straight into its rows of the result, the others (the edges) into a chunk-sized buffer.
 
     ``xp``/``kvikio``: the array module and kvikio (default: CuPy and kvikio, imported here).
     """
@@ -136,20 +177,42 @@ def read_rows(layout: DenseLayout, lo: int, hi: int, *, xp=None, kvikio=None):
         import kvikio  # noqa: PLC0415
     if tuple(layout.chunks[1:]) != tuple(layout.shape[1:]):
         raise ValueError(f"{layout.path}: chunks {layout.chunks} do not span the image axes {layout.shape[1:]}")
+    configure_kvikio(kvikio)
     step = layout.chunks[0]
     dtype = np.dtype(layout.dtype)
     out = xp.empty((hi - lo, *layout.shape[1:]), dtype=dtype)
-    for k in range(lo // step, -(-hi // step)):
-        first, last = k * step, (k + 1) * step  # the chunk's rows
-        a, b = max(lo, first), min(hi, last)
-        path = layout.chunk_path((k,) + (0,) * (len(layout.shape) - 1))
-        if not path.is_file():
-            out[a - lo:b - lo] = layout.fill_value
-            continue
-        buf = xp.empty((step, *layout.shape[1:]), dtype=dtype)  # zarr stores whole edge chunks
-        with kvikio.CuFile(str(path), "r") as f:
-            n = f.read(buf)
-        if n != buf.nbytes:
-            raise OSError(f"{path}: read {n} of {buf.nbytes} bytes (a truncated chunk)")
-        out[a - lo:b - lo] = buf[a - first:b - first]
+    pending = []  # (future, bytes expected, path, edge: (buffer, rows of the chunk, rows of out) or None)
+    with contextlib.ExitStack() as files:
+        try:
+            for k in range(lo // step, -(-hi // step)):
+                first, last = k * step, (k + 1) * step  # the chunk's rows (zarr stores whole edge chunks)
+                a, b = max(lo, first), min(hi, last)
+                path = layout.chunk_path((k,) + (0,) * (len(layout.shape) - 1))
+                if not path.is_file():
+                    out[a - lo:b - lo] = layout.fill_value
+                    continue
+                f = files.enter_context(kvikio.CuFile(str(path), "r"))
+                if (a, b) == (first, last):
+                    dest, edge = out[a - lo:b - lo], None
+                else:
+                    dest = xp.empty((step, *layout.shape[1:]), dtype=dtype)
+                    edge = (dest, slice(a - first, b - first), slice(a - lo, b - lo))
+                pending.append((f.pread(dest), dest.nbytes, path, edge))
+        finally:  # (every started read is waited for before its file closes, errors or not)
+            done = [_wait(fut) for fut, *_ in pending]
+    for (_, nbytes, path, edge), (n, exc) in zip(pending, done):
+        if exc is not None:
+            raise exc
+        if n != nbytes:
+            raise OSError(f"{path}: read {n} of {nbytes} bytes (a truncated chunk)")
+        if edge is not None:
+            buf, rows, at = edge
+            out[at] = buf[rows]
     return out
+
+
+def _wait(future) -> tuple[int | None, BaseException | None]:
+    try:
+        return future.get(), None
+    except Exception as exc:  # noqa: BLE001 - raised by read_rows once every read has ended
+        return None, exc

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import zarr
@@ -11,27 +13,53 @@ from scip_gpu.io import device_read
 from scip_gpu.io.device_read import dense_layout, device_read_plan, read_rows
 
 
+class _Future:
+    """kvikio's IOFuture: here the read happens when it is waited for, so a result used before
+    ``get()``, or a file closed before its reads are waited for, shows."""
+
+    def __init__(self, file, buf):
+        self.file, self.buf = file, buf
+
+    def get(self):
+        if self.file.closed:
+            raise AssertionError(f"{self.file.path} closed before its read was waited for")
+        return self.file.read_now(self.buf)
+
+
 class _CuFile:
-    """kvikio.CuFile's read: the file's bytes into the buffer; returns the bytes read."""
+    """kvikio.CuFile's pread: the file's bytes into the buffer, a future of the bytes read."""
 
     def __init__(self, path, mode):
-        self.path = path
+        self.path, self.closed = path, False
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        self.closed = True
         return False
 
-    def read(self, buf):
+    def pread(self, buf):
+        return _Future(self, buf)
+
+    def read_now(self, buf):
         data = np.fromfile(self.path, dtype=np.uint8)
-        view = buf.reshape(-1).view(np.uint8)
+        view = buf.reshape(-1).view(np.uint8)  # (a view: the buffer must be contiguous)
         view[:len(data)] = data[:len(view)]
         return min(len(data), view.size)
 
 
+class _Defaults:
+    def __init__(self):
+        self.calls = []
+
+    def set(self, key, value):
+        self.calls.append((key, value))
+
+
 class _Kvikio:
     CuFile = _CuFile
+    defaults = _Defaults()
 
 
 def _images(n=23):
@@ -70,6 +98,94 @@ def test_a_nan_fill_value_fills_missing_chunks_as_zarr_does(tmp_path, fmt):
     got = read_rows(layout, 0, 23, xp=np, kvikio=_Kvikio)
     np.testing.assert_array_equal(got, np.asarray(arr[:]))  # NaN where NaN
     assert np.isnan(got[8:16]).all()
+
+
+def test_reads_start_together_and_whole_chunks_land_in_place(tmp_path):
+    """Every chunk's read is started before any is waited for (kvikio's thread pool reads them in
+    parallel); chunks inside the rows go straight into the result, the edges through a buffer."""
+    imgs = _images()
+    arr = zarr.create_array(str(tmp_path / "a.zarr"), shape=imgs.shape, chunks=(4, 2, 6, 5), dtype="uint16",
+                            compressors=None, zarr_format=2)
+    arr[:] = imgs
+    layout, _ = dense_layout(tmp_path / "a.zarr")
+    events, targets = [], []
+
+    class Future(_Future):
+        def get(self):
+            events.append(("get", self.file.path))
+            return super().get()
+
+    class CuFile(_CuFile):
+        def pread(self, buf):
+            events.append(("start", self.path))
+            targets.append(buf)
+            return Future(self, buf)
+
+    kvikio = SimpleNamespace(CuFile=CuFile, defaults=_Defaults())
+
+    # rows 2..20: chunks 0..5, of which 0 and 5 are edges; 2 and 3 hold only the fill value (zeros),
+    # which zarr does not write
+    got = read_rows(layout, 2, 21, xp=np, kvikio=kvikio)
+    np.testing.assert_array_equal(got, np.asarray(arr[2:21]))
+    assert [k for k, _ in events] == ["start"] * 4 + ["get"] * 4
+    assert [np.shares_memory(t, got) for t in targets] == [False, True, True, False]
+
+
+def test_a_failed_read_waits_for_the_others_then_raises(tmp_path):
+    imgs = _images(16)
+    imgs[8:16] = 1  # (every chunk written)
+    arr = zarr.create_array(str(tmp_path / "a.zarr"), shape=imgs.shape, chunks=(4, 2, 6, 5), dtype="uint16",
+                            compressors=None, zarr_format=2)
+    arr[:] = imgs
+    layout, _ = dense_layout(tmp_path / "a.zarr")
+    waited = []
+
+    class Future(_Future):
+        def get(self):
+            waited.append(self.file.path)
+            if self.file.path.endswith("1.0.0.0"):
+                raise OSError("cuFile: read failed")
+            return super().get()
+
+    class CuFile(_CuFile):
+        def pread(self, buf):
+            return Future(self, buf)
+
+    kvikio = SimpleNamespace(CuFile=CuFile, defaults=_Defaults())
+
+    with pytest.raises(OSError, match="read failed"):
+        read_rows(layout, 0, 16, xp=np, kvikio=kvikio)
+    assert len(waited) == 4  # every started read waited for (before its file closed: _Future checks)
+
+
+def test_kvikio_thread_pool_is_sized_once_unless_the_environment_says(monkeypatch):
+    monkeypatch.setattr(device_read, "_configured", set())
+    monkeypatch.delenv("KVIKIO_NTHREADS", raising=False)
+    monkeypatch.setattr(device_read.os, "cpu_count", lambda: 16)
+
+    class New:  # kvikio >= 25.04
+        defaults = _Defaults()
+
+    assert device_read.configure_kvikio(New) == device_read.KVIKIO_THREADS == 8
+    assert device_read.configure_kvikio(New) is None  # once per process
+    assert New.defaults.calls == [("num_threads", 8)]
+
+    class Old:  # earlier kvikio: num_threads_reset
+        class defaults:
+            calls = []
+
+            @classmethod
+            def num_threads_reset(cls, n):
+                cls.calls.append(n)
+
+    monkeypatch.setattr(device_read.os, "cpu_count", lambda: 2)
+    assert device_read.configure_kvikio(Old) == 2 and Old.defaults.calls == [2]  # (at most the cores)
+
+    class User:
+        defaults = _Defaults()
+
+    monkeypatch.setenv("KVIKIO_NTHREADS", "3")  # the user's choice stays
+    assert device_read.configure_kvikio(User) is None and User.defaults.calls == []
 
 
 def test_a_truncated_chunk_is_an_error(tmp_path):
@@ -210,12 +326,12 @@ def test_device_reads_profile_the_rows_of_the_host_path(tmp_path, monkeypatch, c
     reads = []
 
     class CuFile(_CuFile):
-        def read(self, buf):
+        def pread(self, buf):
             reads.append(self.path)
             if not kvikio_works:
                 raise OSError("cuFile: no GPUDirect Storage here")
             assert isinstance(buf, fake_cupy.ndarray)  # straight into (fake) device memory
-            return super().read(buf)
+            return super().pread(buf)
 
     monkeypatch.setitem(sys.modules, "kvikio", types.SimpleNamespace(CuFile=CuFile))
     monkeypatch.setattr(device_read, "kvikio_available", lambda: True)
