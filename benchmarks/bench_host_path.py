@@ -46,6 +46,7 @@ from _common import RESULTS, WORK, write_result  # noqa: E402
 DEVICE_US = 41.7   # run 8 on an H100: device time per 12-channel 64x64 object (bench_gpu.py)
 TEMPLATE_ROWS = 4096
 TEMPLATE_CELLS = 256  # distinct cells profiled for the template
+DATASETS = {"zarr": "zarr", "ragged": "scip_zarr"}  # --dataset: the store, its dataset configuration
 
 
 class DeviceClock:
@@ -144,7 +145,8 @@ def install_device(monkeypatch, clock: DeviceClock, table) -> None:
     monkeypatch.setattr(pipeline, "profile_batch", profile_batch)
 
 
-def run_point(store: Path, n: int, in_flight: int, us: float, table, work: Path, extra: list[str]) -> dict:
+def run_point(store: Path, n: int, in_flight: int, us: float, table, work: Path, extra: list[str],
+              dataset: str = "zarr") -> dict:
     from _pytest.monkeypatch import MonkeyPatch
 
     from scip_gpu.api import compose
@@ -158,7 +160,7 @@ def run_point(store: Path, n: int, in_flight: int, us: float, table, work: Path,
         install_device(mp, clock, table)
         # (io.kvikio=false: the stand-in's device arrays are host memory; a GPU host's kvikio reads
         # would move the reading off the host, which this benchmark does not simulate)
-        cfg, _ = compose(None, ("+dataset=zarr", f"dataset.path={store}", "device=cuda", "cluster=sync", "io.kvikio=false",
+        cfg, _ = compose(None, (f"+dataset={DATASETS[dataset]}", f"dataset.path={store}", "device=cuda", "cluster=sync", "io.kvikio=false",
                                 f"cluster.threads_per_worker={in_flight}", f"output={out}", "progress=false",
                                 *extra))
         config, resolved = to_config(cfg)
@@ -175,7 +177,7 @@ def run_point(store: Path, n: int, in_flight: int, us: float, table, work: Path,
     partitions_s = float(m.group(3)) if m else None
     size = re.search(r"partition\(s\) of up to (\d+) objects", log_text)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    point = {"n_objects": n, "in_flight": in_flight, "device_us_per_object": us, "ok": summary.n_ok,
+    point = {"dataset": dataset, "n_objects": n, "in_flight": in_flight, "device_us_per_object": us, "ok": summary.n_ok,
              "wall_s": round(wall, 3), "objects_per_s": round(n / wall, 1),
              "device_s": round(clock.busy, 3), "device_busy_share": round(clock.busy / wall, 3),
              "partitions_s": partitions_s, "partition_size": int(size.group(1)) if size else None,
@@ -193,6 +195,11 @@ def main(argv=None) -> int:
     ap.add_argument("--in-flight", type=int, nargs="+", default=[2], help="cluster.threads_per_worker values")
     ap.add_argument("--device-us", type=float, default=DEVICE_US, help="device time per object (us)")
     ap.add_argument("--channels", type=int, default=12)
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="zarr",
+                    help="zarr: a dense uncompressed store; ragged: SCIP's ragged zarr (blosc lz4), "
+                         "with the host's decode rate beside each point")
+    ap.add_argument("--decode-processes", type=int, default=None,
+                    help="processes for the ragged store's decode rate (default: every core)")
     ap.add_argument("--template-cells", type=int, default=TEMPLATE_CELLS, help="distinct cells profiled for the table")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="")
@@ -209,7 +216,7 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    from bench_scaling import STORES, dense_store
+    from bench_scaling import STORES, decode_rate, dense_store, ragged_store
     from scip_gpu.api import compose
     from scip_gpu.cli import to_config
     from scip_gpu.profile import build_plan
@@ -222,9 +229,13 @@ def _main(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     points = []
     for n in args.n:
-        store = dense_store(n, args.channels, STORES)
+        store = (ragged_store if args.dataset == "ragged" else dense_store)(n, args.channels, STORES)
+        decode = decode_rate(store, args.decode_processes) if args.dataset == "ragged" else None
         for k in args.in_flight:
-            point = run_point(store, n, k, args.device_us, table, work, args.extra)
+            point = run_point(store, n, k, args.device_us, table, work, args.extra, args.dataset)
+            if decode is not None:
+                point["decode"] = decode
+                point["ratio_to_decode"] = round(point["objects_per_s"] / decode["objects_per_s"], 4)
             print(json.dumps(point), flush=True)
             points.append(point)
     write_result(args.out, "host-path", args.tag, args.extra, points)
