@@ -153,3 +153,28 @@ def test_host_path_benchmark_runs_the_pipeline_at_the_simulated_device_pace(tmp_
     (stages,) = point["stages_s"].values()
     assert set(stages) == {"read", "stage", "wait", "device", "write"} and stages["device"] >= 40 * 500e-6
     assert not list((tmp_path / "work" / "host-path").iterdir())  # its run folders removed
+
+
+def test_host_path_benchmark_on_the_ragged_store_reports_the_decode_rate(tmp_path, monkeypatch):
+    """--dataset ragged: SCIP's layout read through the host (+dataset=scip_zarr), each point with
+    the host's decode rate of the same store and the ratio to it."""
+    import bench_scaling as scaling
+
+    monkeypatch.setattr(scaling, "STORES", tmp_path / "stores")
+    monkeypatch.setattr(scaling, "RAGGED_CHUNK", 8)
+    monkeypatch.setattr(bench_host_path, "WORK", tmp_path / "work")
+    calls = []
+
+    def decode_rate(path, processes=None):  # (the real one: test_ragged_store_and_decode_rate)
+        calls.append(path)
+        return {"objects": 24, "failed": 0, "processes": 1, "seconds": 0.5, "objects_per_s": 48.0}
+
+    monkeypatch.setattr(scaling, "decode_rate", decode_rate)
+    assert bench_host_path.main(["-n", "24", "--in-flight", "1", "--channels", "2", "--template-cells", "8",
+                                 "--dataset", "ragged", "--out", str(tmp_path / "out"), "partition_size=16"]) == 0
+    (result,) = (tmp_path / "out").glob("host-path-*.json")
+    (point,) = json.loads(result.read_text())["points"]
+    assert point["dataset"] == "ragged" and point["ok"] == 24
+    assert [p.name for p in calls] == ["ragged-2ch-24.zarr"] and (calls[0] / ".zarray").is_file()
+    assert point["decode"]["objects_per_s"] == 48.0
+    assert point["ratio_to_decode"] == pytest.approx(point["objects_per_s"] / 48.0, rel=1e-3)
