@@ -31,6 +31,10 @@
 #           cells from an uncompressed dense zarr): objects/s and peak host/GPU memory against
 #           the number of objects (10^3..5x10^4), then against partitions in flight per GPU
 #           (1, 2); not in the default steps (up to 6.5 minutes: run it alone).
+#   scaling6: the same against 10^3..10^6 objects of ONE channel (64x64 uint16, `scip` preset): a
+#           million 12-channel cells would be 98 GB of store, more than the machine's disk; one
+#           channel is 8.2 GB (results scaling-objects-cuda-1ch.*; timeout 300 s, 140 s per
+#           run); not in the default steps.
 #   cellprofiler: bench_gpu.py --preset cellprofiler (li masks): equality of every cellprofiler
 #           column with the CPU path (12-channel and ragged 3-channel cells), objects/s against the
 #           CPU path of the same host (results gpu-cellprofiler-<device>-<N>.json/.md);
@@ -159,6 +163,8 @@ case "${1:-}" in
                  step 150 python3 benchmarks/bench_scaling.py workers -w 1 2 -n 50000 --device cuda \
                    --cluster local_cuda --dataset zarr --channels 12 --knob threads_per_worker --timeout 70 \
                    --out "$OUTDIR" ;;
+        scaling6) step 300 python3 benchmarks/bench_scaling.py objects -n 1000 10000 100000 1000000 --device cuda \
+                    --cluster local_cuda --dataset zarr --channels 1 --timeout 140 --tag 1ch --out "$OUTDIR" ;;
         kvikio) for mode in true false; do
                   step 110 python3 benchmarks/bench_scaling.py objects -n 50000 --device cuda --cluster local_cuda \
                     --dataset zarr --channels 12 --timeout 100 --out "$OUTDIR/kvikio-$mode" io.kvikio=$mode
