@@ -268,10 +268,26 @@ def _column(name, c):
                            channel=get("channel"))
 
 
-def test_anndata_writer_parts_in_any_order_and_failures_leave_nothing(run, tmp_path):
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_anndata_writer_parts_in_any_order_and_failures_leave_nothing(run, tmp_path, monkeypatch, kernel_copy):
     """X written part by part as partitions come back (here in reverse order) equals the parts;
-    a part that cannot be read fails ``finish`` and leaves no file, temporary or final."""
+    a part that cannot be read fails ``finish`` and leaves no file, temporary or final. X is
+    contiguous and its rows are written into the file without HDF5: a worker's rows copied by
+    the kernel (``os.copy_file_range``) or, where that fails, read and written."""
+    import errno
+    import os
+
     import anndata as ad
+    import h5py
+
+    copies_made = []
+
+    def no_copy_file_range(*args):
+        copies_made.append(args)
+        raise OSError(errno.EXDEV, "not across these file systems")
+
+    if not kernel_copy:
+        monkeypatch.setattr(os, "copy_file_range", no_copy_file_range, raising=False)
 
     from scip_gpu.export import AnnDataWriter, part_name
 
@@ -315,6 +331,9 @@ def test_anndata_writer_parts_in_any_order_and_failures_leave_nothing(run, tmp_p
     # the report's columns, kept from the same reads, are what the report would read
     assert len(keys) >= 4 and "meta_status" in lead
     pd.testing.assert_frame_equal(w.kept_frame(3), _read(parts, keep))
+    assert len(copies_made) == (0 if kernel_copy else 1)  # (part 0's rows, from its worker's file)
+    with h5py.File(tmp_path / "x.h5ad", "r") as f:
+        assert f["X"].chunks is None and f["X"].id.get_offset() is not None
     a = ad.read_h5ad(tmp_path / "x.h5ad")
     df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     feat = [c.name for c in plan_cols if c.kind == "feat"]
