@@ -13,8 +13,10 @@
 #           labelling, "SG_LEGACY_MEDIAN SG_LEGACY_SORT SG_LEGACY_LABEL"; name one to time it
 #           alone), results in legacy/: the A/B of the default kernels against the ones they replaced;
 #   pytest: pytest -m gpu (every CUDA kernel and stage against the CPU path on the device, the
-#           fields' crops gathered on the device, kvikio reads into device memory);
-#   fields: the fields-of-view command line with device=cuda vs device=cpu;
+#           fields' crops gathered on the device, kvikio reads into device memory), in 4 xdist
+#           processes where the wheels brought pytest-xdist (run `wheels` again for it), else in
+#           one; the 15 slowest tests listed;
+#   fields: the fields-of-view command line with device=cuda vs device=cpu (both runs at once);
 #   fields_cp: the same with the cellprofiler preset (issue 15's families per compartment;
 #           gpu-fields-equality-cellprofiler.json);
 #   fields_speed: the fields-of-view command line timed on 16 full-size (1024x1280) fields of
@@ -104,6 +106,9 @@ case "${1:-}" in
   wheels)
     grep -q '^/.whl/' .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude
     bash ../shared/tools/gpu-wheelhouse.sh .whl
+    # pytest-xdist for the pytest step's workers (the GPU host has pytest, not xdist)
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      -d .whl pytest-xdist==3.8.0 execnet==2.1.2
     ;;
   run)
     N=${2:-65536}
@@ -145,8 +150,11 @@ case "${1:-}" in
         bench) step 180 python3 benchmarks/bench_gpu.py -n "$N" --out "$OUTDIR" ;;
         legacy) step 130 env SCIP_GPU_DEFINES="$LEGACY" python3 benchmarks/bench_gpu.py -n "$N" \
                   --equality-objects 64 --ragged 60 --cpu-objects 256 --out "$OUTDIR/legacy" ;;
-        pytest) step 120 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="-ra" tests/kernels \
-                  tests/test_dispatch.py tests/test_gpu_path.py tests/io/test_device_read.py ;;
+        pytest) if python3 -c "import xdist, pytest, sys; sys.exit(int(pytest.__version__.split('.')[0]) < 7)" \
+                   2>/dev/null; then XDIST="-n 4 --dist loadfile"; else XDIST="-p no:xdist"; fi
+                # (-n 4: files in 4 processes on the one GPU; each compiles the numba kernels it needs)
+                step 120 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="-ra" $XDIST --durations=15 \
+                  tests/kernels tests/test_dispatch.py tests/test_gpu_path.py tests/io/test_device_read.py ;;
         cellprofiler) step 200 python3 benchmarks/bench_gpu.py --preset cellprofiler -n 4096 --unique 512 \
                         --batch-size 1024 --equality-objects 32 --ragged 40 --cpu-objects 128 --out "$OUTDIR" ;;
         fields) step 200 python3 benchmarks/bench_gpu.py --fields-only --out "$OUTDIR" ;;
