@@ -443,7 +443,6 @@ def read_x_side(path: Path, n: int, k: int) -> np.ndarray | None:
 #: threads reading parts for ``AnnDataWriter`` (Parquet decoding releases the GIL; HDF5 writes
 #: are one at a time)
 X_THREADS = 4
-_SIDE = object()  # (AnnDataWriter._write: the rows are in the worker's file)
 
 
 def _raw_x_dataset(file, n: int, k: int):
@@ -454,20 +453,19 @@ def _raw_x_dataset(file, n: int, k: int):
     without HDF5: a worker's rows are copied from its file by the kernel (``copy_file_range``),
     with no pass through this process's memory and no lock. HDF5 itself then never reads or
     writes X's bytes (its sieve buffer could otherwise write back stale bytes over rows written
-    beside it). Without rows or columns (or where HDF5 gives no offset): an ordinary dataset
-    and None, written through h5py."""
+    beside it). Without rows or columns: an empty dataset, offset None (nothing to write)."""
     import h5py
 
-    if n and k:
-        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-        dsid = h5py.h5d.create(file.id, b"X", h5py.h5t.IEEE_F32LE, h5py.h5s.create_simple((n, k)), dcpl=dcpl)
-        offset = dsid.get_offset()
-        if offset is not None:
-            return h5py.Dataset(dsid), int(offset)
-        del file["X"]
-    return file.create_dataset("X", shape=(n, k), dtype="float32"), None
+    if not (n and k):
+        return file.create_dataset("X", shape=(n, k), dtype="float32"), None
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    dsid = h5py.h5d.create(file.id, b"X", h5py.h5t.IEEE_F32LE, h5py.h5s.create_simple((n, k)), dcpl=dcpl)
+    offset = dsid.get_offset()
+    if offset is None:  # (allocated early: HDF5 always gives it)
+        raise RuntimeError(f"{file.filename}: HDF5 gave X no place in the file")
+    return h5py.Dataset(dsid), int(offset)
 
 
 def _side_size(path: Path) -> int | None:
@@ -564,26 +562,19 @@ class AnnDataWriter:
         pf = pq.ParquetFile(path)  # (one footer read)
         n = pf.metadata.num_rows
         side = self._side(part)
-        if self.x_offset is None:
-            block = read_x_side(side, n, len(self.names))
-        else:  # (its bytes are copied as they are, not read here)
-            block = _SIDE if _side_size(side) == 4 * n * len(self.names) else None
-        from_side = block is _SIDE
+        k = len(self.names)
+        from_side = _side_size(side) == 4 * n * k  # (else: resumed or recovered partitions, decoded from the part)
         small = list(dict.fromkeys(self.obs_columns + self.keep))
-        table = pf.read(columns=small if block is not None else small + [c for c in self.names if c not in set(small)])
+        table = pf.read(columns=small if from_side else small + [c for c in self.names if c not in set(small)])
         self.obs[part] = _obs_frame(table.select(self.obs_columns))
         if self.keep:
             self.kept[part] = _obs_frame(table.select(self.keep))
-        if block is None:  # (no rows from the worker: resumed or recovered partitions) decoded from the part
-            block = _x_of(table.select(self.names))
-        row = self.offsets[part]
-        if self.x_offset is None:
-            with self._lock:
-                self.x[row:row + len(block)] = block
-        elif from_side:  # the worker's bytes are X's rows as they are: a copy in the kernel
-            _copy_file(side, self._fd, self.x_offset + 4 * row * len(self.names), 4 * n * len(self.names))
-        else:
-            _pwrite_all(self._fd, np.ascontiguousarray(block, dtype="<f4"), self.x_offset + 4 * row * len(self.names))
+        if n and k:  # its rows of X, at their place in the file
+            at = self.x_offset + 4 * k * self.offsets[part]
+            if from_side:  # the worker's bytes are X's rows as they are: a copy in the kernel
+                _copy_file(side, self._fd, at, 4 * n * k)
+            else:
+                _pwrite_all(self._fd, np.ascontiguousarray(_x_of(table.select(self.names)), dtype="<f4"), at)
         side.unlink(missing_ok=True)
 
     def add(self, part: int, path: Path) -> None:
