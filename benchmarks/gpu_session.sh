@@ -33,6 +33,10 @@
 #           cells from an uncompressed dense zarr): objects/s and peak host/GPU memory against
 #           the number of objects (10^3..5x10^4), then against partitions in flight per GPU
 #           (1, 2); not in the default steps (up to 6.5 minutes: run it alone).
+#   cmdprofile: the command line of dense11 (50,000 objects) under py-spy (50 Hz, every process
+#           of the run, CPU time): py-spy-cmdline.md (where each process's threads spend it, by
+#           benchmarks/pyspy_summary.py) and the raw stacks (.txt.gz); timeout 150 s; not in the
+#           default steps; needs the wheels step's py-spy.
 #   scaling6: the same against 10^3..10^6 objects of ONE channel (64x64 uint16, `scip` preset): a
 #           million 12-channel cells would be 98 GB of store, more than the machine's disk; one
 #           channel is 8.2 GB (results scaling-objects-cuda-1ch.*; timeout 300 s, 140 s per
@@ -106,9 +110,11 @@ case "${1:-}" in
   wheels)
     grep -q '^/.whl/' .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude
     bash ../shared/tools/gpu-wheelhouse.sh .whl
-    # pytest-xdist for the pytest step's workers (the GPU host has pytest, not xdist)
+    # pytest-xdist for the pytest step's workers (the GPU host has pytest, not xdist); py-spy for cmdprofile
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       -d .whl pytest-xdist==3.8.0 execnet==2.1.2
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 -d .whl py-spy==0.4.3
     ;;
   run)
     N=${2:-65536}
@@ -187,6 +193,13 @@ case "${1:-}" in
         batch) step 75 python3 benchmarks/bench_gpu.py -n 16384 --unique 512 --equality-objects 8 --ragged 4 \
                  --cpu-objects 64 --stage-batches 1 --out "$OUTDIR/batch" ;;
         summary) BUDGET=$((SECONDS + 30)) step 20 python3 benchmarks/issue11_summary.py "$OUTDIR" ;;
+        cmdprofile) if [ -x /tmp/site/bin/py-spy ]; then
+                      step 150 /tmp/site/bin/py-spy record -r 50 --subprocesses --nonblocking -f raw \
+                        -o "$OUTDIR/py-spy-cmdline.txt" -- python3 benchmarks/bench_scaling.py objects -n 50000 \
+                        $GPU_ARGS --dataset zarr --channels 12 --timeout 100 --tag profile --out "$OUTDIR/profile"
+                      python3 benchmarks/pyspy_summary.py "$OUTDIR/py-spy-cmdline.txt" > "$OUTDIR/py-spy-cmdline.md"
+                      gzip -f "$OUTDIR/py-spy-cmdline.txt"
+                    else echo "cmdprofile: no py-spy in /tmp/site/bin (bash benchmarks/gpu_session.sh wheels)"; fi ;;
         hostpath) step 180 python3 benchmarks/bench_host_path.py -n 16384 --in-flight 2 4 8 12 --out "$OUTDIR" ;;
         hoststeps) step 60 python3 benchmarks/bench_host_steps.py --out "$OUTDIR" ;;
         startup) step 150 python3 benchmarks/bench_startup.py --runs 3 --cluster local sync --out "$OUTDIR" ;;
