@@ -195,7 +195,7 @@ case "${1:-}" in
         summary) BUDGET=$((SECONDS + 30)) step 20 python3 benchmarks/issue11_summary.py "$OUTDIR" ;;
         cmdprofile) if [ -x /tmp/site/bin/py-spy ]; then
                       step 150 /tmp/site/bin/py-spy record -r 50 --subprocesses --nonblocking -f raw \
-                        -o "$OUTDIR/py-spy-cmdline.txt" -- python3 benchmarks/bench_scaling.py objects -n 50000 \
+                        -o "$OUTDIR/py-spy-cmdline.txt" -- python3 benchmarks/bench_scaling.py objects -n "${PROFILE_N:-50000}" \
                         $GPU_ARGS --dataset zarr --channels 12 --timeout 100 --tag profile --out "$OUTDIR/profile"
                       python3 benchmarks/pyspy_summary.py "$OUTDIR/py-spy-cmdline.txt" > "$OUTDIR/py-spy-cmdline.md"
                       gzip -f "$OUTDIR/py-spy-cmdline.txt"
