@@ -432,9 +432,9 @@ def write_x_side(run_folder: Path, part: int, values: np.ndarray, columns: Seque
 def read_x_side(path: Path, n: int, k: int) -> np.ndarray | None:
     """The (n, k) float32 rows a worker left (``write_x_side``), or None when there are none
     of that size."""
+    if _side_size(path) != n * k * 4:
+        return None
     try:
-        if path.stat().st_size != n * k * 4:
-            return None
         return np.fromfile(path, dtype=np.float32).reshape(n, k)
     except OSError:
         return None
