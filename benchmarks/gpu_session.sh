@@ -5,7 +5,11 @@
 # Here (with network), once:   bash benchmarks/gpu_session.sh wheels
 #   downloads the wheels the GPU machine lacks into .whl/ (git-ignored; ../shared/tools/gpu-wheelhouse.sh).
 # On the GPU machine:          bash benchmarks/gpu_session.sh run [N] [STEP ...]
-#   first:  one batch in a fresh process with an empty kernel cache (prebuilt sm_90 binary);
+#   first:  one batch in a fresh process with an empty kernel cache (prebuilt sm_90 binary), and
+#           what CuPy compiled for it with NVRTC ("compiled": binaries, kernels by name, from
+#           the sources CUPY_CACHE_SAVE_CUDA_SOURCE=1 keeps): a fresh machine's fixed cost;
+#   first_pch: the same with CUPY_NVRTC_USE_PCH=1 (NVRTC's precompiled headers, CUDA >= 12.8;
+#           CuPy's own CI sets it): whether it shortens that compilation (A/B with first);
 #   bench:  bench_gpu.py: equality with the CPU path, objects/s (N objects, default 65536), time
 #           per stage against the floor, peak memory, the CPU path on the same host;
 #   legacy: the same benchmark (smaller equality and CPU samples) with previous forms compiled
@@ -82,8 +86,9 @@
 #           on a GPU host; each store's writing seconds go into the JSON, "stores_written_s");
 #           with the wheels' install it fits the default BUDGET. A second session reuses the stores
 #           only on the same warm machine (benchmarks/.work is not in $OUT).
-#   issue10 = first bench legacy (40 + 180 + 130 s): the batch path's objects/s, memory, first
-#           batch and equality, and the A/B of the rewritten kernels.
+#   issue10 = first first_pch bench legacy (40 + 40 + 180 + 130 s): the batch path's objects/s,
+#           memory, first batch (and its compilations, with and without NVRTC's precompiled
+#           headers) and equality, and the A/B of the rewritten kernels.
 #   issue15 = pytest cellprofiler fields_cp (120 + 200 + 200 s; the fields steps took 93 s on a
 #           warm machine and over 100 s on a fresh one): every CUDA kernel (the
 #           CellProfiler ones included) against the CPU path on the device, the cellprofiler
@@ -92,7 +97,7 @@
 #   A session's 15 device-minutes (start-up ~0.5-2 min, 10 min per call at most). Measured on
 #   an H100 (run 8): wheels ~5 s, first 10 s, bench 58 s, pytest 95 s, cellprofiler 18 s,
 #   profile 37 s, legacy 43 s, fields_cp 93 s (warm machine): 357 s on the machine. In order of
-#   value now: run 65536 fields first bench (issue 10's fields-of-view check, timeout_s 400),
+#   value now: run 65536 fields first first_pch bench (issue 10's fields-of-view check, timeout_s 400),
 #   then the issue11 set (~5-7.5 min).
 #   Also: cellprofiler fields fields_speed nvrtc profile profile_legacy scaling kvikio hostpath hoststeps startup,
 #   issue11 and its steps
@@ -121,7 +126,7 @@ case "${1:-}" in
     STEPS=${*:3}
     STEPS=${STEPS:-first bench legacy pytest}
     STEPS=${STEPS//issue11/dense11 cpu_peer ragged11 batch summary}
-    STEPS=${STEPS//issue10/first bench legacy}
+    STEPS=${STEPS//issue10/first first_pch bench legacy}
     STEPS=${STEPS//issue15/pytest cellprofiler fields_cp}
     BUDGET=${BUDGET:-470}
     DENSE_N=${DENSE_N:-10000 100000}
@@ -152,7 +157,10 @@ case "${1:-}" in
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
     for s in $STEPS; do
       case $s in
-        first) step 40 env CUPY_CACHE_DIR="$(mktemp -d)" python3 benchmarks/bench_gpu.py --first-batch ;;
+        first) step 40 env CUPY_CACHE_DIR="$(mktemp -d)" CUPY_CACHE_SAVE_CUDA_SOURCE=1 python3 benchmarks/bench_gpu.py \
+                 --first-batch ;;
+        first_pch) step 40 env CUPY_CACHE_DIR="$(mktemp -d)" CUPY_CACHE_SAVE_CUDA_SOURCE=1 CUPY_NVRTC_USE_PCH=1 \
+                     python3 benchmarks/bench_gpu.py --first-batch ;;
         bench) step 180 python3 benchmarks/bench_gpu.py -n "$N" --out "$OUTDIR" ;;
         legacy) step 130 env SCIP_GPU_DEFINES="$LEGACY" python3 benchmarks/bench_gpu.py -n "$N" \
                   --equality-objects 64 --ragged 60 --cpu-objects 256 --out "$OUTDIR/legacy" ;;
