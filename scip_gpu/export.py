@@ -184,6 +184,25 @@ def _arrow_columns(by_column: np.ndarray, fields) -> list:
             for j, field in enumerate(fields)]
 
 
+_DICTIONARY: dict[int, tuple] = {}  # id(schema) -> (schema, its dictionary-encoded column names)
+
+
+def _dictionary_columns(schema) -> list[str]:
+    """The columns of ``schema`` written with dictionary encoding (every one but the floats),
+    worked out once per schema object: every partition of a run passes the same one, and the
+    loop over its thousands of fields held the GIL for milliseconds per partition."""
+    import pyarrow as pa
+
+    hit = _DICTIONARY.get(id(schema))
+    if hit is not None and hit[0] is schema:  # (the schema itself is kept: its id is never reused)
+        return hit[1]
+    names = [f.name for f in schema if not pa.types.is_floating(f.type)]
+    if len(_DICTIONARY) >= 8:
+        _DICTIONARY.clear()
+    _DICTIONARY[id(schema)] = (schema, names)
+    return names
+
+
 def write_part(folder: Path, part: int, table: pd.DataFrame, schema, values: np.ndarray | None = None, *,
                compression: str = "snappy", scratch=NO_POOL) -> Path:
     """Write one partition's table atomically (``compression``: its Parquet codec, ``export.compression``);
@@ -211,7 +230,7 @@ def write_part(folder: Path, part: int, table: pd.DataFrame, schema, values: np.
         arrow = pa.Table.from_arrays(head.columns + _arrow_columns(by_column, list(schema)[lead:]), schema=schema)
         del head
     arrow = arrow.replace_schema_metadata(None)  # no pandas metadata either
-    dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
+    dictionary = _dictionary_columns(schema)
     with _replacing(final) as tmp:
         # (without the Arrow schema copy, the footer's key-value metadata must be added by hand)
         with pq.ParquetWriter(tmp, arrow.schema, use_dictionary=dictionary, store_schema=False,

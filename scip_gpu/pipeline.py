@@ -687,7 +687,8 @@ def parquet_codec(cfg) -> str:
 
 def _write_partition(folder: Path, part: int, rows: pd.DataFrame, schema, values: np.ndarray, errors, cfg, *,
                      scratch=NO_POOL) -> None:
-    table = rows[[c for c in schema.names if c in rows.columns]].reset_index(drop=True)
+    have = set(rows.columns)  # (a pandas Index lookup per schema name: 5 ms for 5000 names, per partition)
+    table = rows[[c for c in schema.names if c in have]].reset_index(drop=True)
     bad = {int(e["meta_index"]) for e in errors}
     table["meta_status"] = np.where(rows["meta_index"].isin(bad).to_numpy(), "error", "ok").astype(object)
     export.write_part(folder, part, table, schema, values, compression=parquet_codec(cfg), scratch=scratch)

@@ -133,6 +133,36 @@ def test_part_written_column_by_column_reads_back(tmp_path):
             [bool(v) for i, v in enumerate(values[:, 3]) if i != 5]
 
 
+def test_part_encodings_follow_each_schema(tmp_path):
+    """Floats are written without dictionary encoding, the other columns with it (booleans
+    never have one in Parquet), for each schema as given, also when several schemas alternate
+    (the names are kept per schema: "x" is a float feature in one, a string in the other)."""
+    import pandas as pd
+
+    n = 50
+    values = np.random.default_rng(5).standard_normal((n, 2))
+    values[:, 1] = values[:, 1] > 0
+    lead = [pa.field("meta_index", pa.int64()), pa.field("meta_path", pa.string())]
+    first = pa.schema(lead + [pa.field("x", pa.float64()), pa.field("f", pa.bool_())])
+    second = pa.schema(lead + [pa.field("x", pa.string()), pa.field("g", pa.bool_()), pa.field("b", pa.float64())])
+    head = pd.DataFrame({"meta_index": np.arange(n), "meta_path": [f"cell{i % 3}.tif" for i in range(n)]})
+
+    def dictionary_pages(path):
+        meta = pq.ParquetFile(path).metadata
+        return {meta.schema.column(j).name: meta.row_group(0).column(j).has_dictionary_page
+                for j in range(meta.num_columns)}
+
+    for k, schema in enumerate([first, second, first, second]):
+        if schema is first:
+            path = export.write_part(tmp_path / str(k), 0, head, schema, values)
+        else:
+            path = export.write_part(tmp_path / str(k), 0, head.assign(x=["u", "v"] * (n // 2)), schema,
+                                     values[:, ::-1])
+        want = {"meta_index": True, "meta_path": True, **({"x": False, "f": False} if schema is first else
+                                                          {"x": True, "g": False, "b": False})}
+        assert dictionary_pages(path) == want
+
+
 def test_x_side_rows_are_the_feature_columns_as_float32(tmp_path):
     from types import SimpleNamespace
 
