@@ -106,6 +106,8 @@
 #   GPU_ARGS (default "--device cuda --cluster local_cuda") is what dense11 and ragged11 run on.
 #   BUDGET (seconds, default 470) bounds the whole run (wheel install included): a step whose
 #   timeout (+10 s to kill) does not fit in what is left is skipped, with a line in the log.
+#   At the end the log lists every kernel CuPy compiled in the session's steps ("CuPy kernel
+#   cache:", CUPY_CACHE_SAVE_CUDA_SOURCE=1 for every step): what a fresh machine compiles.
 #   Results (gpu-<device>-<N>.json/.md, gpu-fields-equality.json) and the log (session.log) go to
 #   $OUT when set (the device tool's output folder), else benchmarks/results/session/.
 #   Total under 8 minutes.
@@ -154,6 +156,7 @@ case "${1:-}" in
         || { echo "wheel install failed"; exit 1; }
     fi
     export PYTHONPATH=/tmp/site:$PWD
+    export CUPY_CACHE_SAVE_CUDA_SOURCE=1  # (the sources beside the binaries: the kernels listed at the end)
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
     for s in $STEPS; do
       case $s in
@@ -214,6 +217,10 @@ case "${1:-}" in
         *) echo "unknown step $s" ;;
       esac
     done
+    # every kernel CuPy compiled in this session's steps (its default cache; first/first_pch use their own)
+    python3 -c "import json, os, sys; sys.path.insert(0, 'benchmarks'); from bench_gpu import compiled_kernels; \
+print('CuPy kernel cache:', json.dumps(compiled_kernels(os.environ.get('CUPY_CACHE_DIR') or \
+os.path.expanduser('~/.cupy/kernel_cache'))))" || true
     ls -la "$OUTDIR"
     ;;
   *)
