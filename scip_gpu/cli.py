@@ -99,15 +99,24 @@ def to_config(cfg: DictConfig) -> tuple[Config, str]:
 
 
 def task(cfg: DictConfig) -> int:
-    """Run for a composed configuration; returns the exit status."""
-    from .pipeline import run
+    """Run for a composed configuration; returns the exit status.
+
+    The cluster starts as soon as the configuration is resolved (``cluster.EarlyCluster``),
+    before the pipeline is imported: its workers start while this process imports, lists the
+    objects and opens the run folder."""
+    from .cluster import EarlyCluster
 
     _setup_console_logging(str(cfg.get("log_level", "INFO")))
     terminated: list[int] = []
     previous = _on_sigterm_interrupt(terminated)
+    early = None
     try:
         config, resolved = to_config(cfg)
-        summary = run(config, resolved)
+        early = EarlyCluster.start(config)
+        from .pipeline import run
+
+        handed, early = early, None  # (run takes it, or shuts it down, however it ends)
+        summary = run(config, resolved, early=handed)
     except ScipGpuError as exc:
         print(f"scip_gpu: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_status", 2)
@@ -119,6 +128,8 @@ def task(cfg: DictConfig) -> int:
               file=sys.stderr)
         return TERMINATED if terminated else INTERRUPTED
     finally:
+        if early is not None:  # (stopped before the run had it: Ctrl-C while importing)
+            early.discard()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     print(summary.line())

@@ -590,7 +590,8 @@ class ExecutorInBackground:
     ``get()`` waits for the executor (raising why the cluster could not start); ``close()``
     asks the thread to shut the cluster down (a start still waiting for its first worker, a
     batch job in a queue, stops waiting), and ``wait_closed()`` waits for it (raising why it
-    could not). ``ready_at`` and ``closed_at``: ``time.time()`` when it was up and down.
+    could not). ``started_at``, ``ready_at`` and ``closed_at``: ``time.time()`` when it began to
+    start, was up and was down.
     """
 
     def __init__(self, cluster_cfg, device: str = "cpu"):
@@ -600,6 +601,7 @@ class ExecutorInBackground:
         self._ready: Future = Future()
         self._closed: Future = Future()
         self._close = threading.Event()
+        self.started_at = time.time()
         self.ready_at: float | None = None
         self.closed_at: float | None = None
         self._thread = threading.Thread(target=self._main, args=(cluster_cfg, device), name="scip_gpu-cluster",
@@ -634,6 +636,63 @@ class ExecutorInBackground:
         started, starting it) raised."""
         self._close.set()
         self._closed.result()
+
+
+class EarlyCluster:
+    """A command-line run's cluster, started as soon as its configuration is known: before the
+    pipeline is imported and the objects are listed (``cli.task``), so that its worker processes
+    start (importing the pipeline; on a GPU, CuPy, the CUDA context and the kernels' module)
+    while the driver does its own start-up, instead of after it.
+
+    Only where the cluster's settings do not depend on the data or on probing the machine: the
+    ``local`` and ``local_cuda`` clusters and a scheduler's ``address`` (not batch jobs, which
+    a mistyped dataset path would submit and cancel; not ``sync``, which has nothing to start),
+    on ``device=cpu`` or ``device=cuda`` (``auto`` with ``local_cuda``: cuda).
+    ``pipeline.run`` still resolves the device and the cluster's settings as without it, in the
+    same order (its checks and errors are unchanged), then takes this cluster when its settings
+    are the same (``take``) or shuts it down (``discard``). Log records from the start on are
+    kept for run.log (``log``)."""
+
+    def __init__(self, cluster_cfg, device: str):
+        import logging.handlers
+
+        self.cluster_cfg, self.device = cluster_cfg, device
+        self.log = logging.handlers.BufferingHandler(10_000)
+        logging.getLogger("scip_gpu").addHandler(self.log)
+        self.cluster = ExecutorInBackground(cluster_cfg, device)
+
+    @classmethod
+    def start(cls, cfg) -> "EarlyCluster | None":
+        """The early cluster of a run's configuration ``cfg`` (``config.Config``), or None."""
+        kind = getattr(cfg.cluster.type, "value", cfg.cluster.type)
+        setting = getattr(cfg.device, "value", cfg.device)
+        device = {"cpu": "cpu", "cuda": "cuda"}.get(setting, "cuda" if kind == "local_cuda" else None)
+        if kind not in ("local", "local_cuda", "address") or device is None:
+            return None
+        try:
+            return cls(with_partitions_in_flight(cfg.cluster), device)
+        except Exception:  # noqa: BLE001 - the run starts its cluster itself (and says why it cannot)
+            return None
+
+    def take(self, cluster_cfg, device: str):
+        """The started ``ExecutorInBackground`` when it is the one the run needs, else None
+        (then it is shut down). The log handler stays: the caller removes it (``log``)."""
+        if cluster_cfg == self.cluster_cfg and device == self.device:
+            return self.cluster
+        self._close()
+        return None
+
+    def discard(self) -> None:
+        """Shut the cluster down and wait for it (what that raises is only logged); drop the log
+        handler. For a run that stops before it took the cluster."""
+        logging.getLogger("scip_gpu").removeHandler(self.log)
+        self._close()
+
+    def _close(self) -> None:
+        try:
+            self.cluster.wait_closed()
+        except Exception as exc:  # noqa: BLE001 - nothing of the run depends on it
+            log.debug("the cluster started early: %s", exc)
 
 
 def _ended(cluster, kind: str) -> Callable[[], str | None]:

@@ -27,7 +27,7 @@ from . import export
 from .backend import array_module, device_module, is_gpu, select_device
 from .batch import (_host_buffer, adjacent_run_end, assemble, block_view, group_by_shape, profile_dtype, stage,
                     wait_for_copies)
-from .cluster import ExecutorInBackground, check_dashboard, with_partitions_in_flight
+from .cluster import EarlyCluster, ExecutorInBackground, check_dashboard, with_partitions_in_flight
 from .config import Config, expand_user_paths, validate
 from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError, StorageUnavailable,
                      describe_exception, disk_full, raise_if_transient, transient_io)
@@ -1262,11 +1262,13 @@ def process_started() -> float:
 _IMPORTED = time.time()
 
 
-def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummary:
+def run(cfg: Config, resolved_yaml: str | None = None, source=None, early: EarlyCluster | None = None) -> RunSummary:
     """Run the pipeline for a validated configuration object.
 
     ``source``: the object source (``scip_gpu.io.Source``); by default the one ``cfg.dataset``
     describes (``make_source``). ``scip_gpu.profile`` gives its in-memory arrays this way.
+    ``early``: the cluster the command line started before importing this module
+    (``cluster.EarlyCluster``); the run takes it, or shuts it down, however it ends.
 
     The host arrays this process kept for reuse meanwhile (``scratch.POOL``: on a GPU, up to
     2 GiB) are dropped when the run ends, however it ends.
@@ -1277,12 +1279,13 @@ def run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummar
         Before any output is written when the configuration or the dataset is unusable.
     """
     try:
-        return _run(cfg, resolved_yaml, source)
+        return _run(cfg, resolved_yaml, source, early)
     finally:
         POOL.clear()
 
 
-def _run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSummary:
+def _run(cfg: Config, resolved_yaml: str | None = None, source=None, started_early: EarlyCluster | None = None
+         ) -> RunSummary:
     """``run``'s work."""
     import json
 
@@ -1293,33 +1296,43 @@ def _run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSumma
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     t_started = time.time()
-    expand_user_paths(cfg)  # "output='~/runs'": the shell leaves the tilde to us
-    validate(cfg)  # what needs no data first (the channel indices once the data is listed)
-    source = make_source(cfg.dataset) if source is None else source
-    table = source.objects()
-    is_fields = getattr(source, "fields", False)
-    unit = "fields" if is_fields else "objects"
-    if len(table) == 0:
-        raise InputError(f"dataset {cfg.dataset.name!r}: no {unit} found at {cfg.dataset.path!r}")
-    table = join_metadata(table, cfg.dataset.metadata)
-    table.insert(0, "meta_field_index" if is_fields else "meta_index", np.arange(len(table), dtype=np.int64))
-    check_channels(cfg, source, table)
-    channel_names = source.channel_names(table)
-    validate(cfg, len(channel_names))
-    if is_fields:
-        field_pipeline.check_segmentation(cfg, channel_names)
-    plan = build_plan(cfg, channel_names)
-    check_dashboard(cfg.cluster)
-    device = select_device(getattr(cfg.device, "value", cfg.device))
-    cfg = replace(cfg, cluster=with_partitions_in_flight(cfg.cluster))  # (null: from the cores, local_cuda)
-    cluster_cfg = cfg.cluster
-    if is_fields and getattr(cluster_cfg.type, "value", cluster_cfg.type) == "sync":
-        cluster_cfg = replace(cluster_cfg, threads_per_worker=1)  # fields: one after the other
+    try:  # (a cluster started early is shut down when the run stops before taking it)
+        expand_user_paths(cfg)  # "output='~/runs'": the shell leaves the tilde to us
+        validate(cfg)  # what needs no data first (the channel indices once the data is listed)
+        source = make_source(cfg.dataset) if source is None else source
+        table = source.objects()
+        is_fields = getattr(source, "fields", False)
+        unit = "fields" if is_fields else "objects"
+        if len(table) == 0:
+            raise InputError(f"dataset {cfg.dataset.name!r}: no {unit} found at {cfg.dataset.path!r}")
+        table = join_metadata(table, cfg.dataset.metadata)
+        table.insert(0, "meta_field_index" if is_fields else "meta_index", np.arange(len(table), dtype=np.int64))
+        check_channels(cfg, source, table)
+        channel_names = source.channel_names(table)
+        validate(cfg, len(channel_names))
+        if is_fields:
+            field_pipeline.check_segmentation(cfg, channel_names)
+        plan = build_plan(cfg, channel_names)
+        check_dashboard(cfg.cluster)
+        device = select_device(getattr(cfg.device, "value", cfg.device))
+        cfg = replace(cfg, cluster=with_partitions_in_flight(cfg.cluster))  # (null: from the cores, local_cuda)
+        cluster_cfg = cfg.cluster
+        if is_fields and getattr(cluster_cfg.type, "value", cluster_cfg.type) == "sync":
+            cluster_cfg = replace(cluster_cfg, threads_per_worker=1)  # fields: one after the other
+    except BaseException:
+        if started_early is not None:
+            started_early.discard()
+        raise
     # what is logged before run.log exists (the cluster starting, the folder opened), for run.log
-    early = logging.handlers.BufferingHandler(10_000)
-    logging.getLogger("scip_gpu").addHandler(early)
-    # the cluster starts now, in the background, while the folder is prepared
-    cluster = ExecutorInBackground(cluster_cfg, device)
+    if started_early is not None:
+        early = started_early.log  # (installed when that cluster started)
+        cluster = started_early.take(cluster_cfg, device)
+    else:
+        early = logging.handlers.BufferingHandler(10_000)
+        logging.getLogger("scip_gpu").addHandler(early)
+        cluster = None
+    if cluster is None:  # the cluster starts now, in the background, while the folder is prepared
+        cluster = ExecutorInBackground(cluster_cfg, device)
     try:
         cfg, opened, reads, meta_cols, schema, size = _prepare(cfg, source, table, plan, device, is_fields,
                                                                resolved_yaml, started)
@@ -1338,7 +1351,8 @@ def _run(cfg: Config, resolved_yaml: str | None = None, source=None) -> RunSumma
     finally:
         logging.getLogger("scip_gpu").removeHandler(early)
     t_process = process_started()
-    timeline = {"run_started": t_started - t_process}  # (s from the process's start)
+    # (s from the process's start; the cluster may have started before the run: EarlyCluster)
+    timeline = {"run_started": t_started - t_process, "cluster_started": cluster.started_at - t_process}
     anndata_writer = None  # (export.AnnDataWriter: the .h5ad's X written while the partitions run)
     montage = None  # (report.MontageAhead: the report's example montage, drawn meanwhile)
     try:

@@ -152,9 +152,10 @@ def test_a_run_records_its_timeline(tmp_path, caplog):
     prov = json.loads((summary.output / "provenance.json").read_text())
     tl = prov["timeline"]
     order = ["run_started", "cluster_ready", "first_partition", "partitions_done", "outputs_written"]
-    assert list(tl)[:len(order)] == order and "cluster_closed" in tl
+    assert [k for k in tl if k in order] == order and "cluster_closed" in tl
     values = [tl[k] for k in order]
     assert values == sorted(values)
+    assert tl["run_started"] <= tl["cluster_started"] <= tl["cluster_ready"]  # (no early start: cluster=sync)
     assert tl["cluster_closed"] >= tl["partitions_done"]
     from scip_gpu.pipeline import process_started
 
@@ -288,3 +289,124 @@ def test_a_run_that_fails_its_set_up_closes_the_cluster_it_started(tmp_path):
             break
         time.sleep(0.2)
     assert not left
+
+
+def _workers_left(before: set, wait: float = 10.0) -> set:
+    """Worker processes of this process started since ``before`` that are still there after
+    up to ``wait`` seconds (multiprocessing's resource tracker stays for the process's life)."""
+    import psutil
+
+    def workers():
+        out = set()
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(p.cmdline()):
+                    out.add(p.pid)
+            except psutil.Error:  # (ended meanwhile)
+                pass
+        return out
+
+    deadline = time.monotonic() + wait
+    while True:
+        left = workers() - before
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def _config(*overrides):
+    from scip_gpu.api import compose
+    from scip_gpu.cli import to_config
+
+    cfg, _ = compose(None, overrides)
+    return to_config(cfg)
+
+
+@pytest.mark.parametrize("cluster, device, started", [
+    ("sync", "cpu", None), ("local", "cpu", "cpu"), ("local", "cuda", "cuda"), ("local", "auto", None),
+    ("local_cuda", "auto", "cuda"), ("local_cuda", "cuda", "cuda"), ("slurm", "cpu", None), ("pbs", "cuda", None),
+])
+def test_the_command_line_starts_its_cluster_early_where_its_settings_are_known(monkeypatch, cluster, device,
+                                                                                started):
+    """Only a cluster whose settings need neither the data nor a probe of the machine starts
+    before the pipeline is imported; with the cluster settings ``run`` itself would use."""
+    import logging
+
+    from scip_gpu import cluster as cluster_mod
+
+    seen = []
+    monkeypatch.setattr(cluster_mod, "ExecutorInBackground", lambda cfg, dev: seen.append((cfg, dev)) or "started")
+    config, _ = _config("+dataset=demo", f"cluster={cluster}", f"device={device}")
+    early = cluster_mod.EarlyCluster.start(config)
+    try:
+        if started is None:
+            assert early is None and not seen
+            return
+        assert early.cluster == "started" and seen == [(cluster_mod.with_partitions_in_flight(config.cluster), started)]
+        assert early.log in logging.getLogger("scip_gpu").handlers
+    finally:
+        if early is not None:
+            logging.getLogger("scip_gpu").removeHandler(early.log)
+
+
+def test_a_run_takes_the_cluster_started_early(tmp_path, caplog):
+    """The run uses the cluster the command line started (before the run began), keeps what was
+    logged meanwhile in run.log, and shuts it down at the end."""
+    import logging
+
+    caplog.set_level("INFO", logger="scip_gpu")  # (as the command line logs)
+    from scip_gpu.cluster import EarlyCluster
+    from scip_gpu.pipeline import run
+
+    config, resolved = _config("+dataset=demo", "dataset.n_objects=8", "cluster=local", "cluster.n_workers=1",
+                               "device=cpu", f"output={tmp_path / 'run'}", "export.report=false")
+    before = _workers_left(set(), wait=0)
+    early = EarlyCluster.start(config)
+    summary = run(config, resolved, early=early)
+    assert summary.n_ok == 8
+    tl = json.loads((summary.output / "provenance.json").read_text())["timeline"]
+    assert tl["cluster_started"] < tl["run_started"] < tl["first_partition"]
+    assert early.cluster.closed_at is not None and not early.cluster._thread.is_alive()
+    assert early.log not in logging.getLogger("scip_gpu").handlers
+    log_text = (summary.output / "run.log").read_text()
+    assert log_text.index("starting a local Dask cluster") < log_text.index("scip_gpu run started")
+    assert not _workers_left(before)
+
+
+def test_a_run_that_stops_before_taking_the_early_cluster_shuts_it_down(tmp_path):
+    """A dataset that does not exist: the run's own error, as without an early start, and no
+    worker process of the early cluster left."""
+    import logging
+
+    from scip_gpu.cluster import EarlyCluster
+    from scip_gpu.errors import ScipGpuError
+    from scip_gpu.pipeline import run
+
+    config, resolved = _config("+dataset=zarr", f"dataset.path={tmp_path / 'missing.zarr'}", "cluster=local",
+                               "cluster.n_workers=1", "device=cpu", f"output={tmp_path / 'run'}")
+    before = _workers_left(set(), wait=0)
+    early = EarlyCluster.start(config)
+    with pytest.raises(ScipGpuError, match="missing.zarr"):
+        run(config, resolved, early=early)
+    assert early.cluster.closed_at is not None
+    assert early.log not in logging.getLogger("scip_gpu").handlers
+    assert not (tmp_path / "run").exists()
+    assert not _workers_left(before)
+
+
+def test_a_run_whose_cluster_settings_differ_starts_its_own(tmp_path):
+    """An early cluster that is not the one the run needs (here: two workers where the run asks
+    for one) is shut down and the run's own cluster started."""
+    from scip_gpu.cluster import EarlyCluster, with_partitions_in_flight
+    from scip_gpu.pipeline import run
+
+    config, resolved = _config("+dataset=demo", "dataset.n_objects=8", "cluster=local", "cluster.n_workers=1",
+                               "device=cpu", f"output={tmp_path / 'run'}", "export.report=false")
+    from dataclasses import replace
+
+    early = EarlyCluster(with_partitions_in_flight(replace(config.cluster, n_workers=2)), "cpu")
+    summary = run(config, resolved, early=early)
+    assert summary.n_ok == 8
+    assert early.cluster.closed_at is not None
+    prov = json.loads((summary.output / "provenance.json").read_text())
+    assert "1 worker" in prov["cluster"] and early.cluster.closed_at <= time.time()
