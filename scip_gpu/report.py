@@ -397,6 +397,11 @@ def distributions_png(frame: pd.DataFrame, cols, group: str | None) -> bytes | N
     if not cols or frame.empty:
         return None
     groups = sorted(frame[group].dropna().astype(str).unique()) if group else ["all"]
+    if group is None:
+        members = [slice(None)]
+    else:  # (the rows of each group found once, not once per panel)
+        labels = frame[group].astype(str).to_numpy()
+        members = [np.flatnonzero(labels == g) for g in groups]
     k = len(cols)
     ncol = min(4, k)
     nrow = -(-k // ncol)
@@ -404,9 +409,9 @@ def distributions_png(frame: pd.DataFrame, cols, group: str | None) -> bytes | N
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
     for ax, c in zip(axes, cols):
         data = []
-        for g in groups:
-            sel = frame if group is None else frame[frame[group].astype(str) == g]
-            v = sel[c.name].to_numpy(dtype=float)
+        values = frame[c.name].to_numpy(dtype=float)
+        for rows in members:
+            v = values[rows]
             data.append(v[np.isfinite(v)])
         present = [i for i, d in enumerate(data) if len(d)]
         if present:

@@ -260,6 +260,33 @@ def test_nan_counts_by_hand():
                    "rows": {"li|intensity": 2, "li|shape": 2}}
 
 
+@pytest.mark.parametrize("group", ["meta_label", "meta_plate", None])
+def test_distributions_are_each_groups_finite_values(monkeypatch, group):
+    """Each panel's boxes hold a group's finite values of its column, groups in sorted order of
+    their text (a missing group value belongs to no group), by hand."""
+    from types import SimpleNamespace
+
+    from matplotlib.axes import Axes
+
+    from scip_gpu.report import distributions_png
+
+    frame = pd.DataFrame({"a": [1.0, 2.0, np.nan, 4.0, np.inf, 6.0, 7.0],
+                          "b": [10.0, -1.0, 3.0, np.nan, 5.0, 0.5, 2.0],
+                          "meta_label": ["x", "y", "x", None, "y", "x", "z"],
+                          "meta_plate": [2, 10, 2, 10, 2, 10, 10]})
+    boxes = []
+    monkeypatch.setattr(Axes, "boxplot", lambda self, data, positions, **kw: boxes.append(
+        ([list(d) for d in data], list(positions))))
+    png = distributions_png(frame, [SimpleNamespace(name="a"), SimpleNamespace(name="b")], group)
+    assert png.startswith(b"\x89PNG")
+    want = {"meta_label": [([[1.0, 6.0], [2.0], [7.0]], [1, 2, 3]),     # x, y, z (None: no group)
+                           ([[10.0, 3.0, 0.5], [-1.0, 5.0], [2.0]], [1, 2, 3])],
+            "meta_plate": [([[2.0, 4.0, 6.0, 7.0], [1.0]], [1, 2]),     # "10" < "2" as text
+                           ([[-1.0, 0.5, 2.0], [10.0, 3.0, 5.0]], [1, 2])],
+            None: [([[1.0, 2.0, 4.0, 6.0, 7.0]], [1]), ([[10.0, -1.0, 3.0, 5.0, 0.5, 2.0]], [1])]}[group]
+    assert boxes == want
+
+
 def _column(name, c):
     from types import SimpleNamespace
 
