@@ -645,9 +645,12 @@ class EarlyCluster:
     while the driver does its own start-up, instead of after it.
 
     Only where the cluster's settings do not depend on the data or on probing the machine: the
-    ``local`` and ``local_cuda`` clusters and a scheduler's ``address`` (not batch jobs, which
-    a mistyped dataset path would submit and cancel; not ``sync``, which has nothing to start),
-    on ``device=cpu`` or ``device=cuda`` (``auto`` with ``local_cuda``: cuda).
+    ``local`` and ``local_cuda`` clusters, whose worker processes take seconds to start (not
+    batch jobs, which a mistyped dataset path would submit and cancel; not a scheduler's
+    ``address``, quick to connect to, and slow to give up on when unreachable; not ``sync``,
+    which has nothing to start), on ``device=cpu`` or ``device=cuda`` (``auto`` with
+    ``local_cuda``: cuda), and not when the dataset's local path does not exist (the run's
+    error then comes at once, not after a cluster was started and shut down).
     ``pipeline.run`` still resolves the device and the cluster's settings as without it, in the
     same order (its checks and errors are unchanged), then takes this cluster when its settings
     are the same (``take``) or shuts it down (``discard``). Log records from the start on are
@@ -667,7 +670,10 @@ class EarlyCluster:
         kind = getattr(cfg.cluster.type, "value", cfg.cluster.type)
         setting = getattr(cfg.device, "value", cfg.device)
         device = {"cpu": "cpu", "cuda": "cuda"}.get(setting, "cuda" if kind == "local_cuda" else None)
-        if kind not in ("local", "local_cuda", "address") or device is None:
+        if kind not in ("local", "local_cuda") or device is None:
+            return None
+        path = getattr(cfg.dataset, "path", None)
+        if path and "://" not in str(path) and not os.path.exists(os.path.expanduser(str(path))):
             return None
         try:
             return cls(with_partitions_in_flight(cfg.cluster), device)

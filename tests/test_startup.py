@@ -325,6 +325,7 @@ def _config(*overrides):
 @pytest.mark.parametrize("cluster, device, started", [
     ("sync", "cpu", None), ("local", "cpu", "cpu"), ("local", "cuda", "cuda"), ("local", "auto", None),
     ("local_cuda", "auto", "cuda"), ("local_cuda", "cuda", "cuda"), ("slurm", "cpu", None), ("pbs", "cuda", None),
+    ("address", "cpu", None),
 ])
 def test_the_command_line_starts_its_cluster_early_where_its_settings_are_known(monkeypatch, cluster, device,
                                                                                 started):
@@ -336,7 +337,8 @@ def test_the_command_line_starts_its_cluster_early_where_its_settings_are_known(
 
     seen = []
     monkeypatch.setattr(cluster_mod, "ExecutorInBackground", lambda cfg, dev: seen.append((cfg, dev)) or "started")
-    config, _ = _config("+dataset=demo", f"cluster={cluster}", f"device={device}")
+    config, _ = _config("+dataset=demo", f"cluster={cluster}", f"device={device}",
+                        *(["cluster.address=tcp://127.0.0.1:1"] if cluster == "address" else []))
     early = cluster_mod.EarlyCluster.start(config)
     try:
         if started is None:
@@ -373,20 +375,39 @@ def test_a_run_takes_the_cluster_started_early(tmp_path, caplog):
     assert not _workers_left(before)
 
 
+def test_no_early_cluster_for_a_dataset_path_that_does_not_exist(tmp_path, monkeypatch):
+    """A mistyped path: no cluster is started (and shut down) before the run says so."""
+    from scip_gpu import cluster as cluster_mod
+
+    monkeypatch.setattr(cluster_mod, "ExecutorInBackground", lambda cfg, dev: "started")
+    (tmp_path / "here.zarr").mkdir()
+    for path, started in [(tmp_path / "missing.zarr", False), (tmp_path / "here.zarr", True),
+                          ("s3://bucket/cells.zarr", True)]:
+        config, _ = _config("+dataset=zarr", f"dataset.path={path}", "cluster=local", "device=cpu")
+        early = cluster_mod.EarlyCluster.start(config)
+        assert (early is not None) == started, path
+        if early is not None:
+            import logging
+
+            logging.getLogger("scip_gpu").removeHandler(early.log)
+
+
 def test_a_run_that_stops_before_taking_the_early_cluster_shuts_it_down(tmp_path):
-    """A dataset that does not exist: the run's own error, as without an early start, and no
-    worker process of the early cluster left."""
+    """A dataset that cannot be read (here: a folder that is no zarr store): the run's own
+    error, as without an early start, and no worker process of the early cluster left."""
     import logging
 
     from scip_gpu.cluster import EarlyCluster
     from scip_gpu.errors import ScipGpuError
     from scip_gpu.pipeline import run
 
-    config, resolved = _config("+dataset=zarr", f"dataset.path={tmp_path / 'missing.zarr'}", "cluster=local",
+    (tmp_path / "empty.zarr").mkdir()
+    config, resolved = _config("+dataset=zarr", f"dataset.path={tmp_path / 'empty.zarr'}", "cluster=local",
                                "cluster.n_workers=1", "device=cpu", f"output={tmp_path / 'run'}")
     before = _workers_left(set(), wait=0)
     early = EarlyCluster.start(config)
-    with pytest.raises(ScipGpuError, match="missing.zarr"):
+    assert early is not None
+    with pytest.raises(ScipGpuError, match="empty.zarr"):
         run(config, resolved, early=early)
     assert early.cluster.closed_at is not None
     assert early.log not in logging.getLogger("scip_gpu").handlers
