@@ -99,7 +99,7 @@ def shape_block(batch, mr, ctx):
     mask = cupy.ascontiguousarray(mr.mask).view(cupy.uint8)
     n, c, h, w = mask.shape
     combined = cupy.ascontiguousarray(mr.combined).view(cupy.uint8)
-    usable = cupy.ascontiguousarray(cupy.asarray(mr.usable).astype(cupy.uint8))
+    usable = cupy.ascontiguousarray(cupy.asarray(mr.usable, dtype=cupy.bool_)).view(cupy.uint8)  # (no cast kernel)
     extents = cupy.ascontiguousarray(batch.extents, dtype=cupy.int64)
     out = getattr(ctx, "out", None)  # the batch table's columns, when given
     if out is None or out.shape != (n, 59 * (c + 1)) or out.dtype != np.float64 or out.strides[1] != 8:

@@ -736,7 +736,7 @@ def cp_sizeshape_block(batch, mr, ctx):
     mask = cupy.ascontiguousarray(mr.mask).view(cupy.uint8)
     n, c, h, w = mask.shape
     combined = cupy.ascontiguousarray(mr.combined).view(cupy.uint8)
-    usable = cupy.ascontiguousarray(cupy.asarray(mr.usable).astype(cupy.uint8))
+    usable = cupy.ascontiguousarray(cupy.asarray(mr.usable, dtype=cupy.bool_)).view(cupy.uint8)  # (no cast kernel)
     extents = cupy.ascontiguousarray(batch.extents, dtype=cupy.int64)
     m, hp, wp = n * (c + 1), h + 2, w + 2
     nf = len(FEATURES)

@@ -30,6 +30,35 @@ import numpy as np
 #: pageable host memory to the device, which synchronises the stream first)
 SYNCS: collections.Counter = collections.Counter()
 
+#: what would launch a kernel that CuPy generates (and on a fresh machine compiles with NVRTC,
+#: once per kind, name and types), counted by (kind, name, argument types): ufuncs and their
+#: reductions, array functions, CuPy functions that compute, dtype conversions, fills, copies
+#: into views and fancy indexing. The kernels of scip_gpu's own module are not counted.
+LAUNCHES: collections.Counter = collections.Counter()
+
+#: CuPy functions that launch no generated kernel (allocations, host<->device copies, memsets,
+#: type queries)
+_NO_KERNEL = {"empty", "empty_like", "zeros", "zeros_like", "asarray", "array", "asanyarray", "asnumpy",
+              "get_array_module", "isscalar", "ndim", "shape", "size", "result_type", "can_cast", "dtype", "iinfo",
+              "finfo", "issubdtype", "from_dlpack", "ascontiguousarray"}
+
+
+def _types(args) -> str:
+    out = []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            out.append(str(a.dtype))
+        elif isinstance(a, (list, tuple)) and a and all(isinstance(v, np.ndarray) for v in a):
+            out.append("[" + ",".join(sorted({str(v.dtype) for v in a})) + "]")
+        elif isinstance(a, (bool, int, float, np.generic)):
+            out.append(type(a).__name__)
+    return ",".join(out)
+
+
+def _fancy(key) -> bool:
+    keys = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(k, (np.ndarray, list)) for k in keys)
+
 
 class PinnedBuffer(bytearray):
     """What ``cupy.cuda.alloc_pinned_memory`` returns here (marks host buffers as pinned)."""
@@ -78,12 +107,33 @@ class ndarray(np.ndarray):
         SYNCS["scalar"] += 1
         return self.view(np.ndarray).item(*args)
 
+    def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
+        if copy or np.dtype(dtype) != self.dtype:
+            LAUNCHES[("astype", f"{self.dtype}->{np.dtype(dtype)}", "")] += 1
+        return _wrap(self.view(np.ndarray).astype(dtype, order=order, copy=copy))
+
+    def fill(self, value):
+        LAUNCHES[("fill", str(self.dtype), type(value).__name__)] += 1
+        self.view(np.ndarray).fill(value)
+
+    def __setitem__(self, key, value):
+        kind = "fancy" if _fancy(key) else "view"
+        LAUNCHES[("setitem", kind, f"{_types([value]) or type(value).__name__}->{self.dtype}")] += 1
+        np.ndarray.__setitem__(self, _unwrap(key), _unwrap(value))
+
+    def __getitem__(self, key):
+        if _fancy(key):
+            LAUNCHES[("getitem", "fancy", str(self.dtype))] += 1
+        return np.ndarray.__getitem__(self, _unwrap(key))
+
     def __array_function__(self, func, types_, args, kwargs):
         _refuse_host(func.__name__, args)
+        LAUNCHES[("function", func.__name__, _types(args))] += 1
         return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         _refuse_host(ufunc.__name__, inputs)
+        LAUNCHES[("ufunc", f"{ufunc.__name__}.{method}", _types(inputs))] += 1
         if "out" in kwargs:
             kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, ndarray) else o for o in kwargs["out"])
         res = getattr(ufunc, method)(*_unwrap(inputs), **kwargs)
@@ -131,13 +181,16 @@ def _refuse_host(name: str, args) -> None:
                         "<class 'numpy.ndarray'>); copy it to the device first")
 
 
-def _wrapped(f, check_host: bool = False, first_only: bool = False):
+def _wrapped(f, check_host: bool = False, first_only: bool = False, launch: tuple | None = None):
     """``f`` on fake arrays; ``check_host``: refusing NumPy arrays among its positional
     arguments as CuPy does (``first_only``: only the first, the image of an ndimage/cuCIM
-    function, whose other arguments such as footprints may be host arrays)."""
+    function, whose other arguments such as footprints may be host arrays); ``launch``:
+    (module, name) counted in ``LAUNCHES`` at each call."""
     def call(*args, **kwargs):
         if check_host:
             _refuse_host(getattr(f, "__name__", "f"), args[:1] if first_only else args)
+        if launch is not None:
+            LAUNCHES[(launch[0], launch[1], _types(args))] += 1
         return _wrap(f(*_unwrap(args), **_unwrap(kwargs)))
 
     call.__name__ = getattr(f, "__name__", "f")
@@ -193,7 +246,9 @@ def _module(name: str, target, names=None, keywords=None, lib: str = "") -> type
         obj = getattr(target, attr)
         if callable(obj) and not isinstance(obj, type):
             check = names is not None and attr not in _FROM_HOST
-            fn = _checked(_wrapped(obj, check, first_only=name != "cupy"), f"{name}.{attr}", keywords, lib)
+            fn = _checked(_wrapped(obj, check, first_only=name != "cupy",
+                                   launch=(name, attr) if attr not in _NO_KERNEL else None),
+                          f"{name}.{attr}", keywords, lib)
             if isinstance(obj, np.ufunc) and attr in _UFUNC_AT:
                 def at(out, idx, values=None, _u=obj):  # in place on the device array, as CuPy's ufunc.at
                     _u.at(out.view(np.ndarray), _unwrap(idx), *(() if values is None else (_unwrap(values),)))

@@ -16,7 +16,12 @@ def regions_columns(mask, channels):
 
 
 def compute_regions(batch, mr, ctx):
-    """Connected components per channel mask, after border-region removal."""
+    """Connected components per channel mask, after border-region removal (written into the
+    batch table's columns, ``ctx.out``, where given: one converting copy)."""
+    out = getattr(ctx, "out", None)
+    if out is not None and out.shape == mr.regions.shape:
+        out[...] = mr.regions
+        return out
     return mr.regions.astype(batch.xp.float64)
 
 
@@ -43,10 +48,15 @@ def compute_empty(batch, mr, ctx):
     holds no pixel, so that every feature of that channel and mask is NaN; last column: the same
     for the combined mask (the ``combined`` views and shape)."""
     xp = batch.xp
-    n = mr.mask.shape[0]
-    per_channel = ~mr.mask.reshape(n, mr.mask.shape[1], -1).any(axis=2)
+    n, c = mr.mask.shape[:2]
+    per_channel = ~mr.mask.reshape(n, c, -1).any(axis=2)
     combined = ~mr.combined.reshape(n, -1).any(axis=1)
-    return xp.concatenate([per_channel, combined[:, None]], axis=1).astype(xp.float64)
+    out = getattr(ctx, "out", None)
+    if out is None or out.shape != (n, c + 1):
+        out = xp.empty((n, c + 1), dtype=xp.float64)
+    out[:, :c] = per_channel  # (converting copies straight into the table's columns: on a GPU,
+    out[:, c] = combined      # no concatenation and no cast kernels of their own)
+    return out
 
 
 register(Family("empty", empty_columns, compute_empty, True,
