@@ -662,7 +662,11 @@ class EarlyCluster:
         self.cluster_cfg, self.device = cluster_cfg, device
         self.log = logging.handlers.BufferingHandler(10_000)
         logging.getLogger("scip_gpu").addHandler(self.log)
-        self.cluster = ExecutorInBackground(cluster_cfg, device)
+        try:
+            self.cluster = ExecutorInBackground(cluster_cfg, device)
+        except BaseException:
+            logging.getLogger("scip_gpu").removeHandler(self.log)
+            raise
 
     @classmethod
     def start(cls, cfg) -> "EarlyCluster | None":
