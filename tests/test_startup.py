@@ -255,8 +255,6 @@ def test_waiting_for_a_worker_stops_when_the_run_no_longer_needs_the_cluster():
 def test_a_run_that_fails_its_set_up_closes_the_cluster_it_started(tmp_path):
     """The cluster starts in the background before the run folder is opened: when opening it
     fails (here: the folder exists), the error is the folder's, and no worker process is left."""
-    import psutil
-
     from scip_gpu.api import compose
     from scip_gpu.cli import to_config
     from scip_gpu.errors import OutputError
@@ -268,27 +266,11 @@ def test_a_run_that_fails_its_set_up_closes_the_cluster_it_started(tmp_path):
     cfg, _ = compose(None, ("+dataset=demo", "dataset.n_objects=8", "cluster=local", "cluster.n_workers=1",
                             f"output={taken}"))
     config, resolved = to_config(cfg)
-    def workers():  # (multiprocessing's resource tracker stays for the process's life)
-        out = set()
-        for p in psutil.Process().children(recursive=True):
-            try:
-                if p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(p.cmdline()):
-                    out.add(p.pid)
-            except psutil.Error:  # (ended meanwhile)
-                pass
-        return out
-
-    before = workers()
+    before = _workers_left(set(), wait=0)
     with pytest.raises(OutputError, match="already exists"):
         run(config, resolved)
     assert (taken / "results.csv").read_text() == "someone's\n" and len(list(taken.iterdir())) == 1
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        left = workers() - before
-        if not left:
-            break
-        time.sleep(0.2)
-    assert not left
+    assert not _workers_left(before)
 
 
 def _workers_left(before: set, wait: float = 10.0) -> set:
