@@ -97,8 +97,10 @@
 #   A session's 15 device-minutes (start-up ~0.5-2 min, 10 min per call at most). Measured on
 #   an H100 (run 8): wheels ~5 s, first 10 s, bench 58 s, pytest 95 s, cellprofiler 18 s,
 #   profile 37 s, legacy 43 s, fields_cp 93 s (warm machine): 357 s on the machine. In order of
-#   value now: run 65536 fields first first_pch bench (issue 10's fields-of-view check, timeout_s 400),
-#   then the issue11 set (~5-7.5 min).
+#   value now: BUDGET=430 run 65536 pytest fields first first_pch (timeout_s 460: issue 10's
+#   fields-of-view check after pytest's compilations, the first batch's kernels with and without
+#   NVRTC's precompiled headers), then run 65536 dense11 cpu_peer batch summary with the device
+#   time left (issue 11's dense target); ragged11 and bench in a later session.
 #   Also: cellprofiler fields fields_speed nvrtc profile profile_legacy scaling kvikio hostpath hoststeps startup,
 #   issue11 and its steps
 #   (name them: bash gpu_session.sh run 65536 issue11, or run 65536 profile ...).
