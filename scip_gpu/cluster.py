@@ -648,9 +648,10 @@ class EarlyCluster:
     ``local`` and ``local_cuda`` clusters, whose worker processes take seconds to start (not
     batch jobs, which a mistyped dataset path would submit and cancel; not a scheduler's
     ``address``, quick to connect to, and slow to give up on when unreachable; not ``sync``,
-    which has nothing to start), on ``device=cpu`` or ``device=cuda`` (``auto`` with
-    ``local_cuda``: cuda), and not when the dataset's local path does not exist (the run's
-    error then comes at once, not after a cluster was started and shut down).
+    which has nothing to start), on ``device=cpu`` or ``device=cuda`` (``auto``: cuda with
+    ``local_cuda``, cpu where CuPy is not installed), and not when the dataset's local path
+    does not exist (the run's error then comes at once, not after a cluster was started and
+    shut down).
     ``pipeline.run`` still resolves the device and the cluster's settings as without it, in the
     same order (its checks and errors are unchanged), then takes this cluster when its settings
     are the same (``take``) or shuts it down (``discard``). Log records from the start on are
@@ -671,9 +672,13 @@ class EarlyCluster:
     @classmethod
     def start(cls, cfg) -> "EarlyCluster | None":
         """The early cluster of a run's configuration ``cfg`` (``config.Config``), or None."""
+        import importlib.util
+
         kind = getattr(cfg.cluster.type, "value", cfg.cluster.type)
         setting = getattr(cfg.device, "value", cfg.device)
-        device = {"cpu": "cpu", "cuda": "cuda"}.get(setting, "cuda" if kind == "local_cuda" else None)
+        device = {"cpu": "cpu", "cuda": "cuda"}.get(setting)
+        if setting == "auto":  # (what select_device will say, where that needs no probe of a GPU)
+            device = "cuda" if kind == "local_cuda" else "cpu" if importlib.util.find_spec("cupy") is None else None
         if kind not in ("local", "local_cuda") or device is None:
             return None
         path = getattr(cfg.dataset, "path", None)

@@ -304,8 +304,23 @@ def _config(*overrides):
     return to_config(cfg)
 
 
+def test_auto_device_starts_no_cluster_early_where_cupy_could_find_a_gpu(monkeypatch):
+    """``device=auto`` with a local cluster needs the GPU probe of ``select_device`` where CuPy
+    is installed: no early start there."""
+    import importlib.util
+
+    from scip_gpu import cluster as cluster_mod
+
+    monkeypatch.setattr(cluster_mod, "ExecutorInBackground", lambda cfg, dev: "started")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",  # (as if CuPy were installed)
+                        lambda name, *a: object() if name == "cupy" else find_spec(name, *a))
+    config, _ = _config("+dataset=demo", "cluster=local", "device=auto")
+    assert cluster_mod.EarlyCluster.start(config) is None
+
+
 @pytest.mark.parametrize("cluster, device, started", [
-    ("sync", "cpu", None), ("local", "cpu", "cpu"), ("local", "cuda", "cuda"), ("local", "auto", None),
+    ("sync", "cpu", None), ("local", "cpu", "cpu"), ("local", "cuda", "cuda"), ("local", "auto", "cpu"),
     ("local_cuda", "auto", "cuda"), ("local_cuda", "cuda", "cuda"), ("slurm", "cpu", None), ("pbs", "cuda", None),
     ("address", "cpu", None),
 ])
@@ -317,8 +332,12 @@ def test_the_command_line_starts_its_cluster_early_where_its_settings_are_known(
 
     from scip_gpu import cluster as cluster_mod
 
+    import importlib.util
+
     seen = []
     monkeypatch.setattr(cluster_mod, "ExecutorInBackground", lambda cfg, dev: seen.append((cfg, dev)) or "started")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cupy" else find_spec(name, *a))
     config, _ = _config("+dataset=demo", f"cluster={cluster}", f"device={device}",
                         *(["cluster.address=tcp://127.0.0.1:1"] if cluster == "address" else []))
     early = cluster_mod.EarlyCluster.start(config)
