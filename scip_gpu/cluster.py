@@ -674,17 +674,18 @@ class EarlyCluster:
         """The early cluster of a run's configuration ``cfg`` (``config.Config``), or None."""
         import importlib.util
 
-        kind = getattr(cfg.cluster.type, "value", cfg.cluster.type)
-        setting = getattr(cfg.device, "value", cfg.device)
-        device = {"cpu": "cpu", "cuda": "cuda"}.get(setting)
-        if setting == "auto":  # (what select_device will say, where that needs no probe of a GPU)
-            device = "cuda" if kind == "local_cuda" else "cpu" if importlib.util.find_spec("cupy") is None else None
-        if kind not in ("local", "local_cuda") or device is None:
-            return None
-        path = getattr(cfg.dataset, "path", None)
-        if path and "://" not in str(path) and not os.path.exists(os.path.expanduser(str(path))):
-            return None
         try:
+            kind = getattr(cfg.cluster.type, "value", cfg.cluster.type)
+            setting = getattr(cfg.device, "value", cfg.device)
+            device = {"cpu": "cpu", "cuda": "cuda"}.get(setting)
+            if setting == "auto":  # (what select_device will say, where that needs no probe of a GPU)
+                device = ("cuda" if kind == "local_cuda" else
+                          "cpu" if importlib.util.find_spec("cupy") is None else None)
+            if kind not in ("local", "local_cuda") or device is None:
+                return None
+            path = getattr(cfg.dataset, "path", None)
+            if path and "://" not in str(path) and not os.path.exists(os.path.expanduser(str(path))):
+                return None
             return cls(with_partitions_in_flight(cfg.cluster), device)
         except Exception:  # noqa: BLE001 - the run starts its cluster itself (and says why it cannot)
             return None

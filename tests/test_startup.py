@@ -319,6 +319,31 @@ def test_auto_device_starts_no_cluster_early_where_cupy_could_find_a_gpu(monkeyp
     assert cluster_mod.EarlyCluster.start(config) is None
 
 
+def test_early_cluster_never_fails_the_command_line(monkeypatch):
+    """Whatever goes wrong while deciding or starting it (here: a ``cupy`` module without a
+    spec, as a stand-in's, on which ``find_spec`` raises; a cluster that cannot be created), the
+    run goes on without an early cluster."""
+    import sys
+    import types
+
+    from scip_gpu import cluster as cluster_mod
+
+    monkeypatch.setitem(sys.modules, "cupy", types.ModuleType("cupy"))
+    config, _ = _config("+dataset=demo", "cluster=local", "device=auto")
+    assert cluster_mod.EarlyCluster.start(config) is None
+
+    def refuse(cfg, dev):
+        raise RuntimeError("no threads left")
+
+    monkeypatch.setattr(cluster_mod, "ExecutorInBackground", refuse)
+    import logging
+
+    handlers = list(logging.getLogger("scip_gpu").handlers)
+    config, _ = _config("+dataset=demo", "cluster=local", "device=cpu")
+    assert cluster_mod.EarlyCluster.start(config) is None
+    assert logging.getLogger("scip_gpu").handlers == handlers  # (its log buffer removed again)
+
+
 @pytest.mark.parametrize("cluster, device, started", [
     ("sync", "cpu", None), ("local", "cpu", "cpu"), ("local", "cuda", "cuda"), ("local", "auto", "cpu"),
     ("local_cuda", "auto", "cuda"), ("local_cuda", "cuda", "cuda"), ("slurm", "cpu", None), ("pbs", "cuda", None),
