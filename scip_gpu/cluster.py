@@ -649,9 +649,10 @@ class EarlyCluster:
     batch jobs, which a mistyped dataset path would submit and cancel; not a scheduler's
     ``address``, quick to connect to, and slow to give up on when unreachable; not ``sync``,
     which has nothing to start), on ``device=cpu`` or ``device=cuda`` (``auto``: cuda with
-    ``local_cuda``, cpu where CuPy is not installed), and not when the dataset's local path
-    does not exist (the run's error then comes at once, not after a cluster was started and
-    shut down).
+    ``local_cuda``, cpu where CuPy is not installed), and not when the run would stop before
+    using a cluster for a reason known without the data (the configuration's values, the
+    dashboard, no GPU seen for ``cuda``, a dataset path that does not exist): the run's error
+    then comes at once, alone, not after a cluster was started and shut down.
     ``pipeline.run`` still resolves the device and the cluster's settings as without it, in the
     same order (its checks and errors are unchanged), then takes this cluster when its settings
     are the same (``take``) or shuts it down (``discard``). Log records from the start on are
@@ -682,6 +683,14 @@ class EarlyCluster:
                 device = ("cuda" if kind == "local_cuda" else
                           "cpu" if importlib.util.find_spec("cupy") is None else None)
             if kind not in ("local", "local_cuda") or device is None:
+                return None
+            # what the run would refuse before using a cluster it says at once, without one:
+            # the configuration's own values, the dashboard, a GPU asked for where none is seen
+            from .config import validate
+
+            validate(cfg)
+            check_dashboard(cfg.cluster)
+            if device == "cuda" and gpu_count() == 0:
                 return None
             path = getattr(cfg.dataset, "path", None)
             if path and "://" not in str(path) and not os.path.exists(os.path.expanduser(str(path))):

@@ -319,6 +319,27 @@ def test_auto_device_starts_no_cluster_early_where_cupy_could_find_a_gpu(monkeyp
     assert cluster_mod.EarlyCluster.start(config) is None
 
 
+def test_no_early_cluster_where_the_run_stops_before_using_one(monkeypatch, capsys):
+    """A value the configuration refuses, or device=cuda where no GPU is seen: the run's error
+    at once and alone, no cluster started first."""
+    from scip_gpu import cluster as cluster_mod
+
+    monkeypatch.setattr(cluster_mod, "ExecutorInBackground", lambda cfg, dev: "started")
+    monkeypatch.setattr(cluster_mod, "gpu_count", lambda: 0)
+    for overrides in (("+dataset=demo", "cluster=local", "device=cpu", "dataset.n_channels=0"),
+                      ("+dataset=demo", "cluster=local", "device=cuda"),
+                      ("+dataset=demo", "cluster=local_cuda", "device=auto")):
+        config, _ = _config(*overrides)
+        assert cluster_mod.EarlyCluster.start(config) is None, overrides
+    monkeypatch.setattr(cluster_mod, "gpu_count", lambda: 1)
+    config, _ = _config("+dataset=demo", "cluster=local_cuda", "device=cuda")
+    early = cluster_mod.EarlyCluster.start(config)
+    assert early is not None and early.cluster == "started"
+    import logging
+
+    logging.getLogger("scip_gpu").removeHandler(early.log)
+
+
 def test_early_cluster_never_fails_the_command_line(monkeypatch):
     """Whatever goes wrong while deciding or starting it (here: a ``cupy`` module without a
     spec, as a stand-in's, on which ``find_spec`` raises; a cluster that cannot be created), the
@@ -363,6 +384,7 @@ def test_the_command_line_starts_its_cluster_early_where_its_settings_are_known(
     monkeypatch.setattr(cluster_mod, "ExecutorInBackground", lambda cfg, dev: seen.append((cfg, dev)) or "started")
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cupy" else find_spec(name, *a))
+    monkeypatch.setattr(cluster_mod, "gpu_count", lambda: 1)  # (one GPU seen: cuda clusters start early)
     config, _ = _config("+dataset=demo", f"cluster={cluster}", f"device={device}",
                         *(["cluster.address=tcp://127.0.0.1:1"] if cluster == "address" else []))
     early = cluster_mod.EarlyCluster.start(config)
@@ -393,7 +415,10 @@ def test_a_run_takes_the_cluster_started_early(tmp_path, caplog):
     summary = run(config, resolved, early=early)
     assert summary.n_ok == 8
     tl = json.loads((summary.output / "provenance.json").read_text())["timeline"]
-    assert tl["cluster_started"] < tl["run_started"] < tl["first_partition"]
+    assert tl["cluster_started"] <= tl["run_started"] < tl["first_partition"]  # (ms: may be the same here)
+    from scip_gpu.pipeline import process_started
+
+    assert abs(tl["cluster_ready"] - (early.cluster.ready_at - process_started())) < 0.002  # (this cluster)
     assert early.cluster.closed_at is not None and not early.cluster._thread.is_alive()
     assert early.log not in logging.getLogger("scip_gpu").handlers
     log_text = (summary.output / "run.log").read_text()  # (the cluster's own lines, whenever they came)
