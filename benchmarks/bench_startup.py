@@ -19,6 +19,7 @@ exit) into its phases, read from run.log's time stamps (which every version writ
 
     python benchmarks/bench_startup.py --runs 5 --cluster local sync
     python benchmarks/bench_startup.py --repo . /tmp/before   # against a worktree of an earlier commit
+    python benchmarks/bench_startup.py --runs 3 --cluster local_cuda --device cuda   # a GPU host
 """
 from __future__ import annotations
 
@@ -76,12 +77,12 @@ def phases(log: Path, spawned: float, ended: float) -> dict[str, float]:
     return out
 
 
-def run_once(store: Path, cluster: str, extra: list[str], repo: Path = HERE.parent) -> dict:
+def run_once(store: Path, cluster: str, extra: list[str], repo: Path = HERE.parent, device: str = "cpu") -> dict:
     out_root = WORK / "runs"
     if out_root.exists():
         shutil.rmtree(out_root)
     cmd = [sys.executable, "-m", "scip_gpu", "+dataset=zarr", f"dataset.path={store}", f"output_root={out_root}",
-           "device=cpu", f"cluster={cluster}", *(["cluster.n_workers=1"] if cluster == "local" else []), *extra]
+           f"device={device}", f"cluster={cluster}", *(["cluster.n_workers=1"] if cluster == "local" else []), *extra]
     spawned = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)  # (-m: the repo's scip_gpu first)
     ended = time.time()
@@ -111,7 +112,9 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="runs per cluster (the median is reported)")
     ap.add_argument("--objects", type=int, default=8)
     ap.add_argument("--channels", type=int, default=12)
-    ap.add_argument("--cluster", nargs="+", default=["local", "sync"], choices=["local", "sync"])
+    ap.add_argument("--cluster", nargs="+", default=["local", "sync"], choices=["local", "sync", "local_cuda"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: a GPU host's fixed costs (with --cluster local_cuda: one dask-cuda worker per GPU)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="")
     ap.add_argument("--repo", type=Path, nargs="+", default=[HERE.parent],
@@ -123,17 +126,18 @@ def main(argv=None) -> int:
     from bench_scaling import dense_store
 
     store = dense_store(args.objects, args.channels, WORK)
-    for repo in args.repo:  # (untimed: numba's and Python's caches warm, as on a user's second run)
-        run_once(store, "sync", args.extra, repo)
+    for repo in args.repo:  # (untimed: numba's, CuPy's and Python's caches warm, as on a user's second run)
+        run_once(store, "sync", args.extra, repo, args.device)
     points = []
     for cluster in args.cluster:
         runs: dict[Path, list] = {repo: [] for repo in args.repo}
         for _ in range(args.runs):
             for repo in args.repo:  # interleaved: the machine's drift falls on each alike
-                runs[repo].append(run_once(store, cluster, args.extra, repo))
+                runs[repo].append(run_once(store, cluster, args.extra, repo, args.device))
         for repo, done in runs.items():
             names = list(done[0]["phases_s"])
-            point = {"cluster": cluster, "repo": str(repo), "git": _git(repo), "objects": args.objects,
+            point = {"cluster": cluster, "device": args.device, "repo": str(repo), "git": _git(repo),
+                     "objects": args.objects,
                      "channels": args.channels, "runs": done,
                      "median_wall_s": round(statistics.median(r["wall_s"] for r in done), 3),
                      "median_phases_s": {k: round(statistics.median(r["phases_s"].get(k, 0.0) for r in done), 3)

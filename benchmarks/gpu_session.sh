@@ -61,8 +61,10 @@
 #           (validation, the column-by-column copy, Arrow columns, first writes) against the form
 #           it replaced (host-steps-<host>.json; timeout 60 s); not in the default steps.
 #   startup: bench_startup.py on this host's cores (device=cpu, 8 objects, 3 runs each of
-#           cluster=local and sync): a run's fixed seconds by phase (startup-<host>.json;
-#           timeout 150 s); not in the default steps (dense11's points carry the GPU run's timeline).
+#           cluster=local and sync), then device=cuda cluster=local_cuda (3 runs): a run's fixed
+#           seconds by phase, the CPU's and the GPU's (startup-<host>.json, startup-<host>-cuda.json;
+#           timeouts 150 + 120 s); not in the default steps (dense11's points carry the GPU run's
+#           timeline).
 #   Issue 11's targets (bench_scaling.py: each point one `python -m scip_gpu` timed start to exit;
 #   stores written once under benchmarks/.work/scaling-stores, never in $OUT):
 #   dense11: the command line, device=cuda cluster=local_cuda, on the uncompressed dense zarr of
@@ -215,7 +217,9 @@ case "${1:-}" in
                     else echo "cmdprofile: no py-spy in /tmp/site/bin (bash benchmarks/gpu_session.sh wheels)"; fi ;;
         hostpath) step 180 python3 benchmarks/bench_host_path.py -n 16384 --in-flight 2 4 8 12 --out "$OUTDIR" ;;
         hoststeps) step 60 python3 benchmarks/bench_host_steps.py --out "$OUTDIR" ;;
-        startup) step 150 python3 benchmarks/bench_startup.py --runs 3 --cluster local sync --out "$OUTDIR" ;;
+        startup) step 150 python3 benchmarks/bench_startup.py --runs 3 --cluster local sync --out "$OUTDIR"
+                 step 120 python3 benchmarks/bench_startup.py --runs 3 --cluster local_cuda --device cuda --tag cuda \
+                   --out "$OUTDIR" ;;
         *) echo "unknown step $s" ;;
       esac
     done
