@@ -38,9 +38,9 @@ LAUNCHES: collections.Counter = collections.Counter()
 
 #: CuPy functions that launch no generated kernel (allocations, host<->device copies, memsets,
 #: type queries)
-_NO_KERNEL = {"empty", "empty_like", "zeros", "zeros_like", "asarray", "array", "asanyarray", "asnumpy",
+_NO_KERNEL = {"empty", "empty_like", "zeros", "zeros_like", "array", "asanyarray", "asnumpy",
               "get_array_module", "isscalar", "ndim", "shape", "size", "result_type", "can_cast", "dtype", "iinfo",
-              "finfo", "issubdtype", "from_dlpack", "ascontiguousarray"}
+              "finfo", "issubdtype", "from_dlpack"}  # (asarray, ascontiguousarray: the stand-ins below)
 
 
 def _types(args) -> str:
@@ -358,6 +358,8 @@ def install(monkeypatch) -> types.ModuleType:
     def ascontiguousarray(a, dtype=None):  # CuPy's takes a cupy.ndarray only
         if not isinstance(a, ndarray):
             raise TypeError(f"fake CuPy: ascontiguousarray() takes a CuPy array, got {type(a).__name__}")
+        if not a.flags.c_contiguous or (dtype is not None and np.dtype(dtype) != a.dtype):  # (a copy kernel)
+            LAUNCHES[("cupy", "ascontiguousarray", f"{a.dtype}->{np.dtype(dtype or a.dtype)}")] += 1
         return np.ascontiguousarray(_unwrap(a), dtype=dtype).view(ndarray)
 
     cupy.ascontiguousarray = ascontiguousarray
