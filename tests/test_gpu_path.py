@@ -320,6 +320,55 @@ def test_watershed_nuclei_on_the_gpu_path_equals_cpu(cupy, monkeypatch):
     assert estimate_nucleus_radius(cupy.asarray(img)) == p_cpu["radius"]
 
 
+def _run_both(overrides, tmp_path) -> dict:
+    """The command line's run on the (stand-in) device and on the CPU: {device: feature table,
+    rows in a fixed order}."""
+    from scip_gpu.cli import to_config
+    from scip_gpu.pipeline import run
+
+    out = {}
+    for device in ("cuda", "cpu"):
+        cfg, yaml = to_config(_compose([*overrides, "cluster=sync", f"device={device}",
+                                        f"output={tmp_path / device}", "progress=false"]))
+        summary = run(cfg, yaml)
+        assert summary.n_errors == 0 and summary.n_fields_failed == 0
+        df = pd.read_parquet(tmp_path / device / "features.parquet")
+        keys = [c for c in ("meta_field", "meta_label", "meta_object_number") if c in df.columns]
+        out[device] = df.sort_values(keys).reset_index(drop=True)
+    return out
+
+
+@pytest.mark.parametrize("preset", ["scip", pytest.param("cellprofiler", marks=pytest.mark.slow)])
+def test_real_ifc_cells_on_the_gpu_path_equal_cpu(cupy, monkeypatch, tmp_path, shared_data, preset):
+    """Ten real imaging-flow-cytometry cells (SCIP's ragged zarr: 7 uint16 channels, each cell
+    its own size) through the command line with device=cuda (the kernels emulated): the CPU
+    path's rows and values, every channel, every family of the preset."""
+    _reference_kernels(monkeypatch, cupy)
+    overrides = ["+dataset=scip_zarr", f"dataset.path={shared_data / 'scip-ifc-10cells.zarr'}", f"features={preset}"]
+    out = _run_both([*overrides, *(["masks=scip"] if preset == "scip" else [])], tmp_path)
+    assert len(out["cpu"]) == 10 and out["cpu"].shape[1] > 3000
+    assert (out["cuda"]["meta_status"] == "ok").all()
+    pd.testing.assert_frame_equal(out["cuda"], out["cpu"], rtol=1e-9, atol=1e-12)
+
+
+def test_real_nuclei_field_on_the_gpu_path_equals_cpu(cupy, monkeypatch, tmp_path, shared_data):
+    """A real 512x512 nuclei field (DSB2018; the same image as each of the three channels of a
+    BBBC021-named field) segmented by the watershed and profiled with device=cuda (the flood and
+    the kernels emulated): the CPU path's objects (about the 125 nuclei of its ground truth) and
+    values."""
+    import tifffile
+
+    _reference_kernels(monkeypatch, cupy)
+    root = tmp_path / "plate"
+    root.mkdir()
+    img = tifffile.imread(shared_data / "nuclei-dsb2018" / "img2d.tif")
+    for channel in (1, 2, 4):
+        tifffile.imwrite(root / f"B02_s1_w{channel}.tif", img)
+    out = _run_both(["+dataset=fields_tiff", f"dataset.path={root}", "segmentation=watershed"], tmp_path)
+    assert 100 <= len(out["cpu"]) <= 150
+    pd.testing.assert_frame_equal(out["cuda"], out["cpu"], rtol=1e-9, atol=1e-12)
+
+
 def test_fake_cupy_has_only_what_cupy_has(monkeypatch):
     """The stand-in refuses NumPy names, keywords and array methods that CuPy 14 lacks (the API
     list tests/data/cupy_api.json comes from the real CuPy), so the device path cannot use them
