@@ -63,7 +63,8 @@ def dask_setup(worker) -> None:  # noqa: ARG001 - Dask preload hook, run in ever
     them too. They ignore it; the driver stops them when it stops (no traceback per worker).
 
     They also import what a partition task runs (``scip_gpu.pipeline``; on a GPU worker CuPy,
-    the CUDA context and the kernels' module) as they start, which the cluster does while the
+    the CUDA context and the kernels' module; on a CPU worker numba's first-use set-up,
+    ``cpu_kernels.warm_in_background``) as they start, which the cluster does while the
     driver prepares the run, rather than in the first task. What fails here is left for the
     task to report."""
     import signal
@@ -72,9 +73,11 @@ def dask_setup(worker) -> None:  # noqa: ARG001 - Dask preload hook, run in ever
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        from . import pipeline  # noqa: F401
+        from . import cpu_kernels, pipeline  # noqa: F401
 
-        if os.environ.get(WORKER_DEVICE_ENV) == "cuda":
+        if os.environ.get(WORKER_DEVICE_ENV) != "cuda":  # (a GPU worker may never call numba: kvikio reads)
+            cpu_kernels.warm_in_background()  # numba's first-use set-up, while the driver prepares
+        else:
             import cupy
 
             from . import gpu_kernels

@@ -188,6 +188,30 @@ def image_stats(stack) -> np.ndarray:
     return out
 
 
+def warm_in_background():
+    """Start numba's first-use initialisation in a daemon thread, or None without numba: the
+    first kernel a process calls makes numba import its implementation modules and set up its
+    compiler's context (about 1.5 s on this project's 2-core VM, whether the kernel then comes
+    from the on-disk cache or not). A worker process calls this as it starts (``cluster.
+    dask_setup``), so that its first partition does not pay it; a task that calls a kernel
+    meanwhile waits for the same initialisation (numba's compiler lock), not for a second one.
+    Loads ``image_stats`` of uint16 planes (what a partition's validation calls first)."""
+    import threading
+
+    if not available():
+        return None
+
+    def warm():
+        try:
+            image_stats(np.zeros((1, 1, 2, 2), dtype=np.uint16))
+        except Exception:  # noqa: BLE001 - the first task that needs the kernels reports it
+            pass
+
+    thread = threading.Thread(target=warm, name="scip_gpu-numba-warm", daemon=True)
+    thread.start()
+    return thread
+
+
 # ---------------------------------------------------------------------------------------------
 # masks
 

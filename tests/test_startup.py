@@ -118,16 +118,24 @@ def _square(task):
 
 def test_workers_import_the_pipeline_as_they_start():
     """``dask_setup`` (the preload of the workers scip_gpu starts) imports the partition task's
-    module; the device reaches the workers through the nannies' environment."""
+    module and, on a CPU worker, sets numba up in the background (the validation's kernel loaded
+    from numba's cache, as the first partition would); the device reaches the workers through
+    the nannies' environment."""
+    pytest.importorskip("numba")
     proc = _python("""
-        import sys
+        import sys, threading
         from scip_gpu.cluster import dask_setup
-        assert "scip_gpu.pipeline" not in sys.modules
+        assert "scip_gpu.pipeline" not in sys.modules and "numba" not in sys.modules
         dask_setup(None)
-        print("scip_gpu.pipeline" in sys.modules, "cupy" in sys.modules)
+        warm = [t for t in threading.enumerate() if t.name == "scip_gpu-numba-warm"]
+        for t in warm:
+            t.join(120)
+        from scip_gpu import _numba_kernels
+        print("scip_gpu.pipeline" in sys.modules, "cupy" in sys.modules, len(warm),
+              len(_numba_kernels.image_stats.signatures))
     """)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["True", "False"]
+    assert proc.stdout.split() == ["True", "False", "1", "1"]
     from scip_gpu.cluster import WORKER_DEVICE_ENV, _dask_settings
     from scip_gpu.config import ClusterConfig, ClusterType
 
