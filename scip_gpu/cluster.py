@@ -17,6 +17,7 @@ broken) is submitted again up to ``cluster.retries`` times, then comes back as
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -641,6 +642,16 @@ class ExecutorInBackground:
         self._closed.result()
 
 
+def buffer_log():
+    """A handler on the ``scip_gpu`` logger that keeps its records (up to 10,000) until the
+    run's log file exists (then they are written there); the caller removes it."""
+    import logging.handlers
+
+    handler = logging.handlers.BufferingHandler(10_000)
+    logging.getLogger("scip_gpu").addHandler(handler)
+    return handler
+
+
 class EarlyCluster:
     """A command-line run's cluster, started as soon as its configuration is known: before the
     pipeline is imported and the objects are listed (``cli.task``), so that its worker processes
@@ -662,11 +673,8 @@ class EarlyCluster:
     kept for run.log (``log``)."""
 
     def __init__(self, cluster_cfg, device: str):
-        import logging.handlers
-
         self.cluster_cfg, self.device = cluster_cfg, device
-        self.log = logging.handlers.BufferingHandler(10_000)
-        logging.getLogger("scip_gpu").addHandler(self.log)
+        self.log = buffer_log()
         try:
             self.cluster = ExecutorInBackground(cluster_cfg, device)
         except BaseException:
@@ -752,9 +760,12 @@ def visible_gpus(cluster_cfg) -> list[str]:
     return [str(i) for i in range(gpu_count())]
 
 
+@functools.lru_cache(maxsize=1)
 def gpu_count() -> int:
-    """GPUs the CUDA driver sees (0 without CUDA). Asks the driver through NVML (dask-cuda's
-    dependency) or CuPy, whichever is installed; never initialises CUDA in this process."""
+    """GPUs the CUDA driver sees (0 without CUDA or without NVML). Asks the driver through
+    NVML (pynvml: dask-cuda's dependency); never initialises CUDA in this process. Asked once
+    per process (a ``local_cuda`` run's start asked up to three times, each an NVML
+    initialisation and shutdown)."""
     try:
         import pynvml
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import logging.handlers
 import os
 import socket
 import sys
@@ -27,7 +26,7 @@ from . import export
 from .backend import array_module, device_module, is_gpu, select_device
 from .batch import (_host_buffer, adjacent_run_end, assemble, block_view, group_by_shape, profile_dtype, stage,
                     wait_for_copies)
-from .cluster import EarlyCluster, ExecutorInBackground, check_dashboard, with_partitions_in_flight
+from .cluster import EarlyCluster, ExecutorInBackground, buffer_log, check_dashboard, with_partitions_in_flight
 from .config import Config, expand_user_paths, validate
 from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError, StorageUnavailable,
                      describe_exception, disk_full, raise_if_transient, transient_io)
@@ -1328,8 +1327,7 @@ def _run(cfg: Config, resolved_yaml: str | None = None, source=None, started_ear
         early = started_early.log  # (installed when that cluster started)
         cluster = started_early.take(cluster_cfg, device)
     else:
-        early = logging.handlers.BufferingHandler(10_000)
-        logging.getLogger("scip_gpu").addHandler(early)
+        early = buffer_log()
         cluster = None
     if cluster is None:  # the cluster starts now, in the background, while the folder is prepared
         cluster = ExecutorInBackground(cluster_cfg, device)
