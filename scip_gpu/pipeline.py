@@ -342,13 +342,21 @@ def load_partition_device(source, rows: pd.DataFrame, n_ch: int, min_side: int, 
     """``load_partition`` for a source that reads into device memory (``source.load_device``:
     dense zarr with kvikio): the images stay on the device and are validated there
     (``image_stats``: one small copy back per image shape); objects the source read through
-    the host (its fallback) are validated on the host and copied to the device."""
+    the host (its fallback) are validated on the host and copied to the device.
+
+    Every copy and kernel here runs on the reading thread's stream; the batches run on the
+    device stage's own non-blocking stream (``compute_stream``), which does not wait for it.
+    The validation's copies back wait for the work before them; where objects were copied
+    from the host, the stream is synchronised once at the end (CuPy's ``asarray`` of a host
+    array only queues its copy), so that everything returned is on the device before a batch
+    reads it."""
     try:
         loaded = source.load_device(rows, xp)
     except Exception:  # noqa: BLE001 - a loader bug must not lose the objects: the host path
         return load_partition(source, rows, n_ch, min_side)
     out: list = [None] * len(loaded)
     on_device: dict[tuple, list[int]] = {}
+    copied = False  # (objects copied from the host: queued on this thread's stream)
     for pos, item in enumerate(loaded):
         name = lambda pos=pos: source.describe(rows.iloc[pos])  # noqa: E731 (only for a message)
         if isinstance(item, Exception):
@@ -356,6 +364,7 @@ def load_partition_device(source, rows: pd.DataFrame, n_ch: int, min_side: int, 
         elif not is_gpu(array_module(item)):  # read through the host
             try:
                 out[pos] = xp.asarray(check_image(item, n_ch, min_side, name))
+                copied = True
             except Exception as exc:  # noqa: BLE001 - this object's error only
                 out[pos] = (exc, getattr(exc, "stage", "validate"))
         else:
@@ -381,6 +390,8 @@ def load_partition_device(source, rows: pd.DataFrame, n_ch: int, min_side: int, 
                 out[pos] = img
             except Exception as exc:  # noqa: BLE001 - this object's error only
                 out[pos] = (exc, getattr(exc, "stage", "validate"))
+    if copied:
+        xp.cuda.get_current_stream().synchronize()  # (the host objects' copies: see above)
     return out
 
 

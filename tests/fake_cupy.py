@@ -319,6 +319,7 @@ class _Stream:
         self.non_blocking = non_blocking
         self.null = null
         self.waited = []
+        self.synchronized = 0  # (how often the host waited for it)
 
     def __enter__(self):
         if not hasattr(_CURRENT, "stack"):
@@ -334,7 +335,7 @@ class _Stream:
         self.waited.append(event)
 
     def synchronize(self):
-        pass
+        self.synchronized += 1
 
 
 _NULL_STREAM = _Stream(null=True)

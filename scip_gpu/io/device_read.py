@@ -12,6 +12,7 @@ codecs), the fallback. kvikio and CuPy are imported only when a read is made.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import json
@@ -144,13 +145,16 @@ def configure_kvikio(kvikio) -> int | None:
         if os.environ.get("KVIKIO_NTHREADS"):
             return None
         n = max(1, min(KVIKIO_THREADS, os.cpu_count() or 1))
-        defaults = getattr(kvikio, "defaults", None)
+        defaults = _defaults_module(kvikio)
         try:
             if hasattr(defaults, "set"):  # kvikio >= 25.04
                 defaults.set("num_threads", n)
             elif hasattr(defaults, "num_threads_reset"):
                 defaults.num_threads_reset(n)
             else:
+                logging.getLogger(__name__).warning(
+                    "io: kvikio's thread pool left at its default (kvikio %s has no defaults.set or "
+                    "defaults.num_threads_reset); KVIKIO_NTHREADS sets it", getattr(kvikio, "__version__", "?"))
                 return None
         except Exception as exc:  # noqa: BLE001 - a kvikio without the setting: its default
             logging.getLogger(__name__).warning("io: kvikio's thread pool left at its default (%s: %s)",
@@ -160,14 +164,41 @@ def configure_kvikio(kvikio) -> int | None:
         return n
 
 
+def _defaults_module(kvikio):
+    """kvikio's ``defaults`` (its settings): the submodule ``kvikio.defaults``, which ``import
+    kvikio`` does not import (kvikio 25.10 to 26.10: the package's ``__init__`` imports the
+    compiled ``kvikio._lib.defaults`` only), so it is imported here; else the object's
+    ``defaults`` attribute (the stand-ins of the tests, or a kvikio that has it)."""
+    import importlib
+    import types
+
+    name = getattr(kvikio, "__name__", None)
+    if isinstance(kvikio, types.ModuleType) and name:
+        try:
+            return importlib.import_module(f"{name}.defaults")
+        except ImportError:
+            pass
+    return getattr(kvikio, "defaults", None)
+
+
+#: chunk files open at once in ``read_rows`` (each a kvikio read in flight: its thread pool has
+#: ``KVIKIO_THREADS``): a partition of one-object chunks would otherwise open thousands of
+#: files, times the partitions in flight, beyond a common limit of 1024 descriptors per process
+OPEN_FILES = 64
+
+
 def read_rows(layout: DenseLayout, lo: int, hi: int, *, xp=None, kvikio=None):
     """Objects ``lo:hi`` (along the first axis) of the array as one device array, read chunk by
     chunk with kvikio into device buffers (missing chunks: the fill value). Chunks must span the
     other axes whole (as ``(k, C, H, W)`` chunks do).
 
-    Every chunk's read is started before any is waited for (``CuFile.pread``), so kvikio's
-    thread pool reads them in parallel; a chunk that lies whole inside ``lo:hi`` is read
-    straight into its rows of the result, the others (the edges) into a chunk-sized buffer.
+    Up to ``OPEN_FILES`` chunks' reads are in flight at once (``CuFile.pread``: kvikio's thread
+    pool reads them in parallel; the oldest is waited for and its file closed before the next
+    opens); a chunk that lies whole inside ``lo:hi`` is read straight into its rows of the
+    result, the others (the edges) into a chunk-sized buffer, copied into the result once read.
+    On a GPU the reader's stream is synchronised after those copies, before their buffers go
+    back to CuPy's pool: a GPUDirect Storage read writes device memory outside any stream, and
+    another read could otherwise be given a buffer whose copy has not run yet.
 
     ``xp``/``kvikio``: the array module and kvikio (default: CuPy and kvikio, imported here).
     """
@@ -181,33 +212,59 @@ def read_rows(layout: DenseLayout, lo: int, hi: int, *, xp=None, kvikio=None):
     step = layout.chunks[0]
     dtype = np.dtype(layout.dtype)
     out = xp.empty((hi - lo, *layout.shape[1:]), dtype=dtype)
-    pending = []  # (future, bytes expected, path, edge: (buffer, rows of the chunk, rows of out) or None)
-    with contextlib.ExitStack() as files:
+    # reads in flight, oldest first: (future, its open file, bytes expected, path,
+    # edge: (buffer, rows of the chunk, rows of out) or None)
+    pending: collections.deque = collections.deque()
+    first_error: list = []  # (the first read's error, raised once every read has ended)
+    edges = False
+
+    def retire() -> None:  # the oldest read: waited for, its file closed, an edge copied
+        nonlocal edges
+        fut, file, nbytes, path, edge = pending.popleft()
         try:
-            for k in range(lo // step, -(-hi // step)):
-                first, last = k * step, (k + 1) * step  # the chunk's rows (zarr stores whole edge chunks)
-                a, b = max(lo, first), min(hi, last)
-                path = layout.chunk_path((k,) + (0,) * (len(layout.shape) - 1))
-                if not path.is_file():
-                    out[a - lo:b - lo] = layout.fill_value
-                    continue
-                f = files.enter_context(kvikio.CuFile(str(path), "r"))
+            n, exc = _wait(fut)
+        finally:
+            file.close()
+        if exc is None and n != nbytes:
+            exc = OSError(f"{path}: read {n} of {nbytes} bytes (a truncated chunk)")
+        if exc is not None:
+            first_error.append(exc)
+        elif edge is not None and not first_error:
+            buf, rows, at = edge
+            out[at] = buf[rows]
+            edges = True
+
+    try:
+        for k in range(lo // step, -(-hi // step)):
+            if first_error:
+                break
+            first, last = k * step, (k + 1) * step  # the chunk's rows (zarr stores whole edge chunks)
+            a, b = max(lo, first), min(hi, last)
+            path = layout.chunk_path((k,) + (0,) * (len(layout.shape) - 1))
+            if not path.is_file():
+                out[a - lo:b - lo] = layout.fill_value
+                continue
+            while len(pending) >= OPEN_FILES:
+                retire()
+            file = contextlib.ExitStack()  # (closes the CuFile: its context's exit)
+            f = file.enter_context(kvikio.CuFile(str(path), "r"))
+            try:
                 if (a, b) == (first, last):
                     dest, edge = out[a - lo:b - lo], None
                 else:
                     dest = xp.empty((step, *layout.shape[1:]), dtype=dtype)
                     edge = (dest, slice(a - first, b - first), slice(a - lo, b - lo))
-                pending.append((f.pread(dest), dest.nbytes, path, edge))
-        finally:  # (every started read is waited for before its file closes, errors or not)
-            done = [_wait(fut) for fut, *_ in pending]
-    for (_, nbytes, path, edge), (n, exc) in zip(pending, done):
-        if exc is not None:
-            raise exc
-        if n != nbytes:
-            raise OSError(f"{path}: read {n} of {nbytes} bytes (a truncated chunk)")
-        if edge is not None:
-            buf, rows, at = edge
-            out[at] = buf[rows]
+                pending.append((f.pread(dest), file, dest.nbytes, path, edge))
+            except BaseException:
+                file.close()
+                raise
+    finally:  # (every started read is waited for before its file closes, errors or not)
+        while pending:
+            retire()
+    if first_error:
+        raise first_error[0]
+    if edges and xp is not np:
+        xp.cuda.get_current_stream().synchronize()  # (the edge buffers' copies, before the pool reuses them)
     return out
 
 

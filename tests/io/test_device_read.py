@@ -188,6 +188,52 @@ def test_kvikio_thread_pool_is_sized_once_unless_the_environment_says(monkeypatc
     assert device_read.configure_kvikio(User) is None and User.defaults.calls == []
 
 
+def test_the_thread_pool_is_sized_through_the_defaults_submodule_kvikio_does_not_import(monkeypatch):
+    """``import kvikio`` leaves ``kvikio.defaults`` unimported (kvikio 25.10-26.10: its
+    ``__init__`` imports the compiled ``kvikio._lib.defaults`` only), so the package has no
+    ``defaults`` attribute: the submodule is imported to size the pool."""
+    import sys
+    import types
+
+    monkeypatch.setattr(device_read, "_configured", set())
+    monkeypatch.delenv("KVIKIO_NTHREADS", raising=False)
+    monkeypatch.setattr(device_read.os, "cpu_count", lambda: 16)
+    package = types.ModuleType("kvikio_standin")
+    package.__path__ = []  # (a package)
+    defaults = types.ModuleType("kvikio_standin.defaults")
+    defaults.calls = []
+    defaults.set = lambda key, value: defaults.calls.append((key, value))
+    monkeypatch.setitem(sys.modules, "kvikio_standin", package)
+    monkeypatch.setitem(sys.modules, "kvikio_standin.defaults", defaults)
+    assert not hasattr(package, "defaults") or package.defaults is defaults
+    assert device_read.configure_kvikio(package) == 8
+    assert defaults.calls == [("num_threads", 8)]
+
+
+def test_at_most_open_files_chunks_are_open_at_once(tmp_path, monkeypatch):
+    """One-object chunks: a partition would open thousands of files at once (beyond a process's
+    1024 descriptors); the oldest read is waited for and its file closed before the next opens."""
+    imgs = _images(11)
+    imgs[8:16] = 1  # (every chunk written)
+    arr = zarr.create_array(str(tmp_path / "a.zarr"), shape=imgs.shape, chunks=(1, 2, 6, 5), dtype="uint16",
+                            compressors=None, zarr_format=2)
+    arr[:] = imgs
+    layout, _ = dense_layout(tmp_path / "a.zarr")
+    monkeypatch.setattr(device_read, "OPEN_FILES", 3)
+    open_now, most = [], [0]
+
+    class CuFile(_CuFile):
+        def __init__(self, path, mode):
+            super().__init__(path, mode)
+            open_now.append(self)
+            most[0] = max(most[0], sum(not f.closed for f in open_now))
+
+    kvikio = SimpleNamespace(CuFile=CuFile, defaults=_Defaults())
+    got = read_rows(layout, 1, 10, xp=np, kvikio=kvikio)
+    np.testing.assert_array_equal(got, np.asarray(arr[1:10]))
+    assert most[0] == 3 and len(open_now) == 9 and all(f.closed for f in open_now)
+
+
 def test_a_truncated_chunk_is_an_error(tmp_path):
     imgs = _images(8)
     arr = zarr.create_array(str(tmp_path / "t.zarr"), shape=imgs.shape, chunks=(8, 2, 6, 5), dtype="uint16",
@@ -362,6 +408,40 @@ def test_device_reads_profile_the_rows_of_the_host_path(tmp_path, monkeypatch, c
     # the good objects of both stores (those read through the host are copied to the device once
     # validated): batched on the device
     assert sum(on_device) == 10
+
+
+@pytest.mark.parametrize("through_host", [0, 1, 3])
+def test_objects_copied_from_the_host_are_on_the_device_before_the_batches(monkeypatch, cupy, through_host):
+    """The batches run on their own non-blocking stream, which does not wait for the reading
+    thread's: objects that a device read left on the host (kvikio failed, a compressed store)
+    are copied to the device asynchronously, so the reading thread's stream is synchronised
+    once, after the last copy, before they are handed on; with every object read on the
+    device, the validation's copies back are the only waits."""
+    import pandas as pd
+
+    from scip_gpu import pipeline
+
+    from .. import fake_cupy
+
+    imgs = _images(5)[:, :, :, :]
+    events = []
+    real_asarray = cupy.asarray
+    monkeypatch.setattr(cupy, "asarray", lambda a, *args, **kw: events.append("copy") or real_asarray(a, *args, **kw))
+    null = cupy.cuda.get_current_stream()
+    monkeypatch.setattr(null, "synchronize", lambda: events.append("synchronize"))
+
+    class Source:
+        def load_device(self, rows, xp):
+            return [imgs[i] if i < through_host else fake_cupy._wrap(imgs[i].copy()) for i in range(len(rows))]
+
+        def describe(self, row):
+            return f"object {row.name}"
+
+    rows = pd.DataFrame({"meta_index": range(5)})
+    got = pipeline.load_partition_device(Source(), rows, 2, 2, cupy)
+    assert all(isinstance(g, fake_cupy.ndarray) for g in got)
+    np.testing.assert_array_equal(np.stack([g.get() for g in got]), imgs)
+    assert events == ["copy"] * through_host + (["synchronize"] if through_host else [])
 
 
 @pytest.mark.gpu
