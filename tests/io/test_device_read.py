@@ -459,3 +459,61 @@ def test_kvikio_reads_chunks_into_gpu_memory(tmp_path):
     got = read_rows(layout, 3, 21)
     assert isinstance(got, cp.ndarray)
     np.testing.assert_array_equal(got.get(), imgs[3:21])
+
+
+def _in_flight_runs(tmp_path, monkeypatch, read: str, n: int = 384) -> dict:
+    """device=cuda and device=cpu runs of one uncompressed dense store of ``n`` 3-channel cells
+    (``scip`` preset), 4 partitions of 32 objects in flight: ``read`` "kvikio" (chunks read into
+    device memory) or "host" (every kvikio read fails: the objects come through the host and are
+    copied to the device by the reading thread while other partitions' batches run)."""
+    import pandas as pd
+
+    from scip_gpu.cli import to_config
+    from scip_gpu.demo import make_cell
+    from scip_gpu.pipeline import run
+
+    from ..test_config import _compose
+
+    cells = [make_cell(i, min_size=44, max_size=44)[0][:, :44, :44] for i in range(n)]
+    arr = zarr.create_array(str(tmp_path / "cells.zarr"), shape=(n, 3, 44, 44), dtype="uint16", zarr_format=2,
+                            compressors=None, chunks=(8, 3, 44, 44))
+    arr[:] = np.stack(cells)
+    if read == "host":
+        def fail(*args, **kwargs):
+            raise OSError("cuFile: read failed (the test)")
+
+        monkeypatch.setattr(device_read, "kvikio_available", lambda: True)
+        monkeypatch.setattr(device_read, "read_rows", fail)
+    out = {}
+    for device in ("cpu", "cuda"):
+        cfg, yaml = to_config(_compose([
+            "+dataset=zarr", f"dataset.path={tmp_path / 'cells.zarr'}", "masks=scip", "features=scip",
+            "cluster=sync", "cluster.threads_per_worker=4", "partition_size=32", "batch_size=16",
+            f"device={device}", f"output={tmp_path / device}", "progress=false", "export.formats=[parquet]",
+            "export.report=false"]))
+        summary = run(cfg, yaml)
+        assert summary.n_ok == n
+        out[device] = pd.read_parquet(tmp_path / device / "features.parquet")
+    prov = __import__("json").loads((tmp_path / "cuda" / "provenance.json").read_text())
+    assert prov["reads"][str(tmp_path / "cells.zarr")] == "kvikio"
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("read", ["kvikio", "host"])
+def test_partitions_in_flight_on_a_gpu_equal_cpu(tmp_path, monkeypatch, read):
+    """The real thing (``pytest -m gpu``): with 4 partitions in flight, objects read into device
+    memory with kvikio, or through the host where every kvikio read fails (their copies to the
+    device queued by the reading thread while other partitions' batches run on the device
+    stage's own stream), give the CPU path's rows and values."""
+    import pandas as pd
+
+    pytest.importorskip("cupy")
+    from scip_gpu.backend import gpu_available
+
+    if not gpu_available()[0]:
+        pytest.skip("no usable GPU")
+    if read == "kvikio":
+        pytest.importorskip("kvikio")
+    out = _in_flight_runs(tmp_path, monkeypatch, read)
+    pd.testing.assert_frame_equal(out["cuda"], out["cpu"], rtol=1e-9, atol=1e-12)
