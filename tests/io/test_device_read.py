@@ -459,6 +459,11 @@ def test_kvikio_reads_chunks_into_gpu_memory(tmp_path):
     got = read_rows(layout, 3, 21)
     assert isinstance(got, cp.ndarray)
     np.testing.assert_array_equal(got.get(), imgs[3:21])
+    if not __import__("os").environ.get("KVIKIO_NTHREADS"):  # its pool sized (kvikio.defaults, imported for it)
+        import importlib
+
+        threads = importlib.import_module("kvikio.defaults").get("num_threads")
+        assert threads == max(1, min(device_read.KVIKIO_THREADS, __import__("os").cpu_count() or 1))
 
 
 def _in_flight_runs(tmp_path, monkeypatch, read: str, n: int = 384) -> dict:
