@@ -104,6 +104,28 @@ def test_kernel_equals_cpu_across_tiles(device, seed):
         np.testing.assert_array_equal(want, sk_watershed(f, markers, mask=mask))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not cpu_kernels.available(), reason="numba is not installed")
+def test_kernel_on_a_full_field_is_the_reference_every_time_on_a_gpu():
+    """A 1024x1280 field of tie-heavy altitudes with few markers (floods across many 32x32
+    tiles, blocks reading borders their neighbours write): the reference's labels, the same in
+    every one of 3 runs (no result may depend on the blocks' interleaving)."""
+    cp = pytest.importorskip("cupy")
+    from scip_gpu.backend import gpu_available
+
+    if not gpu_available()[0]:
+        pytest.skip("no usable GPU")
+    rng = np.random.default_rng(11)
+    shape = (1024, 1280)
+    f = _tie_heavy(rng, shape, 3)
+    markers = _markers(rng, shape, 40)
+    mask = _smooth(rng, shape, 4) > 0.45
+    want = cpu_kernels.watershed(f, markers, mask)  # (the numba flood: the reference's labels, 50x faster)
+    for _ in range(3):
+        got = gpu_kernels.watershed(cp.asarray(f), cp.asarray(markers), cp.asarray(mask))
+        np.testing.assert_array_equal(got.get(), want)
+
+
 def test_relaxation_on_the_device_equals_numpy(device):
     """The reference as it runs on a GPU with SCIP_GPU_KERNELS=0 (the array namespace on device
     arrays, no scikit-image): the same labels as on NumPy, ties included."""
