@@ -36,6 +36,17 @@ def array_module(*arrays: Any) -> ModuleType:
     return np
 
 
+def all_true(xp: ModuleType, shape) -> Any:
+    """A bool array of ``shape``, every value True: on a GPU a memset of 1 bytes, not CuPy's
+    fill kernel (which, as every kernel CuPy generates, a fresh machine compiles with NVRTC at
+    its first use)."""
+    if not is_gpu(xp):
+        return xp.ones(shape, dtype=bool)
+    out = xp.empty(shape, dtype=bool)
+    out.data.memset_async(1, out.nbytes)  # (True is the byte 1)
+    return out
+
+
 def is_gpu(xp: ModuleType) -> bool:
     return xp is not np
 

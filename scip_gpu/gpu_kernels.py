@@ -805,8 +805,16 @@ def watershed(surface, markers, mask=None):
     return out.reshape(h, w)
 
 
+# ---------------------------------------------------------------------------------------------
+# Meta columns: empty flags, regions, bounding box into the table (kernels/meta.cu)
+
+SOURCES += ("meta.cu",)
+from . import _gpu_meta  # noqa: E402,F401
+
+
 if __name__ == "__main__":  # python -m scip_gpu.gpu_kernels build
     if sys.argv[1:] != ["build"]:
         sys.exit("usage: python -m scip_gpu.gpu_kernels build   (needs nvcc)")
     for p in build_prebuilt():
         print(p)
+

@@ -72,6 +72,19 @@ def _pinned(a) -> bool:
         not isinstance(base, memoryview) or isinstance(base.obj, PinnedBuffer))
 
 
+class _MemoryPointer:
+    """What ``ndarray.data`` is in CuPy, as far as scip_gpu uses it."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def memset_async(self, value, size, stream=None):
+        base = self.array.view(np.ndarray)
+        if not base.flags.c_contiguous or size > base.nbytes:
+            raise ValueError("memset_async beyond the array's contiguous memory (fake CuPy)")
+        base.reshape(-1).view(np.uint8)[:size] = value
+
+
 class ndarray(np.ndarray):
     """Fake device array."""
 
@@ -102,6 +115,11 @@ class ndarray(np.ndarray):
     def __float__(self):
         SYNCS["scalar"] += 1
         return float(self.view(np.ndarray))
+
+    @property
+    def data(self):
+        """CuPy's ``MemoryPointer`` of the array's memory: its memsets."""
+        return _MemoryPointer(self)
 
     def item(self, *args):
         SYNCS["scalar"] += 1

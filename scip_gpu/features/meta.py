@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from ..dispatch import stage
+from ..stage_examples import family_examples
 from .registry import Column, Family, column_name, register
 
 BBOX = ("bbox_minr", "bbox_minc", "bbox_maxr", "bbox_maxc")
@@ -15,6 +17,7 @@ def regions_columns(mask, channels):
     ]
 
 
+@stage("meta.regions", examples=family_examples)
 def compute_regions(batch, mr, ctx):
     """Connected components per channel mask, after border-region removal (written into the
     batch table's columns, ``ctx.out``, where given: one converting copy)."""
@@ -29,6 +32,7 @@ def bbox_columns(mask, channels):
     return [Column(column_name("meta", mask, k), "meta", "bbox", k, mask) for k in BBOX]
 
 
+@stage("meta.bbox", examples=family_examples)
 def compute_bbox(batch, mr, ctx):
     """Bounding box of the union of the channel masks; NaN when the object has no mask."""
     return mr.bbox
@@ -43,6 +47,7 @@ def empty_columns(mask, channels):
     return cols
 
 
+@stage("meta.empty", examples=family_examples)
 def compute_empty(batch, mr, ctx):
     """1.0 where a channel's mask (after the filters, the border rule and the main-channel rule)
     holds no pixel, so that every feature of that channel and mask is NaN; last column: the same

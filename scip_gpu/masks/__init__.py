@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import ops
-from ..backend import array_module
+from ..backend import all_true, array_module
 from ..batch import Batch, planes, valid_mask
 from ..dispatch import stage
 from ..errors import ConfigError
@@ -113,9 +113,7 @@ def filter_channels(batch: Batch, filters) -> object:
     """(N, C) bool: True where a channel passes every configured pre-mask filter."""
     xp = batch.xp
     n, c, h, w = batch.pixels.shape
-    # (all True as the negation of zeros: on a GPU a memset and the negation the batch's empty
-    # flags use anyway, not one more kernel for CuPy to compile on a fresh machine, a fill)
-    ok = ~xp.zeros((n, c), dtype=bool)
+    ok = all_true(xp, (n, c))  # (on a GPU a memset: no kernel for CuPy to compile on a fresh machine)
     if not filters:
         return ok
     valid = batch.valid().reshape(n, -1)
