@@ -575,7 +575,10 @@ __device__ void sg_sobel(const double* f, double* out, int h, int w) {
 // run[p] = 1 + the largest a with m[row, j-a..j+a] all set (0 where m is unset).
 __device__ void sg_erosion_rows(const unsigned char* m, unsigned char* out, int* run, int h, int w,
                                 const int* half, int r) {
-    const int big = h + w + 1;
+    // (a run that reaches the row's end counts beyond it: any start above every half-width
+    // will do; h + w + 1 was not for extents with h + w < r, e.g. a 1x1 plane eroded by a
+    // disk of radius 6 lost its pixel, where the numba twin's padded-plane sentinel kept it)
+    const int big = 1 << 20;
     for (int i = threadIdx.x; i < h; i += SG_THREADS) {
         const unsigned char* row = m + i * w;
         int* rr = run + i * w;

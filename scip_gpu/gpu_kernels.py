@@ -812,6 +812,38 @@ SOURCES += ("meta.cu",)
 from . import _gpu_meta  # noqa: E402,F401
 
 
+# ---------------------------------------------------------------------------------------------
+# Binary erosion by a disk (kernels/morphology.cu)
+
+SOURCES += ("morphology.cu",)
+
+
+@workspace("erosion_disk_planes")
+def _ws_erosion_disk(h: int, w: int) -> int:
+    cap = h * w
+    return _round16(cap) + _round16(4 * cap) + _round16(cap)
+
+
+def _accepts_erosion_disk(mask, extents, radius: int) -> bool:
+    return (0 < radius and 2 * radius + 1 <= 64 and mask.ndim == 3 and mask.dtype == np.bool_
+            and mask.shape[1] * mask.shape[2] < 2**31 // 8)
+
+
+@register("ops.binary_erosion_disk", "cuda", accepts=_accepts_erosion_disk)
+def binary_erosion_disk(mask, extents, radius: int):
+    """``ops.binary_erosion_disk`` of every plane (``erosion_disk_planes``: one block per plane,
+    the intensity kernel's row-run erosion)."""
+    import cupy
+
+    mk = cupy.ascontiguousarray(mask).view(cupy.uint8)
+    m, h, w = mk.shape
+    out = cupy.empty((m, h, w), dtype=cupy.uint8)
+    args = (mk, cupy.ascontiguousarray(extents, dtype=cupy.int64), np.int32(m), np.int32(h), np.int32(w),
+            np.int32(radius), out)
+    launch("erosion_disk_planes", m, args, workspace=workspace_bytes("erosion_disk_planes", h, w))
+    return out.view(cupy.bool_)
+
+
 if __name__ == "__main__":  # python -m scip_gpu.gpu_kernels build
     if sys.argv[1:] != ["build"]:
         sys.exit("usage: python -m scip_gpu.gpu_kernels build   (needs nvcc)")

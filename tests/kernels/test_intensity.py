@@ -83,3 +83,32 @@ def test_intensity_kernel_global_workspace(sim_small_shared):
     b = assemble(cells, np.arange(len(cells)), (72, 72), sim_small_shared)
     _compare(_gpu_intensity.intensity_block(b, to_device(mr, sim_small_shared), ctx).get(),
              compute_intensity(batch, mr, ctx))
+
+
+def test_intensity_kernel_edge_views_of_tiny_objects(device):
+    """Objects smaller than the edge width (1x1, 1x3, 2x2, 3x1 pixels, edge width 6): outside
+    the image counts as foreground, so a disk erodes nothing there and the edge views are
+    empty. The kernel's row runs started at h + w + 1, below the disk's half-widths for such
+    extents: their pixels were eroded and the edge views held them."""
+    from scip_gpu.masks import MaskResult
+
+    rng = np.random.default_rng(5)
+    sizes = [(1, 1), (1, 3), (2, 2), (3, 1), (9, 12)]
+    cells = [rng.integers(100, 4000, size=(2, h, w)).astype(np.uint16) for h, w in sizes]
+    shape = (16, 16)
+    batch = assemble(cells, np.arange(len(cells)), shape, np)
+    n = len(cells)
+    mask = np.zeros((n, 2, *shape), dtype=bool)
+    for k, (h, w) in enumerate(sizes):
+        mask[k, :, :h, :w] = True
+    mask[4, :, :2, :] = mask[4, :, :, :2] = False  # (the larger object: a mask with an edge)
+    combined = mask.any(axis=1)
+    bbox = np.array([[0, 0, h, w] for h, w in sizes], dtype=float)
+    mr = MaskResult("hand", mask, combined, np.ones((n, 2), dtype=np.int64), bbox, np.zeros((n, 2)),
+                    np.zeros((n, 2)), np.ones(n, dtype=bool))
+    ctx = FeatureContext(edge_width=6)
+    want = compute_intensity(batch, mr, ctx)
+    edge = want[:, 2 * 11:3 * 11]  # channel 0's edge view: empty (NaN) for the tiny objects
+    assert np.isnan(edge[:4]).all() and not np.isnan(edge[4]).all()
+    b = assemble(cells, np.arange(n), shape, device)
+    _compare(_gpu_intensity.intensity_block(b, to_device(mr, device), ctx).get(), want)
