@@ -844,6 +844,65 @@ def binary_erosion_disk(mask, extents, radius: int):
     return out.view(cupy.bool_)
 
 
+# ---------------------------------------------------------------------------------------------
+# Sobel filter of float (and 8/16-bit) planes (kernels/filters.cu)
+
+SOURCES += ("filters.cu",)
+_SOBEL_CODES = {np.dtype(np.uint8): 0, np.dtype(np.uint16): 1, np.dtype(np.float32): 2, np.dtype(np.float64): 3}
+
+
+@workspace("sobel_planes")
+def _ws_sobel(h: int, w: int) -> int:
+    return 2 * _round16(8 * h * w)
+
+
+def _accepts_sobel(x, extents) -> bool:
+    return x.ndim == 3 and np.dtype(x.dtype) in _SOBEL_CODES and x.shape[1] * x.shape[2] < 2**31 // 16
+
+
+@register("ops.sobel", "cuda", accepts=_accepts_sobel)
+def sobel(x, extents):
+    """``ops.sobel`` of every plane (``sobel_planes``: one block per plane, the numba
+    sobel_planes' arithmetic; float32 planes give float32, the others float64)."""
+    import cupy
+
+    px = cupy.ascontiguousarray(x)
+    m, h, w = px.shape
+    dtype = np.dtype(px.dtype)
+    out_f32 = dtype == np.float32
+    out = cupy.empty((m, h, w), dtype=cupy.float32 if out_f32 else cupy.float64)
+    scale = 1.0 / np.iinfo(dtype).max if dtype.kind == "u" else 1.0
+    args = (px, np.int32(_SOBEL_CODES[dtype]), np.float64(scale), cupy.ascontiguousarray(extents, dtype=cupy.int64),
+            np.int32(m), np.int32(h), np.int32(w), out, np.int32(out_f32))
+    launch("sobel_planes", m, args, workspace=workspace_bytes("sobel_planes", h, w))
+    return out
+
+
+@workspace("sobel_view_stats")
+def _ws_sobel_view_stats(h: int, w: int) -> int:
+    return _round16(8 * h * w)
+
+
+def _accepts_sobel_view_stats(sob, view, extents) -> bool:
+    return (sob.ndim == 3 and sob.dtype == np.float64 and view.shape == sob.shape and view.dtype == np.bool_
+            and sob.shape[1] * sob.shape[2] < 2**31 // 8)
+
+
+@register("texture.sobel_view_statistics", "cuda", accepts=_accepts_sobel_view_stats)
+def sobel_view_statistics(sob, view, extents):
+    """``texture.sobel_view_statistics`` (``sobel_view_stats``: one block per plane, the numba
+    twin's order of summation)."""
+    import cupy
+
+    s = cupy.ascontiguousarray(sob)
+    m, h, w = s.shape
+    out = cupy.empty((m, 4), dtype=cupy.float64)
+    args = (s, cupy.ascontiguousarray(view).view(cupy.uint8), cupy.ascontiguousarray(extents, dtype=cupy.int64),
+            np.int32(m), np.int32(h), np.int32(w), out)
+    launch("sobel_view_stats", m, args, workspace=workspace_bytes("sobel_view_stats", h, w))
+    return out
+
+
 if __name__ == "__main__":  # python -m scip_gpu.gpu_kernels build
     if sys.argv[1:] != ["build"]:
         sys.exit("usage: python -m scip_gpu.gpu_kernels build   (needs nvcc)")
