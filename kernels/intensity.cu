@@ -32,7 +32,8 @@ __device__ __forceinline__ double int_lerp(double a, double b, double t) {
     return t >= 0.5 ? b - d * (1.0 - t) : a + d * t;
 }
 
-__device__ __forceinline__ double int_quantile(const unsigned short* v, int n, double q) {
+template <class T>  // (T: the members' type, unsigned short or float; the arithmetic is in double)
+__device__ __forceinline__ double int_quantile(const T* v, int n, double q) {
     const double virt = (double)(n - 1) * q;
     const int lo = (int)floor(virt);
     const int hi = lo + 1 < n - 1 ? lo + 1 : n - 1;
@@ -60,20 +61,23 @@ __device__ double sg_kth_vshape(const Get& get, int n, int split, double c, int 
     return left > right ? left : right;
 }
 
-struct IntValues {  // uint16 values as doubles
-    const unsigned short* v;
+template <class T>
+struct IntValues {  // members as doubles
+    const T* v;
     __device__ double operator()(int i) const { return (double)v[i]; }
 };
 
-__device__ double int_kth_vshape(const unsigned short* v, int n, int split, double c, int k) {
-    return sg_kth_vshape(IntValues{v}, n, split, c, k);
+template <class T>
+__device__ double int_kth_vshape(const T* v, int n, int split, double c, int k) {
+    return sg_kth_vshape(IntValues<T>{v}, n, split, c, k);
 }
 
 #define INT_LANES 16  // partial sums per view of the central moments (numba: MOMENT_LANES)
 
 // Partial sums of the central moments of v[0..n) about `mean`: lane l of INT_LANES takes
 // members l, l + INT_LANES, ... in ascending order (the numba central_moment_sums' order).
-__device__ void int_moment_lane(const unsigned short* v, int n, double mean, int lane, double* m) {
+template <class T>
+__device__ void int_moment_lane(const T* v, int n, double mean, int lane, double* m) {
     double m2 = 0.0, m3 = 0.0, m4 = 0.0;
     for (int i = lane; i < n; i += INT_LANES) {
         const double e = (double)v[i] - mean;
@@ -91,7 +95,8 @@ __device__ void int_moment_lane(const unsigned short* v, int n, double mean, int
 // the sum of the (integer) values, is exact in any order and comes from a block reduction;
 // `m` holds the INT_LANES partial sums of each central moment (int_moment_lane), added here as
 // the numba kernel adds them (a pairwise tree).
-__device__ void int_sorted_stats(const unsigned short* v, int n, double total, double* m, double* o) {
+template <class T>
+__device__ void int_sorted_stats(const T* v, int n, double total, double* m, double* o) {
     if (n == 0) {
         for (int k = 0; k < INT_NSTAT; ++k) o[k] = sg_nan();
         return;
@@ -311,5 +316,160 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
         __syncthreads();
         SG_PROF_MARK(2, 4);
         SG_PROF_COUNT(2);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// float32 planes (the illumination-corrected fields' cells, float zarr stores): the same views,
+// statistics and output as intensity_views, read off one sort per plane of the keys
+// order(value) << 16 | pixel index (order: the float's bits made to sort as the values do;
+// a bitonic sort of the keys padded to a power of two), members kept as floats. The CPU
+// path (numba sorted_view_statistics) sums the members sequentially in ascending order: so
+// does one thread per view here (integer values were summed exactly in any order), then the
+// moments and statistics are int_moment_lane / int_sorted_stats on float members.
+// Workspace for H x W planes: keys (next_pow2(H W) u64), four view masks (mode 0: H W bytes
+// each), members (4 x H W floats in mode 0, the erosion's run lengths there first; H W in
+// mode 1).
+
+__device__ __forceinline__ unsigned int int_f32_order(float v) {
+    const unsigned int b = __float_as_uint(v);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+__device__ __forceinline__ float int_f32_value(unsigned int o) {
+    return __uint_as_float((o & 0x80000000u) ? (o & 0x7FFFFFFFu) : ~o);
+}
+
+extern "C" __global__ void
+intensity_views_f32(const float* __restrict__ pixels, const int C, const int H, const int W,
+                    const long long* __restrict__ extents, const int M, const int mode,
+                    const unsigned char* __restrict__ mask, const unsigned char* __restrict__ combined,
+                    const double* __restrict__ background, const double* __restrict__ combined_background,
+                    const unsigned char* __restrict__ usable, const int edge_width,
+                    double* __restrict__ out, const long long ld, const long long col0,
+                    unsigned char* scratch, const long long ws_bytes) {
+    const int cap = H * W, np2 = sg_next_pow2(cap);
+    SgArena arena(sg_workspace(scratch, ws_bytes));
+    u64* keys = arena.take<u64>(np2);
+    unsigned char* views = arena.take<unsigned char>(mode == 0 ? 4 * (i64)cap : 0);
+    float* members = arena.take<float>((mode == 0 ? 4 : 1) * (i64)cap);
+    __shared__ int half[64];
+    __shared__ int count[4];
+    __shared__ double total[4];
+    __shared__ double stats[4 * INT_NSTAT];
+    __shared__ double moments[4 * 3 * INT_LANES];
+    const int nv = mode == 0 ? 4 : 1;
+    const int r = edge_width;
+    if (mode == 0 && (int)threadIdx.x < 2 * r + 1) {
+        const int dy = (int)threadIdx.x - r;
+        int a = 0;
+        while ((a + 1) * (a + 1) + dy * dy <= r * r) ++a;
+        half[threadIdx.x] = a;
+    }
+    __syncthreads();
+    for (int m = blockIdx.x; m < M; m += gridDim.x) {
+        const int obj = m / C, c = m - obj * C;
+        const int h = (int)extents[2 * obj], w = (int)extents[2 * obj + 1];
+        const int n = h * w;
+        const int per = mode == 0 ? 8 * INT_NSTAT : INT_NSTAT;
+        double* o = out + (i64)obj * ld + col0 + (i64)c * per;
+        if (mode == 0 && !usable[obj]) {
+            for (int k = threadIdx.x; k < per; k += SG_THREADS) o[k] = sg_nan();
+            continue;
+        }
+        const float* px = pixels + (i64)m * cap;
+        const SgDivW dwp(w);
+        // 1. the keys, padded to a power of two with the largest key
+        const int n2 = sg_next_pow2(n);
+        for (int p = threadIdx.x; p < n2; p += SG_THREADS) {
+            u64 key = ~0ull;
+            if (p < n) {
+                const int i = dwp.div(p), j = p - i * w;
+                key = ((u64)int_f32_order(px[(i64)i * W + j]) << 16) | (u64)p;
+            }
+            keys[p] = key;
+        }
+        // 2. the views, as h x w planes (row stride w)
+        if (mode == 0) {
+            const unsigned char* mk = mask + (i64)m * cap;
+            const unsigned char* cb = combined + (i64)obj * cap;
+            for (int p = threadIdx.x; p < n; p += SG_THREADS) {
+                const int i = dwp.div(p), j = p - i * w;
+                views[p] = mk[i * W + j];
+                views[2 * cap + p] = cb[i * W + j];
+            }
+            __syncthreads();
+            int* run = reinterpret_cast<int*>(members);
+            for (int v = 0; v < 2; ++v) {
+                unsigned char* base = views + 2 * v * (i64)cap;
+                sg_erosion_rows(base, base + cap, run, h, w, half, r);
+                for (int p = threadIdx.x; p < n; p += SG_THREADS) base[cap + p] ^= base[p];
+                __syncthreads();
+            }
+        }
+        __syncthreads();
+        sg_bitonic_sort(keys, n2);
+        // 3. each view's members in sorted order (one scan of 4 packed 16-bit counters)
+        {
+            __shared__ u64 part[SG_THREADS];
+            const int t = threadIdx.x;
+            const int cs = (n + SG_THREADS - 1) / SG_THREADS;
+            const int a = sg_min(t * cs, n), b = sg_min(a + cs, n);
+            u64 s = 0;
+            for (int k = a; k < b; ++k) {
+                const int idx = (int)(keys[k] & 0xFFFFu);
+                for (int v = 0; v < nv; ++v) s += (u64)(mode == 0 ? views[(i64)v * cap + idx] : 1) << (16 * v);
+            }
+            __shared__ u64 grp[17];
+            u64 all = 0;
+            s = sg_block_exclusive_sum_in(s, part, grp, &all);
+            for (int k = a; k < b; ++k) {
+                const u64 key = keys[k];
+                const int idx = (int)(key & 0xFFFFu);
+                const float value = int_f32_value((unsigned int)(key >> 16));
+                for (int v = 0; v < nv; ++v) {
+                    if (mode == 0 && !views[(i64)v * cap + idx]) continue;
+                    members[(i64)v * cap + (int)((s >> (16 * v)) & 0xFFFFu)] = value;
+                    s += (u64)1 << (16 * v);
+                }
+            }
+            if (t < nv) count[t] = (int)((all >> (16 * t)) & 0xFFFFu);
+            __syncthreads();
+            if (t < nv) {  // the sum in ascending order, one addition at a time (numba's order)
+                const float* mv = members + (i64)t * cap;
+                double acc = 0.0;
+                for (int k = 0; k < count[t]; ++k) acc += (double)mv[k];
+                total[t] = acc;
+            }
+            __syncthreads();
+        }
+        // 4. statistics, as intensity_views
+        {
+            const int v = threadIdx.x / (SG_THREADS / 4), lane = threadIdx.x % (SG_THREADS / 4);
+            if (v < nv && lane < INT_LANES && count[v] > 0)
+                int_moment_lane(members + (i64)v * cap, count[v], total[v] / count[v], lane,
+                                moments + v * 3 * INT_LANES);
+            __syncthreads();
+            if (v < nv && lane == 0)
+                int_sorted_stats(members + (i64)v * cap, count[v], total[v], moments + v * 3 * INT_LANES,
+                                 stats + v * INT_NSTAT);
+        }
+        __syncthreads();
+        if (mode == 1) {
+            for (int k = threadIdx.x; k < INT_NSTAT; k += SG_THREADS) o[k] = stats[k];
+        } else {
+            const double bg = background[m], cbg = combined_background[m];
+            for (int k = threadIdx.x; k < 8 * INT_NSTAT; k += SG_THREADS) {
+                const int view = k / INT_NSTAT, s = k - view * INT_NSTAT;
+                const int v = view / 2;
+                double x = stats[v * INT_NSTAT + s];
+                if (view & 1) {
+                    const double shift = v < 2 ? bg : cbg;
+                    if (s <= 3 || s == 6 || s == 7) x = x - shift;
+                    else if (s == 8) x = x - (double)count[v] * shift;
+                }
+                o[k] = x;
+            }
+        }
+        __syncthreads();
     }
 }

@@ -34,9 +34,24 @@ def _ws(h: int, w: int, mode: int = 0) -> int:
     return _round16(keys) + views + _round16(members)
 
 
+@workspace("intensity_views_f32")
+def _ws_f32(h: int, w: int, mode: int = 0) -> int:
+    """``intensity_views_f32``: keys (u64, padded to a power of two), then (mode 0) four view
+    masks, and the members as floats (four views in mode 0, holding the erosion's run lengths
+    first; one in mode 1)."""
+    cap = h * w
+    views = 0 if mode == 1 else _round16(4 * cap)
+    return _round16(8 * next_pow2(cap)) + views + _round16(4 * cap * (1 if mode == 1 else 4))
+
+
+def _pixels_taken(dtype) -> bool:
+    """uint8/uint16 (``intensity_views``) or float32 (``intensity_views_f32``) pixels."""
+    return _dtype_code(dtype) is not None or np.dtype(dtype) == np.float32
+
+
 def _accepts(batch, mr, ctx) -> bool:
     _, _, h, w = batch.pixels.shape
-    return _dtype_code(batch.pixels.dtype) is not None and h * w < 65536 and 2 * ctx.edge_width + 1 <= 64
+    return _pixels_taken(batch.pixels.dtype) and h * w < 65536 and 2 * ctx.edge_width + 1 <= 64
 
 
 def _launch(batch, mr, mode: int, edge_width: int, out=None):
@@ -56,11 +71,13 @@ def _launch(batch, mr, mode: int, edge_width: int, out=None):
     else:
         mask = combined = usable = cupy.empty(1, dtype=cupy.uint8)
         bg = cbg = cupy.empty(1, dtype=cupy.float64)
-    args = (px, np.int32(_dtype_code(px.dtype)), np.int32(c), np.int32(h), np.int32(w),
-            cupy.ascontiguousarray(batch.extents, dtype=cupy.int64), np.int32(n * c), np.int32(mode),
-            mask, combined, bg, cbg, usable, np.int32(edge_width),
+    tail = (np.int32(c), np.int32(h), np.int32(w), cupy.ascontiguousarray(batch.extents, dtype=cupy.int64),
+            np.int32(n * c), np.int32(mode), mask, combined, bg, cbg, usable, np.int32(edge_width),
             out, np.int64(out.strides[0] // 8), np.int64(0))
-    launch("intensity_views", n * c, args, workspace=_ws(h, w, mode))
+    if px.dtype == np.float32:
+        launch("intensity_views_f32", n * c, (px, *tail), workspace=_ws_f32(h, w, mode))
+    else:
+        launch("intensity_views", n * c, (px, np.int32(_dtype_code(px.dtype)), *tail), workspace=_ws(h, w, mode))
     return out
 
 
@@ -73,7 +90,7 @@ def intensity_block(batch, mr, ctx):
 
 def _accepts_raw(batch, mr, ctx) -> bool:
     _, _, h, w = batch.pixels.shape
-    return _dtype_code(batch.pixels.dtype) is not None and h * w < 65536
+    return _pixels_taken(batch.pixels.dtype) and h * w < 65536
 
 
 @register("intensity.raw", "cuda", accepts=_accepts_raw)

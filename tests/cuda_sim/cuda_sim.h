@@ -80,6 +80,8 @@ inline unsigned char* sim_dynamic_shared() {
 
 inline double __longlong_as_double(long long v) { double d; std::memcpy(&d, &v, 8); return d; }
 inline long long __double_as_longlong(double v) { long long d; std::memcpy(&d, &v, 8); return d; }
+inline unsigned int __float_as_uint(float v) { unsigned int d; std::memcpy(&d, &v, 4); return d; }
+inline float __uint_as_float(unsigned int v) { float d; std::memcpy(&d, &v, 4); return d; }
 
 template <class T> inline T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
 template <class T> inline T atomicSub(T* p, T v) { return std::atomic_ref<T>(*p).fetch_sub(v); }

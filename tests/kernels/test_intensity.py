@@ -38,6 +38,9 @@ def _cells(dtype=np.uint16):
     cells[2] = cells[2][:, :13, :]
     if dtype == np.uint8:
         cells = [(c // 40).astype(np.uint8) for c in cells]
+    if dtype == np.float32:  # (as illumination-corrected fields' cells: floats around 1, ties too)
+        cells = [(c / np.float32(997.0)).astype(np.float32) for c in cells]
+        cells[3][1, 2:5, 2:5] = -0.0
     return cells
 
 
@@ -52,7 +55,7 @@ def _compare(got, want):
 
 
 @pytest.mark.parametrize("method", ["li", "otsu"])
-@pytest.mark.parametrize("dtype", [np.uint16, np.uint8])
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8, np.float32])
 def test_intensity_kernel_equals_cpu(device, method, dtype):
     cells = _cells(dtype)
     passed = np.ones((len(cells), 3), dtype=bool)
@@ -76,8 +79,9 @@ def test_intensity_kernel_unpadded_and_edge_widths(device, edge_width):
     _compare(_gpu_intensity.intensity_block(b, to_device(mr, device), ctx).get(), compute_intensity(batch, mr, ctx))
 
 
-def test_intensity_kernel_global_workspace(sim_small_shared):
-    cells = _cells()
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_intensity_kernel_global_workspace(sim_small_shared, dtype):
+    cells = _cells(dtype)
     batch, mr = masked_batch(cells, (72, 72))
     ctx = FeatureContext()
     b = assemble(cells, np.arange(len(cells)), (72, 72), sim_small_shared)
