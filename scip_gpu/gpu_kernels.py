@@ -500,10 +500,12 @@ def glcm_props(values, view, extents, edges, offsets):
         kernel("glcm_props")(
             (m,), (BLOCK,),
             (cupy.ascontiguousarray(values, dtype=cupy.float64),
-             cupy.ascontiguousarray(view, dtype=cupy.uint8),
+             cupy.ascontiguousarray(view).view(cupy.uint8) if view.dtype == np.bool_
+             else cupy.ascontiguousarray(view, dtype=cupy.uint8),
              cupy.ascontiguousarray(extents, dtype=cupy.int64),
              cupy.ascontiguousarray(edges, dtype=cupy.float64),
-             cupy.asarray(np.asarray(offsets, dtype=np.int32).ravel()),
+             device_constant(("glcm-offsets", tuple(tuple(int(v) for v in o) for o in offsets)),
+                             lambda: np.asarray(offsets, dtype=np.int32).ravel()),  # (copied once)
              np.int32(k), np.int32(h), np.int32(w), np.int32(m), out))
     return out
 

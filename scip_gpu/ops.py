@@ -18,7 +18,7 @@ from functools import cache
 
 import numpy as np
 
-from .backend import array_module, asnumpy, is_gpu, ndimage
+from .backend import array_module, asnumpy, constant, is_gpu, ndimage
 from .batch import refill, valid_mask
 from .dispatch import stage
 from .stage_examples import compare_inside_extent
@@ -55,7 +55,9 @@ def _stack_kernel(xp, k2d):
 def linspace_rows(lo, hi, num: int):
     """``numpy.linspace(lo[i], hi[i], num)`` for every row at once, with NumPy's arithmetic
     (``start + k * step`` with ``step = (stop - start) / (num - 1)``, the last value ``stop``;
-    ``k / div * delta`` for a zero step), so the values agree bit for bit.
+    ``k / div * delta`` for a row whose step is zero), so the values agree bit for bit with
+    each row's own ``numpy.linspace``. Both forms are computed and chosen per row: no test of
+    the steps on the host (on a GPU a synchronisation per call).
 
     Parameters
     ----------
@@ -70,10 +72,7 @@ def linspace_rows(lo, hi, num: int):
     delta = hi - lo
     step = delta / div
     k = xp.arange(num, dtype=xp.float64)[None, :]
-    if bool((step == 0).any()):  # NumPy switches to this form when any step is zero
-        y = (k / div) * delta[:, None]
-    else:
-        y = k * step[:, None]
+    y = xp.where((step == 0)[:, None], (k / div) * delta[:, None], k * step[:, None])
     y = y + lo[:, None]
     y[:, -1] = hi
     return y
@@ -264,9 +263,12 @@ def median_disk_stack(x, extents, radius: int, *, max_bytes: int = 256 * 2**20):
 
 
 def _structure(xp, connectivity: int):
-    s = np.zeros((3, 3, 3), dtype=bool)
-    s[1] = ndimage(np).generate_binary_structure(2, connectivity)
-    return xp.asarray(s)
+    def build():
+        s = np.zeros((3, 3, 3), dtype=bool)
+        s[1] = ndimage(np).generate_binary_structure(2, connectivity)
+        return s
+
+    return constant(xp, ("label-structure", connectivity), build)
 
 
 def _label_examples(rng):

@@ -173,6 +173,8 @@ def _unwrap(x):
 def _wrap(x):
     if isinstance(x, np.ndarray) and not isinstance(x, ndarray):
         return x.view(ndarray)
+    if isinstance(x, np.generic):  # (CuPy's reductions give 0-d device arrays, never host scalars)
+        return np.asarray(x).view(ndarray)
     if isinstance(x, tuple) and hasattr(x, "_fields"):  # a named tuple (e.g. unique_counts')
         return type(x)(*(_wrap(v) for v in x))
     if isinstance(x, tuple):

@@ -257,6 +257,43 @@ def test_batch_on_the_gpu_never_synchronises(cupy, monkeypatch, shape):
     np.testing.assert_allclose(got[ok], want[ok], rtol=1e-12, atol=1e-12)
 
 
+def test_float_cells_families_on_the_gpu_never_synchronise(cupy, monkeypatch):
+    """float32 cells (the fields' illumination-corrected crops) with their masks on the device
+    (as the fields' segmentation gives them): every family of the ``scip`` preset (intensity's
+    float kernel, texture's array-namespace form with its Sobel kernels, shape, the meta
+    families) neither reads a device value on the host nor copies from pageable memory, and
+    gives the CPU path's values. (The li and otsu references themselves, which float pixels
+    take, synchronise: ``masks.methods``.)"""
+    import dataclasses
+
+    from scip_gpu.cli import to_config
+    from scip_gpu.features.registry import FAMILIES
+    from scip_gpu.masks import compute_masks
+
+    _reference_kernels(monkeypatch, cupy)
+    cfg, _ = to_config(_compose(["+dataset=demo", "features=scip", "masks=scip"]))
+    plan = build_plan(cfg, ["BF", "DNA", "SPOT"])
+    cells = [(make_cell(i, min_size=30, max_size=46)[0] / np.float32(997.0)).astype(np.float32) for i in range(3)]
+    idx = np.arange(len(cells))
+    host = assemble(cells, idx, (56, 56), np)
+    mr = compute_masks(host, cfg.masks.methods[0], cfg.masks)
+    dev_mr = dataclasses.replace(mr, **{f.name: cupy.asarray(getattr(mr, f.name))
+                                        for f in dataclasses.fields(mr) if f.name != "name"})
+    families = [fam for fam in plan.families[mr.name]]
+    assert {"intensity", "texture", "shape", "empty", "regions", "bbox"} <= set(families)
+    for rnd in range(2):  # (the first: constant tables copied to the device once)
+        batch = assemble(cells, idx, (56, 56), cupy)
+        fake_cupy.SYNCS.clear()
+        got = [FAMILIES[fam].compute(batch, dev_mr, plan.context) for fam in families]
+        if rnd:
+            assert dict(fake_cupy.SYNCS) == {}
+    want = [FAMILIES[fam].compute(host, mr, plan.context) for fam in families]
+    for fam, g, w in zip(families, got, want):
+        g = g.get()
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=fam)
+        np.testing.assert_allclose(g[~np.isnan(w)], w[~np.isnan(w)], rtol=1e-12, atol=1e-12, err_msg=fam)
+
+
 def test_batch_on_the_gpu_launches_no_kernel_that_cupy_generates(cupy, monkeypatch):
     """Besides the module's own (prebuilt) kernels, a ``scip``-preset batch launches no kernel
     that CuPy generates (each kind compiled by NVRTC on a fresh machine, counted by the

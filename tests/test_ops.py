@@ -218,10 +218,15 @@ def test_linspace_rows_bitwise_equals_numpy():
     got = ops.linspace_rows(lo, hi, 16)
     for i in range(50):
         assert np.array_equal(got[i], np.linspace(lo[i], hi[i], 16))
-    # the zero-step form numpy switches to (here for every row, as numpy does for arrays)
-    lo2 = np.array([1.0, 5.0])
-    got = ops.linspace_rows(lo2, np.array([1.0, 9.0]), 5)
-    assert np.array_equal(got, np.linspace(lo2, np.array([1.0, 9.0]), 5, axis=1))
+    # a row whose step is zero takes numpy's zero-step form, the others keep theirs: each row
+    # is its own numpy.linspace, whatever the other rows of the batch (numpy.linspace of arrays
+    # switches every row when one step is zero; SCIP computes each object alone)
+    lo2 = np.array([1.0, 5.0, 0.126])
+    hi2 = np.array([1.0, 9.0, 1.146])
+    got = ops.linspace_rows(lo2, hi2, 16)
+    for i in range(3):
+        assert np.array_equal(got[i], np.linspace(lo2[i], hi2[i], 16))
+    assert not np.array_equal(got[2], np.linspace(lo2, hi2, 16, axis=1)[2])  # (the forms differ there)
 
 
 def test_numba_median_on_edge_cases():
