@@ -238,3 +238,29 @@ def test_fields_without_any_cell_say_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "scip_gpu: no object could be profiled; no object was found" in err
     assert len(pd.read_csv(out / "errors.csv")) == 0
+
+
+def test_the_device_path_reports_the_same_bad_inputs(corpus_run, tmp_path, monkeypatch):
+    """device=cuda (the stand-in CuPy, kernels emulated): every bad file of the corpus is the
+    same error as on the CPU, the good ones get the CPU path's values."""
+    from scip_gpu.cli import to_config
+    from scip_gpu.pipeline import run
+
+    from .test_config import _compose
+    from .test_gpu_path import _reference_kernels
+    from . import fake_cupy
+
+    import anndata  # noqa: F401  (imported before the fake: it probes for cupyx.scipy.sparse)
+
+    cupy = fake_cupy.install(monkeypatch)
+    _reference_kernels(monkeypatch, cupy)
+    cpu_dir, _ = corpus_run
+    cfg, yaml = to_config(_compose([*ARGS, "device=cuda", f"output={tmp_path / 'cuda'}", "progress=false"]))
+    summary = run(cfg, yaml)
+    assert summary.n_errors == len(EXPECTED)
+    got = pd.read_csv(tmp_path / "cuda" / "errors.csv").sort_values("object").reset_index(drop=True)
+    want = pd.read_csv(cpu_dir / "out" / "errors.csv").sort_values("object").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[["object", "stage", "error"]], want[["object", "stage", "error"]])
+    cuda = pd.read_parquet(tmp_path / "cuda" / "features.parquet").sort_values("meta_path").reset_index(drop=True)
+    cpu = pd.read_parquet(cpu_dir / "out" / "features.parquet").sort_values("meta_path").reset_index(drop=True)
+    pd.testing.assert_frame_equal(cuda, cpu, rtol=1e-9, atol=1e-12)
