@@ -94,6 +94,30 @@ __device__ __forceinline__ double tex_sobel_px(const unsigned short* f, int h, i
     return sqrt((double)q * 0.0625) * (1.0 / sqrt(2.0));
 }
 
+// The float path's twins: the number of the ascending (double) edges strictly below x (x <=
+// edge_15; numba glcm_props' level), and the Sobel value of pixel (i, j) of a float32 plane,
+// the numba _sobel_px on the values as doubles (sg_sobel_px's arithmetic).
+__device__ __forceinline__ int tex_level_f(double x, const double* e) {
+    int l = 0;
+    if (e[l + 7] < x) l += 8;
+    if (e[l + 3] < x) l += 4;
+    if (e[l + 1] < x) l += 2;
+    if (e[l] < x) l += 1;
+    return l;
+}
+
+__device__ __forceinline__ double tex_sobel_px_f(const float* f, int h, int w, int i, int j) {
+    const int ip = i > 0 ? i - 1 : 0, ib = i < h - 1 ? i + 1 : h - 1;
+    const int jp = j > 0 ? j - 1 : 0, jb = j < w - 1 ? j + 1 : w - 1;
+    const double top = 0.25 * (double)f[ip * w + jp] + 0.5 * (double)f[ip * w + j] + 0.25 * (double)f[ip * w + jb];
+    const double bottom = 0.25 * (double)f[ib * w + jp] + 0.5 * (double)f[ib * w + j] + 0.25 * (double)f[ib * w + jb];
+    const double left = 0.25 * (double)f[ip * w + jp] + 0.5 * (double)f[i * w + jp] + 0.25 * (double)f[ib * w + jp];
+    const double right = 0.25 * (double)f[ip * w + jb] + 0.5 * (double)f[i * w + jb] + 0.25 * (double)f[ib * w + jb];
+    const double gr = top - bottom;
+    const double gc = left - right;
+    return sqrt(gr * gr + gc * gc) * (1.0 / sqrt(2.0));
+}
+
 // graycoprops of the symmetric matrix hp[a][b] + hp[b][a] (16 x 16 one-sided counts, tot in
 // all) in the loop order of the numba glcm_props, in two parts that run in two threads: role 0
 // the contrast, dissimilarity and homogeneity (res[0..2]); role 1 the ASM, energy and
@@ -183,6 +207,7 @@ __device__ double tex_sum(const double* x, int n, double mean, int pass) {
 
 // The kernel over the per-block workspace `base` (inlined into the two entry points, so that
 // the shared-memory variant addresses its workspace as shared memory).
+template <bool F32>  // F32: float32 pixels (the float path: double edges, Sobel in double); else uint8/16
 __device__ __forceinline__ void
 tex_planes(const void* pixels, const int dtype, const int C, const int H, const int W,
            const long long* __restrict__ extents, const int M, const unsigned char* __restrict__ mask,
@@ -191,7 +216,9 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
     const int cap = H * W;
     const int cap8 = (cap + 7) & ~7;
     SgArena arena(base);
-    unsigned short* px = arena.take<unsigned short>(cap);
+    // (the plane: uint16 values, or float32 ones for F32; the same place in the workspace)
+    unsigned short* px = F32 ? nullptr : arena.take<unsigned short>(cap);
+    float* pxf = F32 ? arena.take<float>(cap) : nullptr;
     unsigned char* fl = arena.take<unsigned char>(cap8 + 16);
     unsigned int* half = arena.take<unsigned int>(2 * TEX_NOFF * TEX_NL * TEX_NL);
     double* sob = arena.take<double>(cap8);
@@ -204,6 +231,8 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
     unsigned int* rpre = rmask + 2 * ((cap + 31) >> 5);
     __shared__ int s_lo[2], s_hi[2], s_n[2];
     __shared__ int s_iedge[2][TEX_NL];
+    __shared__ unsigned int s_flo[2], s_fhi[2];  // (F32: order bits of the views' extreme values)
+    __shared__ double s_dedge[2][TEX_NL];         // (F32: the edges)
     // per thread: the ring pixels of its chunks (view 1 << 32 | view 0), scanned; in step 6 the
     // partial Sobel maxima and minima
     __shared__ u64 s_part[SG_THREADS + 1];
@@ -228,6 +257,8 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
             s_lo[t] = 0x7fffffff;
             s_hi[t] = -1;
             s_n[t] = 0;
+            s_flo[t] = 0xffffffffu;
+            s_fhi[t] = 0u;
         }
         if (t < 2 * TEX_NOFF) s_tot[t] = 0;
         for (int k = t; k < 2 * TEX_NOFF * TEX_NL * TEX_NL; k += SG_THREADS) half[k] = 0;
@@ -238,24 +269,41 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
             const unsigned char* mk = mask + (i64)m * cap;
             const unsigned char* cb = combined + (i64)obj * cap;
             int lo0 = 0x7fffffff, hi0 = -1, n0 = 0, lo1 = 0x7fffffff, hi1 = -1, n1 = 0;
+            unsigned int flo0 = 0xffffffffu, fhi0 = 0u, flo1 = 0xffffffffu, fhi1 = 0u;
             if (t < n) {
                 const int di = SG_THREADS / w, dj = SG_THREADS - di * w;
                 int i = t / w, j = t - (t / w) * w;
                 for (int p = t; p < n; p += SG_THREADS) {
                     const int idx = i * W + j;
-                    const int v = sg_load_int(plane, idx, dtype);
                     const int f = (mk[idx] != 0) | ((cb[idx] != 0) << 1);
-                    px[p] = (unsigned short)v;
                     fl[p] = (unsigned char)f;
-                    if (f & 1) {
-                        lo0 = sg_min(lo0, v);
-                        hi0 = sg_max(hi0, v);
-                        ++n0;
-                    }
-                    if (f & 2) {
-                        lo1 = sg_min(lo1, v);
-                        hi1 = sg_max(hi1, v);
-                        ++n1;
+                    if constexpr (F32) {
+                        const float x = reinterpret_cast<const float*>(pixels)[(i64)m * cap + idx];
+                        const unsigned int ob = int_f32_order(x);
+                        pxf[p] = x;
+                        if (f & 1) {
+                            flo0 = ob < flo0 ? ob : flo0;
+                            fhi0 = ob > fhi0 ? ob : fhi0;
+                            ++n0;
+                        }
+                        if (f & 2) {
+                            flo1 = ob < flo1 ? ob : flo1;
+                            fhi1 = ob > fhi1 ? ob : fhi1;
+                            ++n1;
+                        }
+                    } else {
+                        const int v = sg_load_int(plane, idx, dtype);
+                        px[p] = (unsigned short)v;
+                        if (f & 1) {
+                            lo0 = sg_min(lo0, v);
+                            hi0 = sg_max(hi0, v);
+                            ++n0;
+                        }
+                        if (f & 2) {
+                            lo1 = sg_min(lo1, v);
+                            hi1 = sg_max(hi1, v);
+                            ++n1;
+                        }
                     }
                     i += di;
                     j += dj;
@@ -266,13 +314,23 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
                 }
             }
             if (n0) {
-                atomicMin(&s_lo[0], lo0);
-                atomicMax(&s_hi[0], hi0);
+                if constexpr (F32) {
+                    atomicMin(&s_flo[0], flo0);
+                    atomicMax(&s_fhi[0], fhi0);
+                } else {
+                    atomicMin(&s_lo[0], lo0);
+                    atomicMax(&s_hi[0], hi0);
+                }
                 atomicAdd(&s_n[0], n0);
             }
             if (n1) {
-                atomicMin(&s_lo[1], lo1);
-                atomicMax(&s_hi[1], hi1);
+                if constexpr (F32) {
+                    atomicMin(&s_flo[1], flo1);
+                    atomicMax(&s_fhi[1], fhi1);
+                } else {
+                    atomicMin(&s_lo[1], lo1);
+                    atomicMax(&s_hi[1], hi1);
+                }
                 atomicAdd(&s_n[1], n1);
             }
         }
@@ -283,14 +341,28 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
         if (t < 2 * TEX_NL) {
             const int v = t / TEX_NL, k = t - v * TEX_NL;
             const bool has = s_n[v] > 0;
-            double lo = has ? (double)s_lo[v] : 0.0, hi = has ? (double)s_hi[v] : 0.0;
+            double lo, hi;
+            if constexpr (F32) {
+                lo = has ? (double)int_f32_value(s_flo[v]) : 0.0;
+                hi = has ? (double)int_f32_value(s_fhi[v]) : 0.0;
+            } else {
+                lo = has ? (double)s_lo[v] : 0.0;
+                hi = has ? (double)s_hi[v] : 0.0;
+            }
             if (lo == hi) {
                 lo = lo - 0.5;
                 hi = hi + 0.5;
             }
-            const double step = (hi - lo) / (double)(TEX_NL - 1);
-            const double e = k == TEX_NL - 1 ? hi : (double)k * step + lo;
-            s_iedge[v][k] = (int)floor(e) + 1;  // integer values: edge < x <=> floor(edge) + 1 <= x
+            const double delta = hi - lo;
+            const double step = delta / (double)(TEX_NL - 1);
+            if constexpr (F32) {  // (linspace_rows: the zero-step form where the step is zero)
+                const double e = k == TEX_NL - 1 ? hi
+                                 : (step == 0.0 ? ((double)k / (double)(TEX_NL - 1)) * delta : (double)k * step) + lo;
+                s_dedge[v][k] = e;
+            } else {
+                const double e = k == TEX_NL - 1 ? hi : (double)k * step + lo;
+                s_iedge[v][k] = (int)floor(e) + 1;  // integer values: edge < x <=> floor(edge) + 1 <= x
+            }
         }
         __syncthreads();
 
@@ -300,9 +372,16 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
             int i = t / w, j = t - (t / w) * w;
             for (int p = t; p < n; p += SG_THREADS) {
                 const int f = fl[p];
-                const int x = px[p];
-                const int l0 = (f & 1) ? tex_level(x, s_iedge[0]) : 0;
-                const int l1 = (f & 2) ? tex_level(x, s_iedge[1]) : 0;
+                int l0, l1;
+                if constexpr (F32) {
+                    const double x = (double)pxf[p];
+                    l0 = (f & 1) ? tex_level_f(x, s_dedge[0]) : 0;
+                    l1 = (f & 2) ? tex_level_f(x, s_dedge[1]) : 0;
+                } else {
+                    const int x = px[p];
+                    l0 = (f & 1) ? tex_level(x, s_iedge[0]) : 0;
+                    l1 = (f & 2) ? tex_level(x, s_iedge[1]) : 0;
+                }
                 lv[p] = (unsigned short)(l0 | (l1 << 4) | (f << 8) | (tex_ring(fl, h, w, i, j) << 10));
                 i += di;
                 j += dj;
@@ -415,7 +494,9 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
                         const unsigned below = (1u << (p & 31)) - 1u, bit = below + 1u;
                         const unsigned m0 = (vm & 1) ? rmask[c] : 0u, m1 = (vm & 2) ? rmask[nch + c] : 0u;
                         if ((m0 | m1) & bit) {
-                            const double x = tex_sobel_px(px, h, w, i, j);
+                            double x;
+                            if constexpr (F32) x = tex_sobel_px_f(pxf, h, w, i, j);
+                            else x = tex_sobel_px(px, h, w, i, j);
                             if (m0 & bit) sob[rpre[c] + tex_popc(m0 & below)] = x;
                             if (m1 & bit) sob[b1 + rpre[nch + c] + tex_popc(m1 & below)] = x;
                         }
@@ -518,7 +599,7 @@ texture_planes(const void* pixels, const int dtype, const int C, const int H, co
         __trap();
 #endif
     }
-    tex_planes(pixels, dtype, C, H, W, extents, M, mask, combined, usable, out, ld, SG_DYNAMIC_SMEM());
+    tex_planes<false>(pixels, dtype, C, H, W, extents, M, mask, combined, usable, out, ld, SG_DYNAMIC_SMEM());
 }
 
 extern "C" __global__ void
@@ -527,5 +608,32 @@ texture_planes_global(const void* pixels, const int dtype, const int C, const in
                       const unsigned char* __restrict__ mask, const unsigned char* __restrict__ combined,
                       const unsigned char* __restrict__ usable, double* __restrict__ out, const long long ld,
                       unsigned char* scratch, const long long ws_bytes) {
-    tex_planes(pixels, dtype, C, H, W, extents, M, mask, combined, usable, out, ld, sg_workspace(scratch, ws_bytes));
+    tex_planes<false>(pixels, dtype, C, H, W, extents, M, mask, combined, usable, out, ld,
+                      sg_workspace(scratch, ws_bytes));
+}
+
+// float32 pixels (the same two entry points; dtype unused)
+extern "C" __global__ void
+texture_planes_f32(const void* pixels, const int dtype, const int C, const int H, const int W,
+                   const long long* __restrict__ extents, const int M, const unsigned char* __restrict__ mask,
+                   const unsigned char* __restrict__ combined, const unsigned char* __restrict__ usable,
+                   double* __restrict__ out, const long long ld, unsigned char* scratch, const long long ws_bytes) {
+    if (ws_bytes != 0) {
+#ifdef CUDA_SIM
+        __builtin_trap();
+#else
+        __trap();
+#endif
+    }
+    tex_planes<true>(pixels, dtype, C, H, W, extents, M, mask, combined, usable, out, ld, SG_DYNAMIC_SMEM());
+}
+
+extern "C" __global__ void
+texture_planes_f32_global(const void* pixels, const int dtype, const int C, const int H, const int W,
+                          const long long* __restrict__ extents, const int M, const unsigned char* __restrict__ mask,
+                          const unsigned char* __restrict__ combined, const unsigned char* __restrict__ usable,
+                          double* __restrict__ out, const long long ld, unsigned char* scratch,
+                          const long long ws_bytes) {
+    tex_planes<true>(pixels, dtype, C, H, W, extents, M, mask, combined, usable, out, ld,
+                     sg_workspace(scratch, ws_bytes));
 }

@@ -33,8 +33,17 @@ def _ws(h: int, w: int) -> int:
     return _round16(2 * cap) + _round16(cap8 + 16) + _round16(4 * _COUNTS) + _round16(8 * cap8)
 
 
+@workspace("texture_planes_f32")
+@workspace("texture_planes_f32_global")
+def _ws_f32(h: int, w: int) -> int:
+    """As ``_ws`` with the plane's values as float32 (4 bytes each)."""
+    cap = h * w
+    cap8 = -(-cap // 8) * 8
+    return _round16(4 * cap) + _round16(cap8 + 16) + _round16(4 * _COUNTS) + _round16(8 * cap8)
+
+
 def _accepts(batch, mr, ctx) -> bool:
-    return _dtype_code(batch.pixels.dtype) is not None
+    return _dtype_code(batch.pixels.dtype) is not None or batch.pixels.dtype == np.float32
 
 
 @register("texture.block", "cuda", accepts=_accepts)
@@ -51,15 +60,18 @@ def texture_block(batch, mr, ctx):
         out = cupy.empty((n, c * per), dtype=cupy.float64)  # else: the batch table's columns
     if n * c == 0:
         return out
-    args = (px, np.int32(_dtype_code(px.dtype)), np.int32(c), np.int32(h), np.int32(w),
+    f32 = px.dtype == np.float32
+    code = _dtype_code(px.dtype)
+    args = (px, np.int32(-1 if f32 else code), np.int32(c), np.int32(h), np.int32(w),
             cupy.ascontiguousarray(batch.extents, dtype=cupy.int64), np.int32(n * c),
             cupy.ascontiguousarray(mr.mask).view(cupy.uint8),
             cupy.ascontiguousarray(mr.combined).view(cupy.uint8),
             cupy.ascontiguousarray(mr.usable).view(cupy.uint8),
             out, np.int64(out.strides[0] // 8))
-    ws = _ws(h, w)
+    ws = _ws_f32(h, w) if f32 else _ws(h, w)
     # the kernel variant for the workspace launch() gives: dynamic shared memory when it fits
     # (the variant that addresses it as shared memory), else global scratch slices
-    name = "texture_planes" if ws <= shared_capacity("texture_planes") else "texture_planes_global"
+    base = "texture_planes_f32" if f32 else "texture_planes"
+    name = base if ws <= shared_capacity(base) else f"{base}_global"
     launch(name, n * c, args, workspace=ws)
     return out

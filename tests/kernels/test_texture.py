@@ -47,7 +47,8 @@ def _compare(batch, mr, device, *, into_table=False):
     if into_table:
         np.testing.assert_array_equal(table.get()[:, 4 : 4 + want.shape[1]], got)
     if n_launch is not None:  # the emulation: the kernel ran
-        assert gpu_kernels.module().launches[n_launch:][0][0] in ("texture_planes", "texture_planes_global")
+        assert gpu_kernels.module().launches[n_launch:][0][0] in ("texture_planes", "texture_planes_global",
+                                                                  "texture_planes_f32", "texture_planes_f32_global")
     assert got.shape == want.shape and got.dtype == np.float64
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     diff = np.flatnonzero(np.where(np.isnan(want), 0, got - want))
@@ -65,11 +66,14 @@ def _cells(case: str):
     cells[2] = cells[2][:, :12, :]
     if case == "uint8":
         cells = [(c // 32).astype(np.uint8) for c in cells]
+    if case == "float32":  # (as illumination-corrected fields' cells: floats around 1, ties too)
+        cells = [(c / np.float32(997.0)).astype(np.float32) for c in cells]
+        cells[3][0, 3:6, 3:9] = -0.0
     return cells, (44, 44)
 
 
 @pytest.mark.parametrize("method", ["li", "otsu"])
-@pytest.mark.parametrize("case", ["ragged", "exact", "uint8"])
+@pytest.mark.parametrize("case", ["ragged", "exact", "uint8", "float32"])
 def test_texture_kernel_equals_cpu(device, method, case):
     cells, shape = _cells(case)
     batch, mr = _masked(cells, shape, method)
@@ -83,7 +87,10 @@ def _edge_cases(dtype=np.uint16):
     rng = np.random.default_rng(7)
     n, c, hh, ww = 8, 3, 14, 17
     top = 255 if dtype == np.uint8 else 65535
-    px = rng.integers(0, top + 1, (n, c, hh, ww)).astype(dtype)
+    if dtype == np.float32:  # (negative values and a zero step's neighbourhood too)
+        px = (rng.random((n, c, hh, ww)) * 3 - 1).astype(np.float32)
+    else:
+        px = rng.integers(0, top + 1, (n, c, hh, ww)).astype(dtype)
     ext = np.array([[14, 17], [9, 11], [1, 12], [10, 1], [1, 1], [6, 6], [12, 15], [14, 17]], dtype=np.int64)
     mask = np.zeros((n, c, hh, ww), dtype=bool)
     comb = np.zeros((n, hh, ww), dtype=bool)
@@ -126,7 +133,7 @@ def _edge_cases(dtype=np.uint16):
     return batch, mr
 
 
-@pytest.mark.parametrize("dtype", [np.uint16, np.uint8])
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8, np.float32])
 def test_texture_kernel_edge_cases(device, dtype):
     batch, mr = _edge_cases(dtype)
     want = _compare(batch, mr, device, into_table=True)
@@ -182,20 +189,24 @@ def test_texture_kernel_large_planes(device):
     _compare(batch, mr, device)
 
 
-def test_texture_kernel_global_workspace(sim_small_shared):
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_texture_kernel_global_workspace(sim_small_shared, dtype):
     cells = [make_cell(i, min_size=40, max_size=52)[0] for i in range(3)]
+    if dtype == np.float32:
+        cells = [(c / np.float32(997.0)).astype(np.float32) for c in cells]
     batch, mr = _masked(cells, (64, 64), "otsu")
     assert gpu_kernels.workspace_bytes("texture_planes_global", 64, 64) > 16 * 1024
     _compare(batch, mr, sim_small_shared)
     _compare(*_masked(*_large_cells(), "otsu"), sim_small_shared)
     launches = gpu_kernels.module().launches
-    assert any(name == "texture_planes_global" and shared == 0 for name, _, _, shared in launches)
+    name = "texture_planes_f32_global" if dtype == np.float32 else "texture_planes_global"
+    assert any(launch[0] == name and launch[3] == 0 for launch in launches)
 
 
 def test_texture_declines_other_dtypes():
     from scip_gpu.batch import Batch
     from scip_gpu.dispatch import select
 
-    batch = Batch(np.zeros((1, 1, 4, 4), dtype=np.float32), np.array([[4, 4]]), np.arange(1))
+    batch = Batch(np.zeros((1, 1, 4, 4), dtype=np.float64), np.array([[4, 4]]), np.arange(1))
     impl = select("texture.block", (batch, None, None), backend="cuda")
     assert impl.backend == "reference"
