@@ -570,6 +570,17 @@ __device__ void sg_sobel(const double* f, double* out, int h, int w) {
     __syncthreads();
 }
 
+// Half-widths of the rows of disk(r) (skimage.morphology.disk: x^2 + y^2 <= r^2): half[k] for
+// the row dy = k - r, written by threads 0..2r (r <= 31); the caller synchronises after.
+__device__ __forceinline__ void sg_disk_half_widths(int* half, int r) {
+    if ((int)threadIdx.x < 2 * r + 1) {
+        const int dy = (int)threadIdx.x - r;
+        int a = 0;
+        while ((a + 1) * (a + 1) + dy * dy <= r * r) ++a;
+        half[threadIdx.x] = a;
+    }
+}
+
 // binary_erosion(m, footprint of centred rows: half[k] the half-width of row k - r), outside
 // the plane counting as foreground (border_value=True), as the numba erosion_rows:
 // run[p] = 1 + the largest a with m[row, j-a..j+a] all set (0 where m is unset).

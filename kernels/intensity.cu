@@ -134,6 +134,63 @@ __device__ void int_sorted_stats(const T* v, int n, double total, double* m, dou
     o[10] = zero ? sg_nan() : m4 / (m2 * m2) - 3.0;
 }
 
+// Step 2 of both kernels: the views of one plane as h x w planes (row stride w): the channel's
+// mask and its inner rim (XOR its erosion by disk(r)), the combined mask and its rim.
+__device__ __forceinline__ void int_views(const unsigned char* mk, const unsigned char* cb, int W, int h, int w,
+                                          int cap, const SgDivW& dwp, const int* half, int r,
+                                          unsigned char* views, int* run) {
+    const int n = h * w;
+    for (int p = threadIdx.x; p < n; p += SG_THREADS) {
+        const int i = dwp.div(p), j = p - i * w;
+        views[p] = mk[i * W + j];
+        views[2 * cap + p] = cb[i * W + j];
+    }
+    __syncthreads();
+    for (int v = 0; v < 2; ++v) {
+        unsigned char* base = views + 2 * v * (i64)cap;
+        sg_erosion_rows(base, base + cap, run, h, w, half, r);
+        for (int p = threadIdx.x; p < n; p += SG_THREADS) base[cap + p] ^= base[p];
+        __syncthreads();
+    }
+}
+
+// Step 4 of both kernels: INT_LANES threads per view sum the moments, then one thread per view
+// (each view in its own warps) finishes; members of view v at members + v * cap (T: unsigned
+// short or float).
+template <class T>
+__device__ __forceinline__ void int_view_stats(const T* members, int cap, int nv, const int* count,
+                                               const double* total, double* moments, double* stats) {
+    const int v = threadIdx.x / (SG_THREADS / 4), lane = threadIdx.x % (SG_THREADS / 4);
+    if (v < nv && lane < INT_LANES && count[v] > 0)
+        int_moment_lane(members + (i64)v * cap, count[v], total[v] / count[v], lane, moments + v * 3 * INT_LANES);
+    __syncthreads();
+    if (v < nv && lane == 0)
+        int_sorted_stats(members + (i64)v * cap, count[v], total[v], moments + v * 3 * INT_LANES,
+                         stats + v * INT_NSTAT);
+    __syncthreads();
+}
+
+// Step 5 of both kernels: the plane's output (mode 1: the 11 statistics; mode 0: the 8 views,
+// the background-corrected ones a shift of the location statistics and the sum).
+__device__ __forceinline__ void int_write(double* o, int mode, const double* stats, const int* count, double bg,
+                                          double cbg) {
+    if (mode == 1) {
+        for (int k = threadIdx.x; k < INT_NSTAT; k += SG_THREADS) o[k] = stats[k];
+        return;
+    }
+    for (int k = threadIdx.x; k < 8 * INT_NSTAT; k += SG_THREADS) {
+        const int view = k / INT_NSTAT, s = k - view * INT_NSTAT;
+        const int v = view / 2;
+        double x = stats[v * INT_NSTAT + s];
+        if (view & 1) {
+            const double shift = v < 2 ? bg : cbg;
+            if (s <= 3 || s == 6 || s == 7) x = x - shift;
+            else if (s == 8) x = x - (double)count[v] * shift;
+        }
+        o[k] = x;
+    }
+}
+
 // Workspace for H x W planes: keys (H W u32; next_pow2(H W) for the legacy bitonic sort), four
 // view masks (H W bytes each), members (4 x H W u16; the erosion's run lengths live there
 // first, then the radix sort's second key buffer and counters: at least 4 H W bytes rounded to
@@ -170,12 +227,7 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
     __shared__ double moments[4 * 3 * INT_LANES];
     const int nv = mode == 0 ? 4 : 1;
     const int r = edge_width;
-    if (mode == 0 && (int)threadIdx.x < 2 * r + 1) {
-        const int dy = (int)threadIdx.x - r;
-        int a = 0;
-        while ((a + 1) * (a + 1) + dy * dy <= r * r) ++a;
-        half[threadIdx.x] = a;
-    }
+    if (mode == 0) sg_disk_half_widths(half, r);
     __syncthreads();
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
         const int obj = m / C, c = m - obj * C;
@@ -215,23 +267,9 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
         vmax = sg_block_max_i64(vmax);
 #endif
         // 2. the views, as h x w planes (row stride w)
-        if (mode == 0) {
-            const unsigned char* mk = mask + (i64)m * cap;
-            const unsigned char* cb = combined + (i64)obj * cap;
-            for (int p = threadIdx.x; p < n; p += SG_THREADS) {
-                const int i = dwp.div(p), j = p - i * w;
-                views[p] = mk[i * W + j];
-                views[2 * cap + p] = cb[i * W + j];
-            }
-            __syncthreads();
-            int* run = reinterpret_cast<int*>(members);
-            for (int v = 0; v < 2; ++v) {
-                unsigned char* base = views + 2 * v * (i64)cap;
-                sg_erosion_rows(base, base + cap, run, h, w, half, r);
-                for (int p = threadIdx.x; p < n; p += SG_THREADS) base[cap + p] ^= base[p];
-                __syncthreads();
-            }
-        }
+        if (mode == 0)
+            int_views(mask + (i64)m * cap, combined + (i64)obj * cap, W, h, w, cap, dwp, half, r, views,
+                      reinterpret_cast<int*>(members));
         __syncthreads();
         SG_PROF_MARK(2, 0);
 #ifdef SG_LEGACY_SORT
@@ -285,34 +323,9 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
         SG_PROF_MARK(2, 2);
         // 4. statistics: INT_LANES threads per view sum the moments, then one thread per view
         //    (each view in its own warps) finishes
-        {
-            const int v = threadIdx.x / (SG_THREADS / 4), lane = threadIdx.x % (SG_THREADS / 4);
-            if (v < nv && lane < INT_LANES && count[v] > 0)
-                int_moment_lane(members + (i64)v * cap, count[v], total[v] / count[v], lane,
-                                moments + v * 3 * INT_LANES);
-            __syncthreads();
-            if (v < nv && lane == 0)
-                int_sorted_stats(members + (i64)v * cap, count[v], total[v], moments + v * 3 * INT_LANES,
-                                 stats + v * INT_NSTAT);
-        }
-        __syncthreads();
+        int_view_stats(members, cap, nv, count, total, moments, stats);
         SG_PROF_MARK(2, 3);
-        if (mode == 1) {
-            for (int k = threadIdx.x; k < INT_NSTAT; k += SG_THREADS) o[k] = stats[k];
-        } else {
-            const double bg = background[m], cbg = combined_background[m];
-            for (int k = threadIdx.x; k < 8 * INT_NSTAT; k += SG_THREADS) {
-                const int view = k / INT_NSTAT, s = k - view * INT_NSTAT;
-                const int v = view / 2;
-                double x = stats[v * INT_NSTAT + s];
-                if (view & 1) {  // background-corrected: a shift of the location statistics
-                    const double shift = v < 2 ? bg : cbg;
-                    if (s <= 3 || s == 6 || s == 7) x = x - shift;
-                    else if (s == 8) x = x - (double)count[v] * shift;
-                }
-                o[k] = x;
-            }
-        }
+        int_write(o, mode, stats, count, mode == 0 ? background[m] : 0.0, mode == 0 ? combined_background[m] : 0.0);
         __syncthreads();
         SG_PROF_MARK(2, 4);
         SG_PROF_COUNT(2);
@@ -359,12 +372,7 @@ intensity_views_f32(const float* __restrict__ pixels, const int C, const int H, 
     __shared__ double moments[4 * 3 * INT_LANES];
     const int nv = mode == 0 ? 4 : 1;
     const int r = edge_width;
-    if (mode == 0 && (int)threadIdx.x < 2 * r + 1) {
-        const int dy = (int)threadIdx.x - r;
-        int a = 0;
-        while ((a + 1) * (a + 1) + dy * dy <= r * r) ++a;
-        half[threadIdx.x] = a;
-    }
+    if (mode == 0) sg_disk_half_widths(half, r);
     __syncthreads();
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
         const int obj = m / C, c = m - obj * C;
@@ -389,23 +397,9 @@ intensity_views_f32(const float* __restrict__ pixels, const int C, const int H, 
             keys[p] = key;
         }
         // 2. the views, as h x w planes (row stride w)
-        if (mode == 0) {
-            const unsigned char* mk = mask + (i64)m * cap;
-            const unsigned char* cb = combined + (i64)obj * cap;
-            for (int p = threadIdx.x; p < n; p += SG_THREADS) {
-                const int i = dwp.div(p), j = p - i * w;
-                views[p] = mk[i * W + j];
-                views[2 * cap + p] = cb[i * W + j];
-            }
-            __syncthreads();
-            int* run = reinterpret_cast<int*>(members);
-            for (int v = 0; v < 2; ++v) {
-                unsigned char* base = views + 2 * v * (i64)cap;
-                sg_erosion_rows(base, base + cap, run, h, w, half, r);
-                for (int p = threadIdx.x; p < n; p += SG_THREADS) base[cap + p] ^= base[p];
-                __syncthreads();
-            }
-        }
+        if (mode == 0)
+            int_views(mask + (i64)m * cap, combined + (i64)obj * cap, W, h, w, cap, dwp, half, r, views,
+                      reinterpret_cast<int*>(members));
         __syncthreads();
         sg_bitonic_sort(keys, n2);
         // 3. each view's members in sorted order (one scan of 4 packed 16-bit counters)
@@ -443,33 +437,8 @@ intensity_views_f32(const float* __restrict__ pixels, const int C, const int H, 
             __syncthreads();
         }
         // 4. statistics, as intensity_views
-        {
-            const int v = threadIdx.x / (SG_THREADS / 4), lane = threadIdx.x % (SG_THREADS / 4);
-            if (v < nv && lane < INT_LANES && count[v] > 0)
-                int_moment_lane(members + (i64)v * cap, count[v], total[v] / count[v], lane,
-                                moments + v * 3 * INT_LANES);
-            __syncthreads();
-            if (v < nv && lane == 0)
-                int_sorted_stats(members + (i64)v * cap, count[v], total[v], moments + v * 3 * INT_LANES,
-                                 stats + v * INT_NSTAT);
-        }
-        __syncthreads();
-        if (mode == 1) {
-            for (int k = threadIdx.x; k < INT_NSTAT; k += SG_THREADS) o[k] = stats[k];
-        } else {
-            const double bg = background[m], cbg = combined_background[m];
-            for (int k = threadIdx.x; k < 8 * INT_NSTAT; k += SG_THREADS) {
-                const int view = k / INT_NSTAT, s = k - view * INT_NSTAT;
-                const int v = view / 2;
-                double x = stats[v * INT_NSTAT + s];
-                if (view & 1) {
-                    const double shift = v < 2 ? bg : cbg;
-                    if (s <= 3 || s == 6 || s == 7) x = x - shift;
-                    else if (s == 8) x = x - (double)count[v] * shift;
-                }
-                o[k] = x;
-            }
-        }
+        int_view_stats(members, cap, nv, count, total, moments, stats);
+        int_write(o, mode, stats, count, mode == 0 ? background[m] : 0.0, mode == 0 ? combined_background[m] : 0.0);
         __syncthreads();
     }
 }

@@ -720,12 +720,7 @@ mask_spot(const void* pixels, const int dtype, const int C, const int H, const i
     int* parent = arena.take<int>(cap);
     __shared__ int half[64];
     __shared__ double s_q;
-    if ((int)threadIdx.x < 2 * radius + 1) {
-        const int dy = (int)threadIdx.x - radius;
-        int a = 0;
-        while ((a + 1) * (a + 1) + dy * dy <= radius * radius) ++a;
-        half[threadIdx.x] = a;
-    }
+    sg_disk_half_widths(half, radius);
     __syncthreads();
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
         const int obj = m / C;

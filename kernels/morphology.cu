@@ -21,12 +21,7 @@ erosion_disk_planes(const unsigned char* __restrict__ mask, const long long* __r
     int* run = arena.take<int>(cap);
     unsigned char* eroded = arena.take<unsigned char>(cap);
     __shared__ int half[64];
-    if ((int)threadIdx.x < 2 * r + 1) {  // half-width of the disk's row dy = threadIdx.x - r
-        const int dy = (int)threadIdx.x - r;
-        int a = 0;
-        while ((a + 1) * (a + 1) + dy * dy <= r * r) ++a;
-        half[threadIdx.x] = a;
-    }
+    sg_disk_half_widths(half, r);
     __syncthreads();
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
         const int h = (int)extents[2 * m], w = (int)extents[2 * m + 1];
