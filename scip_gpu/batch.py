@@ -72,8 +72,15 @@ class Batch:
         return int(self.pixels.shape[2]), int(self.pixels.shape[3])
 
     def valid(self):
-        """(N, H, W) bool: True inside each object's real extent."""
-        return valid_mask(self.extents, self.shape)
+        """(N, H, W) bool: True inside each object's real extent; made once per batch (a dozen
+        families ask for it: on a GPU three kernel launches each), read-only on the CPU."""
+        v = self.cache.get("valid")
+        if v is None:
+            v = valid_mask(self.extents, self.shape)
+            if isinstance(v, np.ndarray) and type(v) is np.ndarray:
+                v.flags.writeable = False
+            self.cache["valid"] = v
+        return v
 
     def take(self, rows) -> "Batch":
         """Sub-batch of the given row positions."""
