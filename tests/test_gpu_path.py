@@ -259,9 +259,9 @@ def test_batch_on_the_gpu_never_synchronises(cupy, monkeypatch, shape):
 
 def test_float_cells_families_on_the_gpu_never_synchronise(cupy, monkeypatch):
     """float32 cells (the fields' illumination-corrected crops) with their masks on the device
-    (as the fields' segmentation gives them): every family of the ``scip`` preset (intensity's
-    float kernel, texture's array-namespace form with its Sobel kernels, shape, the meta
-    families) neither reads a device value on the host nor copies from pageable memory, and
+    (as the fields' segmentation gives them): every family of the ``scip`` preset (the float
+    intensity and texture kernels, shape, the meta families) neither reads a device value on
+    the host nor copies from pageable memory nor launches a kernel that CuPy generates, and
     gives the CPU path's values. (The li and otsu references themselves, which float pixels
     take, synchronise: ``masks.methods``.)"""
     import dataclasses
@@ -284,9 +284,11 @@ def test_float_cells_families_on_the_gpu_never_synchronise(cupy, monkeypatch):
     for rnd in range(2):  # (the first: constant tables copied to the device once)
         batch = assemble(cells, idx, (56, 56), cupy)
         fake_cupy.SYNCS.clear()
+        fake_cupy.LAUNCHES.clear()
         got = [FAMILIES[fam].compute(batch, dev_mr, plan.context) for fam in families]
         if rnd:
             assert dict(fake_cupy.SYNCS) == {}
+            assert dict(fake_cupy.LAUNCHES) == {}  # (the float kernels: nothing for NVRTC to compile)
     want = [FAMILIES[fam].compute(host, mr, plan.context) for fam in families]
     for fam, g, w in zip(families, got, want):
         g = g.get()
