@@ -91,11 +91,13 @@
 #   issue10 = first first_pch bench legacy (40 + 40 + 180 + 130 s): the batch path's objects/s,
 #           memory, first batch (and its compilations, with and without NVRTC's precompiled
 #           headers) and equality, and the A/B of the rewritten kernels.
-#   issue15 = pytest cellprofiler fields_cp (120 + 200 + 200 s; the fields steps took 93 s on a
+#   issue15 = pytest cellprofiler fields_cp (180 + 200 + 200 s; the fields steps took 93 s on a
 #           warm machine and over 100 s on a fresh one): every CUDA kernel (the
 #           CellProfiler ones included) against the CPU path on the device, the cellprofiler
 #           preset's equality and objects/s, and its families on segmented fields of view.
-#   Default: first bench legacy pytest, in this order (timeouts 40 + 180 + 130 + 120 s).
+#   Default: first bench legacy pytest, in this order (timeouts 40 + 180 + 130 + 180 s; pytest has
+#           had 120 s: session 13 added tests of partitions in flight, a full-field watershed and
+#           the float kernels).
 #   A session's 15 device-minutes (start-up ~0.5-2 min, 10 min per call at most). Measured on
 #   an H100 (run 8): wheels ~5 s, first 10 s, bench 58 s, pytest 95 s, cellprofiler 18 s,
 #   profile 37 s, legacy 43 s, fields_cp 93 s (warm machine): 357 s on the machine. In order of
@@ -174,7 +176,7 @@ case "${1:-}" in
         pytest) if python3 -c "import xdist, pytest, sys; sys.exit(int(pytest.__version__.split('.')[0]) < 7)" \
                    2>/dev/null; then XDIST="-n 4 --dist loadfile"; else XDIST="-p no:xdist"; fi
                 # (-n 4: files in 4 processes on the one GPU; each compiles the numba kernels it needs)
-                step 120 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="-ra" $XDIST --durations=15 \
+                step 180 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="-ra" $XDIST --durations=15 \
                   tests/kernels tests/test_dispatch.py tests/test_gpu_path.py tests/io/test_device_read.py ;;
         cellprofiler) step 200 python3 benchmarks/bench_gpu.py --preset cellprofiler -n 4096 --unique 512 \
                         --batch-size 1024 --equality-objects 32 --ragged 40 --cpu-objects 128 --out "$OUTDIR" ;;
