@@ -134,6 +134,33 @@ __device__ void int_sorted_stats(const T* v, int n, double total, double* m, dou
     o[10] = zero ? sg_nan() : m4 / (m2 * m2) - 3.0;
 }
 
+// What both kernels keep in shared memory besides their workspace.
+struct IntShared {
+    int half[64];                        // the disk's row half-widths (the edge views)
+    int count[4];                        // members per view
+    double total[4];                     // their sums
+    double stats[4 * INT_NSTAT];         // the 11 statistics per view
+    double moments[4 * 3 * INT_LANES];   // the partial sums of the central moments
+};
+
+// The head of both kernels' plane loop: plane m's object, extent and output (`o`); false for an
+// object that is not usable (mode 0: its values NaN, written here).
+__device__ __forceinline__ bool int_plane(int m, int C, const long long* extents, int mode, const unsigned char* usable,
+                                          double* out, long long ld, long long col0, int& obj, int& h, int& w,
+                                          double*& o) {
+    obj = m / C;
+    const int c = m - obj * C;
+    h = (int)extents[2 * obj];
+    w = (int)extents[2 * obj + 1];
+    const int per = mode == 0 ? 8 * INT_NSTAT : INT_NSTAT;
+    o = out + (i64)obj * ld + col0 + (i64)c * per;
+    if (mode == 0 && !usable[obj]) {
+        for (int k = threadIdx.x; k < per; k += SG_THREADS) o[k] = sg_nan();
+        return false;
+    }
+    return true;
+}
+
 // Step 2 of both kernels: the views of one plane as h x w planes (row stride w): the channel's
 // mask and its inner rim (XOR its erosion by disk(r)), the combined mask and its rim.
 __device__ __forceinline__ void int_views(const unsigned char* mk, const unsigned char* cb, int W, int h, int w,
@@ -220,25 +247,21 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
     int* radix_counts = reinterpret_cast<int*>(reinterpret_cast<unsigned char*>(members) + alt_bytes);
     (void)np2;
 #endif
-    __shared__ int half[64];
-    __shared__ int count[4];
-    __shared__ double total[4];
-    __shared__ double stats[4 * INT_NSTAT];
-    __shared__ double moments[4 * 3 * INT_LANES];
+    __shared__ IntShared sh;
+    int* const count = sh.count;
+    double* const total = sh.total;
+    double* const stats = sh.stats;
+    double* const moments = sh.moments;
+    const int* const half = sh.half;
     const int nv = mode == 0 ? 4 : 1;
     const int r = edge_width;
-    if (mode == 0) sg_disk_half_widths(half, r);
+    if (mode == 0) sg_disk_half_widths(sh.half, r);
     __syncthreads();
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
-        const int obj = m / C, c = m - obj * C;
-        const int h = (int)extents[2 * obj], w = (int)extents[2 * obj + 1];
+        int obj, h, w;
+        double* o;
+        if (!int_plane(m, C, extents, mode, usable, out, ld, col0, obj, h, w, o)) continue;
         const int n = h * w;
-        const int per = mode == 0 ? 8 * INT_NSTAT : INT_NSTAT;
-        double* o = out + (i64)obj * ld + col0 + (i64)c * per;
-        if (mode == 0 && !usable[obj]) {
-            for (int k = threadIdx.x; k < per; k += SG_THREADS) o[k] = sg_nan();
-            continue;
-        }
         const void* px = dtype == 0 ? (const void*)((const unsigned char*)pixels + (i64)m * cap)
                                     : (const void*)((const unsigned short*)pixels + (i64)m * cap);
         SG_PROF_START();
@@ -365,25 +388,21 @@ intensity_views_f32(const float* __restrict__ pixels, const int C, const int H, 
     u64* keys = arena.take<u64>(np2);
     unsigned char* views = arena.take<unsigned char>(mode == 0 ? 4 * (i64)cap : 0);
     float* members = arena.take<float>((mode == 0 ? 4 : 1) * (i64)cap);
-    __shared__ int half[64];
-    __shared__ int count[4];
-    __shared__ double total[4];
-    __shared__ double stats[4 * INT_NSTAT];
-    __shared__ double moments[4 * 3 * INT_LANES];
+    __shared__ IntShared sh;
+    int* const count = sh.count;
+    double* const total = sh.total;
+    double* const stats = sh.stats;
+    double* const moments = sh.moments;
+    const int* const half = sh.half;
     const int nv = mode == 0 ? 4 : 1;
     const int r = edge_width;
-    if (mode == 0) sg_disk_half_widths(half, r);
+    if (mode == 0) sg_disk_half_widths(sh.half, r);
     __syncthreads();
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
-        const int obj = m / C, c = m - obj * C;
-        const int h = (int)extents[2 * obj], w = (int)extents[2 * obj + 1];
+        int obj, h, w;
+        double* o;
+        if (!int_plane(m, C, extents, mode, usable, out, ld, col0, obj, h, w, o)) continue;
         const int n = h * w;
-        const int per = mode == 0 ? 8 * INT_NSTAT : INT_NSTAT;
-        double* o = out + (i64)obj * ld + col0 + (i64)c * per;
-        if (mode == 0 && !usable[obj]) {
-            for (int k = threadIdx.x; k < per; k += SG_THREADS) o[k] = sg_nan();
-            continue;
-        }
         const float* px = pixels + (i64)m * cap;
         const SgDivW dwp(w);
         // 1. the keys, padded to a power of two with the largest key
