@@ -143,6 +143,14 @@ struct IntShared {
     double moments[4 * 3 * INT_LANES];   // the partial sums of the central moments
 };
 
+// The start of both kernels: the disk's half-widths (mode 0: the edge views), then a barrier;
+// returns the views per plane (mode 0: 4; mode 1, the raw set: 1).
+__device__ __forceinline__ int int_begin(IntShared& sh, int mode, int r) {
+    if (mode == 0) sg_disk_half_widths(sh.half, r);
+    __syncthreads();
+    return mode == 0 ? 4 : 1;
+}
+
 // The head of both kernels' plane loop: plane m's object, extent and output (`o`); false for an
 // object that is not usable (mode 0: its values NaN, written here).
 __device__ __forceinline__ bool int_plane(int m, int C, const long long* extents, int mode, const unsigned char* usable,
@@ -248,15 +256,7 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
     (void)np2;
 #endif
     __shared__ IntShared sh;
-    int* const count = sh.count;
-    double* const total = sh.total;
-    double* const stats = sh.stats;
-    double* const moments = sh.moments;
-    const int* const half = sh.half;
-    const int nv = mode == 0 ? 4 : 1;
-    const int r = edge_width;
-    if (mode == 0) sg_disk_half_widths(sh.half, r);
-    __syncthreads();
+    const int nv = int_begin(sh, mode, edge_width), r = edge_width;
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
         int obj, h, w;
         double* o;
@@ -291,7 +291,7 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
 #endif
         // 2. the views, as h x w planes (row stride w)
         if (mode == 0)
-            int_views(mask + (i64)m * cap, combined + (i64)obj * cap, W, h, w, cap, dwp, half, r, views,
+            int_views(mask + (i64)m * cap, combined + (i64)obj * cap, W, h, w, cap, dwp, sh.half, r, views,
                       reinterpret_cast<int*>(members));
         __syncthreads();
         SG_PROF_MARK(2, 0);
@@ -336,19 +336,19 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
                     s += (u64)1 << (16 * v);
                 }
             }
-            if (t < nv) count[t] = (int)((all >> (16 * t)) & 0xFFFFu);
+            if (t < nv) sh.count[t] = (int)((all >> (16 * t)) & 0xFFFFu);
             for (int v = 0; v < nv; ++v) {
                 const i64 sum = sg_block_sum_i64(tot[v]);
-                if (t == 0) total[v] = (double)sum;
+                if (t == 0) sh.total[v] = (double)sum;
             }
             __syncthreads();
         }
         SG_PROF_MARK(2, 2);
         // 4. statistics: INT_LANES threads per view sum the moments, then one thread per view
         //    (each view in its own warps) finishes
-        int_view_stats(members, cap, nv, count, total, moments, stats);
+        int_view_stats(members, cap, nv, sh.count, sh.total, sh.moments, sh.stats);
         SG_PROF_MARK(2, 3);
-        int_write(o, mode, stats, count, mode == 0 ? background[m] : 0.0, mode == 0 ? combined_background[m] : 0.0);
+        int_write(o, mode, sh.stats, sh.count, mode == 0 ? background[m] : 0.0, mode == 0 ? combined_background[m] : 0.0);
         __syncthreads();
         SG_PROF_MARK(2, 4);
         SG_PROF_COUNT(2);
@@ -389,15 +389,7 @@ intensity_views_f32(const float* __restrict__ pixels, const int C, const int H, 
     unsigned char* views = arena.take<unsigned char>(mode == 0 ? 4 * (i64)cap : 0);
     float* members = arena.take<float>((mode == 0 ? 4 : 1) * (i64)cap);
     __shared__ IntShared sh;
-    int* const count = sh.count;
-    double* const total = sh.total;
-    double* const stats = sh.stats;
-    double* const moments = sh.moments;
-    const int* const half = sh.half;
-    const int nv = mode == 0 ? 4 : 1;
-    const int r = edge_width;
-    if (mode == 0) sg_disk_half_widths(sh.half, r);
-    __syncthreads();
+    const int nv = int_begin(sh, mode, edge_width), r = edge_width;
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
         int obj, h, w;
         double* o;
@@ -417,7 +409,7 @@ intensity_views_f32(const float* __restrict__ pixels, const int C, const int H, 
         }
         // 2. the views, as h x w planes (row stride w)
         if (mode == 0)
-            int_views(mask + (i64)m * cap, combined + (i64)obj * cap, W, h, w, cap, dwp, half, r, views,
+            int_views(mask + (i64)m * cap, combined + (i64)obj * cap, W, h, w, cap, dwp, sh.half, r, views,
                       reinterpret_cast<int*>(members));
         __syncthreads();
         sg_bitonic_sort(keys, n2);
@@ -445,19 +437,19 @@ intensity_views_f32(const float* __restrict__ pixels, const int C, const int H, 
                     s += (u64)1 << (16 * v);
                 }
             }
-            if (t < nv) count[t] = (int)((all >> (16 * t)) & 0xFFFFu);
+            if (t < nv) sh.count[t] = (int)((all >> (16 * t)) & 0xFFFFu);
             __syncthreads();
             if (t < nv) {  // the sum in ascending order, one addition at a time (numba's order)
                 const float* mv = members + (i64)t * cap;
                 double acc = 0.0;
-                for (int k = 0; k < count[t]; ++k) acc += (double)mv[k];
-                total[t] = acc;
+                for (int k = 0; k < sh.count[t]; ++k) acc += (double)mv[k];
+                sh.total[t] = acc;
             }
             __syncthreads();
         }
         // 4. statistics, as intensity_views
-        int_view_stats(members, cap, nv, count, total, moments, stats);
-        int_write(o, mode, stats, count, mode == 0 ? background[m] : 0.0, mode == 0 ? combined_background[m] : 0.0);
+        int_view_stats(members, cap, nv, sh.count, sh.total, sh.moments, sh.stats);
+        int_write(o, mode, sh.stats, sh.count, mode == 0 ? background[m] : 0.0, mode == 0 ? combined_background[m] : 0.0);
         __syncthreads();
     }
 }
