@@ -275,10 +275,11 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
                 int i = t / w, j = t - (t / w) * w;
                 for (int p = t; p < n; p += SG_THREADS) {
                     const int idx = i * W + j;
-                    const int f = (mk[idx] != 0) | ((cb[idx] != 0) << 1);
-                    fl[p] = (unsigned char)f;
+                    int f = (mk[idx] != 0) | ((cb[idx] != 0) << 1);
                     if constexpr (F32) {
                         const float x = reinterpret_cast<const float*>(pixels)[(i64)m * cap + idx];
+                        if (x != x) f = 0;  // (a NaN pixel is in no view, as texture_planes' reference)
+                        fl[p] = (unsigned char)f;
                         const unsigned int ob = int_f32_order(x);
                         pxf[p] = x;
                         if (f & 1) {
@@ -292,6 +293,7 @@ tex_planes(const void* pixels, const int dtype, const int C, const int H, const 
                             ++n1;
                         }
                     } else {
+                        fl[p] = (unsigned char)f;
                         const int v = sg_load_int(plane, idx, dtype);
                         px[p] = (unsigned short)v;
                         if (f & 1) {

@@ -36,21 +36,6 @@ def array_module(*arrays: Any) -> ModuleType:
     return np
 
 
-_CONSTANTS: dict = {}
-
-
-def constant(xp: ModuleType, key, build) -> Any:
-    """A small constant array (``build() -> numpy array``) in ``xp``'s memory: on a GPU copied
-    once per device and kept (a copy from pageable host memory waits for the stream: once per
-    call it would synchronise the batch loop with the host); on the CPU built each time."""
-    if not is_gpu(xp):
-        return build()
-    k = (xp.__name__, xp.cuda.Device().id, key)
-    if k not in _CONSTANTS:
-        _CONSTANTS[k] = xp.asarray(build())
-    return _CONSTANTS[k]
-
-
 def all_true(xp: ModuleType, shape) -> Any:
     """A bool array of ``shape``, every value True: on a GPU a memset of 1 bytes, not CuPy's
     fill kernel (which, as every kernel CuPy generates, a fresh machine compiles with NVRTC at

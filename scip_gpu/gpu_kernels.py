@@ -828,7 +828,7 @@ def _ws_erosion_disk(h: int, w: int) -> int:
 
 def _accepts_erosion_disk(mask, extents, radius: int) -> bool:
     return (0 < radius and 2 * radius + 1 <= 64 and mask.ndim == 3 and mask.dtype == np.bool_
-            and mask.shape[1] * mask.shape[2] < 2**31 // 8)
+            and 0 < mask.shape[1] * mask.shape[2] < 2**31 // 8)  # (no workspace for empty planes)
 
 
 @register("ops.binary_erosion_disk", "cuda", accepts=_accepts_erosion_disk)
@@ -859,7 +859,7 @@ def _ws_sobel(h: int, w: int) -> int:
 
 
 def _accepts_sobel(x, extents) -> bool:
-    return x.ndim == 3 and np.dtype(x.dtype) in _SOBEL_CODES and x.shape[1] * x.shape[2] < 2**31 // 16
+    return x.ndim == 3 and np.dtype(x.dtype) in _SOBEL_CODES and 0 < x.shape[1] * x.shape[2] < 2**31 // 16
 
 
 @register("ops.sobel", "cuda", accepts=_accepts_sobel)
@@ -887,7 +887,7 @@ def _ws_sobel_view_stats(h: int, w: int) -> int:
 
 def _accepts_sobel_view_stats(sob, view, extents) -> bool:
     return (sob.ndim == 3 and sob.dtype == np.float64 and view.shape == sob.shape and view.dtype == np.bool_
-            and sob.shape[1] * sob.shape[2] < 2**31 // 8)
+            and 0 < sob.shape[1] * sob.shape[2] < 2**31 // 8)
 
 
 @register("texture.sobel_view_statistics", "cuda", accepts=_accepts_sobel_view_stats)

@@ -18,7 +18,7 @@ from functools import cache
 
 import numpy as np
 
-from .backend import array_module, asnumpy, constant, is_gpu, ndimage
+from .backend import array_module, asnumpy, is_gpu, ndimage
 from .batch import refill, valid_mask
 from .dispatch import stage
 from .stage_examples import compare_inside_extent
@@ -262,13 +262,13 @@ def median_disk_stack(x, extents, radius: int, *, max_bytes: int = 256 * 2**20):
 # Connected components
 
 
-def _structure(xp, connectivity: int):
-    def build():
-        s = np.zeros((3, 3, 3), dtype=bool)
-        s[1] = ndimage(np).generate_binary_structure(2, connectivity)
-        return s
-
-    return constant(xp, ("label-structure", connectivity), build)
+def _structure(connectivity: int) -> np.ndarray:
+    """The (3, 3, 3) structure labelling each plane of a stack on its own, on the host for every
+    backend (``cupyx.scipy.ndimage.label`` takes it there: a device copy would only be copied
+    back)."""
+    s = np.zeros((3, 3, 3), dtype=bool)
+    s[1] = ndimage(np).generate_binary_structure(2, connectivity)
+    return s
 
 
 def _label_examples(rng):
@@ -295,7 +295,7 @@ def label(mask, connectivity: int = 2):
         Number of labels in the stack.
     """
     xp = array_module(mask)
-    labels, n = ndimage(xp).label(mask, structure=_structure(xp, connectivity))
+    labels, n = ndimage(xp).label(mask, structure=_structure(connectivity))
     return labels.astype(xp.int32, copy=False), int(n)
 
 

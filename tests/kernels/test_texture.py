@@ -87,8 +87,9 @@ def _edge_cases(dtype=np.uint16):
     rng = np.random.default_rng(7)
     n, c, hh, ww = 8, 3, 14, 17
     top = 255 if dtype == np.uint8 else 65535
-    if dtype == np.float32:  # (negative values and a zero step's neighbourhood too)
+    if dtype == np.float32:  # (negative values; a NaN pixel inside both views of plane 0, in none)
         px = (rng.random((n, c, hh, ww)) * 3 - 1).astype(np.float32)
+        px[0, 0, 5, 7] = np.nan
     else:
         px = rng.integers(0, top + 1, (n, c, hh, ww)).astype(dtype)
     ext = np.array([[14, 17], [9, 11], [1, 12], [10, 1], [1, 1], [6, 6], [12, 15], [14, 17]], dtype=np.int64)
