@@ -367,7 +367,11 @@ intensity_views(const void* pixels, const int dtype, const int C, const int H, c
 // each), members (4 x H W floats in mode 0, the erosion's run lengths there first; H W in
 // mode 1).
 
+// The order bits of a float32 value (ascending as the values); every NaN, whatever its sign
+// bit and payload, the largest (NumPy sorts NaN last: x86's 0/0 has the sign bit set, which
+// the plain bits would put below -inf). It decodes to a NaN.
 __device__ __forceinline__ unsigned int int_f32_order(float v) {
+    if (v != v) return 0xFFFFFFFFu;
     const unsigned int b = __float_as_uint(v);
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }

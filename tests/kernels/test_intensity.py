@@ -116,3 +116,33 @@ def test_intensity_kernel_edge_views_of_tiny_objects(device):
     assert np.isnan(edge[:4]).all() and not np.isnan(edge[4]).all()
     b = assemble(cells, np.arange(n), shape, device)
     _compare(_gpu_intensity.intensity_block(b, to_device(mr, device), ctx).get(), want)
+
+
+def test_float_intensity_kernel_sorts_nan_of_either_sign_last(device):
+    """NaN pixels (as a float32 store computed on x86 holds them: 0/0 is the NaN with the sign
+    bit set) go last in the kernel's order as in NumPy's sort, whatever their sign bit: with the
+    raw order bits, a sign-bit NaN sorted below -inf and every order statistic of its views
+    shifted (24 values of one object)."""
+    from scip_gpu.masks import MaskResult
+
+    rng = np.random.default_rng(8)
+    n, shape = 3, (14, 14)
+    cells = [(rng.random((2, 14, 14)) + 0.5).astype(np.float32) for _ in range(n)]
+    neg_nan = np.array([0xFFC00000], dtype=np.uint32).view(np.float32)[0]
+    assert np.isnan(neg_nan) and np.signbit(neg_nan)
+    cells[0][0, 5, 6] = neg_nan
+    cells[1][1, 3, 3] = np.float32(np.nan)
+    cells[1][1, 7, 8] = neg_nan
+    batch = assemble(cells, np.arange(n), shape, np)
+    mask = np.zeros((n, 2, *shape), dtype=bool)
+    mask[:, :, 1:13, 1:13] = True
+    combined = mask.any(axis=1)
+    bbox = np.tile(np.array([[1.0, 1.0, 13.0, 13.0]]), (n, 1))
+    mr = MaskResult("hand", mask, combined, np.ones((n, 2), dtype=np.int64), bbox, np.zeros((n, 2)),
+                    np.zeros((n, 2)), np.ones(n, dtype=bool))
+    ctx = FeatureContext(edge_width=2)
+    want = compute_intensity(batch, mr, ctx)
+    assert np.isnan(want[0]).any() and not np.isnan(want[2]).any()
+    b = assemble(cells, np.arange(n), shape, device)
+    _compare(_gpu_intensity.intensity_block(b, to_device(mr, device), ctx).get(), want)
+    _compare(_gpu_intensity.intensity_raw(b, None, ctx).get(), compute_raw(batch, None, ctx))
