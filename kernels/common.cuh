@@ -116,10 +116,17 @@ struct SgDivW {
     }
 };
 
-// Pixel of a plane of the given dtype code (0: uint8, 1: uint16) as a double.
+// Pixel of a plane of the given dtype code (0: uint8, 1: uint16, 2: float32, 3: float64) as a
+// double (sg_load_int: the integer codes only).
 __device__ __forceinline__ double sg_load_px(const void* base, i64 idx, int dtype) {
     if (dtype == 0) return (double)reinterpret_cast<const unsigned char*>(base)[idx];
-    return (double)reinterpret_cast<const unsigned short*>(base)[idx];
+    if (dtype == 1) return (double)reinterpret_cast<const unsigned short*>(base)[idx];
+    if (dtype == 2) return (double)reinterpret_cast<const float*>(base)[idx];
+    return reinterpret_cast<const double*>(base)[idx];
+}
+// The element at `offset` of an array of the given dtype code.
+__device__ __forceinline__ const void* sg_px_at(const void* base, i64 offset, int dtype) {
+    return (const unsigned char*)base + offset * (dtype == 0 ? 1 : dtype == 1 ? 2 : dtype == 2 ? 4 : 8);
 }
 __device__ __forceinline__ int sg_load_int(const void* base, i64 idx, int dtype) {
     if (dtype == 0) return (int)reinterpret_cast<const unsigned char*>(base)[idx];
@@ -515,8 +522,18 @@ __device__ int sg_border_rule(unsigned char* m, int h, int w, int* parent, int* 
 // ---------------------------------------------------------------------------------------------
 // Filters on h x w planes of doubles (row stride w), bit-identical to the numba kernels
 
+// Round to float32 (F32: the filters of float32 planes, whose every pass SciPy and the numba
+// kernels store as float32) or keep the double.
+template <bool F32>
+__device__ __forceinline__ double sg_store(double v) {
+    if constexpr (F32) return (double)(float)v;
+    else return v;
+}
+
 // scipy.ndimage.gaussian_filter (mode 'nearest') with the symmetric weights wt[0..2r]:
-// the vertical pass into tmp, then the horizontal pass into out (out may alias src).
+// the vertical pass into tmp, then the horizontal pass into out (out may alias src); each
+// pass's values rounded to float32 when F32.
+template <bool F32 = false>
 __device__ void sg_gaussian(const double* src, double* tmp, double* out, int h, int w,
                             const double* wt, int r) {
     const int n = h * w;
@@ -529,7 +546,7 @@ __device__ void sg_gaussian(const double* src, double* tmp, double* out, int h, 
             const int b = i + k >= h ? h - 1 : i + k;
             acc += (src[a * w + j] + src[b * w + j]) * wt[r - k];
         }
-        tmp[p] = acc;
+        tmp[p] = sg_store<F32>(acc);
     }
     __syncthreads();
     for (int p = threadIdx.x; p < n; p += SG_THREADS) {
@@ -541,7 +558,7 @@ __device__ void sg_gaussian(const double* src, double* tmp, double* out, int h, 
             const int b = j + k >= w ? w - 1 : j + k;
             acc += (row[a] + row[b]) * wt[r - k];
         }
-        out[p] = acc;
+        out[p] = sg_store<F32>(acc);
     }
     __syncthreads();
 }
@@ -558,6 +575,7 @@ __device__ __forceinline__ double sg_sobel_px(const double* f, int w, int ip, in
     return sqrt(gr * gr + gc * gc) * (1.0 / sqrt(2.0));
 }
 
+template <bool F32 = false>
 __device__ void sg_sobel(const double* f, double* out, int h, int w) {
     const int n = h * w;
     const SgDivW dw(w);
@@ -565,7 +583,7 @@ __device__ void sg_sobel(const double* f, double* out, int h, int w) {
         const int i = dw.div(p), j = p - i * w;
         const int ip = i > 0 ? i - 1 : 0, ib = i < h - 1 ? i + 1 : h - 1;
         const int jp = j > 0 ? j - 1 : 0, jb = j < w - 1 ? j + 1 : w - 1;
-        out[p] = sg_sobel_px(f, w, ip, i, ib, jp, j, jb);
+        out[p] = sg_store<F32>(sg_sobel_px(f, w, ip, i, ib, jp, j, jb));
     }
     __syncthreads();
 }

@@ -12,10 +12,26 @@
 //
 // One block per plane; workspace for H x W planes: the plane and its Sobel map as doubles.
 
-__device__ __forceinline__ double flt_load(const void* base, i64 idx, int dtype) {
-    if (dtype == 2) return (double)reinterpret_cast<const float*>(base)[idx];
-    if (dtype == 3) return reinterpret_cast<const double*>(base)[idx];
-    return sg_load_px(base, idx, dtype);
+// Plane m of x (dtype code, times `scale`) over its h x w extent, as doubles into f.
+__device__ void flt_load_plane(const void* x, int dtype, double scale, i64 base, int W, int h, int w, double* f) {
+    const SgDivW dw(w);
+    for (int p = threadIdx.x; p < h * w; p += SG_THREADS) {
+        const int i = dw.div(p), j = p - i * w;
+        f[p] = sg_load_px(x, base + (i64)i * W + j, dtype) * scale;  // (scale 1 for floats: exact)
+    }
+    __syncthreads();
+}
+
+// The h x w result s into plane `base` of out (H x W, float32 where out_f32, else float64),
+// 0 outside the extent.
+__device__ void flt_store_plane(const double* s, int h, int w, int H, int W, void* out, i64 base, int out_f32) {
+    for (int p = threadIdx.x; p < H * W; p += SG_THREADS) {
+        const int i = p / W, j = p - i * W;
+        const double v = (i < h && j < w) ? s[i * w + j] : 0.0;
+        if (out_f32) reinterpret_cast<float*>(out)[base + p] = (float)v;
+        else reinterpret_cast<double*>(out)[base + p] = v;
+    }
+    __syncthreads();
 }
 
 extern "C" __global__ void
@@ -28,24 +44,35 @@ sobel_planes(const void* __restrict__ x, const int dtype, const double scale, co
     double* s = arena.take<double>(cap);
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
         const int h = (int)extents[2 * m], w = (int)extents[2 * m + 1];
-        const int n = h * w;
-        if (n > 0) {
-            const SgDivW dw(w);
-            for (int p = threadIdx.x; p < n; p += SG_THREADS) {
-                const int i = dw.div(p), j = p - i * w;
-                const double v = flt_load(x, (i64)m * cap + (i64)i * W + j, dtype);
-                f[p] = dtype >= 2 ? v : v * scale;
-            }
-            __syncthreads();
+        if (h * w > 0) {
+            flt_load_plane(x, dtype, scale, (i64)m * cap, W, h, w, f);
             sg_sobel(f, s, h, w);
         }
-        for (int p = threadIdx.x; p < cap; p += SG_THREADS) {
-            const int i = p / W, j = p - i * W;
-            const double v = (i < h && j < w) ? s[i * w + j] : 0.0;
-            if (out_f32) reinterpret_cast<float*>(out)[(i64)m * cap + p] = (float)v;
-            else reinterpret_cast<double*>(out)[(i64)m * cap + p] = v;
+        flt_store_plane(s, h, w, H, W, out, (i64)m * cap, out_f32);
+    }
+}
+
+// ops.gaussian of every plane (skimage.filters.gaussian, mode 'nearest', inside each extent):
+// scipy's symmetric correlation with the weights wt[0..2r], the vertical pass then the
+// horizontal one, in double (the numba gaussian_planes), each pass rounded to float32 for
+// float32 planes (out_f32: SciPy's float32 gaussian_filter stores every pass as float32). Pixels
+// as sobel_planes. Workspace for H x W planes: the plane and the first pass as doubles.
+extern "C" __global__ void
+gaussian_planes(const void* __restrict__ x, const int dtype, const double scale, const long long* __restrict__ extents,
+                const int M, const int H, const int W, const double* __restrict__ wt, const int r,
+                void* __restrict__ out, const int out_f32, unsigned char* scratch, const long long ws_bytes) {
+    const int cap = H * W;
+    SgArena arena(sg_workspace(scratch, ws_bytes));
+    double* f = arena.take<double>(cap);
+    double* t = arena.take<double>(cap);
+    for (int m = blockIdx.x; m < M; m += gridDim.x) {
+        const int h = (int)extents[2 * m], w = (int)extents[2 * m + 1];
+        if (h * w > 0) {
+            flt_load_plane(x, dtype, scale, (i64)m * cap, W, h, w, f);
+            if (out_f32) sg_gaussian<true>(f, t, f, h, w, wt, r);
+            else sg_gaussian<false>(f, t, f, h, w, wt, r);
         }
-        __syncthreads();
+        flt_store_plane(f, h, w, H, W, out, (i64)m * cap, out_f32);
     }
 }
 

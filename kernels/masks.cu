@@ -14,8 +14,10 @@
 // sobel_planes, li_rows, otsu_digitize_u16, median_disk_planes, scale_to_u16, otsu_int_rows,
 // fill_and_clean, border_regions, outside_sums), so the masks are identical.
 //
-// Inputs: pixels (N, C, H, W) uint8 (dtype 0) or uint16 (dtype 1), objects anchored top-left
-// with their real (h, w) in extents (N, 2). Outputs: mask (N, C, H, W) uint8 (0 outside each
+// Inputs: pixels (N, C, H, W) uint8 (dtype 0) or uint16 (dtype 1); li, otsu and combine also
+// float32 (2) and float64 (3), with the CPU path's float arithmetic (float32 filter passes
+// rounded to float32, as SciPy's gaussian_filter and the numba sobel store them; otsu always
+// digitises floats); objects anchored top-left with their real (h, w) in extents (N, 2). Outputs: mask (N, C, H, W) uint8 (0 outside each
 // extent), regions (N, C) int64.
 
 // Write a plane's mask (0 outside the extent) and its region count; shared tail of the methods.
@@ -57,6 +59,8 @@ __device__ void sg_foreground(const V* values, double t, unsigned char* m8, int 
 // Li
 
 // Load the plane as doubles (x * scale) and run gaussian -> sobel -> gaussian; result in X.
+// F32 (float32 pixels): every filter pass rounded to float32, as the CPU path stores it.
+template <bool F32>
 __device__ void sg_li_filters(const void* px, int dtype, int W, int h, int w, double scale,
                               const double* w1, int r1, const double* w2, int r2, double* X, double* Y) {
     const SgDivW dwp(w);  // (p / w without a division per pixel)
@@ -65,9 +69,9 @@ __device__ void sg_li_filters(const void* px, int dtype, int W, int h, int w, do
         Y[p] = sg_load_px(px, (i64)i * W + j, dtype) * scale;
     }
     __syncthreads();
-    sg_gaussian(Y, X, Y, h, w, w1, r1);
-    sg_sobel(Y, X, h, w);
-    sg_gaussian(X, Y, X, h, w, w2, r2);
+    sg_gaussian<F32>(Y, X, Y, h, w, w1, r1);
+    sg_sobel<F32>(Y, X, h, w);
+    sg_gaussian<F32>(X, Y, X, h, w, w2, r2);
 }
 
 // skimage.filters.threshold_li of the n ascending values s[0..n), with the arithmetic of the
@@ -156,20 +160,21 @@ mask_li(const void* pixels, const int dtype, const int C, const int H, const int
     unsigned char* m8 = arena.take<unsigned char>(cap);
     int* parent = reinterpret_cast<int*>(Y);  // (2 cap ints fit in Y)
     int* count = parent + cap;
-    const double scale = dtype == 0 ? 1.0 / 255.0 : 1.0 / 65535.0;
+    // skimage's img_as_float of integer pixels; float pixels as they are
+    const double scale = dtype == 0 ? 1.0 / 255.0 : (dtype == 1 ? 1.0 / 65535.0 : 1.0);
     for (int m = blockIdx.x; m < M; m += gridDim.x) {
         const int obj = m / C, c = m - obj * C;
         const int h = (int)extents[2 * obj], w = (int)extents[2 * obj + 1];
         const int n = h * w;
-        const void* px = dtype == 0 ? (const void*)((const unsigned char*)pixels + (i64)m * cap)
-                                    : (const void*)((const unsigned short*)pixels + (i64)m * cap);
+        const void* px = sg_px_at(pixels, (i64)m * cap, dtype);
         const double* w1 = weights + (i64)c * 2 * LW;
         const double* w2 = w1 + LW;
         const int r1 = radii[2 * c], r2 = radii[2 * c + 1];
         const bool ok = passed[m] != 0;
         SG_PROF_START();
         if (ok) {
-            sg_li_filters(px, dtype, W, h, w, scale, w1, r1, w2, r2, X, Y);
+            if (dtype == 2) sg_li_filters<true>(px, dtype, W, h, w, scale, w1, r1, w2, r2, X, Y);
+            else sg_li_filters<false>(px, dtype, W, h, w, scale, w1, r1, w2, r2, X, Y);
             SG_PROF_MARK(0, 0);
             // sort the values (Y), padded with +inf to a power of two
             const int n2 = sg_next_pow2(n);
@@ -177,7 +182,8 @@ mask_li(const void* pixels, const int dtype, const int C, const int H, const int
             __syncthreads();
             sg_bitonic_sort(Y, n2);
             SG_PROF_MARK(0, 1);
-            const double t = sg_threshold_li(Y, n, max_iter);  // (X, the filtered plane, kept)
+            double t = sg_threshold_li(Y, n, max_iter);  // (X, the filtered plane, kept)
+            if (dtype == 2) t = (double)(float)t;  // float32 planes: compared with the float32 threshold
             SG_PROF_MARK(0, 2);
             SG_PROF_MARK(0, 3);
             sg_foreground(X, t, m8, h, w, parent, count);
@@ -579,26 +585,28 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
         const int obj = m / C;
         const int h = (int)extents[2 * obj], w = (int)extents[2 * obj + 1];
         const int n = h * w;
-        const void* px = dtype == 0 ? (const void*)((const unsigned char*)pixels + (i64)m * cap)
-                                    : (const void*)((const unsigned short*)pixels + (i64)m * cap);
+        const void* px = sg_px_at(pixels, (i64)m * cap, dtype);
         const bool ok = passed[m] != 0;
         SG_PROF_START();
         if (ok) {
             unsigned short* A = reinterpret_cast<unsigned short*>(R1);
             unsigned short* B = A + cap;
-            // 1. digitise into 512 bins when the maximum exceeds 512 (numba otsu_digitize_u16)
-            i64 vmin = 65536, vmax = -1;
+            // 1. digitise into 512 bins when the maximum exceeds 512 (numba otsu_digitize_u16);
+            // float pixels always (methods.otsu_digitize: the rank filters need integers)
+            const bool is_float = dtype >= 2;
+            double dmin = sg_inf(), dmax = -sg_inf();
             const SgDivW dwp(w);  // (p / w without a division per pixel)
             for (int p = threadIdx.x; p < n; p += SG_THREADS) {
                 const int i = dwp.div(p), j = p - i * w;
-                const i64 v = sg_load_int(px, (i64)i * W + j, dtype);
-                vmin = sg_min64(vmin, v);
-                vmax = sg_max64(vmax, v);
+                const double v = sg_load_px(px, (i64)i * W + j, dtype);
+                dmin = sg_fmin(dmin, v);
+                dmax = sg_fmax(dmax, v);
             }
-            vmin = sg_block_min_i64(vmin);
-            vmax = sg_block_max_i64(vmax);
+            dmin = sg_block_min(dmin);
+            dmax = sg_block_max(dmax);
             i64 top = 0;
-            if (vmax <= 512) {
+            if (!is_float && dmax <= 512) {
+                const i64 vmax = (i64)dmax;
                 const SgDivW dwp(w);  // (p / w without a division per pixel)
                 for (int p = threadIdx.x; p < n; p += SG_THREADS) {
                     const int i = dwp.div(p), j = p - i * w;
@@ -606,7 +614,7 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
                 }
                 top = sg_max64(vmax, 0);
             } else {
-                double lo = (double)vmin, hi = (double)vmax;
+                double lo = dmin, hi = dmax;
                 if (lo == hi) {
                     lo -= 0.5;
                     hi += 0.5;
@@ -616,7 +624,7 @@ mask_otsu(const void* pixels, const int dtype, const int C, const int H, const i
                 const SgDivW dwp(w);  // (p / w without a division per pixel)
                 for (int p = threadIdx.x; p < n; p += SG_THREADS) {
                     const int i = dwp.div(p), j = p - i * w;
-                    const double v = (double)sg_load_int(px, (i64)i * W + j, dtype);
+                    const double v = sg_load_px(px, (i64)i * W + j, dtype);
                     int g = (int)floor((v - lo) * sc) + 1;
                     g = g < 0 ? 0 : (g > 513 ? 513 : g);
                     while (g > 0 && v < (g - 1 < 512 ? (double)(g - 1) * step + lo : hi)) --g;
@@ -769,16 +777,66 @@ mask_spot(const void* pixels, const int dtype, const int C, const int H, const i
 // ---------------------------------------------------------------------------------------------
 // Per object: main-channel rule, combined mask, bounding box, background levels
 
-extern "C" __global__ void
-mask_combine(const void* pixels, const int dtype, const int C, const int H, const int W,
-             const long long* __restrict__ extents, const int N,
-             unsigned char* __restrict__ mask, const long long* __restrict__ regions,
-             const unsigned char* __restrict__ passed, const int main_channel,
-             const unsigned char* __restrict__ in_combined,  // (C,) 1 for channels of the union
-             unsigned char* __restrict__ combined, double* __restrict__ bbox,
-             double* __restrict__ background, double* __restrict__ combined_background,
-             unsigned char* __restrict__ usable) {
+// Background sums of one float plane (mask_combine): the pixels of the extent in raster order
+// cut into SG_THREADS chunks of ceil(h w / SG_THREADS), each summed in order by one thread, the
+// chunk sums added in order by thread 0: the order of the numba outside_sums (LI_CHUNKS), so
+// the means are the same doubles. Every thread must call it.
+__device__ void sg_combine_float_sums(const void* px, int dtype, int W, int h, int w, const unsigned char* mc,
+                                      const unsigned char* cb, double (*s_chunk)[SG_THREADS],
+                                      double* background, double* combined_background) {
+    const int n = h * w, cs = (n + SG_THREADS - 1) / SG_THREADS;
+    const int a = sg_min((int)threadIdx.x * cs, n), b = sg_min(a + cs, n);
+    const SgDivW dwp(w);  // (p / w without a division per pixel)
+    double s = 0.0, sc = 0.0;
+    i64 k = 0, kc = 0;
+    for (int p = a; p < b; ++p) {
+        const int i = dwp.div(p), j = p - i * w;
+        const i64 q = (i64)i * W + j;
+        const double v = sg_load_px(px, q, dtype);
+        if (!mc[q]) {
+            s = s + v;
+            ++k;
+        }
+        if (!cb[q]) {
+            sc = sc + v;
+            ++kc;
+        }
+    }
+    s_chunk[0][threadIdx.x] = s;
+    s_chunk[1][threadIdx.x] = sc;
+    k = sg_block_sum_i64(k);  // (its barriers also publish the chunk sums)
+    kc = sg_block_sum_i64(kc);
+    if (threadIdx.x == 0) {
+        double ts = 0.0, tc = 0.0;
+        for (int t = 0; t < SG_THREADS; ++t) {
+            ts = ts + s_chunk[0][t];
+            tc = tc + s_chunk[1][t];
+        }
+        *background = k > 0 ? ts / (double)k : 0.0;
+        *combined_background = tc / (double)kc;
+    }
+    __syncthreads();  // (s_chunk is reused by the next plane)
+}
+
+#define SG_COMBINE_PARAMS                                                                              \
+    const void *pixels, const int dtype, const int C, const int H, const int W,                       \
+        const long long *__restrict__ extents, const int N, unsigned char *__restrict__ mask,         \
+        const long long *__restrict__ regions, const unsigned char *__restrict__ passed,              \
+        const int main_channel,                                                                        \
+        const unsigned char *__restrict__ in_combined, /* (C,) 1 for channels of the union */         \
+        unsigned char *__restrict__ combined, double *__restrict__ bbox,                              \
+        double *__restrict__ background, double *__restrict__ combined_background,                    \
+        unsigned char *__restrict__ usable
+#define SG_COMBINE_ARGS                                                                                \
+    pixels, dtype, C, H, W, extents, N, mask, regions, passed, main_channel, in_combined, combined, bbox, \
+        background, combined_background, usable
+
+// FLOAT: float32/float64 pixels (dtype 2, 3; mask_combine_float), whose background sums take
+// sg_combine_float_sums; integer pixels sum exactly in 64-bit integers (mask_combine).
+template <bool FLOAT>
+__device__ void sg_mask_combine(SG_COMBINE_PARAMS) {
     const int cap = H * W;
+    __shared__ double s_chunk[FLOAT ? 2 : 1][FLOAT ? SG_THREADS : 1];  // the float planes' chunk sums
     for (int obj = blockIdx.x; obj < N; obj += gridDim.x) {
         const int h = (int)extents[2 * obj], w = (int)extents[2 * obj + 1];
         unsigned char* mk = mask + (i64)obj * C * cap;
@@ -818,9 +876,13 @@ mask_combine(const void* pixels, const int dtype, const int C, const int H, cons
             usable[obj] = use;
         }
         for (int c = 0; c < C; ++c) {
-            const void* px = dtype == 0 ? (const void*)((const unsigned char*)pixels + ((i64)obj * C + c) * cap)
-                                        : (const void*)((const unsigned short*)pixels + ((i64)obj * C + c) * cap);
+            const void* px = sg_px_at(pixels, ((i64)obj * C + c) * cap, dtype);
             const unsigned char* mc = mk + (i64)c * cap;
+            if constexpr (FLOAT) {  // the sums in the numba outside_sums' order
+                sg_combine_float_sums(px, dtype, W, h, w, mc, cb, s_chunk,
+                                      background + (i64)obj * C + c, combined_background + (i64)obj * C + c);
+                continue;
+            }
             i64 s = 0, k = 0, sc = 0, kc = 0;
             const SgDivW dwp(w);  // (p / w without a division per pixel)
             for (int p = threadIdx.x; p < h * w; p += SG_THREADS) {
@@ -848,3 +910,6 @@ mask_combine(const void* pixels, const int dtype, const int C, const int H, cons
         __syncthreads();
     }
 }
+
+extern "C" __global__ void mask_combine(SG_COMBINE_PARAMS) { sg_mask_combine<false>(SG_COMBINE_ARGS); }
+extern "C" __global__ void mask_combine_float(SG_COMBINE_PARAMS) { sg_mask_combine<true>(SG_COMBINE_ARGS); }

@@ -541,25 +541,36 @@ def masked_range(values, view, lo, hi, has):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True, boundscheck=False)
 def outside_sums(px, mask, combined, extents, bg, n_bg, cbg, n_cbg):  # pragma: no cover - compiled
     # px, mask: (N, C, H, W); combined: (N, H, W). Sum and count of each channel's pixels inside
-    # the extent but outside its own mask, and outside the combined mask.
+    # the extent but outside its own mask, and outside the combined mask. The sums in the order
+    # of the CUDA twin (kernels/masks.cu, sg_combine_float_sums): the extent's pixels in raster
+    # order cut into LI_CHUNKS chunks of ceil(h w / LI_CHUNKS), each summed in order, the chunk
+    # sums added in order (for integer pixels of up to 16 bits every order gives the same sum).
     n_obj, n_ch, ha, wa = px.shape
     for i in range(n_obj):
         h = extents[i, 0]
         w = extents[i, 1]
+        n = h * w
+        cs = (n + LI_CHUNKS - 1) // LI_CHUNKS
         for c in range(n_ch):
             s = 0.0
             k = 0
             sc = 0.0
             kc = 0
-            for r in range(h):
-                for q in range(w):
+            for a in range(0, n, cs):
+                cs1 = 0.0
+                cs2 = 0.0
+                for p in range(a, min(a + cs, n)):
+                    r = p // w
+                    q = p - r * w
                     v = float(px[i, c, r, q])
                     if not mask[i, c, r, q]:
-                        s += v
+                        cs1 += v
                         k += 1
                     if not combined[i, r, q]:
-                        sc += v
+                        cs2 += v
                         kc += 1
+                s += cs1
+                sc += cs2
             bg[i, c] = s
             n_bg[i, c] = k
             cbg[i, c] = sc

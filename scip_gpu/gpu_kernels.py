@@ -255,6 +255,12 @@ def _ws_mask_otsu(h: int, w: int) -> int:
     return 2 * _round16(8 * rcap) + _round16(cap)
 
 
+#: bytes of global scratch a launch of a global-memory variant takes at most (fewer blocks for
+#: large planes: 4 per multiprocessor of 16 MiB workspaces, a 1000 x 1000 plane's Sobel, would
+#: be 8 GiB), unless one block's workspace alone is larger
+SCRATCH_BYTES = 256 * 2**20
+
+
 def launch(name: str, n_items: int, args: tuple, *, workspace: int = 0) -> None:
     """Launch a plane kernel over ``n_items`` planes (grid-stride loop inside).
 
@@ -275,8 +281,8 @@ def launch(name: str, n_items: int, args: tuple, *, workspace: int = 0) -> None:
             grid = min(n_items, 1 << 20)
             shared = workspace
             scratch, ws = cupy.empty(1, dtype=cupy.uint8), 0
-        else:  # global-memory variant: one workspace slice per block
-            grid = min(n_items, 4 * lim.sm_count)
+        else:  # global-memory variant: one workspace slice per block, SCRATCH_BYTES at most
+            grid = max(1, min(n_items, 4 * lim.sm_count, SCRATCH_BYTES // workspace))
             scratch, ws = cupy.empty(grid * workspace, dtype=cupy.uint8), workspace
         args = (*args, scratch, np.int64(ws))
     else:
@@ -306,6 +312,13 @@ def _dtype_code(dtype) -> int | None:
     return {np.dtype(np.uint8): 0, np.dtype(np.uint16): 1}.get(np.dtype(dtype))
 
 
+def _mask_dtype_code(dtype) -> int | None:
+    """The pixel types of the li and otsu mask kernels and of ``mask_combine``: uint8, uint16
+    (0, 1), float32, float64 (2, 3: with the float path's arithmetic, float32 filters rounded
+    to float32 at every pass as SciPy stores them)."""
+    return {np.dtype(np.float32): 2, np.dtype(np.float64): 3}.get(np.dtype(dtype), _dtype_code(dtype))
+
+
 # ---------------------------------------------------------------------------------------------
 # Masks (kernels/masks.cu)
 
@@ -317,11 +330,9 @@ def _ws_mask_spot(h: int, w: int) -> int:
 
 
 def _accepts_channel_masks(batch, method, kwargs, passed, remove_border) -> bool:
-    if _dtype_code(batch.pixels.dtype) is None:
-        return False
-    if method == "spot":
-        return 2 * int(kwargs.get("spotsize", 5)) + 1 <= 64
-    return method in ("li", "otsu")
+    if method == "spot":  # (integer pixels only: its top-hat and quantile are integer arithmetic)
+        return _dtype_code(batch.pixels.dtype) is not None and 2 * int(kwargs.get("spotsize", 5)) + 1 <= 64
+    return method in ("li", "otsu") and _mask_dtype_code(batch.pixels.dtype) is not None
 
 
 @register("masks.channel_masks", "cuda", accepts=_accepts_channel_masks)
@@ -338,7 +349,7 @@ def channel_masks(batch, method: str, kwargs: dict, passed, remove_border: bool)
     ok = cupy.ascontiguousarray(passed, dtype=cupy.bool_).view(cupy.uint8)
     mask = cupy.empty((n, c, h, w), dtype=cupy.uint8)
     regions = cupy.empty((n, c), dtype=cupy.int64)
-    head = (px, np.int32(_dtype_code(px.dtype)), np.int32(c), np.int32(h), np.int32(w), ext, np.int32(n * c))
+    head = (px, np.int32(_mask_dtype_code(px.dtype)), np.int32(c), np.int32(h), np.int32(w), ext, np.int32(n * c))
     tail = (ok, np.int32(bool(remove_border)))
     if method == "li":
         smooth = kwargs.get("smooth", 1.0)
@@ -405,13 +416,13 @@ def _ws_label_planes(h: int, w: int) -> int:
 
 
 def _accepts_combine(batch, mask, regions, passed, main_channel_index, combined_indices) -> bool:
-    return _dtype_code(batch.pixels.dtype) is not None
+    return _mask_dtype_code(batch.pixels.dtype) is not None
 
 
 @register("masks.combine", "cuda", accepts=_accepts_combine)
 def combine(batch, mask, regions, passed, main_channel_index: int, combined_indices):
     """Main-channel rule, combined mask, bounding box and background levels per object
-    (``mask_combine``)."""
+    (``mask_combine``; ``mask_combine_float`` for float pixels)."""
     import cupy
 
     px = cupy.ascontiguousarray(batch.pixels)
@@ -429,12 +440,12 @@ def combine(batch, mask, regions, passed, main_channel_index: int, combined_indi
     background = cupy.empty((n, c), dtype=cupy.float64)
     cbackground = cupy.empty((n, c), dtype=cupy.float64)
     usable = cupy.empty(n, dtype=cupy.uint8)
-    args = (px, np.int32(_dtype_code(px.dtype)), np.int32(c), np.int32(h), np.int32(w),
+    args = (px, np.int32(_mask_dtype_code(px.dtype)), np.int32(c), np.int32(h), np.int32(w),
             cupy.ascontiguousarray(batch.extents, dtype=cupy.int64), np.int32(n), mk,
             cupy.ascontiguousarray(regions, dtype=cupy.int64), cupy.ascontiguousarray(passed, dtype=cupy.bool_).view(cupy.uint8),
             np.int32(main_channel_index), device_constant(("combined", c, chosen), flags), combined, bbox,
             background, cbackground, usable)
-    launch("mask_combine", n, args)
+    launch("mask_combine_float" if px.dtype.kind == "f" else "mask_combine", n, args)
     return (mk.view(cupy.bool_), combined.view(cupy.bool_), bbox, background, cbackground,
             usable.view(cupy.bool_))
 
@@ -862,10 +873,9 @@ def _accepts_sobel(x, extents) -> bool:
     return x.ndim == 3 and np.dtype(x.dtype) in _SOBEL_CODES and 0 < x.shape[1] * x.shape[2] < 2**31 // 16
 
 
-@register("ops.sobel", "cuda", accepts=_accepts_sobel)
-def sobel(x, extents):
-    """``ops.sobel`` of every plane (``sobel_planes``: one block per plane, the numba
-    sobel_planes' arithmetic; float32 planes give float32, the others float64)."""
+def _filter_planes(kernel: str, x, extents, *params):
+    """Launch ``sobel_planes`` or ``gaussian_planes`` (kernels/filters.cu) over every plane of x:
+    float32 planes give float32, the others float64 (``ops.as_float``'s type)."""
     import cupy
 
     px = cupy.ascontiguousarray(x)
@@ -875,9 +885,37 @@ def sobel(x, extents):
     out = cupy.empty((m, h, w), dtype=cupy.float32 if out_f32 else cupy.float64)
     scale = 1.0 / np.iinfo(dtype).max if dtype.kind == "u" else 1.0
     args = (px, np.int32(_SOBEL_CODES[dtype]), np.float64(scale), cupy.ascontiguousarray(extents, dtype=cupy.int64),
-            np.int32(m), np.int32(h), np.int32(w), out, np.int32(out_f32))
-    launch("sobel_planes", m, args, workspace=workspace_bytes("sobel_planes", h, w))
+            np.int32(m), np.int32(h), np.int32(w), *params, out, np.int32(out_f32))
+    launch(kernel, m, args, workspace=workspace_bytes(kernel, h, w))
     return out
+
+
+@register("ops.sobel", "cuda", accepts=_accepts_sobel)
+def sobel(x, extents):
+    """``ops.sobel`` of every plane (``sobel_planes``: one block per plane, the numba
+    sobel_planes' arithmetic; float32 planes give float32, the others float64)."""
+    return _filter_planes("sobel_planes", x, extents)
+
+
+@workspace("gaussian_planes")
+def _ws_gaussian(h: int, w: int) -> int:
+    return 2 * _round16(8 * h * w)
+
+
+def _accepts_gaussian(x, extents, sigma, *, truncate=4.0) -> bool:
+    return sigma > 0 and _accepts_sobel(x, extents)
+
+
+@register("ops.gaussian", "cuda", accepts=_accepts_gaussian)
+def gaussian(x, extents, sigma: float, *, truncate: float = 4.0):
+    """``ops.gaussian`` of every plane (``gaussian_planes``: one block per plane, the numba
+    gaussian_planes' arithmetic, float32 planes rounded at each pass as SciPy's; 0 outside
+    each extent)."""
+    from . import cpu_kernels, ops
+
+    r = ops.gaussian_radius(sigma, truncate)
+    wt = device_constant(("gaussian", float(sigma), r), lambda: cpu_kernels.gaussian_weights(float(sigma), r))
+    return _filter_planes("gaussian_planes", x, extents, wt, np.int32(r))
 
 
 @workspace("sobel_view_stats")

@@ -1,5 +1,5 @@
 """Filters as CUDA stages for the planes the fused kernels do not take (float pixels):
-kernels/filters.cu (``ops.sobel``) and kernels/morphology.cu (``ops.binary_erosion_disk``),
+kernels/filters.cu (``ops.sobel``, ``ops.gaussian``) and kernels/morphology.cu (``ops.binary_erosion_disk``),
 against their numba twins, bit for bit."""
 
 from __future__ import annotations
@@ -31,6 +31,30 @@ def test_sobel_kernel_is_the_numba_sobel(device, dtype):
     np.testing.assert_array_equal(got, want)  # (NaN where NaN, 0 outside each extent)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.uint16, np.uint8])
+def test_gaussian_kernel_is_the_cpu_gaussian(device, dtype):
+    """``gaussian_planes`` against the CPU path's ``ops.gaussian`` (the numba gaussian_planes;
+    SciPy's gaussian_filter for float32 planes, which stores each pass as float32), bit for bit
+    inside every extent, 0 outside."""
+    from scip_gpu import ops
+
+    rng = np.random.default_rng(5)
+    x, e = images(rng, dtype)
+    if x.dtype.kind == "f":
+        x[5, 1:3, 1:3] = np.nan
+        x[6] = x[6] * 1e-3 + 3  # (values where float32 rounding keeps few bits of the smoothing)
+    e[0] = (1, 1)
+    e[1] = (1, 7)
+    valid = np.arange(x.shape[1])[None, :, None] < e[:, 0, None, None]
+    valid = valid & (np.arange(x.shape[2])[None, None, :] < e[:, 1, None, None])
+    for sigma in (0.5, 1.0, 2.5):
+        want = ops.gaussian(x, e, sigma)  # (the CPU path)
+        got = _host(gpu_kernels.gaussian(device.asarray(x), device.asarray(e), sigma))
+        assert got.dtype == want.dtype == (np.float32 if dtype == np.float32 else np.float64)
+        np.testing.assert_array_equal(np.where(valid, got, 0), np.where(valid, want, 0), err_msg=f"sigma {sigma}")
+        assert not got[~valid].any()
+
+
 @pytest.mark.parametrize("radius", [1, 3, 6, 12])
 def test_erosion_kernel_is_the_numba_erosion(device, radius):
     rng = np.random.default_rng(4)
@@ -60,6 +84,7 @@ def test_sobel_view_statistics_kernel_is_the_numba_one(device):
 
 @pytest.mark.parametrize("stage,args", [
     ("ops.sobel", (np.zeros((2, 0, 5)), np.zeros((2, 2), dtype=np.int64))),
+    ("ops.gaussian", (np.zeros((2, 0, 5)), np.zeros((2, 2), dtype=np.int64), 1.0)),
     ("ops.binary_erosion_disk", (np.zeros((2, 4, 0), dtype=bool), np.zeros((2, 2), dtype=np.int64), 2)),
     ("texture.sobel_view_statistics", (np.zeros((2, 0, 0)), np.zeros((2, 0, 0), dtype=bool),
                                        np.zeros((2, 2), dtype=np.int64))),

@@ -28,6 +28,9 @@ def _cells(case: str):
     cells[4][0] = noisy.astype(np.uint16)  # many small components
     if case == "uint8":
         cells = [(c // 32).astype(np.uint8) for c in cells]
+    if case in ("float32", "float64"):  # (negative values too; a constant channel; noise)
+        t = np.dtype(case).type
+        cells = [(c.astype(case) - t(300)) / t(997) for c in cells]
     return cells, (64, 64)
 
 
@@ -51,8 +54,10 @@ def _cpu_and_device(method, cells, shape, device, passed, combined_indices=None)
 
 
 @pytest.mark.parametrize("method", ["li", "otsu", "spot"])
-@pytest.mark.parametrize("case", ["ragged", "exact", "uint8"])
+@pytest.mark.parametrize("case", ["ragged", "exact", "uint8", "float32", "float64"])
 def test_mask_kernels_equal_cpu(device, method, case):
+    if method == "spot" and case.startswith("float"):
+        pytest.skip("the spot kernel takes integer pixels (float ones take the reference)")
     cells, shape = _cells(case)
     passed = np.ones((len(cells), cells[0].shape[0]), dtype=bool)
     passed[0, 1] = False
@@ -137,3 +142,23 @@ def test_division_by_the_plane_width_is_exact():
     out = np.zeros(len(p), np.int32)
     mod.get_function("div_test")((1,), (gpu_kernels.THREADS,), (p, w, np.int64(len(p)), out))
     np.testing.assert_array_equal(out, p // w)
+
+
+def test_global_workspaces_stay_within_the_scratch_budget(sim_small_shared, monkeypatch):
+    """A global-memory variant's grid shrinks so that its scratch (one workspace per block)
+    stays within SCRATCH_BYTES (4 blocks per multiprocessor of a large plane's workspace would
+    take gigabytes), and one block still runs when a single workspace exceeds it; the masks do
+    not change."""
+    cells, shape = _cells("ragged")
+    passed = np.ones((len(cells), 3), dtype=bool)
+    ws = gpu_kernels.workspace_bytes("mask_otsu", *shape)
+    results = {}
+    for budget in (10**12, 2 * ws + 5, ws - 1):
+        monkeypatch.setattr(gpu_kernels, "SCRATCH_BYTES", budget)
+        gpu_kernels.module().launches.clear()
+        cpu, dev = _cpu_and_device("otsu", cells, shape, sim_small_shared, passed)
+        np.testing.assert_array_equal(dev[0].get(), cpu.mask)
+        results[budget] = [grid for name, grid, _, shared in gpu_kernels.module().launches if name == "mask_otsu"]
+    n_planes = len(cells) * 3
+    assert results[10**12] == [min(n_planes, 4 * gpu_kernels.limits().sm_count)]
+    assert results[2 * ws + 5] == [2] and results[ws - 1] == [1]
