@@ -230,3 +230,34 @@ def test_an_infinite_feature_makes_an_error_row(plan, base, tmp_path, monkeypatc
     assert "overflowed to infinity" in err["error"] and plan.columns[5].name in err["error"]
     assert df.filter(like="feat_").iloc[1].isna().all()
     assert res.n_ok == 2
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32, np.int64])
+def test_filters_see_integer_pixels_as_scikit_image_does(dtype):
+    """``ops.as_float`` is scikit-image's ``img_as_float`` (0.20, SCIP's, to 0.26): unsigned
+    ints over their maximum, signed ints over their maximum with the most negative value at -1.
+    The filters of the li mask (``skimage.filters.gaussian``) see these values."""
+    from skimage import img_as_float
+
+    from scip_gpu.ops import as_float
+
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(1)
+    x = rng.integers(info.min, info.max, 500, dtype=dtype, endpoint=True)
+    x[:4] = [info.min, info.max, 0, 1]
+    np.testing.assert_array_equal(as_float(x), img_as_float(x))
+
+
+def test_int64_cells_get_the_masks_of_the_same_values_in_int32():
+    """int64 pixels of ordinary values: the li threshold sees x / 2^63 (distinct values), not -1
+    everywhere (the shift by the type's minimum lost them: empty masks, NaN features)."""
+    import scip_gpu
+    from scip_gpu.demo import make_cell
+
+    cells = [make_cell(i)[0] for i in range(3)]
+    out = {dt: scip_gpu.profile([c.astype(dt) for c in cells], "masks=li", features="intensity",
+                                channel_names=CHANNELS) for dt in (np.int32, np.int64)}
+    a, b = out[np.int32], out[np.int64]
+    assert not a.obs["meta_li_empty_DNA"].any()
+    np.testing.assert_array_equal(b.obs["meta_li_empty_DNA"], a.obs["meta_li_empty_DNA"])
+    np.testing.assert_allclose(b[:, "feat_li_mean_DNA"].X, a[:, "feat_li_mean_DNA"].X, rtol=1e-6)
