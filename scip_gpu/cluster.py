@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import time
 import uuid
 from contextlib import contextmanager
@@ -608,6 +609,8 @@ class ExecutorInBackground:
         self.started_at = time.time()
         self.ready_at: float | None = None
         self.closed_at: float | None = None
+        if getattr(cluster_cfg.type, "value", cluster_cfg.type) in ("slurm", "pbs"):
+            import_jobqueue()  # (here, in the calling thread: see there)
         self._thread = threading.Thread(target=self._main, args=(cluster_cfg, device), name="scip_gpu-cluster",
                                         daemon=True)
         self._thread.start()
@@ -830,15 +833,45 @@ def n_local_workers(cluster_cfg) -> int:
     return os.cpu_count() or 1
 
 
+def import_jobqueue():
+    """Import dask-jobqueue (None when it is not installed) with the SIGINT handler left as it
+    was. Its ``runner`` module sets a SIGINT handler when imported (dask-jobqueue 0.9), which
+    only the main thread may do: imported first in the cluster's thread it raised ValueError, so
+    ``cluster=slurm``/``pbs`` never started; and the handler it sets (``sys.exit``) would
+    replace the run's own handling of Ctrl-C."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        try:
+            import dask_jobqueue  # (imported by the main thread already, or fails here)
+        except ImportError:
+            return None
+        except ValueError as exc:  # (its signal handler, outside the main thread)
+            from .errors import ConfigError
+
+            raise ConfigError("cluster=slurm and cluster=pbs start from the main thread only (dask-jobqueue "
+                              f"sets a signal handler when imported: {exc})") from exc
+        return dask_jobqueue
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        import dask_jobqueue
+    except ImportError:
+        return None
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGINT, before)
+    return dask_jobqueue
+
+
 def make_jobqueue_cluster(kind: str, cfg):
     """A dask-jobqueue SLURMCluster or PBSCluster from the cluster configuration (no job is
     submitted until it is scaled)."""
-    try:
-        import dask_jobqueue
-    except ImportError as exc:
+    dask_jobqueue = import_jobqueue()
+    if dask_jobqueue is None:
         from .errors import ConfigError
 
-        raise ConfigError(f"cluster={kind} needs dask-jobqueue: pip install 'scip_gpu[cluster]'") from exc
+        raise ConfigError(f"cluster={kind} needs dask-jobqueue: pip install 'scip_gpu[cluster]'")
     cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[kind]
     worker_extra = []
     if cfg.gpus_per_job:
@@ -880,6 +913,12 @@ _SILENCE = logging.CRITICAL
 def _start_cluster(kind: str, cfg, device: str):
     cfg = with_partitions_in_flight(cfg)
     if kind in ("slurm", "pbs"):
+        submit = {"slurm": "sbatch", "pbs": "qsub"}[kind]
+        if shutil.which(submit) is None:  # (else every submission fails and the run waits for workers)
+            from .errors import ConfigError
+
+            raise ConfigError(f"cluster={kind} submits its workers with {submit}, which is not on PATH here: "
+                              f"run on a {kind.upper()} login node, or choose cluster=local")
         return _scaled(make_jobqueue_cluster(kind, cfg), cfg.jobs)
     if kind == "address":
         if not cfg.address:

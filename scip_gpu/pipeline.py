@@ -949,9 +949,13 @@ def _refuse_non_empty(out: Path, state, ignore: str | None = None) -> None:
     if ignore is None and lock.exists():
         raise OutputError(state.lock_problem(out, lock, state.read_lock(lock), resume=False))
     if any(not (ignore and p.name.lstrip(".").startswith(ignore.lstrip("."))) for p in out.iterdir()):
+        hint = ""
+        if (out / state.STATE_FILE).exists():  # a run of scip_gpu, perhaps stopped before its end
+            hint = (f"; it holds a scip_gpu run: if that run did not finish, add resume=true to the same "
+                    f"command to finish it there")
         raise OutputError(
             f"output folder {out} already exists and is not empty; scip_gpu never overwrites "
-            "results: choose another output=... (or move that folder away yourself)")
+            f"results: choose another output=... (or move that folder away yourself){hint}")
 
 
 def _log_to_file(path: Path, level: str) -> logging.Handler:

@@ -75,8 +75,22 @@ def test_existing_output_is_never_overwritten(tmp_path):
     (out / "precious.txt").write_text("keep me")
     res = run_cli("+dataset=demo", "dataset.n_objects=5", *FAST, f"output={out}", cwd=tmp_path)
     assert res.returncode == 2
-    assert "already exists and is not empty" in res.stderr
+    assert "already exists and is not empty" in res.stderr and "resume=true" not in res.stderr
     assert [p.name for p in out.iterdir()] == ["precious.txt"]
+
+
+def test_a_folder_holding_a_run_is_refused_with_the_way_to_resume(tmp_path):
+    """A run stopped at its start (here: a cluster that cannot start) leaves its folder; the
+    same command again is refused with the way to finish it there (resume=true), which works."""
+    out = tmp_path / "run"
+    res = run_cli("+dataset=demo", "dataset.n_objects=5", "cluster=address", "features=intensity",
+                  f"output={out}", cwd=tmp_path)
+    assert res.returncode == 2 and "needs cluster.address" in res.stderr
+    res = run_cli("+dataset=demo", "dataset.n_objects=5", *FAST, f"output={out}", cwd=tmp_path)
+    assert res.returncode == 2 and "add resume=true to the same command" in res.stderr.splitlines()[-1]
+    res = run_cli("+dataset=demo", "dataset.n_objects=5", *FAST, f"output={out}", "resume=true", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(read_parquet(out / "features.parquet")) == 5
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from scip_gpu.cluster import GPU_RESOURCE, DaskExecutor
@@ -75,6 +77,42 @@ def test_jobqueue_job_scripts(kind, needles):
         script = cluster.job_script()
     for needle in needles:
         assert needle in script, (needle, script)
+
+
+@pytest.mark.parametrize("kind,submit", [("slurm", "sbatch"), ("pbs", "qsub")])
+def test_jobqueue_cluster_starts_from_the_command_line(tmp_path, kind, submit):
+    """dask-jobqueue 0.9 sets a SIGINT handler when imported, which only the main thread may do:
+    imported first in the cluster's thread, ``cluster=slurm``/``pbs`` always failed with a
+    ValueError traceback. Here (no batch system) the run gets as far as the submission command
+    and stops with one line saying it is missing (exit 2), not after waiting for workers."""
+    import os
+    import sys
+
+    pytest.importorskip("dask_jobqueue")
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable)}  # (no sbatch or qsub there)
+    res = subprocess.run([sys.executable, "-m", "scip_gpu", f"cluster={kind}", "dataset.n_objects=5",
+                          f"output={tmp_path / 'out'}", "progress=false"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "signal only works in main thread" not in res.stderr
+    assert f"submits its workers with {submit}, which is not on PATH" in res.stderr.splitlines()[-1]
+
+
+def test_importing_jobqueue_keeps_the_sigint_handler():
+    """The handler dask-jobqueue's import sets (``sys.exit``) would replace the run's handling of
+    Ctrl-C: ``import_jobqueue`` puts the previous one back."""
+    import sys
+
+    pytest.importorskip("dask_jobqueue")
+    code = ("import signal, threading\n"
+            "from scip_gpu.cluster import import_jobqueue\n"
+            "mine = lambda *a: None\n"
+            "signal.signal(signal.SIGINT, mine)\n"
+            "assert import_jobqueue() is not None and signal.getsignal(signal.SIGINT) is mine\n"
+            "out = []\n"
+            "t = threading.Thread(target=lambda: out.append(import_jobqueue())); t.start(); t.join()\n"
+            "assert out[0] is not None\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_address_cluster_needs_an_address():
