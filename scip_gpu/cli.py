@@ -19,7 +19,7 @@ import sys
 from omegaconf import DictConfig, OmegaConf
 
 from ._resources import conf_dir
-from .config import Config, DatasetConfig, register_configs
+from .config import Config, DatasetConfig, register_configs, validate
 from .errors import ScipGpuError
 
 log = logging.getLogger("scip_gpu")
@@ -51,8 +51,10 @@ class _ConsoleFormatter(logging.Formatter):
 
 
 def _setup_console_logging(level: str) -> None:
+    from .config import log_level
+
     logger = logging.getLogger("scip_gpu")
-    logger.setLevel(level)
+    logger.setLevel(log_level(level) or "INFO")  # (an unknown level: the configuration's check says so)
     if not any(getattr(h, "_scip_gpu_console", False) for h in logger.handlers):
         h = _StderrHandler()
         h.setFormatter(_ConsoleFormatter("[scip_gpu] %(message)s"))
@@ -112,6 +114,7 @@ def task(cfg: DictConfig) -> int:
     early = None
     try:
         config, resolved = to_config(cfg)
+        validate(config)  # (before the cluster starts: a configuration error is one line, at once)
         early = EarlyCluster.start(config)
         from .pipeline import run
 

@@ -527,6 +527,16 @@ def expand_user_paths(cfg: Config) -> None:
     cfg.illumination.precomputed = exp(cfg.illumination.precomputed)
 
 
+#: the values of ``log_level`` (in any case)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(value) -> str | None:
+    """``log_level``'s level name in upper case (``debug`` -> ``DEBUG``), None if it is none."""
+    name = str(value).strip().upper()
+    return name if name in LOG_LEVELS else None
+
+
 def validate(cfg: Config, n_channels: int | None = None) -> None:
     """Raise ``ConfigError`` naming the key when the configuration is inconsistent.
 
@@ -541,6 +551,11 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
     ds = cfg.dataset
     if ds.channels is not None and len(ds.channels) == 0:
         raise ConfigError("dataset.channels: empty list; use null for all channels")
+    if ds.channels is not None and any(int(c) < 0 for c in ds.channels):
+        # (Python's negative indices would pick different channels in objects with different
+        # channel counts under one column name)
+        raise ConfigError(f"dataset.channels: {list(ds.channels)}: channel indices count from 0; negative "
+                          "indices are not accepted")
     if ds.channels is not None and ds.channel_names is not None:
         if len(ds.channels) != len(ds.channel_names):
             raise ConfigError(
@@ -552,6 +567,18 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
     for key in ("partition_size", "batch_size", "pad_multiple"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise ConfigError(f"{key}: must be at least 1, got {getattr(cfg, key)}")
+    if log_level(cfg.log_level) is None:
+        raise ConfigError(f"log_level: {cfg.log_level!r} is not one of {', '.join(LOG_LEVELS)} (any case)")
+    if cfg.masks.edge_width < 0:
+        raise ConfigError(f"masks.edge_width: {cfg.masks.edge_width} must not be negative (the radius, in pixels, "
+                          "of the disk that erodes a mask into its edge rim; 0: no edge views)")
+    cl = cfg.cluster
+    for key in ("n_workers", "threads_per_worker", "loader_threads"):
+        v = getattr(cl, key)
+        if v is not None and v < 1:
+            raise ConfigError(f"cluster.{key}: must be at least 1, got {v} (null: chosen from the cores)")
+    if cl.jobs < 1 or cl.cores < 1:
+        raise ConfigError(f"cluster.jobs and cluster.cores: must be at least 1, got {cl.jobs} and {cl.cores}")
 
     names = mask_names(cfg) + ([cfg.masks.given] if cfg.masks.given else [])
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -656,6 +683,11 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
 
         if cfg.masks.methods:
             _check_index("masks.main_channel_index", cfg.masks.main_channel_index)
+        for i, m in enumerate(cfg.masks.methods):
+            smooth = dict(m.kwargs).get("smooth")
+            if isinstance(smooth, (list, tuple)) and len(smooth) != n_channels:
+                raise ConfigError(f"masks.methods[{i}].kwargs.smooth: {len(smooth)} values for {n_channels} selected "
+                                  "channels; give one value, or one per channel")
         for i in cfg.masks.combined_indices or []:
             _check_index("masks.combined_indices", i)
         for j, f in enumerate(cfg.masks.filters):

@@ -27,7 +27,7 @@ from .backend import array_module, device_module, is_gpu, select_device
 from .batch import (_host_buffer, adjacent_run_end, assemble, block_view, group_by_shape, profile_dtype, stage,
                     wait_for_copies)
 from .cluster import EarlyCluster, ExecutorInBackground, buffer_log, check_dashboard, with_partitions_in_flight
-from .config import Config, expand_user_paths, validate
+from .config import Config, expand_user_paths, log_level, validate
 from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError, StorageUnavailable,
                      describe_exception, disk_full, raise_if_transient, transient_io)
 from .io import make_source
@@ -1351,7 +1351,7 @@ def _run(cfg: Config, resolved_yaml: str | None = None, source=None, started_ear
                                                                resolved_yaml, started)
         out, done = opened.path, opened.done
         try:
-            handler = _log_to_file(out / "run.log", cfg.log_level)
+            handler = _log_to_file(out / "run.log", log_level(cfg.log_level) or "INFO")
             for record in early.buffer:
                 if record.levelno >= handler.level:
                     handler.handle(record)

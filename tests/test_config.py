@@ -91,6 +91,30 @@ def test_validate_catches_inconsistencies():
         validate(to_config(_compose([f"io.kvikio={value}"]))[0])
 
 
+@pytest.mark.parametrize("overrides,n_channels,needle", [
+    # (found by a user test: each was accepted, then wrong values, NaN columns, a crash or a
+    # traceback followed)
+    (["+dataset=demo", "dataset.channels=[-1]"], None, "negative indices are not accepted"),
+    (["masks.edge_width=-2"], None, "masks.edge_width: -2 must not be negative"),
+    (["log_level=loud"], None, "log_level: 'loud' is not one of DEBUG, INFO"),
+    (["cluster.n_workers=-1"], None, "cluster.n_workers: must be at least 1, got -1"),
+    (["cluster.n_workers=0"], None, "cluster.n_workers: must be at least 1, got 0"),
+    (["cluster.threads_per_worker=0"], None, "cluster.threads_per_worker: must be at least 1"),
+    (["masks=li", "masks.methods.0.kwargs.smooth=[1.0,2.0]"], 3, r"smooth: 2 values for 3 selected channels"),
+    (["masks=li", "masks.methods.0.kwargs.smooth=[1.0,2.0,1.0,1.0]"], 3, r"smooth: 4 values for 3"),
+])
+def test_validate_rejects_values_a_run_cannot_use(overrides, n_channels, needle):
+    cfg, _ = to_config(_compose(overrides))
+    with pytest.raises(ConfigError, match=needle):
+        validate(cfg, n_channels)
+
+
+def test_log_level_in_any_case_and_per_channel_smoothing_of_the_right_length():
+    for level in ("debug", "Warning", "ERROR"):
+        validate(to_config(_compose([f"log_level={level}"]))[0])
+    validate(to_config(_compose(["masks=li", "masks.methods.0.kwargs.smooth=[1.0,2.0,0.5]"]))[0], 3)
+
+
 def test_watershed_parameters_from_the_command_line():
     fields = ["+dataset=fields_tiff", "dataset.path=x", "segmentation=watershed"]
     cfg, _ = to_config(_compose(fields))
