@@ -6,6 +6,8 @@ NumPy form it replaces."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -176,6 +178,28 @@ def test_x_side_rows_are_the_feature_columns_as_float32(tmp_path):
     with np.errstate(over="ignore"):
         want = values[:, feat].astype(np.float32)
     assert np.array_equal(x, want) and np.isinf(x[2, 2])
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_x_side_on_a_full_disk_is_reported_as_a_full_disk(tmp_path, monkeypatch):
+    """Writing the X rows to a full disk (/dev/full) raises what ``errors.disk_full`` knows
+    (errno 28): ``ndarray.tofile`` raised "N requested and M written" without errno, and a run
+    whose disk filled reported a cluster fault (exit 3) instead of the full disk (exit 2)."""
+    from pathlib import PosixPath
+    from types import SimpleNamespace
+
+    from scip_gpu.errors import disk_full
+
+    class DevFull(PosixPath):
+        def unlink(self, missing_ok=False):  # (never the device node)
+            pass
+
+    monkeypatch.setattr(export, "temp_path", lambda final: DevFull("/dev/full"))
+    columns = [SimpleNamespace(kind="feat", name=f"c{j}") for j in range(50)]
+    with pytest.raises(OSError) as exc:
+        export.write_x_side(tmp_path, 0, np.ones((2000, 50)), columns)
+    assert disk_full(exc.value)
+    assert not export.x_side_path(tmp_path, 0).exists()
 
 
 def test_only_failing_images_are_checked_alone(monkeypatch):
