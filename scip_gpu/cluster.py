@@ -577,7 +577,14 @@ def executor(cluster_cfg, device: str = "cpu", cancelled=None):
                 if allowed is not None:
                     log.warning("cluster.allowed_failures applies to schedulers scip_gpu starts; the one at %s "
                                 "uses its own distributed.scheduler.allowed-failures", cluster_cfg.address)
-            link = client.dashboard_link if "dashboard" in client.scheduler_info().get("services", {}) else None
+            # (a scheduler serves HTTP on the dashboard's port even without bokeh, whose /status
+            # is then a 404: a scheduler of this process has a dashboard only with bokeh here)
+            has = "dashboard" in client.scheduler_info().get("services", {})
+            if kind != "address":
+                import importlib.util
+
+                has = has and importlib.util.find_spec("bokeh") is not None
+            link = client.dashboard_link if has else None
             log.info("Dask dashboard: %s", link or "not running (set cluster.dashboard_address, needs bokeh)")
             gone = _ended(cluster, kind) if cluster is not None else None
             wait_for_workers(_WorkerWatch(client, resources, timeout, where, gone), cancelled)

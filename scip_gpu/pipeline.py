@@ -1185,6 +1185,9 @@ def _open_output(cfg: Config, table, n_partitions: int, resolved_yaml: str | Non
             log.info("resuming %s: %d of %d partition(s) already done%s", out, len(done), n_partitions,
                      f", {removed} temporary file(s) of the interrupted run removed" if removed else "")
             return OutputFolder(out, lock, done, new["runs"])
+        # (a loop that runs or resumes one command wants this; a mistyped folder should be seen)
+        log.warning("resume=true: %s %s: nothing to resume, a new run starts there", out,
+                    "is empty" if out.is_dir() else "does not exist")
     out, lock = create_output_dir(cfg)
     try:
         export.write_text(out / "config.yaml", _config_yaml(cfg, resolved_yaml))

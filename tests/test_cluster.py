@@ -138,3 +138,21 @@ def test_worker_profiler_setting_reaches_local_workers(enabled):
     with executor(cfg, "cpu") as ex:
         got = [res for _, res, exc in ex.map_unordered(_profiler_setting, [0], ["probe-0"])]
     assert got == [enabled]
+
+
+def test_no_dashboard_link_is_logged_without_bokeh(caplog):
+    """Without bokeh the scheduler still serves HTTP on the dashboard's port, where /status is a
+    404: the log said ``Dask dashboard: http://...:8787/status`` at every run all the same."""
+    import importlib.util
+    import logging
+
+    from scip_gpu.cluster import executor
+
+    if importlib.util.find_spec("bokeh") is not None:
+        pytest.skip("bokeh is installed")
+    cfg = ClusterConfig(type=ClusterType.local, n_workers=1)
+    with caplog.at_level(logging.INFO, logger="scip_gpu"):
+        with executor(cfg, "cpu"):
+            pass
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Dask dashboard")]
+    assert lines == ["Dask dashboard: not running (set cluster.dashboard_address, needs bokeh)"]

@@ -96,6 +96,17 @@ def test_resume_refuses_a_foreign_folder(tmp_path):
     assert res.returncode == 2 and "not a scip_gpu run folder" in res.stderr
 
 
+def test_resume_of_a_folder_that_does_not_exist_says_so(tmp_path):
+    """resume=true on a missing folder (a run-or-resume loop's first call, or a typo) runs the
+    whole command there, with a warning that there was nothing to resume."""
+    out = tmp_path / "typo"
+    res = run_cli("+dataset=demo", "dataset.n_objects=3", "cluster=sync", "features=intensity",
+                  f"output={out}", "resume=true", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"resume=true: {out} does not exist: nothing to resume, a new run starts there" in res.stderr
+    assert len(read_parquet(out / "features.parquet")) == 3
+
+
 @pytest.mark.slow
 def test_killed_worker_loses_no_row(tmp_path, reference):
     psutil = pytest.importorskip("psutil")
