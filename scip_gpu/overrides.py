@@ -200,11 +200,23 @@ def prepare(overrides: list[str]) -> list[str]:
     chosen_dataset = any(ov.key_or_group == "dataset" and ov.package is None and not ov.is_delete()
                          and isinstance(ov.value(), str) for _, ov in parsed)
     needs_demo = False
+    seen_groups: set = set()
     for text, ov in parsed:
         key = ov.key_or_group
         if key.startswith("hydra.") or key == "hydra" or ov.package is not None:
             out.append(text)
             continue
+        if ov.is_sweep_override():  # (Hydra's own message is several lines and a trace hint)
+            raise ConfigError(f"{text}: a comma-separated value is a sweep, which scip_gpu does not run; "
+                              f"for a list write {key}=[{text.split('=', 1)[1]}], for text with a comma "
+                              f"quote it: {key}='{text.split('=', 1)[1]}'")
+        if key in GROUPS_IN_DEFAULTS + ADDED_GROUPS and not key.count("."):
+            if ov.is_delete():
+                raise ConfigError(f"{text}: a configuration group cannot be removed; choose one of its options "
+                                  f"({', '.join(group_options(key))})")
+            if key in ADDED_GROUPS and key in seen_groups:  # (Hydra refuses it; a default's group: the last wins)
+                raise ConfigError(f"{text}: {key} is chosen more than once; give it once")
+            seen_groups.add(key)
         value_text = text.split("=", 1)[1] if "=" in text else ""
         if key in GROUPS_IN_DEFAULTS + ADDED_GROUPS and isinstance(ov.value(), str) and not ov.is_delete():
             options = group_options(key)

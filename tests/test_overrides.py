@@ -74,6 +74,12 @@ def test_schema_keys_are_listed():
     (["+dataset=fields_tiff", "dataset.path=x", "segmentation=watershed",
       r"dataset.regex='(?P<well>\w+)_(?P<label>\d)_w(?P<channel>\d)'"], "['meta_label']"),
     (["+dataset=tiff", "dataset.path=x", r"dataset.regex=(?P<id>\d+)_Ch(?P<channel>\d+)\.tif"], "must be quoted"),
+    # (Hydra's own messages for these were several lines, a trace hint and exit 1)
+    (["dataset.n_objects=5,6"], "a comma-separated value is a sweep, which scip_gpu does not run; for a list "
+                                "write dataset.n_objects=[5,6]"),
+    (["~dataset"], "~dataset: a configuration group cannot be removed; choose one of its options (bbbc021"),
+    (["+dataset=demo", "+dataset=demo"], "+dataset=demo: dataset is chosen more than once"),
+    (["log_level=loud"], "log_level: 'loud' is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
 ])
 def test_command_line_exits_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
