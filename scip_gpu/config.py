@@ -631,6 +631,8 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
     if fmt == "demo":
         if ds.n_channels < 1:
             raise ConfigError(f"dataset.n_channels: must be at least 1, got {ds.n_channels}")
+        if ds.n_objects < 1:
+            raise ConfigError(f"dataset.n_objects: must be at least 1, got {ds.n_objects}")
         if not 0 <= ds.min_size <= ds.max_size:
             raise ConfigError(f"dataset.min_size={ds.min_size}, dataset.max_size={ds.max_size}: the demo cells' "
                               "sides are drawn between them: give 0 <= min_size <= max_size")

@@ -147,7 +147,15 @@ def join_metadata(table: pd.DataFrame, joins, *, where: str = "dataset.metadata"
         if clash:
             raise InputError(f"{where}[{j}].columns: {clash} already exist in the table (or are scip_gpu's own); "
                              f"map them to other names ({where}[{j}].columns: {{CSV column: new name}})")
-        table = left.merge(sub, on=keys, how="left")
+        table = left.merge(sub, on=keys, how="left", indicator="_matched")
+        unmatched = int((table.pop("_matched") == "left_only").sum())
+        if unmatched:  # (their added columns are empty: often keys written differently, e.g. A01 / A1)
+            import logging
+
+            examples = left.loc[~left.set_index(keys).index.isin(sub.set_index(keys).index), keys].drop_duplicates()
+            logging.getLogger("scip_gpu").warning(
+                "%s[%d]: %d of %d row(s) match no row of %s on %s (their columns from it are empty); e.g. %s",
+                where, j, unmatched, len(table), path.name, list(on), examples.head(3).to_dict("records"))
     return table
 
 

@@ -85,7 +85,7 @@ class RunSummary:
         rate = self.n_objects / self.seconds if self.seconds > 0 else float("nan")
         fields = f"; {self.n_fields_failed} field(s) could not be profiled" if self.n_fields_failed else ""
         return (f"scip_gpu: profiled {self.n_objects} objects ({self.n_ok} ok, {self.n_errors} with errors{fields}) "
-                f"x {self.n_features} features in {self.seconds:.1f} s ({rate:.0f} objects/s) -> {self.output}")
+                f"x {self.n_features} measurements in {self.seconds:.1f} s ({rate:.0f} objects/s) -> {self.output}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1316,12 +1316,15 @@ def _run(cfg: Config, resolved_yaml: str | None = None, source=None, started_ear
     try:  # (a cluster started early is shut down when the run stops before taking it)
         expand_user_paths(cfg)  # "output='~/runs'": the shell leaves the tilde to us
         validate(cfg)  # what needs no data first (the channel indices once the data is listed)
+        given = source is not None
         source = make_source(cfg.dataset) if source is None else source
         table = source.objects()
         is_fields = getattr(source, "fields", False)
         unit = "fields" if is_fields else "objects"
         if len(table) == 0:
-            raise InputError(f"dataset {cfg.dataset.name!r}: no {unit} found at {cfg.dataset.path!r}")
+            where = (f"at {cfg.dataset.path!r}" if cfg.dataset.path is not None
+                     else "in the images given" if given else "(dataset.n_objects=0?)")
+            raise InputError(f"dataset {cfg.dataset.name!r}: no {unit} found {where}")
         table = join_metadata(table, cfg.dataset.metadata)
         table.insert(0, "meta_field_index" if is_fields else "meta_index", np.arange(len(table), dtype=np.int64))
         check_channels(cfg, source, table)
@@ -1375,8 +1378,10 @@ def _run(cfg: Config, resolved_yaml: str | None = None, source=None, started_ear
         log.info("scip_gpu run started at %s; output folder %s", started.isoformat(timespec="seconds"), out)
         log.info("dataset %r (%s): %d %s, channels %s", cfg.dataset.name, source.kind, len(table), unit,
                  channel_names)
-        log.info("%d columns per object (%d features); device %s", plan.n_features,
-                 sum(c.kind == "feat" for c in plan.columns), device)
+        n_feat = sum(c.kind == "feat" for c in plan.columns)
+        log.info("%d columns per object: %d measurements (%d features, AnnData's X, and %d meta values such as "
+                 "bounding boxes), the rest flags; device %s", plan.n_features, n_measured(plan), n_feat,
+                 n_measured(plan) - n_feat, device)
         if device == "cpu":
             import importlib.util
 

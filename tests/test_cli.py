@@ -203,7 +203,7 @@ def test_import_does_not_load_gpu_stacks():
 def test_no_arguments_profiles_the_bundled_demo(tmp_path):
     res = run_cli(cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "profiled 300 objects (300 ok, 0 with errors) x 1383 features" in res.stdout
+    assert "profiled 300 objects (300 ok, 0 with errors) x 1383 measurements" in res.stdout
     runs = list((tmp_path / "outputs").iterdir())
     assert len(runs) == 1 and runs[0].name.startswith("demo-")
     df = read_parquet(runs[0] / "features.parquet")

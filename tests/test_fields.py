@@ -47,13 +47,19 @@ def test_illumination_matches_scip_recipe():
     assert (zeros == 1).all()  # zeros replaced by 1: no division by zero
 
 
-def test_metadata_join(tmp_path):
+def test_metadata_join(tmp_path, caplog):
     table = pd.DataFrame({"meta_plate": ["P1", "P1", "P2"], "meta_well": ["A01", "B01", "A01"]})
     (tmp_path / "m.csv").write_text("Plate,Well,Compound,Dose\nP1,A01,x,1\nP1,A01,x,1\nP2,A01,y,2\n")
-    out = join_metadata(table, [MetadataJoin(str(tmp_path / "m.csv"), {"Plate": "plate", "Well": "well"},
-                                             {"Compound": "compound"})])
+    with caplog.at_level("WARNING", logger="scip_gpu"):
+        out = join_metadata(table, [MetadataJoin(str(tmp_path / "m.csv"), {"Plate": "plate", "Well": "well"},
+                                                 {"Compound": "compound"})])
     assert out["meta_compound"].iloc[0] == "x" and out["meta_compound"].iloc[2] == "y"
     assert pd.isna(out["meta_compound"].iloc[1])  # no row for (P1, B01): a left join keeps it, empty
+    assert list(out["meta_plate"]) == ["P1", "P1", "P2"] and list(out["meta_well"]) == ["A01", "B01", "A01"]
+    # ... and says so (keys written differently, A1 for A01, left every row empty without a word)
+    assert [r.getMessage() for r in caplog.records] == [
+        "dataset.metadata[0]: 1 of 3 row(s) match no row of m.csv on ['Plate', 'Well'] (their columns from it "
+        "are empty); e.g. [{'meta_plate': 'P1', 'meta_well': 'B01'}]"]
     (tmp_path / "bad.csv").write_text("Plate,Well,Compound\nP1,A01,x\nP1,A01,z\n")
     with pytest.raises(InputError, match="different values for the same key"):
         join_metadata(table, [MetadataJoin(str(tmp_path / "bad.csv"), {"Plate": "plate", "Well": "well"}, {})])
