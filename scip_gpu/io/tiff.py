@@ -115,6 +115,20 @@ def _series(tf, path) -> list:
                       "(its channels as pages or as an axis)", "load")
 
 
+def _ome_channel_names(tf) -> list[str] | None:
+    """The channel names of an OME-TIFF's first image (OME-XML ``Channel/@Name``), else None."""
+    import tifffile
+
+    if not tf.is_ome:
+        return None
+    image = tifffile.xml2dict(tf.ome_metadata).get("OME", {}).get("Image")
+    image = image[0] if isinstance(image, list) else image
+    channels = ((image or {}).get("Pixels") or {}).get("Channel")
+    channels = channels if isinstance(channels, list) else [channels] if channels else []
+    names = [str(c.get("Name", "")).strip() if isinstance(c, dict) else "" for c in channels]
+    return names or None
+
+
 def _read(path: Path):
     """Pixels and axes of a TIFF's one image (the pages of a plain multi-page file as C)."""
     def read(tf):
@@ -314,6 +328,21 @@ class FileSource(Source):
             return channels
         self._n_channels = self._channel_count(list(objects["meta_path"])) if len(objects) else 0
         return list(range(self._n_channels))
+
+    def channel_names(self, objects) -> list[str]:
+        """The configured names, else an OME-TIFF's channel names (those of the first file, when
+        they are unique and one per channel of the count most files have), else ``ch{i}``."""
+        selected = self.selected_channels(objects)
+        if self.cfg.channel_names is None and len(objects):
+            try:
+                names = _open_tiff(Path(objects["meta_path"].iloc[0]), _ome_channel_names)
+            except ObjectError:
+                names = None
+            count = self.channel_count(objects)
+            if (names and len(set(names)) == len(names) == count and all(names)
+                    and all(0 <= c < len(names) for c in selected)):
+                return [names[c] for c in selected]
+        return super().channel_names(objects)
 
     def channel_count(self, objects) -> int | None:
         if getattr(self, "_n_channels", None) is None and len(objects):

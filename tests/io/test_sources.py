@@ -145,6 +145,29 @@ def test_multipage_and_ome_tiff(tmp_path):
         np.testing.assert_array_equal(got, im[[1]])
 
 
+def test_ome_tiff_channel_names_name_the_columns(tmp_path):
+    """An OME-TIFF's channel names (OME-XML Channel/@Name) name the channels, as an OME-Zarr's
+    omero labels do (they were ch0, ch1, ...); the configured names win; names that are not one
+    per channel, or repeat, are not used."""
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        tifffile.imwrite(tmp_path / f"cell{i}.ome.tif", rng.integers(0, 500, (3, 20, 20), dtype=np.uint16),
+                         metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "GFP", "BF"]}})
+    tifffile.imwrite(tmp_path / "plain0.tif", np.zeros((3, 20, 20), np.uint16), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "same0.ome.tif", np.zeros((3, 20, 20), np.uint16),
+                     metadata={"axes": "CYX", "Channel": {"Name": ["A", "A", "B"]}})
+
+    def names(glob, **kw):
+        src = make_source(DatasetConfig(format=DatasetFormat.ome_tiff, path=str(tmp_path), glob=glob, **kw))
+        return src.channel_names(src.objects())
+
+    assert names("cell*.ome.tif") == ["DAPI", "GFP", "BF"]
+    assert names("cell*.ome.tif", channels=[2, 0]) == ["BF", "DAPI"]
+    assert names("cell*.ome.tif", channel_names=["a", "b", "c"]) == ["a", "b", "c"]
+    assert names("plain0.tif") == ["ch0", "ch1", "ch2"]
+    assert names("same0.ome.tif") == ["ch0", "ch1", "ch2"]
+
+
 def test_ome_tiff_with_z_stack_is_an_object_error(tmp_path):
     tifffile.imwrite(tmp_path / "z.ome.tif", np.zeros((2, 4, 8, 8), np.uint16), metadata={"axes": "CZYX"})
     _, _, loaded = _load_all(DatasetConfig(format=DatasetFormat.ome_tiff, path=str(tmp_path), channels=[0]))
