@@ -551,7 +551,7 @@ def validate(cfg: Config, n_channels: int | None = None) -> None:
     ds = cfg.dataset
     if ds.channels is not None and len(ds.channels) == 0:
         raise ConfigError("dataset.channels: empty list; use null for all channels")
-    if ds.channels is not None and any(int(c) < 0 for c in ds.channels):
+    if ds.channels is not None and any(isinstance(c, int) and c < 0 for c in ds.channels):  # (or names)
         # (Python's negative indices would pick different channels in objects with different
         # channel counts under one column name)
         raise ConfigError(f"dataset.channels: {list(ds.channels)}: channel indices count from 0; negative "

@@ -443,7 +443,7 @@ def write_x_side(run_folder: Path, part: int, values: np.ndarray, columns: Seque
         # (a Python file, not ndarray.tofile: on a full disk that raises an OSError without errno,
         # "N requested and M written", which read as a cluster fault, not as the full disk)
         with open(tmp, "wb") as f:
-            f.write(memoryview(np.ascontiguousarray(block)).cast("B"))
+            f.write(np.ascontiguousarray(block).data)  # (any shape, zero-size ones too)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)

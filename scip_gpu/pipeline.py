@@ -28,8 +28,8 @@ from .batch import (_host_buffer, adjacent_run_end, assemble, block_view, group_
                     wait_for_copies)
 from .cluster import EarlyCluster, ExecutorInBackground, buffer_log, check_dashboard, with_partitions_in_flight
 from .config import Config, expand_user_paths, log_level, validate
-from .errors import (ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError, StorageUnavailable,
-                     describe_exception, disk_full, raise_if_transient, transient_io)
+from .errors import (ConfigError, ObjectError, OutputError, RunIncomplete, RunInterrupted, ScipGpuError,
+                     StorageUnavailable, describe_exception, disk_full, raise_if_transient, transient_io)
 from .io import make_source
 from .profile import GPU_BATCH_MAX, Plan, StageTimer, auto_batch_size, build_plan, profile_batch
 from .report import nan_counts
@@ -1333,6 +1333,9 @@ def _run(cfg: Config, resolved_yaml: str | None = None, source=None, started_ear
         if is_fields:
             field_pipeline.check_segmentation(cfg, channel_names)
         plan = build_plan(cfg, channel_names)
+        if not any(c.kind == "feat" for c in plan.columns):
+            raise ConfigError("the configuration measures nothing: no mask (masks=none), no segmentation and "
+                              "features.raw=false; choose masks (e.g. masks=scip) or features.raw=true")
         check_dashboard(cfg.cluster)
         device = select_device(getattr(cfg.device, "value", cfg.device))
         cfg = replace(cfg, cluster=with_partitions_in_flight(cfg.cluster))  # (null: from the cores, local_cuda)

@@ -88,6 +88,9 @@ def test_dataset_config_name_overrides_and_existing_output(tmp_path):
     (lambda: scip_gpu.profile(_cells(2), channel_names=["a", "b"]), ConfigError, "2 name(s) for the 3 channel(s)"),
     (lambda: scip_gpu.profile(_cells(2), dataset_options={"channels": [0, 4]}), ConfigError,
      "channel 4 is not in the data"),
+    (lambda: scip_gpu.profile(_cells(2), "masks=none", "features.raw=false"), ConfigError,
+     "the configuration measures nothing"),
+    (lambda: scip_gpu.profile([]), InputError, "no objects found in the images given"),
 ])
 def test_mistakes_raise_one_clear_error(call, error, needle):
     with pytest.raises(error) as exc:

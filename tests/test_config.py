@@ -98,7 +98,7 @@ def test_validate_catches_inconsistencies():
     (["masks.edge_width=-2"], None, "masks.edge_width: -2 must not be negative"),
     (["log_level=loud"], None, "log_level: 'loud' is not one of DEBUG, INFO"),
     (["cluster.n_workers=-1"], None, "cluster.n_workers: must be at least 1, got -1"),
-    (["dataset.n_objects=0"], None, "dataset.n_objects: must be at least 1, got 0"),
+    (["+dataset=demo", "dataset.n_objects=0"], None, "dataset.n_objects: must be at least 1, got 0"),
     (["cluster.n_workers=0"], None, "cluster.n_workers: must be at least 1, got 0"),
     (["cluster.threads_per_worker=0"], None, "cluster.threads_per_worker: must be at least 1"),
     (["masks=li", "masks.methods.0.kwargs.smooth=[1.0,2.0]"], 3, r"smooth: 2 values for 3 selected channels"),

@@ -178,6 +178,8 @@ def test_x_side_rows_are_the_feature_columns_as_float32(tmp_path):
     with np.errstate(over="ignore"):
         want = values[:, feat].astype(np.float32)
     assert np.array_equal(x, want) and np.isinf(x[2, 2])
+    export.write_x_side(tmp_path, 4, values[:, :1], columns[:1])  # (no feature column: an empty file)
+    assert export.x_side_path(tmp_path, 4).stat().st_size == 0
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
