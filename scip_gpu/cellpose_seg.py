@@ -413,3 +413,28 @@ def _to_cupy(labels: np.ndarray, model: Any):
     index = dev.index if getattr(dev, "type", None) == "cuda" else None  # None: current GPU
     with cupy.cuda.Device(index):
         return cupy.asarray(labels)  # one host-to-device copy for the whole group
+
+
+def check_cellpose(cfg) -> None:
+    """``check_segmentation``'s Cellpose checks (the package, the weights), which need no data:
+    the command line runs them before it starts the cluster."""
+    import importlib.util
+
+    seg = cfg.segmentation
+    if seg.method is None or seg.method.value != "cellpose":
+        return
+    if getattr(cfg.cluster.type, "value", cfg.cluster.type) == "address":
+        return
+    if importlib.util.find_spec("cellpose") is None:  # (not imported here: it imports torch)
+        raise ConfigError("segmentation=cellpose needs cellpose 4 and PyTorch, which are not installed: "
+                          "pip install 'scip_gpu[cellpose]' (install torch first)")
+    keys = []  # the models segment() loads: nuclei, and cells with cells=cellpose
+    if seg.cellpose.nucleus_model:
+        keys.append(("segmentation.cellpose.nucleus_model", seg.cellpose.nucleus_model))
+    if not seg.cellpose.nucleus_model or seg.cells.value == "cellpose":
+        keys.append(("segmentation.cellpose.model", seg.cellpose.model))
+    for key, model in keys:
+        try:
+            resolve_model(model)
+        except ConfigError as exc:  # ModelNotFoundError, or a folder given as the weights
+            raise type(exc)(f"{key}={model}: {exc}") from None

@@ -115,6 +115,10 @@ def task(cfg: DictConfig) -> int:
     try:
         config, resolved = to_config(cfg)
         validate(config)  # (before the cluster starts: a configuration error is one line, at once)
+        if config.segmentation.method is not None and config.segmentation.method.value == "cellpose":
+            from .cellpose_seg import check_cellpose
+
+            check_cellpose(config)
         early = EarlyCluster.start(config)
         from .pipeline import run
 

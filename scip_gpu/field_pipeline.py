@@ -157,27 +157,9 @@ def check_segmentation(cfg, channel_names) -> None:
     if unknown:
         raise ConfigError(f"segmentation.compartments: no channel named {unknown[0]!r} (the channels are "
                           f"{list(channel_names)}; dataset.channel_names names them)")
-    if seg.method is None or seg.method.value != "cellpose":
-        return
-    if getattr(cfg.cluster.type, "value", cfg.cluster.type) == "address":
-        return
-    import importlib.util
+    from .cellpose_seg import check_cellpose
 
-    from .cellpose_seg import resolve_model
-
-    if importlib.util.find_spec("cellpose") is None:  # (not imported here: it imports torch)
-        raise ConfigError("segmentation=cellpose needs cellpose 4 and PyTorch, which are not installed: "
-                          "pip install 'scip_gpu[cellpose]' (install torch first)")
-    keys = []  # the models segment() loads: nuclei, and cells with cells=cellpose
-    if seg.cellpose.nucleus_model:
-        keys.append(("segmentation.cellpose.nucleus_model", seg.cellpose.nucleus_model))
-    if not seg.cellpose.nucleus_model or seg.cells.value == "cellpose":
-        keys.append(("segmentation.cellpose.model", seg.cellpose.model))
-    for key, model in keys:
-        try:
-            resolve_model(model)
-        except ConfigError as exc:  # ModelNotFoundError, or a folder given as the weights
-            raise type(exc)(f"{key}={model}: {exc}") from None
+    check_cellpose(cfg)
 
 
 def field_batch(objects: list, where: np.ndarray, positions: list[int], shape, compartments: list[str],

@@ -424,10 +424,14 @@ def test_run_without_weights_or_cellpose_stops_in_one_line(missing, model_dirs, 
         (local / "cpsam").write_bytes(b"weights")
         monkeypatch.setitem(sys.modules, "cellpose", None)  # as if not installed
     out = tmp_path / "out"
+    from scip_gpu.cluster import EarlyCluster
+
+    started = []  # (before any cluster starts: the check needs no data)
+    monkeypatch.setattr(EarlyCluster, "start", classmethod(lambda cls, cfg: started.append(cfg)))
     code = task(_compose(["+dataset=fields_tiff", f"dataset.path={tmp_path / 'plate1'}", "segmentation=cellpose",
-                          "cluster=sync", f"output={out}"]))
+                          "cluster=local", f"output={out}"]))
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and not out.exists()
+    assert code == 2 and not out.exists() and started == []
     if missing == "weights":
         assert err == [f"scip_gpu: error: segmentation.cellpose.model=cpsam: cellpose model 'cpsam': no weights file "
                        f"at {local / 'cpsam'} ($CELLPOSE_LOCAL_MODELS_PATH) or {Path.home() / '.cellpose/models/cpsam'} "
